@@ -1,0 +1,361 @@
+"""The encoder is the same function as transformers' BERT and DistilBERT: load their checkpoints, compare every hidden
+state and the MLM logits; save ours and load them back in transformers; check the student is built as the paper says.
+transformers is the independent reference here; it is never imported by the project's own code."""
+import json
+import os
+import pickle
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+
+from model import Bert, BertConfig, count_parameters, student_from_teacher
+
+torch.manual_seed(0)
+TOL = 1e-5
+
+# Small, deliberately odd configs: hidden not a power of two, heads of odd size, eps far from the default...
+ODD = [
+    dict(vocab_size=97, hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=70,
+         max_position_embeddings=40, type_vocab_size=3, layer_norm_eps=1e-5),
+    dict(vocab_size=211, hidden_size=40, num_hidden_layers=4, num_attention_heads=5, intermediate_size=24,
+         max_position_embeddings=33, type_vocab_size=1, layer_norm_eps=1e-12),
+    dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=1, intermediate_size=128,
+         max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=3e-7),
+]
+
+
+def perturb(model):
+    """Random init leaves LayerNorms at 1/0 and biases at 0; make every parameter non-trivial."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def hf_bert(cls, c, **extra):
+    cfg = transformers.BertConfig(hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **c, **extra)
+    return perturb(cls(cfg))
+
+
+def hf_distilbert(cls, c):
+    cfg = transformers.DistilBertConfig(vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=c["num_hidden_layers"],
+                                        n_heads=c["num_attention_heads"], hidden_dim=c["intermediate_size"],
+                                        max_position_embeddings=c["max_position_embeddings"])
+    return perturb(cls(cfg))
+
+
+def batch(c, B=3, L=11):
+    ids = torch.randint(1, c["vocab_size"], (B, L))
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    types = torch.randint(0, c["type_vocab_size"], (B, L)) if "type_vocab_size" in c else None
+    return ids, mask, types
+
+
+def save_hf(model, path, fmt):
+    """Write a transformers model as a checkpoint folder, in safetensors or as a pickled .bin."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(path / "config.json")
+    sd = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    if fmt == "safetensors":
+        # like transformers, drop the tied decoder copy
+        sd = {k: v for k, v in sd.items() if not k.endswith(("decoder.weight", "vocab_projector.weight"))}
+        save_file(sd, str(path / "model.safetensors"))
+    else:
+        torch.save(sd, path / "pytorch_model.bin")
+    return path
+
+
+def compare(ours, ref_out, ids, mask, types, check_logits=True):
+    with torch.no_grad():
+        out = ours.eval()(ids, attention_mask=mask, token_type_ids=types)
+    real = mask.bool()
+    assert len(out.hidden_states) == len(ref_out.hidden_states)
+    worst = 0.0
+    for a, b in zip(out.hidden_states, ref_out.hidden_states):
+        worst = max(worst, (a - b)[real].abs().max().item())
+    if check_logits:
+        worst = max(worst, (out.logits - ref_out.logits)[real].abs().max().item())
+    assert worst < TOL, worst
+    return worst
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("c", ODD)
+def test_bert_for_masked_lm_matches_transformers(tmp_path, c, fmt):
+    ref = hf_bert(transformers.BertForMaskedLM, c)
+    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "ckpt", fmt))
+    ids, mask, types = batch(c)
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+    print("BertForMaskedLM max abs diff", compare(ours, r, ids, mask, types))
+
+
+@pytest.mark.parametrize("c", ODD[:2])
+def test_bert_for_pretraining_and_bert_model(tmp_path, c, caplog):
+    ref = hf_bert(transformers.BertForPreTraining, c)
+    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "pre", "bin"))
+    ids, mask, types = batch(c)
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        out = ours(ids, attention_mask=mask, token_type_ids=types)
+    compare(ours, type("R", (), {"hidden_states": r.hidden_states, "logits": r.prediction_logits}), ids, mask, types)
+    # the pooler is kept and equals BertModel's pooled output
+    assert torch.allclose(out.pooled, ref.bert(ids, attention_mask=mask, token_type_ids=types).pooler_output, atol=TOL)
+
+    base = hf_bert(transformers.BertModel, c)
+    ours = Bert.from_pretrained(save_hf(base, tmp_path / "base", "safetensors"))
+    with torch.no_grad():
+        r = base(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+    compare(ours, r, ids, mask, types, check_logits=False)
+
+
+def test_old_gamma_beta_names(tmp_path):
+    c = ODD[0]
+    ref = hf_bert(transformers.BertForMaskedLM, c)
+    path = save_hf(ref, tmp_path / "old", "bin")
+    sd = torch.load(path / "pytorch_model.bin", weights_only=True)
+    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+          for k, v in sd.items()}
+    assert any(k.endswith("gamma") for k in sd)
+    torch.save(sd, path / "pytorch_model.bin")
+    ours = Bert.from_pretrained(path)
+    ids, mask, types = batch(c)
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+    compare(ours, r, ids, mask, types)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("c", ODD)
+def test_distilbert_matches_transformers(tmp_path, c, fmt):
+    ref = hf_distilbert(transformers.DistilBertForMaskedLM, c)
+    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "d", fmt))
+    assert ours.emb.types is None and ours.pooler is None
+    ids, mask, _ = batch(c)
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    print("DistilBertForMaskedLM max abs diff", compare(ours, r, ids, mask, None))
+
+    base = hf_distilbert(transformers.DistilBertModel, c)
+    ours = Bert.from_pretrained(save_hf(base, tmp_path / "dm", fmt))
+    with torch.no_grad():
+        r = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    compare(ours, r, ids, mask, None, check_logits=False)
+
+
+@pytest.mark.parametrize("c", ODD)
+def test_save_pretrained_round_trip_teacher(tmp_path, c):
+    ref = hf_bert(transformers.BertForMaskedLM, c)
+    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "in", "safetensors")).eval()
+    ours.save_pretrained(tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    back = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    ids, mask, types = batch(c)
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask, token_type_ids=types).logits
+        b = back(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    assert (a - b)[mask.bool()].abs().max() < TOL
+
+
+# HF names of the pieces a student copies, to build a DistilBERT from the teacher's tensors independently of model.py
+BERT2DISTIL = {"attention.self.query": "attention.q_lin", "attention.self.key": "attention.k_lin",
+               "attention.self.value": "attention.v_lin", "attention.output.dense": "attention.out_lin",
+               "attention.output.LayerNorm": "sa_layer_norm", "intermediate.dense": "ffn.lin1",
+               "output.dense": "ffn.lin2", "output.LayerNorm": "output_layer_norm"}
+
+
+@pytest.mark.parametrize("layers", [None, [0, 2], [1, 3], [0, 1, 3]])
+def test_student_from_teacher(tmp_path, layers):
+    c = dict(ODD[1])  # 4 layers, eps 1e-12: exportable as DistilBERT
+    ref = hf_bert(transformers.BertForMaskedLM, c)
+    teacher = Bert.from_pretrained(save_hf(ref, tmp_path / "t", "safetensors"))
+    student = student_from_teacher(teacher, layers)
+    chosen = layers or [0, 2]
+    assert student.cfg.num_layers == len(chosen) and student.emb.types is None and student.pooler is None
+
+    # DistilBERT built by transformers from the same teacher tensors, named by hand
+    dcfg = transformers.DistilBertConfig(vocab_size=c["vocab_size"], dim=c["hidden_size"], n_layers=len(chosen),
+                                         n_heads=c["num_attention_heads"], hidden_dim=c["intermediate_size"],
+                                         max_position_embeddings=c["max_position_embeddings"])
+    d = transformers.DistilBertForMaskedLM(dcfg).eval()
+    t = ref.state_dict()
+    sd = {}
+    for part in ("word_embeddings", "position_embeddings", "LayerNorm"):
+        for k, v in t.items():
+            if k.startswith(f"bert.embeddings.{part}."):
+                sd[k.replace("bert.", "distilbert.", 1)] = v
+    for j, i in enumerate(chosen):
+        for a, b in BERT2DISTIL.items():
+            for p in ("weight", "bias"):
+                sd[f"distilbert.transformer.layer.{j}.{b}.{p}"] = t[f"bert.encoder.layer.{i}.{a}.{p}"]
+    for p in ("weight", "bias"):
+        sd[f"vocab_transform.{p}"] = t[f"cls.predictions.transform.dense.{p}"]
+        sd[f"vocab_layer_norm.{p}"] = t[f"cls.predictions.transform.LayerNorm.{p}"]
+    sd["vocab_projector.bias"] = t["cls.predictions.bias"]
+    sd["vocab_projector.weight"] = t["bert.embeddings.word_embeddings.weight"]
+    missing, unexpected = d.load_state_dict(sd, strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
+
+    # the student's tensors are exactly the chosen teacher tensors
+    for j, i in enumerate(chosen):
+        q, k, v = student.layers[j].qkv.weight.chunk(3)
+        assert torch.equal(q, t[f"bert.encoder.layer.{i}.attention.self.query.weight"])
+        assert torch.equal(v, t[f"bert.encoder.layer.{i}.attention.self.value.weight"])
+        assert torch.equal(student.layers[j].fc2.bias, t[f"bert.encoder.layer.{i}.output.dense.bias"])
+    assert torch.equal(student.emb.word.weight, t["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(student.head.bias, t["cls.predictions.bias"])
+    # copies, not views: training the student leaves the teacher alone
+    assert student.emb.word.weight.data_ptr() != teacher.emb.word.weight.data_ptr()
+
+    ids, mask, _ = batch(c)
+    with torch.no_grad():
+        r = d(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    compare(student, r, ids, mask, None)
+
+    # and our save_pretrained loads in transformers' DistilBertForMaskedLM with the same logits
+    student.save_pretrained(tmp_path / "s")
+    back = transformers.DistilBertForMaskedLM.from_pretrained(tmp_path / "s").eval()
+    with torch.no_grad():
+        assert (back(input_ids=ids, attention_mask=mask).logits - r.logits)[mask.bool()].abs().max() < TOL
+
+
+@pytest.mark.parametrize("layers,msg", [([], "empty"), ([0, 4], "out of range"), ([-1, 2], "out of range"),
+                                        ([2, 2], "increasing"), ([2, 0], "increasing")])
+def test_student_layer_errors(layers, msg):
+    teacher = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match=msg):
+        student_from_teacher(teacher, layers)
+
+
+def test_sdpa_equals_explicit_and_padding_is_invisible():
+    cfg = BertConfig(vocab_size=90, hidden_size=48, num_layers=3, num_heads=4, intermediate_size=64, max_position=32)
+    a = perturb(Bert(cfg))
+    b = Bert(BertConfig(**{**cfg.__dict__, "attention": "explicit"})).eval()
+    b.load_state_dict(a.state_dict())
+    ids, mask, types = batch({"vocab_size": 90, "type_vocab_size": 2}, B=4, L=20)
+    with torch.no_grad():
+        oa, ob = a(ids, mask, types), b(ids, mask, types)
+    real = mask.bool()
+    for x, y in zip(oa.hidden_states, ob.hidden_states):
+        assert (x - y)[real].abs().max() < 1e-5
+    # the first row trimmed to its real tokens gives the same outputs as inside the padded batch
+    n = int(mask[1].sum())
+    with torch.no_grad():
+        alone = a(ids[1:2, :n], torch.ones(1, n, dtype=torch.long), types[1:2, :n])
+        longer = torch.cat([ids[1:2, :n], torch.randint(1, 90, (1, 9))], 1)
+        padded = a(longer, torch.cat([torch.ones(1, n), torch.zeros(1, 9)], 1).long(), None if types is None else
+                   torch.cat([types[1:2, :n], torch.zeros(1, 9, dtype=torch.long)], 1))
+    assert (alone.logits[0] - oa.logits[1, :n]).abs().max() < 1e-5
+    assert (alone.logits[0] - padded.logits[0, :n]).abs().max() < 1e-5
+    # logits_at: only the chosen rows, equal to the full logits there
+    with torch.no_grad():
+        sel = a(ids, mask, types, logits_at=real)
+    assert sel.logits.shape == (int(real.sum()), 90)
+    assert torch.allclose(sel.logits, oa.logits[real], atol=1e-6)
+
+
+def test_sizes_match_transformers_on_meta_device():
+    with torch.device("meta"):
+        teacher = Bert(BertConfig())
+        student = student_from_teacher_meta = Bert(BertConfig(num_layers=6, type_vocab_size=0))
+        ref_t = transformers.BertForMaskedLM(transformers.BertConfig())
+        ref_s = transformers.DistilBertForMaskedLM(transformers.DistilBertConfig())
+    t, s = count_parameters(teacher)["total"], count_parameters(student)["total"]
+    assert t == ref_t.num_parameters() and s == ref_s.num_parameters()
+    assert 109e6 < t < 111e6 and 66e6 < s < 67.5e6
+    assert 0.38 < 1 - s / t < 0.41  # "40% fewer parameters"
+    with torch.device("meta"):
+        pooled = Bert(BertConfig(pooler=True))
+    assert count_parameters(pooled)["pooler"] == 768 * 768 + 768
+
+
+def test_loading_errors_name_every_key(tmp_path):
+    c = ODD[0]
+    ref = hf_bert(transformers.BertForMaskedLM, c)
+    path = save_hf(ref, tmp_path / "bad", "safetensors")
+    from safetensors.torch import load_file
+    sd = load_file(str(path / "model.safetensors"))
+    del sd["bert.encoder.layer.1.output.dense.bias"]
+    sd["bert.encoder.layer.0.intermediate.dense.weight"] = torch.zeros(3, 3)
+    sd["bert.something.else"] = torch.zeros(2)
+    save_file(sd, str(path / "model.safetensors"))
+    with pytest.raises(ValueError) as e:
+        Bert.from_pretrained(path)
+    msg = str(e.value)
+    assert "encoder.layer.1.output.dense.bias" in msg or "layers.1.fc2.bias" in msg
+    assert "shape mismatch" in msg and "(3, 3)" in msg
+    assert "something.else" in msg
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Bert.from_pretrained(tmp_path)  # a folder without config.json
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(ref.config.to_dict()))
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
+        Bert.from_pretrained(tmp_path / "empty")
+    (tmp_path / "empty" / "model.safetensors").write_text("not a safetensors file")
+    with pytest.raises(Exception):
+        Bert.from_pretrained(tmp_path / "empty")
+    (tmp_path / "badcfg").mkdir()
+    (tmp_path / "badcfg" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    with pytest.raises(ValueError, match="badcfg.*missing key"):
+        Bert.from_pretrained(tmp_path / "badcfg")
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_PICKLE",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ref = hf_bert(transformers.BertForMaskedLM, ODD[0])
+    path = save_hf(ref, tmp_path / "evil", "bin")
+    sd = torch.load(path / "pytorch_model.bin", weights_only=True)
+    sd["payload"] = Evil()
+    with open(path / "pytorch_model.bin", "wb") as f:
+        pickle.dump(sd, f)  # a plain pickle that would run `touch` if unpickled naively
+    torch.save(sd, path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="refused"):
+        Bert.from_pretrained(path)
+    assert not (tmp_path / "PWNED_BY_PICKLE").exists()
+
+
+def test_hub_download_and_offline_error(tmp_path, monkeypatch):
+    import huggingface_hub
+    ref = hf_bert(transformers.BertForMaskedLM, ODD[0])
+    cache = save_hf(ref, tmp_path / "hub-cache" / "bert-tiny", "safetensors")
+    asked = []
+
+    def fake_download(repo_id, allow_patterns=None, **kw):  # stands in for the network: a folder the test made
+        asked.append((repo_id, allow_patterns))
+        return str(cache)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    m = Bert.from_pretrained("someone/bert-tiny")
+    assert asked[0][0] == "someone/bert-tiny" and "model.safetensors" in asked[0][1]
+    assert m.cfg.hidden_size == ODD[0]["hidden_size"]
+
+    def offline(repo_id, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="(?s)bert-base-uncased.*pass its path"):
+        Bert.from_pretrained("bert-base-uncased")
+
+
+def test_save_is_atomic_and_keeps_old_on_failure(tmp_path, monkeypatch):
+    m = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32))
+    m.save_pretrained(tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    import safetensors.torch as st
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(st, "save_file", boom)
+    with pytest.raises(RuntimeError):
+        m.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
