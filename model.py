@@ -46,12 +46,20 @@ class BertConfig:
     pad_token_id: int = 0
     init_std: float = 0.02
     attention: str = "sdpa"        # "sdpa" (fused kernel) or "explicit" (softmax(QK^T/sqrt(d))V, for reading)
+    # Pea-KD's Shuffled Parameter Sharing: after layers 0..k-1, run these layers again with the same parameters,
+    # with Query and Key exchanged when sps_swap (SPS) or as they are when not (paired sharing)
+    sps_layers: tuple = ()
+    sps_swap: bool = True
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
         if self.attention not in ("sdpa", "explicit"):
             raise ValueError(f"attention={self.attention!r}: expected 'sdpa' or 'explicit'")
+        self.sps_layers = tuple(self.sps_layers)
+        bad = [i for i in self.sps_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"sps_layers={self.sps_layers}: {bad} out of range for {self.num_layers} layers")
 
 
 @dataclass
@@ -158,7 +166,8 @@ class Bert(nn.Module):
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.num_layers)])
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.pooler else None
         self.head = MLMHead(cfg)
-        self.schedule = [(i, False) for i in range(cfg.num_layers)]  # (layer, swap Q/K) per effective layer
+        # (layer, swap Q/K) for each effective layer: the plain stack, then any layers re-run by SPS (Pea-KD)
+        self.schedule = [(i, False) for i in range(cfg.num_layers)] + [(i, cfg.sps_swap) for i in cfg.sps_layers]
         self.apply(self._init)
 
     def _init(self, m):
@@ -441,8 +450,8 @@ def convert_to_hf(model: Bert) -> tuple:
         raise ValueError("a model without token-type embeddings but with a pooler has no Hugging Face equivalent")
     if student and c.layer_norm_eps != 1e-12:
         raise ValueError(f"layer_norm_eps={c.layer_norm_eps}: DistilBERT's format fixes it at 1e-12")
-    if any(swap or i != j for j, (i, swap) in enumerate(model.schedule)):
-        raise ValueError("a model with shared (re-run) layers has no Hugging Face equivalent; save its layers plainly")
+    if c.sps_layers:
+        raise ValueError("a model with shared (re-run) layers has no Hugging Face equivalent (sps_layers is set)")
     kind = "distilbert" if student else "bert"
     if student:
         hf_cfg = {"architectures": ["DistilBertForMaskedLM"], "model_type": "distilbert", "vocab_size": c.vocab_size,
