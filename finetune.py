@@ -1,0 +1,767 @@
+"""
+Fine-tuning BERT / DistilBERT on downstream tasks, and task-specific distillation (Sanh et al. 2019, Section 4).
+
+- Table 1 (GLUE dev sets, "median of 5 runs"): the nine GLUE tasks, `--seeds=1,2,3,4,5` reports the median.
+- Table 2: IMDb test accuracy and SQuAD v1.1 dev EM/F1. "DistilBERT (D)" adds a second step of distillation during
+  fine-tuning on SQuAD, with a BERT already fine-tuned on SQuAD as the teacher: `--teacher=FOLDER` turns on
+  `task_distill_loss` for any task here.
+- Table 3 (parameters, CPU inference time on STS-B) is measured by eval.py.
+
+Read top to bottom: 1. readers (GLUE_TASKS, read_glue, read_imdb, read_squad)  2. metrics, by hand with numpy
+3. models (Classifier, SpanQA, save/load)  4. features (encode, prepare_squad_features, squad_predict)
+5. training (FinetuneConfig, losses, fit, predict, evaluate)  6. running a task from the command line:
+
+    python finetune.py --task=SST-2 --data=../shared/data/glue --model=out/teacher --out=results
+    python finetune.py --task=squad --train_file=train.json --eval_file=dev.json --model=out/student \
+        --teacher=results/teacher-squad-seed42          # "DistilBERT (D)"
+    python finetune.py --task=imdb --data=aclImdb --model=out/student --seeds=1,2,3
+"""
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import string
+import sys
+import tempfile
+import time
+import typing
+from collections import Counter
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import Bert, config_dict, config_from_dict
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by header
+# name, except CoLA's train/dev files, which have no header. Test files carry no labels.
+
+GLUE_TASKS = {
+    "CoLA": {"text_a": "sentence", "text_b": None, "label": "label", "labels": ["0", "1"], "metrics": ("mcc",),
+             "columns": ("source", "label", "original_label", "sentence")},  # headerless train/dev
+    "SST-2": {"text_a": "sentence", "text_b": None, "label": "label", "labels": ["0", "1"], "metrics": ("accuracy",)},
+    "MRPC": {"text_a": "#1 String", "text_b": "#2 String", "label": "Quality", "labels": ["0", "1"],
+             "metrics": ("f1", "accuracy")},
+    "STS-B": {"text_a": "sentence1", "text_b": "sentence2", "label": "score", "labels": None,
+              "metrics": ("pearson", "spearman")},
+    "QQP": {"text_a": "question1", "text_b": "question2", "label": "is_duplicate", "labels": ["0", "1"],
+            "metrics": ("accuracy", "f1")},
+    "MNLI": {"text_a": "sentence1", "text_b": "sentence2", "label": "gold_label",
+             "labels": ["contradiction", "entailment", "neutral"], "metrics": ("accuracy", "accuracy_mm"),
+             "dev": ("dev_matched", "dev_mismatched")},  # accuracy_mm: accuracy on dev_mismatched
+    "QNLI": {"text_a": "question", "text_b": "sentence", "label": "label", "labels": ["entailment", "not_entailment"],
+             "metrics": ("accuracy",)},
+    "RTE": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "labels": ["entailment", "not_entailment"],
+            "metrics": ("accuracy",)},
+    "WNLI": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "labels": ["0", "1"],
+             "metrics": ("accuracy",)},
+}
+for _spec in GLUE_TASKS.values():
+    _spec["num_labels"] = len(_spec["labels"]) if _spec["labels"] else 1  # 1: regression (STS-B)
+    _spec.setdefault("columns", None)
+    _spec.setdefault("dev", ("dev",))
+OTHER_TASKS = {"imdb": {"num_labels": 2, "metrics": ("accuracy",)},
+               "squad": {"num_labels": 2, "metrics": ("exact_match", "f1")}}
+
+
+def task_spec(task):
+    for name, spec in {**GLUE_TASKS, **OTHER_TASKS}.items():
+        if name.lower() == str(task).lower():
+            return name, spec
+    raise ValueError(f"unknown task {task!r}; known: {', '.join([*GLUE_TASKS, *OTHER_TASKS])}")
+
+
+@dataclass
+class Example:
+    text_a: str
+    text_b: str | None = None
+    label: int | float | None = None  # class index, a float for STS-B, None for test sets
+
+
+def read_glue(task, folder, split) -> list:
+    """Examples of `split` ("train", "dev", "test", "dev_mismatched", ...) from `folder`: the GLUE root (with a
+    folder per task) or the task's own folder. For MNLI "dev" means "dev_matched"."""
+    name, spec = task_spec(task)
+    folder = Path(folder) / name if (Path(folder) / name).is_dir() else Path(folder)
+    split = spec["dev"][0] if split == "dev" else split
+    path = folder / f"{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (task {name}, split {split!r})")
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops a byte-order mark
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        names = spec["columns"] if spec["columns"] and not split.startswith("test") else next(rows, None)
+        if names is None:
+            raise ValueError(f"{path}: empty file, expected a header line")
+        col = {n.strip(): i for i, n in enumerate(names)}
+        for key in ("text_a", "text_b"):
+            if spec[key] is not None and spec[key] not in col:
+                raise ValueError(f"{path}: no column {spec[key]!r} in the header {list(col)}")
+        wanted = [col[spec[k]] for k in ("text_a", "text_b") if spec[k] is not None]
+        if spec["label"] in col:  # test sets have none
+            wanted.append(col[spec["label"]])
+        out = []
+        for row in rows:
+            if row == [] or row == [""]:
+                continue
+            if len(row) <= max(wanted):
+                raise ValueError(f"{path}, line {rows.line_num}: {len(row)} columns, expected at least "
+                                 f"{max(wanted) + 1} ({row!r:.80})")
+            label = None
+            if spec["label"] in col:
+                value = row[col[spec["label"]]].strip()
+                try:
+                    label = float(value) if spec["labels"] is None else spec["labels"].index(value)
+                except ValueError:
+                    expected = "a number" if spec["labels"] is None else f"one of {spec['labels']}"
+                    raise ValueError(f"{path}, line {rows.line_num}: label {value!r} is not {expected}") from None
+            text_b = row[col[spec["text_b"]]] if spec["text_b"] else None
+            out.append(Example(row[col[spec["text_a"]]], text_b, label))
+    return out
+
+
+def read_imdb(folder, split) -> list:
+    """The aclImdb layout: split/pos/*.txt (label 1) and split/neg/*.txt (label 0); <br /> tags become spaces."""
+    out = []
+    for label, sub in ((0, "neg"), (1, "pos")):
+        d = Path(folder) / split / sub
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such folder (expected the aclImdb layout {split}/{{pos,neg}}/*.txt)")
+        for f in sorted(d.glob("*.txt")):
+            out.append(Example(f.read_text(encoding="utf-8").replace("<br />", " "), None, label))
+    return out
+
+
+@dataclass
+class SquadExample:
+    id: str
+    question: str
+    context: str
+    answers: list          # answer texts (one for train, usually three for dev)
+    answer_starts: list    # character offsets into context
+
+
+def read_squad(path) -> list:
+    """SQuAD v1.1 json: data -> paragraphs -> qas -> answers."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        out = []
+        for article in doc["data"]:
+            for para in article["paragraphs"]:
+                for qa in para["qas"]:
+                    answers = qa["answers"]
+                    out.append(SquadExample(qa["id"], qa["question"], para["context"], [a["text"] for a in answers],
+                                            [a["answer_start"] for a in answers]))
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e.args[0]!r} (expected SQuAD v1.1 json)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid json ({e})") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Metrics, by hand. Every function returns a fraction in [0, 1] (or a correlation); tables show them x 100.
+
+def accuracy(pred, gold):
+    return float(np.mean(np.asarray(pred) == np.asarray(gold)))
+
+
+def f1_binary(pred, gold, positive=1):
+    pred, gold = np.asarray(pred) == positive, np.asarray(gold) == positive
+    tp, fp, fn = np.sum(pred & gold), np.sum(pred & ~gold), np.sum(~pred & gold)
+    return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0
+
+
+def matthews_corrcoef(pred, gold):
+    """Matthews correlation from the confusion matrix C (multi-class form; the 2x2 case is
+    (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn))). 0 when a marginal is constant."""
+    classes = np.unique(np.concatenate([np.asarray(pred), np.asarray(gold)]))
+    C = np.array([[np.sum((np.asarray(gold) == g) & (np.asarray(pred) == p)) for p in classes] for g in classes], float)
+    n, correct, t, p = C.sum(), np.trace(C), C.sum(1), C.sum(0)
+    denom = math.sqrt((n * n - p @ p) * (n * n - t @ t))
+    return float((correct * n - t @ p) / denom) if denom else 0.0
+
+
+def pearson(x, y):
+    x, y = np.asarray(x, float) - np.mean(x), np.asarray(y, float) - np.mean(y)
+    denom = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y / denom) if denom else 0.0
+
+
+def ranks(x):
+    """1-based ranks; tied values share the average of the ranks they span."""
+    x = np.asarray(x, float)
+    order = np.argsort(x, kind="stable")
+    xs, r = x[order], np.empty(len(x))
+    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
+    for s, e in zip(starts, np.r_[starts[1:], len(x)]):
+        r[order[s:e]] = (s + 1 + e) / 2
+    return r
+
+
+def spearman(x, y):
+    return pearson(ranks(x), ranks(y))
+
+
+def glue_score(results):
+    """GLUE's macro average: each task's metrics are averaged first (MRPC F1/acc, STS-B Pearson/Spearman, QQP acc/F1,
+    MNLI matched/mismatched), then the tasks. results: {task: {metric: value}}; non-GLUE tasks are ignored."""
+    scores = []
+    for task, metrics in results.items():
+        if task in GLUE_TASKS:
+            missing = [m for m in GLUE_TASKS[task]["metrics"] if m not in metrics]
+            if missing:
+                raise KeyError(f"glue_score: {task} lacks the metrics {missing} (has {sorted(metrics)})")
+            scores.append(np.mean([metrics[m] for m in GLUE_TASKS[task]["metrics"]]))
+    if not scores:
+        raise ValueError("glue_score: no GLUE task in the results")
+    return float(np.mean(scores))
+
+
+def normalize_answer(s):
+    """As the official SQuAD v1.1 script: lower case, drop punctuation, drop the articles a/an/the, squash spaces."""
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def squad_em_f1(prediction, gold_answers):
+    """(exact match, token F1) of one prediction, each the maximum over the gold answers."""
+    pred = normalize_answer(prediction).split()
+    em = f1 = 0.0
+    for gold in gold_answers:
+        g = normalize_answer(gold).split()
+        em = max(em, float(pred == g))
+        same = sum((Counter(pred) & Counter(g)).values())
+        if same:
+            precision, recall = same / len(pred), same / len(g)
+            f1 = max(f1, 2 * precision * recall / (precision + recall))
+    return em, f1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Models: a task head on the encoder. Both return .logits and the encoder's .hidden_states (for PKD-style losses).
+
+@dataclass
+class TaskOutput:
+    logits: torch.Tensor   # (B, num_labels) for Classifier, (B, L, 2) start/end for SpanQA
+    hidden_states: tuple
+
+
+class Classifier(nn.Module):
+    """style "bert": pooler -> dropout -> linear (BertForSequenceClassification). style "distilbert": h_[CLS] ->
+    pre_classifier linear -> ReLU -> dropout -> linear (DistilBertForSequenceClassification). "auto" picks "bert"
+    when the encoder has a pooler; an MLM-only teacher has none, so it gets the DistilBERT head too."""
+
+    def __init__(self, encoder: Bert, num_labels, style="auto"):
+        super().__init__()
+        style = ("bert" if encoder.pooler is not None else "distilbert") if style == "auto" else style
+        if style not in ("bert", "distilbert") or (style == "bert" and encoder.pooler is None):
+            raise ValueError(f"style={style!r}: expected 'auto', 'distilbert' or 'bert' (with a pooler in the encoder)")
+        d, self.style, self.num_labels, self.encoder = encoder.cfg.hidden_size, style, num_labels, encoder
+        self.pre_classifier = nn.Linear(d, d) if style == "distilbert" else None
+        self.dropout = nn.Dropout(encoder.cfg.dropout)
+        self.classifier = nn.Linear(d, num_labels)
+        for m in (self.pre_classifier, self.classifier):
+            if m is not None:
+                nn.init.normal_(m.weight, std=encoder.cfg.init_std)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        out = self.encoder(input_ids, attention_mask, token_type_ids, return_logits=False)
+        h = out.pooled if self.style == "bert" else F.relu(self.pre_classifier(out.hidden_states[-1][:, 0]))
+        return TaskOutput(self.classifier(self.dropout(h)), out.hidden_states)
+
+
+class SpanQA(nn.Module):
+    """Extractive QA (BertForQuestionAnswering): one linear layer gives a start and an end logit per token. Padding
+    positions get -1e4 so that softmaxes (and the distillation KL) ignore them."""
+
+    def __init__(self, encoder: Bert):
+        super().__init__()
+        self.encoder, self.num_labels = encoder, 2
+        self.qa = nn.Linear(encoder.cfg.hidden_size, 2)
+        nn.init.normal_(self.qa.weight, std=encoder.cfg.init_std)
+        nn.init.zeros_(self.qa.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        out = self.encoder(input_ids, attention_mask, token_type_ids, return_logits=False)
+        logits = self.qa(out.hidden_states[-1])
+        if attention_mask is not None:
+            logits = logits.masked_fill(attention_mask[..., None] == 0, -1e4)
+        return TaskOutput(logits, out.hidden_states)
+
+
+def _replace_dir(tmp, path):
+    """Move the finished folder tmp to path, replacing what was there only once tmp is complete."""
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_finetuned(model, path, **info):
+    """A fine-tuned model as finetune.json (encoder config, head) + model.safetensors (our names), atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = "span" if isinstance(model, SpanQA) else "classifier"
+    meta = {"kind": kind, "num_labels": model.num_labels, "style": getattr(model, "style", None),
+            "encoder": config_dict(model.encoder.cfg), **info}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / "finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_finetuned(path):
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not (path / "finetune.json").is_file():
+        raise FileNotFoundError(f"{path}: no finetune.json (not a folder written by finetune.py)")
+    meta = json.loads((path / "finetune.json").read_text())
+    encoder = Bert(config_from_dict(meta["encoder"]))
+    model = SpanQA(encoder) if meta["kind"] == "span" else Classifier(encoder, meta["num_labels"], meta["style"])
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return model.eval()
+
+
+def load_encoder(path) -> Bert:
+    """A Hugging Face folder (what train.py exports), or the encoder of a folder written by save_finetuned."""
+    return load_finetuned(path).encoder if (Path(path) / "finetune.json").is_file() else Bert.from_pretrained(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. Features: token ids for sentence (pair) tasks, and document-stride windows for SQuAD.
+
+def _ids(tokenizer, name, default):
+    i = tokenizer.token_to_id(name)
+    return default if i is None else i
+
+
+def encode(tokenizer, examples, max_len=128) -> dict:
+    """[CLS] a [SEP] (b [SEP]) with token types 0/1, cut to max_len (longest sequence first), padded to the longest.
+    -> input_ids, attention_mask, token_type_ids (N, L) and labels (N,) unless the examples have none."""
+    for i, e in enumerate(examples):
+        if not isinstance(e.text_a, str) or not isinstance(e.text_b, (str, type(None))):
+            raise TypeError(f"example {i}: text_a must be a string and text_b a string or None, got {e!r:.120}")
+    saved_trunc, saved_pad = tokenizer.truncation, tokenizer.padding
+    tokenizer.enable_truncation(max_len)
+    tokenizer.no_padding()
+    try:
+        encs = tokenizer.encode_batch([e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples])
+    finally:
+        tokenizer.no_truncation() if saved_trunc is None else tokenizer.enable_truncation(**saved_trunc)
+        if saved_pad is not None:
+            tokenizer.enable_padding(**{k: v for k, v in saved_pad.items() if k != "length" or v})
+    L = max((len(e.ids) for e in encs), default=1)
+    out = {k: torch.zeros(len(encs), L, dtype=torch.long) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    out["input_ids"].fill_(_ids(tokenizer, "[PAD]", 0))
+    for i, e in enumerate(encs):
+        n = len(e.ids)
+        out["input_ids"][i, :n], out["token_type_ids"][i, :n] = torch.tensor(e.ids), torch.tensor(e.type_ids)
+        out["attention_mask"][i, :n] = 1
+    labels = [e.label for e in examples]
+    if labels and all(y is not None for y in labels):
+        out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+    return out
+
+
+def prepare_squad_features(tokenizer, examples, max_len=384, doc_stride=128, max_query=64):
+    """[CLS] question [SEP] window [SEP] for windows over each context, BERT's way: a window holds as many context
+    tokens as fit, the next starts doc_stride tokens later. -> (tensors, mapping): tensors as `encode` plus
+    start_positions / end_positions (the first answer's tokens, or 0 = [CLS] when the window lacks it); mapping[f] =
+    {"example": index, "offsets": per token (start, end) characters in the context, None outside the context}."""
+    if not examples:
+        raise ValueError("prepare_squad_features: no examples")
+    cls, sep = _ids(tokenizer, "[CLS]", 101), _ids(tokenizer, "[SEP]", 102)
+    saved = tokenizer.truncation
+    tokenizer.no_truncation()
+    try:
+        questions = tokenizer.encode_batch([e.question for e in examples], add_special_tokens=False)
+        contexts = tokenizer.encode_batch([e.context for e in examples], add_special_tokens=False)
+    finally:
+        if saved is not None:
+            tokenizer.enable_truncation(**saved)
+    rows, mapping = [], []
+    for i, (ex, q, c) in enumerate(zip(examples, questions, contexts)):
+        q_ids, offsets = q.ids[:max_query], c.offsets
+        room = max_len - len(q_ids) - 3
+        if room <= 0:
+            raise ValueError(f"max_len={max_len} leaves no room for the context after a {len(q_ids)}-token question")
+        answer = None
+        if ex.answers:  # the answer's first and last token: tokens overlapping its characters
+            a0, a1 = ex.answer_starts[0], ex.answer_starts[0] + len(ex.answers[0])
+            inside = [t for t, (s, e) in enumerate(offsets) if s < a1 and e > a0]
+            answer = (inside[0], inside[-1]) if inside else None
+        start, first = 0, len(q_ids) + 2
+        while True:
+            n = min(room, len(c.ids) - start)
+            ids = [cls] + q_ids + [sep] + c.ids[start:start + n] + [sep]
+            s_pos = e_pos = 0
+            if answer and start <= answer[0] and answer[1] < start + n:
+                s_pos, e_pos = answer[0] - start + first, answer[1] - start + first
+            rows.append((ids, first, s_pos, e_pos))
+            mapping.append({"example": i, "offsets": [None] * first + list(offsets[start:start + n]) + [None]})
+            if start + n >= len(c.ids):
+                break
+            start += min(doc_stride, n)
+    L = max(len(r[0]) for r in rows)
+    t = {k: torch.zeros(len(rows), L, dtype=torch.long) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    t["input_ids"].fill_(_ids(tokenizer, "[PAD]", 0))
+    for f, (ids, first, _, _) in enumerate(rows):
+        t["input_ids"][f, :len(ids)], t["attention_mask"][f, :len(ids)] = torch.tensor(ids), 1
+        t["token_type_ids"][f, first:len(ids)] = 1
+    t["start_positions"] = torch.tensor([r[2] for r in rows])
+    t["end_positions"] = torch.tensor([r[3] for r in rows])
+    return t, mapping
+
+
+def squad_predict(start_logits, end_logits, mapping, examples, max_answer_len=30) -> dict:
+    """{example id: answer text}: over all windows of an example, the context span (start <= end, at most
+    max_answer_len tokens) with the highest start logit + end logit."""
+    n_feat, L = start_logits.shape
+    ctx = torch.zeros(n_feat, L, dtype=torch.bool)
+    for f, m in enumerate(mapping):
+        ctx[f, :len(m["offsets"])] = torch.tensor([o is not None for o in m["offsets"]])
+    s, e = start_logits.float().masked_fill(~ctx, -math.inf), end_logits.float().masked_fill(~ctx, -math.inf)
+    top = torch.full((n_feat,), -math.inf)
+    start, length = torch.zeros(n_feat, dtype=torch.long), torch.zeros(n_feat, dtype=torch.long)
+    for d in range(min(max_answer_len, L)):  # spans of d + 1 tokens: start a, end a + d
+        score, a = (s[:, :L - d] + e[:, d:]).max(1)
+        better = score > top
+        top, start = torch.where(better, score, top), torch.where(better, a, start)
+        length = length.masked_fill(better, d)
+    best = {}
+    for f, m in enumerate(mapping):
+        if top[f] > best.get(m["example"], (-math.inf,))[0]:
+            a, b = int(start[f]), int(start[f] + length[f])
+            best[m["example"]] = (float(top[f]), m["offsets"][a][0], m["offsets"][b][1])
+    return {ex.id: ex.context[best[i][1]:best[i][2]] if i in best else "" for i, ex in enumerate(examples)}
+
+
+def squad_evaluate(predictions, examples) -> dict:
+    scores = np.array([squad_em_f1(predictions.get(ex.id, ""), ex.answers) for ex in examples])
+    return {"exact_match": float(scores[:, 0].mean()), "f1": float(scores[:, 1].mean())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Training
+
+@dataclass
+class FinetuneConfig:
+    # what to run (the command line's paths)
+    task: str = "SST-2"            # a GLUE task, "imdb" or "squad"
+    data: str = ""                 # GLUE root or task folder; the aclImdb folder
+    train_file: str = ""           # SQuAD json files
+    eval_file: str = ""
+    model: str = ""                # Hugging Face folder (Bert.from_pretrained) or a save_finetuned folder
+    vocab: str = ""                # vocab.txt / tokenizer.json (default: the model folder's)
+    teacher: str = ""              # a save_finetuned folder: task distillation, "DistilBERT (D)"
+    out: str = ""                  # results JSON and fine-tuned models go here (nothing saved when empty)
+    name: str = ""                 # the model's name in results (default: the model folder's name)
+    seeds: str = ""                # "1,2,3": one run per seed, the median reported (default: seed)
+    save: bool = True              # save each run's model under out/
+    # optimisation (BERT's fine-tuning recipe)
+    lr: float = 5e-5
+    batch_size: int = 32
+    epochs: float = 3.0
+    max_steps: int | None = None   # overrides epochs
+    warmup: float = 0.1            # fraction of the steps, linear warm-up then linear decay to 0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_len: int = 0               # 0: 128 for GLUE, 384 for SQuAD, 512 for IMDb
+    seed: int = 42
+    eval_batch_size: int = 128
+    train_limit: int | None = None  # keep a fixed random subset of this many training examples
+    eval_limit: int | None = None   # evaluate on the first this many dev examples only (quick runs)
+    eval_every: int = 0            # call eval_fn every this many steps (0: only at the end)
+    log_every: int = 100
+    device: str = "auto"
+    style: str = "auto"            # classifier head: auto | bert | distilbert
+    # task distillation
+    temperature: float = 2.0
+    alpha: float = 0.5             # weight of the distillation term; 1 - alpha on the labels
+    # SQuAD
+    doc_stride: int = 128
+    max_query: int = 64
+    max_answer: int = 30
+
+    def __post_init__(self):
+        checks = {"lr": self.lr > 0, "batch_size": self.batch_size > 0, "epochs": self.epochs > 0,
+                  "warmup": 0 <= self.warmup < 1, "alpha": 0 <= self.alpha <= 1, "temperature": self.temperature > 0,
+                  "max_steps": self.max_steps is None or self.max_steps > 0, "max_len": self.max_len >= 0}
+        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"FinetuneConfig: invalid {', '.join(bad)}")
+
+
+def parse_config(argv, cls=FinetuneConfig):
+    """--key=value (or --key value) for any field of cls, converted to the field's type; a bare --flag is True."""
+    hints, values, i = typing.get_type_hints(cls), {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}: use --key=value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in hints:
+            raise ValueError(f"unknown option --{key}; known: {', '.join('--' + f.name for f in fields(cls))}")
+        if not eq:
+            bare = i + 1 >= len(argv) or argv[i + 1].startswith("--")
+            value, i = ("true", i) if bare else (argv[i + 1], i + 1)
+        values[key] = _convert(key, value, hints[key])
+        i += 1
+    return cls(**values)
+
+
+def _convert(key, value, tp):
+    options = [t for t in typing.get_args(tp) if t is not type(None)] or [tp]
+    if len(options) < len(typing.get_args(tp)) and value.lower() in ("none", "null", ""):
+        return None
+    t = options[0]
+    if t is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--{key}={value!r}: expected true or false")
+        return value.lower() in ("true", "1", "yes")
+    try:
+        return t(value)
+    except ValueError:
+        raise ValueError(f"--{key}={value!r}: expected {'an integer' if t is int else 'a number'}") from None
+
+
+def task_loss(logits, labels):
+    """Cross-entropy, or MSE for one output (regression); over positions for SQuAD's (B, L) start/end logits."""
+    if isinstance(logits, (tuple, list)):
+        return sum(task_loss(s, y) for s, y in zip(logits, labels)) / len(logits)
+    if logits.size(-1) == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def task_distill_loss(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) (batch mean) + (1 - alpha) * task loss (Hinton et al.; used for
+    "DistilBERT (D)", Section 4). A regression output (one logit) has no distribution to soften: there the first term
+    is the MSE to the teacher's prediction, without T. For SQuAD pass (start, end) tuples: each is distilled over the
+    positions and the two losses are averaged. labels=None: the distillation term alone."""
+    if isinstance(student_logits, (tuple, list)):
+        labels = labels if labels is not None else [None] * len(student_logits)
+        return sum(task_distill_loss(s, t, y, T, alpha)
+                   for s, t, y in zip(student_logits, teacher_logits, labels)) / len(student_logits)
+    t = teacher_logits.detach()
+    if student_logits.size(-1) == 1:
+        soft = F.mse_loss(student_logits, t)
+    else:
+        soft = T * T * F.kl_div(F.log_softmax(student_logits / T, -1), F.log_softmax(t / T, -1), log_target=True,
+                                reduction="batchmean")
+    return soft if labels is None else alpha * soft + (1 - alpha) * task_loss(student_logits, labels)
+
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _outputs(out, batch):
+    """(logits, labels) for the losses: SQuAD's as (start, end) pairs."""
+    if "start_positions" in batch:
+        return (out.logits[..., 0], out.logits[..., 1]), (batch["start_positions"], batch["end_positions"])
+    return out.logits, batch.get("labels")
+
+
+def make_loss(teacher=None, T=2.0, alpha=0.5):
+    """The default loss_fn(model, batch): the task loss, or task_distill_loss against a (frozen) teacher."""
+    def loss_fn(model, batch):
+        inputs = {k: batch[k] for k in INPUTS if k in batch}
+        logits, labels = _outputs(model(**inputs), batch)
+        if teacher is None:
+            return task_loss(logits, labels)
+        with torch.no_grad():
+            teacher_logits, _ = _outputs(teacher(**inputs), batch)
+        return task_distill_loss(logits, teacher_logits, labels, T, alpha)
+    return loss_fn
+
+
+def _device(name):
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _batch(tensors, idx, device):
+    """Rows idx of every tensor, token tensors cut to the longest real sequence among them."""
+    L = int(tensors["attention_mask"][idx].sum(1).max())
+    return {k: (v[idx, :L] if k in INPUTS else v[idx]).to(device) for k, v in tensors.items()}
+
+
+def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
+    """AdamW (no decay on biases and LayerNorms), linear warm-up then decay, gradient clipping, batches shuffled by
+    cfg.seed. loss_fn(model, batch) -> loss; default: make_loss(teacher, ...). eval_fn(model, step) is called every
+    cfg.eval_every steps and at the end."""
+    device = _device(cfg.device)
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    loss_fn = loss_fn or make_loss(teacher, cfg.temperature, cfg.alpha)
+    n = len(train_tensors["input_ids"])
+    if n == 0:
+        raise ValueError("fit: no training examples")
+    total = cfg.max_steps or max(1, round(cfg.epochs * math.ceil(n / cfg.batch_size)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    warm = int(cfg.warmup * total)
+    schedule = lambda s: s / warm if s < warm else (total - s) / max(1, total - warm)  # linear up, linear down
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    gen, step, t0, running = torch.Generator().manual_seed(cfg.seed), 0, time.time(), 0.0
+    while step < total:
+        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+            loss = loss_fn(model, _batch(train_tensors, idx, device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step, running = step + 1, running + loss.item()
+            if cfg.log_every and step % cfg.log_every == 0:
+                log(f"step {step}/{total}  loss {running / cfg.log_every:.4f}  {time.time() - t0:.0f}s")
+                running = 0.0
+            if eval_fn is not None and (step == total or (cfg.eval_every and step % cfg.eval_every == 0)):
+                eval_fn(model, step)
+                model.train()
+            if step >= total:
+                break
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model, tensors, batch_size=128, device=None) -> torch.Tensor:
+    """Logits for every row, in order, on the CPU (span logits padded back to the full width with -1e4)."""
+    device = next(model.parameters()).device if device is None else _device(device)
+    model.to(device).eval()
+    out, width = [], tensors["input_ids"].size(1)
+    for idx in torch.arange(len(tensors["input_ids"])).split(batch_size):
+        batch = _batch({k: tensors[k] for k in INPUTS if k in tensors}, idx, device)
+        logits = model(**batch).logits.float().cpu()
+        if logits.dim() == 3:
+            logits = F.pad(logits, (0, 0, 0, width - logits.size(1)), value=-1e4)
+        out.append(logits)
+    return torch.cat(out)
+
+
+METRICS = {"accuracy": accuracy, "f1": f1_binary, "mcc": matthews_corrcoef}
+
+
+def evaluate(task, logits, labels) -> dict:
+    """The task's metrics (GLUE_TASKS[task]["metrics"]) from logits (N, num_labels) and gold labels."""
+    name, spec = task_spec(task)
+    logits, labels = torch.as_tensor(logits).float().numpy(), torch.as_tensor(labels).numpy()
+    if spec["num_labels"] == 1:
+        return {"pearson": pearson(logits[:, 0], labels), "spearman": spearman(logits[:, 0], labels)}
+    pred = logits.argmax(-1)
+    return {m: METRICS[m](pred, labels) for m in spec["metrics"] if m in METRICS}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. Running a task: read, encode once, then fine-tune and evaluate once per seed.
+
+def log(msg):
+    print(f"[finetune] {msg}", file=sys.stderr, flush=True)
+
+
+def write_json(obj, path):
+    """Write JSON atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_task(cfg, tokenizer):
+    """-> (train tensors, score(model) -> metrics, head(encoder) -> model) for cfg.task."""
+    name, spec = task_spec(cfg.task)
+    max_len = cfg.max_len or {"squad": 384, "imdb": 512}.get(name, 128)
+    subset = lambda xs: xs if not cfg.train_limit or cfg.train_limit >= len(xs) else \
+        [xs[i] for i in sorted(np.random.default_rng(0).permutation(len(xs))[:cfg.train_limit])]
+    if name == "squad":
+        feats = lambda path: prepare_squad_features(tokenizer, path, max_len, cfg.doc_stride, cfg.max_query)
+        train, _ = feats(subset(read_squad(cfg.train_file)))
+        dev = read_squad(cfg.eval_file)[:cfg.eval_limit]
+        dev_t, mapping = feats(dev)
+
+        def score(model):
+            logits = predict(model, dev_t, cfg.eval_batch_size)
+            return squad_evaluate(squad_predict(logits[..., 0], logits[..., 1], mapping, dev, cfg.max_answer), dev)
+        return train, score, SpanQA
+    reader = (lambda split: read_imdb(cfg.data, split)) if name == "imdb" else \
+        (lambda split: read_glue(name, cfg.data, split))
+    train = encode(tokenizer, subset(reader("train")), max_len)
+    devs = {split: encode(tokenizer, reader(split)[:cfg.eval_limit], max_len) for split in spec.get("dev", ("test",))}
+
+    def score(model):
+        metrics = {}
+        for k, (split, t) in enumerate(devs.items()):  # MNLI: matched, then mismatched as accuracy_mm
+            m = evaluate(name, predict(model, t, cfg.eval_batch_size), t["labels"])
+            metrics.update(m if k == 0 else {f"{key}_mm": v for key, v in m.items()})
+        return metrics
+    return train, score, lambda encoder: Classifier(encoder, spec["num_labels"], cfg.style)
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    """Fine-tune cfg.model on cfg.task once per seed; returns (and writes to cfg.out) per-seed and median metrics."""
+    from data import load_tokenizer
+    if not cfg.model:
+        raise ValueError("--model is required (a Hugging Face folder, e.g. one exported by train.py)")
+    name, _ = task_spec(cfg.task)
+    tokenizer = load_tokenizer(cfg.vocab or cfg.model)
+    train, score, head = load_task(cfg, tokenizer)
+    teacher = load_finetuned(cfg.teacher) if cfg.teacher else None
+    model_name = cfg.name or Path(cfg.model).name
+    seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()] or [cfg.seed]
+    runs = []
+    for seed in seeds:
+        c = replace(cfg, seed=seed)
+        torch.manual_seed(seed)
+        model = head(load_encoder(cfg.model))
+        log(f"{model_name} on {name}, seed {seed}: {len(train['input_ids'])} training rows"
+            + (f", distilling from {cfg.teacher}" if teacher else ""))
+        t0 = time.time()
+        fit(model, train, c, teacher=teacher)
+        metrics, seconds = score(model), time.time() - t0
+        log(f"seed {seed}: {json.dumps(metrics)}")
+        run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1)}
+        if cfg.out and cfg.save:
+            run_info["path"] = str(Path(cfg.out) / f"{model_name}-{name}-seed{seed}")
+            save_finetuned(model, run_info["path"], task=name, source=cfg.model, seed=seed, metrics=metrics)
+        runs.append(run_info)
+    median = {k: float(np.median([r["metrics"][k] for r in runs])) for k in runs[0]["metrics"]}
+    params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("encoder.head."))
+    result = {"task": name, "name": model_name, "model": cfg.model, "teacher": cfg.teacher or None,
+              "parameters": params, "seeds": seeds, "median": median, "runs": runs, "config": asdict(cfg)}
+    if cfg.out:
+        write_json(result, Path(cfg.out) / f"{model_name}-{name}.json")
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__ + "\nOptions (--key=value):\n" + "\n".join(
+            f"  --{f.name}={f.default!r}" for f in fields(FinetuneConfig)))
+        return
+    result = run(parse_config(argv))
+    print(json.dumps({"task": result["task"], "name": result["name"], "median": result["median"]}))
+
+
+if __name__ == "__main__":
+    main()

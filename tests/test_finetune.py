@@ -1,0 +1,396 @@
+"""finetune.py: metrics against hand-computed values, GLUE/IMDb/SQuAD readers on small files with each format's
+quirks, SQuAD windows and answers, the distillation loss by hand, and tiny models that learn synthetic tasks."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import finetune as ft
+from data import load_tokenizer
+from model import Bert, BertConfig, student_from_teacher
+
+WORDS = ["the", "a", "an", "cat", "dog", "sat", "on", "mat", "good", "bad", "movie", ".", ",", "?", "\"", "'"]
+WORDS += [f"tok{i}" for i in range(80)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread than on cores shared with other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(vocab):
+    return load_tokenizer(vocab)
+
+
+def tiny(pooler=False, vocab_size=100, layers=2):
+    torch.manual_seed(0)
+    return Bert(BertConfig(vocab_size=vocab_size, hidden_size=32, num_layers=layers, num_heads=2, intermediate_size=64,
+                           max_position=64, pooler=pooler, dropout=0.0, attention_dropout=0.0))
+
+
+# ------------------------------------------------------------------------------------------------ metrics, by hand
+
+def test_accuracy_and_f1():
+    assert ft.accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
+    # tp = 2 (positions 0, 4), fp = 1 (position 1), fn = 1 (position 3): P = R = 2/3, F1 = 2/3
+    assert ft.f1_binary([1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == pytest.approx(2 / 3)
+    # tp = 1, fp = 0, fn = 2: P = 1, R = 1/3, F1 = 2 * 1/3 / (4/3) = 0.5
+    assert ft.f1_binary([1, 0, 0], [1, 1, 1]) == pytest.approx(0.5)
+    assert ft.f1_binary([0, 0, 0], [1, 0, 1]) == 0.0  # no true positive
+
+
+def test_matthews_by_hand():
+    gold = [1, 1, 1, 1, 0, 0, 0]
+    pred = [1, 1, 1, 0, 1, 0, 0]  # tp 3, fn 1, fp 1, tn 2: (3*2 - 1*1) / sqrt(4 * 4 * 3 * 3) = 5 / 12
+    assert ft.matthews_corrcoef(pred, gold) == pytest.approx(5 / 12)
+    assert ft.matthews_corrcoef([0, 1, 0, 1], [0, 1, 0, 1]) == pytest.approx(1.0)
+    assert ft.matthews_corrcoef([1, 0, 1, 0], [0, 1, 0, 1]) == pytest.approx(-1.0)
+    assert ft.matthews_corrcoef([1, 1, 1, 1], [0, 1, 0, 1]) == 0.0  # constant prediction: defined as 0
+
+
+def test_pearson_spearman_with_ties():
+    # x = [1, 2, 3], y = [2, 4, 7]: deviations [-1, 0, 1] and [-7/3, -1/3, 8/3]; sum of products 5,
+    # sum of squares 2 and 114/9: r = 5 / sqrt(2 * 114 / 9)
+    assert ft.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 114 / 9))
+    assert list(ft.ranks([10, 20, 20, 30])) == [1, 2.5, 2.5, 4]
+    assert list(ft.ranks([3, 1, 3, 3])) == [3, 1, 3, 3]
+    # ranks [1, 2.5, 2.5, 4] vs [1, 3, 2, 4]: deviations [-1.5, 0, 0, 1.5] and [-1.5, .5, -.5, 1.5];
+    # sum of products 4.5, sums of squares 4.5 and 5: rho = 4.5 / sqrt(22.5) = sqrt(0.9)
+    assert ft.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(math.sqrt(0.9))
+    assert ft.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone, not linear
+
+
+def test_metrics_agree_with_scipy_sklearn_if_installed():
+    stats = pytest.importorskip("scipy.stats")
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 50), rng.integers(0, 5, 50)
+    assert ft.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0])
+    a, b = rng.integers(0, 2, 50), rng.integers(0, 2, 50)
+    assert ft.matthews_corrcoef(a, b) == pytest.approx(sk.matthews_corrcoef(b, a))
+    assert ft.f1_binary(a, b) == pytest.approx(sk.f1_score(b, a))
+
+
+def test_glue_score_averages_metrics_within_a_task_first():
+    results = {"MRPC": {"f1": 0.9, "accuracy": 0.8}, "SST-2": {"accuracy": 0.9},
+               "STS-B": {"pearson": 0.8, "spearman": 0.6}, "squad": {"f1": 0.1}}
+    assert ft.glue_score(results) == pytest.approx((0.85 + 0.9 + 0.7) / 3)  # squad is not GLUE
+    with pytest.raises(KeyError, match="spearman"):
+        ft.glue_score({"STS-B": {"pearson": 0.8}})
+
+
+def test_evaluate_picks_task_metrics():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])  # predictions 0, 1, 0, 1
+    assert ft.evaluate("MRPC", logits, torch.tensor([0, 1, 1, 1])) == {"f1": pytest.approx(0.8), "accuracy": 0.75}
+    assert ft.evaluate("cola", logits, torch.tensor([0, 1, 0, 1]))["mcc"] == pytest.approx(1.0)
+    reg = ft.evaluate("STS-B", torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([2.0, 4.0, 7.0]))
+    assert reg["pearson"] == pytest.approx(5 / math.sqrt(2 * 114 / 9)) and reg["spearman"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ SQuAD scoring
+
+def test_normalize_answer():
+    assert ft.normalize_answer("The  Quick, brown fox!") == "quick brown fox"
+    assert ft.normalize_answer("an apple a day") == "apple day"
+    assert ft.normalize_answer("theater") == "theater"  # articles only as whole words
+    assert ft.normalize_answer("U.S.A.") == "usa"
+
+
+def test_squad_em_f1():
+    assert ft.squad_em_f1("the Denver Broncos", ["Denver Broncos", "Broncos"]) == (1.0, 1.0)
+    # pred [denver, broncos, won], gold [broncos]: overlap 1, P = 1/3, R = 1, F1 = 0.5
+    assert ft.squad_em_f1("Denver Broncos won", ["Broncos"]) == (0.0, pytest.approx(0.5))
+    # max over golds: vs "Denver Broncos team" overlap 2, P = R = 2/3
+    assert ft.squad_em_f1("Denver Broncos won", ["Broncos", "Denver Broncos team"]) == (0.0, pytest.approx(2 / 3))
+    # repeated tokens count once per occurrence in the gold: [cat, cat] vs [cat]: P = 1/2, R = 1, F1 = 2/3
+    assert ft.squad_em_f1("the cat cat", ["cat"]) == (0.0, pytest.approx(2 / 3))
+    # [cat, cat] vs [cat, cat, dog]: overlap 2 (counted with multiplicity), P = 1, R = 2/3, F1 = 0.8
+    assert ft.squad_em_f1("cat cat", ["cat cat dog"]) == (0.0, pytest.approx(0.8))
+    assert ft.squad_em_f1("nothing", ["cat"]) == (0.0, 0.0)
+    ex = [ft.SquadExample("1", "q", "c", ["cat"], [0]), ft.SquadExample("2", "q", "c", ["a dog"], [0])]
+    assert ft.squad_evaluate({"1": "Cat.", "2": "dog sat"}, ex) == {"exact_match": 0.5, "f1": pytest.approx(5 / 6)}
+
+
+def test_squad_windows_cover_the_answer_and_map_back(tok):
+    words = [f"tok{i}" for i in range(60)]
+    words[40] = "tok40 ,"  # punctuation is its own token: 61 context tokens
+    context = " ".join(words)
+    answer = "tok41 tok42 tok43"
+    ex = ft.SquadExample("q1", "tok1 tok2 ?", context, [answer], [context.index(answer)])
+    t, mapping = ft.prepare_squad_features(tok, [ex], max_len=24, doc_stride=8, max_query=64)
+    # question 3 tokens -> 24 - 3 - 3 = 18 context tokens per window; windows start at 0, 8, ..., 48 (48 + 13 = 61)
+    assert len(mapping) == 7 and t["input_ids"].shape == (7, 24)
+    covered = set()
+    for f, m in enumerate(mapping):
+        offs = m["offsets"]
+        covered |= {o for o in offs if o is not None}
+        n = int(t["attention_mask"][f].sum())
+        assert t["token_type_ids"][f, :5].tolist() == [0] * 5 and t["token_type_ids"][f, 5:n].tolist() == [1] * (n - 5)
+        assert t["input_ids"][f, 0] == tok.token_to_id("[CLS]") and offs[:5] == [None] * 5 and offs[n - 1] is None
+        s, e = int(t["start_positions"][f]), int(t["end_positions"][f])
+        starts_in = {8 * f + k for k in range(18)}
+        if {41, 42, 43, 44} <= starts_in:  # tokens 41..43 of the context (the comma is token 41) -> 42..44
+            assert context[offs[s][0]:offs[e][1]] == answer
+        else:
+            assert s == e == 0
+    assert len(covered) == 61
+    assert sum(int(x) > 0 for x in t["start_positions"]) == 2  # windows starting at 32 and 40
+    # predicting that span in one window gives exactly the answer text
+    S, E = torch.zeros(7, 24), torch.zeros(7, 24)
+    f = next(i for i in range(7) if t["start_positions"][i] > 0)
+    S[f, t["start_positions"][f]], E[f, t["end_positions"][f]] = 5.0, 5.0
+    assert ft.squad_predict(S, E, mapping, [ex]) == {"q1": answer}
+    # the best start/end pair is 5 tokens apart: with max_answer_len=3 it is not allowed
+    S, E = torch.zeros(7, 24), torch.zeros(7, 24)
+    S[0, 6], E[0, 10], E[0, 7] = 9.0, 9.0, 1.0
+    assert ft.squad_predict(S, E, mapping, [ex], max_answer_len=3) == {"q1": "tok1 tok2"}
+    assert ft.squad_predict(S, E, mapping, [ex])["q1"] == "tok1 tok2 tok3 tok4 tok5"
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_glue_bom_quotes_header_and_test_set(tmp_path):
+    write(tmp_path / "SST-2" / "train.tsv", "\ufeffsentence\tlabel\n\"a quoted\" word \t1\nit 's \" odd\t0\n")
+    write(tmp_path / "SST-2" / "test.tsv", "index\tsentence\n0\tno label here\n")
+    ex = ft.read_glue("SST-2", tmp_path, "train")  # the GLUE root
+    assert [(e.text_a, e.text_b, e.label) for e in ex] == [("\"a quoted\" word ", None, 1), ("it 's \" odd", None, 0)]
+    assert [(e.text_a, e.label) for e in ft.read_glue("sst-2", tmp_path / "SST-2", "test")] == [("no label here", None)]
+    mrpc = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said \" hi .\tA \"b\" c\n0\t3\t4\tx\ty\n"
+    write(tmp_path / "MRPC" / "dev.tsv", mrpc)  # an unbalanced quote must not swallow the next line
+    assert [(e.text_a, e.text_b, e.label) for e in ft.read_glue("MRPC", tmp_path, "dev")] == \
+        [("He said \" hi .", "A \"b\" c", 1), ("x", "y", 0)]
+
+
+def test_glue_mnli_by_header_cola_without_header_stsb_float(tmp_path):
+    head = "index\tpromptID\tpairID\tgenre\ts1_bp\ts2_bp\ts1_p\ts2_p\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    write(tmp_path / "MNLI" / "dev_matched.tsv", head + "0\t1\t2\tg\tb\tb\tp\tp\tA man .\tA dog .\tneutral\tneutral\n")
+    write(tmp_path / "MNLI" / "dev_mismatched.tsv", head + "0\t1\t2\tg\tb\tb\tp\tp\tX\tY\tentailment\tcontradiction\n")
+    assert [(e.text_a, e.text_b, e.label) for e in ft.read_glue("MNLI", tmp_path, "dev")] == [("A man .", "A dog .", 2)]
+    assert ft.read_glue("MNLI", tmp_path, "dev_mismatched")[0].label == 0
+    write(tmp_path / "CoLA" / "train.tsv", "gj04\t1\t\tThe sailors rode the breeze .\ngj04\t0\t*\tRode the .\n")
+    write(tmp_path / "CoLA" / "test.tsv", "index\tsentence\n0\tBill left .\n")
+    assert [(e.text_a, e.label) for e in ft.read_glue("CoLA", tmp_path, "train")] == \
+        [("The sailors rode the breeze .", 1), ("Rode the .", 0)]
+    assert ft.read_glue("CoLA", tmp_path, "test")[0].text_a == "Bill left ."
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    write(tmp_path / "STS-B" / "dev.tsv", head + "0\tg\tf\t2012\t1\tn\tn\tA man .\tA guy .\t4.750\n")
+    assert ft.read_glue("STS-B", tmp_path, "dev")[0].label == 4.75
+
+
+def test_glue_errors_name_file_line_and_value(tmp_path):
+    path = write(tmp_path / "SST-2" / "train.tsv", "sentence\tlabel\ngood\t1\njust text\n")
+    with pytest.raises(ValueError, match=r"train\.tsv, line 3: 1 columns"):
+        ft.read_glue("SST-2", tmp_path, "train")
+    write(path, "sentence\tlabel\ngood\t2\n")
+    with pytest.raises(ValueError, match=r"train\.tsv, line 2: label '2' is not one of"):
+        ft.read_glue("SST-2", tmp_path, "train")
+    write(path, "text\tlabel\ngood\t1\n")
+    with pytest.raises(ValueError, match=r"no column 'sentence'"):
+        ft.read_glue("SST-2", tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="dev.tsv"):
+        ft.read_glue("SST-2", tmp_path, "dev")
+    with pytest.raises(ValueError, match="unknown task"):
+        ft.read_glue("SST-3", tmp_path, "dev")
+
+
+def test_read_imdb_and_squad(tmp_path):
+    write(tmp_path / "aclImdb" / "test" / "pos" / "0_9.txt", "Great.<br /><br />Loved it")
+    write(tmp_path / "aclImdb" / "test" / "neg" / "1_2.txt", "Awful")
+    ex = ft.read_imdb(tmp_path / "aclImdb", "test")
+    assert [(e.text_a, e.label) for e in ex] == [("Awful", 0), ("Great.  Loved it", 1)]
+    with pytest.raises(FileNotFoundError, match="train"):
+        ft.read_imdb(tmp_path / "aclImdb", "train")
+    doc = {"data": [{"title": "t", "paragraphs": [{"context": "The cat sat.", "qas": [
+        {"id": "a1", "question": "Who sat?", "answers": [{"text": "cat", "answer_start": 4},
+                                                         {"text": "The cat", "answer_start": 0}]}]}]}]}
+    path = write(tmp_path / "s.json", json.dumps(doc))
+    (e,) = ft.read_squad(path)
+    assert (e.id, e.question, e.answers, e.answer_starts) == ("a1", "Who sat?", ["cat", "The cat"], [4, 0])
+    del doc["data"][0]["paragraphs"][0]["qas"][0]["question"]
+    write(path, json.dumps(doc))
+    with pytest.raises(ValueError, match=r"s\.json: missing key 'question'"):
+        ft.read_squad(path)
+
+
+# ------------------------------------------------------------------------------------------------ features, config
+
+def test_encode_pairs_types_truncation_labels(tok):
+    ids = {w: tok.token_to_id(w) for w in ["[CLS]", "[SEP]", "the", "cat", "dog", "sat"]}
+    ex = [ft.Example("the cat", "the dog sat", 1.5), ft.Example("cat", None, 0.5)]
+    t = ft.encode(tok, ex, max_len=16)
+    words = ["[CLS]", "the", "cat", "[SEP]", "the", "dog", "sat", "[SEP]"]
+    assert t["input_ids"][0].tolist() == [ids[w] for w in words]
+    assert t["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert t["input_ids"][1].tolist() == [ids["[CLS]"], ids["cat"], ids["[SEP]"], 0, 0, 0, 0, 0]
+    assert t["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert t["labels"].dtype == torch.float and t["labels"].tolist() == [1.5, 0.5]
+    t = ft.encode(tok, [ft.Example("the cat", "the dog sat", 1)], max_len=6)
+    # longest first, as BertTokenizer: b (3) loses 'sat', then on a tie (2, 2) a loses 'cat'
+    assert t["input_ids"][0].tolist() == [ids[w] for w in ["[CLS]", "the", "[SEP]", "the", "dog", "[SEP]"]]
+    assert t["labels"].dtype == torch.long and tok.truncation is None  # the tokenizer is left as it was
+    assert "labels" not in ft.encode(tok, [ft.Example("cat")], 8)
+    with pytest.raises(TypeError, match="example 1: text_a must be a string"):
+        ft.encode(tok, [ft.Example("cat"), ft.Example("cat", 1)], 8)  # a label passed as text_b
+
+
+def test_parse_config_types_and_errors():
+    c = ft.parse_config(["--lr=3e-5", "--max_steps", "10", "--save=false", "--task=RTE", "--seeds", "1,2,3"])
+    assert (c.lr, c.max_steps, c.save, c.task, c.seeds, c.batch_size) == (3e-5, 10, False, "RTE", "1,2,3", 32)
+    assert ft.parse_config(["--max_steps=none"]).max_steps is None
+    with pytest.raises(ValueError, match=r"--batch_size='abc': expected an integer"):
+        ft.parse_config(["--batch_size=abc"])
+    with pytest.raises(ValueError, match="unknown option --learning_rate"):
+        ft.parse_config(["--learning_rate=1"])
+    with pytest.raises(ValueError, match="warmup=1.5"):
+        ft.parse_config(["--warmup=1.5"])
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+def test_task_distill_loss_by_hand():
+    s, t, y = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]]), torch.tensor([0])
+    # T = 1: p = [3/4, 1/4], q = [1/2, 1/2]: KL = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.130812
+    assert ft.task_distill_loss(s, t, y, T=1.0, alpha=1.0).item() == pytest.approx(0.130812, abs=1e-6)
+    # T = 2: p = [sqrt3, 1] / (1 + sqrt3) = [0.633975, 0.366025]; KL = sum p ln(2p) = 0.036341; x T^2 = 0.145363;
+    # CE of [0, 0] against label 0 = ln 2. alpha = 0.5: 0.5 * 0.145363 + 0.5 * 0.693147 = 0.419255
+    assert ft.task_distill_loss(s, t, y, T=2.0, alpha=0.5).item() == pytest.approx(0.419255, abs=1e-5)
+    # batchmean: a second row where student == teacher adds no KL but counts in the mean
+    s2, t2 = torch.tensor([[0.0, 0.0], [1.0, 2.0]]), torch.tensor([[math.log(3), 0.0], [1.0, 2.0]])
+    assert ft.task_distill_loss(s2, t2, None, T=1.0).item() == pytest.approx(0.130812 / 2, abs=1e-6)
+    # regression: MSE to the teacher (no T): 0.5 * (1 - 3)^2 + 0.5 * (1 - 2)^2 = 2.5
+    reg = ft.task_distill_loss(torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([2.0]), T=4.0, alpha=0.5)
+    assert reg.item() == pytest.approx(2.5)
+    # SQuAD: start and end distilled separately and averaged: (0.130812 + 0) / 2
+    pair = ft.task_distill_loss((s, t), (t, t), (y, y), T=1.0, alpha=1.0)
+    assert pair.item() == pytest.approx(0.130812 / 2, abs=1e-6)
+    # the teacher gets no gradient
+    s, t = s.clone().requires_grad_(), t.clone().requires_grad_()
+    ft.task_distill_loss(s, t, y).backward()
+    assert t.grad is None and s.grad is not None
+
+
+# ------------------------------------------------------------------------------------------------ models learn
+
+def synthetic(n, seed, regression=False):
+    """[CLS] 6-10 random tokens (ids 6..99) [SEP]; label: whether token 5 appears (or: how many times)."""
+    g = torch.Generator().manual_seed(seed)
+    ids, mask = torch.zeros(n, 12, dtype=torch.long), torch.zeros(n, 12, dtype=torch.long)
+    labels = []
+    for i in range(n):
+        L = int(torch.randint(6, 11, (1,), generator=g))
+        row = torch.randint(6, 100, (L,), generator=g)
+        k = int(torch.randint(0, 4, (1,), generator=g)) if regression else int(i % 2)
+        row[torch.randperm(L, generator=g)[:k]] = 5
+        ids[i, 0], ids[i, 1:L + 1], ids[i, L + 1], mask[i, :L + 2] = 2, row, 3, 1
+        labels.append(float(k) if regression else k)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+            "labels": torch.tensor(labels)}
+
+
+FAST = dict(lr=3e-3, batch_size=32, epochs=6, warmup=0.1, log_every=0, device="cpu")
+
+
+def test_classifier_heads_and_outputs():
+    bert, distil = ft.Classifier(tiny(pooler=True), 3), ft.Classifier(student_from_teacher(tiny(pooler=True)), 3)
+    assert bert.style == "bert" and bert.pre_classifier is None and distil.style == "distilbert"
+    out = distil(torch.tensor([[2, 7, 8, 3]]))
+    assert out.logits.shape == (1, 3) and len(out.hidden_states) == 2  # student: embeddings + 1 layer
+    with pytest.raises(ValueError, match="pooler"):
+        ft.Classifier(tiny(), 2, style="bert")
+
+
+def test_finetune_learns_token_presence_then_distils_it():
+    train, test = synthetic(256, 0), synthetic(256, 1)
+    torch.manual_seed(0)
+    teacher = ft.fit(ft.Classifier(tiny(), 2), train, ft.FinetuneConfig(**FAST))
+    acc = ft.evaluate("SST-2", ft.predict(teacher, test), test["labels"])["accuracy"]
+    assert acc >= 0.95
+    # a student trained on the teacher's soft targets alone (alpha = 1: labels unused) learns it too
+    torch.manual_seed(1)
+    student = ft.Classifier(student_from_teacher(tiny(layers=2)), 2)
+    ft.fit(student, train, ft.FinetuneConfig(**FAST, alpha=1.0), teacher=teacher)
+    assert ft.evaluate("SST-2", ft.predict(student, test), test["labels"])["accuracy"] >= 0.9
+
+
+def test_regression_head_learns_a_count():
+    train, test = synthetic(512, 2, regression=True), synthetic(256, 3, regression=True)
+    torch.manual_seed(0)
+    model = ft.fit(ft.Classifier(tiny(), 1), train, ft.FinetuneConfig(**{**FAST, "lr": 2e-3, "epochs": 10}))
+    pred = ft.predict(model, test)
+    assert pred.shape == (256, 1)
+    assert ft.evaluate("STS-B", pred, test["labels"])["pearson"] > 0.9
+
+
+def test_fit_calls_a_custom_loss_max_steps_times():
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(batch["input_ids"].shape)
+        return model(batch["input_ids"], batch["attention_mask"]).logits.sum() * 0.0
+
+    ft.fit(ft.Classifier(tiny(), 2), synthetic(40, 0), ft.FinetuneConfig(max_steps=5, batch_size=16, log_every=0),
+           loss_fn=loss_fn)
+    assert len(calls) == 5 and calls[0] == (16, 12) and calls[2] == (8, 12)  # 40 rows: batches of 16, 16, 8
+
+
+def test_save_and_load_finetuned(tmp_path):
+    model = ft.Classifier(tiny(), 3).eval()
+    ids = torch.tensor([[2, 9, 10, 3]])
+    ft.save_finetuned(model, tmp_path / "m", task="MNLI")
+    ft.save_finetuned(model, tmp_path / "m", task="MNLI")  # over an existing folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    back = ft.load_finetuned(tmp_path / "m")
+    assert torch.equal(back(ids).logits, model(ids).logits)
+    assert json.loads((tmp_path / "m" / "finetune.json").read_text())["task"] == "MNLI"
+    with pytest.raises(FileNotFoundError, match="finetune.json"):
+        ft.load_finetuned(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+def test_run_glue_seeds_median_and_squad(tmp_path, vocab):
+    enc = tiny(vocab_size=len(WORDS) + 5)
+    enc.save_pretrained(tmp_path / "tiny", tokenizer_files=[vocab])
+    rows = [f"{'good' if i % 2 else 'bad'} movie tok{i}\t{i % 2}\n" for i in range(40)]
+    write(tmp_path / "glue" / "SST-2" / "train.tsv", "sentence\tlabel\n" + "".join(rows))
+    write(tmp_path / "glue" / "SST-2" / "dev.tsv", "sentence\tlabel\n" + "".join(rows[:10]))
+    argv = [f"--task=SST-2", f"--data={tmp_path / 'glue'}", f"--model={tmp_path / 'tiny'}", f"--out={tmp_path / 'r'}",
+            "--seeds=1,2,3", "--max_steps=3", "--batch_size=8", "--log_every=0", "--name=tiny"]
+    ft.main(argv)
+    res = json.loads((tmp_path / "r" / "tiny-SST-2.json").read_text())
+    accs = sorted(r["metrics"]["accuracy"] for r in res["runs"])
+    assert res["seeds"] == [1, 2, 3] and res["median"]["accuracy"] == accs[1]
+    assert ft.load_finetuned(res["runs"][0]["path"]).num_labels == 2
+    # task distillation from the fine-tuned seed-1 model, through the same entry point
+    ft.main(argv[:4] + ["--seeds=1", "--max_steps=2", "--name=student", f"--teacher={res['runs'][0]['path']}"])
+    assert json.loads((tmp_path / "r" / "student-SST-2.json").read_text())["teacher"] == res["runs"][0]["path"]
+    # SQuAD
+    context = "the cat sat on the mat . the dog sat on the cat ."
+    doc = {"data": [{"paragraphs": [{"context": context, "qas": [
+        {"id": str(i), "question": "who sat on the mat ?", "answers": [{"text": "the cat", "answer_start": 0}]}
+        for i in range(4)]}]}]}
+    write(tmp_path / "sq.json", json.dumps(doc))
+    sq = str(tmp_path / "sq.json")
+    res = ft.run(ft.FinetuneConfig(task="squad", train_file=sq, eval_file=sq, model=str(tmp_path / "tiny"), max_steps=2,
+                                   max_len=16, doc_stride=4, log_every=0))
+    assert set(res["median"]) == {"exact_match", "f1"} and 0 <= res["median"]["f1"] <= 1
