@@ -107,6 +107,69 @@ def soft_target_loss_chunked(student_hidden, teacher_hidden, student_head, teach
     return total / denom * temperature**2
 
 
+class _HeadLosses(torch.autograd.Function):
+    """Forward computes the losses and, on the way, their gradients, one chunk of rows at a time; backward only
+    scales the stored gradients. Nothing (rows x vocab) outlives a chunk and nothing is recomputed."""
+
+    @staticmethod
+    def forward(ctx, u, weight, bias, teacher_hidden, labels, teacher_head, T, w_ce, w_mlm, chunk_size):
+        grad_u, grad_w, grad_b = torch.empty_like(u), torch.zeros_like(weight), torch.zeros_like(bias)
+        acc = torch.promote_types(weight.dtype, torch.float32)  # softmaxes in float32 at least (bf16 under autocast)
+        kl_sum, ce_sum = u.new_zeros((), dtype=acc), u.new_zeros((), dtype=acc)
+        for start in range(0, u.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            z = F.linear(u[rows], weight, bias).to(acc)                    # student logits (chunk, V)
+            t = teacher_head(teacher_hidden[rows]).to(acc)                 # teacher logits (no grad here)
+            log_p = F.log_softmax(t.div_(T), dim=-1)
+            del t
+            p = log_p.exp()
+            lab = labels[rows]
+            masked = lab != -100
+            log_s = F.log_softmax(z[masked], dim=-1)                       # L_mlm on the masked rows (T = 1)
+            ce_sum += -log_s.gather(1, lab[masked, None]).sum()
+            log_q = F.log_softmax(z.div_(T), dim=-1)
+            del z
+            kl_sum += log_p.sub_(log_q).mul_(p).masked_fill_(p == 0, 0.0).sum()  # 0 log 0 = 0, as _kl_per_row
+            del log_p
+            g = log_q.exp_().sub_(p).mul_(w_ce * T)    # d(w_ce T^2 KL)/dz = w_ce T (q - p), in log_q's storage
+            del p
+            g_mlm = log_s.exp_()                       # d CE/dz = softmax(z) - onehot(label)
+            g_mlm[torch.arange(len(g_mlm), device=g.device), lab[masked]] -= 1.0
+            g[masked] += w_mlm * g_mlm
+            g = g.to(weight.dtype)
+            grad_u[rows] = g @ weight
+            grad_w.addmm_(g.t(), u[rows].to(weight.dtype))
+            grad_b += g.sum(0)
+        ctx.save_for_backward(grad_u, grad_w, grad_b)
+        ctx.mark_non_differentiable(kl_sum, ce_sum)
+        return w_ce * T**2 * kl_sum + w_mlm * ce_sum, kl_sum, ce_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss, _kl, _ce):
+        grad_u, grad_w, grad_b = ctx.saved_tensors
+        return grad_loss * grad_u, grad_loss * grad_w, grad_loss * grad_b, None, None, None, None, None, None, None
+
+
+def head_losses_fused(student_u, decoder_weight, decoder_bias, teacher_hidden, teacher_head, labels,
+                      temperature=2.0, weight_ce=1.0, weight_mlm=1.0, chunk_size=1024):
+    """weight_ce * T^2 * sum_rows KL(softmax(t/T) || softmax(s/T)) + weight_mlm * sum_masked CE(s, label), where
+    s = F.linear(student_u, decoder_weight, decoder_bias) and t = teacher_head(teacher_hidden), computed chunk by
+    chunk without full-vocabulary logits for all rows and without recomputation.
+
+    student_u: (N, d) the student's MLM transform output (the decoder's input); labels: (N,) with -100 on rows that
+    are not masked. Returns (loss, kl_sum, ce_sum): `loss` is differentiable w.r.t. student_u, decoder_weight and
+    decoder_bias; the two sums are detached, for logging. With weight_ce = alpha_ce / D_ce and weight_mlm =
+    alpha_mlm / D_mlm, `loss` is alpha_ce * soft_target_loss(..., denom=D_ce) + alpha_mlm * mlm_loss(..., denom=D_mlm).
+
+    Why: soft_target_loss_chunked keeps memory flat by recomputing both heads in backward (one extra pass of the
+    vocabulary projection for student and teacher). Here the gradient of the logits is known in closed form,
+    w_ce T (softmax(s/T) - softmax(t/T)) + w_mlm (softmax(s) - onehot), so each chunk's gradients w.r.t. student_u,
+    the weight and the bias are computed in the forward pass and stored ((N + V) x d numbers); backward just scales
+    them by the incoming gradient. It is only worth it when a backward pass follows (training)."""
+    return _HeadLosses.apply(student_u, decoder_weight, decoder_bias, teacher_hidden.detach(), labels,
+                             teacher_head, temperature, weight_ce, weight_mlm, chunk_size)
+
+
 def mlm_loss(student_logits, labels, denom=None):
     """L_mlm: cross-entropy of the student at the masked positions.
 

@@ -151,8 +151,12 @@ class MLMHead(nn.Module):
         self.ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
+    def transform(self, h):
+        """The decoder's input: LayerNorm(GELU(dense(h)))."""
+        return self.ln(F.gelu(self.dense(h)))
+
     def forward(self, h, decoder_weight):
-        return F.linear(self.ln(F.gelu(self.dense(h))), decoder_weight, self.bias)
+        return F.linear(self.transform(h), decoder_weight, self.bias)
 
 
 class Bert(nn.Module):

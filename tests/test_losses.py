@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from losses import combine, cosine_loss, mlm_loss, soft_target_loss, soft_target_loss_chunked  # noqa: E402
+import losses as L  # noqa: E402
 
 f64 = torch.float64
 
@@ -384,3 +385,35 @@ def test_combine_on_real_losses_by_hand():
     total, _ = combine({"ce": soft_target_loss(s, t, 2.0), "mlm": mlm_loss(s, labels),
                         "cos": cosine_loss(hs, ht)})
     torch.testing.assert_close(total, 5 * ce + 2 * mlm + 1 * cos)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 64])
+def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
+    """The fused L_ce + L_mlm (gradients computed in forward, closed form) against the plain losses on full logits."""
+    torch.manual_seed(3)
+    N, d, V, T = 13, 6, 11, 2.0
+    u = torch.randn(N, d, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(V, d, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(V, dtype=torch.float64, requires_grad=True)
+    t_hidden = torch.randn(N, d, dtype=torch.float64)
+    t_weight = torch.randn(V, d, dtype=torch.float64)
+    labels = torch.full((N,), -100)
+    labels[[0, 3, 4, 9]] = torch.tensor([2, 7, 7, 0])
+    D_ce, D_mlm = 20.0, 5.0
+    teacher_head = lambda h: h @ t_weight.T
+    loss, kl_sum, ce_sum = L.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
+                                               5.0 / D_ce, 2.0 / D_mlm, chunk)
+    loss.backward()
+    got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
+    for p in (u, weight, bias):
+        p.grad = None
+    s_logits = u @ weight.T + bias
+    ce = L.soft_target_loss(s_logits, teacher_head(t_hidden), T, denom=D_ce)
+    keep = labels != -100
+    mlm = F.cross_entropy(s_logits[keep], labels[keep], reduction="sum") / D_mlm
+    want = 5.0 * ce + 2.0 * mlm
+    want.backward()
+    assert torch.allclose(loss, want, atol=1e-10)
+    assert torch.allclose(kl_sum * T**2 / D_ce, ce, atol=1e-10) and torch.allclose(ce_sum / D_mlm, mlm, atol=1e-10)
+    for a, b in zip(got, (u.grad, weight.grad, bias.grad)):
+        assert torch.allclose(a, b, atol=1e-10)
