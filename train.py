@@ -150,31 +150,27 @@ class Objective(torch.nn.Module):
         out = self.student(ids, attention_mask=attention_mask, return_logits=False)
         h = out.hidden_states[-1]
         rows = real if cfg.ce_positions == "all" else masked
-        if teacher_hidden is not None and cfg.ce_chunk > 0 and torch.is_grad_enabled():
-            # L_ce and L_mlm in one chunked pass over the vocabulary, gradients computed on the way (no full logits,
-            # no recomputation); the same values and gradients as the branches below
+        if teacher_hidden is None:  # mlm mode: the masked-LM loss alone
+            return L.combine({"mlm": L.mlm_loss(self.student.mlm_logits(h[masked]), labels[masked],
+                                                denom=denoms["masked"])}, alpha_mlm=1.0)
+        cos = L.cosine_loss(h[real].float(), teacher_hidden[real].float(), denom=denoms["real"])
+        if cfg.ce_chunk > 0:
+            # L_ce and L_mlm in one chunked pass over the vocabulary with their gradients computed on the way: the
+            # full (tokens x vocabulary) logits never exist and nothing is recomputed (losses.head_losses_fused)
             head = self.student.head
             loss, kl_sum, ce_sum = L.head_losses_fused(
                 head.transform(h[rows]), self.student.emb.word.weight, head.bias, teacher_hidden[rows],
                 self.teacher_head, labels[rows], cfg.temperature, cfg.alpha_ce / denoms["ce"],
                 cfg.alpha_mlm / denoms["masked"], cfg.ce_chunk)
-            cos = L.cosine_loss(h[real].float(), teacher_hidden[real].float(), denom=denoms["real"])
             total = loss + cfg.alpha_cos * cos
             return total, {"ce": kl_sum * cfg.temperature**2 / denoms["ce"], "mlm": ce_sum / denoms["masked"],
                            "cos": cos.detach(), "total": total.detach()}
-        parts = {"mlm": L.mlm_loss(self.student.mlm_logits(h[masked]), labels[masked], denom=denoms["masked"])}
-        if teacher_hidden is not None:
-            if cfg.ce_chunk > 0:  # from hidden states, chunk by chunk, recomputed in backward: saves memory
-                parts["ce"] = L.soft_target_loss_chunked(h[rows], teacher_hidden[rows], self.student.mlm_logits,
-                                                         self.teacher_head, cfg.temperature, denoms["ce"], cfg.ce_chunk)
-            else:  # all logits at once: faster when they fit
-                with torch.no_grad():
-                    t_logits = self.teacher_head(teacher_hidden[rows])
-                parts["ce"] = L.soft_target_loss(self.student.mlm_logits(h[rows]), t_logits, cfg.temperature,
-                                                 denoms["ce"])
-            parts["cos"] = L.cosine_loss(h[real].float(), teacher_hidden[real].float(), denom=denoms["real"])
-            return L.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos)
-        return L.combine(parts, alpha_mlm=1.0)  # mlm mode: the masked-LM loss alone
+        with torch.no_grad():  # ce_chunk=0: the plain formulas on full logits, for reading and checking
+            t_logits = self.teacher_head(teacher_hidden[rows])
+        parts = {"ce": L.soft_target_loss(self.student.mlm_logits(h[rows]), t_logits, cfg.temperature, denoms["ce"]),
+                 "mlm": L.mlm_loss(self.student.mlm_logits(h[masked]), labels[masked], denom=denoms["masked"]),
+                 "cos": cos}
+        return L.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos)
 
 
 def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None):

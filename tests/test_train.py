@@ -236,3 +236,18 @@ def test_mismatched_or_missing_teacher_is_refused(setup, tmp_path):
     with pytest.raises(SystemExit, match="(?s)not found.*--mode=mlm"):
         T.train(T.parse_args(args(root, tmp_path / "y", teacher=tmp_path / "nowhere")))
     assert not (tmp_path / "x" / "ckpt-0000001.pt").exists()
+
+
+def test_fused_objective_equals_plain_formulas(setup):
+    """ce_chunk > 0 (fused, chunked vocabulary pass) gives the losses and gradients of ce_chunk=0 (full logits)."""
+    teacher, student, objective, cfg = pair(setup)
+    b = batch(setup[1], B=5)
+    sums_fused, _, _ = T.forward_backward(T.Objective(student, teacher, T.TrainConfig(ce_chunk=7)), teacher, [b], cfg)
+    fused = grads(student)
+    student.zero_grad()
+    sums_plain, _, _ = T.forward_backward(T.Objective(student, teacher, T.TrainConfig(ce_chunk=0)), teacher, [b], cfg)
+    plain = grads(student)
+    for k in ("ce", "mlm", "cos", "total"):
+        assert torch.allclose(sums_fused[k], sums_plain[k], rtol=1e-5), k
+    for k in plain:
+        assert torch.allclose(fused[k], plain[k], atol=1e-6, rtol=1e-4), k
