@@ -118,17 +118,18 @@ class _HeadLosses(torch.autograd.Function):
         kl_sum, ce_sum = u.new_zeros((), dtype=acc), u.new_zeros((), dtype=acc)
         for start in range(0, u.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            z = F.linear(u[rows], weight, bias).to(acc)                    # student logits (chunk, V)
-            t = teacher_head(teacher_hidden[rows]).to(acc)                 # teacher logits (no grad here)
-            log_p = F.log_softmax(t.div_(T), dim=-1)
-            del t
-            p = log_p.exp()
+            # at most three (chunk, V) tensors at a time: z or log_q, t or log_p, p
+            z = F.linear(u[rows], weight, bias).to(acc)                    # student logits
             lab = labels[rows]
             masked = lab != -100
             log_s = F.log_softmax(z[masked], dim=-1)                       # L_mlm on the masked rows (T = 1)
             ce_sum += -log_s.gather(1, lab[masked, None]).sum()
             log_q = F.log_softmax(z.div_(T), dim=-1)
             del z
+            t = teacher_head(teacher_hidden[rows]).to(acc)                 # teacher logits (no grad here)
+            log_p = F.log_softmax(t.div_(T), dim=-1)
+            del t
+            p = log_p.exp()
             kl_sum += log_p.sub_(log_q).mul_(p).masked_fill_(p == 0, 0.0).sum()  # 0 log 0 = 0, as _kl_per_row
             del log_p
             g = log_q.exp_().sub_(p).mul_(w_ce * T)    # d(w_ce T^2 KL)/dz = w_ce T (q - p), in log_q's storage

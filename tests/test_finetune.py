@@ -15,13 +15,7 @@ WORDS = ["the", "a", "an", "cat", "dog", "sat", "on", "mat", "good", "bad", "mov
 WORDS += [f"tok{i}" for i in range(80)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on cores shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from model import Bert, BertConfig, count_parameters
 from peakd import (cls_states, make_student, pkd_layer_map, pkd_loss, ptp_labels, ptp_thresholds, sps_layers,
                    with_sps)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and a busy machine makes several threads much slower); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = BertConfig(vocab_size=60, hidden_size=24, num_layers=4, num_heads=3, intermediate_size=40, max_position=16)

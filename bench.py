@@ -1,0 +1,567 @@
+"""
+Speed and memory of this codebase against transformers, measured side by side in one run (issue #7).
+
+    python bench.py                           # every section at BERT-base size (about 15 min on 2 idle cores)
+    python bench.py --only inference,table3   # sections: inference, table3, train, data, gpu (results are merged)
+    python bench.py --quick                   # tiny shapes: a smoke test of the whole script (tests/test_bench.py)
+
+  inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1 and 32 x
+             length 128 and 512, float32. ratio = our median time / transformers' median time.
+  table3     the paper's Table 3: encoder + a one-output task head, batch 1, one pass over STS-B dev; speed-up =
+             teacher time / student time, ours and transformers' (ForSequenceClassification) side by side.
+  train      one distillation step (teacher forward, student forward + backward, 5 L_ce + 2 L_mlm + 1 L_cos, AdamW):
+             train.forward_backward + train.make_optimizer vs the step built from transformers models with the
+             reference formulas (full logits, masked_select, KLDivLoss(batchmean) T^2, CrossEntropyLoss,
+             CosineEmbeddingLoss, torch's default AdamW).
+  data       data.prepare (batched, all cores) vs encoding one line at a time in Python, as binarized_data.py does.
+  gpu        tokens/s and MFU of our step at length 512 in bf16, eager and torch.compile (skipped without CUDA).
+
+Method. Both sides get the same weights: a perturbed random BertForMaskedLM is saved and loaded into ours with
+Bert.from_pretrained; our student_from_teacher is saved and loaded into DistilBertForMaskedLM. Outputs (and the
+training losses and gradient norm) are asserted equal before anything is timed. Both sides run with the same thread
+count; repetitions are interleaved A B B A ... after a warm-up, so that drift hits both alike; medians are reported.
+Peak memory of a training step: each variant runs in a fresh process; once models, batch and optimizer are built,
+freed heap goes back to the OS (malloc_trim) and the peak-RSS mark is reset (/proc/self/clear_refs); the peak is the
+VmHWM reached during the steps minus the RSS at that point, so it counts gradients and AdamW state (equal on both
+sides), activations and loss temporaries. Results are merged into out/bench-results.json (written atomically) and
+out/bench-results.md (the README table). Timings on a busy machine are noise: --max-load waits for a quiet one.
+"""
+import argparse
+import contextlib
+import ctypes
+import gc
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import data as D
+import train as T
+from model import Bert, BertConfig, student_from_teacher
+
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared" / "data"
+BASE = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_position=512)
+QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, max_position=128)
+INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 3, (32, 512): 2}  # (batch, length): timed runs per side
+INFER_QUICK = {(1, 16): 3, (2, 32): 3}
+H200_BF16_DENSE = 989e12
+TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
+NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
+
+
+def hf():
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def row(measure, ours, ref, ratio, target="", met=None):
+    return {"measure": measure, "ours": ours, "reference": ref, "ratio": ratio, "target": target,
+            "met": "" if met is None else "yes" if met else "NO"}
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def interleaved(fns, reps, warmup=1):
+    """Run fns {name: callable} `warmup` times each, then `reps` timed rounds, the order reversed every other round
+    (A B, B A, A B, ...). -> {name: [seconds, ...]}"""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for r in range(reps):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Same weights on both sides
+
+
+def make_models(size, folder, seed=0):
+    """Save a perturbed random BERT (transformers) as folder/teacher and our student of it as folder/student."""
+    tf = hf()
+    torch.manual_seed(seed)
+    ref = tf.BertForMaskedLM(tf.BertConfig(
+        vocab_size=size["vocab_size"], hidden_size=size["hidden_size"], num_hidden_layers=size["num_layers"],
+        num_attention_heads=size["num_heads"], intermediate_size=size["intermediate_size"],
+        max_position_embeddings=size["max_position"], hidden_act="gelu"))
+    with torch.no_grad():  # random init leaves LayerNorms at 1/0 and biases at 0: make them non-trivial
+        for name, p in ref.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    ref.save_pretrained(folder / "teacher")
+    student_from_teacher(Bert.from_pretrained(folder / "teacher")).save_pretrained(folder / "student")
+
+
+def load(folder, which):
+    """(ours, transformers') teacher or student, in eval mode, from the same checkpoint folder."""
+    cls = hf().BertForMaskedLM if which == "teacher" else hf().DistilBertForMaskedLM
+    return Bert.from_pretrained(folder / which).eval(), cls.from_pretrained(folder / which).eval()
+
+
+@torch.no_grad()
+def check_same(ours, ref, name, tol=TOL, seed=0):
+    """Assert ours and transformers' give the same MLM logits and last hidden states on a padded batch (with token
+    types for a teacher); returns the largest |difference| over real tokens."""
+    g, c = torch.Generator().manual_seed(seed), ours.cfg
+    ids = torch.randint(1, c.vocab_size, (3, min(64, c.max_position)), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, ids.shape[1] // 2:], mask[2, 5:] = 0, 0
+    kw = {"token_type_ids": torch.randint(0, c.type_vocab_size, ids.shape, generator=g)} if c.type_vocab_size else {}
+    a, b = ours(ids * mask, mask, **kw), ref(input_ids=ids * mask, attention_mask=mask, output_hidden_states=True, **kw)
+    real = mask.bool()
+    d = max((a.logits - b.logits)[real].abs().max().item(), (a.hidden_states[-1] - b.hidden_states[-1])[real].abs().max().item())
+    if not d <= tol:
+        raise AssertionError(f"{name}: ours and transformers differ by {d:.3g} (> {tol}): not the same weights/function")
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Inference and 2. Table 3
+
+
+def bench_inference(folder, cells):
+    rows, cellsout = [], []
+    for which in ("teacher", "student"):
+        ours, ref = load(folder, which)
+        diff = check_same(ours, ref, which)
+        for (B, L), reps in cells.items():
+            ids = torch.randint(1, ours.cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(B * L))
+            mask = torch.ones_like(ids)
+            with torch.no_grad():
+                # warm the length up at batch 1 (cheap); then the timed runs, interleaved
+                interleaved({"o": lambda: ours(ids[:1], mask[:1]), "r": lambda: ref(input_ids=ids[:1], attention_mask=mask[:1])}, 0)
+                t = interleaved({"ours": lambda: ours(ids, mask), "ref": lambda: ref(input_ids=ids, attention_mask=mask)},
+                                reps, warmup=0)
+            o, r = med(t["ours"]), med(t["ref"])
+            per_run = [a / b for a, b in zip(t["ours"], t["ref"])]
+            cellsout.append({"model": which, "batch": B, "length": L, "ours_s": t["ours"], "ref_s": t["ref"],
+                             "ratio": o / r, "max_abs_diff": diff})
+            rows.append(row(f"{which} {B} x {L}, ms", f"{1e3 * o:.1f}", f"{1e3 * r:.1f}",
+                            f"{o / r:.3f} ({min(per_run):.2f}-{max(per_run):.2f})", "<= 1.0", o / r <= NOISE))
+            print_rows(rows[-1:])
+        del ours, ref
+        gc.collect()
+    return {"rows": rows, "cells": cellsout, "dtype": "float32"}
+
+
+def bench_table3(folder, vocab, sts, limit):
+    """Encoder + one-output head (finetune.Classifier / transformers' ForSequenceClassification), batch 1, each STS-B
+    dev pair once per model, the four models timed pair by pair in rotating order."""
+    from finetune import Classifier, encode, read_glue
+    tf = hf()
+    enc = encode(D.load_tokenizer(vocab), read_glue("STS-B", sts.parent, sts.stem)[:limit], 128)
+    n = enc["attention_mask"].sum(1).tolist()
+    inputs = [[enc[k][i:i + 1, :m] for k in ("input_ids", "attention_mask", "token_type_ids")] for i, m in enumerate(n)]
+    torch.manual_seed(0)
+    models = {"ours teacher": Classifier(Bert.from_pretrained(folder / "teacher"), 1).eval(),
+              "ours student": Classifier(Bert.from_pretrained(folder / "student"), 1).eval(),
+              "transformers teacher": tf.BertForSequenceClassification.from_pretrained(folder / "teacher", num_labels=1),
+              "transformers student": tf.DistilBertForSequenceClassification.from_pretrained(folder / "student", num_labels=1)}
+    call = {"ours teacher": lambda m, x: m(*x), "ours student": lambda m, x: m(x[0], x[1]),
+            "transformers teacher": lambda m, x: m(input_ids=x[0], attention_mask=x[1], token_type_ids=x[2]),
+            "transformers student": lambda m, x: m(input_ids=x[0], attention_mask=x[1])}
+    names, times = list(models), {k: [] for k in models}
+    with torch.no_grad():
+        for x in inputs[:20]:  # warm-up
+            for k in names:
+                call[k](models[k].eval(), x)
+        for i, x in enumerate(inputs):
+            for k in names[i % 4:] + names[:i % 4]:
+                t0 = time.perf_counter()
+                call[k](models[k], x)
+                times[k].append(time.perf_counter() - t0)
+    total = {k: sum(v) for k, v in times.items()}
+    out = {"pairs": len(inputs), "mean_tokens": sum(n) / len(n), "seconds": total, "rows": []}
+    for side in ("ours", "transformers"):
+        t, s = total[f"{side} teacher"], total[f"{side} student"]
+        per_pair = med([a / b for a, b in zip(times[f"{side} teacher"], times[f"{side} student"])])
+        out[f"speedup_{side}"] = t / s
+        out["rows"].append(row(f"{side}: teacher s / student s over {len(inputs)} pairs (median per-pair speed-up)",
+                               f"{t:.2f}", f"{s:.2f}", f"{t / s:.2f}x ({per_pair:.2f}x)",
+                               ">= 1.9x" if side == "ours" else "(paper 1.63x)", t / s >= 1.9 if side == "ours" else None))
+    out["rows"].append(row("ours vs transformers, teacher and student pass time", f"{total['ours teacher']:.2f}, "
+                           f"{total['ours student']:.2f}", f"{total['transformers teacher']:.2f}, "
+                           f"{total['transformers student']:.2f}", f"{total['ours teacher'] / total['transformers teacher']:.3f}, "
+                           f"{total['ours student'] / total['transformers student']:.3f}", "<= 1.0"))
+    print_rows(out["rows"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. One distillation step; each variant in a fresh process, for its peak memory
+
+
+def train_batch(B, L, vocab, seed=0, pad=True):
+    """B x L random ids (rows shortened by up to a quarter when pad), masked with data.mask_tokens (uniform 15%)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (B, L), generator=g)
+    lengths = torch.tensor([L - i * L // (4 * B) if pad else L for i in range(B)])
+    mask = (torch.arange(L)[None] < lengths[:, None]).long()
+    masked, labels = D.mask_tokens(ids * mask, mask, mask_id=1, vocab_size=vocab, special_ids=[0], generator=g)
+    return masked, mask, labels
+
+
+def make_step(variant, folder, batch, temperature=2.0, alphas=(5.0, 2.0, 1.0)):
+    """-> (step(update=True) returning the loss parts, student). variant: 'ours:<ce_chunk>' (train.py's step and
+    optimizer; 'ours:<ce_chunk>:adamw' with torch's default AdamW instead, an ablation) or 'transformers'."""
+    ids, am, labels = batch
+    if variant.startswith("ours"):
+        teacher, student = (Bert.from_pretrained(folder / w) for w in ("teacher", "student"))
+        cfg = T.TrainConfig(ce_chunk=int(variant.split(":")[1]), temperature=temperature, alpha_ce=alphas[0],
+                            alpha_mlm=alphas[1], alpha_cos=alphas[2], lr=1e-4)
+        objective = T.Objective(student, teacher.requires_grad_(False), cfg)
+        opt = T.make_optimizer(student, cfg) if not variant.endswith(":adamw") else None
+
+        def forward_backward():
+            return T.forward_backward(objective, teacher, [(ids, am, labels)], cfg)[0]
+    else:  # the reference formulas on transformers models
+        (_, teacher), (_, student), opt = load(folder, "teacher"), load(folder, "student"), None
+        teacher.requires_grad_(False)
+        kl, ce, cos = torch.nn.KLDivLoss(reduction="batchmean"), torch.nn.CrossEntropyLoss(), torch.nn.CosineEmbeddingLoss()
+
+        def forward_backward():
+            with torch.no_grad():
+                t = teacher(input_ids=ids, attention_mask=am, output_hidden_states=True)
+            s = student(input_ids=ids, attention_mask=am, output_hidden_states=True)
+            real = am.bool().unsqueeze(-1)
+            pick = lambda x: torch.masked_select(x, real.expand_as(x)).view(-1, x.shape[-1])  # noqa: E731
+            parts = {"ce": kl(F.log_softmax(pick(s.logits) / temperature, -1),
+                              F.softmax(pick(t.logits) / temperature, -1)) * temperature ** 2,
+                     "mlm": ce(s.logits.view(-1, s.logits.shape[-1]), labels.view(-1))}
+            s_h, t_h = pick(s.hidden_states[-1]), pick(t.hidden_states[-1])
+            parts["cos"] = cos(s_h, t_h, s_h.new_ones(s_h.shape[0]))
+            loss = alphas[0] * parts["ce"] + alphas[1] * parts["mlm"] + alphas[2] * parts["cos"]
+            loss.backward()
+            return {**parts, "total": loss}
+    opt = opt or torch.optim.AdamW(student.parameters(), lr=1e-4)
+
+    def step(update=True):
+        parts = {k: float(v.detach()) for k, v in forward_backward().items()}
+        if not update:  # the equality check: add the gradient norm; weights and gradients are left alone
+            parts["grad_norm"] = float(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]).norm())
+            return parts
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return parts
+    return step, student
+
+
+def losses_differ(a, b, rtol=1e-4):
+    """Names of the loss parts and gradient norm on which two steps' checks differ by more than rtol (relative)."""
+    return [k for k in ("ce", "mlm", "cos", "total", "grad_norm") if not abs(a[k] - b[k]) <= rtol * abs(b[k]) + 1e-9]
+
+
+def proc_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def train_worker(spec):
+    """One variant in this fresh process: the equality check (dropout off), then timed steps and peak RSS."""
+    torch.set_num_threads(spec["threads"])
+    batch = train_batch(spec["batch"], spec["length"], spec["vocab"], pad=spec["pad"])
+    step, student = make_step(spec["variant"], Path(spec["folder"]), batch)
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS, so the baseline is what is really held
+    base = proc_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    except OSError:
+        base = proc_kib("VmHWM")  # cannot reset: the peak is then only seen if it exceeds the loading peak
+    student.eval()  # dropout off: both sides must give the same losses
+    check = step(update=False)
+    student.zero_grad(set_to_none=True)
+    student.train()
+    times = []
+    for i in range(1 + spec["steps"]):  # one warm-up step
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    Path(spec["result"]).write_text(json.dumps({"check": check, "step_s": times[1:], "tokens": int(batch[1].sum()),
+                                                "peak_mb": (proc_kib("VmHWM") - base) / 1024}))
+
+
+def bench_train(folder, vocab, B, L, variants, steps, rounds, threads, pad=True):
+    variants = [v for v in variants if v != "transformers"] + ["transformers"]
+    runs = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):  # one process per variant per round, the order reversed every other round
+            for v in (variants if r % 2 == 0 else variants[::-1]):
+                spec = dict(variant=v, folder=str(folder), batch=B, length=L, vocab=vocab, threads=threads, steps=steps,
+                            pad=pad, result=f"{tmp}/{r}-{v}.json")
+                subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], check=True, cwd=ROOT)
+                runs[v].append(json.loads(Path(spec["result"]).read_text()))
+    res = {v: {"step_s": med([t for x in rs for t in x["step_s"]]), "all_step_s": [t for x in rs for t in x["step_s"]],
+               "peak_mb": max(x["peak_mb"] for x in rs), "check": rs[0]["check"]} for v, rs in runs.items()}
+    ref, tokens = res["transformers"], runs["transformers"][0]["tokens"]
+    out = {"batch": B, "length": L, "real_tokens": tokens, "variants": res, "rows": []}
+    for v, x in res.items():
+        x.update(tokens_per_s=tokens / x["step_s"], speedup=ref["step_s"] / x["step_s"],
+                 memory_ratio=x["peak_mb"] / ref["peak_mb"], losses_differ=losses_differ(x["check"], ref["check"]))
+    for v, x in res.items():
+        out["rows"].append(row(f"{v}: s/step (tok/s), peak MB; loss {x['check']['total']:.6f}",
+                               f"{x['step_s']:.2f} ({x['tokens_per_s']:.0f}), {x['peak_mb']:.0f}",
+                               f"{ref['step_s']:.2f} ({ref['tokens_per_s']:.0f}), {ref['peak_mb']:.0f}",
+                               f"{x['speedup']:.2f}x faster, {x['memory_ratio']:.2f}x memory",
+                               ">= 1.15x, <= 0.6x" if v != "transformers" else "",
+                               x["speedup"] >= 1.15 and x["memory_ratio"] <= 0.6 if v != "transformers" else None))
+    print_rows(out["rows"])
+    bad = {v: x["losses_differ"] for v, x in res.items() if x["losses_differ"]}
+    if bad:
+        raise AssertionError(f"steps that do not compute the transformers step's losses: {bad}; "
+                             f"{ {v: x['check'] for v, x in res.items()} }")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. Data preparation
+
+
+def reference_encode(files, encode):
+    """As the reference binarized_data.py: one encode(line) call per line, in Python -> number of tokens."""
+    n = 0
+    for f in files:
+        with open(f, encoding="utf-8-sig") as fh:
+            n += sum(len(encode(line.strip())) for line in fh if line.strip())
+    return n
+
+
+def utf8_text(path):
+    """Whether data.prepare reads this file (UTF-8 text without NUL); it skips the others, and so do we."""
+    try:
+        return "\x00" not in path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        return False
+
+
+def bench_data(corpus, vocab, reps):
+    """data.prepare vs two line-by-line loops: with the reference script's tokenizer (transformers' pure-Python
+    BertTokenizer, BertTokenizerLegacy since transformers 5) and with the Rust tokenizer data.prepare itself uses."""
+    files = [f for f in D.resolve_inputs(corpus) if utf8_text(f)]
+    tf, fast = hf(), D.load_tokenizer(vocab)
+    slow = (getattr(tf, "BertTokenizerLegacy", None) or tf.BertTokenizer)(str(vocab), do_lower_case=True)
+    counts, runs = {}, iter(range(1 << 30))
+    with tempfile.TemporaryDirectory() as tmp:
+        def ours():  # a fresh folder each time, or prepare() finds it up to date
+            with contextlib.redirect_stderr(io.StringIO()):
+                meta = D.prepare([str(f) for f in files], Path(tmp) / f"shards{next(runs)}", vocab=str(vocab))
+            counts["ours"] = sum(s["tokens"] for s in meta["splits"].values())
+        t = interleaved({"ours": ours, "python": lambda: counts.update(python=reference_encode(
+                             files, lambda x: slow.encode(x, add_special_tokens=False))),
+                         "rust": lambda: counts.update(rust=reference_encode(
+                             files, lambda x: fast.encode(x, add_special_tokens=False).ids))}, reps, warmup=0)
+    if counts["ours"] != counts["rust"]:
+        raise AssertionError(f"data.prepare wrote {counts['ours']} tokens, the line-by-line loop {counts['rust']}")
+    s = {k: med(v) for k, v in t.items()}
+    out = {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "tokens": counts, "seconds": s,
+           "speedup": s["python"] / s["ours"], "speedup_same_tokenizer": s["rust"] / s["ours"]}
+    n = counts["ours"]
+    out["rows"] = [row(f"tokens/s, {n:,} tokens: vs per-line pure-Python BertTokenizer (reference script)",
+                       f"{n / s['ours']:,.0f}", f"{n / s['python']:,.0f}", f"{out['speedup']:.2f}x", ">= 5x",
+                       out["speedup"] >= 5),
+                   row("tokens/s: vs per-line calls of the same Rust tokenizer", f"{n / s['ours']:,.0f}",
+                       f"{n / s['rust']:,.0f}", f"{out['speedup_same_tokenizer']:.2f}x")]
+    print_rows(out["rows"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. GPU: tokens/s and MFU of our distillation step
+
+
+def train_flops_per_token(t: BertConfig, s: BertConfig, L):
+    """Model FLOPs per token of one distillation step (a multiply-add is 2 FLOPs; recomputation is not counted):
+    teacher forward F_t plus student forward and backward 3 F_s, where F = layers x (2 (4 d^2 + 2 d d_ff) for the
+    matmuls + 4 L d for QK^T and AV) + 2 (d^2 + d V) for the MLM head (transform and decoder) on every token."""
+    def fwd(c):
+        d = c.hidden_size
+        return c.num_layers * (8 * d * d + 4 * d * c.intermediate_size + 4 * L * d) + 2 * (d * d + d * c.vocab_size)
+    return fwd(t) + 3 * fwd(s)
+
+
+def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024):
+    if not torch.cuda.is_available():
+        print("  no CUDA device here: GPU tokens/s and MFU not measured")
+        return {"skipped": "no CUDA device", "rows": []}
+    dev, out = torch.device("cuda"), {"batch": B, "length": L, "peak_flops": peak, "rows": []}
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    teacher = Bert.from_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
+    ids, am, labels = (x.pin_memory().to(dev, non_blocking=True) for x in train_batch(B, L, teacher.cfg.vocab_size, pad=False))
+    cfg = T.TrainConfig(ce_chunk=ce_chunk)
+    for compiled in (False, True):
+        student = Bert.from_pretrained(folder / "student").to(dev).train()
+        objective = T.Objective(torch.compile(student) if compiled else student, teacher, cfg)
+        opt = T.make_optimizer(student, cfg)
+
+        def step():
+            T.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for _ in range(3):  # warm-up (and compilation)
+            step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        tps = B * L * steps / (time.perf_counter() - t0)
+        flops = train_flops_per_token(teacher.cfg, student.cfg, L)
+        key = "compiled" if compiled else "eager"
+        out[key] = {"tokens_per_s": tps, "flops_per_token": flops, "mfu": flops * tps / peak,
+                    "peak_gb": torch.cuda.max_memory_allocated() / 2**30}
+        out["rows"].append(row(f"{torch.cuda.get_device_name()} {key}, {B} x {L} bf16: tok/s, MFU",
+                               f"{tps:,.0f}, {flops * tps / peak:.1%}", "", "", ">= 40%", flops * tps / peak >= 0.4))
+        del student, objective, opt
+    print_rows(out["rows"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+COLUMNS = ("measure", "ours", "reference", "ratio", "target", "met")
+
+
+def print_rows(rows):
+    for r in rows:
+        print("  " + " | ".join(str(r[c]) for c in COLUMNS), flush=True)
+
+
+def markdown(res):
+    lines = ["| section | " + " | ".join(COLUMNS) + " | load before; others' cores |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for name, sec in res["sections"].items():
+        lines += [f"| {name} | " + " | ".join(str(r[c]) for c in COLUMNS) +
+                  f" | {sec['load_before']:.2f}; {sec['other_cores']:.2f} |" for r in sec.get("rows", [])]
+    m = res["machine"]
+    return (f"{m['cpu']}, {m['cores']} cores ({res['threads']} torch threads), torch {m['torch']}, transformers "
+            f"{m['transformers']}, Python {m['python']}; {m['date']}; `{m['command']}`\n\n" + "\n".join(lines) + "\n")
+
+
+def cpu_seconds():
+    """(CPU seconds used by the whole machine, by this process and its finished children) since boot / start."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    t = os.times()
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
+
+
+def wait_for_quiet(max_load, timeout):
+    """Wait (up to timeout s) until the 1-min load average is below max_load and, over 15 s, other processes kept
+    less than a quarter of a core busy (a 2-thread run next to one busy core is mostly threads waiting)."""
+    t0 = time.time()
+    while max_load and time.time() - t0 < timeout:
+        (all0, own0), s0 = cpu_seconds(), time.time()
+        time.sleep(15)
+        all1, own1 = cpu_seconds()
+        if os.getloadavg()[0] < max_load and (all1 - all0 - (own1 - own0)) / (time.time() - s0) < 0.25:
+            break
+    return os.getloadavg()[0]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions: a smoke test")
+    p.add_argument("--only", default="inference,table3,train,data,gpu", help="comma-separated sections")
+    p.add_argument("--out", default="out/bench-results.json")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, both sides")
+    p.add_argument("--max-load", type=float, default=0, help="before each section wait (up to --wait s) until the "
+                   "1-minute load average is below this (0: do not wait)")
+    p.add_argument("--wait", type=float, default=1200)
+    p.add_argument("--retries", type=int, default=0, help="run a section again (after waiting) when other processes "
+                   "kept more than 0.3 cores busy during it")
+    p.add_argument("--vocab", default=str(SHARED / "bert-base-uncased" / "vocab.txt"))
+    p.add_argument("--sts", default=str(SHARED / "glue" / "STS-B" / "dev.tsv"))
+    p.add_argument("--corpus", nargs="+", default=[str(SHARED / "corpora")])
+    p.add_argument("--sts-limit", type=int, default=None, help="the first N STS-B dev pairs only")
+    p.add_argument("--train-shape", default=None, help="batch x length of the training step (default 8x128)")
+    p.add_argument("--no-pad", action="store_true", help="training batch without padding")
+    p.add_argument("--variants", default=None, help="our steps, default ours:1024,ours:256,ours:0: ours:<ce_chunk> "
+                   "(0: full logits at once); ours:<ce_chunk>:adamw with torch's default AdamW, as the reference")
+    p.add_argument("--train-steps", type=int, default=None, help="timed steps per process")
+    p.add_argument("--train-rounds", type=int, default=None, help="processes per variant, interleaved")
+    p.add_argument("--gpu-batch", type=int, default=32)
+    p.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE / 1e12, help="GPU peak, for MFU")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        return train_worker(json.loads(a.worker))
+    torch.set_num_threads(a.threads)
+    only = a.only.split(",")
+    if set(only) - {"inference", "table3", "train", "data", "gpu"}:
+        raise SystemExit(f"--only={a.only}: sections are inference, table3, train, data, gpu")
+    size, vocab, sts, out = dict(QUICK if a.quick else BASE), Path(a.vocab), Path(a.sts), Path(a.out)
+    if vocab.is_file():  # models and tokenizer must agree on the vocabulary (Table 3 feeds real token ids)
+        size["vocab_size"] = D.load_tokenizer(vocab).get_vocab_size()
+    import transformers
+    res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                       "python": platform.python_version(), "torch": torch.__version__,
+                       "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
+                       "command": " ".join(["python"] + sys.argv)},
+           "threads": a.threads, "size": size, "quick": a.quick, "sections": {}}
+    with contextlib.suppress(OSError, StopIteration):
+        res["machine"]["cpu"] = next(x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name"))
+    if out.is_file():  # sections run separately accumulate, as long as the shapes are the same
+        old = json.loads(out.read_text())
+        if (old.get("size"), old.get("quick")) == (size, a.quick):
+            res["sections"] = old.get("sections", {})
+    B, L = map(int, (a.train_shape or ("2x32" if a.quick else "8x128")).split("x"))
+    run = {"inference": lambda: bench_inference(folder, INFER_QUICK if a.quick else INFER_BASE),
+           "table3": lambda: bench_table3(folder, vocab, sts, a.sts_limit or (20 if a.quick else None))
+           if sts.is_file() and vocab.is_file() else {"skipped": f"{sts} or {vocab} not found"},
+           "train": lambda: bench_train(folder, size["vocab_size"], B, L, (a.variants or ("ours:16,ours:0" if a.quick else "ours:1024,ours:256,ours:0")).split(","),
+                                        a.train_steps or (2 if a.quick else 3), a.train_rounds or (1 if a.quick else 2),
+                                        a.threads, pad=not a.no_pad),
+           "data": lambda: bench_data(a.corpus, vocab, 1 if a.quick else 3)
+           if vocab.is_file() and all(map(os.path.exists, a.corpus)) else {"skipped": f"{a.corpus} or {vocab} not found"},
+           "gpu": lambda: bench_gpu(folder, 2 if a.quick else a.gpu_batch, 64 if a.quick else 512, 3 if a.quick else 20,
+                                    a.peak_tflops * 1e12)}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_models(size, folder)
+        for name in only:
+            for attempt in range(1 + a.retries):  # a section measured next to other busy processes is run again
+                before = wait_for_quiet(a.max_load, a.wait)
+                print(f"{name}: {res['machine']['cpu']}, {a.threads} threads, 1-min load average {before:.2f}", flush=True)
+                (all0, own0), t0 = cpu_seconds(), time.time()
+                sec = run[name]()
+                (all1, own1), wall = cpu_seconds(), time.time() - t0
+                others = max(0.0, (all1 - all0) - (own1 - own0)) / wall  # cores other processes kept busy meanwhile
+                sec.update(load_before=before, other_cores=others, seconds=wall, date=time.strftime("%Y-%m-%d %H:%M"),
+                           command=res["machine"]["command"], attempt=attempt)
+                print(f"  {wall:.0f} s; 1-min load average {before:.2f} before; other processes used {others:.2f} "
+                      "cores meanwhile" + ("  (busy machine: these timings are noise)" if others > 0.3 else "")
+                      + (f"; skipped: {sec['skipped']}" if "skipped" in sec else ""), flush=True)
+                if others <= 0.3:
+                    break
+            res["sections"][name] = sec
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp_out = out.with_name(out.name + ".tmp")
+            tmp_out.write_text(json.dumps(res, indent=1))
+            os.replace(tmp_out, out)  # atomic: a reader never sees half a file
+            out.with_suffix(".md").write_text(markdown(res))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""bench.py: the whole script runs end to end on tiny shapes, and its equality checks would catch a wrong model or a
+wrong training step. Timings are not asserted here (speed is what bench.py reports, not what tests decide)."""
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench
+import data as D
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A small corpus, a WordPiece vocabulary trained on it, and an STS-B-shaped dev.tsv: no shared data needed."""
+    root = tmp_path_factory.mktemp("bench")
+    words = ("the cat dog sat on a mat while bird watched from window and nobody said word about evening came lamps "
+             "were lit along quiet street").split()
+    r = random.Random(0)
+    lines = [" ".join(r.choice(words) for _ in range(r.randint(5, 20))).capitalize() + "." for _ in range(300)]
+    (root / "corpus.txt").write_text("\n".join(lines[:150]) + "\n\n" + "\n".join(lines[150:]) + "\n")
+    D.train_wordpiece(iter(lines), 200, root / "vocab.txt")
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    rows = [f"{i}\tg\tf\t2012\t{i}\tnone\tnone\t{lines[i]}\t{lines[i + 1]}\t{r.uniform(0, 5):.3f}" for i in range(25)]
+    (root / "dev.tsv").write_text("\n".join([header] + rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    bench.make_models(bench.QUICK, folder)
+    return folder
+
+
+def test_quick_run_end_to_end(inputs, tmp_path):
+    out = tmp_path / "res.json"
+    cmd = [sys.executable, "bench.py", "--quick", "--vocab", str(inputs / "vocab.txt"), "--sts", str(inputs / "dev.tsv"),
+           "--corpus", str(inputs / "corpus.txt"), "--out", str(out), "--threads", "1"]  # 1: no thread waits under load
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    res = json.loads(out.read_text())["sections"]
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+    assert {(c["model"], c["batch"], c["length"]) for c in res["inference"]["cells"]} == \
+        {(m, b, l) for m in ("teacher", "student") for b, l in bench.INFER_QUICK}
+    assert all(c["ratio"] > 0 and c["max_abs_diff"] <= bench.TOL for c in res["inference"]["cells"])
+    assert res["table3"]["pairs"] == 20 and res["table3"]["speedup_ours"] > 0
+    variants = res["train"]["variants"]
+    assert set(variants) == {"ours:16", "ours:0", "transformers"}
+    assert all(v["losses_differ"] == [] and v["peak_mb"] >= 0 and v["tokens_per_s"] > 0 for v in variants.values())
+    assert res["data"]["tokens"]["ours"] > 1000 and res["data"]["speedup"] > 0
+    assert "skipped" in res["gpu"] or res["gpu"]["eager"]["mfu"] > 0
+    assert all(0 <= s["other_cores"] and s["seconds"] > 0 for s in res.values())
+    table = out.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data"))
+
+
+def test_equality_check_catches_a_wrong_weight(models):
+    for which in ("teacher", "student"):
+        ours, ref = bench.load(models, which)
+        assert bench.check_same(ours, ref, which) <= bench.TOL
+        with torch.no_grad():
+            ours.layers[1].fc1.weight[3, 5] += 0.05  # one number in one layer
+        with pytest.raises(AssertionError, match="differ"):
+            bench.check_same(ours, ref, which)
+
+
+def test_training_loss_check_catches_a_wrong_student(models):
+    batch = bench.train_batch(2, 32, bench.QUICK["vocab_size"])
+    checks = {}
+    for variant in ("ours:8", "ours:0", "transformers"):
+        step, student = bench.make_step(variant, models, batch)
+        student.eval()
+        checks[variant] = step(update=False)
+    assert bench.losses_differ(checks["ours:8"], checks["transformers"]) == []
+    assert bench.losses_differ(checks["ours:0"], checks["transformers"]) == []
+    step, student = bench.make_step("ours:8", models, batch)
+    with torch.no_grad():
+        student.layers[0].proj.weight[0, 0] += 0.5
+    student.eval()
+    assert bench.losses_differ(step(update=False), checks["transformers"])
+
+
+def test_fused_head_losses_give_the_full_logits_gradients(models):
+    """The step bench.py times (ce_chunk > 0: L_ce and L_mlm fused, chunk by chunk) has the gradients of the plain one
+    (ce_chunk=0: full logits, autograd), parameter by parameter, with several chunks and a partial last one."""
+    batch = bench.train_batch(3, 32, bench.QUICK["vocab_size"])
+    grads = {}
+    for variant in ("ours:7", "ours:0"):
+        step, student = bench.make_step(variant, models, batch)
+        student.eval()
+        step(update=False)
+        grads[variant] = {n: p.grad.clone() for n, p in student.named_parameters()}
+    assert set(grads["ours:7"]) == set(grads["ours:0"])
+    for n, g in grads["ours:0"].items():
+        torch.testing.assert_close(grads["ours:7"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_flops_per_token_formula():
+    from model import BertConfig
+    t = BertConfig()
+    s = BertConfig(num_layers=6, type_vocab_size=0)
+    # per layer 8 d^2 + 4 d d_ff + 4 L d = 15,728,640 at L = 512; head 2 (d^2 + d V) = 48,061,440
+    assert bench.train_flops_per_token(t, s, 512) == 12 * 15728640 + 48061440 + 3 * (6 * 15728640 + 48061440)
+
+
+def test_interleaving_alternates_the_order():
+    calls = []
+    bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
