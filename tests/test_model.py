@@ -95,6 +95,74 @@ def test_bert_for_masked_lm_matches_transformers(tmp_path, c, fmt):
     print("BertForMaskedLM max abs diff", compare(ours, r, ids, mask, types))
 
 
+def hf_grad_names(kind, i):
+    """transformers' names for the parameters behind our layer i, written out by hand (independent of model.py)."""
+    if kind == "bert":
+        a, o = f"bert.encoder.layer.{i}.attention", f"bert.encoder.layer.{i}"
+        return {"qkv": [f"{a}.self.query", f"{a}.self.key", f"{a}.self.value"], "proj": [f"{a}.output.dense"],
+                "ln1": [f"{a}.output.LayerNorm"], "fc1": [f"{o}.intermediate.dense"], "fc2": [f"{o}.output.dense"],
+                "ln2": [f"{o}.output.LayerNorm"]}
+    t = f"distilbert.transformer.layer.{i}"
+    return {"qkv": [f"{t}.attention.q_lin", f"{t}.attention.k_lin", f"{t}.attention.v_lin"],
+            "proj": [f"{t}.attention.out_lin"], "ln1": [f"{t}.sa_layer_norm"], "fc1": [f"{t}.ffn.lin1"],
+            "fc2": [f"{t}.ffn.lin2"], "ln2": [f"{t}.output_layer_norm"]}
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_gradients_match_transformers(tmp_path, kind):
+    """Training mode (dropout 0): the same loss on logits and hidden states gives the same gradient for every layer
+    parameter, the word embeddings (tied decoder) and the MLM head. Guards the in-place residual adds and GELU."""
+    c = ODD[0]
+    if kind == "bert":
+        cfg = transformers.BertConfig(hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **c)
+        ref, word, head = perturb(transformers.BertForMaskedLM(cfg)), "bert.embeddings.word_embeddings", "cls.predictions.transform.dense"
+    else:
+        ref = hf_distilbert(transformers.DistilBertForMaskedLM, c)
+        word, head = "distilbert.embeddings.word_embeddings", "vocab_transform"
+    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "g", "safetensors"))
+    ours.cfg.dropout = ours.cfg.attention_dropout = 0.0
+    for m in [*ours.modules(), *ref.modules()]:
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ours.train(), ref.train()
+    ids, mask, types = batch(c)
+    types = types if kind == "bert" else None
+    g = torch.Generator().manual_seed(1)
+    out = ours(ids, attention_mask=mask, token_type_ids=types)
+    kw = {"token_type_ids": types} if kind == "bert" else {}
+    r = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True, **kw)
+    w_logits = torch.randn(out.logits.shape, generator=g) * mask[..., None]
+    w_hidden = [torch.randn(h.shape, generator=g) * mask[..., None] for h in out.hidden_states]
+    loss = lambda logits, hidden: (logits * w_logits).sum() + sum((h * w).sum() for h, w in zip(hidden, w_hidden))
+    loss(out.logits, out.hidden_states).backward()
+    loss(r.logits, r.hidden_states).backward()
+    theirs = dict(ref.named_parameters())
+    pairs = [(ours.emb.word.weight, [theirs[f"{word}.weight"]]), (ours.head.dense.weight, [theirs[f"{head}.weight"]])]
+    for i, layer in enumerate(ours.layers):
+        for mine, names in hf_grad_names(kind, i).items():
+            for p in ("weight", "bias"):
+                pairs.append((getattr(getattr(layer, mine), p), [theirs[f"{n}.{p}"] for n in names]))
+    worst = 0.0
+    for p, ps in pairs:
+        expected = torch.cat([q.grad for q in ps])
+        worst = max(worst, ((p.grad - expected).abs().max() / expected.abs().max()).item())
+    print(kind, "largest relative gradient difference", worst)
+    assert worst < 1e-4
+
+
+def test_no_grad_forward_equals_grad_forward():
+    """The in-place GELU is taken only without autograd; both paths give the same numbers."""
+    ours = Bert(BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=40,
+                           max_position=16)).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    a = ours(ids)
+    with torch.no_grad():
+        b = ours(ids)
+    assert a.logits.requires_grad and not b.logits.requires_grad
+    assert torch.equal(a.logits.detach(), b.logits)
+    assert all(torch.equal(x.detach(), y) for x, y in zip(a.hidden_states, b.hidden_states))
+
+
 @pytest.mark.parametrize("c", ODD[:2])
 def test_bert_for_pretraining_and_bert_model(tmp_path, c, caplog):
     ref = hf_bert(transformers.BertForPreTraining, c)
