@@ -398,39 +398,50 @@ def train_flops_per_token(t: BertConfig, s: BertConfig, L):
     return fwd(t) + 3 * fwd(s)
 
 
-def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024):
-    if not torch.cuda.is_available():
+def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="inductor"):
+    """Tokens/s and MFU of the distillation step in bf16 autocast, eager and torch.compile'd. device=None: the CUDA
+    device if there is one, else skipped. The tests run it on the CPU with backend="eager" (the code path, not the
+    speed)."""
+    if device is None and not torch.cuda.is_available():
         print("  no CUDA device here: GPU tokens/s and MFU not measured")
         return {"skipped": "no CUDA device", "rows": []}
-    dev, out = torch.device("cuda"), {"batch": B, "length": L, "peak_flops": peak, "rows": []}
+    dev = torch.device(device or "cuda")
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out = {"batch": B, "length": L, "peak_flops": peak, "device": str(dev), "backend": backend, "rows": []}
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16)
     teacher = Bert.from_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
-    ids, am, labels = (x.pin_memory().to(dev, non_blocking=True) for x in train_batch(B, L, teacher.cfg.vocab_size, pad=False))
+    batch = train_batch(B, L, teacher.cfg.vocab_size, pad=False)
+    ids, am, labels = (x.pin_memory().to(dev, non_blocking=True) if cuda else x for x in batch)
     cfg = T.TrainConfig(ce_chunk=ce_chunk)
+    name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     for compiled in (False, True):
         student = Bert.from_pretrained(folder / "student").to(dev).train()
-        objective = T.Objective(torch.compile(student) if compiled else student, teacher, cfg)
+        objective = T.Objective(torch.compile(student, backend=backend) if compiled else student, teacher, cfg)
         opt = T.make_optimizer(student, cfg)
 
         def step():
-            T.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)
+            sums = T.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)[0]
             opt.step()
             opt.zero_grad(set_to_none=True)
+            return sums
         for _ in range(3):  # warm-up (and compilation)
-            step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+            sums = step()
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        sync()
         tps = B * L * steps / (time.perf_counter() - t0)
         flops = train_flops_per_token(teacher.cfg, student.cfg, L)
         key = "compiled" if compiled else "eager"
         out[key] = {"tokens_per_s": tps, "flops_per_token": flops, "mfu": flops * tps / peak,
-                    "peak_gb": torch.cuda.max_memory_allocated() / 2**30}
-        out["rows"].append(row(f"{torch.cuda.get_device_name()} {key}, {B} x {L} bf16: tok/s, MFU",
+                    "peak_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
+                    "last_warmup_losses": {k: float(v) for k, v in sums.items()}}
+        out["rows"].append(row(f"{name} {key}, {B} x {L} bf16: tok/s, MFU",
                                f"{tps:,.0f}, {flops * tps / peak:.1%}", "", "", ">= 40%", flops * tps / peak >= 0.4))
         del student, objective, opt
     print_rows(out["rows"])

@@ -177,17 +177,17 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     """Gradients of one optimizer step, accumulated over its micro-batches [(input_ids, attention_mask, labels)].
     The losses are normalised by the real and masked token counts of the whole step over every rank, so k micro-steps
     on w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last micro-step only.
-    Returns (loss parts summed over micro-steps, whether every loss was finite, real tokens in the step)."""
+    Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool tensor on the device,
+    real tokens in the step). Nothing here waits for the GPU per micro-step; the one sync is the token count."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
-    counts = torch.tensor([[am.sum(), (lb != -100).sum()] for _, am, lb in batches], dtype=torch.float64,
-                          device=batches[0][0].device).sum(0)
+    counts = torch.stack([torch.stack([am.sum(), (lb != -100).sum()]) for _, am, lb in batches]).double().sum(0)
     if ddp:
         dist.all_reduce(counts)
     n_real, n_masked = counts.tolist()
     denoms = {"real": n_real / world, "masked": max(n_masked, 1) / world}  # / world: DDP averages over ranks
     denoms["ce"] = denoms["real"] if cfg.ce_positions == "all" else denoms["masked"]
-    sums, finite = {}, True
+    sums, finite = {}, torch.ones((), dtype=torch.bool, device=batches[0][0].device)
     for i, (ids, am, labels) in enumerate(batches):
         with wrapped.no_sync() if ddp and i < len(batches) - 1 else contextlib.nullcontext():
             teacher_hidden = None
@@ -196,7 +196,7 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
                     teacher_hidden = teacher(ids, attention_mask=am, return_logits=False).hidden_states[-1]
             with autocast:
                 loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms)
-            finite &= bool(torch.isfinite(loss))
+            finite &= torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -390,7 +390,7 @@ def train(cfg: TrainConfig):
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums, finite, n_real = forward_backward(wrapped, teacher, batches, cfg, autocast, scaler)
-        ok = torch.tensor(float(finite), device=device)
+        ok = finite.float()
         if ddp:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         if ok.item() < 1:

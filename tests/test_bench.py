@@ -113,3 +113,16 @@ def test_interleaving_alternates_the_order():
     calls = []
     bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+
+def test_gpu_section_code_path_on_cpu(models):
+    """The GPU section cannot be timed here, but its code path (bf16 autocast, the teacher in bf16, torch.compile of
+    the student, the MFU arithmetic) runs on the CPU with the 'eager' compile backend."""
+    res = bench.bench_gpu(models, B=2, L=32, steps=1, peak=1e12, ce_chunk=16, device="cpu", backend="eager")
+    flops = bench.train_flops_per_token(*(bench.load(models, w)[0].cfg for w in ("teacher", "student")), 32)
+    for key in ("eager", "compiled"):
+        r = res[key]
+        assert r["flops_per_token"] == flops and r["tokens_per_s"] > 0
+        assert r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / 1e12)
+        assert all(torch.isfinite(torch.tensor(v)) for v in r["last_warmup_losses"].values())
+    assert len(res["rows"]) == 2
