@@ -447,7 +447,9 @@ def train(cfg: TrainConfig):
     if metrics:
         metrics.close()
         plot_metrics(out_dir / "metrics.jsonl", out_dir / "losses.png")
-    if ddp:
+    if ddp:  # leave together (rank 0 was still writing), and drop DDP's reducer before its process group
+        dist.barrier()
+        del wrapped
         dist.destroy_process_group()
     return {"step": step, "skipped": skipped, "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9),
             "parameters": sizes["total"], "stopped": stop["signal"] is not None}
