@@ -51,7 +51,7 @@ GLUE_TASKS = {
     "STS-B": {"text_a": "sentence1", "text_b": "sentence2", "label": "score", "labels": None,
               "metrics": ("pearson", "spearman")},
     "QQP": {"text_a": "question1", "text_b": "question2", "label": "is_duplicate", "labels": ["0", "1"],
-            "metrics": ("accuracy", "f1")},
+            "metrics": ("accuracy", "f1"), "skip_short_rows": True},  # GLUE's QQP train.tsv has a few broken rows
     "MNLI": {"text_a": "sentence1", "text_b": "sentence2", "label": "gold_label",
              "labels": ["contradiction", "entailment", "neutral"], "metrics": ("accuracy", "accuracy_mm"),
              "dev": ("dev_matched", "dev_mismatched")},  # accuracy_mm: accuracy on dev_mismatched
@@ -66,6 +66,7 @@ for _spec in GLUE_TASKS.values():
     _spec["num_labels"] = len(_spec["labels"]) if _spec["labels"] else 1  # 1: regression (STS-B)
     _spec.setdefault("columns", None)
     _spec.setdefault("dev", ("dev",))
+    _spec.setdefault("skip_short_rows", False)
 OTHER_TASKS = {"imdb": {"num_labels": 2, "metrics": ("accuracy",)},
                "squad": {"num_labels": 2, "metrics": ("exact_match", "f1")}}
 
@@ -105,11 +106,14 @@ def read_glue(task, folder, split) -> list:
         wanted = [col[spec[k]] for k in ("text_a", "text_b") if spec[k] is not None]
         if spec["label"] in col:  # test sets have none
             wanted.append(col[spec["label"]])
-        out = []
+        out, skipped = [], []
         for row in rows:
             if row == [] or row == [""]:
                 continue
             if len(row) <= max(wanted):
+                if spec["skip_short_rows"]:  # QQP: skipped (and counted), as the reference GLUE readers do
+                    skipped.append(rows.line_num)
+                    continue
                 raise ValueError(f"{path}, line {rows.line_num}: {len(row)} columns, expected at least "
                                  f"{max(wanted) + 1} ({row!r:.80})")
             label = None
@@ -122,6 +126,9 @@ def read_glue(task, folder, split) -> list:
                     raise ValueError(f"{path}, line {rows.line_num}: label {value!r} is not {expected}") from None
             text_b = row[col[spec["text_b"]]] if spec["text_b"] else None
             out.append(Example(row[col[spec["text_a"]]], text_b, label))
+    if skipped:
+        print(f"{path}: skipped {len(skipped)} rows with missing columns (lines {', '.join(map(str, skipped[:5]))}"
+              f"{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
     return out
 
 

@@ -178,7 +178,7 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     The losses are normalised by the real and masked token counts of the whole step over every rank, so k micro-steps
     on w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last micro-step only.
     Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool tensor on the device,
-    real tokens in the step). Nothing here waits for the GPU per micro-step; the one sync is the token count."""
+    real tokens in the step). The finite flag stays on the device: checking it does not wait for the GPU."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
     counts = torch.stack([torch.stack([am.sum(), (lb != -100).sum()]) for _, am, lb in batches]).double().sum(0)

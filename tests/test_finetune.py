@@ -207,6 +207,19 @@ def test_glue_errors_name_file_line_and_value(tmp_path):
         ft.read_glue("SST-3", tmp_path, "dev")
 
 
+def test_qqp_short_rows_are_skipped_and_reported(tmp_path, capsys):
+    """GLUE's QQP train.tsv has rows with missing fields; like the reference readers, those are skipped (and said),
+    while the label of a complete row is still checked."""
+    head = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+    write(tmp_path / "QQP" / "train.tsv", head + "0\t1\t2\tHow?\tWhy?\t1\n1\t3\t4\tbroken row\n2\t5\t6\tA?\tB?\t0\n")
+    assert [(e.text_a, e.text_b, e.label) for e in ft.read_glue("QQP", tmp_path, "train")] == \
+        [("How?", "Why?", 1), ("A?", "B?", 0)]
+    assert "skipped 1 rows with missing columns (lines 3)" in capsys.readouterr().err
+    write(tmp_path / "QQP" / "train.tsv", head + "0\t1\t2\tHow?\tWhy?\tyes\n")
+    with pytest.raises(ValueError, match=r"line 2: label 'yes'"):
+        ft.read_glue("QQP", tmp_path, "train")
+
+
 def test_read_imdb_and_squad(tmp_path):
     write(tmp_path / "aclImdb" / "test" / "pos" / "0_9.txt", "Great.<br /><br />Loved it")
     write(tmp_path / "aclImdb" / "test" / "neg" / "1_2.txt", "Awful")
