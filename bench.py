@@ -2,11 +2,12 @@
 Speed and memory of this codebase against transformers, measured side by side in one run (issue #7).
 
     python bench.py                           # every section at BERT-base size (about 15 min on 2 idle cores)
-    python bench.py --only inference,table3   # sections: inference, table3, train, data, gpu (results are merged)
+    python bench.py --only inference,table3   # sections: inference, table3, train, data, gpu, inference-gpu (merged)
     python bench.py --quick                   # tiny shapes: a smoke test of the whole script (tests/test_bench.py)
 
   inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1 and 32 x
              length 128 and 512, float32. ratio = our median time / transformers' median time.
+  inference-gpu  the same cells on the GPU in bf16 (skipped without CUDA).
   table3     the paper's Table 3: encoder + a one-output task head, batch 1, one pass over STS-B dev; speed-up =
              teacher time / student time, ours and transformers' (ForSequenceClassification) side by side.
   train      one distillation step (teacher forward, student forward + backward, 5 L_ce + 2 L_mlm + 1 L_cos, AdamW):
@@ -137,29 +138,41 @@ def check_same(ours, ref, name, tol=TOL, seed=0):
 # 1. Inference and 2. Table 3
 
 
-def bench_inference(folder, cells):
+def bench_inference(folder, cells, device="cpu", dtype=torch.float32):
+    """Our model vs transformers' at each (batch, length) cell: same weights, same ids, full MLM logits. The outputs are
+    checked equal in float32 on the CPU first; then both sides move to `device` and `dtype` (the GPU run: cuda,
+    bfloat16) and are timed, interleaved."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows, cellsout = [], []
     for which in ("teacher", "student"):
         ours, ref = load(folder, which)
         diff = check_same(ours, ref, which)
+        ours, ref = ours.to(dev, dtype), ref.to(dev, dtype)
+        label = which if (dev.type, dtype) == ("cpu", torch.float32) else f"{which} {dev.type} {str(dtype)[6:]}"
         for (B, L), reps in cells.items():
-            ids = torch.randint(1, ours.cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(B * L))
+            ids = torch.randint(1, ours.cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(B * L)).to(dev)
             mask = torch.ones_like(ids)
+
+            def timed(f):
+                return lambda: (f(), sync())
             with torch.no_grad():
                 # warm the length up at batch 1 (cheap); then the timed runs, interleaved
                 interleaved({"o": lambda: ours(ids[:1], mask[:1]), "r": lambda: ref(input_ids=ids[:1], attention_mask=mask[:1])}, 0)
-                t = interleaved({"ours": lambda: ours(ids, mask), "ref": lambda: ref(input_ids=ids, attention_mask=mask)},
-                                reps, warmup=0)
+                t = interleaved({"ours": timed(lambda: ours(ids, mask)),
+                                 "ref": timed(lambda: ref(input_ids=ids, attention_mask=mask))}, reps, warmup=0)
+                lo, lr = ours(ids[:1], mask[:1]).logits.float(), ref(input_ids=ids[:1], attention_mask=mask[:1]).logits.float()
             o, r = med(t["ours"]), med(t["ref"])
             per_run = [a / b for a, b in zip(t["ours"], t["ref"])]
             cellsout.append({"model": which, "batch": B, "length": L, "ours_s": t["ours"], "ref_s": t["ref"],
-                             "ratio": o / r, "max_abs_diff": diff})
-            rows.append(row(f"{which} {B} x {L}, ms", f"{1e3 * o:.1f}", f"{1e3 * r:.1f}",
+                             "ratio": o / r, "max_abs_diff": diff, "device": str(dev), "dtype": str(dtype),
+                             "timed_logits_max_abs_diff": (lo - lr).abs().max().item()})
+            rows.append(row(f"{label} {B} x {L}, ms", f"{1e3 * o:.1f}", f"{1e3 * r:.1f}",
                             f"{o / r:.3f} ({min(per_run):.2f}-{max(per_run):.2f})", "<= 1.0", o / r <= NOISE))
             print_rows(rows[-1:])
         del ours, ref
         gc.collect()
-    return {"rows": rows, "cells": cellsout, "dtype": "float32"}
+    return {"rows": rows, "cells": cellsout, "dtype": str(dtype), "device": str(dev)}
 
 
 def bench_table3(folder, vocab, sts, limit):
@@ -492,7 +505,7 @@ def wait_for_quiet(max_load, timeout):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions: a smoke test")
-    p.add_argument("--only", default="inference,table3,train,data,gpu", help="comma-separated sections")
+    p.add_argument("--only", default="inference,table3,train,data,gpu,inference-gpu", help="comma-separated sections")
     p.add_argument("--out", default="out/bench-results.json")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, both sides")
     p.add_argument("--max-load", type=float, default=0, help="before each section wait (up to --wait s) until the "
@@ -518,8 +531,8 @@ def main(argv=None):
         return train_worker(json.loads(a.worker))
     torch.set_num_threads(a.threads)
     only = a.only.split(",")
-    if set(only) - {"inference", "table3", "train", "data", "gpu"}:
-        raise SystemExit(f"--only={a.only}: sections are inference, table3, train, data, gpu")
+    if set(only) - {"inference", "table3", "train", "data", "gpu", "inference-gpu"}:
+        raise SystemExit(f"--only={a.only}: sections are inference, table3, train, data, gpu, inference-gpu")
     size, vocab, sts, out = dict(QUICK if a.quick else BASE), Path(a.vocab), Path(a.sts), Path(a.out)
     if vocab.is_file():  # models and tokenizer must agree on the vocabulary (Table 3 feeds real token ids)
         size["vocab_size"] = D.load_tokenizer(vocab).get_vocab_size()
@@ -537,6 +550,8 @@ def main(argv=None):
             res["sections"] = old.get("sections", {})
     B, L = map(int, (a.train_shape or ("2x32" if a.quick else "8x128")).split("x"))
     run = {"inference": lambda: bench_inference(folder, INFER_QUICK if a.quick else INFER_BASE),
+           "inference-gpu": lambda: bench_inference(folder, INFER_QUICK if a.quick else INFER_BASE, "cuda", torch.bfloat16)
+           if torch.cuda.is_available() else {"skipped": "no CUDA device", "rows": []},
            "table3": lambda: bench_table3(folder, vocab, sts, a.sts_limit or (20 if a.quick else None))
            if sts.is_file() and vocab.is_file() else {"skipped": f"{sts} or {vocab} not found"},
            "train": lambda: bench_train(folder, size["vocab_size"], B, L, (a.variants or ("ours:16,ours:0" if a.quick else "ours:1024,ours:256,ours:0")).split(","),

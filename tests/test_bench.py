@@ -126,3 +126,14 @@ def test_gpu_section_code_path_on_cpu(models):
         assert r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / 1e12)
         assert all(torch.isfinite(torch.tensor(v)) for v in r["last_warmup_losses"].values())
     assert len(res["rows"]) == 2
+
+
+def test_inference_section_in_another_dtype(models):
+    """The GPU inference run moves both models to the device and dtype after the float32 check; on the CPU in bf16
+    the same code path runs, and the two models still agree to bf16 precision."""
+    res = bench.bench_inference(models, {(2, 16): 1}, "cpu", torch.bfloat16)
+    assert [c["model"] for c in res["cells"]] == ["teacher", "student"] and res["dtype"] == "torch.bfloat16"
+    for c in res["cells"]:
+        assert c["max_abs_diff"] <= bench.TOL and c["ratio"] > 0
+        assert c["timed_logits_max_abs_diff"] < 0.1, c  # logits of these small models are O(1); bf16 keeps 8 bits
+    assert res["rows"][0]["measure"] == "teacher cpu bfloat16 2 x 16, ms"
