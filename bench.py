@@ -144,35 +144,36 @@ def bench_inference(folder, cells, device="cpu", dtype=torch.float32):
     bfloat16) and are timed, interleaved."""
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    rows, cellsout = [], []
+    rows, cellsout, dtype_name = [], [], str(dtype).removeprefix("torch.")
     for which in ("teacher", "student"):
         ours, ref = load(folder, which)
         diff = check_same(ours, ref, which)
         ours, ref = ours.to(dev, dtype), ref.to(dev, dtype)
-        label = which if (dev.type, dtype) == ("cpu", torch.float32) else f"{which} {dev.type} {str(dtype)[6:]}"
+        label = which if (dev.type, dtype) == ("cpu", torch.float32) else f"{which} {dev.type} {dtype_name}"
         for (B, L), reps in cells.items():
             ids = torch.randint(1, ours.cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(B * L)).to(dev)
             mask = torch.ones_like(ids)
 
             def timed(f):
                 return lambda: (f(), sync())
+            n = B if dev.type == "cuda" else 1  # warm-up: the full shape on a GPU (kernels, allocator), batch 1 on the CPU
             with torch.no_grad():
-                # warm the length up at batch 1 (cheap); then the timed runs, interleaved
-                interleaved({"o": lambda: ours(ids[:1], mask[:1]), "r": lambda: ref(input_ids=ids[:1], attention_mask=mask[:1])}, 0)
+                interleaved({"o": timed(lambda: ours(ids[:n], mask[:n])),
+                             "r": timed(lambda: ref(input_ids=ids[:n], attention_mask=mask[:n]))}, 0)
                 t = interleaved({"ours": timed(lambda: ours(ids, mask)),
                                  "ref": timed(lambda: ref(input_ids=ids, attention_mask=mask))}, reps, warmup=0)
                 lo, lr = ours(ids[:1], mask[:1]).logits.float(), ref(input_ids=ids[:1], attention_mask=mask[:1]).logits.float()
             o, r = med(t["ours"]), med(t["ref"])
             per_run = [a / b for a, b in zip(t["ours"], t["ref"])]
             cellsout.append({"model": which, "batch": B, "length": L, "ours_s": t["ours"], "ref_s": t["ref"],
-                             "ratio": o / r, "max_abs_diff": diff, "device": str(dev), "dtype": str(dtype),
+                             "ratio": o / r, "max_abs_diff": diff, "device": str(dev), "dtype": dtype_name,
                              "timed_logits_max_abs_diff": (lo - lr).abs().max().item()})
             rows.append(row(f"{label} {B} x {L}, ms", f"{1e3 * o:.1f}", f"{1e3 * r:.1f}",
                             f"{o / r:.3f} ({min(per_run):.2f}-{max(per_run):.2f})", "<= 1.0", o / r <= NOISE))
             print_rows(rows[-1:])
         del ours, ref
         gc.collect()
-    return {"rows": rows, "cells": cellsout, "dtype": str(dtype), "device": str(dev)}
+    return {"rows": rows, "cells": cellsout, "dtype": dtype_name, "device": str(dev)}
 
 
 def bench_table3(folder, vocab, sts, limit):
@@ -422,7 +423,8 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     out = {"batch": B, "length": L, "peak_flops": peak, "device": str(dev), "backend": backend, "rows": []}
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16)
     teacher = Bert.from_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
     batch = train_batch(B, L, teacher.cfg.vocab_size, pad=False)

@@ -85,6 +85,13 @@ def gelu(x):
     return torch.ops.aten.gelu_(x)
 
 
+def residual(y, x):
+    """x + y for a sublayer's fresh output y, written into y when the dtypes agree (one allocation fewer; safe under
+    autograd, since neither Linear nor dropout keeps its output for the backward pass). Under bf16 autocast y is bf16
+    and x float32: then the sum is a new float32 tensor, as in BERT; summing into y would round the residual stream."""
+    return y.add_(x) if y.dtype == x.dtype else x + y
+
+
 def explicit_attention(q, k, v, keep, dropout_p=0.0):
     """softmax(Q K^T / sqrt(d)) V written out (Vaswani et al., Eq. 1). q, k, v: (B, heads, L, d); keep: (B, 1, 1, L)
     boolean, True for real keys. Same function as F.scaled_dot_product_attention, kept for teaching."""
@@ -123,11 +130,10 @@ class Layer(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, L, d))
 
     def forward(self, x, keep=None, swap_qk=False):
-        # The residual is added in place into the sublayer's fresh output (one allocation fewer per sublayer). This is
-        # safe under autograd: neither Linear nor dropout keeps its output for the backward pass.
-        x = self.ln1(self.drop(self.attention(x, keep, swap_qk)).add_(x))
-        x = self.ln2(self.drop(self.fc2(gelu(self.fc1(x)))).add_(x))
+        x = self.ln1(residual(self.drop(self.attention(x, keep, swap_qk)), x))
+        x = self.ln2(residual(self.drop(self.fc2(gelu(self.fc1(x)))), x))
         return x
+
 
 
 class Embeddings(nn.Module):
@@ -197,7 +203,9 @@ class Bert(nn.Module):
         """input_ids (B, L); attention_mask (B, L), 1 for real tokens, 0 for padding; token_type_ids (B, L), ignored
         by a student. logits_at: an optional (B, L) boolean mask; logits are then computed only for those rows and
         returned as (rows, vocab), which is all the MLM loss needs. return_logits=False skips the head."""
-        keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        keep = None
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
+            keep = attention_mask.bool()[:, None, None, :]  # no padding, no mask: SDPA can pick its fastest kernel
         x = self.emb(input_ids, token_type_ids)
         hidden = [x]
         for i, swap in self.schedule:

@@ -12,6 +12,7 @@ every setting; any of them can be changed with --key=value.
 """
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -450,6 +451,7 @@ def train(cfg: TrainConfig):
     if ddp:  # leave together (rank 0 was still writing), and drop DDP's reducer before its process group
         dist.barrier()
         del wrapped
+        gc.collect()
         dist.destroy_process_group()
     return {"step": step, "skipped": skipped, "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9),
             "parameters": sizes["total"], "stopped": stop["signal"] is not None}

@@ -132,7 +132,7 @@ def test_inference_section_in_another_dtype(models):
     """The GPU inference run moves both models to the device and dtype after the float32 check; on the CPU in bf16
     the same code path runs, and the two models still agree to bf16 precision."""
     res = bench.bench_inference(models, {(2, 16): 1}, "cpu", torch.bfloat16)
-    assert [c["model"] for c in res["cells"]] == ["teacher", "student"] and res["dtype"] == "torch.bfloat16"
+    assert [c["model"] for c in res["cells"]] == ["teacher", "student"] and res["dtype"] == "bfloat16"
     for c in res["cells"]:
         assert c["max_abs_diff"] <= bench.TOL and c["ratio"] > 0
         assert c["timed_logits_max_abs_diff"] < 0.1, c  # logits of these small models are O(1); bf16 keeps 8 bits
