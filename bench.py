@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data"
 BASE = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_position=512)
 QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, max_position=128)
-INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 3, (32, 512): 3}  # (batch, length): timed runs per side
+INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
@@ -138,14 +138,14 @@ def check_same(ours, ref, name, tol=TOL, seed=0):
 # 1. Inference and 2. Table 3
 
 
-def bench_inference(folder, cells, device="cpu", dtype=torch.float32):
+def bench_inference(folder, cells, device="cpu", dtype=torch.float32, models=("teacher", "student")):
     """Our model vs transformers' at each (batch, length) cell: same weights, same ids, full MLM logits. The outputs are
     checked equal in float32 on the CPU first; then both sides move to `device` and `dtype` (the GPU run: cuda,
     bfloat16) and are timed, interleaved."""
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows, cellsout, dtype_name = [], [], str(dtype).removeprefix("torch.")
-    for which in ("teacher", "student"):
+    for which in models:
         ours, ref = load(folder, which)
         diff = check_same(ours, ref, which)
         ours, ref = ours.to(dev, dtype), ref.to(dev, dtype)
@@ -479,6 +479,10 @@ def markdown(res):
         lines += [f"| {name} | " + " | ".join(str(r[c]) for c in COLUMNS) +
                   f" | {sec['load_before']:.2f}; {sec['other_cores']:.2f} |" for r in sec.get("rows", [])]
     m = res["machine"]
+    runs = {(sec.get("started"), sec.get("command")) for sec in res["sections"].values()}
+    if len(runs) > 1:  # sections merged from several runs: say which run each comes from
+        lines += [""] + [f"- {name}: run started {sec.get('started')}, `{sec.get('command')}`"
+                         for name, sec in res["sections"].items()]
     return (f"{m['cpu']}, {m['cores']} cores ({res['threads']} torch threads), torch {m['torch']}, transformers "
             f"{m['transformers']}, Python {m['python']}; {m['date']}; `{m['command']}`\n\n" + "\n".join(lines) + "\n")
 
@@ -525,6 +529,9 @@ def main(argv=None):
                    "(0: full logits at once); ours:<ce_chunk>:adamw with torch's default AdamW, as the reference")
     p.add_argument("--train-steps", type=int, default=None, help="timed steps per process")
     p.add_argument("--train-rounds", type=int, default=None, help="processes per variant, interleaved")
+    p.add_argument("--infer-cells", default=None, help="inference cells and timed runs per side, e.g. 32x512:4,1x128:9 "
+                   "(default: batch 1 and 32 x length 128 and 512)")
+    p.add_argument("--infer-models", default="teacher,student", help="inference: teacher, student or both")
     p.add_argument("--gpu-batch", type=int, default=32)
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE / 1e12, help="GPU peak, for MFU")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -551,8 +558,17 @@ def main(argv=None):
         if (old.get("size"), old.get("quick")) == (size, a.quick):
             res["sections"] = old.get("sections", {})
     B, L = map(int, (a.train_shape or ("2x32" if a.quick else "8x128")).split("x"))
-    run = {"inference": lambda: bench_inference(folder, INFER_QUICK if a.quick else INFER_BASE),
-           "inference-gpu": lambda: bench_inference(folder, INFER_QUICK if a.quick else INFER_BASE, "cuda", torch.bfloat16)
+    cells = INFER_QUICK if a.quick else INFER_BASE
+    if a.infer_cells:
+        try:
+            cells = {tuple(map(int, c.split(":")[0].split("x"))): int(c.split(":")[1]) for c in a.infer_cells.split(",")}
+        except (ValueError, IndexError):
+            raise SystemExit(f"--infer-cells={a.infer_cells}: expected BxL:runs[,BxL:runs...], e.g. 32x512:4") from None
+    models = tuple(a.infer_models.split(","))
+    if not models or set(models) - {"teacher", "student"}:
+        raise SystemExit(f"--infer-models={a.infer_models}: expected teacher, student or teacher,student")
+    run = {"inference": lambda: bench_inference(folder, cells, models=models),
+           "inference-gpu": lambda: bench_inference(folder, cells, "cuda", torch.bfloat16, models)
            if torch.cuda.is_available() else {"skipped": "no CUDA device", "rows": []},
            "table3": lambda: bench_table3(folder, vocab, sts, a.sts_limit or (20 if a.quick else None))
            if sts.is_file() and vocab.is_file() else {"skipped": f"{sts} or {vocab} not found"},
@@ -575,7 +591,7 @@ def main(argv=None):
                 (all1, own1), wall = cpu_seconds(), time.time() - t0
                 others = max(0.0, (all1 - all0) - (own1 - own0)) / wall  # cores other processes kept busy meanwhile
                 sec.update(load_before=before, other_cores=others, seconds=wall, date=time.strftime("%Y-%m-%d %H:%M"),
-                           command=res["machine"]["command"], attempt=attempt)
+                           started=res["machine"]["date"], command=res["machine"]["command"], attempt=attempt)
                 print(f"  {wall:.0f} s; 1-min load average {before:.2f} before; other processes used {others:.2f} "
                       "cores meanwhile" + ("  (busy machine: these timings are noise)" if others > 0.3 else "")
                       + (f"; skipped: {sec['skipped']}" if "skipped" in sec else ""), flush=True)

@@ -137,3 +137,12 @@ def test_inference_section_in_another_dtype(models):
         assert c["max_abs_diff"] <= bench.TOL and c["ratio"] > 0
         assert c["timed_logits_max_abs_diff"] < 0.1, c  # logits of these small models are O(1); bf16 keeps 8 bits
     assert res["rows"][0]["measure"] == "teacher cpu bfloat16 2 x 16, ms"
+
+
+@pytest.mark.parametrize("argv, msg", [(["--infer-cells", "32x512"], "expected BxL:runs"),
+                                       (["--infer-models", "bert"], "expected teacher, student"),
+                                       (["--only", "inference,speed"], "sections are")])
+def test_command_line_errors_name_the_value(argv, msg, tmp_path):
+    with pytest.raises(SystemExit, match=msg):
+        bench.main(argv + ["--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
