@@ -135,7 +135,6 @@ class Layer(nn.Module):
         return x
 
 
-
 class Embeddings(nn.Module):
     """Word + position (+ token type, teacher only) embeddings, then LayerNorm and dropout."""
 
