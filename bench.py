@@ -56,6 +56,7 @@ QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermed
 INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
+SECTIONS = ("inference", "table3", "train", "data", "gpu", "inference-gpu")
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
 NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
 
@@ -138,12 +139,20 @@ def check_same(ours, ref, name, tol=TOL, seed=0):
 # 1. Inference and 2. Table 3
 
 
+def synchronizer(dev):
+    """A function that waits for the device's queued work (CUDA); nothing to wait for on the CPU."""
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+
+
 def bench_inference(folder, cells, device="cpu", dtype=torch.float32, models=("teacher", "student")):
     """Our model vs transformers' at each (batch, length) cell: same weights, same ids, full MLM logits. The outputs are
     checked equal in float32 on the CPU first; then both sides move to `device` and `dtype` (the GPU run: cuda,
     bfloat16) and are timed, interleaved."""
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync = synchronizer(dev)
+
+    def timed(f):  # a GPU call returns before its kernels finish: wait for them inside the timed call
+        return lambda: (f(), sync())
     rows, cellsout, dtype_name = [], [], str(dtype).removeprefix("torch.")
     for which in models:
         ours, ref = load(folder, which)
@@ -153,9 +162,6 @@ def bench_inference(folder, cells, device="cpu", dtype=torch.float32, models=("t
         for (B, L), reps in cells.items():
             ids = torch.randint(1, ours.cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(B * L)).to(dev)
             mask = torch.ones_like(ids)
-
-            def timed(f):
-                return lambda: (f(), sync())
             n = B if dev.type == "cuda" else 1  # warm-up: the full shape on a GPU (kernels, allocator), batch 1 on the CPU
             with torch.no_grad():
                 interleaved({"o": timed(lambda: ours(ids[:n], mask[:n])),
@@ -420,8 +426,7 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
         print("  no CUDA device here: GPU tokens/s and MFU not measured")
         return {"skipped": "no CUDA device", "rows": []}
     dev = torch.device(device or "cuda")
-    cuda = dev.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    cuda, sync = dev.type == "cuda", synchronizer(dev)
     out = {"batch": B, "length": L, "peak_flops": peak, "device": str(dev), "backend": backend, "rows": []}
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -511,7 +516,7 @@ def wait_for_quiet(max_load, timeout):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions: a smoke test")
-    p.add_argument("--only", default="inference,table3,train,data,gpu,inference-gpu", help="comma-separated sections")
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--out", default="out/bench-results.json")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, both sides")
     p.add_argument("--max-load", type=float, default=0, help="before each section wait (up to --wait s) until the "
@@ -540,8 +545,8 @@ def main(argv=None):
         return train_worker(json.loads(a.worker))
     torch.set_num_threads(a.threads)
     only = a.only.split(",")
-    if set(only) - {"inference", "table3", "train", "data", "gpu", "inference-gpu"}:
-        raise SystemExit(f"--only={a.only}: sections are inference, table3, train, data, gpu, inference-gpu")
+    if set(only) - set(SECTIONS):
+        raise SystemExit(f"--only={a.only}: sections are {', '.join(SECTIONS)}")
     size, vocab, sts, out = dict(QUICK if a.quick else BASE), Path(a.vocab), Path(a.sts), Path(a.out)
     if vocab.is_file():  # models and tokenizer must agree on the vocabulary (Table 3 feeds real token ids)
         size["vocab_size"] = D.load_tokenizer(vocab).get_vocab_size()
