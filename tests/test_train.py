@@ -251,3 +251,51 @@ def test_fused_objective_equals_plain_formulas(setup):
         assert torch.allclose(sums_fused[k], sums_plain[k], rtol=1e-5), k
     for k in plain:
         assert torch.allclose(fused[k], plain[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_pretrained_init_trains_head_first_then_everything(setup, tmp_path):
+    """--init=pretrained --head_steps=N on a checkpoint without MLM head (a BertModel with a pooler): during the first
+    N steps only the head moves (the encoder and the tied decoder stay as loaded), afterwards the encoder moves too;
+    the pooler and the token types are kept."""
+    root, data = setup
+    torch.manual_seed(1)
+    src = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
+                          intermediate_size=64, max_position=64, pooler=True))
+    src.save_pretrained(root / "bertmodel-src", tokenizer_files=[root / "data" / "vocab.txt"])
+    # a BertModel checkpoint: the same tensors without the MLM head
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "bertmodel"
+    folder.mkdir()
+    sd = load_file(str(root / "bertmodel-src" / "model.safetensors"))
+    save_file({k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}, str(folder / "model.safetensors"))
+    cfg = json.loads((root / "bertmodel-src" / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+    (folder / "vocab.txt").write_text((root / "data" / "vocab.txt").read_text())
+    loaded = Bert.from_pretrained(folder)
+
+    def run(steps, out):
+        T.train(T.parse_args(args(root, out, mode="mlm", init="pretrained", teacher=folder, max_steps=steps,
+                                  head_steps=2, head_lr=1e-2, lr=1e-2, warmup=0)))
+        return Bert.from_pretrained(out / "model").state_dict()
+    before, head, after = loaded.state_dict(), run(2, tmp_path / "a"), run(4, tmp_path / "b")
+    moved = lambda sd, k: (sd[k] - before[k]).abs().max().item() > 0
+    assert all(moved(head, k) for k in ("head.dense.weight", "head.ln.weight", "head.bias"))
+    assert not any(moved(head, k) for k in before if not k.startswith("head."))
+    assert moved(after, "layers.0.qkv.weight") and moved(after, "emb.word.weight") and moved(after, "emb.types.weight")
+    assert not moved(after, "pooler.weight")
+
+
+def test_lr_schedule_values():
+    cfg = T.TrainConfig(lr=1.0, warmup=0.25, head_steps=2, head_lr=0.5)
+    # 2 head steps at 0.5, then 8 steps: 2 of warm-up (0, 0.5), peak 1.0, linear decay to 0 over the remaining 6
+    got = [T.lr_at(s, 10, cfg) for s in range(10)]
+    want = [0.5, 0.5, 0.0, 0.5, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]
+    assert got == pytest.approx(want)
+
+
+def test_auto_dtype_on_cpu_follows_the_probe(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(T, "bf16_speedup", lambda: 3.5)
+    assert T.auto_dtype(cpu)[0] == torch.bfloat16
+    monkeypatch.setattr(T, "bf16_speedup", lambda: 0.3)
+    assert T.auto_dtype(cpu)[0] == torch.float32

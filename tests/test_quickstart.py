@@ -1,0 +1,72 @@
+"""The quickstart's machinery on a tiny teacher (the real run takes ten minutes: README): every stage runs, the
+results file has the promised keys, the verdict follows from its statistics, and a second run reuses the stages."""
+import json
+import math
+
+import pytest
+import torch
+
+import data as D
+import train as T
+from eval import paired_difference, verdict
+from model import Bert, BertConfig
+
+
+def test_paired_difference_and_verdict_by_hand():
+    a = torch.tensor([1, 1, 0, 1, 0, 1, 1, 1], dtype=torch.bool)
+    b = torch.tensor([1, 0, 0, 0, 0, 1, 1, 0], dtype=torch.bool)
+    d = [0, 1, 0, 1, 0, 0, 0, 1]  # a - b by hand: mean 3/8, sample variance (3 * (5/8)^2 + 5 * (3/8)^2) / 7
+    p = paired_difference(a, b)
+    assert p["delta"] == pytest.approx(3 / 8)
+    assert p["se"] == pytest.approx(math.sqrt((3 * (5 / 8) ** 2 + 5 * (3 / 8) ** 2) / 7 / 8))
+    assert p["n"] == len(d)
+    assert verdict(0.03, 0.01) == "beats" and verdict(0.029, 0.01) == "ties within noise"
+    assert verdict(-0.04, 0.01) == "loses" and verdict(0.0, 0.0) == "ties within noise"
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A tiny BertModel checkpoint (no MLM head, a pooler, token types) with a vocabulary trained on the default
+    corpus: the shape of the real MiniLM teacher, in miniature."""
+    root = tmp_path_factory.mktemp("qs")
+    D.prepare([], root / "vocab-data", vocab_size=600, valid_fraction=0.05)
+    torch.manual_seed(0)
+    model = Bert(BertConfig(vocab_size=600, hidden_size=32, num_layers=6, num_heads=2, intermediate_size=64,
+                            max_position=64, pooler=True))
+    model.save_pretrained(root / "teacher", tokenizer_files=[root / "vocab-data" / "vocab.txt"])
+    cfg = json.loads((root / "teacher" / "config.json").read_text())
+    (root / "teacher" / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+    return root
+
+
+def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
+    cfg = T.parse_args(["--preset=quickstart", f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
+                        "--max_len=64", "--max_steps=4", "--eval_every=2", "--eval_batches=2", "--dtype=float32"])
+    steps = dict(max_steps=4, head_steps=2, head_lr=1e-3, lr=1e-3)
+    r = T.quickstart(cfg, teacher_steps=steps)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["models"]) == {"teacher", "student", "student-mlm-only"}
+    for m in saved["models"].values():
+        assert {"mlm_acc", "ppl", "params"} <= set(m)
+    assert saved["models"]["student"]["params"] < saved["models"]["teacher"]["params"]
+    assert {"delta", "se", "verdict"} <= set(saved["student_vs_mlm_only"])
+    p = saved["student_vs_mlm_only"]
+    assert p["verdict"] == verdict(p["delta"], p["se"])
+    assert 0 <= saved["baseline_acc"] < 1 and saved["seconds"] > 0
+    assert (tmp_path / "accuracy.png").is_file()
+    out = capsys.readouterr().out
+    assert "frequency baseline" in out and "paired SE" in out and p["verdict"] in out
+
+    ckpts = {f: f.stat().st_mtime_ns for f in tmp_path.rglob("ckpt-*.pt")}
+    T.quickstart(cfg, teacher_steps=steps)
+    out = capsys.readouterr().out
+    assert out.count("already complete") == 3
+    assert {f: f.stat().st_mtime_ns for f in tmp_path.rglob("ckpt-*.pt")} == ckpts
+    assert json.loads((tmp_path / "results.json").read_text())["models"] == saved["models"]
+
+    # other student settings: the teacher is reused, the students run again
+    T.quickstart(T.parse_args([*[f"--{k}={v}" for k, v in dict(
+        preset="quickstart", teacher=tiny_teacher / "teacher", out_dir=tmp_path, max_len=64, max_steps=2,
+        eval_every=2, eval_batches=2, dtype="float32").items()]]), teacher_steps=steps)
+    out = capsys.readouterr().out
+    assert out.count("already complete") == 1 and "teacher: already complete" in out
