@@ -15,7 +15,7 @@ This file is read top to bottom:
   5. Batches     shuffled, length-grouped, rank-sharded, resumable batches
   6. masking     mask_tokens (uniform or smoothed), smoothing_weights, mask_generator
 
-Command line:  python data.py [inputs ...] --out DIR [--vocab PATH | --vocab-size N] [--valid-fraction F]
+Command line:  python data.py [inputs ...] [--out DIR] [--vocab PATH | --vocab-size N] [--valid-fraction F]
 With no inputs the corpus is Python's own documentation, so everything runs offline.
 """
 import argparse
@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 FORMAT, FORMAT_VERSION = "distilbert-from-scratch/token-shards", 1
+PARTIAL = ".data.py-partial"  # in a folder data.py is still writing (so that a crash leaves it recognisable)
 MIN_SEQ_TOKENS = 12  # sequences of <= 11 tokens ([CLS] and [SEP] included) are dropped, as in the reference code
 
 
@@ -353,27 +354,28 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
                 "vocab": vocab_hash(tokenizer) if tokenizer is not None else f"train:{vocab_size}"}
     inputs_hash = hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
 
+    _check_not_an_input(out_dir, files, inputs)
     for stale in (tmp, old):  # left behind by an interrupted run
-        if stale.exists():
-            log(f"removing {stale} left by an interrupted run")
-            shutil.rmtree(stale)
-    if (out_dir / "meta.json").is_file():
-        existing = json.loads((out_dir / "meta.json").read_text())
+        _remove_stale(stale)
+    existing = _own_meta(out_dir)
+    if existing is not None:
         if existing.get("inputs_hash") == inputs_hash:
             log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
             return existing
         if not overwrite:
             raise FileExistsError(f"{out_dir} holds shards of other inputs or settings; use --overwrite "
                                   "(prepare(..., overwrite=True)) to replace it")
-    elif out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not a prepared shard folder (no meta.json); "
-                              "use --overwrite to replace it")
+    elif out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists and is not a prepared shard folder made by data.py (no meta.json "
+                              f"with format {FORMAT!r}): never replaced, even with --overwrite; choose another --out")
 
     tmp.mkdir(parents=True)
+    (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
     try:
         meta = _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed)
         meta.update(inputs_hash=inputs_hash, settings=settings)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the folder complete
+        (tmp / PARTIAL).unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -389,6 +391,37 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     return meta
 
 
+def _own_meta(folder):
+    """The meta dict of a folder that data.py wrote (meta.json with our format marker), else None."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _remove_stale(folder):
+    """Remove a '.tmp' or '.old' folder left by an interrupted run, only if it is recognisably ours."""
+    if not folder.exists():
+        return
+    if not (folder / PARTIAL).is_file() and _own_meta(folder) is None:
+        raise FileExistsError(f"{folder} is in the way and was not made by data.py (no {PARTIAL} or meta.json "
+                              f"with format {FORMAT!r}); move it away or choose another --out")
+    log(f"removing {folder} left by an interrupted run")
+    shutil.rmtree(folder)
+
+
+def _check_not_an_input(out_dir, files, inputs):
+    """Refuse an output folder that holds (or is) one of the input files, since replacing it would delete the corpus,
+    or that lies inside an input folder, whose next reading would take our own files for text."""
+    for f in files:
+        if f == out_dir or out_dir in f.parents:
+            raise FileExistsError(f"--out {out_dir} holds the input {f}: the output must be a folder of its own")
+    for item in inputs:
+        if Path(item).expanduser().resolve() in out_dir.parents:
+            raise FileExistsError(f"--out {out_dir} lies inside the input folder {item}: choose a folder outside it")
+
+
 def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed):
     # Pass 1: validate every source (skipping binary / non-UTF-8 files) and count documents.
     good, skipped = [], []
@@ -402,7 +435,7 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
     n_docs = sum(src["docs"] for src in good)
     if n_docs == 0:
         raise ValueError("empty corpus: no documents in the inputs"
-                         + "".join(f"\n  skipped {s['path']}: {s['reason']}" for s in skipped))
+                         + "".join(f"; skipped {s['path']}: {s['reason']}" for s in skipped))
 
     # Split by document: a seeded random sample of documents forms the valid split.
     n_valid = 0 if n_docs < 2 or valid_fraction <= 0 else min(n_docs - 1, max(1, round(valid_fraction * n_docs)))
@@ -709,10 +742,16 @@ def mask_generator(seed, epoch, index, device="cpu"):
 
 # ------------------------------------------------------------------------------------------------------------------ CLI
 
+def one_line(e):
+    """An exception as one line for a command-line error (its message, or its type when it has none)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) else f"{type(e).__name__}: {text}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tokenize a corpus into token shards for distillation (see data.py).")
     p.add_argument("inputs", nargs="*", help="files, folders, globs (none: Python's own documentation)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", default="data/shards", help="output folder (default: data/shards, train.py's --data)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--vocab", help="vocab.txt or tokenizer.json (e.g. the teacher's); default: train one")
     g.add_argument("--vocab-size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
@@ -723,9 +762,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an out folder made from other inputs")
     a = p.parse_args(argv)
-    meta = prepare(a.inputs, a.out, vocab=a.vocab, vocab_size=a.vocab_size, valid_fraction=a.valid_fraction,
-                   shard_tokens=a.shard_tokens, batch_docs=a.batch_docs, seed=a.seed, hf_datasets=a.hf_dataset,
-                   overwrite=a.overwrite)
+    try:
+        meta = prepare(a.inputs, a.out, vocab=a.vocab, vocab_size=a.vocab_size, valid_fraction=a.valid_fraction,
+                       shard_tokens=a.shard_tokens, batch_docs=a.batch_docs, seed=a.seed, hf_datasets=a.hf_dataset,
+                       overwrite=a.overwrite)
+    except (OSError, ValueError, ImportError, RuntimeError) as e:  # one line, not a traceback
+        raise SystemExit(f"data.py: error: {one_line(e)}") from None
     print(json.dumps({k: meta[k] for k in ("vocab_size", "dtype", "vocab_hash")} |
                      {s: {k: v for k, v in meta["splits"][s].items() if k != "shards"} for s in meta["splits"]}))
 
