@@ -70,7 +70,15 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     correct, loss, count = sums.tolist()
     if count == 0:
         raise ValueError(f"mlm_eval: no masked tokens in split {split!r}")
-    return {"accuracy": correct / count, "perplexity": math.exp(loss / count), "tokens": int(count)}
+    return {"accuracy": correct / count, "perplexity": perplexity(loss / count), "tokens": int(count)}
+
+
+def perplexity(mean_loss):
+    """exp(mean loss), inf where that overflows a float (a diverged model's loss above ~709), nan for nan."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -251,3 +251,20 @@ def test_fused_objective_equals_plain_formulas(setup):
         assert torch.allclose(sums_fused[k], sums_plain[k], rtol=1e-5), k
     for k in plain:
         assert torch.allclose(fused[k], plain[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_diverged_but_finite_final_eval_keeps_the_final_work(setup, tmp_path, monkeypatch):
+    """Issue 14.2: a mean held-out loss above ~709 made math.exp overflow at the final evaluation, before the final
+    checkpoint and the export. Here every masked token costs 1000 nats (exp(1000) overflows a float)."""
+    import types
+    import eval as ev
+    root, _ = setup
+    huge = types.SimpleNamespace(cross_entropy=lambda logits, gold, reduction: torch.full(
+        (), 1000.0 * len(gold), dtype=logits.dtype))
+    monkeypatch.setattr(ev, "F", huge)
+    out = tmp_path / "diverged"
+    T.train(T.parse_args(args(root, out, max_steps=2)))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["valid_perplexity"] == float("inf")
+    assert final_student(out)["step"] == 2 and (out / "student" / "model.safetensors").is_file()
+    assert (out / "losses.png").is_file()
