@@ -112,6 +112,26 @@ def vocab_hash(tokenizer):
     return hashlib.sha256("\n".join(sorted(vocab, key=vocab.get)).encode("utf-8")).hexdigest()
 
 
+def write_tokenizer_files(source, folder, model_max_length=512):
+    """The files transformers' AutoTokenizer reads, written into `folder` beside exported weights, from our
+    vocab.txt or tokenizer.json `source`: vocab.txt, tokenizer.json, tokenizer_config.json (BertTokenizer,
+    do_lower_case, the special tokens) and special_tokens_map.json."""
+    source, folder = _tokenizer_file(source), Path(folder)
+    tok = load_tokenizer(source)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")
+    if source.suffix == ".json":
+        shutil.copyfile(source, folder / "tokenizer.json")
+    else:
+        tok.save(str(folder / "tokenizer.json"))
+    special = {f"{k}_token": v for k, v in SPECIAL_TOKENS.items()}
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
+              "strip_accents": None, "model_max_length": model_max_length, "clean_up_tokenization_spaces": True,
+              **special}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
 def train_wordpiece(text_iterator, vocab_size, out_path):
     """Train a WordPiece vocabulary (same normalizer and pre-tokenizer as BERT uncased) on an iterator of strings,
     write it as vocab.txt (special tokens first: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4), return the tokenizer."""

@@ -588,8 +588,9 @@ def train(cfg: TrainConfig):
                      "skipped": skipped, "data": loader.state_dict(), "rng": rngs, "config": dataclasses.asdict(cfg)}
             save_checkpoint(out_dir / f"ckpt-{step:07d}.pt", state, cfg.keep_last)
             if final:
-                model.save_pretrained(out_dir / ("student" if cfg.mode == "distill" else "model"),
-                                      tokenizer_files=[data.folder / data.meta["tokenizer"]["file"]])
+                vocab = data.folder / data.meta["tokenizer"]["file"]
+                model.save_pretrained(out_dir / ("student" if cfg.mode == "distill" else "model"), extra_files=lambda
+                                      f: D.write_tokenizer_files(vocab, f, model.cfg.max_position))
 
     stop = {"signal": None}
 

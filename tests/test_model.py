@@ -452,3 +452,23 @@ def test_save_is_atomic_and_keeps_old_on_failure(tmp_path, monkeypatch):
         m.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
+
+
+def test_damaged_model_safetensors_names_the_file(tmp_path):
+    """Issue 14.4: a truncated model.safetensors gave a SafetensorError without the path; bytes overwritten inside
+    a tensor loaded silently. The file's metadata carries a sha256 of the tensors, checked on load."""
+    model = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                            max_position=16))
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(ValueError, match=f"{weights}: unreadable safetensors file"):
+        Bert.from_pretrained(tmp_path / "m")
+    damaged = bytearray(raw)
+    damaged[-200:-100] = bytes(100)  # inside the last tensor's data: the container still reads
+    weights.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=f"{weights}: checksum mismatch"):
+        Bert.from_pretrained(tmp_path / "m")
+    weights.write_bytes(raw)
+    assert Bert.from_pretrained(tmp_path / "m").cfg.vocab_size == 50

@@ -426,3 +426,32 @@ def test_two_runs_cannot_share_an_out_dir(setup, tmp_path):
     assert T.train(T.parse_args(args(root, out, max_steps=1)))["step"] == 1
     with T.out_dir_lock(out):  # released at the end of the run
         pass
+
+
+def test_exports_work_in_transformers_tools(setup, tmp_path):
+    """Issue 14.7: an exported student and teacher load with AutoTokenizer and run in pipeline("fill-mask"), giving
+    our model's probabilities and our tokenizer's ids; the folders are readable by others (0755 / 0644)."""
+    transformers = pytest.importorskip("transformers")
+    root, data = setup
+    old = os.umask(0o022)
+    try:
+        T.train(T.parse_args(args(root, tmp_path / "s", max_steps=1)))
+        T.train(T.parse_args(args(root, tmp_path / "t", mode="mlm", init="scratch", max_steps=1)))
+    finally:
+        os.umask(old)
+    text = "the cat sat on the mat while the [MASK] watched from the window"
+    ours_tok = D.load_tokenizer(root / "data" / "vocab.txt")
+    for folder in (tmp_path / "s" / "student", tmp_path / "t" / "model"):
+        assert oct(folder.stat().st_mode & 0o777) == "0o755"
+        assert {oct(f.stat().st_mode & 0o777) for f in folder.iterdir()} == {"0o644"}
+        tok = transformers.AutoTokenizer.from_pretrained(folder)
+        assert tok(text)["input_ids"] == ours_tok.encode(text).ids
+        fill = transformers.pipeline("fill-mask", model=str(folder), top_k=3)
+        got = fill(text)
+        model = Bert.from_pretrained(folder)
+        ids = torch.tensor([ours_tok.encode(text).ids])
+        where = ids[0].tolist().index(data.special["mask"])
+        probs = model(ids).logits[0, where].softmax(-1)
+        top = probs.topk(3)
+        assert [g["token"] for g in got] == top.indices.tolist()
+        assert all(abs(g["score"] - p) < 1e-5 for g, p in zip(got, top.values.tolist()))
