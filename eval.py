@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from finetune import GLUE_TASKS, Classifier, encode, glue_score, load_encoder, read_glue, task_spec, write_json
+from model import share
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Held-out masked LM
@@ -297,6 +298,7 @@ def bar_chart(table, path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     fig.savefig(tmp, dpi=120)
+    share(tmp)  # mkstemp makes 0600
     os.replace(tmp, path)
     return True
 
@@ -307,6 +309,7 @@ def write_text(text, path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    share(tmp)  # mkstemp makes 0600
     os.replace(tmp, path)
 
 

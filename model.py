@@ -384,12 +384,13 @@ def load_tensors(path: Path, map_location="cpu") -> dict:
     return tensors
 
 
-def share(folder: Path):
-    """Give a finished folder (made 0700 by mkdtemp) and its files the modes the umask allows: 0755 / 0644 usually."""
+def share(path: Path):
+    """Give a finished file or folder (and what it holds) the modes the umask allows, 0644 / 0755 under the usual
+    022, where mkstemp and mkdtemp make 0600 / 0700 (others could not read a shared model)."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(folder, 0o777 & ~mask)
-    for f in Path(folder).rglob("*"):
+    path = Path(path)
+    for f in [path, *(path.rglob("*") if path.is_dir() else [])]:
         os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
 
 
