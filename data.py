@@ -46,6 +46,7 @@ from tqdm import tqdm
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 FORMAT, FORMAT_VERSION = "distilbert-from-scratch/token-shards", 1
 PARTIAL = ".data.py-partial"  # in a folder data.py is still writing (so that a crash leaves it recognisable)
+VERIFY_BYTES = 1 << 30  # token shards up to 1 GiB are checked against their sha256 each time they are opened
 MIN_SEQ_TOKENS = 12  # sequences of <= 11 tokens ([CLS] and [SEP] included) are dropped, as in the reference code
 
 
@@ -54,6 +55,14 @@ def log(msg):
 
 
 # --------------------------------------------------------------------------------------------------------- 1. tokenizer
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
 
 def _bert_pipeline(tok):
     """The BERT-uncased text pipeline: clean control chars, split CJK chars, lowercase + strip accents, split on
@@ -499,7 +508,8 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
     if splits["train"]["tokens"] + splits["valid"]["tokens"] == 0:
         raise ValueError("empty corpus: the documents contain no tokens")
     np.save(tmp / "counts.npy", counts)
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != PARTIAL}
+    return {"files": files, "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "tokenizer": {"file": vocab_file.name, "source": None if vocab is None else str(vocab_file.resolve()),
                           "trained": vocab is None, "normalizer": repr(tokenizer.normalizer),
                           "pre_tokenizer": repr(tokenizer.pre_tokenizer), "model": type(tokenizer.model).__name__},
@@ -533,12 +543,15 @@ class TokenData:
     `.tokenizer` (from the folder's own vocabulary) and `sequences(split, max_len)`. If `vocab` (a path or a
     Tokenizer) is given, it must be the vocabulary the shards were made with."""
 
-    def __init__(self, folder, vocab=None):
+    def __init__(self, folder, vocab=None, verify="auto"):
         self.folder = Path(folder)
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: {self.folder} is not a prepared folder (run data.py)")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{meta_path}: not valid JSON ({e}): the folder is damaged; prepare it again") from None
         if (self.meta.get("format"), self.meta.get("format_version")) != (FORMAT, FORMAT_VERSION):
             raise ValueError(f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} meta file")
         self.dtype = np.dtype(self.meta["dtype"])
@@ -547,6 +560,7 @@ class TokenData:
                 path = self.folder / f"{shard['name']}.bin"
                 if not path.is_file() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:
                     raise ValueError(f"{path} is missing or does not hold the {shard['tokens']} tokens of {meta_path}")
+        self._verify_files(verify)
         own_vocab = self.folder / self.meta["tokenizer"]["file"]
         self.tokenizer = load_tokenizer(own_vocab)
         self._check_vocab(self.tokenizer, own_vocab)
@@ -557,6 +571,20 @@ class TokenData:
         self.vocab_size, self.special = self.meta["vocab_size"], dict(self.meta["special_ids"])
         self.counts = np.load(self.folder / "counts.npy")
         self._cache = {}
+
+    def _verify_files(self, verify):
+        """Every file against its sha256 in meta.json; verify="auto" reads the token shards too when they hold
+        VERIFY_BYTES or less (sizes are always checked), True always, False never (only the small files)."""
+        files = self.meta.get("files", {})  # folders made before checksums have none
+        shard_bytes = sum((self.folder / n).stat().st_size for n in files if n.endswith(".bin"))
+        full = verify is True or (verify == "auto" and shard_bytes <= VERIFY_BYTES)
+        for name, want in files.items():
+            path = self.folder / name
+            if not path.is_file():
+                raise ValueError(f"{path}: missing (listed in {self.folder / 'meta.json'})")
+            if (full or not name.endswith(".bin")) and sha256_file(path) != want:
+                raise ValueError(f"{path}: checksum mismatch with {self.folder / 'meta.json'}: the file is "
+                                 f"damaged; prepare the folder again")
 
     def _check_vocab(self, tokenizer, name):
         got, want = vocab_hash(tokenizer), self.meta["vocab_hash"]

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import hashlib
 import json
 import math
 import os
@@ -233,14 +232,6 @@ def lr_at(step, total, cfg):
 CKPT_KEYS = ("model", "optimizer", "scaler", "step", "skipped", "data", "rng")
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -253,7 +244,7 @@ def save_checkpoint(path: Path, state: dict, keep_last: int):
     sums_tmp = sums.with_name(sums.name + ".tmp")
     try:
         torch.save(state, tmp)
-        sums_tmp.write_text(f"{sha256_file(tmp)}  {path.name}\n")
+        sums_tmp.write_text(f"{D.sha256_file(tmp)}  {path.name}\n")
         os.replace(sums_tmp, sums)
         os.replace(tmp, path)
     except OSError as e:
@@ -272,7 +263,7 @@ def load_checkpoint(path: Path) -> dict:
     sums = checksum_path(path)
     if sums.is_file():
         want = (sums.read_text().split() or [""])[0]
-        if sha256_file(path) != want:
+        if D.sha256_file(path) != want:
             raise ValueError(f"{path}: checksum mismatch with {sums.name}: the file is damaged or truncated")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -658,3 +658,23 @@ def test_smoothed_masking():
         hits[int(labels[labels != -100])] += 1
     ratio = (hits[a] / 5) / (hits[b] / 100)
     assert abs(ratio - 100 ** 0.7) < 3.5, ratio
+
+
+def test_damaged_shard_files_are_named(tmp_path):
+    """Issue 14 rule: every file the project writes is covered by a checksum verified on load. A byte changed in a
+    shard keeps its size (the old check passed) and was read silently."""
+    corpus, vocab, out = tiny_setup(tmp_path)
+    data.prepare([corpus], out, vocab=vocab)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["files"]["train_000.bin"] == hashlib.sha256((out / "train_000.bin").read_bytes()).hexdigest()
+    assert set(meta["files"]) == {p.name for p in out.iterdir()} - {"meta.json"}
+    for name in ("train_000.bin", "counts.npy", "train_000.docs.npy"):
+        raw = (out / name).read_bytes()
+        (out / name).write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+        with pytest.raises(ValueError, match=f"{out / name}: checksum mismatch"):
+            data.TokenData(out)
+        (out / name).write_bytes(raw)
+    data.TokenData(out)
+    (out / "meta.json").write_text((out / "meta.json").read_text()[:-20])
+    with pytest.raises(ValueError, match=f"{out / 'meta.json'}: not valid JSON"):
+        data.TokenData(out)
