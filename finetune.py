@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import (Bert, config_dict, config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_tensors,
-                   save_tensors, share)
+                   save_tensors, share, verify_manifest, write_manifest)
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by header
@@ -339,6 +339,7 @@ def save_finetuned(model, path, **info):
         save_tensors(weights, tmp / "model.safetensors")
         if hf:
             (tmp / "config.json").write_text(json.dumps(hf[0], indent=2) + "\n")
+        write_manifest(tmp)
         share(tmp)
         _replace_dir(tmp, path)
     except BaseException:
@@ -383,6 +384,7 @@ def load_finetuned(path):
     path = Path(path)
     if not (path / "finetune.json").is_file():
         raise FileNotFoundError(f"{path}: no finetune.json (not a folder written by finetune.py)")
+    verify_manifest(path)
     meta = json.loads((path / "finetune.json").read_text())
     encoder = Bert(config_from_dict(meta["encoder"]))
     model = SpanQA(encoder) if meta["kind"] == "span" else Classifier(encoder, meta["num_labels"], meta["style"])

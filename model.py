@@ -260,6 +260,7 @@ class Bert(nn.Module):
                 shutil.copy(f, tmp / Path(f).name)
             if extra_files is not None:
                 extra_files(tmp)
+            write_manifest(tmp)
             share(tmp)
             old = None
             if path.exists():
@@ -341,6 +342,7 @@ def resolve_checkpoint(path) -> Path:
 
 
 def read_state_dict(folder: Path, map_location="cpu") -> dict:
+    verify_manifest(folder)
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
     if st.is_file():
         return load_tensors(st, map_location)
@@ -382,6 +384,32 @@ def load_tensors(path: Path, map_location="cpu") -> dict:
     if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
         raise ValueError(f"{path}: checksum mismatch: the tensors differ from those written (damaged file)")
     return tensors
+
+
+MANIFEST = "SHA256SUMS"  # `sha256sum -c` format: the folder's other files (model.safetensors carries its own)
+
+
+def write_manifest(folder: Path):
+    lines = [f"{_sha256(f)}  {f.name}\n" for f in sorted(Path(folder).iterdir())
+             if f.is_file() and f.name not in (MANIFEST, "model.safetensors")]
+    (Path(folder) / MANIFEST).write_text("".join(lines))
+
+
+def verify_manifest(folder: Path):
+    """The files listed in the folder's SHA256SUMS (when there is one) against their sums; the first that differs is
+    named in a one-line error."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return
+    for line in manifest.read_text().splitlines():
+        want, _, name = line.partition("  ")
+        path = Path(folder) / name
+        if path.is_file() and _sha256(path) != want:
+            raise ValueError(f"{path}: checksum mismatch with {manifest}: the file is damaged")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def share(path: Path):

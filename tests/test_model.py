@@ -246,7 +246,7 @@ def test_save_pretrained_round_trip_teacher(tmp_path, c):
     ref = hf_bert(transformers.BertForMaskedLM, c)
     ours = Bert.from_pretrained(save_hf(ref, tmp_path / "in", "safetensors")).eval()
     ours.save_pretrained(tmp_path / "out")
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["SHA256SUMS", "config.json", "model.safetensors"]
     back = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out").eval()
     ids, mask, types = batch(c)
     with torch.no_grad():
@@ -472,3 +472,8 @@ def test_damaged_model_safetensors_names_the_file(tmp_path):
         Bert.from_pretrained(tmp_path / "m")
     weights.write_bytes(raw)
     assert Bert.from_pretrained(tmp_path / "m").cfg.vocab_size == 50
+    # the folder's other files are covered by its SHA256SUMS
+    config = tmp_path / "m" / "config.json"
+    config.write_text(config.read_text().replace('"initializer_range": 0.02', '"initializer_range": 0.03'))
+    with pytest.raises(ValueError, match=f"{config}: checksum mismatch"):
+        Bert.from_pretrained(tmp_path / "m")
