@@ -128,15 +128,16 @@ def write_tokenizer_files(source, folder, model_max_length=512):
     source, folder = _tokenizer_file(source), Path(folder)
     tok = load_tokenizer(source)
     vocab = tok.get_vocab(with_added_tokens=True)
-    (folder / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")
+    tokens = sorted(vocab, key=vocab.get)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
     if source.suffix == ".json":
         shutil.copyfile(source, folder / "tokenizer.json")
     else:
         tok.save(str(folder / "tokenizer.json"))
     special = {f"{k}_token": v for k, v in SPECIAL_TOKENS.items()}
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
-              "strip_accents": None, "model_max_length": model_max_length, "clean_up_tokenization_spaces": True,
-              **special}
+              "strip_accents": None, "model_max_length": model_max_length,
+              "clean_up_tokenization_spaces": True, **special}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
@@ -395,8 +396,9 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
             raise FileExistsError(f"{out_dir} holds shards of other inputs or settings; use --overwrite "
                                   "(prepare(..., overwrite=True)) to replace it")
     elif out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists and is not a prepared shard folder made by data.py (no meta.json "
-                              f"with format {FORMAT!r}): never replaced, even with --overwrite; choose another --out")
+        raise FileExistsError(f"{out_dir} exists and is not a prepared shard folder made by data.py (no "
+                              f"meta.json with format {FORMAT!r}): never replaced, even with --overwrite; "
+                              f"choose another --out")
 
     tmp.mkdir(parents=True)
     (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
@@ -434,21 +436,24 @@ def _remove_stale(folder):
     if not folder.exists():
         return
     if not (folder / PARTIAL).is_file() and _own_meta(folder) is None:
-        raise FileExistsError(f"{folder} is in the way and was not made by data.py (no {PARTIAL} or meta.json "
+        raise FileExistsError(f"{folder} is in the way and was not made by data.py (no {PARTIAL} or meta.json"
+                              f" "
                               f"with format {FORMAT!r}); move it away or choose another --out")
     log(f"removing {folder} left by an interrupted run")
     shutil.rmtree(folder)
 
 
 def _check_not_an_input(out_dir, files, inputs):
-    """Refuse an output folder that holds (or is) one of the input files, since replacing it would delete the corpus,
-    or that lies inside an input folder, whose next reading would take our own files for text."""
+    """Refuse an output folder that holds (or is) one of the input files, since replacing it would delete the
+    corpus, or that lies inside an input folder, whose next reading would take our own files for text."""
     for f in files:
         if f == out_dir or out_dir in f.parents:
-            raise FileExistsError(f"--out {out_dir} holds the input {f}: the output must be a folder of its own")
+            raise FileExistsError(f"--out {out_dir} holds the input {f}: the output must be a folder of its "
+                                  f"own")
     for item in inputs:
         if Path(item).expanduser().resolve() in out_dir.parents:
-            raise FileExistsError(f"--out {out_dir} lies inside the input folder {item}: choose a folder outside it")
+            raise FileExistsError(f"--out {out_dir} lies inside the input folder {item}: choose a folder "
+                                  f"outside it")
 
 
 def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed):
@@ -509,7 +514,8 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
         raise ValueError("empty corpus: the documents contain no tokens")
     np.save(tmp / "counts.npy", counts)
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != PARTIAL}
-    return {"files": files, "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    return {"files": files,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "tokenizer": {"file": vocab_file.name, "source": None if vocab is None else str(vocab_file.resolve()),
                           "trained": vocab is None, "normalizer": repr(tokenizer.normalizer),
                           "pre_tokenizer": repr(tokenizer.pre_tokenizer), "model": type(tokenizer.model).__name__},
@@ -551,7 +557,8 @@ class TokenData:
         try:
             self.meta = json.loads(meta_path.read_text())
         except ValueError as e:
-            raise ValueError(f"{meta_path}: not valid JSON ({e}): the folder is damaged; prepare it again") from None
+            raise ValueError(f"{meta_path}: not valid JSON ({e}): the folder is damaged; prepare it "
+                             f"again") from None
         if (self.meta.get("format"), self.meta.get("format_version")) != (FORMAT, FORMAT_VERSION):
             raise ValueError(f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} meta file")
         self.dtype = np.dtype(self.meta["dtype"])
@@ -793,13 +800,15 @@ def mask_generator(seed, epoch, index, device="cpu"):
 def one_line(e):
     """An exception as one line for a command-line error (its message, or its type when it has none)."""
     text = " ".join(str(e).split()) or type(e).__name__
-    return text if isinstance(e, (ValueError, FileNotFoundError, FileExistsError)) else f"{type(e).__name__}: {text}"
+    plain = isinstance(e, (ValueError, FileNotFoundError, FileExistsError))
+    return text if plain else f"{type(e).__name__}: {text}"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tokenize a corpus into token shards for distillation (see data.py).")
     p.add_argument("inputs", nargs="*", help="files, folders, globs (none: Python's own documentation)")
-    p.add_argument("--out", default="data/shards", help="output folder (default: data/shards, train.py's --data)")
+    p.add_argument("--out", default="data/shards",
+                   help="output folder (default: data/shards, train.py's default --data)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--vocab", help="vocab.txt or tokenizer.json (e.g. the teacher's); default: train one")
     g.add_argument("--vocab-size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
@@ -811,9 +820,9 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an out folder made from other inputs")
     a = p.parse_args(argv)
     try:
-        meta = prepare(a.inputs, a.out, vocab=a.vocab, vocab_size=a.vocab_size, valid_fraction=a.valid_fraction,
-                       shard_tokens=a.shard_tokens, batch_docs=a.batch_docs, seed=a.seed, hf_datasets=a.hf_dataset,
-                       overwrite=a.overwrite)
+        meta = prepare(a.inputs, a.out, vocab=a.vocab, vocab_size=a.vocab_size,
+                       valid_fraction=a.valid_fraction, shard_tokens=a.shard_tokens, batch_docs=a.batch_docs,
+                       seed=a.seed, hf_datasets=a.hf_dataset, overwrite=a.overwrite)
     except (OSError, ValueError, ImportError, RuntimeError) as e:  # one line, not a traceback
         raise SystemExit(f"data.py: error: {one_line(e)}") from None
     print(json.dumps({k: meta[k] for k in ("vocab_size", "dtype", "vocab_hash")} |

@@ -36,8 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import (Bert, config_dict, config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_tensors,
-                   save_tensors, share, verify_manifest, write_manifest)
+from model import (Bert, config_dict, config_from_dict, convert_from_hf, convert_to_hf, load_exact,
+                   load_tensors, save_tensors, share, verify_manifest, write_manifest)
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by header
@@ -130,7 +130,8 @@ def read_glue(task, folder, split) -> list:
 
 
 def _label(value, spec, where):
-    """A class index, or a regression score checked to be a finite number within the task's range (STS-B: 0..5)."""
+    """A class index, or a regression score checked to be a finite number within the task's range (STS-B:
+    0..5)."""
     try:
         label = float(value) if spec["labels"] is None else spec["labels"].index(value)
     except ValueError:
@@ -324,9 +325,10 @@ def _replace_dir(tmp, path):
 
 
 def save_finetuned(model, path, **info):
-    """A fine-tuned model as finetune.json (encoder config, head) + model.safetensors, atomically. Where transformers
-    has the same model (BertFor... / DistilBertForSequenceClassification or ...QuestionAnswering) the weights carry
-    its names and a config.json is written, so that its Auto classes load the folder; otherwise our names."""
+    """A fine-tuned model as finetune.json (encoder config, head) + model.safetensors, atomically. Where
+    transformers has the same model (BertFor... / DistilBertForSequenceClassification or ...QuestionAnswering)
+    the weights carry its names and a config.json is written, so that its Auto classes load the folder;
+    otherwise our names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kind, hf = kind_of(model), hf_format(model)
@@ -365,7 +367,8 @@ def hf_format(model):
     hf_cfg["architectures"] = [("DistilBert" if student else "Bert") + "For" + task]
     if task == "SequenceClassification":
         n = model.num_labels
-        hf_cfg.update(id2label={str(i): f"LABEL_{i}" for i in range(n)}, label2id={f"LABEL_{i}": i for i in range(n)},
+        hf_cfg.update(id2label={str(i): f"LABEL_{i}" for i in range(n)},
+                      label2id={f"LABEL_{i}": i for i in range(n)},
                       problem_type="regression" if n == 1 else "single_label_classification")
         if student:
             hf_cfg["seq_classif_dropout"] = model.dropout.p
@@ -828,20 +831,23 @@ def run(cfg: FinetuneConfig) -> dict:
 
 
 def find_teacher(path, task) -> Path:
-    """--teacher: a folder finetune.py saved (NAME-TASK-seedN), or the results file NAME-TASK.json of such runs (its
-    median run is taken). A teacher fine-tuned on another task is refused; a wrong path lists the candidates."""
+    """--teacher: a folder finetune.py saved (NAME-TASK-seedN), or the results file NAME-TASK.json of such
+    runs (its median run is taken). A teacher fine-tuned on another task is refused; a wrong path lists the
+    candidates."""
     path = Path(path)
     if path.is_file() and path.suffix == ".json":
         runs = [r for r in json.loads(path.read_text()).get("runs", []) if r.get("path")]
         if not runs:
-            raise ValueError(f"--teacher={path}: a results file without saved models (run with --out and --save)")
+            raise ValueError(f"--teacher={path}: a results file without saved models (run with --out and "
+                             f"--save)")
         first = next(iter(runs[0]["metrics"]))
         path = Path(sorted(runs, key=lambda r: r["metrics"][first])[len(runs) // 2]["path"])
         log(f"teacher: {path}, the median run by {first}")
     if not (path / "finetune.json").is_file():
         found = sorted(p.parent.name for p in path.parent.glob(f"*-{task}-seed*/finetune.json"))
         hint = f"; fine-tuned {task} models there: {', '.join(found)}" if found else \
-            f"; fine-tune one first: python finetune.py --task={task} --model=TEACHER --name=teacher --out=DIR"
+            f"; fine-tune one first: python finetune.py --task={task} --model=TEACHER --name=teacher " \
+            f"--out=DIR"
         raise FileNotFoundError(f"--teacher={path}: not a folder finetune.py saved (no finetune.json){hint}")
     trained_on = json.loads((path / "finetune.json").read_text()).get("task")
     if trained_on not in (None, task):

@@ -246,9 +246,9 @@ class Bert(nn.Module):
 
     def save_pretrained(self, path, tokenizer_files=(), extra_files=None):
         """Write config.json + model.safetensors in Hugging Face's format, atomically: into a temporary folder first,
-        then renamed over `path`. A teacher is a BertForMaskedLM, a student a DistilBertForMaskedLM. tokenizer_files
-        are copied in; extra_files(folder), when given, writes more files (the tokenizer's) into the folder first.
-        The folder is readable by others (0755 / 0644 under the usual umask 022)."""
+        then renamed over `path`. A teacher is a BertForMaskedLM, a student a DistilBertForMaskedLM.
+        tokenizer_files are copied in; extra_files(folder), when given, writes more files (the tokenizer's)
+        into the folder first. A SHA256SUMS covers the files; the folder is readable by others (0755/0644)."""
         path = Path(path)
         hf_cfg, tensors = convert_to_hf(self)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,7 +355,8 @@ def read_state_dict(folder: Path, map_location="cpu") -> dict:
 
 
 def tensors_sha256(tensors: dict) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes in name order (independent of the file layout)."""
+    """sha256 over the tensors' names, dtypes, shapes and bytes in name order (independent of the file
+    layout)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
@@ -396,8 +397,8 @@ def write_manifest(folder: Path):
 
 
 def verify_manifest(folder: Path):
-    """The files listed in the folder's SHA256SUMS (when there is one) against their sums; the first that differs is
-    named in a one-line error."""
+    """The files listed in the folder's SHA256SUMS (when there is one) against their sums; the first that
+    differs is named in a one-line error."""
     manifest = Path(folder) / MANIFEST
     if not manifest.is_file():
         return
@@ -413,8 +414,8 @@ def _sha256(path: Path) -> str:
 
 
 def share(path: Path):
-    """Give a finished file or folder (and what it holds) the modes the umask allows, 0644 / 0755 under the usual
-    022, where mkstemp and mkdtemp make 0600 / 0700 (others could not read a shared model)."""
+    """Give a finished file or folder (and what it holds) the modes the umask allows, 0644 / 0755 under the
+    usual 022, where mkstemp and mkdtemp make 0600 / 0700 (others could not read a shared model)."""
     mask = os.umask(0)
     os.umask(mask)
     path = Path(path)

@@ -237,9 +237,9 @@ def checksum_path(path: Path) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict, keep_last: int):
-    """torch.save into path.tmp, its checksum into path.sha256, then renamed into place: a crash or a full disk leaves
-    the previous checkpoints intact, and the temporary files are removed. The checksum goes first, so that a
-    checkpoint is never there without it. Keeps the newest keep_last checkpoints."""
+    """torch.save into path.tmp, its checksum into path.sha256, then renamed into place: a crash or a full
+    disk leaves the previous checkpoints intact, and the temporary files are removed. The checksum goes first,
+    so that a checkpoint is never there without it. Keeps the newest keep_last checkpoints."""
     tmp, sums = path.with_name(path.name + ".tmp"), checksum_path(path)
     sums_tmp = sums.with_name(sums.name + ".tmp")
     try:
@@ -258,8 +258,9 @@ def save_checkpoint(path: Path, state: dict, keep_last: int):
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint's state, once its checksum verifies and its parameters are finite; else a one-line ValueError
-    naming the file. A checkpoint without a .sha256 beside it (written before checksums) is read as it is."""
+    """A checkpoint's state, once its checksum verifies and its parameters are finite; else a one-line
+    ValueError naming the file. A checkpoint without a .sha256 beside it (written before checksums) is read as
+    it is."""
     sums = checksum_path(path)
     if sums.is_file():
         want = (sums.read_text().split() or [""])[0]
@@ -275,13 +276,15 @@ def load_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path}: not a train.py checkpoint (no {', '.join(missing)})")
     bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise ValueError(f"{path}: non-finite parameters ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        raise ValueError(f"{path}: non-finite parameters ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''})")
     return state
 
 
 def newest_good_checkpoint(out_dir: Path, master: bool, say) -> tuple:
-    """(path, state) of the newest checkpoint that verifies, or (None, None) when there is none. Newer ones that do
-    not verify are named and, by rank 0, set aside as *.pt.bad (kept, never counted as checkpoints again)."""
+    """(path, state) of the newest checkpoint that verifies, or (None, None) when there is none. Newer ones
+    that do not verify are named and, by rank 0, set aside as *.pt.bad (kept, never counted as checkpoints
+    again)."""
     ckpts = sorted(out_dir.glob("ckpt-*.pt"), reverse=True)
     for i, path in enumerate(ckpts):
         try:
@@ -320,8 +323,9 @@ def clean_stale_tmp(out_dir: Path, say):
 
 
 def usable(model, probe, autocast) -> bool:
-    """Whether a checkpoint of the model would be good: every parameter finite, and its hidden states and MLM logits
-    finite on a probe batch (weights blown up to 1e29 are finite but give NaN at once). Eval mode: no RNG is used."""
+    """Whether a checkpoint of the model would be good: every parameter finite, and its hidden states and MLM
+    logits finite on a probe batch (weights blown up to 1e29 are finite but give NaN at once). Eval mode: no
+    RNG is used."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         return False
     was_training = model.training
@@ -329,7 +333,8 @@ def usable(model, probe, autocast) -> bool:
     with torch.no_grad(), autocast:
         out = model(probe)
     model.train(was_training)
-    return bool(torch.isfinite(out.logits).all()) and all(bool(torch.isfinite(h).all()) for h in out.hidden_states)
+    outputs = [out.logits, *out.hidden_states]
+    return all(bool(torch.isfinite(t).all()) for t in outputs)
 
 
 def probe_batch(loader, device):
@@ -338,16 +343,16 @@ def probe_batch(loader, device):
 
 
 def nonfinite_stop(out_dir: Path, step: int, count: int) -> str:
-    """The message of a run stopped by `count` non-finite steps in a row: it names the newest checkpoint that verifies,
-    and says so when there is none."""
+    """The message of a run stopped by `count` non-finite steps in a row: it names the newest checkpoint that
+    verifies, and says so when there is none."""
     for path in sorted(out_dir.glob("ckpt-*.pt"), reverse=True):
         with contextlib.suppress(ValueError, OSError):
             load_checkpoint(path)
-            return (f"{count} non-finite steps in a row at step {step}: stopping. {path} is the newest checkpoint "
-                    f"that verifies (checksum, finite parameters); --resume=true continues from it: try a lower --lr "
-                    f"or --dtype=float32")
-    return (f"{count} non-finite steps in a row at step {step}: stopping. No checkpoint in {out_dir} verifies: "
-            f"nothing to resume; start again with a lower --lr or --dtype=float32")
+            return (f"{count} non-finite steps in a row at step {step}: stopping. {path} is the newest "
+                    f"checkpoint that verifies (checksum, finite parameters); --resume=true continues from "
+                    f"it: try a lower --lr or --dtype=float32")
+    return (f"{count} non-finite steps in a row at step {step}: stopping. No checkpoint in {out_dir} "
+            f"verifies: nothing to resume; start again with a lower --lr or --dtype=float32")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,14 +366,14 @@ def check_config(cfg, world):
         raise SystemExit(f"--micro_batch={cfg.micro_batch}, --batch_size={cfg.batch_size}: both must be >= 1")
     if cfg.micro_batch * world > cfg.batch_size:
         raise SystemExit(f"--micro_batch={cfg.micro_batch} x {world} rank(s) is more than --batch_size="
-                         f"{cfg.batch_size}: a step would train on {cfg.micro_batch * world} sequences; lower "
-                         f"--micro_batch or raise --batch_size")
+                         f"{cfg.batch_size}: a step would train on {cfg.micro_batch * world} sequences; "
+                         f"lower --micro_batch or raise --batch_size")
 
 
 def check_positions(cfg, model, source):
     if cfg.max_len > model.cfg.max_position:
-        raise SystemExit(f"--max_len={cfg.max_len} is more than the {model.cfg.max_position} positions of {source}: "
-                         f"use --max_len={model.cfg.max_position} or less")
+        raise SystemExit(f"--max_len={cfg.max_len} is more than the {model.cfg.max_position} positions of "
+                         f"{source}: use --max_len={model.cfg.max_position} or less")
 
 
 def check_resume(cfg, state, path):
@@ -381,8 +386,8 @@ def check_resume(cfg, state, path):
 
 
 def trim_metrics(path: Path, step: int):
-    """Drop the metrics.jsonl rows after `step` (written after the checkpoint a resumed run continues from, e.g.
-    before a kill -9), atomically, so that no step appears twice."""
+    """Drop the metrics.jsonl rows after `step` (written after the checkpoint a resumed run continues from,
+    e.g. before a kill -9), atomically, so that no step appears twice."""
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines(keepends=True)
@@ -401,8 +406,9 @@ def _row_step(line):
 
 @contextlib.contextmanager
 def out_dir_lock(out_dir: Path):
-    """An exclusive lock on out_dir/train.lock (fcntl.flock: the system releases it when the process dies, so a lock
-    left by a killed run is no obstacle); a second run on the same out_dir is refused, naming the holder's pid."""
+    """An exclusive lock on out_dir/train.lock (fcntl.flock: the system releases it when the process dies, so
+    a lock left by a killed run is no obstacle); a second run on the same out_dir is refused, naming the
+    holder's pid."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no lock
@@ -416,8 +422,8 @@ def out_dir_lock(out_dir: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise SystemExit(f"{path}: another run is writing to {out_dir} ({holder}); wait for it to finish or "
-                             f"choose another --out_dir") from None
+            raise SystemExit(f"{path}: another run is writing to {out_dir} ({holder}); wait for it to finish "
+                             f"or choose another --out_dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
@@ -443,8 +449,8 @@ def load_teacher(cfg, data):
                          f"python train.py --mode=mlm --init=scratch --data={cfg.data} --out_dir=out/teacher "
                          f"(then --teacher=out/teacher/model)") from None
     vocab = teacher_tokenizer_file(cfg.teacher)
-    if teacher.cfg.vocab_size != data.vocab_size or (vocab is not None and D.vocab_hash(D.load_tokenizer(vocab)) !=
-                                                     data.meta["vocab_hash"]):
+    other_hash = vocab is not None and D.vocab_hash(D.load_tokenizer(vocab)) != data.meta["vocab_hash"]
+    if teacher.cfg.vocab_size != data.vocab_size or other_hash:
         raise SystemExit(f"vocabulary mismatch: teacher {cfg.teacher} (vocab_size {teacher.cfg.vocab_size}) was not "
                          f"trained with the vocabulary of the shards in {cfg.data} (vocab_size {data.vocab_size}); "
                          f"prepare the data with --vocab={vocab or 'the teacher vocab.txt'}")
@@ -570,7 +576,8 @@ def train(cfg: TrainConfig):
         else:
             rngs = [rng]
         if master and not usable(model, probe, autocast):
-            say(f"step {step}: the parameters are not finite or give non-finite outputs: no checkpoint written")
+            say(f"step {step}: the parameters are not finite or give non-finite outputs: no checkpoint "
+                f"written")
             return
         if master:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -580,8 +587,9 @@ def train(cfg: TrainConfig):
             save_checkpoint(out_dir / f"ckpt-{step:07d}.pt", state, cfg.keep_last)
             if final:
                 vocab = data.folder / data.meta["tokenizer"]["file"]
-                model.save_pretrained(out_dir / ("student" if cfg.mode == "distill" else "model"), extra_files=lambda
-                                      f: D.write_tokenizer_files(vocab, f, model.cfg.max_position))
+                tokenizer = lambda folder: D.write_tokenizer_files(vocab, folder, model.cfg.max_position)
+                model.save_pretrained(out_dir / ("student" if cfg.mode == "distill" else "model"),
+                                      extra_files=tokenizer)
 
     stop = {"signal": None}
 

@@ -248,7 +248,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
     monkeypatch.setattr(data, "_encode_batch", real)
     # a hard kill leaves the temporary folder behind: the next run removes it
     (tmp_path / "out.tmp").mkdir()
-    (tmp_path / "out.tmp" / data.PARTIAL).write_text(data.FORMAT)  # what prepare writes first into its tmp folder
+    (tmp_path / "out.tmp" / data.PARTIAL).write_text(data.FORMAT)  # what prepare writes first into its tmp
     (tmp_path / "out.tmp" / "train_000.bin").write_bytes(b"\x01\x02")
     meta = data.prepare([corpus], out, vocab=vocab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out", "v"]
@@ -262,11 +262,13 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
 
 
 def tree(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def test_overwrite_never_deletes_an_input_or_a_foreign_folder(tmp_path, capsys):
-    """Issue 14.1: `data.py CORPUS --out=CORPUS --overwrite` deleted the corpus (and an unrelated sub/notes.md)."""
+    """Issue 14.1: `data.py CORPUS --out=CORPUS --overwrite` deleted the corpus (and an unrelated
+    sub/notes.md)."""
     corpus, vocab, out = tiny_setup(tmp_path)
     (corpus / "sub" / "notes.md").write_text("my notes")
     before = tree(corpus)
@@ -275,7 +277,7 @@ def test_overwrite_never_deletes_an_input_or_a_foreign_folder(tmp_path, capsys):
             data.main([str(corpus), "--out", str(target), "--vocab", str(vocab), "--overwrite"])
         assert str(corpus) in str(e.value) and "\n" not in str(e.value)
         assert tree(corpus) == before
-    # a folder with a meta.json that is not ours is not replaced either, and neither is a foreign '.tmp' folder
+    # a folder with a meta.json that is not ours is not replaced either, nor is a foreign '.tmp' folder
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "meta.json").write_text('{"format": "something else"}')
@@ -285,7 +287,8 @@ def test_overwrite_never_deletes_an_input_or_a_foreign_folder(tmp_path, capsys):
     (tmp_path / "out.tmp" / "thesis.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="out.tmp"):
         data.prepare([corpus], out, vocab=vocab)
-    assert (foreign / "meta.json").is_file() and (tmp_path / "out.tmp" / "thesis.txt").read_text() == "keep me"
+    assert (foreign / "meta.json").is_file()
+    assert (tmp_path / "out.tmp" / "thesis.txt").read_text() == "keep me"
     assert not out.exists()
 
 
@@ -298,7 +301,8 @@ def test_cli_default_out_and_one_line_errors(tmp_path, monkeypatch):
     run = subprocess.run([sys.executable, str(Path(data.__file__)), str(tmp_path / "missing.txt"), "--out",
                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
-    assert run.stderr.strip().splitlines() == [f"data.py: error: input path does not exist: {tmp_path}/missing.txt"]
+    want = f"data.py: error: input path does not exist: {tmp_path}/missing.txt"
+    assert run.stderr.strip().splitlines() == [want]
 
 
 def test_bad_inputs(tmp_path, monkeypatch):
@@ -661,8 +665,8 @@ def test_smoothed_masking():
 
 
 def test_damaged_shard_files_are_named(tmp_path):
-    """Issue 14 rule: every file the project writes is covered by a checksum verified on load. A byte changed in a
-    shard keeps its size (the old check passed) and was read silently."""
+    """Issue 14 rule: every file the project writes is covered by a checksum verified on load. A byte changed
+    in a shard keeps its size (the old check passed) and was read silently."""
     corpus, vocab, out = tiny_setup(tmp_path)
     data.prepare([corpus], out, vocab=vocab)
     meta = json.loads((out / "meta.json").read_text())

@@ -406,12 +406,13 @@ def test_run_glue_seeds_median_and_squad(tmp_path, vocab):
 
 @pytest.mark.parametrize("kind", ["student", "teacher-pooler", "regression", "span-student", "span-teacher"])
 def test_finetuned_folder_loads_in_transformers(tmp_path, kind):
-    """Issue 14.7: a fine-tuned classifier (or span head) folder loads with transformers' Auto classes and gives our
-    logits; its files are readable by others."""
+    """Issue 14.7: a fine-tuned classifier (or span head) folder loads with transformers' Auto classes and
+    gives our logits; its files are readable by others."""
     transformers = pytest.importorskip("transformers")
     teacher = tiny(pooler=kind == "teacher-pooler")
     encoder = student_from_teacher(teacher) if kind.endswith("student") or kind == "regression" else teacher
-    model = ft.SpanQA(encoder) if kind.startswith("span") else ft.Classifier(encoder, 1 if kind == "regression" else 3)
+    n_labels = 1 if kind == "regression" else 3
+    model = ft.SpanQA(encoder) if kind.startswith("span") else ft.Classifier(encoder, n_labels)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)  # the heads are not left at their zero init
@@ -437,8 +438,8 @@ def test_finetuned_folder_loads_in_transformers(tmp_path, kind):
 
 
 def test_teacher_distillation_finds_the_teacher_and_errors_are_one_line(tmp_path, vocab, capsys):
-    """Issue 14.6: --teacher found only a teacher saved as teacher-TASK-seedN; bad input gave tracebacks. STS-B labels
-    outside 0..5 or nan gave a NaN score and exit 0."""
+    """Issue 14.6: --teacher found only a teacher saved as teacher-TASK-seedN; bad input gave tracebacks.
+    STS-B labels outside 0..5 or nan gave a NaN score and exit 0."""
     enc = tiny(vocab_size=len(WORDS) + 5)
     enc.save_pretrained(tmp_path / "tiny", tokenizer_files=[vocab])
     rows = [f"{'good' if i % 2 else 'bad'} movie tok{i}\t{i % 2}\n" for i in range(16)]
@@ -447,18 +448,21 @@ def test_teacher_distillation_finds_the_teacher_and_errors_are_one_line(tmp_path
     base = [f"--task=SST-2", f"--data={tmp_path / 'glue'}", f"--out={tmp_path / 'r'}", "--max_steps=1",
             "--batch_size=8", "--log_every=0"]
     ft.main(base + [f"--model={tmp_path / 'tiny'}", "--seeds=1,2,3"])  # saved as tiny-SST-2-seed1..3
-    ft.main(base + [f"--model={tmp_path / 'tiny'}", "--name=s", f"--teacher={tmp_path / 'r' / 'tiny-SST-2.json'}"])
+    model = f"--model={tmp_path / 'tiny'}"
+    ft.main(base + [model, "--name=s", f"--teacher={tmp_path / 'r' / 'tiny-SST-2.json'}"])
     assert "the median run by accuracy" in capsys.readouterr().err
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "r" / "s-SST-2.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     with pytest.raises(SystemExit) as e:
-        ft.main(base + [f"--model={tmp_path / 'tiny'}", f"--teacher={tmp_path / 'r' / 'teacher-SST-2-seed1'}"])
+        ft.main(base + [model, f"--teacher={tmp_path / 'r' / 'teacher-SST-2-seed1'}"])
     assert "tiny-SST-2-seed1, tiny-SST-2-seed2, tiny-SST-2-seed3" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(SystemExit, match=r"^finetune.py: error: .*no_such_folder"):
         ft.main(base + [f"--model={tmp_path / 'no_such_folder'}"])
     for bad in ("nan", "5.5", "-1"):
         sts = tmp_path / f"sts-{bad}"
-        write(sts / "train.tsv", "sentence1\tsentence2\tscore\na cat\ta dog\t4.2\nthe mat\tthe dog\t" + bad + "\n")
-        with pytest.raises(ValueError, match=rf"{sts / 'train.tsv'}, line 3: label '{bad}' is not a number from 0 to 5"):
+        write(sts / "train.tsv", "sentence1\tsentence2\tscore\na cat\ta dog\t4.2\nthe mat\tthe dog\t" + bad
+              + "\n")
+        message = rf"{sts / 'train.tsv'}, line 3: label '{bad}' is not a number from 0 to 5"
+        with pytest.raises(ValueError, match=message):
             ft.read_glue("STS-B", sts, "train")

@@ -455,8 +455,8 @@ def test_save_is_atomic_and_keeps_old_on_failure(tmp_path, monkeypatch):
 
 
 def test_damaged_model_safetensors_names_the_file(tmp_path):
-    """Issue 14.4: a truncated model.safetensors gave a SafetensorError without the path; bytes overwritten inside
-    a tensor loaded silently. The file's metadata carries a sha256 of the tensors, checked on load."""
+    """Issue 14.4: a truncated model.safetensors gave a SafetensorError without the path; bytes overwritten
+    inside a tensor loaded silently. The file's metadata carries a sha256 of the tensors, checked on load."""
     model = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
                             max_position=16))
     model.save_pretrained(tmp_path / "m")

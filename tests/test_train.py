@@ -254,8 +254,8 @@ def test_fused_objective_equals_plain_formulas(setup):
 
 
 def test_diverged_but_finite_final_eval_keeps_the_final_work(setup, tmp_path, monkeypatch):
-    """Issue 14.2: a mean held-out loss above ~709 made math.exp overflow at the final evaluation, before the final
-    checkpoint and the export. Here every masked token costs 1000 nats (exp(1000) overflows a float)."""
+    """Issue 14.2: a mean held-out loss above ~709 made math.exp overflow at the final evaluation, before the
+    final checkpoint and the export. Here every masked token costs 1000 nats (exp(1000) overflows a float)."""
     import types
     import eval as ev
     root, _ = setup
@@ -275,8 +275,9 @@ def ckpt_names(out):
 
 
 def test_blown_up_weights_make_no_good_checkpoint(setup, tmp_path, capsys):
-    """Issue 14.3: after a step that blew the weights up (finite, ~1e29), the checkpoint was kept as good and the
-    non-finite stop claimed an intact good checkpoint. Step 1 runs at lr 0 (warm-up), step 2 at lr 1e29."""
+    """Issue 14.3: after a step that blew the weights up (finite, ~1e29), the checkpoint was kept as good and
+    the non-finite stop claimed an intact good checkpoint. Step 1 runs at lr 0 (warm-up), step 2 at lr
+    1e29."""
     root, _ = setup
     out = tmp_path / "blown"
     a = args(root, out, mode="mlm", init="scratch", max_steps=6, save_every=1, max_nonfinite=2, lr=1e29)
@@ -303,9 +304,9 @@ def damage(path, how):
 
 @pytest.mark.parametrize("how", ["overwrite", "truncate", "truncate-no-checksum"])
 def test_damaged_newest_checkpoint_falls_back_to_one_that_verifies(setup, tmp_path, capsys, how):
-    """Issue 14.3/14.4: a damaged newest checkpoint was loaded silently (4 KB overwritten) or gave a traceback naming
-    no file (truncated); resume now names it, sets it aside and continues from the newest one that verifies, which
-    gives the uninterrupted run's final parameters bitwise."""
+    """Issue 14.3/14.4: a damaged newest checkpoint was loaded silently (4 KB overwritten) or gave a traceback
+    naming no file (truncated); resume now names it, sets it aside and continues from the newest one that
+    verifies, which gives the uninterrupted run's final parameters bitwise."""
     root, _ = setup
     a = args(root, tmp_path / "full", max_steps=6, save_every=2, keep_last=5)
     T.train(T.parse_args(a))
@@ -342,7 +343,8 @@ def test_full_disk_leaves_no_tmp_and_stale_tmp_is_cleaned(setup, tmp_path, monke
         Path(f).write_bytes(b"x" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(SystemExit, match=r"ckpt-0000002.pt: checkpoint not written \(No space left on device\)"):
+    full = r"ckpt-0000002.pt: checkpoint not written \(No space left on device\)"
+    with pytest.raises(SystemExit, match=full):
         T.train(T.parse_args(args(root, out, max_steps=2)))
     assert ckpt_names(out) == []
     monkeypatch.setattr(torch, "save", real_save)
@@ -369,9 +371,9 @@ def test_kill9_resume_does_not_duplicate_metrics_rows(setup, tmp_path):
 
 
 def test_settings_that_cannot_work_fail_at_start(setup, tmp_path, capsys):
-    """Issue 14.5: max_len above the model's positions failed only at the first forward pass; micro_batch above
-    batch_size silently trained a bigger batch; another --mode on resume was accepted; --resume=true without a
-    checkpoint started fresh without saying so."""
+    """Issue 14.5: max_len above the model's positions failed only at the first forward pass; micro_batch
+    above batch_size silently trained a bigger batch; another --mode on resume was accepted; --resume=true
+    without a checkpoint started fresh without saying so."""
     root, _ = setup
     with pytest.raises(SystemExit, match="--max_len=128 is more than the 64 positions of .*teacher"):
         T.train(T.parse_args(args(root, tmp_path / "a", max_len=128)))
@@ -381,7 +383,8 @@ def test_settings_that_cannot_work_fail_at_start(setup, tmp_path, capsys):
     out = tmp_path / "c"
     T.train(T.parse_args(args(root, out, max_steps=2, resume=True)))
     assert f"--resume=true: no checkpoint in {out}: starting fresh" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="written by a --mode=distill run; resuming it with --mode=mlm is refused"):
+    refused = "written by a --mode=distill run; resuming it with --mode=mlm is refused"
+    with pytest.raises(SystemExit, match=refused):
         T.train(T.parse_args(args(root, out, max_steps=4, resume=True, mode="mlm")))
 
 
@@ -429,8 +432,9 @@ def test_two_runs_cannot_share_an_out_dir(setup, tmp_path):
 
 
 def test_exports_work_in_transformers_tools(setup, tmp_path):
-    """Issue 14.7: an exported student and teacher load with AutoTokenizer and run in pipeline("fill-mask"), giving
-    our model's probabilities and our tokenizer's ids; the folders are readable by others (0755 / 0644)."""
+    """Issue 14.7: an exported student and teacher load with AutoTokenizer and run in pipeline("fill-mask"),
+    giving our model's probabilities and our tokenizer's ids; the folders are readable by others (0755 /
+    0644)."""
     transformers = pytest.importorskip("transformers")
     root, data = setup
     old = os.umask(0o022)
