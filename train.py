@@ -315,8 +315,10 @@ def set_aside(path: Path, say):
 
 def clean_stale_tmp(out_dir: Path, say):
     """Remove the temporary files an interrupted checkpoint write left (only our own names: ckpt-*.pt.tmp and
-    ckpt-*.pt.sha256.tmp), so that a full disk does not stay full."""
-    for tmp in sorted([*out_dir.glob("ckpt-*.pt.tmp"), *out_dir.glob("ckpt-*.pt.sha256.tmp")]):
+    ckpt-*.pt.sha256.tmp, and a ckpt-*.pt.sha256 whose checkpoint never arrived), so that a full disk does not
+    stay full."""
+    orphans = [p for p in out_dir.glob("ckpt-*.pt.sha256") if not p.with_suffix("").exists()]
+    for tmp in sorted([*out_dir.glob("ckpt-*.pt.tmp"), *out_dir.glob("ckpt-*.pt.sha256.tmp"), *orphans]):
         if tmp.is_file():
             say(f"removing {tmp}, left by an interrupted checkpoint write")
             tmp.unlink()
@@ -376,13 +378,19 @@ def check_positions(cfg, model, source):
                          f"{source}: use --max_len={model.cfg.max_position} or less")
 
 
-def check_resume(cfg, state, path):
-    """A checkpoint continues only the kind of run that wrote it."""
+def check_resume(cfg, state, path, model):
+    """A checkpoint continues only the kind of run that wrote it, with a model of the same shape."""
     was = state.get("config", {})
     for key in ("mode", "init"):
         if key in was and was[key] != getattr(cfg, key):
             raise SystemExit(f"{path} was written by a --{key}={was[key]} run; resuming it with --{key}="
                              f"{getattr(cfg, key)} is refused (use another --out_dir, or --{key}={was[key]})")
+    now = dataclasses.asdict(model.cfg)
+    other = {k: (v, now.get(k)) for k, v in state.get("model_config", now).items() if now.get(k) != v}
+    if other:
+        diff = ", ".join(f"{k} {a} vs {b} here" for k, (a, b) in other.items())
+        raise SystemExit(f"{path} holds another model ({diff}): resuming it is refused (use another "
+                         f"--out_dir)")
 
 
 def trim_metrics(path: Path, step: int):
@@ -441,9 +449,19 @@ def holds_out_dir_lock(run):
     return locked
 
 
+def open_data(cfg):
+    """The prepared --data folder; a missing, damaged or foreign one is a one-line error naming the file."""
+    try:
+        return D.TokenData(cfg.data)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"--data={cfg.data}: {' '.join(str(e).split())}") from None
+
+
 def load_teacher(cfg, data):
     try:
         teacher = Bert.from_pretrained(cfg.teacher)
+    except ValueError as e:  # a damaged or unreadable checkpoint: the message names the file
+        raise SystemExit(f"teacher {cfg.teacher}: {e}") from None
     except FileNotFoundError as e:
         raise SystemExit(f"teacher {cfg.teacher!r} not found.\n{e}\nOr pretrain one offline on your data: "
                          f"python train.py --mode=mlm --init=scratch --data={cfg.data} --out_dir=out/teacher "
@@ -504,7 +522,7 @@ def train(cfg: TrainConfig):
     check_config(cfg, world)
 
     # --- data, models ---
-    data = D.TokenData(cfg.data)
+    data = open_data(cfg)
     loader = D.Batches(data, "train", cfg.max_len, cfg.micro_batch, seed=cfg.seed, rank=rank, world_size=world,
                        pin_memory=device.type == "cuda")
     accum = max(1, cfg.batch_size // (cfg.micro_batch * world))
@@ -546,7 +564,7 @@ def train(cfg: TrainConfig):
     ckpts = sorted(out_dir.glob("ckpt-*.pt"))
     resumed, state = newest_good_checkpoint(out_dir, master, say) if cfg.resume else (None, None)
     if state is not None:
-        check_resume(cfg, state, resumed)
+        check_resume(cfg, state, resumed, model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

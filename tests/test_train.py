@@ -350,6 +350,7 @@ def test_full_disk_leaves_no_tmp_and_stale_tmp_is_cleaned(setup, tmp_path, monke
     monkeypatch.setattr(torch, "save", real_save)
     (out / "ckpt-0000002.pt.tmp").write_bytes(b"x" * 100_000)  # left by a hard kill during a write
     (out / "notes.tmp").write_text("not ours")
+    (out / "ckpt-0000009.pt.sha256").write_text("0" * 64)  # its checkpoint never arrived
     T.train(T.parse_args(args(root, out, max_steps=2, resume=True)))
     said = capsys.readouterr().out
     assert "removing" in said and "--resume=true: no checkpoint" in said and "starting fresh" in said
@@ -386,6 +387,20 @@ def test_settings_that_cannot_work_fail_at_start(setup, tmp_path, capsys):
     refused = "written by a --mode=distill run; resuming it with --mode=mlm is refused"
     with pytest.raises(SystemExit, match=refused):
         T.train(T.parse_args(args(root, out, max_steps=4, resume=True, mode="mlm")))
+    scratch = tmp_path / "d"
+    T.train(T.parse_args(args(root, scratch, max_steps=2, mode="mlm", init="scratch")))
+    with pytest.raises(SystemExit, match=r"holds another model \(num_layers 2 vs 3 here\)"):
+        T.train(T.parse_args(args(root, scratch, max_steps=4, mode="mlm", init="scratch", layers=3,
+                                  resume=True)))
+    # a damaged data folder is one line naming the file, not a traceback
+    shard = root / "data" / "train_000.bin"
+    raw = shard.read_bytes()
+    try:
+        shard.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+        with pytest.raises(SystemExit, match=f"--data={root / 'data'}: {shard}: checksum mismatch"):
+            T.train(T.parse_args(args(root, tmp_path / "e")))
+    finally:
+        shard.write_bytes(raw)
 
 
 def test_teacher_vocabulary_is_checked_without_vocab_txt(setup, tmp_path, capsys):
