@@ -370,8 +370,7 @@ def hf_format(model):
         hf_cfg.update(id2label={str(i): f"LABEL_{i}" for i in range(n)},
                       label2id={f"LABEL_{i}": i for i in range(n)},
                       problem_type="regression" if n == 1 else "single_label_classification")
-        if student:
-            hf_cfg["seq_classif_dropout"] = model.dropout.p
+        hf_cfg["seq_classif_dropout" if student else "classifier_dropout"] = model.dropout.p
     for k, v in model.state_dict().items():
         if not k.startswith("encoder."):
             name, p = k.rsplit(".", 1)
