@@ -406,8 +406,8 @@ def verify_manifest(folder: Path):
         want, _, name = line.partition("  ")
         path = Path(folder) / name
         if path.is_file() and _sha256(path) != want:
-            raise ValueError(f"{path}: checksum mismatch with {manifest}: the file is damaged (if it was edited "
-                             f"on purpose, delete {MANIFEST})")
+            raise ValueError(f"{path}: checksum mismatch with {manifest}: the file is damaged (if it was "
+                             f"edited on purpose, delete {MANIFEST})")
 
 
 def _sha256(path: Path) -> str:
