@@ -62,7 +62,11 @@ NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run
 
 
 def hf():
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit("bench.py compares with transformers, which is not installed: "
+                         "pip install -r requirements-dev.txt") from None
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers
@@ -550,7 +554,7 @@ def main(argv=None):
     size, vocab, sts, out = dict(QUICK if a.quick else BASE), Path(a.vocab), Path(a.sts), Path(a.out)
     if vocab.is_file():  # models and tokenizer must agree on the vocabulary (Table 3 feeds real token ids)
         size["vocab_size"] = D.load_tokenizer(vocab).get_vocab_size()
-    import transformers
+    transformers = hf()
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version(), "torch": torch.__version__,
                        "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),

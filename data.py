@@ -15,7 +15,7 @@ This file is read top to bottom:
   5. Batches     shuffled, length-grouped, rank-sharded, resumable batches
   6. masking     mask_tokens (uniform or smoothed), smoothing_weights, mask_generator
 
-Command line:  python data.py [inputs ...] --out DIR [--vocab PATH | --vocab-size N] [--valid-fraction F]
+Command line:  python data.py [inputs ...] [--out DIR] [--vocab PATH | --vocab-size N] [--valid-fraction F]
 With no inputs the corpus is Python's own documentation, so everything runs offline.
 """
 import argparse
@@ -45,6 +45,8 @@ from tqdm import tqdm
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 FORMAT, FORMAT_VERSION = "distilbert-from-scratch/token-shards", 1
+PARTIAL = ".data.py-partial"  # in a folder data.py is still writing (so that a crash leaves it recognisable)
+VERIFY_BYTES = 1 << 30  # token shards up to 1 GiB are checked against their sha256 each time they are opened
 MIN_SEQ_TOKENS = 12  # sequences of <= 11 tokens ([CLS] and [SEP] included) are dropped, as in the reference code
 
 
@@ -53,6 +55,14 @@ def log(msg):
 
 
 # --------------------------------------------------------------------------------------------------------- 1. tokenizer
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
 
 def _bert_pipeline(tok):
     """The BERT-uncased text pipeline: clean control chars, split CJK chars, lowercase + strip accents, split on
@@ -109,6 +119,27 @@ def vocab_hash(tokenizer):
     """sha256 of the vocabulary in id order ('\\n'-joined tokens): two tokenizers agree on ids iff hashes agree."""
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     return hashlib.sha256("\n".join(sorted(vocab, key=vocab.get)).encode("utf-8")).hexdigest()
+
+
+def write_tokenizer_files(source, folder, model_max_length=512):
+    """The files transformers' AutoTokenizer reads, written into `folder` beside exported weights, from our
+    vocab.txt or tokenizer.json `source`: vocab.txt, tokenizer.json, tokenizer_config.json (BertTokenizer,
+    do_lower_case, the special tokens) and special_tokens_map.json."""
+    source, folder = _tokenizer_file(source), Path(folder)
+    tok = load_tokenizer(source)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = sorted(vocab, key=vocab.get)
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    if source.suffix == ".json":
+        shutil.copyfile(source, folder / "tokenizer.json")
+    else:
+        tok.save(str(folder / "tokenizer.json"))
+    special = {f"{k}_token": v for k, v in SPECIAL_TOKENS.items()}
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
+              "strip_accents": None, "model_max_length": model_max_length,
+              "clean_up_tokenization_spaces": True, **special}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
 def train_wordpiece(text_iterator, vocab_size, out_path):
@@ -353,27 +384,29 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
                 "vocab": vocab_hash(tokenizer) if tokenizer is not None else f"train:{vocab_size}"}
     inputs_hash = hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
 
+    _check_not_an_input(out_dir, files, inputs)
     for stale in (tmp, old):  # left behind by an interrupted run
-        if stale.exists():
-            log(f"removing {stale} left by an interrupted run")
-            shutil.rmtree(stale)
-    if (out_dir / "meta.json").is_file():
-        existing = json.loads((out_dir / "meta.json").read_text())
+        _remove_stale(stale)
+    existing = _own_meta(out_dir)
+    if existing is not None:
         if existing.get("inputs_hash") == inputs_hash:
             log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
             return existing
         if not overwrite:
             raise FileExistsError(f"{out_dir} holds shards of other inputs or settings; use --overwrite "
                                   "(prepare(..., overwrite=True)) to replace it")
-    elif out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not a prepared shard folder (no meta.json); "
-                              "use --overwrite to replace it")
+    elif out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists and is not a prepared shard folder made by data.py (no "
+                              f"meta.json with format {FORMAT!r}): never replaced, even with --overwrite; "
+                              f"choose another --out")
 
     tmp.mkdir(parents=True)
+    (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
     try:
         meta = _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed)
         meta.update(inputs_hash=inputs_hash, settings=settings)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the folder complete
+        (tmp / PARTIAL).unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -389,6 +422,40 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     return meta
 
 
+def _own_meta(folder):
+    """The meta dict of a folder that data.py wrote (meta.json with our format marker), else None."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _remove_stale(folder):
+    """Remove a '.tmp' or '.old' folder left by an interrupted run, only if it is recognisably ours."""
+    if not folder.exists():
+        return
+    if not (folder / PARTIAL).is_file() and _own_meta(folder) is None:
+        raise FileExistsError(f"{folder} is in the way and was not made by data.py (no {PARTIAL} or meta.json"
+                              f" "
+                              f"with format {FORMAT!r}); move it away or choose another --out")
+    log(f"removing {folder} left by an interrupted run")
+    shutil.rmtree(folder)
+
+
+def _check_not_an_input(out_dir, files, inputs):
+    """Refuse an output folder that holds (or is) one of the input files, since replacing it would delete the
+    corpus, or that lies inside an input folder, whose next reading would take our own files for text."""
+    for f in files:
+        if f == out_dir or out_dir in f.parents:
+            raise FileExistsError(f"--out {out_dir} holds the input {f}: the output must be a folder of its "
+                                  f"own")
+    for item in inputs:
+        if Path(item).expanduser().resolve() in out_dir.parents:
+            raise FileExistsError(f"--out {out_dir} lies inside the input folder {item}: choose a folder "
+                                  f"outside it")
+
+
 def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed):
     # Pass 1: validate every source (skipping binary / non-UTF-8 files) and count documents.
     good, skipped = [], []
@@ -402,7 +469,7 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
     n_docs = sum(src["docs"] for src in good)
     if n_docs == 0:
         raise ValueError("empty corpus: no documents in the inputs"
-                         + "".join(f"\n  skipped {s['path']}: {s['reason']}" for s in skipped))
+                         + "".join(f"; skipped {s['path']}: {s['reason']}" for s in skipped))
 
     # Split by document: a seeded random sample of documents forms the valid split.
     n_valid = 0 if n_docs < 2 or valid_fraction <= 0 else min(n_docs - 1, max(1, round(valid_fraction * n_docs)))
@@ -446,7 +513,9 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
     if splits["train"]["tokens"] + splits["valid"]["tokens"] == 0:
         raise ValueError("empty corpus: the documents contain no tokens")
     np.save(tmp / "counts.npy", counts)
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != PARTIAL}
+    return {"files": files,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "tokenizer": {"file": vocab_file.name, "source": None if vocab is None else str(vocab_file.resolve()),
                           "trained": vocab is None, "normalizer": repr(tokenizer.normalizer),
                           "pre_tokenizer": repr(tokenizer.pre_tokenizer), "model": type(tokenizer.model).__name__},
@@ -480,12 +549,16 @@ class TokenData:
     `.tokenizer` (from the folder's own vocabulary) and `sequences(split, max_len)`. If `vocab` (a path or a
     Tokenizer) is given, it must be the vocabulary the shards were made with."""
 
-    def __init__(self, folder, vocab=None):
+    def __init__(self, folder, vocab=None, verify="auto"):
         self.folder = Path(folder)
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: {self.folder} is not a prepared folder (run data.py)")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{meta_path}: not valid JSON ({e}): the folder is damaged; prepare it "
+                             f"again") from None
         if (self.meta.get("format"), self.meta.get("format_version")) != (FORMAT, FORMAT_VERSION):
             raise ValueError(f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} meta file")
         self.dtype = np.dtype(self.meta["dtype"])
@@ -494,6 +567,7 @@ class TokenData:
                 path = self.folder / f"{shard['name']}.bin"
                 if not path.is_file() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:
                     raise ValueError(f"{path} is missing or does not hold the {shard['tokens']} tokens of {meta_path}")
+        self._verify_files(verify)
         own_vocab = self.folder / self.meta["tokenizer"]["file"]
         self.tokenizer = load_tokenizer(own_vocab)
         self._check_vocab(self.tokenizer, own_vocab)
@@ -504,6 +578,20 @@ class TokenData:
         self.vocab_size, self.special = self.meta["vocab_size"], dict(self.meta["special_ids"])
         self.counts = np.load(self.folder / "counts.npy")
         self._cache = {}
+
+    def _verify_files(self, verify):
+        """Every file against its sha256 in meta.json; verify="auto" reads the token shards too when they hold
+        VERIFY_BYTES or less (sizes are always checked), True always, False never (only the small files)."""
+        files = self.meta.get("files", {})  # folders made before checksums have none
+        shard_bytes = sum((self.folder / n).stat().st_size for n in files if n.endswith(".bin"))
+        full = verify is True or (verify == "auto" and shard_bytes <= VERIFY_BYTES)
+        for name, want in files.items():
+            path = self.folder / name
+            if not path.is_file():
+                raise ValueError(f"{path}: missing (listed in {self.folder / 'meta.json'})")
+            if (full or not name.endswith(".bin")) and sha256_file(path) != want:
+                raise ValueError(f"{path}: checksum mismatch with {self.folder / 'meta.json'}: the file is "
+                                 f"damaged; prepare the folder again")
 
     def _check_vocab(self, tokenizer, name):
         got, want = vocab_hash(tokenizer), self.meta["vocab_hash"]
@@ -709,10 +797,18 @@ def mask_generator(seed, epoch, index, device="cpu"):
 
 # ------------------------------------------------------------------------------------------------------------------ CLI
 
+def one_line(e):
+    """An exception as one line for a command-line error (its message, or its type when it has none)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    plain = isinstance(e, (ValueError, FileNotFoundError, FileExistsError))
+    return text if plain else f"{type(e).__name__}: {text}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tokenize a corpus into token shards for distillation (see data.py).")
     p.add_argument("inputs", nargs="*", help="files, folders, globs (none: Python's own documentation)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", default="data/shards",
+                   help="output folder (default: data/shards, train.py's default --data)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--vocab", help="vocab.txt or tokenizer.json (e.g. the teacher's); default: train one")
     g.add_argument("--vocab-size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
@@ -723,9 +819,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an out folder made from other inputs")
     a = p.parse_args(argv)
-    meta = prepare(a.inputs, a.out, vocab=a.vocab, vocab_size=a.vocab_size, valid_fraction=a.valid_fraction,
-                   shard_tokens=a.shard_tokens, batch_docs=a.batch_docs, seed=a.seed, hf_datasets=a.hf_dataset,
-                   overwrite=a.overwrite)
+    try:
+        meta = prepare(a.inputs, a.out, vocab=a.vocab, vocab_size=a.vocab_size,
+                       valid_fraction=a.valid_fraction, shard_tokens=a.shard_tokens, batch_docs=a.batch_docs,
+                       seed=a.seed, hf_datasets=a.hf_dataset, overwrite=a.overwrite)
+    except (OSError, ValueError, ImportError, RuntimeError) as e:  # one line, not a traceback
+        raise SystemExit(f"data.py: error: {one_line(e)}") from None
     print(json.dumps({k: meta[k] for k in ("vocab_size", "dtype", "vocab_hash")} |
                      {s: {k: v for k, v in meta["splits"][s].items() if k != "shards"} for s in meta["splits"]}))
 

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from finetune import GLUE_TASKS, Classifier, encode, glue_score, load_encoder, read_glue, task_spec, write_json
+from model import share
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Held-out masked LM
@@ -76,7 +77,7 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     correct, loss, count = sums.tolist()
     if count == 0:
         raise ValueError(f"mlm_eval: no masked tokens in split {split!r}")
-    result = {"accuracy": correct / count, "perplexity": math.exp(loss / count), "tokens": int(count)}
+    result = {"accuracy": correct / count, "perplexity": perplexity(loss / count), "tokens": int(count)}
     if per_token:
         result.update(correct=torch.cat(hits), labels=torch.cat(golds))
     return result
@@ -98,6 +99,14 @@ def verdict(delta, se, z=3.0) -> str:
     if delta < 0 and delta <= -z * se:
         return "loses"
     return "ties within noise"
+
+
+def perplexity(mean_loss):
+    """exp(mean loss), inf where that overflows a float (a diverged model's loss above ~709), nan for nan."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -316,6 +325,7 @@ def bar_chart(table, path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     fig.savefig(tmp, dpi=120)
+    share(tmp)  # mkstemp makes 0600
     os.replace(tmp, path)
     return True
 
@@ -326,6 +336,7 @@ def write_text(text, path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    share(tmp)  # mkstemp makes 0600
     os.replace(tmp, path)
 
 

@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Bert, config_dict, config_from_dict
+from model import (Bert, config_dict, config_from_dict, convert_from_hf, convert_to_hf, load_exact,
+                   load_tensors, save_tensors, share, verify_manifest, write_manifest)
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by header
@@ -49,7 +50,7 @@ GLUE_TASKS = {
     "MRPC": {"text_a": "#1 String", "text_b": "#2 String", "label": "Quality", "labels": ["0", "1"],
              "metrics": ("f1", "accuracy")},
     "STS-B": {"text_a": "sentence1", "text_b": "sentence2", "label": "score", "labels": None,
-              "metrics": ("pearson", "spearman")},
+              "metrics": ("pearson", "spearman"), "range": (0.0, 5.0)},  # similarity scores from 0 to 5
     "QQP": {"text_a": "question1", "text_b": "question2", "label": "is_duplicate", "labels": ["0", "1"],
             "metrics": ("accuracy", "f1"), "skip_short_rows": True},  # GLUE's QQP train.tsv has a few broken rows
     "MNLI": {"text_a": "sentence1", "text_b": "sentence2", "label": "gold_label",
@@ -119,17 +120,27 @@ def read_glue(task, folder, split) -> list:
             label = None
             if spec["label"] in col:
                 value = row[col[spec["label"]]].strip()
-                try:
-                    label = float(value) if spec["labels"] is None else spec["labels"].index(value)
-                except ValueError:
-                    expected = "a number" if spec["labels"] is None else f"one of {spec['labels']}"
-                    raise ValueError(f"{path}, line {rows.line_num}: label {value!r} is not {expected}") from None
+                label = _label(value, spec, f"{path}, line {rows.line_num}")
             text_b = row[col[spec["text_b"]]] if spec["text_b"] else None
             out.append(Example(row[col[spec["text_a"]]], text_b, label))
     if skipped:
         print(f"{path}: skipped {len(skipped)} rows with missing columns (lines {', '.join(map(str, skipped[:5]))}"
               f"{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
     return out
+
+
+def _label(value, spec, where):
+    """A class index, or a regression score checked to be a finite number within the task's range (STS-B:
+    0..5)."""
+    try:
+        label = float(value) if spec["labels"] is None else spec["labels"].index(value)
+    except ValueError:
+        label = None
+    lo, hi = spec.get("range", (-math.inf, math.inf))
+    if label is None or (spec["labels"] is None and not (math.isfinite(label) and lo <= label <= hi)):
+        expected = f"a number from {lo:g} to {hi:g}" if spec["labels"] is None else f"one of {spec['labels']}"
+        raise ValueError(f"{where}: label {value!r} is not {expected}")
+    return label
 
 
 def read_imdb(folder, split) -> list:
@@ -314,34 +325,91 @@ def _replace_dir(tmp, path):
 
 
 def save_finetuned(model, path, **info):
-    """A fine-tuned model as finetune.json (encoder config, head) + model.safetensors (our names), atomically."""
-    from safetensors.torch import save_file
+    """A fine-tuned model as finetune.json (encoder config, head) + model.safetensors, atomically. Where
+    transformers has the same model (BertFor... / DistilBertForSequenceClassification or ...QuestionAnswering)
+    the weights carry its names and a config.json is written, so that its Auto classes load the folder;
+    otherwise our names."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kind = "span" if isinstance(model, SpanQA) else "classifier"
+    kind, hf = kind_of(model), hf_format(model)
     meta = {"kind": kind, "num_labels": model.num_labels, "style": getattr(model, "style", None),
-            "encoder": config_dict(model.encoder.cfg), **info}
+            "encoder": config_dict(model.encoder.cfg), "weights": "hf" if hf else "ours", **info}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        weights = hf[1] if hf else {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_tensors(weights, tmp / "model.safetensors")
+        if hf:
+            (tmp / "config.json").write_text(json.dumps(hf[0], indent=2) + "\n")
+        write_manifest(tmp)
+        share(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+HF_HEADS = {"qa": "qa_outputs"}  # our head names -> transformers' (pre_classifier, classifier: the same)
+
+
+def hf_format(model):
+    """(config.json dict, state dict) of the transformers model equal to ours, or None where there is none: a
+    DistilBERT head on a BERT encoder, or shared (SPS) layers."""
+    enc = model.encoder.cfg
+    student = enc.type_vocab_size == 0
+    if enc.sps_layers or (kind_of(model) == "classifier" and (model.style == "distilbert") != student):
+        return None
+    try:
+        hf_cfg, sd = convert_to_hf(model.encoder)
+    except ValueError:
+        return None
+    task = "QuestionAnswering" if kind_of(model) == "span" else "SequenceClassification"
+    hf_cfg["architectures"] = [("DistilBert" if student else "Bert") + "For" + task]
+    if task == "SequenceClassification":
+        n = model.num_labels
+        hf_cfg.update(id2label={str(i): f"LABEL_{i}" for i in range(n)},
+                      label2id={f"LABEL_{i}": i for i in range(n)},
+                      problem_type="regression" if n == 1 else "single_label_classification")
+        hf_cfg["seq_classif_dropout" if student else "classifier_dropout"] = model.dropout.p
+    for k, v in model.state_dict().items():
+        if not k.startswith("encoder."):
+            name, p = k.rsplit(".", 1)
+            sd[f"{HF_HEADS.get(name, name)}.{p}"] = v.detach().cpu().contiguous()
+    return hf_cfg, sd
+
+
+def kind_of(model):
+    return "span" if isinstance(model, SpanQA) else "classifier"
+
+
 def load_finetuned(path):
-    from safetensors.torch import load_file
     path = Path(path)
     if not (path / "finetune.json").is_file():
         raise FileNotFoundError(f"{path}: no finetune.json (not a folder written by finetune.py)")
+    verify_manifest(path)
     meta = json.loads((path / "finetune.json").read_text())
     encoder = Bert(config_from_dict(meta["encoder"]))
     model = SpanQA(encoder) if meta["kind"] == "span" else Classifier(encoder, meta["num_labels"], meta["style"])
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    sd = load_tensors(path / "model.safetensors")
+    if meta.get("weights") == "hf":
+        sd = from_hf_format(sd, encoder)
+    load_exact(model, sd, str(path / "model.safetensors"))
     return model.eval()
+
+
+def from_hf_format(sd, encoder):
+    """Our state dict from the names hf_format wrote."""
+    heads = {v: k for k, v in HF_HEADS.items()}
+    ours, rest = {}, {}
+    for k, v in sd.items():
+        name, p = k.rsplit(".", 1)
+        if name in ("pre_classifier", "classifier", "qa_outputs"):
+            ours[f"{heads.get(name, name)}.{p}"] = v
+        else:
+            rest[k] = v
+    converted, _, _ = convert_from_hf(rest, "distilbert" if encoder.cfg.type_vocab_size == 0 else "bert")
+    ours.update({f"encoder.{k}": v for k, v in converted.items()})
+    return ours
 
 
 def load_encoder(path) -> Bert:
@@ -691,6 +759,7 @@ def write_json(obj, path):
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+    share(Path(tmp))  # mkstemp makes 0600
     os.replace(tmp, path)
 
 
@@ -732,7 +801,7 @@ def run(cfg: FinetuneConfig) -> dict:
     name, _ = task_spec(cfg.task)
     tokenizer = load_tokenizer(cfg.vocab or cfg.model)
     train, score, head = load_task(cfg, tokenizer)
-    teacher = load_finetuned(cfg.teacher) if cfg.teacher else None
+    teacher = load_finetuned(find_teacher(cfg.teacher, name)) if cfg.teacher else None
     model_name = cfg.name or Path(cfg.model).name
     seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()] or [cfg.seed]
     runs = []
@@ -760,13 +829,41 @@ def run(cfg: FinetuneConfig) -> dict:
     return result
 
 
+def find_teacher(path, task) -> Path:
+    """--teacher: a folder finetune.py saved (NAME-TASK-seedN), or the results file NAME-TASK.json of such
+    runs (its median run is taken). A teacher fine-tuned on another task is refused; a wrong path lists the
+    candidates."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        runs = [r for r in json.loads(path.read_text()).get("runs", []) if r.get("path")]
+        if not runs:
+            raise ValueError(f"--teacher={path}: a results file without saved models (run with --out and "
+                             f"--save)")
+        first = next(iter(runs[0]["metrics"]))
+        path = Path(sorted(runs, key=lambda r: r["metrics"][first])[len(runs) // 2]["path"])
+        log(f"teacher: {path}, the median run by {first}")
+    if not (path / "finetune.json").is_file():
+        found = sorted(p.parent.name for p in path.parent.glob(f"*-{task}-seed*/finetune.json"))
+        hint = f"; fine-tuned {task} models there: {', '.join(found)}" if found else \
+            f"; fine-tune one first: python finetune.py --task={task} --model=TEACHER --name=teacher " \
+            f"--out=DIR"
+        raise FileNotFoundError(f"--teacher={path}: not a folder finetune.py saved (no finetune.json){hint}")
+    trained_on = json.loads((path / "finetune.json").read_text()).get("task")
+    if trained_on not in (None, task):
+        raise ValueError(f"--teacher={path} was fine-tuned on {trained_on}, not on {task}")
+    return path
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__ + "\nOptions (--key=value):\n" + "\n".join(
             f"  --{f.name}={f.default!r}" for f in fields(FinetuneConfig)))
         return
-    result = run(parse_config(argv))
+    try:
+        result = run(parse_config(argv))
+    except (OSError, ValueError, KeyError, TypeError) as e:  # bad input: one line, not a traceback
+        raise SystemExit(f"finetune.py: error: {' '.join(str(e).split()) or type(e).__name__}") from None
     print(json.dumps({"task": result["task"], "name": result["name"], "median": result["median"]}))
 
 

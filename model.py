@@ -247,19 +247,24 @@ class Bert(nn.Module):
             log.info("%s: not loaded (known, not needed): %s", folder, ", ".join(dropped))
         return model.eval()  # like transformers: dropout off until the caller asks for .train()
 
-    def save_pretrained(self, path, tokenizer_files=()):
+    def save_pretrained(self, path, tokenizer_files=(), extra_files=None):
         """Write config.json + model.safetensors in Hugging Face's format, atomically: into a temporary folder first,
-        then renamed over `path`. A teacher is a BertForMaskedLM, a student a DistilBertForMaskedLM."""
-        from safetensors.torch import save_file
+        then renamed over `path`. A teacher is a BertForMaskedLM, a student a DistilBertForMaskedLM.
+        tokenizer_files are copied in; extra_files(folder), when given, writes more files (the tokenizer's)
+        into the folder first. A SHA256SUMS covers the files; the folder is readable by others (0755/0644)."""
         path = Path(path)
         hf_cfg, tensors = convert_to_hf(self)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            save_tensors(tensors, tmp / "model.safetensors")
             for f in tokenizer_files:
                 shutil.copy(f, tmp / Path(f).name)
+            if extra_files is not None:
+                extra_files(tmp)
+            write_manifest(tmp)
+            share(tmp)
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
@@ -428,16 +433,86 @@ def pypi_download(name: str) -> Path:
 
 
 def read_state_dict(folder: Path, map_location="cpu") -> dict:
+    verify_manifest(folder)
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
     if st.is_file():
-        from safetensors.torch import load_file
-        return load_file(str(st), device=str(map_location))
+        return load_tensors(st, map_location)
     if pt.is_file():
         try:  # weights_only: a pickle that tries to build arbitrary objects (and so run code) is refused
             return torch.load(pt, map_location=map_location, weights_only=True)
         except Exception as e:
             raise ValueError(f"{pt}: refused to load: not a plain tensor checkpoint ({str(e).splitlines()[0]})") from None
     raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes in name order (independent of the file
+    layout)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def save_tensors(tensors: dict, path: Path):
+    """A safetensors file whose metadata carries the tensors' sha256, checked by load_tensors."""
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata={"format": "pt", "sha256": tensors_sha256(tensors)})
+
+
+def load_tensors(path: Path, map_location="cpu") -> dict:
+    """A safetensors file's tensors; a damaged or truncated file is a one-line error naming it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path), device=str(map_location))
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable safetensors file ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
+        raise ValueError(f"{path}: checksum mismatch: the tensors differ from those written (damaged file)")
+    return tensors
+
+
+MANIFEST = "SHA256SUMS"  # `sha256sum -c` format: the folder's other files (model.safetensors carries its own)
+
+
+def write_manifest(folder: Path):
+    lines = [f"{_sha256(f)}  {f.name}\n" for f in sorted(Path(folder).iterdir())
+             if f.is_file() and f.name not in (MANIFEST, "model.safetensors")]
+    (Path(folder) / MANIFEST).write_text("".join(lines))
+
+
+def verify_manifest(folder: Path):
+    """The files listed in the folder's SHA256SUMS (when there is one) against their sums; the first that
+    differs is named in a one-line error."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return
+    for line in manifest.read_text().splitlines():
+        want, _, name = line.partition("  ")
+        path = Path(folder) / name
+        if path.is_file() and _sha256(path) != want:
+            raise ValueError(f"{path}: checksum mismatch with {manifest}: the file is damaged (if it was "
+                             f"edited on purpose, delete {MANIFEST})")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def share(path: Path):
+    """Give a finished file or folder (and what it holds) the modes the umask allows, 0644 / 0755 under the
+    usual 022, where mkstemp and mkdtemp make 0600 / 0700 (others could not read a shared model)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path = Path(path)
+    for f in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
 
 
 def config_from_hf(c: dict, where) -> tuple:

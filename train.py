@@ -12,11 +12,14 @@ every setting; any of them can be changed with --key=value.
 """
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
+import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -262,30 +265,274 @@ def lr_at(step, total, cfg):
     return cfg.lr * (step / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: written atomically with a sha256 beside them (`sha256sum -c` format), verified on load
+
+CKPT_KEYS = ("model", "optimizer", "scaler", "step", "skipped", "data", "rng")
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(path: Path, state: dict, keep_last: int):
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+    """torch.save into path.tmp, its checksum into path.sha256, then renamed into place: a crash or a full
+    disk leaves the previous checkpoints intact, and the temporary files are removed. The checksum goes first,
+    so that a checkpoint is never there without it. Keeps the newest keep_last checkpoints."""
+    tmp, sums = path.with_name(path.name + ".tmp"), checksum_path(path)
+    sums_tmp = sums.with_name(sums.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        sums_tmp.write_text(f"{D.sha256_file(tmp)}  {path.name}\n")
+        os.replace(sums_tmp, sums)
+        os.replace(tmp, path)
+    except OSError as e:
+        for t in (tmp, sums_tmp):
+            t.unlink(missing_ok=True)
+        raise SystemExit(f"{path}: checkpoint not written ({e.strerror or e}); the previous checkpoints in "
+                         f"{path.parent} are intact") from None
     for old in sorted(path.parent.glob("ckpt-*.pt"))[:-keep_last]:
         old.unlink()
+        checksum_path(old).unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state, once its checksum verifies and its parameters are finite; else a one-line
+    ValueError naming the file. A checkpoint without a .sha256 beside it (written before checksums) is read as
+    it is."""
+    sums = checksum_path(path)
+    if sums.is_file():
+        want = (sums.read_text().split() or [""])[0]
+        if D.sha256_file(path) != want:
+            raise ValueError(f"{path}: checksum mismatch with {sums.name}: the file is damaged or truncated")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    missing = [k for k in CKPT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path}: not a train.py checkpoint (no {', '.join(missing)})")
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: non-finite parameters ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''})")
+    return state
+
+
+def newest_good_checkpoint(out_dir: Path, master: bool, say) -> tuple:
+    """(path, state) of the newest checkpoint that verifies, or (None, None) when there is none. Newer ones
+    that do not verify are named and, by rank 0, set aside as *.pt.bad (kept, never counted as checkpoints
+    again)."""
+    ckpts = sorted(out_dir.glob("ckpt-*.pt"), reverse=True)
+    for i, path in enumerate(ckpts):
+        try:
+            state = load_checkpoint(path)
+        except (ValueError, OSError) as e:
+            say(f"skipping {e}" if isinstance(e, ValueError) else f"skipping {path}: {e}")
+            if master:
+                set_aside(path, say)
+            continue
+        if i:
+            say(f"falling back to {path}, the newest checkpoint that verifies")
+        return path, state
+    if ckpts:
+        raise SystemExit(f"no checkpoint in {out_dir} verifies ({len(ckpts)} tried, set aside as *.pt.bad): "
+                         f"use another --out_dir to start fresh")
+    return None, None
+
+
+def set_aside(path: Path, say):
+    """Rename a damaged checkpoint (and its checksum) to *.pt.bad: kept for inspection, out of the way."""
+    bad = path.with_name(path.name + ".bad")
+    with contextlib.suppress(OSError):
+        os.replace(path, bad)
+        if checksum_path(path).exists():
+            os.replace(checksum_path(path), checksum_path(bad))
+        say(f"{path} set aside as {bad.name}")
+
+
+def clean_stale_tmp(out_dir: Path, say):
+    """Remove the temporary files an interrupted checkpoint write left (only our own names: ckpt-*.pt.tmp and
+    ckpt-*.pt.sha256.tmp, and a ckpt-*.pt.sha256 whose checkpoint never arrived), so that a full disk does not
+    stay full."""
+    orphans = [p for p in out_dir.glob("ckpt-*.pt.sha256") if not p.with_suffix("").exists()]
+    for tmp in sorted([*out_dir.glob("ckpt-*.pt.tmp"), *out_dir.glob("ckpt-*.pt.sha256.tmp"), *orphans]):
+        if tmp.is_file():
+            say(f"removing {tmp}, left by an interrupted checkpoint write")
+            tmp.unlink()
+
+
+def usable(model, probe, autocast) -> bool:
+    """Whether a checkpoint of the model would be good: every parameter finite, and its hidden states and MLM
+    logits finite on a probe batch (weights blown up to 1e29 are finite but give NaN at once). Eval mode: no
+    RNG is used."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return False
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast:
+        out = model(probe)
+    model.train(was_training)
+    outputs = [out.logits, *out.hidden_states]
+    return all(bool(torch.isfinite(t).all()) for t in outputs)
+
+
+def probe_batch(loader, device):
+    """The first training sequence, as a (1, L) batch for `usable`."""
+    return torch.from_numpy(loader.seqs[0][None]).to(device)
+
+
+def nonfinite_stop(out_dir: Path, step: int, count: int) -> str:
+    """The message of a run stopped by `count` non-finite steps in a row: it names the newest checkpoint that
+    verifies, and says so when there is none."""
+    for path in sorted(out_dir.glob("ckpt-*.pt"), reverse=True):
+        with contextlib.suppress(ValueError, OSError):
+            load_checkpoint(path)
+            return (f"{count} non-finite steps in a row at step {step}: stopping. {path} is the newest "
+                    f"checkpoint that verifies (checksum, finite parameters); --resume=true continues from "
+                    f"it: try a lower --lr or --dtype=float32")
+    return (f"{count} non-finite steps in a row at step {step}: stopping. No checkpoint in {out_dir} "
+            f"verifies: nothing to resume; start again with a lower --lr or --dtype=float32")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks made before any work, and the out_dir lock
+
+def check_config(cfg, world):
+    """Settings that cannot work together, refused in one line before anything is loaded."""
+    if cfg.mode not in ("distill", "mlm"):
+        raise SystemExit(f"--mode={cfg.mode}: expected distill or mlm")
+    if cfg.micro_batch < 1 or cfg.batch_size < 1:
+        raise SystemExit(f"--micro_batch={cfg.micro_batch}, --batch_size={cfg.batch_size}: both must be >= 1")
+    if cfg.micro_batch * world > cfg.batch_size:
+        raise SystemExit(f"--micro_batch={cfg.micro_batch} x {world} rank(s) is more than --batch_size="
+                         f"{cfg.batch_size}: a step would train on {cfg.micro_batch * world} sequences; "
+                         f"lower --micro_batch or raise --batch_size")
+
+
+def check_positions(cfg, model, source):
+    if cfg.max_len > model.cfg.max_position:
+        raise SystemExit(f"--max_len={cfg.max_len} is more than the {model.cfg.max_position} positions of "
+                         f"{source}: use --max_len={model.cfg.max_position} or less")
+
+
+def check_resume(cfg, state, path, model):
+    """A checkpoint continues only the kind of run that wrote it, with a model of the same shape."""
+    was = state.get("config", {})
+    for key in ("mode", "init"):
+        if key in was and was[key] != getattr(cfg, key):
+            raise SystemExit(f"{path} was written by a --{key}={was[key]} run; resuming it with --{key}="
+                             f"{getattr(cfg, key)} is refused (use another --out_dir, or --{key}={was[key]})")
+    now = dataclasses.asdict(model.cfg)
+    other = {k: (v, now.get(k)) for k, v in state.get("model_config", now).items() if now.get(k) != v}
+    if other:
+        diff = ", ".join(f"{k} {a} vs {b} here" for k, (a, b) in other.items())
+        raise SystemExit(f"{path} holds another model ({diff}): resuming it is refused (use another "
+                         f"--out_dir)")
+
+
+def trim_metrics(path: Path, step: int):
+    """Drop the metrics.jsonl rows after `step` (written after the checkpoint a resumed run continues from,
+    e.g. before a kill -9), atomically, so that no step appears twice."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and _row_step(line) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line if line.endswith("\n") else line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def _row_step(line):
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a row cut short by a kill goes
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path):
+    """An exclusive lock on out_dir/train.lock (fcntl.flock: the system releases it when the process dies, so
+    a lock left by a killed run is no obstacle); a second run on the same out_dir is refused, naming the
+    holder's pid."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "train.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise SystemExit(f"{path}: another run is writing to {out_dir} ({holder}); wait for it to finish "
+                             f"or choose another --out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holds_out_dir_lock(run):
+    """train(cfg) under the out_dir lock, taken by rank 0 (the only rank that writes there)."""
+    @functools.wraps(run)
+    def locked(cfg, *a, **k):
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        with out_dir_lock(Path(cfg.out_dir)) if rank0 else contextlib.nullcontext():
+            return run(cfg, *a, **k)
+    return locked
+
+
+def open_data(cfg):
+    """The prepared --data folder; a missing, damaged or foreign one is a one-line error naming the file."""
+    try:
+        return D.TokenData(cfg.data)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"--data={cfg.data}: {' '.join(str(e).split())}") from None
 
 
 def load_teacher(cfg, data):
     try:
         teacher = Bert.from_pretrained(cfg.teacher)
+    except ValueError as e:  # a damaged or unreadable checkpoint: the message names the file
+        raise SystemExit(f"teacher {cfg.teacher}: {e}") from None
     except FileNotFoundError as e:
         raise SystemExit(f"teacher {cfg.teacher!r} not found.\n{e}\nOr pretrain one offline on your data: "
                          f"python train.py --mode=mlm --init=scratch --data={cfg.data} --out_dir=out/teacher "
                          f"(then --teacher=out/teacher/model)") from None
-    vocab = Path(cfg.teacher) / "vocab.txt"
-    if teacher.cfg.vocab_size != data.vocab_size or (vocab.is_file() and D.vocab_hash(D.load_tokenizer(vocab)) !=
-                                                     data.meta["vocab_hash"]):
+    vocab = teacher_tokenizer_file(cfg.teacher)
+    other_hash = vocab is not None and D.vocab_hash(D.load_tokenizer(vocab)) != data.meta["vocab_hash"]
+    if teacher.cfg.vocab_size != data.vocab_size or other_hash:
         raise SystemExit(f"vocabulary mismatch: teacher {cfg.teacher} (vocab_size {teacher.cfg.vocab_size}) was not "
                          f"trained with the vocabulary of the shards in {cfg.data} (vocab_size {data.vocab_size}); "
-                         f"prepare the data with --vocab={vocab if vocab.is_file() else 'the teacher vocab.txt'}")
+                         f"prepare the data with --vocab={vocab or 'the teacher vocab.txt'}")
+    if vocab is None:
+        print(f"{cfg.teacher}: no vocab.txt or tokenizer.json beside the weights: only the vocabulary size "
+              f"({data.vocab_size}) could be checked against {cfg.data}")
     return teacher
 
 
+def teacher_tokenizer_file(teacher):
+    """The teacher folder's tokenizer.json or vocab.txt (a Hub name: its cached download), or None."""
+    folder = Path(teacher)
+    if not folder.is_dir():
+        try:
+            from model import resolve_checkpoint
+            folder = resolve_checkpoint(teacher)
+        except (FileNotFoundError, OSError):
+            return None
+    try:
+        return D._tokenizer_file(folder)
+    except FileNotFoundError:
+        return None
+
+
+@holds_out_dir_lock
 def train(cfg: TrainConfig):
     # --- processes and devices ---
     ddp = "RANK" in os.environ
@@ -311,9 +558,10 @@ def train(cfg: TrainConfig):
     torch.manual_seed(cfg.seed + rank)
     out_dir = Path(cfg.out_dir)
     say = print if master else (lambda *a, **k: None)
+    check_config(cfg, world)
 
     # --- data, models ---
-    data = D.TokenData(cfg.data)
+    data = open_data(cfg)
     loader = D.Batches(data, "train", cfg.max_len, cfg.micro_batch, seed=cfg.seed, rank=rank, world_size=world,
                        pin_memory=device.type == "cuda")
     accum = max(1, cfg.batch_size // (cfg.micro_batch * world))
@@ -340,8 +588,7 @@ def train(cfg: TrainConfig):
                                 pad_token_id=data.special["pad"]))
     else:
         raise SystemExit(f"--init={cfg.init}: expected teacher, scratch or pretrained")
-    if cfg.mode not in ("distill", "mlm"):
-        raise SystemExit(f"--mode={cfg.mode}: expected distill or mlm")
+    check_positions(cfg, model, cfg.teacher if cfg.init in ("teacher", "pretrained") else "the model")
     if cfg.mode == "mlm":
         teacher = None  # it only lent its layers
     model.to(device).train()
@@ -362,9 +609,12 @@ def train(cfg: TrainConfig):
 
     # --- resume ---
     step, nonfinite, skipped = 0, 0, 0
+    if master and out_dir.is_dir():
+        clean_stale_tmp(out_dir, say)
     ckpts = sorted(out_dir.glob("ckpt-*.pt"))
-    if cfg.resume and ckpts:
-        state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    resumed, state = newest_good_checkpoint(out_dir, master, say) if cfg.resume else (None, None)
+    if state is not None:
+        check_resume(cfg, state, resumed, model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -374,7 +624,9 @@ def train(cfg: TrainConfig):
         torch.set_rng_state(rng["cpu"])
         if device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"])
-        say(f"resumed from {ckpts[-1]} at step {step}")
+        say(f"resumed from {resumed} at step {step}")
+    elif cfg.resume:
+        say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
     elif ckpts:
         raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to continue, "
                          f"or choose another --out_dir")
@@ -392,6 +644,10 @@ def train(cfg: TrainConfig):
             dist.all_gather_object(rngs, rng)
         else:
             rngs = [rng]
+        if master and not usable(model, probe, autocast):
+            say(f"step {step}: the parameters are not finite or give non-finite outputs: no checkpoint "
+                f"written")
+            return
         if master:
             out_dir.mkdir(parents=True, exist_ok=True)
             state = {"model": model.state_dict(), "model_config": dataclasses.asdict(model.cfg),
@@ -399,8 +655,10 @@ def train(cfg: TrainConfig):
                      "skipped": skipped, "data": loader.state_dict(), "rng": rngs, "config": dataclasses.asdict(cfg)}
             save_checkpoint(out_dir / f"ckpt-{step:07d}.pt", state, cfg.keep_last)
             if final:
+                vocab = data.folder / data.meta["tokenizer"]["file"]
+                tokenizer = lambda folder: D.write_tokenizer_files(vocab, folder, model.cfg.max_position)
                 model.save_pretrained(out_dir / ("student" if cfg.mode == "distill" else "model"),
-                                      tokenizer_files=[data.folder / data.meta["tokenizer"]["file"]])
+                                      extra_files=tokenizer)
 
     stop = {"signal": None}
 
@@ -409,9 +667,11 @@ def train(cfg: TrainConfig):
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
     # --- logging ---
-    metrics = None
+    metrics, probe = None, probe_batch(loader, device)
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if step:
+            trim_metrics(out_dir / "metrics.jsonl", step)
         metrics = open(out_dir / "metrics.jsonl", "a" if step else "w")
     run = None
     if cfg.wandb and master:
@@ -451,8 +711,7 @@ def train(cfg: TrainConfig):
             nonfinite, skipped = nonfinite + 1, skipped + 1
             say(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)")
             if nonfinite >= cfg.max_nonfinite:
-                raise SystemExit(f"{nonfinite} non-finite steps in a row: stopping. The last good checkpoint in "
-                                 f"{out_dir} is intact; try a lower --lr or --dtype=float32")
+                raise SystemExit(nonfinite_stop(out_dir, step, nonfinite))
             continue
         nonfinite = 0
         scaler.unscale_(optimizer)
@@ -642,7 +901,7 @@ def print_quickstart(r: dict, data_dir):
     print(f"{'frequency baseline':<37}{r['baseline_acc']:>9.4f}   (always {r['baseline_token']!r}; teacher "
           f"{teacher / max(r['baseline_acc'], 1e-12):.1f}x it)")
     print(f"held-out: {r['masked_tokens']:,} masked tokens of {data_dir}/valid, the same for every model")
-    print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {p['delta'] / p['se']:+.1f} SE): "
+    print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {p['delta'] / p['se'] if p['se'] > 0 else 0.0:+.1f} SE): "
           f"the distilled student {p['verdict']} the MLM-only student; total time {r['seconds']:.0f} s")
 
 

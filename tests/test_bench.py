@@ -146,3 +146,13 @@ def test_command_line_errors_name_the_value(argv, msg, tmp_path):
     with pytest.raises(SystemExit, match=msg):
         bench.main(argv + ["--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_without_transformers_it_says_what_to_install():
+    """Issue 14.6: bench.py without transformers failed with an ImportError traceback."""
+    code = ("import runpy, sys; sys.modules['transformers'] = None; sys.argv = ['bench.py', '--quick']; "
+            "runpy.run_path('bench.py', run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.strip() == ("bench.py compares with transformers, which is not installed: "
+                                  "pip install -r requirements-dev.txt")

@@ -4,6 +4,7 @@ probabilities the paper's recipe prescribes. transformers is only ever imported 
 import hashlib
 import itertools
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -247,6 +248,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
     monkeypatch.setattr(data, "_encode_batch", real)
     # a hard kill leaves the temporary folder behind: the next run removes it
     (tmp_path / "out.tmp").mkdir()
+    (tmp_path / "out.tmp" / data.PARTIAL).write_text(data.FORMAT)  # what prepare writes first into its tmp
     (tmp_path / "out.tmp" / "train_000.bin").write_bytes(b"\x01\x02")
     meta = data.prepare([corpus], out, vocab=vocab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out", "v"]
@@ -257,6 +259,50 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
         data.prepare([corpus], out, vocab=vocab, batch_docs=4, valid_fraction=0.3, overwrite=True)
     assert json.loads((out / "meta.json").read_text())["inputs_hash"] == meta["inputs_hash"]
     assert data.TokenData(out).meta["splits"] == meta["splits"]
+
+
+def tree(folder):
+    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
+
+
+def test_overwrite_never_deletes_an_input_or_a_foreign_folder(tmp_path, capsys):
+    """Issue 14.1: `data.py CORPUS --out=CORPUS --overwrite` deleted the corpus (and an unrelated
+    sub/notes.md)."""
+    corpus, vocab, out = tiny_setup(tmp_path)
+    (corpus / "sub" / "notes.md").write_text("my notes")
+    before = tree(corpus)
+    for target in (corpus, corpus / "sub", corpus / "a.txt"):
+        with pytest.raises(SystemExit) as e:
+            data.main([str(corpus), "--out", str(target), "--vocab", str(vocab), "--overwrite"])
+        assert str(corpus) in str(e.value) and "\n" not in str(e.value)
+        assert tree(corpus) == before
+    # a folder with a meta.json that is not ours is not replaced either, nor is a foreign '.tmp' folder
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "meta.json").write_text('{"format": "something else"}')
+    with pytest.raises(FileExistsError, match="not a prepared shard folder made by data.py"):
+        data.prepare([corpus], foreign, vocab=vocab, overwrite=True)
+    (tmp_path / "out.tmp").mkdir()
+    (tmp_path / "out.tmp" / "thesis.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="out.tmp"):
+        data.prepare([corpus], out, vocab=vocab)
+    assert (foreign / "meta.json").is_file()
+    assert (tmp_path / "out.tmp" / "thesis.txt").read_text() == "keep me"
+    assert not out.exists()
+
+
+def test_cli_default_out_and_one_line_errors(tmp_path, monkeypatch):
+    """Issue 14.6: `python data.py` as the README shows it needs no --out; CLI errors are one line."""
+    corpus, vocab, _ = tiny_setup(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    data.main([str(corpus), "--vocab", str(vocab)])
+    assert data.TokenData(tmp_path / "data" / "shards").meta["splits"]["train"]["docs"] > 0
+    run = subprocess.run([sys.executable, str(Path(data.__file__)), str(tmp_path / "missing.txt"), "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    want = f"data.py: error: input path does not exist: {tmp_path}/missing.txt"
+    assert run.stderr.strip().splitlines() == [want]
 
 
 def test_bad_inputs(tmp_path, monkeypatch):
@@ -616,3 +662,23 @@ def test_smoothed_masking():
         hits[int(labels[labels != -100])] += 1
     ratio = (hits[a] / 5) / (hits[b] / 100)
     assert abs(ratio - 100 ** 0.7) < 3.5, ratio
+
+
+def test_damaged_shard_files_are_named(tmp_path):
+    """Issue 14 rule: every file the project writes is covered by a checksum verified on load. A byte changed
+    in a shard keeps its size (the old check passed) and was read silently."""
+    corpus, vocab, out = tiny_setup(tmp_path)
+    data.prepare([corpus], out, vocab=vocab)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["files"]["train_000.bin"] == hashlib.sha256((out / "train_000.bin").read_bytes()).hexdigest()
+    assert set(meta["files"]) == {p.name for p in out.iterdir()} - {"meta.json"}
+    for name in ("train_000.bin", "counts.npy", "train_000.docs.npy"):
+        raw = (out / name).read_bytes()
+        (out / name).write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+        with pytest.raises(ValueError, match=f"{out / name}: checksum mismatch"):
+            data.TokenData(out)
+        (out / name).write_bytes(raw)
+    data.TokenData(out)
+    (out / "meta.json").write_text((out / "meta.json").read_text()[:-20])
+    with pytest.raises(ValueError, match=f"{out / 'meta.json'}: not valid JSON"):
+        data.TokenData(out)

@@ -193,3 +193,10 @@ def test_table_command_writes_markdown_json_png(tmp_path, monkeypatch, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(SystemExit, match=r"bad\.json: not a finetune.py result"):
         ev.main(["table", "--results", str(tmp_path / "bad.json"), "--out", str(tmp_path / "out")])
+
+
+def test_perplexity_of_a_diverged_model_is_inf_not_an_error():
+    """Issue 14.2: math.exp(mean loss) raised OverflowError above ~709."""
+    assert ev.perplexity(2.5) == math.exp(2.5) and ev.perplexity(709.5) == math.exp(709.5)
+    assert ev.perplexity(710.0) == math.inf and ev.perplexity(1e6) == math.inf
+    assert math.isnan(ev.perplexity(float("nan")))

@@ -2,6 +2,7 @@
 quirks, SQuAD windows and answers, the distillation loss by hand, and tiny models that learn synthetic tasks."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -401,3 +402,67 @@ def test_run_glue_seeds_median_and_squad(tmp_path, vocab):
     res = ft.run(ft.FinetuneConfig(task="squad", train_file=sq, eval_file=sq, model=str(tmp_path / "tiny"), max_steps=2,
                                    max_len=16, doc_stride=4, log_every=0))
     assert set(res["median"]) == {"exact_match", "f1"} and 0 <= res["median"]["f1"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["student", "teacher-pooler", "regression", "span-student", "span-teacher"])
+def test_finetuned_folder_loads_in_transformers(tmp_path, kind):
+    """Issue 14.7: a fine-tuned classifier (or span head) folder loads with transformers' Auto classes and
+    gives our logits; its files are readable by others."""
+    transformers = pytest.importorskip("transformers")
+    teacher = tiny(pooler=kind == "teacher-pooler")
+    encoder = student_from_teacher(teacher) if kind.endswith("student") or kind == "regression" else teacher
+    n_labels = 1 if kind == "regression" else 3
+    model = ft.SpanQA(encoder) if kind.startswith("span") else ft.Classifier(encoder, n_labels)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # the heads are not left at their zero init
+    old = os.umask(0o022)
+    try:
+        ft.save_finetuned(model.eval(), tmp_path / "m", task="MNLI")
+    finally:
+        os.umask(old)
+    assert {oct(f.stat().st_mode & 0o777) for f in (tmp_path / "m").iterdir()} == {"0o644"}
+    auto = transformers.AutoModelForQuestionAnswering if kind.startswith("span") else \
+        transformers.AutoModelForSequenceClassification
+    hf = auto.from_pretrained(tmp_path / "m").eval()
+    ids, am = torch.tensor([[2, 9, 10, 11, 3, 0]]), torch.tensor([[1, 1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        ours, back = model(ids, am).logits, ft.load_finetuned(tmp_path / "m")(ids, am).logits
+        out = hf(input_ids=ids, attention_mask=am)
+    theirs = torch.stack([out.start_logits, out.end_logits], -1) if kind.startswith("span") else out.logits
+    real = am[0].bool() if kind.startswith("span") else slice(None)
+    assert torch.equal(back, ours)
+    assert torch.allclose(theirs[0][real], ours[0][real], atol=1e-5), (theirs, ours)
+    if kind == "regression":
+        assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
+
+
+def test_teacher_distillation_finds_the_teacher_and_errors_are_one_line(tmp_path, vocab, capsys):
+    """Issue 14.6: --teacher found only a teacher saved as teacher-TASK-seedN; bad input gave tracebacks.
+    STS-B labels outside 0..5 or nan gave a NaN score and exit 0."""
+    enc = tiny(vocab_size=len(WORDS) + 5)
+    enc.save_pretrained(tmp_path / "tiny", tokenizer_files=[vocab])
+    rows = [f"{'good' if i % 2 else 'bad'} movie tok{i}\t{i % 2}\n" for i in range(16)]
+    write(tmp_path / "glue" / "SST-2" / "train.tsv", "sentence\tlabel\n" + "".join(rows))
+    write(tmp_path / "glue" / "SST-2" / "dev.tsv", "sentence\tlabel\n" + "".join(rows[:8]))
+    base = [f"--task=SST-2", f"--data={tmp_path / 'glue'}", f"--out={tmp_path / 'r'}", "--max_steps=1",
+            "--batch_size=8", "--log_every=0"]
+    ft.main(base + [f"--model={tmp_path / 'tiny'}", "--seeds=1,2,3"])  # saved as tiny-SST-2-seed1..3
+    model = f"--model={tmp_path / 'tiny'}"
+    ft.main(base + [model, "--name=s", f"--teacher={tmp_path / 'r' / 'tiny-SST-2.json'}"])
+    assert "the median run by accuracy" in capsys.readouterr().err
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "r" / "s-SST-2.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    with pytest.raises(SystemExit) as e:
+        ft.main(base + [model, f"--teacher={tmp_path / 'r' / 'teacher-SST-2-seed1'}"])
+    assert "tiny-SST-2-seed1, tiny-SST-2-seed2, tiny-SST-2-seed3" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match=r"^finetune.py: error: .*no_such_folder"):
+        ft.main(base + [f"--model={tmp_path / 'no_such_folder'}"])
+    for bad in ("nan", "5.5", "-1"):
+        sts = tmp_path / f"sts-{bad}"
+        write(sts / "train.tsv", "sentence1\tsentence2\tscore\na cat\ta dog\t4.2\nthe mat\tthe dog\t" + bad
+              + "\n")
+        message = rf"{sts / 'train.tsv'}, line 3: label '{bad}' is not a number from 0 to 5"
+        with pytest.raises(ValueError, match=message):
+            ft.read_glue("STS-B", sts, "train")

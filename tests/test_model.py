@@ -246,7 +246,7 @@ def test_save_pretrained_round_trip_teacher(tmp_path, c):
     ref = hf_bert(transformers.BertForMaskedLM, c)
     ours = Bert.from_pretrained(save_hf(ref, tmp_path / "in", "safetensors")).eval()
     ours.save_pretrained(tmp_path / "out")
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["SHA256SUMS", "config.json", "model.safetensors"]
     back = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out").eval()
     ids, mask, types = batch(c)
     with torch.no_grad():
@@ -598,3 +598,28 @@ def test_real_minilm_student_fold(minilm):
             err = (got - want).abs().max().item()
             print(f"fold={fold}: max abs error {err:.2e}, min cosine {cos:.4f}")
             assert (err < 1e-4) if fold else (cos < 0.99), (fold, err, cos)
+
+
+def test_damaged_model_safetensors_names_the_file(tmp_path):
+    """Issue 14.4: a truncated model.safetensors gave a SafetensorError without the path; bytes overwritten
+    inside a tensor loaded silently. The file's metadata carries a sha256 of the tensors, checked on load."""
+    model = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                            max_position=16))
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(ValueError, match=f"{weights}: unreadable safetensors file"):
+        Bert.from_pretrained(tmp_path / "m")
+    damaged = bytearray(raw)
+    damaged[-200:-100] = bytes(100)  # inside the last tensor's data: the container still reads
+    weights.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=f"{weights}: checksum mismatch"):
+        Bert.from_pretrained(tmp_path / "m")
+    weights.write_bytes(raw)
+    assert Bert.from_pretrained(tmp_path / "m").cfg.vocab_size == 50
+    # the folder's other files are covered by its SHA256SUMS
+    config = tmp_path / "m" / "config.json"
+    config.write_text(config.read_text().replace('"initializer_range": 0.02', '"initializer_range": 0.03'))
+    with pytest.raises(ValueError, match=f"{config}: checksum mismatch"):
+        Bert.from_pretrained(tmp_path / "m")

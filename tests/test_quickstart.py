@@ -36,6 +36,7 @@ def tiny_teacher(tmp_path_factory):
     model.save_pretrained(root / "teacher", tokenizer_files=[root / "vocab-data" / "vocab.txt"])
     cfg = json.loads((root / "teacher" / "config.json").read_text())
     (root / "teacher" / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+    (root / "teacher" / "SHA256SUMS").unlink()  # edited on purpose
     return root
 
 
