@@ -2,7 +2,7 @@
 Speed and memory of this codebase against transformers, measured side by side in one run (issue #7).
 
     python bench.py                           # every section at BERT-base size (about 15 min on 2 idle cores)
-    python bench.py --only inference,table3   # sections: inference, table3, train, data, gpu, inference-gpu (merged)
+    python bench.py --only inference,table3   # sections: inference, table3, train, data, cpu-bf16, gpu, inference-gpu
     python bench.py --quick                   # tiny shapes: a smoke test of the whole script (tests/test_bench.py)
 
   inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1 and 32 x
@@ -15,6 +15,8 @@ Speed and memory of this codebase against transformers, measured side by side in
              reference formulas (full logits, masked_select, KLDivLoss(batchmean) T^2, CrossEntropyLoss,
              CosineEmbeddingLoss, torch's default AdamW).
   data       data.prepare (batched, all cores) vs encoding one line at a time in Python, as binarized_data.py does.
+  cpu-bf16   what --dtype=auto weighs on a CPU: bf16 against float32 time of its matmul probe, our student's encoder
+             forward and forward + backward at 8 x 128 (CPUs with AMX/AVX512-BF16 units gain, others lose).
   gpu        tokens/s and MFU of our step at length 512 in bf16, eager and torch.compile (skipped without CUDA).
 
 Method. Both sides get the same weights: a perturbed random BertForMaskedLM is saved and loaded into ours with
@@ -56,7 +58,7 @@ QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermed
 INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
-SECTIONS = ("inference", "table3", "train", "data", "gpu", "inference-gpu")
+SECTIONS = ("inference", "table3", "train", "data", "cpu-bf16", "gpu", "inference-gpu")
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
 NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
 
@@ -412,6 +414,35 @@ def bench_data(corpus, vocab, reps):
 # 5. GPU: tokens/s and MFU of our distillation step
 
 
+def bench_cpu_bf16(folder, B, L, reps):
+    """What --dtype=auto weighs on a CPU: bf16 against float32, in the same process. The probe train.auto_dtype uses,
+    a large matrix product, and our student's encoder forward and training step under bf16 autocast."""
+    import train as T
+    student = Bert.from_pretrained(folder / "student").train()
+    ids = torch.randint(1000, student.cfg.vocab_size, (B, L))
+    rows = []
+
+    def forward(dtype):
+        def f():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                student(ids, return_logits=False)
+        return f
+
+    def step(dtype):
+        def f():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                h = student(ids, return_logits=False).hidden_states[-1]
+            h.float().square().mean().backward()
+        return f
+    probe = med([T.bf16_speedup() for _ in range(reps)])
+    rows.append(row("probe: 768x768 @ 768x3072, fp32 time / bf16 time", "", "", probe, ">= 1.5: auto picks bf16"))
+    for name, make in (("student encoder forward", forward), ("student forward + backward", step)):
+        t = interleaved({"fp32": make("fp32"), "bf16": make("bf16")}, reps)
+        rows.append(row(f"{name} {B} x {L}, ms: bf16 (ours) vs fp32 (reference)", med(t["bf16"]) * 1e3,
+                        med(t["fp32"]) * 1e3, med(t["fp32"]) / med(t["bf16"]), "speed-up"))
+    return {"rows": rows, "auto": str(T.auto_dtype(torch.device("cpu"))[0])}
+
+
 def train_flops_per_token(t: BertConfig, s: BertConfig, L):
     """Model FLOPs per token of one distillation step (a multiply-add is 2 FLOPs; recomputation is not counted):
     teacher forward F_t plus student forward and backward 3 F_s, where F = layers x (2 (4 d^2 + 2 d d_ff) for the
@@ -586,6 +617,7 @@ def main(argv=None):
                                         a.threads, pad=not a.no_pad),
            "data": lambda: bench_data(a.corpus, vocab, 1 if a.quick else 3)
            if vocab.is_file() and all(map(os.path.exists, a.corpus)) else {"skipped": f"{a.corpus} or {vocab} not found"},
+           "cpu-bf16": lambda: bench_cpu_bf16(folder, *((2, 32) if a.quick else (8, 128)), 2 if a.quick else 5),
            "gpu": lambda: bench_gpu(folder, 2 if a.quick else a.gpu_batch, 64 if a.quick else 512, 3 if a.quick else 20,
                                     a.peak_tflops * 1e12)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -55,9 +55,10 @@ def test_quick_run_end_to_end(inputs, tmp_path):
     assert all(v["losses_differ"] == [] and v["peak_mb"] >= 0 and v["tokens_per_s"] > 0 for v in variants.values())
     assert res["data"]["tokens"]["ours"] > 1000 and res["data"]["speedup"] > 0
     assert "skipped" in res["gpu"] or res["gpu"]["eager"]["mfu"] > 0
+    assert len(res["cpu-bf16"]["rows"]) == 3 and all(r["ratio"] > 0 for r in res["cpu-bf16"]["rows"])
     assert all(0 <= s["other_cores"] and s["seconds"] > 0 for s in res.values())
     table = out.with_suffix(".md").read_text()
-    assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data"))
+    assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data", "cpu-bf16"))
 
 
 def test_equality_check_catches_a_wrong_weight(models):
