@@ -103,7 +103,7 @@ PRESETS = {
     # the README's main command (see quickstart()): the pretrained MiniLM teacher, students of layers 0, 2, 4 at the
     # paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out evaluation
     "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
-                       batch_size=32, micro_batch=32, max_steps=150, eval_every=25, eval_batches=40, save_every=50,
+                       batch_size=32, micro_batch=32, max_steps=100, eval_every=20, eval_batches=40, save_every=50,
                        log_every=10, masking="uniform"),
 }
 
@@ -745,7 +745,7 @@ def train(cfg: TrainConfig):
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
             result = evaluate(model, data, cfg, device)
             if master:
-                row = {"step": step, **{f"valid_{k}": v for k, v in result.items()}}
+                row = {"step": step, **{f"valid_{k}": v for k, v in result.items()}, "seconds": time.time() - t0}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
                 bar.write(f"step {step}: held-out MLM accuracy {result['accuracy']:.4f}, "
@@ -808,7 +808,7 @@ def evaluate(model, data, cfg, device):
 # The quickstart: distillation you can see, on a CPU in about ten minutes
 
 
-QUICKSTART_TEACHER_STEPS = dict(max_steps=200, head_steps=20, head_lr=2e-3, lr=2e-4)  # gives it an MLM head
+QUICKSTART_TEACHER_STEPS = dict(max_steps=300, head_steps=20, head_lr=2e-3, lr=5e-4)  # gives it an MLM head
 
 
 def quickstart(cfg: TrainConfig, teacher_steps=None):
