@@ -109,12 +109,21 @@ def soft_target_loss_chunked(student_hidden, teacher_hidden, student_head, teach
 
 class _HeadLosses(torch.autograd.Function):
     """Forward computes the losses and, on the way, their gradients, one chunk of rows at a time; backward only
-    scales the stored gradients. Nothing (rows x vocab) outlives a chunk and nothing is recomputed."""
+    scales the stored gradients. Nothing (rows x vocab) outlives a chunk and nothing is recomputed.
+
+    Precision: w_ce and w_mlm carry the step's 1/D (D ~ 1e5 tokens), and softmax differences are ~1e-5 each, so the
+    logit gradient w * (q - p) is ~1e-10: below fp16's smallest number (6e-8) once autocast runs `g @ weight` in
+    half precision, and the GradScaler's factor only arrives in backward. So g is kept at order one (divided by
+    `scale` = the larger weight) through the half-precision products, the factor goes back on in float32, and the
+    stored gradients are float32 (mixed-precision training keeps loss scaling for the same reason: Micikevicius et
+    al. 2018, "Mixed Precision Training", Section 3.2)."""
 
     @staticmethod
     def forward(ctx, u, weight, bias, teacher_hidden, labels, teacher_head, T, w_ce, w_mlm, chunk_size):
-        grad_u, grad_w, grad_b = torch.empty_like(u), torch.zeros_like(weight), torch.zeros_like(bias)
         acc = torch.promote_types(weight.dtype, torch.float32)  # softmaxes in float32 at least (bf16 under autocast)
+        grad_u = torch.empty(u.shape, dtype=acc, device=u.device)
+        grad_w, grad_b = torch.zeros_like(weight, dtype=acc), torch.zeros_like(bias, dtype=acc)
+        scale = max(abs(w_ce * T), abs(w_mlm)) or 1.0  # taken out of g, put back in float32
         kl_sum, ce_sum = u.new_zeros((), dtype=acc), u.new_zeros((), dtype=acc)
         for start in range(0, u.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
@@ -132,23 +141,24 @@ class _HeadLosses(torch.autograd.Function):
             p = log_p.exp()
             kl_sum += log_p.sub_(log_q).mul_(p).masked_fill_(p == 0, 0.0).sum()  # 0 log 0 = 0, as _kl_per_row
             del log_p
-            g = log_q.exp_().sub_(p).mul_(w_ce * T)    # d(w_ce T^2 KL)/dz = w_ce T (q - p), in log_q's storage
+            g = log_q.exp_().sub_(p).mul_(w_ce * T / scale)  # d(w_ce T^2 KL)/dz / scale = w_ce T (q - p) / scale
             del p
             g_mlm = log_s.exp_()                       # d CE/dz = softmax(z) - onehot(label)
             g_mlm[torch.arange(len(g_mlm), device=g.device), lab[masked]] -= 1.0
-            g[masked] += w_mlm * g_mlm
+            g[masked] += (w_mlm / scale) * g_mlm
             g = g.to(weight.dtype)
-            grad_u[rows] = g @ weight
-            grad_w.addmm_(g.t(), u[rows].to(weight.dtype))
-            grad_b += g.sum(0)
+            grad_u[rows] = (g @ weight).to(acc).mul_(scale)  # half under autocast: g is of order one there
+            grad_w.addmm_(g.t().to(acc), u[rows].to(acc), alpha=scale)
+            grad_b.add_(g.sum(0).to(acc), alpha=scale)
         ctx.save_for_backward(grad_u, grad_w, grad_b)
+        ctx.dtypes = u.dtype, weight.dtype, bias.dtype
         ctx.mark_non_differentiable(kl_sum, ce_sum)
         return w_ce * T**2 * kl_sum + w_mlm * ce_sum, kl_sum, ce_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _kl, _ce):
-        grad_u, grad_w, grad_b = ctx.saved_tensors
-        return grad_loss * grad_u, grad_loss * grad_w, grad_loss * grad_b, None, None, None, None, None, None, None
+        grads = [(grad_loss.to(g.dtype) * g).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes)]
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def head_losses_fused(student_u, decoder_weight, decoder_bias, teacher_hidden, teacher_head, labels,
