@@ -401,7 +401,7 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
     labels[[0, 3, 4, 9]] = torch.tensor([2, 7, 7, 0])
     D_ce, D_mlm = 20.0, 5.0
     teacher_head = lambda h: h @ t_weight.T
-    loss, kl_sum, ce_sum = L.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
+    loss, kl_sum, ce_sum, _ = L.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
                                                5.0 / D_ce, 2.0 / D_mlm, chunk)
     loss.backward()
     got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
@@ -435,7 +435,7 @@ def test_head_losses_fused_fp16_gradient_does_not_underflow():
     picked = torch.randperm(N)[: N // 7]
     labels[picked] = torch.randint(0, V, (len(picked),))
     with torch.autocast("cpu", dtype=torch.float16):
-        loss, _, _ = L.head_losses_fused(transform(h), weight, bias, t_hidden, lambda x: F.linear(x, t_weight),
+        loss, *_ = L.head_losses_fused(transform(h), weight, bias, t_hidden, lambda x: F.linear(x, t_weight),
                                          labels, T, 5.0 / D_ce, 2.0 / D_mlm, 128)
     (loss * scale).backward()
     got, got_w = h.grad / scale, weight.grad / scale
