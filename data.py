@@ -186,12 +186,12 @@ def file_documents(path):
         raise SkipFile(f"not UTF-8 text ({e.reason})") from None
 
 
-PACK_CHARS = 10_000  # sentence-per-row datasets: consecutive rows joined into documents of about this many characters
+PACK_CHARS = 10_000  # sentence-per-row datasets: consecutive rows packed into documents of this size
 
 
 def _hf_rows(spec):
-    """The non-empty 'text' rows of a Hugging Face dataset: 'name[:config]' (train split) or a local folder written
-    by Dataset.save_to_disk (a DatasetDict's train split). `datasets` is optional."""
+    """The non-empty 'text' rows of a Hugging Face dataset: 'name[:config]' (train split) or a local folder
+    written by Dataset.save_to_disk (a DatasetDict's train split). `datasets` is optional."""
     try:
         import datasets
     except ImportError:
@@ -211,16 +211,18 @@ def _hf_rows(spec):
 
 
 def sentence_per_row(rows, min_rows=100, max_median_chars=200):
-    """Whether rows look like BookCorpus's (74M rows, one sentence each): at least min_rows rows, none spanning
-    paragraphs, and a median length under max_median_chars characters (Wikipedia's rows are whole articles)."""
+    """Whether rows look like BookCorpus's (74M rows, one sentence each): at least min_rows rows, none
+    spanning paragraphs, and a median length under max_median_chars characters (Wikipedia's rows are whole
+    articles)."""
     lengths = sorted(len(r) for r in rows)
     return (len(lengths) >= min_rows and lengths[len(lengths) // 2] < max_median_chars
             and not any("\n\n" in r for r in rows))
 
 
 def pack_rows(rows, max_chars=PACK_CHARS):
-    """Consecutive rows joined by spaces into documents of at most max_chars characters (a longer row is a document
-    of its own), so that sequences of sentence rows fill max_len as the BookCorpus text files of the paper did."""
+    """Consecutive rows joined by spaces into documents of at most max_chars characters (a longer row is a
+    document of its own), so that sequences of sentence rows fill max_len as the BookCorpus text files of the
+    paper did."""
     doc, size = [], 0
     for r in rows:
         if doc and size + 1 + len(r) > max_chars:
@@ -378,13 +380,14 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
             pack_chars=PACK_CHARS):
     """Tokenize a corpus into `out_dir` and return its meta dict (see the module docstring for the layout).
 
-    inputs: files, folders, globs; hf_datasets: 'name[:config]' strings or save_to_disk folders, their rows packed
-    into documents by pack_rows (auto | on | off, see hf_documents); neither -> the Python-docs default corpus.
-    vocab: a vocab.txt / tokenizer.json (copied into out_dir); None -> train a WordPiece vocab of vocab_size on the
-    train documents. valid_fraction of the documents (chosen at random with `seed`, at least one when there are two or
-    more) form the valid split. Two passes over the text: the first validates files and counts documents, the second
-    encodes batches of documents and streams ids to disk, so memory does not grow with the corpus.
-    Built in '<out_dir>.tmp' and renamed at the end; the same inputs and settings again -> nothing to do."""
+    inputs: files, folders, globs; hf_datasets: 'name[:config]' strings or save_to_disk folders, their rows
+    packed into documents by pack_rows (auto | on | off, see hf_documents); neither -> the Python-docs default
+    corpus. vocab: a vocab.txt / tokenizer.json (copied into out_dir); None -> train a WordPiece vocab of
+    vocab_size on the train documents. valid_fraction of the documents (chosen at random with `seed`, at least
+    one when there are two or more) form the valid split. Two passes over the text: the first validates files
+    and counts documents, the second encodes batches of documents and streams ids to disk, so memory does not
+    grow with the corpus. Built in '<out_dir>.tmp' and renamed at the end; the same inputs and settings again
+    -> nothing to do."""
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out_dir = Path(out_dir).resolve()
     tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
@@ -392,8 +395,8 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     if inputs and not files:
         raise ValueError(f"empty corpus: no text files (*.txt or no extension) in {list(map(str, inputs))}")
     sources = [{"kind": "file", "path": str(f), "bytes": f.stat().st_size, "mtime": f.stat().st_mtime_ns}
-               for f in files] + [{"kind": "hf_dataset", "name": n, "pack": pack_rows, "pack_chars": pack_chars}
-                                  for n in hf_datasets]
+               for f in files] + [{"kind": "hf_dataset", "name": n, "pack": pack_rows,
+                                   "pack_chars": pack_chars} for n in hf_datasets]
     if not sources:
         sources = [{"kind": "python_docs", "python": sys.version}]
     tokenizer = load_tokenizer(vocab) if vocab is not None else None
@@ -768,9 +771,9 @@ def main(argv=None):
     p.add_argument("--valid-fraction", type=float, default=0.005)
     p.add_argument("--hf-dataset", action="append", default=[], help="name[:config] of a HF dataset, or a "
                    "save_to_disk folder (repeatable)")
-    p.add_argument("--pack-rows", default="auto", choices=["auto", "on", "off"], help="join consecutive rows of a "
-                   "HF dataset into documents (auto: when rows are single sentences, as BookCorpus's)")
-    p.add_argument("--pack-chars", type=int, default=PACK_CHARS, help="size of a packed document, in characters")
+    p.add_argument("--pack-rows", default="auto", choices=["auto", "on", "off"], help="join consecutive "
+                   "rows of a HF dataset into documents (auto: when rows are sentences, as BookCorpus's)")
+    p.add_argument("--pack-chars", type=int, default=PACK_CHARS, help="packed document size in characters")
     p.add_argument("--shard-tokens", type=int, default=1 << 27)
     p.add_argument("--batch-docs", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

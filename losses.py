@@ -111,12 +111,12 @@ class _HeadLosses(torch.autograd.Function):
     """Forward computes the losses and, on the way, their gradients, one chunk of rows at a time; backward only
     scales the stored gradients. Nothing (rows x vocab) outlives a chunk and nothing is recomputed.
 
-    Precision: w_ce and w_mlm carry the step's 1/D (D ~ 1e5 tokens), and softmax differences are ~1e-5 each, so the
-    logit gradient w * (q - p) is ~1e-10: below fp16's smallest number (6e-8) once autocast runs `g @ weight` in
-    half precision, and the GradScaler's factor only arrives in backward. So g is kept at order one (divided by
-    `scale` = the larger weight) through the half-precision products, the factor goes back on in float32, and the
-    stored gradients are float32 (mixed-precision training keeps loss scaling for the same reason: Micikevicius et
-    al. 2018, "Mixed Precision Training", Section 3.2)."""
+    Precision: w_ce and w_mlm carry the step's 1/D (D ~ 1e5 tokens), and softmax differences are ~1e-5 each,
+    so the logit gradient w * (q - p) is ~1e-10: below fp16's smallest number (6e-8) once autocast runs `g @
+    weight` in half precision, and the GradScaler's factor only arrives in backward. So g is kept at order one
+    (divided by `scale` = the larger weight) through the half-precision products, the factor goes back on in
+    float32, and the stored gradients are float32 (mixed-precision training keeps loss scaling for the same
+    reason: Micikevicius et al. 2018, "Mixed Precision Training", Section 3.2)."""
 
     @staticmethod
     def forward(ctx, u, weight, bias, teacher_hidden, labels, teacher_head, T, w_ce, w_mlm, chunk_size,
@@ -147,7 +147,8 @@ class _HeadLosses(torch.autograd.Function):
             p = log_p.exp()
             kl_sum += log_p.sub_(log_q).mul_(p).masked_fill_(p == 0, 0.0).sum()  # 0 log 0 = 0, as _kl_per_row
             del log_p
-            g = log_q.exp_().sub_(p).mul_(w_ce * T / scale)  # d(w_ce T^2 KL)/dz / scale = w_ce T (q - p) / scale
+            # d(w_ce T^2 KL)/dz / scale = w_ce T (q - p) / scale, in log_q's storage
+            g = log_q.exp_().sub_(p).mul_(w_ce * T / scale)
             del p
             g_mlm = log_s.exp_()                       # d CE/dz = softmax(z) - onehot(label)
             g_mlm[torch.arange(len(g_mlm), device=g.device), lab[masked]] -= 1.0

@@ -377,9 +377,10 @@ def train(cfg: TrainConfig):
                 model.save_pretrained(out_dir / ("student" if cfg.mode == "distill" else "model"),
                                       tokenizer_files=[data.folder / data.meta["tokenizer"]["file"]])
 
-    # A signal only sets stop["signal"] on the rank that received it; every rank leaves on `stopping`, the flag
-    # all-reduced at the end of a step, so all ranks stop after the same step and enter the same collectives (a
-    # signal arriving on one rank after that all-reduce, while rank 0 evaluates or saves, waits for the next step).
+    # A signal only sets stop["signal"] on the rank that received it; every rank leaves on `stopping`, the
+    # flag all-reduced at the end of a step, so all ranks stop after the same step and enter the same
+    # collectives (a signal reaching one rank after that all-reduce, during evaluation or a checkpoint, waits
+    # for the next step's).
     stop, stopping = {"signal": None}, False
 
     def on_signal(signum, frame):
@@ -430,6 +431,10 @@ def train(cfg: TrainConfig):
             if nonfinite >= cfg.max_nonfinite:
                 raise SystemExit(f"{nonfinite} non-finite steps in a row: stopping. The last good checkpoint in "
                                  f"{out_dir} is intact; try a lower --lr or --dtype=float32")
+            flag = torch.tensor(float(stop["signal"] is not None), device=device)
+            if ddp:  # every rank is here (ok was all-reduced): the stop flag is shared as at the end of a step
+                dist.all_reduce(flag)
+            stopping = bool(flag > 0)
             continue
         nonfinite = 0
         scaler.unscale_(optimizer)

@@ -420,9 +420,10 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
 
 
 def test_head_losses_fused_fp16_gradient_does_not_underflow():
-    """Under fp16 autocast with the step's 1/D (D ~ 1e5 tokens) in the weights and a GradScaler-like loss scale, the
-    gradient w.r.t. the student's hidden states matches a float64 reference on full logits (torch's kl_div and
-    cross_entropy). Before the fix 86% of its entries were exactly 0 (the 1/D product underflowed in half)."""
+    """Under fp16 autocast with the step's 1/D (D ~ 1e5 tokens) in the weights and a GradScaler-like loss
+    scale, the gradient w.r.t. the student's hidden states matches a float64 reference on full logits (torch's
+    kl_div and cross_entropy). Before the fix 86% of its entries were exactly 0 (the 1/D product underflowed
+    in half)."""
     torch.manual_seed(0)
     N, d, V, T, scale = 512, 64, 4000, 2.0, 2.0**15
     D_ce, D_mlm = 1e5, 1.5e4

@@ -309,8 +309,9 @@ def test_pipeline_end_to_end_on_a_tiny_task(tmp_path, capsys):
 
 
 def test_sps_auto_depth_is_the_reference_choice():
-    """Reference (cih23/PeaKD BertEncoder_SPS, BertEncoder_SPS_6layer_student): of a 12-layer teacher, a 3-layer
-    student re-runs all three (6 layers), a 6-layer one re-runs layers 4-6 (9 layers): shallower than 12 up to k=6."""
+    """Reference (cih23/PeaKD BertEncoder_SPS, BertEncoder_SPS_6layer_student): of a 12-layer teacher, a
+    3-layer student re-runs all three (6 layers), a 6-layer one re-runs layers 4-6 (9 layers): shallower than
+    12 up to k=6."""
     assert sps_layers(3, "auto", 12) == (0, 1, 2) and sps_layers(6, "auto", 12) == (3, 4, 5)
     assert sps_layers(2, "auto", 4) == (1,) and sps_layers(1, "auto", 4) == (0,)
     for k in range(1, 7):
@@ -320,8 +321,8 @@ def test_sps_auto_depth_is_the_reference_choice():
 
 
 def test_student_starts_from_the_pretrained_bert_not_the_finetuned_teacher(tmp_path):
-    """Pea-KD's reference code copies the first k layers of the pre-trained checkpoint (--encoder_checkpoint), not
-    of the task-fine-tuned teacher; a finetune.py teacher folder leads back to its pre-trained source."""
+    """Pea-KD's reference code copies the first k layers of the pre-trained checkpoint (--encoder_checkpoint),
+    not of the task-fine-tuned teacher; a finetune.py teacher folder leads back to its pre-trained source."""
     import argparse
     from finetune import Classifier, save_finetuned
     from peakd import init_student, pretrained_source

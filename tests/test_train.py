@@ -254,9 +254,9 @@ def test_fused_objective_equals_plain_formulas(setup):
 
 
 def test_auto_dtype_fp16_without_native_bf16(monkeypatch):
-    """--dtype=auto: bf16 only from compute capability 8.0 (native), fp16 + GradScaler below (V100 7.0, T4 7.5),
-    even where torch.cuda.is_bf16_supported() counts emulation; float32 on the CPU."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulated bf16 counts as supported
+    """--dtype=auto: bf16 only from compute capability 8.0 (native), fp16 + GradScaler below (V100 7.0, T4
+    7.5), even where torch.cuda.is_bf16_supported() counts emulation; float32 on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts as support
     for capability, want in [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
                              ((9, 0), torch.bfloat16)]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
@@ -274,8 +274,8 @@ def test_teacher_dtype_honours_float32():
 
 
 def test_alpha_mse_is_the_reference_logit_mse(setup):
-    """alpha_mse adds alpha_mse * nn.MSELoss(reduction="sum")(s, t) / rows over the L_ce rows, as the reference
-    distiller; the fused path (ce_chunk > 0) gives the loss and gradients of the plain one."""
+    """alpha_mse adds alpha_mse * nn.MSELoss(reduction="sum")(s, t) / rows over the L_ce rows, as the
+    reference distiller; the fused path (ce_chunk > 0) gives the loss and gradients of the plain one."""
     teacher, student, _, _ = pair(setup)
     b = batch(setup[1], B=5)
     ids, am, _ = b
@@ -301,9 +301,11 @@ def test_alpha_mse_is_the_reference_logit_mse(setup):
 
 
 def test_help_names_the_released_layers():
-    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
     assert "--student_layers=0,2,4,7,9,11" in out.stdout and "0,2,4,6,8,10" in out.stdout
-    assert T.parse_args(["--preset=bert-base", "--student_layers=0,2,4,7,9,11"]).student_layers == "0,2,4,7,9,11"
+    cfg = T.parse_args(["--preset=bert-base", "--student_layers=0,2,4,7,9,11"])
+    assert cfg.student_layers == "0,2,4,7,9,11"
 
 
 DRIVER = """
@@ -312,7 +314,7 @@ sys.path.insert(0, {root!r})
 import train as T
 real_evaluate = T.evaluate
 
-def evaluate(*a, **k):  # rank 1 gets SIGTERM during the first evaluation: after that step's all-reduced stop flag
+def evaluate(*a, **k):  # rank 1: SIGTERM during the first evaluation, after that step's all-reduced stop flag
     out = real_evaluate(*a, **k)
     if os.environ["RANK"] == "1" and not os.path.exists({flag!r}):
         open({flag!r}, "w").close()
@@ -324,9 +326,10 @@ T.train(T.parse_args(sys.argv[1:]))
 
 
 def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_path):
-    """Two gloo ranks (launched here as torchrun would: RANK, WORLD_SIZE, MASTER_ADDR/PORT); a SIGTERM reaches rank 1
-    alone while the ranks evaluate after step 2, i.e. after that step's all-reduced stop flag. Both ranks must run
-    step 3, see the flag there and stop together: one checkpoint (step 3), no hang, exit code 0."""
+    """Two gloo ranks (launched here as torchrun would: RANK, WORLD_SIZE, MASTER_ADDR/PORT); a SIGTERM reaches
+    rank 1 alone while the ranks evaluate after step 2, i.e. after that step's all-reduced stop flag. Both
+    ranks must run step 3, see the flag there and stop together: one checkpoint (step 3), no hang, exit code
+    0."""
     root, _ = setup
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(root=str(ROOT), flag=str(tmp_path / "signalled")))
@@ -334,8 +337,8 @@ def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_pat
     argv = [sys.executable, str(driver), *args(root, out, max_steps=50, eval_every=2, save_every=100000)]
     procs = []
     for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         log = open(tmp_path / f"rank{rank}.log", "w")
         procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         log.close()
@@ -354,3 +357,22 @@ def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_pat
     ckpts = sorted(out.glob("ckpt-*.pt"))
     assert [c.name for c in ckpts] == ["ckpt-0000003.pt"], ckpts
     assert final_student(out)["step"] == 3
+
+
+def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch):
+    """A skipped (non-finite) step also shares the stop flag: SIGTERM during step 2, whose loss is NaN, stops the
+    run there with a checkpoint of step 1, instead of skipping until --max_nonfinite."""
+    root, _ = setup
+    calls = {"n": 0}
+    real_cos = L.cosine_loss
+
+    def nan_and_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first micro-step of step 2 (2 micro-steps per step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        value = real_cos(*a, **k)
+        return value * float("nan") if calls["n"] >= 3 else value
+    monkeypatch.setattr(L, "cosine_loss", nan_and_signal)
+    result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5)))
+    assert result["stopped"] and result["step"] == 1 and result["skipped"] == 1
+    assert [c.name for c in (tmp_path / "sig-nan").glob("ckpt-*.pt")] == ["ckpt-0000001.pt"]
