@@ -217,17 +217,65 @@ def file_documents(path):
         raise SkipFile(f"not UTF-8 text ({e.reason})") from None
 
 
-def hf_documents(spec):
-    """Rows of the 'text' column of a Hugging Face dataset 'name[:config]' (train split); `datasets` is optional."""
+PACK_CHARS = 10_000  # sentence-per-row datasets: consecutive rows packed into documents of this size
+
+
+def _hf_rows(spec):
+    """The non-empty 'text' rows of a Hugging Face dataset: 'name[:config]' (train split) or a local folder
+    written by Dataset.save_to_disk (a DatasetDict's train split). `datasets` is optional."""
     try:
         import datasets
     except ImportError:
         raise ImportError(f"--hf-dataset {spec} needs the Hugging Face `datasets` package: pip install datasets") \
             from None
-    name, _, config = spec.partition(":")
-    for row in datasets.load_dataset(name, config or None, split="train"):
+    if Path(spec).is_dir():
+        rows = datasets.load_from_disk(spec)
+        rows = rows["train"] if isinstance(rows, datasets.DatasetDict) else rows
+    else:
+        name, _, config = spec.partition(":")
+        rows = datasets.load_dataset(name, config or None, split="train")
+    for row in rows:
+        if "text" not in row:
+            raise ValueError(f"--hf-dataset {spec}: no 'text' column (columns: {sorted(row)})")
         if row["text"].strip():
             yield row["text"].strip()
+
+
+def sentence_per_row(rows, min_rows=100, max_median_chars=200):
+    """Whether rows look like BookCorpus's (74M rows, one sentence each): at least min_rows rows, none
+    spanning paragraphs, and a median length under max_median_chars characters (Wikipedia's rows are whole
+    articles)."""
+    lengths = sorted(len(r) for r in rows)
+    return (len(lengths) >= min_rows and lengths[len(lengths) // 2] < max_median_chars
+            and not any("\n\n" in r for r in rows))
+
+
+def pack_rows(rows, max_chars=PACK_CHARS):
+    """Consecutive rows joined by spaces into documents of at most max_chars characters (a longer row is a
+    document of its own), so that sequences of sentence rows fill max_len as the BookCorpus text files of the
+    paper did."""
+    doc, size = [], 0
+    for r in rows:
+        if doc and size + 1 + len(r) > max_chars:
+            yield " ".join(doc)
+            doc, size = [], 0
+        doc.append(r)
+        size += len(r) + (len(doc) > 1)
+    if doc:
+        yield " ".join(doc)
+
+
+def hf_documents(spec, pack="auto", max_chars=PACK_CHARS):
+    """Documents of a Hugging Face dataset (see _hf_rows): one per row, or, with pack="on" (or "auto" and
+    sentence_per_row on the first 1,000 rows), consecutive rows packed into documents of up to max_chars."""
+    if pack not in ("auto", "on", "off"):
+        raise ValueError(f"--pack-rows={pack}: expected auto, on or off")
+    rows = _hf_rows(spec)
+    head = list(itertools.islice(rows, 1000))
+    rows = itertools.chain(head, rows)
+    if pack == "on" or (pack == "auto" and sentence_per_row(head)):
+        return pack_rows(rows, max_chars)
+    return rows
 
 
 def _stdlib_modules():
@@ -293,7 +341,7 @@ def _documents(source):
     if source["kind"] == "file":
         return file_documents(source["path"])
     if source["kind"] == "hf_dataset":
-        return hf_documents(source["name"])
+        return hf_documents(source["name"], source.get("pack", "auto"), source.get("pack_chars", PACK_CHARS))
     return default_corpus_documents()
 
 
@@ -359,15 +407,18 @@ class _ShardWriter:
 
 
 def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid_fraction=0.005,
-            shard_tokens=1 << 27, batch_docs=1000, seed=0, hf_datasets=(), overwrite=False):
+            shard_tokens=1 << 27, batch_docs=1000, seed=0, hf_datasets=(), overwrite=False, pack_rows="auto",
+            pack_chars=PACK_CHARS):
     """Tokenize a corpus into `out_dir` and return its meta dict (see the module docstring for the layout).
 
-    inputs: files, folders, globs; hf_datasets: 'name[:config]' strings; neither -> the Python-docs default corpus.
-    vocab: a vocab.txt / tokenizer.json (copied into out_dir); None -> train a WordPiece vocab of vocab_size on the
-    train documents. valid_fraction of the documents (chosen at random with `seed`, at least one when there are two or
-    more) form the valid split. Two passes over the text: the first validates files and counts documents, the second
-    encodes batches of documents and streams ids to disk, so memory does not grow with the corpus.
-    Built in '<out_dir>.tmp' and renamed at the end; the same inputs and settings again -> nothing to do."""
+    inputs: files, folders, globs; hf_datasets: 'name[:config]' strings or save_to_disk folders, their rows
+    packed into documents by pack_rows (auto | on | off, see hf_documents); neither -> the Python-docs default
+    corpus. vocab: a vocab.txt / tokenizer.json (copied into out_dir); None -> train a WordPiece vocab of
+    vocab_size on the train documents. valid_fraction of the documents (chosen at random with `seed`, at least
+    one when there are two or more) form the valid split. Two passes over the text: the first validates files
+    and counts documents, the second encodes batches of documents and streams ids to disk, so memory does not
+    grow with the corpus. Built in '<out_dir>.tmp' and renamed at the end; the same inputs and settings again
+    -> nothing to do."""
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out_dir = Path(out_dir).resolve()
     tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
@@ -375,7 +426,8 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     if inputs and not files:
         raise ValueError(f"empty corpus: no text files (*.txt or no extension) in {list(map(str, inputs))}")
     sources = [{"kind": "file", "path": str(f), "bytes": f.stat().st_size, "mtime": f.stat().st_mtime_ns}
-               for f in files] + [{"kind": "hf_dataset", "name": n} for n in hf_datasets]
+               for f in files] + [{"kind": "hf_dataset", "name": n, "pack": pack_rows,
+                                   "pack_chars": pack_chars} for n in hf_datasets]
     if not sources:
         sources = [{"kind": "python_docs", "python": sys.version}]
     tokenizer = load_tokenizer(vocab) if vocab is not None else None
@@ -813,7 +865,11 @@ def main(argv=None):
     g.add_argument("--vocab", help="vocab.txt or tokenizer.json (e.g. the teacher's); default: train one")
     g.add_argument("--vocab-size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
     p.add_argument("--valid-fraction", type=float, default=0.005)
-    p.add_argument("--hf-dataset", action="append", default=[], help="name[:config] of a HF dataset (repeatable)")
+    p.add_argument("--hf-dataset", action="append", default=[], help="name[:config] of a HF dataset, or a "
+                   "save_to_disk folder (repeatable)")
+    p.add_argument("--pack-rows", default="auto", choices=["auto", "on", "off"], help="join consecutive "
+                   "rows of a HF dataset into documents (auto: when rows are sentences, as BookCorpus's)")
+    p.add_argument("--pack-chars", type=int, default=PACK_CHARS, help="packed document size in characters")
     p.add_argument("--shard-tokens", type=int, default=1 << 27)
     p.add_argument("--batch-docs", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -822,7 +878,8 @@ def main(argv=None):
     try:
         meta = prepare(a.inputs, a.out, vocab=a.vocab, vocab_size=a.vocab_size,
                        valid_fraction=a.valid_fraction, shard_tokens=a.shard_tokens, batch_docs=a.batch_docs,
-                       seed=a.seed, hf_datasets=a.hf_dataset, overwrite=a.overwrite)
+                       seed=a.seed, hf_datasets=a.hf_dataset, pack_rows=a.pack_rows, pack_chars=a.pack_chars,
+                       overwrite=a.overwrite)
     except (OSError, ValueError, ImportError, RuntimeError) as e:  # one line, not a traceback
         raise SystemExit(f"data.py: error: {one_line(e)}") from None
     print(json.dumps({k: meta[k] for k in ("vocab_size", "dtype", "vocab_hash")} |

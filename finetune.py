@@ -270,10 +270,14 @@ class TaskOutput:
     hidden_states: tuple
 
 
+SEQ_CLASSIF_DROPOUT = 0.2  # DistilBertConfig.seq_classif_dropout: the DistilBERT head's dropout
+
+
 class Classifier(nn.Module):
-    """style "bert": pooler -> dropout -> linear (BertForSequenceClassification). style "distilbert": h_[CLS] ->
-    pre_classifier linear -> ReLU -> dropout -> linear (DistilBertForSequenceClassification). "auto" picks "bert"
-    when the encoder has a pooler; an MLM-only teacher has none, so it gets the DistilBERT head too."""
+    """style "bert": pooler -> dropout (the encoder's, 0.1) -> linear (BertForSequenceClassification). style
+    "distilbert": h_[CLS] -> pre_classifier linear -> ReLU -> dropout 0.2 (seq_classif_dropout) -> linear
+    (DistilBertForSequenceClassification). "auto" picks "bert" when the encoder has a pooler; an MLM-only
+    teacher has none, so it gets the DistilBERT head too."""
 
     def __init__(self, encoder: Bert, num_labels, style="auto"):
         super().__init__()
@@ -282,7 +286,7 @@ class Classifier(nn.Module):
             raise ValueError(f"style={style!r}: expected 'auto', 'distilbert' or 'bert' (with a pooler in the encoder)")
         d, self.style, self.num_labels, self.encoder = encoder.cfg.hidden_size, style, num_labels, encoder
         self.pre_classifier = nn.Linear(d, d) if style == "distilbert" else None
-        self.dropout = nn.Dropout(encoder.cfg.dropout)
+        self.dropout = nn.Dropout(encoder.cfg.dropout if style == "bert" else SEQ_CLASSIF_DROPOUT)
         self.classifier = nn.Linear(d, num_labels)
         for m in (self.pre_classifier, self.classifier):
             if m is not None:
@@ -453,11 +457,38 @@ def encode(tokenizer, examples, max_len=128) -> dict:
     return out
 
 
+def _windows(n_tokens, room, doc_stride):
+    """(start, length) of the document windows over n_tokens context tokens: as many as fit, doc_stride
+    apart."""
+    out, start = [], 0
+    while True:
+        n = min(room, n_tokens - start)
+        out.append((start, n))
+        if start + n >= n_tokens:
+            return out
+        start += min(doc_stride, n)
+
+
+def _max_context(windows, n_tokens):
+    """For each context token, the window where it has the most context: the largest min(tokens on its left,
+    tokens on its right) + 0.01 * window length, the first on ties (BERT's run_squad.py,
+    _check_is_max_context)."""
+    best, score = [0] * n_tokens, [-1.0] * n_tokens
+    for w, (start, n) in enumerate(windows):
+        for j in range(n):
+            s = min(j, n - 1 - j) + 0.01 * n
+            if s > score[start + j]:
+                best[start + j], score[start + j] = w, s
+    return best
+
+
 def prepare_squad_features(tokenizer, examples, max_len=384, doc_stride=128, max_query=64):
-    """[CLS] question [SEP] window [SEP] for windows over each context, BERT's way: a window holds as many context
-    tokens as fit, the next starts doc_stride tokens later. -> (tensors, mapping): tensors as `encode` plus
-    start_positions / end_positions (the first answer's tokens, or 0 = [CLS] when the window lacks it); mapping[f] =
-    {"example": index, "offsets": per token (start, end) characters in the context, None outside the context}."""
+    """[CLS] question [SEP] window [SEP] for windows over each context, BERT's way: a window holds as many
+    context tokens as fit, the next starts doc_stride tokens later. -> (tensors, mapping): tensors as `encode`
+    plus start_positions / end_positions (the first answer's tokens, or 0 = [CLS] when the window lacks it);
+    mapping[f] = {"example": index, "offsets": per token (start, end) characters in the context, None outside
+    the context, "max_context": per token, whether this window is the one where the token has the most context
+    (_max_context)}."""
     if not examples:
         raise ValueError("prepare_squad_features: no examples")
     cls, sep = _ids(tokenizer, "[CLS]", 101), _ids(tokenizer, "[SEP]", 102)
@@ -480,18 +511,17 @@ def prepare_squad_features(tokenizer, examples, max_len=384, doc_stride=128, max
             a0, a1 = ex.answer_starts[0], ex.answer_starts[0] + len(ex.answers[0])
             inside = [t for t, (s, e) in enumerate(offsets) if s < a1 and e > a0]
             answer = (inside[0], inside[-1]) if inside else None
-        start, first = 0, len(q_ids) + 2
-        while True:
-            n = min(room, len(c.ids) - start)
+        first, windows = len(q_ids) + 2, _windows(len(c.ids), room, doc_stride)
+        best = _max_context(windows, len(c.ids))
+        for w, (start, n) in enumerate(windows):
             ids = [cls] + q_ids + [sep] + c.ids[start:start + n] + [sep]
             s_pos = e_pos = 0
             if answer and start <= answer[0] and answer[1] < start + n:
                 s_pos, e_pos = answer[0] - start + first, answer[1] - start + first
             rows.append((ids, first, s_pos, e_pos))
-            mapping.append({"example": i, "offsets": [None] * first + list(offsets[start:start + n]) + [None]})
-            if start + n >= len(c.ids):
-                break
-            start += min(doc_stride, n)
+            mapping.append({"example": i, "offsets": [None] * first + list(offsets[start:start + n]) + [None],
+                            "max_context": [False] * first + [best[start + j] == w for j in range(n)]
+                            + [False]})
     L = max(len(r[0]) for r in rows)
     t = {k: torch.zeros(len(rows), L, dtype=torch.long) for k in ("input_ids", "attention_mask", "token_type_ids")}
     t["input_ids"].fill_(_ids(tokenizer, "[PAD]", 0))
@@ -505,12 +535,16 @@ def prepare_squad_features(tokenizer, examples, max_len=384, doc_stride=128, max
 
 def squad_predict(start_logits, end_logits, mapping, examples, max_answer_len=30) -> dict:
     """{example id: answer text}: over all windows of an example, the context span (start <= end, at most
-    max_answer_len tokens) with the highest start logit + end logit."""
+    max_answer_len tokens) with the highest start logit + end logit, whose start token has its maximum context
+    in that window (BERT's run_squad.py: token_is_max_context), when the mapping says so."""
     n_feat, L = start_logits.shape
-    ctx = torch.zeros(n_feat, L, dtype=torch.bool)
+    ctx, starts = torch.zeros(n_feat, L, dtype=torch.bool), torch.zeros(n_feat, L, dtype=torch.bool)
     for f, m in enumerate(mapping):
         ctx[f, :len(m["offsets"])] = torch.tensor([o is not None for o in m["offsets"]])
-    s, e = start_logits.float().masked_fill(~ctx, -math.inf), end_logits.float().masked_fill(~ctx, -math.inf)
+        n = len(m["offsets"])
+        starts[f, :n] = torch.tensor(m.get("max_context", ctx[f, :n].tolist()))
+    s = start_logits.float().masked_fill(~(ctx & starts), -math.inf)
+    e = end_logits.float().masked_fill(~ctx, -math.inf)
     top = torch.full((n_feat,), -math.inf)
     start, length = torch.zeros(n_feat, dtype=torch.long), torch.zeros(n_feat, dtype=torch.long)
     for d in range(min(max_answer_len, L)):  # spans of d + 1 tokens: start a, end a + d
@@ -793,6 +827,15 @@ def load_task(cfg, tokenizer):
     return train, score, lambda encoder: Classifier(encoder, spec["num_labels"], cfg.style)
 
 
+def median_run(runs, metric):
+    """The run whose `metric` (the task's first: MRPC's F1, SQuAD's exact match) is the median over seeds, the
+    lower middle one for an even count; every metric reported is that one run's, so MRPC's F1 and accuracy
+    come from the same seed (a median taken per metric could mix seeds; DistilBERT Table 1 reports a "median
+    of 5 runs")."""
+    order = sorted(range(len(runs)), key=lambda i: (runs[i]["metrics"][metric], i))
+    return runs[order[(len(runs) - 1) // 2]]
+
+
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune cfg.model on cfg.task once per seed; returns (and writes to cfg.out) per-seed and median metrics."""
     from data import load_tokenizer
@@ -820,10 +863,12 @@ def run(cfg: FinetuneConfig) -> dict:
             run_info["path"] = str(Path(cfg.out) / f"{model_name}-{name}-seed{seed}")
             save_finetuned(model, run_info["path"], task=name, source=cfg.model, seed=seed, metrics=metrics)
         runs.append(run_info)
-    median = {k: float(np.median([r["metrics"][k] for r in runs])) for k in runs[0]["metrics"]}
+    mid = median_run(runs, task_spec(name)[1]["metrics"][0])
+    median = dict(mid["metrics"])
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("encoder.head."))
     result = {"task": name, "name": model_name, "model": cfg.model, "teacher": cfg.teacher or None,
-              "parameters": params, "seeds": seeds, "median": median, "runs": runs, "config": asdict(cfg)}
+              "parameters": params, "seeds": seeds, "median": median, "median_seed": mid["seed"],
+              "runs": runs, "config": asdict(cfg)}
     if cfg.out:
         write_json(result, Path(cfg.out) / f"{model_name}-{name}.json")
     return result

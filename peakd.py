@@ -20,8 +20,11 @@ that pulls the L2-normalised [CLS] states of intermediate student layers towards
     python peakd.py ablation --task SST-2 MRPC RTE --data ../shared/data/glue --teacher ...  # the five students
 
 `--teacher` is a pretrained BERT (a Hugging Face folder, fine-tuned on the task first and cached in
-out/peakd/<task>/teacher) or a folder that finetune.py wrote for the task. The loss weights default to the reference
-values (alpha 0.7, T 10, beta 100); the PTP thresholds to the median confidences (see `ptp_thresholds`).
+out/peakd/<task>/teacher) or a folder that finetune.py wrote for the task. As in the reference code, the
+student takes the first k layers of the pre-trained BERT (not of the fine-tuned teacher), k = half the
+teacher's depth, run with SPS on the upper half (6 -> 9 layers for bert-base; k = 3 re-runs all three, 6
+layers). The loss weights default to the reference values (alpha 0.7, T 10, beta 100), the PTP thresholds to
+the reference table (`PTP_THRESHOLDS`).
 """
 import argparse
 import json
@@ -69,23 +72,30 @@ def make_student(teacher: Bert, num_layers: int, init: str = "first", distilbert
     return student
 
 
-def sps_layers(num_layers: int, layers="all") -> tuple:
-    """Which layers SPS runs a second time (0-based). "all": every layer, k -> 2k effective layers (Pea-KD's 3-layer
-    student becomes 6); "upper": the upper half, k // 2 .. k-1 (the reference code's 6-layer student re-runs layers
-    4-6, giving 9); or an explicit list."""
+def sps_layers(num_layers: int, layers="all", teacher_layers: int = 0) -> tuple:
+    """Which layers SPS runs a second time (0-based). "all": every layer, k -> 2k effective layers (the
+    reference BertEncoder_SPS: Pea-KD's 3-layer student becomes 6); "upper": the upper half, k // 2 .. k-1
+    (the reference BertEncoder_SPS_6layer_student re-runs layers 4-6 of 6, giving 9); "auto": the reference's
+    choice, "all" when k is less than half the teacher's `teacher_layers` and "upper" otherwise, so that a
+    student of up to half the teacher's layers stays shallower than it (12-layer teacher: k = 3 -> 6, k = 6 ->
+    9); or an explicit list."""
+    if layers == "auto":
+        if teacher_layers < 1:
+            raise ValueError("layers='auto' needs the teacher's depth (teacher_layers)")
+        layers = "all" if 2 * num_layers < teacher_layers else "upper"
     if layers == "all":
         return tuple(range(num_layers))
     if layers == "upper":
         return tuple(range(num_layers // 2, num_layers))
     if isinstance(layers, str):
-        raise ValueError(f"layers={layers!r}: expected 'all', 'upper' or a list of layer indices")
+        raise ValueError(f"layers={layers!r}: expected 'auto', 'all', 'upper' or a list of layer indices")
     return tuple(int(i) for i in layers)
 
 
-def with_sps(student: Bert, layers="all", swap: bool = True) -> Bert:
-    """The same student run with Shuffled Parameter Sharing (Pea-KD Section 3.2): after its k layers, the layers
-    chosen by `sps_layers(k, layers)` run again with Query and Key exchanged (swap=True, SPS) or unchanged
-    (swap=False, paired sharing).
+def with_sps(student: Bert, layers="all", swap: bool = True, teacher_layers: int = 0) -> Bert:
+    """The same student run with Shuffled Parameter Sharing (Pea-KD Section 3.2): after its k layers, the
+    layers chosen by `sps_layers(k, layers, teacher_layers)` run again with Query and Key exchanged
+    (swap=True, SPS) or unchanged (swap=False, paired sharing).
 
     The result is a new `Bert` whose submodules (embeddings, layers, pooler, MLM head) ARE the student's: one tensor
     per parameter, used twice per forward pass, so its gradient is the sum over both uses and the parameter count is
@@ -93,7 +103,8 @@ def with_sps(student: Bert, layers="all", swap: bool = True) -> Bert:
     empty shell is built on the meta device, so nothing is allocated. model.py does the rest: `Bert.schedule` lists
     (layer, swap) per effective layer and `Layer.attention(x, keep, swap_qk)` exchanges q and k.
     Such a model cannot be saved in Hugging Face's format (HF has no equivalent); save its state_dict instead."""
-    cfg = replace(student.cfg, sps_layers=sps_layers(student.cfg.num_layers, layers), sps_swap=swap)
+    chosen = sps_layers(student.cfg.num_layers, layers, teacher_layers)
+    cfg = replace(student.cfg, sps_layers=chosen, sps_swap=swap)
     with torch.device("meta"):
         shell = Bert(cfg)
     shell.emb, shell.layers, shell.pooler, shell.head = student.emb, student.layers, student.pooler, student.head
@@ -103,9 +114,11 @@ def with_sps(student: Bert, layers="all", swap: bool = True) -> Bert:
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Pretraining with Teacher's Predictions (Pea-KD Section 3.3)
 
-# (t1, t2) of the reference code: "confident" means max softmax probability > t1 when the teacher is right, > t2 when
-# it is wrong.
-PTP_THRESHOLDS = {"RTE": (0.8, 0.6), "MRPC": (0.95, 0.75), "SST-2": (0.98, 0.8), "QNLI": (0.98, 0.7)}
+# (t1, t2) of the reference code (snudm-starlab/Pea-KD, src/utils/nli_data_processing.py,
+# get_pretrain_dataloader_PTP): "confident" means max softmax probability > t1 when the teacher is right, > t2
+# when it is wrong.
+PTP_THRESHOLDS = {"RTE": (0.8, 0.6), "MRPC": (0.95, 0.75), "SST-2": (0.98, 0.8), "QNLI": (0.98, 0.7),
+                  "CoLA": (0.95, 0.7)}
 PTP_CLASSES = ("right, confident", "right, unsure", "wrong, confident", "wrong, unsure")
 
 
@@ -117,8 +130,9 @@ def ptp_labels(teacher_logits: torch.Tensor, labels: torch.Tensor, t1: float, t2
     return torch.where(right, torch.where(conf > t1, 0, 1), torch.where(conf > t2, 2, 3)).long()
 
 
-def ptp_thresholds(teacher_logits: torch.Tensor, labels: torch.Tensor, how="median", task=None) -> tuple:
-    """(t1, t2). how="reference": the reference code's per-task values (PTP_THRESHOLDS); how="median": the median
+def ptp_thresholds(teacher_logits: torch.Tensor, labels: torch.Tensor, how="reference", task=None) -> tuple:
+    """(t1, t2). how="reference" (the default): the reference code's per-task values (PTP_THRESHOLDS);
+    how="median": the median
     confidence of the examples the teacher gets right (t1) and of those it gets wrong (t2), which splits each group
     in two whatever the teacher's calibration (a small teacher is rarely 98% sure); or an explicit (t1, t2)."""
     if how == "reference":
@@ -255,16 +269,45 @@ def pkd_loss_fn(layer_map, alpha=0.7, T=10.0, beta=100.0):
     return loss_fn
 
 
-def train_student(teacher, train, t_logits, t_cls, ptp_y, args, kd=True, sps=True, ptp=True):
-    """One student: the teacher's first (or every other) layers, optionally run with SPS, optionally pretrained with
-    PTP (for args.ptp_epochs more), then trained on the task for args.epochs with Patient-KD (kd=True) or with
-    cross-entropy alone (kd=False). Every student starts from the same seed."""
+def pretrained_source(teacher_path, student_from=""):
+    """Where the student's layers come from. The reference code (snudm-starlab/Pea-KD: load_model_finetune
+    with --encoder_checkpoint, which defaults to the pre-trained bert-base-uncased checkpoint) copies the
+    first k layers of the PRE-TRAINED BERT, not of the task-fine-tuned teacher. So: `student_from` when given
+    ("finetuned": the fine-tuned teacher's own encoder); else `teacher_path` when it is a pre-trained BERT;
+    else, for a finetune.py folder, the pre-trained model it was fine-tuned from (its finetune.json
+    "source")."""
+    if student_from:
+        return student_from
+    meta_file = Path(teacher_path) / "finetune.json"
+    if not meta_file.is_file():
+        return str(teacher_path)
+    meta = json.loads(meta_file.read_text())
+    source = meta.get("source") or meta.get("setup", {}).get("source")
+    if not source:
+        raise ValueError(f"{meta_file}: no 'source' (the pre-trained model it was fine-tuned from); pass "
+                         f"--student_from=PRETRAINED_FOLDER, or --student_from=finetuned for the teacher's "
+                         f"layers")
+    return source
+
+
+def init_student(teacher, pretrained, args, sps=True) -> Bert:
+    """The student before any training: layers 0..k-1 (args.init="first") of `pretrained` (None: the
+    fine-tuned teacher's encoder), k = args.student_layers or half the teacher's depth (the reference code's
+    6-layer student of bert-base), run with SPS on the layers args.sps names ("auto": sps_layers' reference
+    choice, 6 -> 9 layers)."""
+    n = teacher.encoder.cfg.num_layers
+    k = args.student_layers or max(1, n // 2)
+    student = make_student(pretrained or teacher.encoder, k, args.init, distilbert=args.arch == "distilbert")
+    return with_sps(student, args.sps, swap=not args.no_swap, teacher_layers=n) if sps else student
+
+
+def train_student(teacher, train, t_logits, t_cls, ptp_y, args, kd=True, sps=True, ptp=True, pretrained=None):
+    """One student (init_student), optionally pretrained with PTP (for args.ptp_epochs more), then trained on
+    the task for args.epochs with Patient-KD (kd=True) or with cross-entropy alone (kd=False). Every student
+    starts from the same seed."""
     cfg = student_config(args)
     torch.manual_seed(args.seed)
-    k = args.student_layers or max(1, teacher.encoder.cfg.num_layers // 2)
-    student = make_student(teacher.encoder, k, args.init, distilbert=args.arch == "distilbert")
-    if sps:
-        student = with_sps(student, args.sps, swap=not args.no_swap)
+    student = init_student(teacher, pretrained, args, sps)
     if ptp:
         student = ptp_pretrain(student, train, ptp_y, replace(cfg, epochs=args.ptp_epochs))
     model = Classifier(student, t_logits.size(1))
@@ -304,15 +347,22 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
                         classifier_parameters(teacher), "depth": teacher.encoder.cfg.num_layers,
                         "seconds": round(time.time() - t0, 1)}}
     t_logits, t_cls = teacher_outputs(teacher, train)
+    source = pretrained_source(args.teacher, args.student_from)
+    pretrained = None if source == "finetuned" else load_encoder(source)
+    print(f"[peakd] students start from {'the fine-tuned teacher' if pretrained is None else source}")
     how = args.ptp_thresholds if args.ptp_thresholds in ("median", "reference") else \
         tuple(float(t) for t in args.ptp_thresholds.split(","))
+    if how == "reference" and task not in PTP_THRESHOLDS:
+        print(f"[peakd] no reference PTP thresholds for {task}: using the median confidences")
+        how = "median"
     t1, t2 = ptp_thresholds(t_logits, train["labels"], how, task)
     ptp = ptp_labels(t_logits, train["labels"], t1, t2)
     counts = torch.bincount(ptp, minlength=4).tolist()
     print(f"[peakd] PTP thresholds t1={t1:.4f} t2={t2:.4f}; labels {dict(zip(PTP_CLASSES, counts))}")
     for name in variants:
         t0 = time.time()
-        model, layer_map = train_student(teacher, train, t_logits, t_cls, ptp, args, **VARIANTS[name])
+        model, layer_map = train_student(teacher, train, t_logits, t_cls, ptp, args, **VARIANTS[name],
+                                         pretrained=pretrained)
         metrics = evaluate(task, predict(model, dev), dev["labels"])
         rows[name] = {**metrics, "parameters": classifier_parameters(model), "depth": len(model.encoder.schedule),
                       "seconds": round(time.time() - t0, 1), "layer_map": layer_map}
@@ -352,13 +402,18 @@ def main(argv=None):
     p.add_argument("--vocab", default="", help="vocab.txt or tokenizer.json (default: the teacher folder's)")
     p.add_argument("--out", default="out/peakd", help="results, fine-tuned teacher and students go here")
     p.add_argument("--student_layers", type=int, default=0, help="k (default: half the teacher's layers)")
-    p.add_argument("--init", default="first", choices=["first", "skip"], help="first k teacher layers | every other")
+    p.add_argument("--student_from", default="", help="where the student's layers come from (default: the "
+                   "pre-trained BERT, as the reference; 'finetuned': the fine-tuned teacher; or a folder)")
+    p.add_argument("--init", default="first", choices=["first", "skip"], help="first k layers | every other one")
     p.add_argument("--arch", default="bert", choices=["bert", "distilbert"], help="student keeps token types and "
                    "pooler (bert, as Pea-KD) or drops them (distilbert)")
-    p.add_argument("--sps", default="all", type=lambda s: s if s in ("all", "upper") else [int(i) for i in s.split(",")],
-                   help="layers SPS re-runs: all | upper | 0,1,2")
+    p.add_argument("--sps", default="auto", type=lambda s: s if s in ("auto", "all", "upper")
+                   else [int(i) for i in s.split(",")],
+                   help="layers SPS re-runs: auto (all if k < n/2, else upper, as the reference) | all | "
+                   "upper | 0,1,2")
     p.add_argument("--no_swap", action="store_true", help="paired sharing: re-run layers without the Q/K swap")
-    p.add_argument("--ptp_thresholds", default="median", help="median | reference | t1,t2")
+    p.add_argument("--ptp_thresholds", default="reference", help="reference (the reference code's table; "
+                   "median for tasks it lacks) | median | t1,t2")
     p.add_argument("--alpha", type=float, default=0.7)
     p.add_argument("--T", type=float, default=10.0)
     p.add_argument("--beta", type=float, default=100.0)

@@ -34,6 +34,9 @@ import losses as L
 from model import Bert, BertConfig, config_from_dict, count_parameters, student_from_teacher
 
 
+RELEASED_LAYERS = "0,2,4,7,9,11"  # the released model's layers (the reference scripts/extract_distilbert.py)
+
+
 def opt(default, help):
     return field(default=default, metadata={"help": help})
 
@@ -47,7 +50,9 @@ class TrainConfig:
     init: str = opt("teacher", "teacher: student layers copied from the teacher | scratch: random (mlm mode) | "
                     "pretrained: the --teacher checkpoint itself, whole (mlm mode: continue its MLM training, "
                     "token types and pooler kept, a fresh MLM head when it has none)")
-    student_layers: str = opt("", "teacher layers the student copies, e.g. 0,2,4,7,9,11 (empty: one out of two)")
+    student_layers: str = opt("", "teacher layers the student copies (empty: one out of two, 0,2,4,6,8,10 of "
+                              "bert-base as in the paper; the released distilbert-base-uncased took "
+                              f"--student_layers={RELEASED_LAYERS})")
     # shape of a model trained from scratch (init=scratch)
     layers: int = opt(12, "number of layers (init=scratch)")
     hidden: int = opt(768, "hidden size (init=scratch)")
@@ -76,13 +81,15 @@ class TrainConfig:
     alpha_ce: float = opt(5.0, "weight of L_ce, the soft-target loss")
     alpha_mlm: float = opt(2.0, "weight of L_mlm, the masked-LM loss")
     alpha_cos: float = opt(1.0, "weight of L_cos, the cosine loss on the last hidden states")
+    alpha_mse: float = opt(0.0, "weight of L_mse, squared logit differences on the L_ce rows (reference)")
     ce_positions: str = opt("all", "all: L_ce over every real token (released model) | masked: masked ones only")
     ce_chunk: int = opt(1024, "rows per chunk of L_ce, so full-vocabulary logits never exist at once (0: no chunks)")
     # system
     seed: int = opt(42, "seed of initialisation, data order, masking and dropout")
     device: str = opt("auto", "auto | cpu | cuda")
-    dtype: str = opt("auto", "auto (bf16 if supported, else fp16, on CUDA; fp32 on CPU) | float32 | bfloat16 | float16")
-    teacher_half: bool = opt(True, "run the frozen teacher in half precision on GPU")
+    dtype: str = opt("auto", "auto (CUDA: bf16 on compute capability >= 8.0, else fp16 + GradScaler; "
+                     "CPU: fp32) | float32 | bfloat16 | float16")
+    teacher_half: bool = opt(True, "frozen teacher in --dtype's half precision on GPU (fp32 with float32)")
     compile: bool = opt(False, "torch.compile the student")
     eval_every: int = opt(500, "held-out MLM evaluation every N steps (0: only at the end)")
     eval_batches: int = opt(50, "batches per evaluation")
@@ -169,19 +176,25 @@ class Objective(torch.nn.Module):
             # L_ce and L_mlm in one chunked pass over the vocabulary with their gradients computed on the way: the
             # full (tokens x vocabulary) logits never exist and nothing is recomputed (losses.head_losses_fused)
             head = self.student.head
-            loss, kl_sum, ce_sum = L.head_losses_fused(
+            loss, kl_sum, ce_sum, mse_sum = L.head_losses_fused(
                 head.transform(h[rows]), self.student.emb.word.weight, head.bias, teacher_hidden[rows],
                 self.teacher_head, labels[rows], cfg.temperature, cfg.alpha_ce / denoms["ce"],
-                cfg.alpha_mlm / denoms["masked"], cfg.ce_chunk)
+                cfg.alpha_mlm / denoms["masked"], cfg.ce_chunk, cfg.alpha_mse / denoms["ce"])
             total = loss + cfg.alpha_cos * cos
-            return total, {"ce": kl_sum * cfg.temperature**2 / denoms["ce"], "mlm": ce_sum / denoms["masked"],
-                           "cos": cos.detach(), "total": total.detach()}
+            parts = {"ce": kl_sum * cfg.temperature**2 / denoms["ce"], "mlm": ce_sum / denoms["masked"],
+                     "cos": cos.detach(), "total": total.detach()}
+            if cfg.alpha_mse:
+                parts["mse"] = mse_sum / denoms["ce"]
+            return total, parts
         with torch.no_grad():  # ce_chunk=0: the plain formulas on full logits, for reading and checking
             t_logits = self.teacher_head(teacher_hidden[rows])
-        parts = {"ce": L.soft_target_loss(self.student.mlm_logits(h[rows]), t_logits, cfg.temperature, denoms["ce"]),
+        s_logits = self.student.mlm_logits(h[rows])
+        parts = {"ce": L.soft_target_loss(s_logits, t_logits, cfg.temperature, denoms["ce"]),
                  "mlm": L.mlm_loss(self.student.mlm_logits(h[masked]), labels[masked], denom=denoms["masked"]),
                  "cos": cos}
-        return L.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos)
+        if cfg.alpha_mse:
+            parts["mse"] = L.logit_mse_loss(s_logits, t_logits, denoms["ce"])
+        return L.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.alpha_mse)
 
 
 def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None):
@@ -215,11 +228,13 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
 
 
 def auto_dtype(device) -> tuple:
-    """The precision of --dtype=auto and why: on CUDA bf16 where supported, else fp16 (with a GradScaler); on a CPU
-    bf16 autocast only when a short probe shows bf16 matrix products clearly faster than float32 there (CPUs with
-    AMX or AVX512-BF16 units), else float32."""
+    """--dtype=auto: (dtype, why). CUDA: bf16 where the GPU computes it natively (compute capability >= 8.0: A100,
+    H100), else fp16 with a GradScaler, the paper's setting on V100s (torch.cuda.is_bf16_supported() also counts
+    slow emulation, so it would pick bf16 on a V100 or T4). CPU: bf16 autocast only when a short probe shows bf16
+    matrix products clearly faster than float32 there (CPUs with AMX or AVX512-BF16 units), else float32."""
     if device.type == "cuda":
-        return (torch.bfloat16, "auto") if torch.cuda.is_bf16_supported() else (torch.float16, "auto")
+        major, minor = torch.cuda.get_device_capability(device)
+        return (torch.bfloat16 if major >= 8 else torch.float16), f"auto: compute capability {major}.{minor}"
     ratio = bf16_speedup()
     if ratio >= 1.5:
         return torch.bfloat16, f"auto: bf16 matrix products {ratio:.1f}x faster than float32 on this CPU"
@@ -532,6 +547,12 @@ def teacher_tokenizer_file(teacher):
         return None
 
 
+def teacher_dtype(cfg, device, dtype) -> torch.dtype:
+    """The frozen teacher's weights: the training half precision on CUDA with --teacher_half (it only runs
+    forward, under the same autocast), float32 otherwise: --dtype=float32 keeps the teacher in float32 too."""
+    return dtype if cfg.teacher_half and device.type == "cuda" and dtype != torch.float32 else torch.float32
+
+
 @holds_out_dir_lock
 def train(cfg: TrainConfig):
     # --- processes and devices ---
@@ -594,8 +615,7 @@ def train(cfg: TrainConfig):
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
-        if cfg.teacher_half and device.type == "cuda":
-            teacher.to(dtype if dtype != torch.float32 else torch.bfloat16)
+        teacher.to(teacher_dtype(cfg, device, dtype))
     objective = Objective(torch.compile(model) if cfg.compile else model, teacher, cfg)
     if cfg.head_steps and cfg.mode != "mlm":
         raise SystemExit(f"--head_steps={cfg.head_steps}: only in --mode=mlm")
@@ -660,7 +680,11 @@ def train(cfg: TrainConfig):
                 model.save_pretrained(out_dir / ("student" if cfg.mode == "distill" else "model"),
                                       extra_files=tokenizer)
 
-    stop = {"signal": None}
+    # A signal only sets stop["signal"] on the rank that received it; every rank leaves on `stopping`, the
+    # flag all-reduced at the end of a step, so all ranks stop after the same step and enter the same
+    # collectives (a signal reaching one rank after that all-reduce, during evaluation or a checkpoint, waits
+    # for the next step's).
+    stop, stopping = {"signal": None}, False
 
     def on_signal(signum, frame):
         stop["signal"] = signum
@@ -689,7 +713,7 @@ def train(cfg: TrainConfig):
     t0, tokens_seen = time.time(), 0
 
     # --- the loop ---
-    while step < total and stop["signal"] is None:
+    while step < total and not stopping:
         batches = []
         for _ in range(accum):
             b = next(stream)
@@ -712,6 +736,10 @@ def train(cfg: TrainConfig):
             say(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)")
             if nonfinite >= cfg.max_nonfinite:
                 raise SystemExit(nonfinite_stop(out_dir, step, nonfinite))
+            flag = torch.tensor(float(stop["signal"] is not None), device=device)
+            if ddp:  # every rank is here (ok was all-reduced): the stop flag is shared as at the end of a step
+                dist.all_reduce(flag)
+            stopping = bool(flag > 0)
             continue
         nonfinite = 0
         scaler.unscale_(optimizer)
@@ -726,7 +754,8 @@ def train(cfg: TrainConfig):
         if ddp:  # the step's loss over all ranks, and whether any rank was asked to stop (all stop together)
             dist.all_reduce(logged)
             logged[:-1] /= world
-        if logged[-1] > 0 and stop["signal"] is None:
+        stopping = bool(logged[-1] > 0)
+        if stopping and stop["signal"] is None:
             stop["signal"] = "a peer's"
         logged = dict(zip(sorted(sums), logged[:-1].tolist()))
         if master:
@@ -752,7 +781,7 @@ def train(cfg: TrainConfig):
                           f"perplexity {result['perplexity']:.2f}")
         if step % cfg.save_every == 0 or step == total:
             checkpoint(final=step == total)
-    if stop["signal"] is not None:
+    if stopping and step < total:  # at step == total the final checkpoint is already written
         checkpoint()
         say(f"stopped by signal {stop['signal']} at step {step}: checkpoint written to {out_dir}")
     for s, h in old_handlers.items():
@@ -768,7 +797,7 @@ def train(cfg: TrainConfig):
         gc.collect()
         dist.destroy_process_group()
     return {"step": step, "skipped": skipped, "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9),
-            "parameters": sizes["total"], "stopped": stop["signal"] is not None}
+            "parameters": sizes["total"], "stopped": stopping and step < total}
 
 
 def plot_metrics(metrics_path, png_path):

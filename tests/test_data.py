@@ -409,6 +409,32 @@ def test_hf_dataset_rows_are_documents(tmp_path, monkeypatch):
     assert meta["sources"][0]["name"] == "wikipedia:20220301.en"
 
 
+def test_sentence_rows_of_a_local_dataset_are_packed_into_documents(tmp_path):
+    """A BookCorpus-like `datasets` dataset (one short sentence per row, saved with save_to_disk, no network):
+    by default consecutive rows are joined into documents of up to pack_chars characters; pack_rows="off"
+    keeps one document per row; article-long rows are never packed by default. Expected ids worked out by
+    hand."""
+    datasets = pytest.importorskip("datasets")
+    words = [f"w{i}" for i in range(10)]
+    vocab = write_vocab(tmp_path / "v", SPECIAL + words)  # w{i} has id 5 + i
+    rows = [f"w{i % 10} w{(i + 1) % 10}" for i in range(300)]  # 5 characters: 3 fit in 17 (5 + 1 + 5 + 1 + 5)
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "books"))
+    books = [str(tmp_path / "books")]
+    data.prepare([], tmp_path / "packed", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17)
+    want = [[5 + (i % 10), 5 + (i + 1) % 10] for i in range(300)]
+    packed = read_split(tmp_path / "packed", "train", np.uint16)
+    assert packed == [want[j] + want[j + 1] + want[j + 2] for j in range(0, 300, 3)]
+    data.prepare([], tmp_path / "rows", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17,
+                 pack_rows="off")
+    assert read_split(tmp_path / "rows", "train", np.uint16) == want
+    articles = [" ".join(words[(i + j) % 10] for j in range(80)) for i in range(150)]  # 239 characters each
+    wiki = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": articles})})  # a DatasetDict
+    wiki.save_to_disk(str(tmp_path / "wiki"))
+    meta = data.prepare([], tmp_path / "wiki-out", vocab=vocab, valid_fraction=0,
+                        hf_datasets=[str(tmp_path / "wiki")])
+    assert meta["splits"]["train"]["docs"] == 150
+
+
 # ----------------------------------------------------------------------------------------------------------- sequences
 
 def test_sequences_cut_and_filter(tmp_path):

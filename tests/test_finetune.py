@@ -156,6 +156,46 @@ def test_squad_windows_cover_the_answer_and_map_back(tok):
     assert ft.squad_predict(S, E, mapping, [ex])["q1"] == "tok1 tok2 tok3 tok4 tok5"
 
 
+def test_squad_answer_start_must_have_max_context_in_its_window(tok):
+    """BERT's run_squad.py: a token's score in a window is min(left, right context) + 0.01 * window length,
+    and an answer may only start at a token in the window where that score is highest. Same 61-token context
+    and 7 windows of 18 (starts 0, 8, ..., 48) as above; values worked out by hand."""
+    words = [f"tok{i}" for i in range(60)]
+    words[40] = "tok40 ,"
+    context = " ".join(words)
+    ex = ft.SquadExample("q1", "tok1 tok2 ?", context, ["tok41"], [context.index("tok41")])
+    t, mapping = ft.prepare_squad_features(tok, [ex], max_len=24, doc_stride=8, max_query=64)
+    first = 5  # [CLS] + 3 question tokens + [SEP]
+    # context token 42 (tok41): window 4 (start 32) j=10 -> min(10, 7) = 7; window 5 (start 40) j=2 -> 2
+    assert mapping[4]["max_context"][first + 10] and not mapping[5]["max_context"][first + 2]
+    # context token 50 (tok49): window 5 j=10 -> 7; window 6 (start 48, 13 tokens) j=2 -> 2: window 5
+    assert mapping[5]["max_context"][first + 10] and not mapping[6]["max_context"][first + 2]
+    n_max = lambda c: sum(m["max_context"][first + c - 8 * f] for f, m in enumerate(mapping)
+                          if 0 <= c - 8 * f < 18)
+    assert all(n_max(c) == 1 for c in range(61))  # every context token has exactly one max-context window
+    S, E = torch.zeros(7, 24), torch.zeros(7, 24)
+    S[5, first + 2], E[5, first + 4] = 10.0, 10.0  # tok41 tok42 tok43 in window 5: tok41 lacks max context
+    S[5, first + 10], E[5, first + 10] = 4.0, 4.0  # tok49 in window 5, its max-context window
+    assert ft.squad_predict(S, E, mapping, [ex]) == {"q1": "tok49"}
+
+
+def test_distilbert_head_dropout_is_seq_classif_dropout():
+    from transformers import BertConfig as HFBert, DistilBertConfig
+    enc = tiny(pooler=True)
+    enc.cfg.dropout = HFBert().hidden_dropout_prob
+    assert ft.Classifier(enc, 2, "distilbert").dropout.p == DistilBertConfig().seq_classif_dropout  # 0.2
+    assert ft.Classifier(enc, 2, "bert").dropout.p == HFBert().hidden_dropout_prob  # 0.1
+
+
+def test_median_over_seeds_takes_every_metric_from_one_seed():
+    runs = [{"seed": 1, "metrics": {"f1": 0.80, "accuracy": 0.70}},
+            {"seed": 2, "metrics": {"f1": 0.85, "accuracy": 0.60}},
+            {"seed": 3, "metrics": {"f1": 0.90, "accuracy": 0.75}}]
+    assert ft.median_run(runs, "f1")["seed"] == 2  # per-metric medians would pair F1 0.85 with accuracy 0.70
+    assert ft.median_run(runs[:2], "f1")["seed"] == 1  # even count: the lower middle run
+    assert ft.median_run(runs, "accuracy")["seed"] == 1
+
+
 # ------------------------------------------------------------------------------------------------ readers
 
 def write(path, text):
@@ -388,6 +428,7 @@ def test_run_glue_seeds_median_and_squad(tmp_path, vocab):
     res = json.loads((tmp_path / "r" / "tiny-SST-2.json").read_text())
     accs = sorted(r["metrics"]["accuracy"] for r in res["runs"])
     assert res["seeds"] == [1, 2, 3] and res["median"]["accuracy"] == accs[1]
+    assert res["median"] == next(r["metrics"] for r in res["runs"] if r["seed"] == res["median_seed"])
     assert ft.load_finetuned(res["runs"][0]["path"]).num_labels == 2
     # task distillation from the fine-tuned seed-1 model, through the same entry point
     ft.main(argv[:4] + ["--seeds=1", "--max_steps=2", "--name=student", f"--teacher={res['runs'][0]['path']}"])

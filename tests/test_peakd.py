@@ -182,8 +182,10 @@ def test_ptp_thresholds():
     assert t1 == pytest.approx(0.7) and t2 == pytest.approx(0.55)  # torch.median: the lower middle value
     assert ptp_thresholds(logits, labels, "reference", task="MRPC") == (0.95, 0.75)
     assert ptp_thresholds(logits, labels, (0.3, 0.2)) == (0.3, 0.2)
+    assert ptp_thresholds(logits, labels, task="CoLA") == (0.95, 0.7)  # the reference table is the default
+    assert ptp_thresholds(logits, labels, task="SST-2") == (0.98, 0.8)
     with pytest.raises(ValueError):
-        ptp_thresholds(logits, labels, "reference", task="CoLA")
+        ptp_thresholds(logits, labels, "reference", task="QQP")
 
 
 def test_ptp_pretraining_trains_the_shared_student_and_drops_its_head():
@@ -288,9 +290,10 @@ def test_pipeline_end_to_end_on_a_tiny_task(tmp_path, capsys):
     assert rows["teacher"]["accuracy"] >= 0.9            # the teacher was fine-tuned here, and learnt the rule
     assert (tmp_path / "out" / "SST-2" / "teacher" / "finetune.json").is_file()
     assert sum(res["ptp"]["counts"]) == 240
-    assert rows["KD"]["depth"] == 2 and rows["KD + SPS"]["depth"] == 4  # 2 of 4 teacher layers, run as 4 with SPS
+    # 2 of 4 teacher layers; SPS re-runs the upper one (k = n/2, as the reference's 6-layer student): depth 3
+    assert rows["KD"]["depth"] == 2 and rows["KD + SPS"]["depth"] == 3
     assert rows["KD + SPS"]["parameters"] == rows["KD"]["parameters"] == rows["FT"]["parameters"]
-    assert rows["KD + SPS"]["layer_map"] == [(1, 1), (2, 2), (3, 3)] and rows["KD"]["layer_map"] == [(1, 2)]
+    assert rows["KD + SPS"]["layer_map"] == [(1, 1), (2, 3)] and rows["KD"]["layer_map"] == [(1, 2)]
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
     table = capsys.readouterr().out
     assert "| KD + SPS + PTP (Pea-KD) |" in table
@@ -299,7 +302,44 @@ def test_pipeline_end_to_end_on_a_tiny_task(tmp_path, capsys):
     assert "split at random" in res["note"] and list(res["rows"]) == ["teacher", "KD + SPS + PTP (Pea-KD)"]
     from finetune import load_finetuned
     saved = load_finetuned(tmp_path / "out" / "QNLI" / "student-KD+SPS+PTP")  # an SPS student saved and read back
-    assert len(saved.encoder.schedule) == 4 and saved.encoder.schedule[2] == (0, True)
+    assert saved.encoder.schedule == [(0, False), (1, False), (1, True)]
     capsys.readouterr()
     main(["run", "--task", "QNLI", *common])
     assert "fine-tuning" not in capsys.readouterr().out  # the teacher fine-tuned above was found and reused
+
+
+def test_sps_auto_depth_is_the_reference_choice():
+    """Reference (cih23/PeaKD BertEncoder_SPS, BertEncoder_SPS_6layer_student): of a 12-layer teacher, a
+    3-layer student re-runs all three (6 layers), a 6-layer one re-runs layers 4-6 (9 layers): shallower than
+    12 up to k=6."""
+    assert sps_layers(3, "auto", 12) == (0, 1, 2) and sps_layers(6, "auto", 12) == (3, 4, 5)
+    assert sps_layers(2, "auto", 4) == (1,) and sps_layers(1, "auto", 4) == (0,)
+    for k in range(1, 7):
+        assert k + len(sps_layers(k, "auto", 12)) < 12
+    with pytest.raises(ValueError, match="teacher's depth"):
+        sps_layers(3, "auto")
+
+
+def test_student_starts_from_the_pretrained_bert_not_the_finetuned_teacher(tmp_path):
+    """Pea-KD's reference code copies the first k layers of the pre-trained checkpoint (--encoder_checkpoint),
+    not of the task-fine-tuned teacher; a finetune.py teacher folder leads back to its pre-trained source."""
+    import argparse
+    from finetune import Classifier, save_finetuned
+    from peakd import init_student, pretrained_source
+    pretrained = perturbed(TINY, seed=0)
+    pretrained.save_pretrained(tmp_path / "bert")
+    teacher = Classifier(perturbed(TINY, seed=5), 2)  # stands for the fine-tuned teacher: different weights
+    save_finetuned(teacher, tmp_path / "ft", task="SST-2", setup={"source": str(tmp_path / "bert")})
+    assert pretrained_source(tmp_path / "ft") == str(tmp_path / "bert")
+    assert pretrained_source(tmp_path / "bert") == str(tmp_path / "bert")
+    assert pretrained_source(tmp_path / "ft", "finetuned") == "finetuned"
+    save_finetuned(teacher, tmp_path / "ft2", task="SST-2")
+    with pytest.raises(ValueError, match="student_from"):
+        pretrained_source(tmp_path / "ft2")
+    args = argparse.Namespace(student_layers=0, init="first", arch="bert", sps="auto", no_swap=False)
+    student = init_student(teacher, pretrained, args)
+    assert student.schedule == [(0, False), (1, False), (1, True)]
+    for name, p in student.layers.named_parameters():
+        assert torch.equal(p, dict(pretrained.layers.named_parameters())[name]), name
+    assert torch.equal(student.emb.word.weight, pretrained.emb.word.weight)
+    assert not torch.equal(student.layers[0].qkv.weight, teacher.encoder.layers[0].qkv.weight)

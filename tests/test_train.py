@@ -522,3 +522,127 @@ def test_exports_work_in_transformers_tools(setup, tmp_path):
         top = probs.topk(3)
         assert [g["token"] for g in got] == top.indices.tolist()
         assert all(abs(g["score"] - p) < 1e-5 for g, p in zip(got, top.values.tolist()))
+
+
+def test_auto_dtype_fp16_without_native_bf16(monkeypatch):
+    """--dtype=auto: bf16 only from compute capability 8.0 (native), fp16 + GradScaler below (V100 7.0, T4
+    7.5), even where torch.cuda.is_bf16_supported() counts emulation."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation counts as support
+    for capability, want in [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                             ((9, 0), torch.bfloat16)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        assert T.auto_dtype(torch.device("cuda:0"))[0] == want, capability
+
+
+def test_teacher_dtype_honours_float32():
+    cuda, cpu = torch.device("cuda:0"), torch.device("cpu")
+    assert T.teacher_dtype(T.TrainConfig(), cuda, torch.float32) == torch.float32
+    assert T.teacher_dtype(T.TrainConfig(), cuda, torch.float16) == torch.float16
+    assert T.teacher_dtype(T.TrainConfig(), cuda, torch.bfloat16) == torch.bfloat16
+    assert T.teacher_dtype(T.TrainConfig(teacher_half=False), cuda, torch.bfloat16) == torch.float32
+    assert T.teacher_dtype(T.TrainConfig(), cpu, torch.bfloat16) == torch.float32
+
+
+def test_alpha_mse_is_the_reference_logit_mse(setup):
+    """alpha_mse adds alpha_mse * nn.MSELoss(reduction="sum")(s, t) / rows over the L_ce rows, as the
+    reference distiller; the fused path (ce_chunk > 0) gives the loss and gradients of the plain one."""
+    teacher, student, _, _ = pair(setup)
+    b = batch(setup[1], B=5)
+    ids, am, _ = b
+    with torch.no_grad():
+        real = am.bool()
+        s = student.mlm_logits(student(ids, attention_mask=am, return_logits=False).hidden_states[-1][real])
+        t = teacher.mlm_logits(teacher(ids, attention_mask=am, return_logits=False).hidden_states[-1][real])
+        want = torch.nn.MSELoss(reduction="sum")(s, t) / real.sum()
+    results = {}
+    for chunk in (0, 7):
+        for mse in (0.0, 50.0):  # large: the students start close to the teacher (fold)
+            cfg = T.TrainConfig(ce_chunk=chunk, alpha_mse=mse)
+            student.zero_grad()
+            sums, _, _ = T.forward_backward(T.Objective(student, teacher, cfg), teacher, [b], cfg)
+            results[chunk, mse] = sums, grads(student)
+    for chunk in (0, 7):
+        sums = results[chunk, 50.0][0]
+        assert torch.allclose(sums["mse"], want, rtol=1e-5), chunk
+        assert torch.allclose(sums["total"] - results[chunk, 0.0][0]["total"], 50.0 * want, rtol=1e-3), chunk
+        assert "mse" not in results[chunk, 0.0][0]
+    for k, g in results[0, 50.0][1].items():
+        assert torch.allclose(results[7, 50.0][1][k], g, atol=1e-6, rtol=1e-4), k
+
+
+def test_help_names_the_released_layers():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert "--student_layers=0,2,4,7,9,11" in out.stdout and "0,2,4,6,8,10" in out.stdout
+    cfg = T.parse_args(["--preset=bert-base", "--student_layers=0,2,4,7,9,11"])
+    assert cfg.student_layers == "0,2,4,7,9,11"
+
+
+DRIVER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train as T
+real_evaluate = T.evaluate
+
+def evaluate(*a, **k):  # rank 1: SIGTERM during the first evaluation, after that step's all-reduced stop flag
+    out = real_evaluate(*a, **k)
+    if os.environ["RANK"] == "1" and not os.path.exists({flag!r}):
+        open({flag!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+T.evaluate = evaluate
+T.train(T.parse_args(sys.argv[1:]))
+"""
+
+
+def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_path):
+    """Two gloo ranks (launched here as torchrun would: RANK, WORLD_SIZE, MASTER_ADDR/PORT); a SIGTERM reaches
+    rank 1 alone while the ranks evaluate after step 2, i.e. after that step's all-reduced stop flag. Both
+    ranks must run step 3, see the flag there and stop together: one checkpoint (step 3), no hang, exit code
+    0."""
+    root, _ = setup
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(root=str(ROOT), flag=str(tmp_path / "signalled")))
+    out, port = tmp_path / "ddp-sig", free_port()
+    argv = [sys.executable, str(driver), *args(root, out, max_steps=50, eval_every=2, save_every=100000)]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        log = open(tmp_path / f"rank{rank}.log", "w")
+        procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    deadline = time.time() + 150
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.5)
+    hung = [p.pid for p in procs if p.poll() is None]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in range(2)]
+    assert not hung, f"ranks hung after a signal reached one of them:\n{logs[0][-1500:]}\n{logs[1][-1500:]}"
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-1500:] + logs[1][-1500:]
+    assert (tmp_path / "signalled").exists() and "stopped by signal" in logs[0]
+    ckpts = sorted(out.glob("ckpt-*.pt"))
+    assert [c.name for c in ckpts] == ["ckpt-0000003.pt"], ckpts
+    assert final_student(out)["step"] == 3
+
+
+def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch):
+    """A skipped (non-finite) step also shares the stop flag: SIGTERM during step 2, whose loss is NaN, stops the
+    run there with a checkpoint of step 1, instead of skipping until --max_nonfinite."""
+    root, _ = setup
+    calls = {"n": 0}
+    real_cos = L.cosine_loss
+
+    def nan_and_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first micro-step of step 2 (2 micro-steps per step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        value = real_cos(*a, **k)
+        return value * float("nan") if calls["n"] >= 3 else value
+    monkeypatch.setattr(L, "cosine_loss", nan_and_signal)
+    result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5)))
+    assert result["stopped"] and result["step"] == 1 and result["skipped"] == 1
+    assert [c.name for c in (tmp_path / "sig-nan").glob("ckpt-*.pt")] == ["ckpt-0000001.pt"]
