@@ -43,8 +43,9 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     """Accuracy and perplexity of the masked tokens of `split` (a data.TokenData). The mask is BERT's uniform 15%
     (80% [MASK], 10% random, 10% kept) drawn from data.mask_generator(seed, 0, batch index): the same seed gives every
     model the same masked positions. Under torch.distributed each rank takes its share of the batches and the sums
-    (correct, loss, count) are all-reduced. per_token (one process): also "correct" and "labels", one entry per
-    masked token in a fixed order, for paired comparisons of models (paired_difference)."""
+    (correct, loss, count) are all-reduced. per_token (one process): also "correct", "labels" and "sequence" (which
+    held-out sequence the token is in, the same number for any seed), one entry per masked token in a fixed order,
+    for paired comparisons of models (paired_difference)."""
     from data import Batches, mask_generator, mask_tokens
     device = next(model.parameters()).device
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
@@ -52,7 +53,7 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, summed loss, masked tokens
-    hits, golds = [], []
+    hits, golds, where = [], [], []
     for k, batch in enumerate(batches):
         if max_batches is not None and k >= max_batches:
             break
@@ -68,6 +69,7 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
         if per_token:
             hits.append((logits.argmax(-1) == gold).cpu())
             golds.append(gold.cpu())
+            where.append(k * 1_000_000 + chosen.nonzero()[:, 0].cpu())  # (batch, row): one held-out sequence
         sums += torch.stack([(logits.argmax(-1) == gold).sum().double(),
                              F.cross_entropy(logits, gold, reduction="sum").double(),
                              torch.tensor(float(len(gold)), dtype=torch.float64, device=device)])
@@ -79,17 +81,28 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
         raise ValueError(f"mlm_eval: no masked tokens in split {split!r}")
     result = {"accuracy": correct / count, "perplexity": perplexity(loss / count), "tokens": int(count)}
     if per_token:
-        result.update(correct=torch.cat(hits), labels=torch.cat(golds))
+        result.update(correct=torch.cat(hits), labels=torch.cat(golds), sequence=torch.cat(where))
     return result
 
 
-def paired_difference(a, b) -> dict:
+def paired_difference(a, b, groups=None) -> dict:
     """Accuracy of model A minus model B on the same items (a, b: boolean tensors of per-item correctness), with the
-    standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n)."""
+    standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n). With `groups`
+    (e.g. the sequence of each masked token) items of a group may be correlated: the cluster-robust SE
+    sqrt(G / (G - 1) * sum_g (sum_{i in g} (d_i - mean))^2) / n over the G groups, equal to the plain one when every
+    item is its own group."""
     d = a.double() - b.double()
-    n = d.numel()
-    se = (d.std(unbiased=True) / math.sqrt(n)).item() if n > 1 else float("inf")
-    return {"delta": d.mean().item(), "se": se, "n": n}
+    n, mean = d.numel(), d.mean()
+    if n < 2:
+        return {"delta": mean.item(), "se": float("inf"), "n": n}
+    if groups is None:
+        se = (d.std(unbiased=True) / math.sqrt(n)).item()
+    else:
+        _, g = torch.unique(groups, return_inverse=True)
+        G = int(g.max()) + 1
+        per_group = torch.zeros(G, dtype=torch.float64).index_add_(0, g, d - mean)
+        se = math.sqrt(G / max(G - 1, 1) * per_group.square().sum().item()) / n
+    return {"delta": mean.item(), "se": se, "n": n}
 
 
 def verdict(delta, se, z=3.0) -> str:

@@ -24,6 +24,19 @@ def test_paired_difference_and_verdict_by_hand():
     assert verdict(-0.04, 0.01) == "loses" and verdict(0.0, 0.0) == "ties within noise"
 
 
+def test_clustered_se_by_hand():
+    """Groups of one item give the plain paired SE; two groups worked by hand."""
+    a = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    b = torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool)
+    plain = paired_difference(a, b)
+    assert paired_difference(a, b, groups=torch.arange(6))["se"] == pytest.approx(plain["se"])
+    # d = [1, 0, 0, 1, -1, 1], mean 1/3; groups {0, 1, 2} and {3, 4, 5}: residual sums 1 - 1 = 0 and 1 - 1 = 0
+    assert paired_difference(a, b, groups=torch.tensor([0, 0, 0, 1, 1, 1]))["se"] == pytest.approx(0.0)
+    # groups {0, 3} and {1, 2, 4, 5}: residual sums 2 - 2/3 = 4/3 and 0 - 4/3 = -4/3; SE = sqrt(2 * 32/9) / 6
+    got = paired_difference(a, b, groups=torch.tensor([7, 9, 9, 7, 9, 9]))["se"]
+    assert got == pytest.approx(math.sqrt(2 * (16 / 9 + 16 / 9)) / 6)
+
+
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     """A tiny BertModel checkpoint (no MLM head, a pooler, token types) with a vocabulary trained on the default
@@ -50,7 +63,7 @@ def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
     for m in saved["models"].values():
         assert {"mlm_acc", "ppl", "params"} <= set(m)
     assert saved["models"]["student"]["params"] < saved["models"]["teacher"]["params"]
-    assert {"delta", "se", "verdict"} <= set(saved["student_vs_mlm_only"])
+    assert {"delta", "se", "verdict"} <= set(saved["student_vs_mlm_only"]) and saved["mask_draws"] == 3
     p = saved["student_vs_mlm_only"]
     assert p["verdict"] == verdict(p["delta"], p["se"])
     assert 0 <= saved["baseline_acc"] < 1 and saved["seconds"] > 0
