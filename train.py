@@ -863,7 +863,9 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     }
     exports = {"teacher": root / "teacher" / "model", "student": root / "student" / "student",
                "student-mlm-only": root / "student-mlm-only" / "model"}
-    stats = {name: run_stage(name, run, exports[name]) for name, run in stages.items()}
+    teacher_settings = dataclasses.asdict(stages["teacher"])  # a student is only as current as its teacher
+    stats = {name: run_stage(name, run, exports[name], after=None if name == "teacher" else teacher_settings)
+             for name, run in stages.items()}
     results = compare_models(exports, stats, D.TokenData(data_dir), cfg)
     results["seconds"] = time.time() - t0
     print_quickstart(results, data_dir)
@@ -872,11 +874,12 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     return results
 
 
-def run_stage(name, run: TrainConfig, export: Path) -> dict:
-    """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its settings and,
-    once done, its statistics). An interrupted run with the same settings resumes; one with other settings, which is
-    ours (it has a stage.json), is replaced."""
-    out, settings = Path(run.out_dir), dataclasses.asdict(dataclasses.replace(run, resume=False))
+def run_stage(name, run: TrainConfig, export: Path, after=None) -> dict:
+    """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its settings, the
+    settings of the stage it depends on (`after`) and, once done, its statistics). An interrupted run with the same
+    settings resumes; one with other settings, which is ours (it has a stage.json), is replaced."""
+    out = Path(run.out_dir)
+    settings = {**dataclasses.asdict(dataclasses.replace(run, resume=False)), "after": after}
     marker = out / "stage.json"
     before = json.loads(marker.read_text()) if marker.is_file() else None
     if before is not None and before.get("settings") == settings:

@@ -84,3 +84,7 @@ def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
         eval_every=2, eval_batches=2, dtype="float32").items()]]), teacher_steps=steps)
     out = capsys.readouterr().out
     assert out.count("already complete") == 1 and "teacher: already complete" in out
+
+    # another teacher: everything after it runs again too
+    T.quickstart(cfg, teacher_steps={**steps, "max_steps": 3})
+    assert "already complete" not in capsys.readouterr().out
