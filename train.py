@@ -962,6 +962,8 @@ def plot_quickstart(metrics: dict, results: dict, png_path: Path):
             rows = [r for r in rows if "valid_accuracy" in r]
             ax.plot([r["step"] for r in rows], [r["valid_accuracy"] for r in rows], marker="o", label=name)
         ax.axhline(results["baseline_acc"], color="grey", linestyle="--", label="most frequent token")
+        if "student" in names:
+            ax.axhline(results["models"]["teacher"]["mlm_acc"], color="C2", linestyle=":", label="teacher, final")
         ax.set(xlabel="step", ylabel="held-out MLM accuracy", title=" vs ".join(names))
         ax.legend()
     fig.tight_layout()
