@@ -851,7 +851,8 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     t0 = time.time()
     source = resolve_checkpoint(cfg.teacher)
     data_dir = root / "data"
-    D.prepare([], data_dir, vocab=source / "vocab.txt", valid_fraction=0.15)
+    # the quickstart's own folder: replaced when made with another vocabulary (data.py replaces only its own output)
+    meta = D.prepare([], data_dir, vocab=source / "vocab.txt", valid_fraction=0.15, overwrite=True)
     base = dataclasses.replace(cfg, data=str(data_dir), preset="")
     stages = {
         "teacher": dataclasses.replace(base, mode="mlm", init="pretrained", teacher=str(source),
@@ -863,8 +864,9 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     }
     exports = {"teacher": root / "teacher" / "model", "student": root / "student" / "student",
                "student-mlm-only": root / "student-mlm-only" / "model"}
-    teacher_settings = dataclasses.asdict(stages["teacher"])  # a student is only as current as its teacher
-    stats = {name: run_stage(name, run, exports[name], after=None if name == "teacher" else teacher_settings)
+    # a stage is only as current as its data and, for a student, its teacher
+    after = {"data": meta["inputs_hash"], "teacher": dataclasses.asdict(stages["teacher"])}
+    stats = {name: run_stage(name, run, exports[name], after=after if name != "teacher" else after["data"])
              for name, run in stages.items()}
     results = compare_models(exports, stats, D.TokenData(data_dir), cfg)
     results["seconds"] = time.time() - t0
