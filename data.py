@@ -43,6 +43,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 
+from model import sha256 as sha256_file
+
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 FORMAT, FORMAT_VERSION = "distilbert-from-scratch/token-shards", 1
 PARTIAL = ".data.py-partial"  # in a folder data.py is still writing (so that a crash leaves it recognisable)
@@ -55,14 +57,6 @@ def log(msg):
 
 
 # --------------------------------------------------------------------------------------------------------- 1. tokenizer
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _bert_pipeline(tok):
     """The BERT-uncased text pipeline: clean control chars, split CJK chars, lowercase + strip accents, split on

@@ -66,11 +66,12 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
             continue
         logits = model(masked, attention_mask=mask, logits_at=chosen).logits.float()
         gold = labels[chosen]
+        hit = logits.argmax(-1) == gold
         if per_token:
-            hits.append((logits.argmax(-1) == gold).cpu())
+            hits.append(hit.cpu())
             golds.append(gold.cpu())
             where.append(k * 1_000_000 + chosen.nonzero()[:, 0].cpu())  # (batch, row): one held-out sequence
-        sums += torch.stack([(logits.argmax(-1) == gold).sum().double(),
+        sums += torch.stack([hit.sum().double(),
                              F.cross_entropy(logits, gold, reduction="sum").double(),
                              torch.tensor(float(len(gold)), dtype=torch.float64, device=device)])
     if world > 1:

@@ -384,6 +384,7 @@ def hub_download(name: str) -> Path:
 
 
 def sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (the project's one file hash)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -482,7 +483,7 @@ MANIFEST = "SHA256SUMS"  # `sha256sum -c` format: the folder's other files (mode
 
 
 def write_manifest(folder: Path):
-    lines = [f"{_sha256(f)}  {f.name}\n" for f in sorted(Path(folder).iterdir())
+    lines = [f"{sha256(f)}  {f.name}\n" for f in sorted(Path(folder).iterdir())
              if f.is_file() and f.name not in (MANIFEST, "model.safetensors")]
     (Path(folder) / MANIFEST).write_text("".join(lines))
 
@@ -496,13 +497,9 @@ def verify_manifest(folder: Path):
     for line in manifest.read_text().splitlines():
         want, _, name = line.partition("  ")
         path = Path(folder) / name
-        if path.is_file() and _sha256(path) != want:
+        if path.is_file() and sha256(path) != want:
             raise ValueError(f"{path}: checksum mismatch with {manifest}: the file is damaged (if it was "
                              f"edited on purpose, delete {MANIFEST})")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def share(path: Path):

@@ -802,12 +802,8 @@ def train(cfg: TrainConfig):
 
 def plot_metrics(metrics_path, png_path):
     """Loss curves (each part of the loss, and the held-out MLM accuracy) drawn from a run's metrics.jsonl."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: no plot of {metrics_path}")
+    plt = pyplot(f"no plot of {metrics_path}")
+    if plt is None:
         return
     rows = [json.loads(line) for line in open(metrics_path)]
     train_rows, valid_rows = [r for r in rows if "total" in r], [r for r in rows if "valid_accuracy" in r]
@@ -820,6 +816,22 @@ def plot_metrics(metrics_path, png_path):
     if valid_rows:
         axes[0, 1].plot([r["step"] for r in valid_rows], [r["valid_accuracy"] for r in valid_rows], marker="o")
         axes[0, 1].set(xlabel="step", ylabel="held-out MLM accuracy")
+    save_figure(plt, fig, png_path)
+
+
+def pyplot(what_is_lost):
+    """matplotlib.pyplot on the file-only Agg backend, or None (and a line saying what is lost) without it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: {what_is_lost}")
+        return None
+    return plt
+
+
+def save_figure(plt, fig, png_path):
     fig.tight_layout()
     tmp = Path(png_path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -950,12 +962,8 @@ def print_quickstart(r: dict, data_dir):
 
 def plot_quickstart(metrics: dict, results: dict, png_path: Path):
     """Held-out MLM accuracy during each run (the evaluations every eval_every steps), and the frequency baseline."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no accuracy plot")
+    plt = pyplot("no accuracy plot")
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, names in zip(axes, [["teacher"], ["student", "student-mlm-only"]]):
@@ -968,18 +976,12 @@ def plot_quickstart(metrics: dict, results: dict, png_path: Path):
             ax.axhline(results["models"]["teacher"]["mlm_acc"], color="C2", linestyle=":", label="teacher, final")
         ax.set(xlabel="step", ylabel="held-out MLM accuracy", title=" vs ".join(names))
         ax.legend()
-    fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    save_figure(plt, fig, png_path)
 
 
 def write_json(path: Path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    from eval import write_text  # atomic, readable by others
+    write_text(json.dumps(obj, indent=2) + "\n", path)
 
 
 if __name__ == "__main__":
