@@ -86,6 +86,15 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     return result
 
 
+def heldout_hits(model, data, max_len=128, batch_size=32, draws=3) -> dict:
+    """mlm_eval's per-token results over `draws` independent masks of the valid split (seeds 1234, 1235, ...),
+    concatenated ("correct", "labels", "sequence"), and the perplexity over all their masked tokens."""
+    runs = [mlm_eval(model, data, "valid", max_len, batch_size, seed=1234 + k, per_token=True) for k in range(draws)]
+    mean_loss = sum(math.log(r["perplexity"]) * r["tokens"] for r in runs) / sum(r["tokens"] for r in runs)
+    return {**{k: torch.cat([r[k] for r in runs]) for k in ("correct", "labels", "sequence")},
+            "ppl": perplexity(mean_loss)}
+
+
 def paired_difference(a, b, groups=None) -> dict:
     """Accuracy of model A minus model B on the same items (a, b: boolean tensors of per-item correctness), with the
     standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n). With `groups`

@@ -16,6 +16,7 @@ Read top to bottom: 1. readers (GLUE_TASKS, read_glue, read_imdb, read_squad)  2
         --teacher=results/teacher-squad-seed42          # "DistilBERT (D)"
     python finetune.py --task=imdb --data=aclImdb --model=out/student --seeds=1,2,3
 """
+import contextlib
 import csv
 import json
 import math
@@ -598,6 +599,7 @@ class FinetuneConfig:
     eval_every: int = 0            # call eval_fn every this many steps (0: only at the end)
     log_every: int = 100
     device: str = "auto"
+    dtype: str = "auto"            # auto (bf16 autocast where it is fast: train.auto_dtype) | float32 | bfloat16
     style: str = "auto"            # classifier head: auto | bert | distilbert
     # task distillation
     temperature: float = 2.0
@@ -610,7 +612,8 @@ class FinetuneConfig:
     def __post_init__(self):
         checks = {"lr": self.lr > 0, "batch_size": self.batch_size > 0, "epochs": self.epochs > 0,
                   "warmup": 0 <= self.warmup < 1, "alpha": 0 <= self.alpha <= 1, "temperature": self.temperature > 0,
-                  "max_steps": self.max_steps is None or self.max_steps > 0, "max_len": self.max_len >= 0}
+                  "max_steps": self.max_steps is None or self.max_steps > 0, "max_len": self.max_len >= 0,
+                  "dtype": self.dtype in ("auto", "float32", "bfloat16")}
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"FinetuneConfig: invalid {', '.join(bad)}")
@@ -687,17 +690,38 @@ def _outputs(out, batch):
     return out.logits, batch.get("labels")
 
 
-def make_loss(teacher=None, T=2.0, alpha=0.5):
-    """The default loss_fn(model, batch): the task loss, or task_distill_loss against a (frozen) teacher."""
+def make_loss(T=2.0, alpha=0.5):
+    """The default loss_fn(model, batch): the task loss, or, when the batch carries the teacher's logits (fit stores
+    them once per example), task_distill_loss against them."""
     def loss_fn(model, batch):
         inputs = {k: batch[k] for k in INPUTS if k in batch}
         logits, labels = _outputs(model(**inputs), batch)
-        if teacher is None:
+        if "teacher_logits" not in batch:
             return task_loss(logits, labels)
-        with torch.no_grad():
-            teacher_logits, _ = _outputs(teacher(**inputs), batch)
+        teacher_logits = batch["teacher_logits"]
+        if isinstance(logits, tuple):  # SQuAD: (B, L, 2) -> start, end
+            teacher_logits = (teacher_logits[..., 0], teacher_logits[..., 1])
         return task_distill_loss(logits, teacher_logits, labels, T, alpha)
     return loss_fn
+
+
+def autocast(name, device):
+    """A bf16 autocast context where it pays (--dtype=auto: train.auto_dtype's probe; on CUDA bf16 from compute
+    capability 8.0), else none. Weights and optimiser state stay float32."""
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float32"
+        else:
+            if device.type not in _AUTO:
+                from train import auto_dtype
+                _AUTO[device.type] = auto_dtype(device)[0]
+            name = "bfloat16" if _AUTO[device.type] == torch.bfloat16 else "float32"
+    if name == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+_AUTO = {}  # the CPU's auto dtype, probed once per process
 
 
 def _device(name):
@@ -707,21 +731,27 @@ def _device(name):
 def _batch(tensors, idx, device):
     """Rows idx of every tensor, token tensors cut to the longest real sequence among them."""
     L = int(tensors["attention_mask"][idx].sum(1).max())
-    return {k: (v[idx, :L] if k in INPUTS else v[idx]).to(device) for k, v in tensors.items()}
+    cut = lambda k, v: k in INPUTS or (k == "teacher_logits" and v.dim() == 3)  # SQuAD: (N, width, 2)
+    return {k: (v[idx, :L] if cut(k, v) else v[idx]).to(device) for k, v in tensors.items()}
 
 
 def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
     """AdamW (no decay on biases and LayerNorms), linear warm-up then decay, gradient clipping, batches shuffled by
-    cfg.seed. loss_fn(model, batch) -> loss; default: make_loss(teacher, ...). eval_fn(model, step) is called every
-    cfg.eval_every steps and at the end."""
+    cfg.seed, under cfg.dtype's autocast. loss_fn(model, batch) -> loss; default: make_loss. With a (frozen)
+    teacher, its logits are computed once per training example before the first step (task distillation; dropout
+    is off in the teacher, so this equals running it at every step) unless train_tensors already hold
+    "teacher_logits". eval_fn(model, step) is called every cfg.eval_every steps and at the end."""
     device = _device(cfg.device)
-    model.to(device).train()
-    if teacher is not None:
-        teacher.to(device).eval()
-    loss_fn = loss_fn or make_loss(teacher, cfg.temperature, cfg.alpha)
     n = len(train_tensors["input_ids"])
     if n == 0:
         raise ValueError("fit: no training examples")
+    cast = autocast(cfg.dtype, device)
+    if teacher is not None and "teacher_logits" not in train_tensors:
+        with cast:
+            train_tensors = {**train_tensors, "teacher_logits": predict(teacher, train_tensors, cfg.eval_batch_size,
+                                                                         device)}
+    model.to(device).train()
+    loss_fn = loss_fn or make_loss(cfg.temperature, cfg.alpha)
     total = cfg.max_steps or max(1, round(cfg.epochs * math.ceil(n / cfg.batch_size)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -732,7 +762,8 @@ def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
     gen, step, t0, running = torch.Generator().manual_seed(cfg.seed), 0, time.time(), 0.0
     while step < total:
         for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
-            loss = loss_fn(model, _batch(train_tensors, idx, device))
+            with cast:
+                loss = loss_fn(model, _batch(train_tensors, idx, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -798,7 +829,9 @@ def write_json(obj, path):
 
 
 def load_task(cfg, tokenizer):
-    """-> (train tensors, score(model) -> metrics, head(encoder) -> model) for cfg.task."""
+    """-> (train tensors, score(model) -> (metrics, per-example results), head(encoder) -> model) for cfg.task. The
+    per-example results, for paired comparisons of two models on the same dev set: SQuAD's [EM, F1] per question;
+    GLUE's per example of the first dev split: 1.0 when the class is right else 0.0, or the predicted score."""
     name, spec = task_spec(cfg.task)
     max_len = cfg.max_len or {"squad": 384, "imdb": 512}.get(name, 128)
     subset = lambda xs: xs if not cfg.train_limit or cfg.train_limit >= len(xs) else \
@@ -811,7 +844,8 @@ def load_task(cfg, tokenizer):
 
         def score(model):
             logits = predict(model, dev_t, cfg.eval_batch_size)
-            return squad_evaluate(squad_predict(logits[..., 0], logits[..., 1], mapping, dev, cfg.max_answer), dev)
+            answers = squad_predict(logits[..., 0], logits[..., 1], mapping, dev, cfg.max_answer)
+            return squad_evaluate(answers, dev), [squad_em_f1(answers.get(ex.id, ""), ex.answers) for ex in dev]
         return train, score, SpanQA
     reader = (lambda split: read_imdb(cfg.data, split)) if name == "imdb" else \
         (lambda split: read_glue(name, cfg.data, split))
@@ -821,9 +855,12 @@ def load_task(cfg, tokenizer):
     def score(model):
         metrics = {}
         for k, (split, t) in enumerate(devs.items()):  # MNLI: matched, then mismatched as accuracy_mm
-            m = evaluate(name, predict(model, t, cfg.eval_batch_size), t["labels"])
+            logits = predict(model, t, cfg.eval_batch_size)
+            m = evaluate(name, logits, t["labels"])
             metrics.update(m if k == 0 else {f"{key}_mm": v for key, v in m.items()})
-        return metrics
+            if k == 0:
+                first = logits[:, 0] if logits.size(1) == 1 else (logits.argmax(-1) == t["labels"]).float()
+        return metrics, first.tolist()
     return train, score, lambda encoder: Classifier(encoder, spec["num_labels"], cfg.style)
 
 
@@ -844,7 +881,11 @@ def run(cfg: FinetuneConfig) -> dict:
     name, _ = task_spec(cfg.task)
     tokenizer = load_tokenizer(cfg.vocab or cfg.model)
     train, score, head = load_task(cfg, tokenizer)
-    teacher = load_finetuned(find_teacher(cfg.teacher, name)) if cfg.teacher else None
+    if cfg.teacher:  # task distillation: the teacher's logits, once per training example, for every seed
+        teacher = load_finetuned(find_teacher(cfg.teacher, name))
+        with autocast(cfg.dtype, _device(cfg.device)):
+            train = {**train, "teacher_logits": predict(teacher, train, cfg.eval_batch_size, cfg.device)}
+        del teacher
     model_name = cfg.name or Path(cfg.model).name
     seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()] or [cfg.seed]
     runs = []
@@ -853,12 +894,12 @@ def run(cfg: FinetuneConfig) -> dict:
         torch.manual_seed(seed)
         model = head(load_encoder(cfg.model))
         log(f"{model_name} on {name}, seed {seed}: {len(train['input_ids'])} training rows"
-            + (f", distilling from {cfg.teacher}" if teacher else ""))
+            + (f", distilling from {cfg.teacher}" if cfg.teacher else ""))
         t0 = time.time()
-        fit(model, train, c, teacher=teacher)
-        metrics, seconds = score(model), time.time() - t0
+        fit(model, train, c)
+        (metrics, per_example), seconds = score(model), time.time() - t0
         log(f"seed {seed}: {json.dumps(metrics)}")
-        run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1)}
+        run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1), "per_example": per_example}
         if cfg.out and cfg.save:
             run_info["path"] = str(Path(cfg.out) / f"{model_name}-{name}-seed{seed}")
             save_finetuned(model, run_info["path"], task=name, source=cfg.model, seed=seed, metrics=metrics)

@@ -343,9 +343,8 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
                           log_every=args.log_every)
     setup = {k: getattr(args, k) for k in ("train_limit", "max_len", "teacher_lr", "teacher_epochs", "batch_size", "seed")}
     teacher = get_teacher(args.teacher, task, train, tcfg, out_dir, setup)
-    rows = {"teacher": {**evaluate(task, predict(teacher, dev), dev["labels"]), "parameters":
-                        classifier_parameters(teacher), "depth": teacher.encoder.cfg.num_layers,
-                        "seconds": round(time.time() - t0, 1)}}
+    rows = {"teacher": {**scored(task, teacher, dev), "parameters": classifier_parameters(teacher),
+                        "depth": teacher.encoder.cfg.num_layers, "seconds": round(time.time() - t0, 1)}}
     t_logits, t_cls = teacher_outputs(teacher, train)
     source = pretrained_source(args.teacher, args.student_from)
     pretrained = None if source == "finetuned" else load_encoder(source)
@@ -363,10 +362,11 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
         t0 = time.time()
         model, layer_map = train_student(teacher, train, t_logits, t_cls, ptp, args, **VARIANTS[name],
                                          pretrained=pretrained)
-        metrics = evaluate(task, predict(model, dev), dev["labels"])
+        metrics = scored(task, model, dev)
         rows[name] = {**metrics, "parameters": classifier_parameters(model), "depth": len(model.encoder.schedule),
                       "seconds": round(time.time() - t0, 1), "layer_map": layer_map}
-        print(f"[peakd] {task} {name}: {json.dumps(metrics)} ({rows[name]['seconds']}s)")
+        print(f"[peakd] {task} {name}: {json.dumps({k: v for k, v in metrics.items() if k != 'correct'})} "
+              f"({rows[name]['seconds']}s)")
         if args.save:
             slug = name.split(" (")[0].replace(" + ", "+").replace(" ", "")
             save_finetuned(model, out_dir / f"student-{slug}", task=task, variant=name, teacher=str(args.teacher))
@@ -375,6 +375,12 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def scored(task, model, dev) -> dict:
+    """The task's metrics on dev, and "correct": 1.0 or 0.0 per dev example (for paired comparisons)."""
+    logits = predict(model, dev)
+    return {**evaluate(task, logits, dev["labels"]), "correct": (logits.argmax(-1) == dev["labels"]).float().tolist()}
 
 
 def table(results) -> str:

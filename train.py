@@ -47,7 +47,8 @@ class TrainConfig:
     data: str = opt("data/shards", "a folder prepared by data.py")
     out_dir: str = opt("out/distill", "checkpoints, metrics.jsonl and the exported model (student/ or model/)")
     teacher: str = opt("bert-base-uncased", "teacher: a Hugging Face folder or Hub name (train.py exports one)")
-    init: str = opt("teacher", "teacher: student layers copied from the teacher | scratch: random (mlm mode) | "
+    init: str = opt("teacher", "teacher: student layers copied from the teacher | random: the same student shape, "
+                    "random weights | scratch: random, --layers/--hidden... (mlm mode) | "
                     "pretrained: the --teacher checkpoint itself, whole (mlm mode: continue its MLM training, "
                     "token types and pooler kept, a fresh MLM head when it has none)")
     student_layers: str = opt("", "teacher layers the student copies (empty: one out of two, 0,2,4,6,8,10 of "
@@ -592,7 +593,7 @@ def train(cfg: TrainConfig):
         raise SystemExit(f"{cfg.data}: {len(loader)} micro-batches per rank, fewer than the {accum} that make one "
                          f"step of {cfg.batch_size} sequences: use more data or a smaller --batch_size")
     teacher = None
-    if cfg.mode == "distill" or cfg.init in ("teacher", "pretrained"):
+    if cfg.mode == "distill" or cfg.init in ("teacher", "pretrained", "random"):
         teacher = load_teacher(cfg, data)
     if cfg.init == "pretrained":
         if cfg.mode != "mlm":
@@ -600,16 +601,18 @@ def train(cfg: TrainConfig):
         model = teacher
         if model.pooler is not None:  # kept as it is: the MLM loss does not reach it
             model.pooler.requires_grad_(False)
-    elif cfg.init == "teacher":
+    elif cfg.init in ("teacher", "random"):
         layers = [int(i) for i in cfg.student_layers.split(",")] if cfg.student_layers else None
         model = student_from_teacher(teacher, layers)
+        if cfg.init == "random":  # Table 4's "random init": the same student shape, its weights drawn afresh
+            model = Bert(model.cfg)
     elif cfg.init == "scratch":
         model = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=cfg.hidden, num_layers=cfg.layers,
                                 num_heads=cfg.heads, intermediate_size=cfg.intermediate, max_position=cfg.max_len,
                                 pad_token_id=data.special["pad"]))
     else:
-        raise SystemExit(f"--init={cfg.init}: expected teacher, scratch or pretrained")
-    check_positions(cfg, model, cfg.teacher if cfg.init in ("teacher", "pretrained") else "the model")
+        raise SystemExit(f"--init={cfg.init}: expected teacher, random, scratch or pretrained")
+    check_positions(cfg, model, cfg.teacher if cfg.init in ("teacher", "pretrained", "random") else "the model")
     if cfg.mode == "mlm":
         teacher = None  # it only lent its layers
     model.to(device).train()
@@ -923,16 +926,13 @@ def compare_models(exports: dict, stats: dict, data, cfg, draws=3) -> dict:
     valid split), the frequency baseline (always answering the most frequent training token), and the distilled
     student against the MLM-only one, paired, with the SE clustered by held-out sequence (tokens of one sequence,
     under any of the masks, are not independent)."""
-    from eval import mlm_eval, paired_difference, verdict
+    from eval import heldout_hits, paired_difference, verdict
     models, hits = {}, {}
     for name, folder in exports.items():
         model = Bert.from_pretrained(folder)
-        runs = [mlm_eval(model, data, split="valid", max_len=cfg.max_len, batch_size=cfg.micro_batch, seed=1234 + k,
-                         per_token=True) for k in range(draws)]
-        hits[name] = torch.cat([r["correct"] for r in runs])
-        labels, sequence = torch.cat([r["labels"] for r in runs]), torch.cat([r["sequence"] for r in runs])
-        mean_loss = sum(math.log(r["perplexity"]) * r["tokens"] for r in runs) / len(hits[name])
-        models[name] = {"mlm_acc": hits[name].double().mean().item(), "ppl": math.exp(mean_loss),
+        h = heldout_hits(model, data, cfg.max_len, cfg.micro_batch, draws)
+        hits[name], labels, sequence = h["correct"], h["labels"], h["sequence"]
+        models[name] = {"mlm_acc": hits[name].double().mean().item(), "ppl": h["ppl"],
                         "params": count_parameters(model)["total"], "steps": stats[name]["step"],
                         "tokens_per_s": stats[name]["tokens_per_s"]}
     counts = torch.as_tensor(data.counts).clone()  # token counts of the training split
