@@ -380,6 +380,26 @@ def test_finetune_learns_token_presence_then_distils_it():
     assert ft.evaluate("SST-2", ft.predict(student, test), test["labels"])["accuracy"] >= 0.9
 
 
+def test_task_distillation_runs_the_teacher_once_per_example_and_matches_the_formula():
+    """fit(teacher=...) for 3 epochs: the teacher sees each of the 64 examples once, and the loss of a step equals
+    task_distill_loss against the teacher's logits computed by hand for that batch."""
+    train = synthetic(64, 4)
+    teacher = ft.Classifier(tiny(), 2).eval()
+    rows = []
+    count = lambda m, args, kwargs: rows.append(len(kwargs["input_ids"] if "input_ids" in kwargs else args[0]))
+    teacher.register_forward_pre_hook(count, with_kwargs=True)
+    student = ft.Classifier(student_from_teacher(tiny(layers=2)), 2)
+    ft.fit(student, train, ft.FinetuneConfig(**{**FAST, "epochs": 3, "dtype": "float32"}), teacher=teacher)
+    assert sum(rows) == 64
+    batch = {k: v[:16] for k, v in train.items()}
+    cached = {**batch, "teacher_logits": ft.predict(teacher, batch)}
+    student.eval()
+    with torch.no_grad():
+        by_hand = ft.task_distill_loss(student(batch["input_ids"], batch["attention_mask"]).logits,
+                                       teacher(batch["input_ids"], batch["attention_mask"]).logits, batch["labels"])
+        assert ft.make_loss()(student, cached).item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
 def test_regression_head_learns_a_count():
     train, test = synthetic(512, 2, regression=True), synthetic(256, 3, regression=True)
     torch.manual_seed(0)
