@@ -376,10 +376,9 @@ def table2_md(t) -> str:
         f"sentences labelled by the teacher only, {pct(s['median'])}. (D) minus alone: {signed(s['d_vs_alone'])}.",
         "", f"SQuAD v1.1, trained on {q['train_questions']} questions of one dev half, scored on {q['questions']} of "
         "the other, one seed:", "", "| model | EM | F1 |", "|---|---|---|",
-        *[f"| {n} | {r['exact_match']:.1f} | {r['f1']:.1f} |" for n, r in q["rows"].items()], "",
-        f"(D) minus alone: EM {q['d_vs_alone']['exact_match']['delta']:+.2f} ± {q['d_vs_alone']['exact_match']['se']:.2f}"
-        f" ({q['d_vs_alone']['exact_match']['verdict']}), F1 {q['d_vs_alone']['f1']['delta']:+.2f} ± "
-        f"{q['d_vs_alone']['f1']['se']:.2f} ({q['d_vs_alone']['f1']['verdict']})"])
+        *[f"| {n} | {pct(r['exact_match'])} | {pct(r['f1'])} |" for n, r in q["rows"].items()], "",
+        f"(D) minus alone, points, paired SE over the questions: EM {signed(q['d_vs_alone']['exact_match'])}, "
+        f"F1 {signed(q['d_vs_alone']['f1'])}"])
 
 
 def peakd_md(p) -> str:
@@ -437,8 +436,8 @@ def figures(root, results):
         bars(root / "table2" / "results.png", {
             "SST-2 acc": {"teacher": (100 * s["teacher_accuracy"], 0), "student": (100 * s["alone_median"], 0),
                           "student (D)": (100 * s["median"], 100 * s["d_vs_alone"]["se"])},
-            "SQuAD EM": {n: (r["exact_match"], 0) for n, r in q["rows"].items()},
-            "SQuAD F1": {n: (r["f1"], 0) for n, r in q["rows"].items()}}, "score", "Table 2: task distillation")
+            "SQuAD EM": {n: (100 * r["exact_match"], 0) for n, r in q["rows"].items()},
+            "SQuAD F1": {n: (100 * r["f1"], 0) for n, r in q["rows"].items()}}, "score", "Table 2: task distillation")
     if "table3" in results:
         rows = results["table3"]["rows"]
         bars(root / "table3" / "results.png", {
