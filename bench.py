@@ -14,7 +14,9 @@ Speed and memory of this codebase against transformers, measured side by side in
              train.forward_backward + train.make_optimizer vs the step built from transformers models with the
              reference formulas (full logits, masked_select, KLDivLoss(batchmean) T^2, CrossEntropyLoss,
              CosineEmbeddingLoss, torch's default AdamW).
-  data       data.prepare (batched, all cores) vs encoding one line at a time in Python, as binarized_data.py does.
+  loss-memory  peak memory of L_ce forward + backward at 4096 rows x 30522 (float32): full logits against
+             checkpointed chunks (soft_target_loss_chunked, the baseline of the fused head), fresh processes.
+  data       prepare.prepare (batched, all cores) vs encoding one line at a time in Python, as binarized_data.py does.
   cpu-bf16   what --dtype=auto weighs on a CPU: bf16 against float32 time of its matmul probe, our student's encoder
              forward and forward + backward at 8 x 128 (CPUs with AMX/AVX512-BF16 units gain, others lose).
   gpu        tokens/s and MFU of our step at length 512 in bf16, eager and torch.compile (skipped without CUDA).
@@ -47,9 +49,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import data as D
-import train as T
+import common
+import data
+import losses
+import prepare
+import train
 from model import Bert, BertConfig, student_from_teacher
+from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -58,7 +64,7 @@ QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermed
 INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
-SECTIONS = ("inference", "table3", "train", "data", "cpu-bf16", "gpu", "inference-gpu")
+SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "cpu-bf16", "gpu", "inference-gpu")
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
 NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
 
@@ -193,7 +199,7 @@ def bench_table3(folder, vocab, sts, limit):
     dev pair once per model, the four models timed pair by pair in rotating order."""
     from finetune import Classifier, encode, read_glue
     tf = hf()
-    enc = encode(D.load_tokenizer(vocab), read_glue("STS-B", sts.parent, sts.stem)[:limit], 128)
+    enc = encode(load_tokenizer(vocab), read_glue("STS-B", sts.parent, sts.stem)[:limit], 128)
     n = enc["attention_mask"].sum(1).tolist()
     inputs = [[enc[k][i:i + 1, :m] for k in ("input_ids", "attention_mask", "token_type_ids")] for i, m in enumerate(n)]
     torch.manual_seed(0)
@@ -241,7 +247,7 @@ def train_batch(B, L, vocab, seed=0, pad=True):
     ids = torch.randint(2, vocab, (B, L), generator=g)
     lengths = torch.tensor([L - i * L // (4 * B) if pad else L for i in range(B)])
     mask = (torch.arange(L)[None] < lengths[:, None]).long()
-    masked, labels = D.mask_tokens(ids * mask, mask, mask_id=1, vocab_size=vocab, special_ids=[0], generator=g)
+    masked, labels = data.mask_tokens(ids * mask, mask, mask_id=1, vocab_size=vocab, special_ids=[0], generator=g)
     return masked, mask, labels
 
 
@@ -251,13 +257,13 @@ def make_step(variant, folder, batch, temperature=2.0, alphas=(5.0, 2.0, 1.0)):
     ids, am, labels = batch
     if variant.startswith("ours"):
         teacher, student = (Bert.from_pretrained(folder / w) for w in ("teacher", "student"))
-        cfg = T.TrainConfig(ce_chunk=int(variant.split(":")[1]), temperature=temperature, alpha_ce=alphas[0],
+        cfg = train.TrainConfig(ce_chunk=int(variant.split(":")[1]), temperature=temperature, alpha_ce=alphas[0],
                             alpha_mlm=alphas[1], alpha_cos=alphas[2], lr=1e-4)
-        objective = T.Objective(student, teacher.requires_grad_(False), cfg)
-        opt = T.make_optimizer(student, cfg) if not variant.endswith(":adamw") else None
+        objective = train.Objective(student, teacher.requires_grad_(False), cfg)
+        opt = train.make_optimizer(student, cfg) if not variant.endswith(":adamw") else None
 
         def forward_backward():
-            return T.forward_backward(objective, teacher, [(ids, am, labels)], cfg)[0]
+            return train.forward_backward(objective, teacher, [(ids, am, labels)], cfg)[0]
     else:  # the reference formulas on transformers models
         (_, teacher), (_, student), opt = load(folder, "teacher"), load(folder, "student"), None
         teacher.requires_grad_(False)
@@ -359,6 +365,86 @@ def bench_train(folder, vocab, B, L, variants, steps, rounds, threads, pad=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# loss-memory: peak memory of L_ce (forward + backward) at a BERT-base sized batch, full logits vs checkpointed chunks
+
+def soft_target_loss_chunked(student_hidden, teacher_hidden, student_head, teacher_head,
+                             temperature=2.0, denom=None, chunk_size=1024):
+    """losses.soft_target_loss(student_head(student_hidden), teacher_head(teacher_hidden)) without ever holding the
+    full (rows x vocab) logits: the memory baseline the fused head (losses.head_losses_fused) is measured against.
+
+    Why recompute: a loop over chunks alone saves little. Autograd keeps every tensor that backward needs (each
+    chunk's log-softmax output, teacher probabilities, ...) until backward runs, so the saved (chunk x V) tensors of
+    all chunks are alive together. Wrapping each chunk in torch.utils.checkpoint keeps only the chunk's inputs;
+    backward reruns that chunk's forward pass, at the cost of one extra forward pass of both heads per chunk."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_kl_sum(s_rows, t_rows):
+        with torch.no_grad():
+            t_logits = teacher_head(t_rows)
+        return losses.kl_per_row(student_head(s_rows), t_logits, temperature).sum()
+
+    n = student_hidden.shape[0]
+    total = student_hidden.new_zeros(())
+    for start in range(0, n, chunk_size):
+        s_rows = student_hidden[start:start + chunk_size]
+        t_rows = teacher_hidden[start:start + chunk_size].detach()
+        total = total + checkpoint(chunk_kl_sum, s_rows, t_rows, use_reentrant=False)
+    return total / (max(n, 1) if denom is None else denom) * temperature**2
+
+
+def loss_memory_worker(spec):
+    """One variant in this fresh process; its peak is the max resident set size (getrusage) minus the max RSS
+    right after building the inputs."""
+    import resource
+    torch.manual_seed(0)
+    torch.set_num_threads(spec["threads"])
+    rows, d, vocab = spec["rows"], spec["hidden"], spec["vocab"]
+
+    def make_head():
+        emb = torch.nn.Embedding(vocab, d)
+        decoder = torch.nn.Linear(d, vocab)
+        decoder.weight = emb.weight  # tied to the word embeddings, as in BERT
+        return torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.LayerNorm(d), decoder)
+
+    student_head, teacher_head = make_head(), make_head().requires_grad_(False)
+    s_hidden, t_hidden = torch.randn(rows, d, requires_grad=True), torch.randn(rows, d)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if spec["chunk_size"] == 0:
+        loss = losses.soft_target_loss(student_head(s_hidden), teacher_head(t_hidden))
+    else:
+        loss = soft_target_loss_chunked(s_hidden, t_hidden, student_head, teacher_head,
+                                        chunk_size=spec["chunk_size"])
+    loss.backward()
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    torch.save({"loss": loss.detach(), "peak_mb": peak_mb, "grad_hidden": s_hidden.grad,
+                "grad_emb": student_head[3].weight.grad}, spec["result"])
+
+
+def bench_loss_memory(quick, threads, chunk_sizes=(2048, 1024, 512)):
+    """L_ce forward + backward: full logits (chunk 0) against checkpointed chunks, each in a fresh process; the
+    loss and gradients are asserted equal."""
+    shape = dict(rows=256, hidden=64, vocab=512) if quick else dict(rows=4096, hidden=768, vocab=30522)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for chunk in (0, *chunk_sizes):
+            spec = dict(kind="loss-memory", chunk_size=chunk // (16 if quick else 1), threads=threads,
+                        result=f"{tmp}/{chunk}.pt", **shape)
+            subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], check=True, cwd=ROOT)
+            runs[spec["chunk_size"]] = torch.load(spec["result"])
+    naive, out = runs.pop(0), {**shape, "rows": []}
+    atol = 1e-7 if quick else 1e-9  # float32 rounding of the tiny shapes' larger gradients (max ~0.06)
+    for chunk, r in runs.items():
+        same = (torch.allclose(r["loss"], naive["loss"], rtol=1e-5)
+                and torch.allclose(r["grad_hidden"], naive["grad_hidden"], rtol=1e-4, atol=atol)
+                and torch.allclose(r["grad_emb"], naive["grad_emb"], rtol=1e-4, atol=atol))
+        assert same, f"chunks of {chunk}: the loss or its gradients differ from the full logits'"
+        out["rows"].append(row(f"L_ce peak MB, chunks of {chunk} vs full logits", f"{r['peak_mb']:.0f}",
+                               f"{naive['peak_mb']:.0f}", f"{r['peak_mb'] / max(naive['peak_mb'], 1e-9):.2f}x memory"))
+    print_rows(out["rows"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # 4. Data preparation
 
 
@@ -372,7 +458,7 @@ def reference_encode(files, encode):
 
 
 def utf8_text(path):
-    """Whether data.prepare reads this file (UTF-8 text without NUL); it skips the others, and so do we."""
+    """Whether prepare.prepare reads this file (UTF-8 text without NUL); it skips the others, and so do we."""
     try:
         return "\x00" not in path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -380,23 +466,23 @@ def utf8_text(path):
 
 
 def bench_data(corpus, vocab, reps):
-    """data.prepare vs two line-by-line loops: with the reference script's tokenizer (transformers' pure-Python
-    BertTokenizer, BertTokenizerLegacy since transformers 5) and with the Rust tokenizer data.prepare itself uses."""
-    files = [f for f in D.resolve_inputs(corpus) if utf8_text(f)]
-    tf, fast = hf(), D.load_tokenizer(vocab)
+    """prepare.prepare vs two line-by-line loops: with the reference script's tokenizer (transformers' pure-Python
+    BertTokenizer, BertTokenizerLegacy since transformers 5) and with the Rust tokenizer prepare.prepare itself uses."""
+    files = [f for f in prepare.resolve_inputs(corpus) if utf8_text(f)]
+    tf, fast = hf(), load_tokenizer(vocab)
     slow = (getattr(tf, "BertTokenizerLegacy", None) or tf.BertTokenizer)(str(vocab), do_lower_case=True)
     counts, runs = {}, iter(range(1 << 30))
     with tempfile.TemporaryDirectory() as tmp:
         def ours():  # a fresh folder each time, or prepare() finds it up to date
             with contextlib.redirect_stderr(io.StringIO()):
-                meta = D.prepare([str(f) for f in files], Path(tmp) / f"shards{next(runs)}", vocab=str(vocab))
+                meta = prepare.prepare([str(f) for f in files], Path(tmp) / f"shards{next(runs)}", vocab=str(vocab))
             counts["ours"] = sum(s["tokens"] for s in meta["splits"].values())
         t = interleaved({"ours": ours, "python": lambda: counts.update(python=reference_encode(
                              files, lambda x: slow.encode(x, add_special_tokens=False))),
                          "rust": lambda: counts.update(rust=reference_encode(
                              files, lambda x: fast.encode(x, add_special_tokens=False).ids))}, reps, warmup=0)
     if counts["ours"] != counts["rust"]:
-        raise AssertionError(f"data.prepare wrote {counts['ours']} tokens, the line-by-line loop {counts['rust']}")
+        raise AssertionError(f"prepare.prepare wrote {counts['ours']} tokens, the line-by-line loop {counts['rust']}")
     s = {k: med(v) for k, v in t.items()}
     out = {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "tokens": counts, "seconds": s,
            "speedup": s["python"] / s["ours"], "speedup_same_tokenizer": s["rust"] / s["ours"]}
@@ -415,9 +501,8 @@ def bench_data(corpus, vocab, reps):
 
 
 def bench_cpu_bf16(folder, B, L, reps):
-    """What --dtype=auto weighs on a CPU: bf16 against float32, in the same process. The probe train.auto_dtype uses,
-    a large matrix product, and our student's encoder forward and training step under bf16 autocast."""
-    import train as T
+    """What --dtype=auto weighs on a CPU: bf16 against float32, in the same process. The probe common.auto_dtype
+    uses, a large matrix product, and our student's encoder forward and training step under bf16 autocast."""
     student = Bert.from_pretrained(folder / "student").train()
     ids = torch.randint(1, student.cfg.vocab_size, (B, L))
     rows = []
@@ -434,13 +519,13 @@ def bench_cpu_bf16(folder, B, L, reps):
                 h = student(ids, return_logits=False).hidden_states[-1]
             h.float().square().mean().backward()
         return f
-    probe = med([T.bf16_speedup() for _ in range(reps)])
+    probe = med([common.bf16_speedup() for _ in range(reps)])
     rows.append(row("probe: 768x768 @ 768x3072, fp32 time / bf16 time", "", "", probe, ">= 1.5: auto picks bf16"))
     for name, make in (("student encoder forward", forward), ("student forward + backward", step)):
         t = interleaved({"fp32": make("fp32"), "bf16": make("bf16")}, reps)
         rows.append(row(f"{name} {B} x {L}, ms: bf16 (ours) vs fp32 (reference)", med(t["bf16"]) * 1e3,
                         med(t["fp32"]) * 1e3, med(t["fp32"]) / med(t["bf16"]), "speed-up"))
-    return {"rows": rows, "auto": str(T.auto_dtype(torch.device("cpu"))[0])}
+    return {"rows": rows, "auto": str(common.auto_dtype(torch.device("cpu"))[0])}
 
 
 def train_flops_per_token(t: BertConfig, s: BertConfig, L):
@@ -469,15 +554,15 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
     teacher = Bert.from_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
     batch = train_batch(B, L, teacher.cfg.vocab_size, pad=False)
     ids, am, labels = (x.pin_memory().to(dev, non_blocking=True) if cuda else x for x in batch)
-    cfg = T.TrainConfig(ce_chunk=ce_chunk)
+    cfg = train.TrainConfig(ce_chunk=ce_chunk)
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     for compiled in (False, True):
         student = Bert.from_pretrained(folder / "student").to(dev).train()
-        objective = T.Objective(torch.compile(student, backend=backend) if compiled else student, teacher, cfg)
-        opt = T.make_optimizer(student, cfg)
+        objective = train.Objective(torch.compile(student, backend=backend) if compiled else student, teacher, cfg)
+        opt = train.make_optimizer(student, cfg)
 
         def step():
-            sums = T.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)[0]
+            sums = train.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)[0]
             opt.step()
             opt.zero_grad(set_to_none=True)
             return sums
@@ -577,14 +662,15 @@ def main(argv=None):
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        return train_worker(json.loads(a.worker))
+        spec = json.loads(a.worker)
+        return (loss_memory_worker if spec.get("kind") == "loss-memory" else train_worker)(spec)
     torch.set_num_threads(a.threads)
     only = a.only.split(",")
     if set(only) - set(SECTIONS):
         raise SystemExit(f"--only={a.only}: sections are {', '.join(SECTIONS)}")
     size, vocab, sts, out = dict(QUICK if a.quick else BASE), Path(a.vocab), Path(a.sts), Path(a.out)
     if vocab.is_file():  # models and tokenizer must agree on the vocabulary (Table 3 feeds real token ids)
-        size["vocab_size"] = D.load_tokenizer(vocab).get_vocab_size()
+        size["vocab_size"] = load_tokenizer(vocab).get_vocab_size()
     transformers = hf()
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version(), "torch": torch.__version__,
@@ -615,6 +701,7 @@ def main(argv=None):
            "train": lambda: bench_train(folder, size["vocab_size"], B, L, (a.variants or ("ours:16,ours:0" if a.quick else "ours:1024,ours:256,ours:0")).split(","),
                                         a.train_steps or (2 if a.quick else 3), a.train_rounds or (1 if a.quick else 2),
                                         a.threads, pad=not a.no_pad),
+           "loss-memory": lambda: bench_loss_memory(a.quick, a.threads),
            "data": lambda: bench_data(a.corpus, vocab, 1 if a.quick else 3)
            if vocab.is_file() and all(map(os.path.exists, a.corpus)) else {"skipped": f"{a.corpus} or {vocab} not found"},
            "cpu-bf16": lambda: bench_cpu_bf16(folder, *((2, 32) if a.quick else (8, 128)), 2 if a.quick else 5),

@@ -1,23 +1,25 @@
 """
-Evaluating teacher and student: held-out masked LM, size and speed, and the comparison table (Sanh et al. 2019,
-Section 4 "Experiments").
+Evaluating teacher and student: held-out masked LM, size and speed, and the comparison table (Sanh et al.
+2019, Section 4 "Experiments").
 
 1. mlm_eval     masked-token accuracy and perplexity on held-out shards, with a fixed mask so models compare.
-2. size_speed   Table 3: parameters, checkpoint size and "inference time of a full pass of GLUE task STS-B ... on CPU
-                with a batch size of 1", plus throughput at a larger batch, GPU columns when there is one, and the
-                student quantised to int8 (dynamic quantisation of its nn.Linear layers) as an option.
-3. results_table  Tables 1-2: teacher vs student per task and the GLUE macro score, with the student's retention
-                (student / teacher, the paper's "97% of BERT's performance"), as Markdown, JSON and a bar chart.
+2. size_speed   Table 3: parameters, checkpoint size and "inference time of a full pass of GLUE task STS-B ...
+on CPU
+                with a batch size of 1", plus throughput at a larger batch, GPU columns when there is one, and
+                the student quantised to int8 (dynamic quantisation of its nn.Linear layers) as an option.
+3. results_table  Tables 1-2: teacher vs student per task and the GLUE macro score, with the student's
+retention
+                (student / teacher, the paper's "97% of BERT's performance"), as Markdown, JSON and a bar
+                chart.
 
-    python eval.py mlm   --model out/student --data data/shards
-    python eval.py speed --teacher out/teacher --student out/student --vocab vocab.txt --sts glue/STS-B/dev.tsv
-    python eval.py table --results results/*.json --out results/
+    python eval.py mlm   --model out/student --data data/shards python eval.py speed --teacher out/teacher
+    --student out/student --vocab vocab.txt --sts glue/STS-B/dev.tsv python eval.py table --results
+    results/*.json --out results/
 """
 import argparse
 import copy
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -30,22 +32,21 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from finetune import GLUE_TASKS, Classifier, encode, glue_score, load_encoder, read_glue, task_spec, write_json
-from model import share
+from common import pyplot, save_figure, write_atomic, write_json, write_text
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 1. Held-out masked LM
 
 
 @torch.no_grad()
 def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, max_batches=None,
              per_token=False) -> dict:
-    """Accuracy and perplexity of the masked tokens of `split` (a data.TokenData). The mask is BERT's uniform 15%
-    (80% [MASK], 10% random, 10% kept) drawn from data.mask_generator(seed, 0, batch index): the same seed gives every
-    model the same masked positions. Under torch.distributed each rank takes its share of the batches and the sums
-    (correct, loss, count) are all-reduced. per_token (one process): also "correct", "labels" and "sequence" (which
-    held-out sequence the token is in, the same number for any seed), one entry per masked token in a fixed order,
-    for paired comparisons of models (paired_difference)."""
+    """Accuracy and perplexity of the masked tokens of `split` (a data.TokenData). The mask is BERT's uniform
+    15% (80% [MASK], 10% random, 10% kept) drawn from data.mask_generator(seed, 0, batch index): the same seed
+    gives every model the same masked positions. Under torch.distributed each rank takes its share of the
+    batches and the sums (correct, loss, count) are all-reduced. per_token (one process): also "correct",
+    "labels" and "sequence" (which held-out sequence the token is in, the same number for any seed), one entry
+    per masked token in a fixed order, for paired comparisons of models (paired_difference)."""
     from data import Batches, mask_generator, mask_tokens
     device = next(model.parameters()).device
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
@@ -58,7 +59,8 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
         if max_batches is not None and k >= max_batches:
             break
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        generator = mask_generator(seed, 0, batch["index"], device)  # epoch 0 always: the same mask for every model
+        # epoch 0 always: the same mask for every model
+        generator = mask_generator(seed, 0, batch["index"], device)
         masked, labels = mask_tokens(ids, mask, mask_id=data.special["mask"], vocab_size=data.vocab_size,
                                      special_ids=data.special, generator=generator)
         chosen = labels != -100
@@ -87,11 +89,11 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
 
 
 def paired_difference(a, b, groups=None) -> dict:
-    """Accuracy of model A minus model B on the same items (a, b: boolean tensors of per-item correctness), with the
-    standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n). With `groups`
-    (e.g. the sequence of each masked token) items of a group may be correlated: the cluster-robust SE
-    sqrt(G / (G - 1) * sum_g (sum_{i in g} (d_i - mean))^2) / n over the G groups, equal to the plain one when every
-    item is its own group."""
+    """Accuracy of model A minus model B on the same items (a, b: boolean tensors of per-item correctness),
+    with the standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n). With
+    `groups` (e.g. the sequence of each masked token) items of a group may be correlated: the cluster-robust
+    SE sqrt(G / (G - 1) * sum_g (sum_{i in g} (d_i - mean))^2) / n over the G groups, equal to the plain one
+    when every item is its own group."""
     d = a.double() - b.double()
     n, mean = d.numel(), d.mean()
     if n < 2:
@@ -107,7 +109,8 @@ def paired_difference(a, b, groups=None) -> dict:
 
 
 def verdict(delta, se, z=3.0) -> str:
-    """'beats' only when A's lead is at least z paired standard errors, 'loses' when B's is; otherwise a tie."""
+    """'beats' only when A's lead is at least z paired standard errors, 'loses' when B's is; otherwise a
+    tie."""
     if delta > 0 and delta >= z * se:
         return "beats"
     if delta < 0 and delta <= -z * se:
@@ -123,12 +126,14 @@ def perplexity(mean_loss):
         return math.inf
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 2. Size and speed (Table 3)
 
 
 def inference_model(encoder):
-    """As Table 3: the encoder with a small task head (one output, as STS-B regression); the MLM head is not used."""
+    """As Table 3: the encoder with a small task head (one output, as STS-B regression); the MLM head is not
+    used."""
+    from finetune import Classifier  # the GLUE code only for the commands that need it, not for pretraining
     return Classifier(encoder, 1).eval()
 
 
@@ -148,8 +153,10 @@ def checkpoint_mb(model):
 
 
 def quantize(model):
-    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised on the fly), on a copy."""
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works on CPU
+    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised on the fly), on a
+    copy."""
+    # torch.ao.quantization is deprecated in favour of torchao, still works on CPU
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
         return quantize_dynamic(copy.deepcopy(model).cpu(), {nn.Linear}, dtype=torch.qint8)
@@ -157,8 +164,8 @@ def quantize(model):
 
 @torch.no_grad()
 def time_pass(model, rows, batch_size, device="cpu", warmup=3):
-    """Seconds for one pass over rows (unpadded token id lists) in batches of batch_size, padding to each batch's
-    longest; the first `warmup` batches run once untimed."""
+    """Seconds for one pass over rows (unpadded token id lists) in batches of batch_size, padding to each
+    batch's longest; the first `warmup` batches run once untimed."""
     batches = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
@@ -180,11 +187,11 @@ def time_pass(model, rows, batch_size, device="cpu", warmup=3):
 
 def size_speed(models, tokenizer, sts_dev_path, limit=None, batch_size=32, quantize_student=None, threads=None,
                mlm_data=None, mlm_batches=20) -> dict:
-    """Table 3 for models {name: Bert} (teacher first): parameters (encoder + head, M), checkpoint MB, seconds for a
-    full pass over STS-B dev at batch size 1 on CPU (limit: the first `limit` pairs only), pairs/s at batch_size, and
-    the same on GPU when available. quantize_student=name adds "<name>-int8" with its agreement with the float model:
-    top-1 agreement and max |difference| of the MLM logits on the STS-B inputs, and MLM accuracy when mlm_data (a
-    data.TokenData) is given."""
+    """Table 3 for models {name: Bert} (teacher first): parameters (encoder + head, M), checkpoint MB, seconds
+    for a full pass over STS-B dev at batch size 1 on CPU (limit: the first `limit` pairs only), pairs/s at
+    batch_size, and the same on GPU when available. quantize_student=name adds "<name>-int8" with its
+    agreement with the float model: top-1 agreement and max |difference| of the MLM logits on the STS-B
+    inputs, and MLM accuracy when mlm_data (a data.TokenData) is given."""
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or saved_threads)
     try:
@@ -194,6 +201,7 @@ def size_speed(models, tokenizer, sts_dev_path, limit=None, batch_size=32, quant
 
 
 def _size_speed(models, tokenizer, sts_dev_path, limit, batch_size, quantize_student, mlm_data, mlm_batches):
+    from finetune import encode, read_glue
     path = Path(sts_dev_path)
     pairs = read_glue("STS-B", path.parent, path.stem)[:limit]
     t = encode(tokenizer, pairs, 128)
@@ -255,14 +263,15 @@ def _fmt(v):
     return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1 else f"{v:,.2f}" if isinstance(v, float) else str(v)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 3. The results table (Tables 1 and 2): teacher, student, retention
 
 
 def results_table(results, teacher=None, student=None) -> dict:
-    """results: finetune.py result dicts ({"task", "name", "parameters", "median": {metric: value}}). teacher and
-    student are model names; by default the two names present, the one with more parameters being the teacher.
-    A task's score is the mean of its metrics (GLUE's rule); retention = 100 * student score / teacher score."""
+    """results: finetune.py result dicts ({"task", "name", "parameters", "median": {metric: value}}). teacher
+    and student are model names; by default the two names present, the one with more parameters being the
+    teacher. A task's score is the mean of its metrics (GLUE's rule); retention = 100 * student score /
+    teacher score."""
     by = {}
     for r in results:
         key = (r["name"], r["task"])
@@ -275,6 +284,7 @@ def results_table(results, teacher=None, student=None) -> dict:
             raise ValueError(f"results hold the models {names}: name the teacher and the student")
         size = {n: max(r.get("parameters", 0) for r in results if r["name"] == n) for n in names}
         teacher, student = sorted(names, key=lambda n: -size[n])
+    from finetune import GLUE_TASKS, glue_score, task_spec
     order = [*GLUE_TASKS, "imdb", "squad"]
     tasks = sorted({t for (n, t) in by if n == teacher} & {t for (n, t) in by if n == student}, key=order.index)
     rows = []
@@ -335,26 +345,30 @@ def bar_chart(table, path):
     ax.set_ylabel("score (x100)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    share(tmp)  # mkstemp makes 0600
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return True
 
 
-def write_text(text, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    share(tmp)  # mkstemp makes 0600
-    os.replace(tmp, path)
+def plot_metrics(metrics_path, png_path):
+    """Loss curves (each part of the loss, and the held-out MLM accuracy) drawn from a run's metrics.jsonl."""
+    plt = pyplot(f"no plot of {metrics_path}")
+    if plt is None:
+        return
+    rows = [json.loads(line) for line in open(metrics_path)]
+    train_rows, valid_rows = [r for r in rows if "total" in r], [r for r in rows if "valid_accuracy" in r]
+    fig, axes = plt.subplots(1, 2 if valid_rows else 1, figsize=(10 if valid_rows else 5, 3.5), squeeze=False)
+    for key in ("total", "ce", "mlm", "cos"):
+        if train_rows and key in train_rows[0]:
+            axes[0, 0].plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key)
+    axes[0, 0].set(xlabel="step", ylabel="loss", yscale="log", title=str(Path(metrics_path).parent.name))
+    axes[0, 0].legend()
+    if valid_rows:
+        axes[0, 1].plot([r["step"] for r in valid_rows], [r["valid_accuracy"] for r in valid_rows], marker="o")
+        axes[0, 1].set(xlabel="step", ylabel="held-out MLM accuracy")
+    save_figure(fig, png_path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -387,6 +401,7 @@ def main(argv=None):
     t.add_argument("--student")
     t.add_argument("--out", required=True, help="folder for results.md, results.json, results.png")
     a = p.parse_args(argv)
+    from finetune import load_encoder  # a Hugging Face folder or a fine-tuned one
 
     if a.cmd == "mlm":
         from data import TokenData
@@ -397,7 +412,8 @@ def main(argv=None):
         if a.out:
             write_json(out, a.out)
     elif a.cmd == "speed":
-        from data import TokenData, load_tokenizer
+        from data import TokenData
+        from tokenizer import load_tokenizer
         from model import student_from_teacher
         teacher = load_encoder(a.teacher)
         student = load_encoder(a.student) if a.student else student_from_teacher(teacher)

@@ -36,8 +36,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import (Bert, config_dict, config_from_dict, convert_from_hf, convert_to_hf, load_exact,
-                   load_tensors, save_tensors, share, verify_manifest, write_manifest)
+from common import share
+from hf import (config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_tensors, save_tensors, verify_manifest,
+                write_manifest)
+from model import Bert
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by header
@@ -337,7 +339,7 @@ def save_finetuned(model, path, **info):
     path.parent.mkdir(parents=True, exist_ok=True)
     kind, hf = kind_of(model), hf_format(model)
     meta = {"kind": kind, "num_labels": model.num_labels, "style": getattr(model, "style", None),
-            "encoder": config_dict(model.encoder.cfg), "weights": "hf" if hf else "ours", **info}
+            "encoder": asdict(model.encoder.cfg), "weights": "hf" if hf else "ours", **info}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import finetune as ft
-from data import load_tokenizer
+from tokenizer import load_tokenizer
 from model import Bert, BertConfig, student_from_teacher
 
 WORDS = ["the", "a", "an", "cat", "dog", "sat", "on", "mat", "good", "bad", "movie", ".", ",", "?", "\"", "'"]
