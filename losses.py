@@ -144,11 +144,12 @@ def task_distill_loss(student_logits, teacher_logits, labels, temperature=2.0, a
 
 def pkd_loss(student_logits, teacher_logits, labels, student_cls=None, teacher_cls=None, alpha=0.7,
              temperature=10.0, beta=100.0) -> tuple:
-    """Patient-KD (Sun et al. 2019, Eq. 7): (1 - alpha) * CE(student, labels) + alpha * T^2 *
-    KL(softmax(teacher / T) || softmax(student / T))            (Eq. 5-6, averaged over the batch) + beta *
-    mean((s / |s| - t / |t|)^2)                                         (Eq. 6, the "patient" term) over the
-    [CLS] states (batch, layers, hidden) of the mapped layers. The mean is over every element, as in the
-    reference code (F.mse_loss), so beta=100 is the reference weight. Returns (loss, {"ce", "kd", "pt"} as
+    """Patient-KD (Sun et al. 2019, Eq. 7):
+        (1 - alpha) * CE(student, labels)
+      + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))    Eq. 5-6, averaged over the batch
+      + beta * mean((s / |s| - t / |t|)^2)                                Eq. 6, the "patient" term
+    over the [CLS] states (batch, layers, hidden) of the mapped layers. The mean is over every element, as in
+    the reference code (F.mse_loss), so beta=100 is the reference weight. Returns (loss, {"ce", "kd", "pt"} as
     floats)."""
     ce = F.cross_entropy(student_logits, labels)
     kd = soft_target_loss(student_logits, teacher_logits, temperature)

@@ -1,8 +1,9 @@
 """Corpus preparation: raw text -> the token shards data.py reads. Run once, before training.
 
   1. corpus      documents (blank-line separated blocks) from files/folders/globs, HF datasets, or Python's
-  own docs 2. prepare     corpus -> flat binary token shards + document offsets + counts.npy + vocab +
-  meta.json (atomic)
+                 own docs
+  2. prepare     corpus -> flat binary token shards + document offsets + counts.npy + vocab + meta.json
+                 (atomic)
 
 Command line:  python prepare.py [inputs ...] [--out DIR] [--vocab PATH | --vocab-size N] [--valid-fraction F]
 (`python data.py ...` runs the same.) With no inputs the corpus is Python's own documentation, so everything
@@ -32,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 import common
-from common import one_line, sha256 as sha256_file
+from common import one_line, sha256 as sha256_file, write_atomic
 from data import FORMAT, FORMAT_VERSION
 from tokenizer import load_tokenizer, special_ids, tokenizer_file, train_wordpiece, vocab_hash
 
@@ -48,7 +49,8 @@ log = functools.partial(common.log, source="data")
 TEXT_SUFFIXES = {".txt", ""}
 MAX_LINE_CHARS = MAX_DOC_CHARS = 1 << 20  # bounds memory on pathological files: longer pieces are cut there
 BATCH_CHARS = 1 << 22  # an encoding batch holds at most batch_docs documents or ~4M characters
-SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "tests", "lib2to3",
+SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "tests",
+                "lib2to3",
                 # side effects, GUI, tests
                 "ensurepip", "venv", "distutils", "pydoc_data", "readline", "rlcompleter"}
 
@@ -112,8 +114,8 @@ def _hf_rows(spec):
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"--hf-dataset {spec} needs the Hugging Face `datasets` package: pip install datasets") \
-            from None
+        raise ImportError(f"--hf-dataset {spec} needs the Hugging Face `datasets` package: "
+                          f"pip install datasets") from None
     if Path(spec).is_dir():
         rows = datasets.load_from_disk(spec)
         rows = rows["train"] if isinstance(rows, datasets.DatasetDict) else rows
@@ -310,29 +312,53 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     -> nothing to do."""
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out_dir = Path(out_dir).resolve()
-    tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
+    tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(f".{out_dir.name}.old")
     files = resolve_inputs(inputs)
     if inputs and not files:
         raise ValueError(f"empty corpus: no text files (*.txt or no extension) in {list(map(str, inputs))}")
-    sources = [{"kind": "file", "path": str(f), "bytes": f.stat().st_size, "mtime": f.stat().st_mtime_ns}
-               for f in files] + [{"kind": "hf_dataset", "name": n, "pack": pack_rows,
-                                   "pack_chars": pack_chars} for n in hf_datasets]
-    if not sources:
-        sources = [{"kind": "python_docs", "python": sys.version}]
+    sources = _sources(files, hf_datasets, pack_rows, pack_chars)
     tokenizer = load_tokenizer(vocab) if vocab is not None else None
     settings = {"format_version": FORMAT_VERSION, "valid_fraction": valid_fraction, "seed": seed,
                 "shard_tokens": shard_tokens,
                 "vocab": vocab_hash(tokenizer) if tokenizer is not None else f"train:{vocab_size}"}
     inputs_hash = hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
-
     _check_not_an_input(out_dir, files, inputs)
-    for stale in (tmp, old):  # left behind by an interrupted run
+    for stale in (tmp, old, out_dir.with_name(out_dir.name + ".old")):  # left behind by an interrupted run
         _remove_stale(stale)
     existing = _own_meta(out_dir)
+    if existing is not None and existing.get("inputs_hash") == inputs_hash:
+        log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
+        return existing
+    _check_replaceable(out_dir, existing, overwrite)
+    meta = {}
+
+    def fill(tmp):  # the old folder (--overwrite) goes only once the new one is complete
+        tmp.mkdir(parents=True)
+        (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
+        meta.update(_build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens,
+                           batch_docs,
+                           seed), inputs_hash=inputs_hash, settings=settings)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the folder complete
+        (tmp / PARTIAL).unlink()
+    write_atomic(out_dir, fill, folder=True, tmp=tmp)
+    s = meta["splits"]
+    log(f"wrote {out_dir}: train {s['train']['docs']} docs / {s['train']['tokens']} tokens, "
+        f"valid {s['valid']['docs']} docs / {s['valid']['tokens']} tokens")
+    return meta
+
+
+def _sources(files, hf_datasets, pack_rows, pack_chars) -> list:
+    """What the corpus is made of, as recorded in meta.json (and hashed: the same sources again, nothing to
+    do)."""
+    sources = [{"kind": "file", "path": str(f), "bytes": f.stat().st_size, "mtime": f.stat().st_mtime_ns}
+               for f in files] + [{"kind": "hf_dataset", "name": n, "pack": pack_rows,
+                                   "pack_chars": pack_chars} for n in hf_datasets]
+    return sources or [{"kind": "python_docs", "python": sys.version}]
+
+
+def _check_replaceable(out_dir, existing, overwrite):
+    """out_dir may be replaced only when it is ours (its meta.json) and --overwrite says so."""
     if existing is not None:
-        if existing.get("inputs_hash") == inputs_hash:
-            log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
-            return existing
         if not overwrite:
             raise FileExistsError(f"{out_dir} holds shards of other inputs or settings; use --overwrite "
                                   "(prepare(..., overwrite=True)) to replace it")
@@ -340,27 +366,6 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
         raise FileExistsError(f"{out_dir} exists and is not a prepared shard folder made by data.py (no "
                               f"meta.json with format {FORMAT!r}): never replaced, even with --overwrite; "
                               f"choose another --out")
-
-    tmp.mkdir(parents=True)
-    (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
-    try:
-        meta = _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed)
-        meta.update(inputs_hash=inputs_hash, settings=settings)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the folder complete
-        (tmp / PARTIAL).unlink()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():  # --overwrite: the old folder goes only once the new one is complete
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out_dir)
-    s = meta["splits"]
-    log(f"wrote {out_dir}: train {s['train']['docs']} docs / {s['train']['tokens']} tokens, "
-        f"valid {s['valid']['docs']} docs / {s['valid']['tokens']} tokens")
-    return meta
 
 
 def _own_meta(folder):
@@ -397,8 +402,8 @@ def _check_not_an_input(out_dir, files, inputs):
                                   f"outside it")
 
 
-def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed):
-    # Pass 1: validate every source (skipping binary / non-UTF-8 files) and count documents.
+def _count_documents(sources) -> tuple:
+    """Pass 1: every source validated (binary / non-UTF-8 files skipped) and its documents counted."""
     good, skipped = [], []
     for src in sources:
         try:
@@ -407,13 +412,41 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
         except SkipFile as e:
             skipped.append({"path": src["path"], "reason": str(e)})
             warnings.warn(f"skipping {src['path']}: {e}")
-    n_docs = sum(src["docs"] for src in good)
-    if n_docs == 0:
+    if sum(src["docs"] for src in good) == 0:
         raise ValueError("empty corpus: no documents in the inputs"
                          + "".join(f"; skipped {s['path']}: {s['reason']}" for s in skipped))
+    return good, skipped
+
+
+def _encode(tmp, documents, n_docs, tokenizer, dtype, is_valid, shard_tokens, batch_docs) -> tuple:
+    """Pass 2: batches of documents encoded in parallel, their ids streamed to the shard files of their split.
+    -> (the splits' shard lists, token counts per id over the train split)"""
+    writers = {split: _ShardWriter(tmp, split, shard_tokens) for split in ("train", "valid")}
+    n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    counts = np.zeros(n_vocab, np.int64)
+    done = 0
+    with tqdm(total=n_docs, unit="doc", desc="tokenizing", disable=None) as bar:
+        for docs in _groups(documents, batch_docs, BATCH_CHARS):
+            ids, lengths = _encode_batch(tokenizer, docs, dtype)
+            valid = is_valid(np.arange(done, done + len(docs)))
+            counts += np.bincount(ids[np.repeat(~valid, lengths)], minlength=n_vocab)
+            ends = np.cumsum(lengths)
+            for j in range(len(docs)):
+                writers["valid" if valid[j] else "train"].add(ids[ends[j] - lengths[j]:ends[j]])
+            done += len(docs)
+            bar.update(len(docs))
+    if done != n_docs:
+        raise RuntimeError(f"the inputs changed while being prepared ({n_docs} documents, then {done})")
+    return {split: w.close() for split, w in writers.items()}, counts
+
+
+def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens, batch_docs, seed):
+    good, skipped = _count_documents(sources)  # pass 1
+    n_docs = sum(src["docs"] for src in good)
 
     # Split by document: a seeded random sample of documents forms the valid split.
-    n_valid = 0 if n_docs < 2 or valid_fraction <= 0 else min(n_docs - 1, max(1, round(valid_fraction * n_docs)))
+    n_valid = (0 if n_docs < 2 or valid_fraction <= 0
+               else min(n_docs - 1, max(1, round(valid_fraction * n_docs))))
     valid_ids = np.append(np.sort(np.random.default_rng(seed).choice(n_docs, n_valid, replace=False)), n_docs)
 
     def is_valid(doc_ids):  # membership in the sorted valid_ids (n_docs at the end keeps the lookup in range)
@@ -434,32 +467,19 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
     n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(n_vocab)
 
-    # Pass 2: encode batches of documents in parallel and stream the ids to the shard files.
-    writers = {split: _ShardWriter(tmp, split, shard_tokens) for split in ("train", "valid")}
-    counts = np.zeros(n_vocab, np.int64)
-    done = 0
-    with tqdm(total=n_docs, unit="doc", desc="tokenizing", disable=None) as bar:
-        for docs in _groups(all_documents(), batch_docs, BATCH_CHARS):
-            ids, lengths = _encode_batch(tokenizer, docs, dtype)
-            valid = is_valid(np.arange(done, done + len(docs)))
-            counts += np.bincount(ids[np.repeat(~valid, lengths)], minlength=n_vocab)
-            ends = np.cumsum(lengths)
-            for j in range(len(docs)):
-                writers["valid" if valid[j] else "train"].add(ids[ends[j] - lengths[j]:ends[j]])
-            done += len(docs)
-            bar.update(len(docs))
-    if done != n_docs:
-        raise RuntimeError(f"the inputs changed while being prepared ({n_docs} documents, then {done})")
-    splits = {split: w.close() for split, w in writers.items()}
+    splits, counts = _encode(tmp, all_documents(), n_docs, tokenizer, dtype, is_valid, shard_tokens,
+                             batch_docs)  # pass 2
     if splits["train"]["tokens"] + splits["valid"]["tokens"] == 0:
         raise ValueError("empty corpus: the documents contain no tokens")
     np.save(tmp / "counts.npy", counts)
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != PARTIAL}
     return {"files": files,
             "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "tokenizer": {"file": vocab_file.name, "source": None if vocab is None else str(vocab_file.resolve()),
+            "tokenizer": {"file": vocab_file.name,
+                          "source": None if vocab is None else str(vocab_file.resolve()),
                           "trained": vocab is None, "normalizer": repr(tokenizer.normalizer),
-                          "pre_tokenizer": repr(tokenizer.pre_tokenizer), "model": type(tokenizer.model).__name__},
+                          "pre_tokenizer": repr(tokenizer.pre_tokenizer),
+                          "model": type(tokenizer.model).__name__},
             "vocab_hash": vocab_hash(tokenizer), "vocab_size": n_vocab, "special_ids": special_ids(tokenizer),
             "dtype": dtype.name, "splits": splits, "sources": sources, "skipped": skipped}
 
@@ -467,7 +487,8 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
 # -------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Tokenize a corpus into token shards for distillation (see data.py).")
+    p = argparse.ArgumentParser(description="Tokenize a corpus into token shards for distillation "
+                                            "(see prepare.py).")
     p.add_argument("inputs", nargs="*", help="files, folders, globs (none: Python's own documentation)")
     p.add_argument("--out", default="data/shards",
                    help="output folder (default: data/shards, train.py's default --data)")
@@ -492,8 +513,8 @@ def main(argv=None):
                        overwrite=a.overwrite)
     except (OSError, ValueError, ImportError, RuntimeError) as e:  # one line, not a traceback
         raise SystemExit(f"data.py: error: {one_line(e)}") from None
-    print(json.dumps({k: meta[k] for k in ("vocab_size", "dtype", "vocab_hash")} |
-                     {s: {k: v for k, v in meta["splits"][s].items() if k != "shards"} for s in meta["splits"]}))
+    splits = {s: {k: v for k, v in meta["splits"][s].items() if k != "shards"} for s in meta["splits"]}
+    print(json.dumps({k: meta[k] for k in ("vocab_size", "dtype", "vocab_hash")} | splits))
 
 
 if __name__ == "__main__":

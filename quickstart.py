@@ -7,7 +7,6 @@ same student is trained with L_mlm alone, and all three are scored on the same h
 """
 import dataclasses
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 import data
 import prepare
 from common import pyplot, save_figure, write_json
-from eval import mlm_eval, paired_difference, verdict
+from eval import heldout_hits, paired_difference, verdict
 from hf import resolve_checkpoint
 from model import Bert, count_parameters
 from train import TrainConfig, train
@@ -44,10 +43,12 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     base = dataclasses.replace(cfg, data=str(data_dir), preset="")
     stages = {
         "teacher": dataclasses.replace(base, mode="mlm", init="pretrained", teacher=str(source),
-                                       out_dir=str(root / "teacher"), **(teacher_steps or QUICKSTART_TEACHER_STEPS)),
+                                       out_dir=str(root / "teacher"),
+                                       **(teacher_steps or QUICKSTART_TEACHER_STEPS)),
         "student": dataclasses.replace(base, mode="distill", teacher=str(root / "teacher" / "model"),
                                        out_dir=str(root / "student")),
-        "student-mlm-only": dataclasses.replace(base, mode="mlm", init="teacher", teacher=str(root / "teacher" / "model"),
+        "student-mlm-only": dataclasses.replace(base, mode="mlm", init="teacher",
+                                                teacher=str(root / "teacher" / "model"),
                                                 out_dir=str(root / "student-mlm-only")),
     }
     exports = {"teacher": root / "teacher" / "model", "student": root / "student" / "student",
@@ -60,7 +61,8 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     results["seconds"] = time.time() - t0
     print_quickstart(results, data_dir)
     write_json(results, root / "results.json")
-    plot_quickstart({n: Path(r.out_dir) / "metrics.jsonl" for n, r in stages.items()}, results, root / "accuracy.png")
+    metrics = {n: Path(r.out_dir) / "metrics.jsonl" for n, r in stages.items()}
+    plot_quickstart(metrics, results, root / "accuracy.png")
     return results
 
 
@@ -83,8 +85,8 @@ def run_stage(name, run: TrainConfig, export: Path, after=None) -> dict:
             print(f"{name}: {out} holds a run with other settings: starting it again")
             shutil.rmtree(out)
         elif out.exists() and any(out.iterdir()):
-            raise SystemExit(f"{out}: exists and was not made by the quickstart (no stage.json): choose another "
-                             f"--out_dir or move it away")
+            raise SystemExit(f"{out}: exists and was not made by the quickstart (no stage.json): choose "
+                             f"another --out_dir or move it away")
         resume = False
     write_json({"settings": settings}, marker)
     print(f"== {name}")
@@ -103,12 +105,9 @@ def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict
     models, hits = {}, {}
     for name, folder in exports.items():
         model = Bert.from_pretrained(folder)
-        runs = [mlm_eval(model, token_data, split="valid", max_len=cfg.max_len, batch_size=cfg.micro_batch, seed=1234 + k,
-                         per_token=True) for k in range(draws)]
-        hits[name] = torch.cat([r["correct"] for r in runs])
-        labels, sequence = torch.cat([r["labels"] for r in runs]), torch.cat([r["sequence"] for r in runs])
-        mean_loss = sum(math.log(r["perplexity"]) * r["tokens"] for r in runs) / len(hits[name])
-        models[name] = {"mlm_acc": hits[name].double().mean().item(), "ppl": math.exp(mean_loss),
+        h = heldout_hits(model, token_data, cfg.max_len, cfg.micro_batch, draws)
+        hits[name], labels, sequence = h["correct"], h["labels"], h["sequence"]
+        models[name] = {"mlm_acc": hits[name].double().mean().item(), "ppl": h["ppl"],
                         "params": count_parameters(model)["total"], "steps": stats[name]["step"],
                         "tokens_per_s": stats[name]["tokens_per_s"]}
     counts = torch.as_tensor(token_data.counts).clone()  # token counts of the training split
@@ -126,13 +125,16 @@ def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict
 def print_quickstart(r: dict, data_dir):
     print(f"\n{'model':<18}{'params':>12}{'steps':>7}{'MLM acc':>9}{'ppl':>9}{'train tok/s':>13}")
     for name, m in r["models"].items():
-        print(f"{name:<18}{m['params']:>12,}{m['steps']:>7}{m['mlm_acc']:>9.4f}{m['ppl']:>9.2f}{m['tokens_per_s']:>13,.0f}")
+        print(f"{name:<18}{m['params']:>12,}{m['steps']:>7}{m['mlm_acc']:>9.4f}{m['ppl']:>9.2f}"
+              f"{m['tokens_per_s']:>13,.0f}")
     p, teacher = r["student_vs_mlm_only"], r["models"]["teacher"]["mlm_acc"]
     print(f"{'frequency baseline':<37}{r['baseline_acc']:>9.4f}   (always {r['baseline_token']!r}; teacher "
           f"{teacher / max(r['baseline_acc'], 1e-12):.1f}x it)")
-    print(f"held-out: {r['masked_tokens']:,} masked tokens ({r['mask_draws']} masks of the {p['sequences']:,} "
-          f"sequences of {data_dir}/valid), the same for every model; SE clustered by sequence")
-    print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {p['delta'] / p['se'] if p['se'] > 0 else 0.0:+.1f} SE): "
+    print(f"held-out: {r['masked_tokens']:,} masked tokens ({r['mask_draws']} masks of the "
+          f"{p['sequences']:,} sequences of {data_dir}/valid), the same for every model; SE clustered by "
+          f"sequence")
+    z = p['delta'] / p['se'] if p['se'] > 0 else 0.0
+    print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {z:+.1f} SE): "
           f"the distilled student {p['verdict']} the MLM-only student; total time {r['seconds']:.0f} s")
 
 
@@ -150,7 +152,8 @@ def plot_quickstart(metrics: dict, results: dict, png_path: Path):
             ax.plot([r["step"] for r in rows], [r["valid_accuracy"] for r in rows], marker="o", label=name)
         ax.axhline(results["baseline_acc"], color="grey", linestyle="--", label="most frequent token")
         if "student" in names:
-            ax.axhline(results["models"]["teacher"]["mlm_acc"], color="C2", linestyle=":", label="teacher, final")
+            teacher = results["models"]["teacher"]["mlm_acc"]
+            ax.axhline(teacher, color="C2", linestyle=":", label="teacher, final")
         ax.set(xlabel="step", ylabel="held-out MLM accuracy", title=" vs ".join(names))
         ax.legend()
     save_figure(fig, png_path)

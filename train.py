@@ -1,21 +1,21 @@
 """
 Distil BERT into DistilBERT (Sanh et al., 2019), or pretrain a BERT with the masked-LM loss alone.
 
-One process:      python train.py --data=data/wiki --teacher=bert-base-uncased Several GPUs:     torchrun
---nproc_per_node=8 train.py --data=data/wiki --teacher=bert-base-uncased Laptop, offline:  python train.py
---preset=quickstart   (prepares a corpus, pretrains a small teacher, distils it)
+One process:      python train.py --data=data/wiki --teacher=bert-base-uncased
+Several GPUs:     torchrun --nproc_per_node=8 train.py --data=data/wiki --teacher=bert-base-uncased
+Laptop, offline:  python train.py --preset=quickstart   (quickstart.py: a teacher head, two students)
 
 The defaults are the paper's recipe (Section 3 "Distillation" and the released model): a student made of one
 teacher layer out of two, batches of 4,000 sequences by gradient accumulation, dynamic masking without NSP,
-AdamW, lr 5e-4 with 5% warm-up, and the loss 5 * L_ce + 2 * L_mlm + 1 * L_cos at temperature 2. `python
-train.py --help` lists every setting; any of them can be changed with --key=value.
+AdamW, lr 5e-4 with 5% warm-up, and the loss 5 * L_ce + 2 * L_mlm + 1 * L_cos at temperature 2.
+`python train.py --help` lists every setting; any of them can be changed with --key=value.
 """
 import contextlib
 import gc
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,76 +33,77 @@ from model import Bert, BertConfig, count_parameters, student_from_teacher
 RELEASED_LAYERS = "0,2,4,7,9,11"  # the released model's layers (the reference scripts/extract_distilbert.py)
 
 
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class TrainConfig:
-    mode: str = opt("distill", "distill: train a student from a frozen teacher | mlm: masked-LM loss alone")
-    data: str = opt("data/shards", "a folder prepared by data.py")
-    out_dir: str = opt("out/distill",
-                       "checkpoints, metrics.jsonl and the exported model (student/ or model/)")
-    teacher: str = opt("bert-base-uncased",
-                       "teacher: a Hugging Face folder or Hub name (train.py exports one)")
-    init: str = opt("teacher",
-                    "teacher: student layers copied from the teacher | scratch: random (mlm mode) | "
-                    "pretrained: the --teacher checkpoint itself, whole (mlm mode: continue its MLM "
-                    "training, token types and pooler kept, a fresh MLM head when it has none)")
-    student_layers: str = opt("", "teacher layers the student copies (empty: one out of two, 0,2,4,6,8,10 of "
-                              "bert-base as in the paper; the released distilbert-base-uncased took "
-                              f"--student_layers={RELEASED_LAYERS})")
+    mode: str = "distill"               # distill: train a student from a frozen teacher | mlm: masked-LM loss
+                                        # alone
+    data: str = "data/shards"           # a folder prepared by data.py
+    out_dir: str = "out/distill"        # checkpoints, metrics.jsonl and the exported model (student/ or
+                                        # model/)
+    teacher: str = "bert-base-uncased"  # teacher: a Hugging Face folder or Hub name (train.py exports one)
+    init: str = "teacher"               # teacher: student layers copied from the teacher | random: the same
+                                        # student shape, random weights | scratch: random,
+                                        # --layers/--hidden... (mlm mode) | pretrained: the --teacher
+                                        # checkpoint itself, whole (mlm mode: continue its MLM training, token
+                                        # types and pooler kept, a fresh MLM head when it has none)
+    student_layers: str = ""            # teacher layers the student copies (empty: one out of two,
+                                        # 0,2,4,6,8,10 of bert-base as in the paper; the released
+                                        # distilbert-base-uncased took --student_layers=0,2,4,7,9,11)
     # shape of a model trained from scratch (init=scratch)
-    layers: int = opt(12, "number of layers (init=scratch)")
-    hidden: int = opt(768, "hidden size (init=scratch)")
-    heads: int = opt(12, "attention heads (init=scratch)")
-    intermediate: int = opt(3072, "feed-forward size (init=scratch)")
+    layers: int = 12                    # number of layers (init=scratch)
+    hidden: int = 768                   # hidden size (init=scratch)
+    heads: int = 12                     # attention heads (init=scratch)
+    intermediate: int = 3072            # feed-forward size (init=scratch)
     # data and batches
-    max_len: int = opt(512, "longest sequence, in tokens, [CLS] and [SEP] included")
-    batch_size: int = opt(4000, "global batch in sequences, reached by gradient accumulation")
-    micro_batch: int = opt(8, "sequences per forward pass on one rank")
-    masking: str = opt("smoothed", "smoothed: weights count^-0.7 as the reference code | uniform: BERT's 15%")
+    max_len: int = 512                  # longest sequence, in tokens, [CLS] and [SEP] included
+    batch_size: int = 4000              # global batch in sequences, reached by gradient accumulation
+    micro_batch: int = 8                # sequences per forward pass on one rank
+    masking: str = "smoothed"           # smoothed: weights count^-0.7 as the reference code | uniform: BERT's
+                                        # 15%
     # optimisation
-    lr: float = opt(5e-4, "peak learning rate")
-    head_steps: int = opt(0,
-                          "mlm mode: train only the MLM head for the first N steps (encoder and tied decoder "
-                             "frozen), then everything; for a pretrained model given a fresh head")
-    head_lr: float = opt(1e-3, "constant learning rate of the head-only steps")
-    warmup: float = opt(0.05, "fraction of the steps with linear warm-up, then linear decay to 0")
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.98, "AdamW beta2")
-    adam_eps: float = opt(1e-6, "AdamW epsilon")
-    weight_decay: float = opt(0.0, "AdamW weight decay (never on biases and LayerNorms)")
-    grad_clip: float = opt(5.0, "gradient norm clipping (0: off)")
-    epochs: int = opt(3, "passes over the training data")
-    max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
+    lr: float = 5e-4                    # peak learning rate
+    head_steps: int = 0                 # mlm mode: train only the MLM head for the first N steps (encoder and
+                                        # tied decoder frozen), then everything; for a pretrained model given
+                                        # a fresh head
+    head_lr: float = 1e-3               # constant learning rate of the head-only steps
+    warmup: float = 0.05                # fraction of the steps with linear warm-up, then linear decay to 0
+    # AdamW
+    beta1: float = 0.9                  # AdamW beta1
+    beta2: float = 0.98                 # AdamW beta2
+    adam_eps: float = 1e-6              # AdamW epsilon
+    weight_decay: float = 0.0           # AdamW weight decay (never on biases and LayerNorms)
+    grad_clip: float = 5.0              # gradient norm clipping (0: off)
+    # how long
+    epochs: int = 3                     # passes over the training data
+    max_steps: int = 0                  # stop after this many optimizer steps (0: run all epochs)
     # the loss (Section 3)
-    temperature: float = opt(2.0, "softmax temperature T of L_ce")
-    alpha_ce: float = opt(5.0, "weight of L_ce, the soft-target loss")
-    alpha_mlm: float = opt(2.0, "weight of L_mlm, the masked-LM loss")
-    alpha_cos: float = opt(1.0, "weight of L_cos, the cosine loss on the last hidden states")
-    alpha_mse: float = opt(0.0, "weight of L_mse, squared logit differences on the L_ce rows (reference)")
-    ce_positions: str = opt("all",
-                            "all: L_ce over every real token (released model) | masked: masked ones only")
-    ce_chunk: int = opt(1024,
-                        "rows per chunk of L_ce, so full-vocabulary logits never exist at once (0: no "
-                        "chunks)")
+    temperature: float = 2.0            # softmax temperature T of L_ce
+    alpha_ce: float = 5.0               # weight of L_ce, the soft-target loss
+    alpha_mlm: float = 2.0              # weight of L_mlm, the masked-LM loss
+    alpha_cos: float = 1.0              # weight of L_cos, the cosine loss on the last hidden states
+    alpha_mse: float = 0.0              # weight of L_mse, squared logit differences on the L_ce rows
+                                        # (reference)
+    ce_positions: str = "all"           # all: L_ce over every real token (released model) | masked: masked
+                                        # ones only
+    ce_chunk: int = 1024                # rows per chunk of L_ce, so full-vocabulary logits never exist at
+                                        # once (0: no chunks)
     # system
-    seed: int = opt(42, "seed of initialisation, data order, masking and dropout")
-    device: str = opt("auto", "auto | cpu | cuda")
-    dtype: str = opt("auto", "auto (CUDA: bf16 on compute capability >= 8.0, else fp16 + GradScaler; "
-                     "CPU: fp32) | float32 | bfloat16 | float16")
-    teacher_half: bool = opt(True, "frozen teacher in --dtype's half precision on GPU (fp32 with float32)")
-    compile: bool = opt(False, "torch.compile the student")
-    eval_every: int = opt(500, "held-out MLM evaluation every N steps (0: only at the end)")
-    eval_batches: int = opt(50, "batches per evaluation")
-    save_every: int = opt(1000, "checkpoint every N steps (and always at the end)")
-    keep_last: int = opt(3, "checkpoints kept")
-    log_every: int = opt(10, "metrics.jsonl line every N steps")
-    resume: bool = opt(False, "continue from the newest checkpoint in out_dir")
-    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row")
-    wandb: str = opt("", "a wandb project name to log to (needs wandb installed)")
-    preset: str = opt("", "start from named settings: " + ", ".join(["bert-base", "tiny", "quickstart"]))
+    seed: int = 42                      # seed of initialisation, data order, masking and dropout
+    device: str = "auto"                # auto | cpu | cuda
+    dtype: str = "auto"                 # auto (CUDA: bf16 on compute capability >= 8.0, else fp16 +
+                                        # GradScaler; CPU: fp32) | float32 | bfloat16 | float16
+    teacher_half: bool = True           # frozen teacher in --dtype's half precision on GPU (fp32 with
+                                        # float32)
+    compile: bool = False               # torch.compile the student
+    eval_every: int = 500               # held-out MLM evaluation every N steps (0: only at the end)
+    eval_batches: int = 50              # batches per evaluation
+    save_every: int = 1000              # checkpoint every N steps (and always at the end)
+    keep_last: int = 3                  # checkpoints kept
+    log_every: int = 10                 # metrics.jsonl line every N steps
+    resume: bool = False                # continue from the newest checkpoint in out_dir
+    max_nonfinite: int = 10             # stop after this many non-finite steps in a row
+    wandb: str = ""                     # a wandb project name to log to (needs wandb installed)
+    preset: str = ""                    # start from named settings: bert-base, tiny, quickstart
 
 
 QUICKSTART_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"  # a real pretrained BERT (6 x 384), no MLM head
@@ -415,7 +416,7 @@ def build_models(cfg, shards) -> tuple:
     """(the model to train, the frozen teacher or None): the student from the teacher's layers
     (--init=teacher), a fresh model (--init=scratch) or the teacher itself (--init=pretrained, mlm mode)."""
     teacher = None
-    if cfg.mode == "distill" or cfg.init in ("teacher", "pretrained"):
+    if cfg.mode == "distill" or cfg.init in ("teacher", "pretrained", "random"):
         teacher = load_teacher(cfg, shards)
     if cfg.init == "pretrained":
         if cfg.mode != "mlm":
@@ -424,16 +425,19 @@ def build_models(cfg, shards) -> tuple:
         model = teacher
         if model.pooler is not None:  # kept as it is: the MLM loss does not reach it
             model.pooler.requires_grad_(False)
-    elif cfg.init == "teacher":
+    elif cfg.init in ("teacher", "random"):
         layers = [int(i) for i in cfg.student_layers.split(",")] if cfg.student_layers else None
         model = student_from_teacher(teacher, layers)
+        if cfg.init == "random":  # Table 4's "random init": the same student shape, its weights drawn afresh
+            model = Bert(model.cfg)
     elif cfg.init == "scratch":
         model = Bert(BertConfig(vocab_size=shards.vocab_size, hidden_size=cfg.hidden, num_layers=cfg.layers,
                                 num_heads=cfg.heads, intermediate_size=cfg.intermediate,
                                 max_position=cfg.max_len, pad_token_id=shards.special["pad"]))
     else:
-        raise SystemExit(f"--init={cfg.init}: expected teacher, scratch or pretrained")
-    check_positions(cfg, model, cfg.teacher if cfg.init in ("teacher", "pretrained") else "the model")
+        raise SystemExit(f"--init={cfg.init}: expected teacher, random, scratch or pretrained")
+    source = cfg.teacher if cfg.init in ("teacher", "pretrained", "random") else "the model"
+    check_positions(cfg, model, source)
     return model, (teacher if cfg.mode == "distill" else None)  # in mlm mode the teacher only lent its layers
 
 

@@ -1,0 +1,128 @@
+"""reproduce.py --quick end to end on a tiny teacher and tiny data made here: every stage runs, every table comes from
+the JSON the stages wrote, verdicts follow from their statistics, and a second run recomputes nothing."""
+import json
+import random
+
+import pytest
+import torch
+
+import data as D
+import reproduce as R
+from eval import verdict
+from model import Bert, BertConfig
+
+WORDS = ("the a cat dog sat on mat good bad great film plot was not very fun dull man woman ran home city river "
+         "old new red blue saw it and but").split()
+
+
+def sentence(rng, n=(4, 9)):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(*n)))
+
+
+def tiny_data(root):
+    rng = random.Random(0)
+    glue = root / "glue"
+    tsv = lambda path, header, rows: (path.parent.mkdir(parents=True, exist_ok=True),
+                                      path.write_text("\t".join(header) + "\n" + "".join(
+                                          "\t".join(map(str, r)) + "\n" for r in rows)))
+    for split, n in (("train", 120), ("dev", 24)):
+        ss = [sentence(rng) for _ in range(n)]
+        tsv(glue / "SST-2" / f"{split}.tsv", ["sentence", "label"], [(s, int("good" in s)) for s in ss])
+        pairs = [(sentence(rng), sentence(rng)) for _ in range(n)]
+        tsv(glue / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            [(int(a.split()[0] in b), i, i, a, b) for i, (a, b) in enumerate(pairs)])
+        tsv(glue / "RTE" / f"{split}.tsv", ["index", "sentence1", "sentence2", "label"],
+            [(i, a, b, "entailment" if a.split()[0] in b else "not_entailment") for i, (a, b) in enumerate(pairs)])
+        tsv(glue / "STS-B" / f"{split}.tsv", ["index", "sentence1", "sentence2", "score"],
+            [(i, a, b, round(5 * len(set(a.split()) & set(b.split())) / 9, 2)) for i, (a, b) in enumerate(pairs)])
+    for half, n in (("dev", 16), ("test", 10)):
+        paragraphs = []
+        for i in range(n):
+            context = sentence(rng, (12, 20))
+            answer = context.split()[3]
+            paragraphs.append({"context": context, "qas": [{"id": f"{half}{i}", "question": sentence(rng),
+                                                            "answers": [{"text": answer,
+                                                                         "answer_start": context.index(answer)}]}]})
+        (root / "squad").mkdir(exist_ok=True)
+        (root / "squad" / f"{half}-v1.1.json").write_text(json.dumps({"data": [{"title": "t",
+                                                                                "paragraphs": paragraphs}]}))
+    text = lambda n: "\n\n".join(" ".join(sentence(rng) + "." for _ in range(8)) for _ in range(n)) + "\n"
+    for path, n in (("gutenberg/book.txt", 60), ("wikitext-2/wiki.test.raw", 30), ("tinyshakespeare/input.txt", 30)):
+        (root / "corpora" / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / "corpora" / path).write_text(text(n))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Tiny data in ../shared/data's layout and a tiny pretrained-style teacher (BertModel: pooler, token types, no
+    MLM head) with a vocabulary that knows the words."""
+    root = tiny_data(tmp_path_factory.mktemp("rep"))
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + WORDS) + "\n")
+    torch.manual_seed(0)
+    teacher = Bert(BertConfig(vocab_size=6 + len(WORDS), hidden_size=32, num_layers=6, num_heads=2,
+                              intermediate_size=64, max_position=64, pooler=True))
+    teacher.save_pretrained(root / "teacher", tokenizer_files=[vocab])
+    cfg = json.loads((root / "teacher" / "config.json").read_text())
+    (root / "teacher" / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+    (root / "teacher" / "SHA256SUMS").unlink()  # edited on purpose
+    return root
+
+
+def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
+    argv = ["--quick", f"--data={tiny}", f"--teacher={tiny / 'teacher'}", f"--out={tmp_path}"]
+    cfg = R.parse_config(argv, R.ReproduceConfig)
+    results = R.reproduce(cfg)
+    assert set(results) == set(R.STAGES)
+    for name in R.STAGES[1:]:
+        saved = json.loads((tmp_path / name / "stage.json").read_text())["result"]
+        assert saved == json.loads(json.dumps(results[name]))  # the tables come from what the stage wrote
+        if name != "table3":
+            assert (tmp_path / name / "results.png").is_file(), name
+    g = results["general"]
+    assert set(g["rows"]) == set(R.ROWS)
+    for name, row in g["rows"].items():
+        assert 0 <= row["mlm_acc"] <= 1
+        if name != "triple loss":
+            v = row["vs_triple"]
+            assert v["verdict"] == verdict(v["delta"], v["se"])
+            assert v["delta"] == pytest.approx(row["mlm_acc"] - g["rows"]["triple loss"]["mlm_acc"])
+    t1 = results["table1"]
+    assert set(t1["medians"]) == {"teacher", "distilled", "MLM-only"}
+    assert set(t1["medians"]["teacher"]) == set(R.TASKS)
+    assert t1["retention"]["teacher"] == pytest.approx(1.0)
+    for task, runs in t1["runs"]["distilled"].items():  # the median of the 2 seeds is the lower one
+        metric = R.ft.GLUE_TASKS[task]["metrics"][0]
+        assert t1["medians"]["distilled"][task][metric] == min(r[metric] for r in runs)
+    t2 = results["table2"]
+    assert t2["sst2"]["transfer"] > 0 and set(t2["squad"]["rows"]) == {"teacher", "student", "student (D)"}
+    assert t2["squad"]["questions"] == 8
+    assert {r["model"] for r in results["table3"]["rows"]} == {"teacher", "distilled"}
+    p = results["peakd"]["tasks"]
+    assert set(p) == {"SST-2", "MRPC", "RTE"}
+    assert p["RTE"]["rows"]["KD + SPS"]["depth"] == 6 and p["RTE"]["rows"]["KD"]["depth"] == 3
+    md = (tmp_path / "tables.md").read_text()
+    for word in ("triple loss", "retention", "student (D)", "Pea-KD", "parameters_M"):
+        assert word in md
+
+    # a second run recomputes nothing
+    capsys.readouterr()
+    again = R.reproduce(cfg)
+    out = capsys.readouterr().out
+    assert out.count("already complete") == len(R.STAGES)
+    assert again["table1"]["medians"] == results["table1"]["medians"]
+
+    # one stage's settings changed: it and the stages after it run again, the ones before are reused
+    R.reproduce(R.parse_config(argv + ["--only=table1", "--epochs=3"], R.ReproduceConfig))
+    out = capsys.readouterr().out
+    assert "teacher: already complete" in out and "general: already complete" in out and "== table1" in out
+    assert "== table3" not in out and "== peakd" not in out and "table3: already" not in out
+    assert "parameters_M" in (tmp_path / "tables.md").read_text()  # complete stages stay in the tables
+
+
+def test_bad_options_are_one_clear_line(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        R.reproduce(R.ReproduceConfig(only="table9", out=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="corpora"):
+        R.corpus(R.ReproduceConfig(data=str(tmp_path)))
