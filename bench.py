@@ -5,29 +5,35 @@ Speed and memory of this codebase against transformers, measured side by side in
     python bench.py --only inference,table3   # sections: inference, table3, train, data, cpu-bf16, gpu, inference-gpu
     python bench.py --quick                   # tiny shapes: a smoke test of the whole script (tests/test_bench.py)
 
-  inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1 and 32 x
-             length 128 and 512, float32. ratio = our median time / transformers' median time.
+  inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1
+             and 32 x length 128 and 512, float32. ratio = our median time / transformers' median time.
   inference-gpu  the same cells on the GPU in bf16 (skipped without CUDA).
-  table3     the paper's Table 3: encoder + a one-output task head, batch 1, one pass over STS-B dev; speed-up =
-             teacher time / student time, ours and transformers' (ForSequenceClassification) side by side.
-  train      one distillation step (teacher forward, student forward + backward, 5 L_ce + 2 L_mlm + 1 L_cos, AdamW):
-             train.forward_backward + train.make_optimizer vs the step built from transformers models with the
-             reference formulas (full logits, masked_select, KLDivLoss(batchmean) T^2, CrossEntropyLoss,
-             CosineEmbeddingLoss, torch's default AdamW).
-  data       data.prepare (batched, all cores) vs encoding one line at a time in Python, as binarized_data.py does.
-  cpu-bf16   what --dtype=auto weighs on a CPU: bf16 against float32 time of its matmul probe, our student's encoder
-             forward and forward + backward at 8 x 128 (CPUs with AMX/AVX512-BF16 units gain, others lose).
-  gpu        tokens/s and MFU of our step at length 512 in bf16, eager and torch.compile (skipped without CUDA).
+  table3     the paper's Table 3: encoder + a one-output task head, batch 1, one pass over STS-B dev; speed-up
+             = teacher time / student time, ours and transformers' (ForSequenceClassification) side by side.
+  train      one distillation step (teacher forward, student forward + backward, 5 L_ce + 2 L_mlm + 1 L_cos,
+             AdamW): train.forward_backward + train.make_optimizer vs the step built from transformers models
+             with the reference formulas (full logits, masked_select, KLDivLoss(batchmean) T^2,
+             CrossEntropyLoss, CosineEmbeddingLoss, torch's default AdamW).
+  loss-memory  peak memory of L_ce forward + backward at 4096 rows x 30522 (float32): full logits against
+             checkpointed chunks (soft_target_loss_chunked, the baseline of the fused head), fresh processes.
+  data       prepare.prepare (batched, all cores) vs encoding one line at a time in Python, as
+             binarized_data.py does.
+  cpu-bf16   what --dtype=auto weighs on a CPU: bf16 against float32 time of its matmul probe, our student's
+             encoder forward and forward + backward at 8 x 128 (CPUs with AMX/AVX512-BF16 units gain, others
+             lose).
+  gpu        tokens/s and MFU of our step at length 512 in bf16, eager and torch.compile (skipped without
+             CUDA).
 
 Method. Both sides get the same weights: a perturbed random BertForMaskedLM is saved and loaded into ours with
-Bert.from_pretrained; our student_from_teacher is saved and loaded into DistilBertForMaskedLM. Outputs (and the
-training losses and gradient norm) are asserted equal before anything is timed. Both sides run with the same thread
-count; repetitions are interleaved A B B A ... after a warm-up, so that drift hits both alike; medians are reported.
-Peak memory of a training step: each variant runs in a fresh process; once models, batch and optimizer are built,
-freed heap goes back to the OS (malloc_trim) and the peak-RSS mark is reset (/proc/self/clear_refs); the peak is the
-VmHWM reached during the steps minus the RSS at that point, so it counts gradients and AdamW state (equal on both
-sides), activations and loss temporaries. Results are merged into out/bench-results.json (written atomically) and
-out/bench-results.md (the README table). Timings on a busy machine are noise: --max-load waits for a quiet one.
+Bert.from_pretrained; our student_from_teacher is saved and loaded into DistilBertForMaskedLM. Outputs (and
+the training losses and gradient norm) are asserted equal before anything is timed. Both sides run with the
+same thread count; repetitions are interleaved A B B A ... after a warm-up, so that drift hits both alike;
+medians are reported. Peak memory of a training step: each variant runs in a fresh process; once models, batch
+and optimizer are built, freed heap goes back to the OS (malloc_trim) and the peak-RSS mark is reset
+(/proc/self/clear_refs); the peak is the VmHWM reached during the steps minus the RSS at that point, so it
+counts gradients and AdamW state (equal on both sides), activations and loss temporaries. Results are merged
+into out/bench-results.json (written atomically) and out/bench-results.md (the README table). Timings on a
+busy machine are noise: --max-load waits for a quiet one.
 """
 import argparse
 import contextlib
@@ -47,18 +53,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import data as D
-import train as T
+import common
+import data
+import losses
+import prepare
+import train
 from model import Bert, BertConfig, student_from_teacher
+from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data"
-BASE = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_position=512)
-QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, max_position=128)
+BASE = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
+            max_position=512)
+QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
+             max_position=128)
 INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
-SECTIONS = ("inference", "table3", "train", "data", "cpu-bf16", "gpu", "inference-gpu")
+SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "cpu-bf16", "gpu", "inference-gpu")
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
 NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
 
@@ -84,8 +96,8 @@ def med(xs):
 
 
 def interleaved(fns, reps, warmup=1):
-    """Run fns {name: callable} `warmup` times each, then `reps` timed rounds, the order reversed every other round
-    (A B, B A, A B, ...). -> {name: [seconds, ...]}"""
+    """Run fns {name: callable} `warmup` times each, then `reps` timed rounds, the order reversed every other
+    round (A B, B A, A B, ...). -> {name: [seconds, ...]}"""
     for _ in range(warmup):
         for f in fns.values():
             f()
@@ -98,12 +110,13 @@ def interleaved(fns, reps, warmup=1):
     return times
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Same weights on both sides
 
 
 def make_models(size, folder, seed=0):
-    """Save a perturbed random BERT (transformers) as folder/teacher and our student of it as folder/student."""
+    """Save a perturbed random BERT (transformers) as folder/teacher and our student of it as
+    folder/student."""
     tf = hf()
     torch.manual_seed(seed)
     ref = tf.BertForMaskedLM(tf.BertConfig(
@@ -126,22 +139,26 @@ def load(folder, which):
 
 @torch.no_grad()
 def check_same(ours, ref, name, tol=TOL, seed=0):
-    """Assert ours and transformers' give the same MLM logits and last hidden states on a padded batch (with token
-    types for a teacher); returns the largest |difference| over real tokens."""
+    """Assert ours and transformers' give the same MLM logits and last hidden states on a padded batch (with
+    token types for a teacher); returns the largest |difference| over real tokens."""
     g, c = torch.Generator().manual_seed(seed), ours.cfg
     ids = torch.randint(1, c.vocab_size, (3, min(64, c.max_position)), generator=g)
     mask = torch.ones_like(ids)
     mask[1, ids.shape[1] // 2:], mask[2, 5:] = 0, 0
-    kw = {"token_type_ids": torch.randint(0, c.type_vocab_size, ids.shape, generator=g)} if c.type_vocab_size else {}
-    a, b = ours(ids * mask, mask, **kw), ref(input_ids=ids * mask, attention_mask=mask, output_hidden_states=True, **kw)
+    kw = {"token_type_ids": torch.randint(0, c.type_vocab_size, ids.shape,
+                                          generator=g)} if c.type_vocab_size else {}
+    a, b = ours(ids * mask, mask, **kw), ref(input_ids=ids * mask, attention_mask=mask,
+                                             output_hidden_states=True, **kw)
     real = mask.bool()
-    d = max((a.logits - b.logits)[real].abs().max().item(), (a.hidden_states[-1] - b.hidden_states[-1])[real].abs().max().item())
+    d = max((a.logits - b.logits)[real].abs().max().item(),
+            (a.hidden_states[-1] - b.hidden_states[-1])[real].abs().max().item())
     if not d <= tol:
-        raise AssertionError(f"{name}: ours and transformers differ by {d:.3g} (> {tol}): not the same weights/function")
+        raise AssertionError(f"{name}: ours and transformers differ by {d:.3g} (> {tol}): not the same "
+                             f"weights/function")
     return d
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 1. Inference and 2. Table 3
 
 
@@ -151,9 +168,9 @@ def synchronizer(dev):
 
 
 def bench_inference(folder, cells, device="cpu", dtype=torch.float32, models=("teacher", "student")):
-    """Our model vs transformers' at each (batch, length) cell: same weights, same ids, full MLM logits. The outputs are
-    checked equal in float32 on the CPU first; then both sides move to `device` and `dtype` (the GPU run: cuda,
-    bfloat16) and are timed, interleaved."""
+    """Our model vs transformers' at each (batch, length) cell: same weights, same ids, full MLM logits. The
+    outputs are checked equal in float32 on the CPU first; then both sides move to `device` and `dtype` (the
+    GPU run: cuda, bfloat16) and are timed, interleaved."""
     dev = torch.device(device)
     sync = synchronizer(dev)
 
@@ -166,15 +183,18 @@ def bench_inference(folder, cells, device="cpu", dtype=torch.float32, models=("t
         ours, ref = ours.to(dev, dtype), ref.to(dev, dtype)
         label = which if (dev.type, dtype) == ("cpu", torch.float32) else f"{which} {dev.type} {dtype_name}"
         for (B, L), reps in cells.items():
-            ids = torch.randint(1, ours.cfg.vocab_size, (B, L), generator=torch.Generator().manual_seed(B * L)).to(dev)
+            ids = torch.randint(1, ours.cfg.vocab_size, (B, L),
+                                generator=torch.Generator().manual_seed(B * L)).to(dev)
             mask = torch.ones_like(ids)
             n = B if dev.type == "cuda" else 1  # warm-up: the full shape on a GPU (kernels, allocator), batch 1 on the CPU
             with torch.no_grad():
                 interleaved({"o": timed(lambda: ours(ids[:n], mask[:n])),
                              "r": timed(lambda: ref(input_ids=ids[:n], attention_mask=mask[:n]))}, 0)
                 t = interleaved({"ours": timed(lambda: ours(ids, mask)),
-                                 "ref": timed(lambda: ref(input_ids=ids, attention_mask=mask))}, reps, warmup=0)
-                lo, lr = ours(ids[:1], mask[:1]).logits.float(), ref(input_ids=ids[:1], attention_mask=mask[:1]).logits.float()
+                                 "ref": timed(lambda: ref(input_ids=ids, attention_mask=mask))}, reps,
+                                 warmup=0)
+                lo, lr = ours(ids[:1], mask[:1]).logits.float(), ref(input_ids=ids[:1],
+                                                                     attention_mask=mask[:1]).logits.float()
             o, r = med(t["ours"]), med(t["ref"])
             per_run = [a / b for a, b in zip(t["ours"], t["ref"])]
             cellsout.append({"model": which, "batch": B, "length": L, "ours_s": t["ours"], "ref_s": t["ref"],
@@ -189,17 +209,19 @@ def bench_inference(folder, cells, device="cpu", dtype=torch.float32, models=("t
 
 
 def bench_table3(folder, vocab, sts, limit):
-    """Encoder + one-output head (finetune.Classifier / transformers' ForSequenceClassification), batch 1, each STS-B
-    dev pair once per model, the four models timed pair by pair in rotating order."""
+    """Encoder + one-output head (finetune.Classifier / transformers' ForSequenceClassification), batch 1,
+    each STS-B dev pair once per model, the four models timed pair by pair in rotating order."""
     from finetune import Classifier, encode, read_glue
     tf = hf()
-    enc = encode(D.load_tokenizer(vocab), read_glue("STS-B", sts.parent, sts.stem)[:limit], 128)
+    enc = encode(load_tokenizer(vocab), read_glue("STS-B", sts.parent, sts.stem)[:limit], 128)
     n = enc["attention_mask"].sum(1).tolist()
-    inputs = [[enc[k][i:i + 1, :m] for k in ("input_ids", "attention_mask", "token_type_ids")] for i, m in enumerate(n)]
+    inputs = [[enc[k][i:i + 1, :m] for k in ("input_ids", "attention_mask", "token_type_ids")] for i,
+              m in enumerate(n)]
     torch.manual_seed(0)
     models = {"ours teacher": Classifier(Bert.from_pretrained(folder / "teacher"), 1).eval(),
               "ours student": Classifier(Bert.from_pretrained(folder / "student"), 1).eval(),
-              "transformers teacher": tf.BertForSequenceClassification.from_pretrained(folder / "teacher", num_labels=1),
+              "transformers teacher": tf.BertForSequenceClassification.from_pretrained(folder / "teacher",
+                                                                                       num_labels=1),
               "transformers student": tf.DistilBertForSequenceClassification.from_pretrained(folder / "student", num_labels=1)}
     call = {"ours teacher": lambda m, x: m(*x), "ours student": lambda m, x: m(x[0], x[1]),
             "transformers teacher": lambda m, x: m(input_ids=x[0], attention_mask=x[1], token_type_ids=x[2]),
@@ -220,44 +242,52 @@ def bench_table3(folder, vocab, sts, limit):
         t, s = total[f"{side} teacher"], total[f"{side} student"]
         per_pair = med([a / b for a, b in zip(times[f"{side} teacher"], times[f"{side} student"])])
         out[f"speedup_{side}"] = t / s
-        out["rows"].append(row(f"{side}: teacher s / student s over {len(inputs)} pairs (median per-pair speed-up)",
+        out["rows"].append(row(f"{side}: teacher s / student s over {len(inputs)} pairs (median per-pair "
+                               f"speed-up)",
                                f"{t:.2f}", f"{s:.2f}", f"{t / s:.2f}x ({per_pair:.2f}x)",
-                               ">= 1.9x" if side == "ours" else "(paper 1.63x)", t / s >= 1.9 if side == "ours" else None))
-    out["rows"].append(row("ours vs transformers, teacher and student pass time", f"{total['ours teacher']:.2f}, "
+                               ">= 1.9x" if side == "ours" else "(paper 1.63x)",
+                               t / s >= 1.9 if side == "ours" else None))
+    out["rows"].append(row("ours vs transformers, teacher and student pass time",
+                           f"{total['ours teacher']:.2f}, "
                            f"{total['ours student']:.2f}", f"{total['transformers teacher']:.2f}, "
-                           f"{total['transformers student']:.2f}", f"{total['ours teacher'] / total['transformers teacher']:.3f}, "
+                           f"{total['transformers student']:.2f}",
+                           f"{total['ours teacher'] / total['transformers teacher']:.3f}, "
                            f"{total['ours student'] / total['transformers student']:.3f}", "<= 1.0"))
     print_rows(out["rows"])
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 3. One distillation step; each variant in a fresh process, for its peak memory
 
 
 def train_batch(B, L, vocab, seed=0, pad=True):
-    """B x L random ids (rows shortened by up to a quarter when pad), masked with data.mask_tokens (uniform 15%)."""
+    """B x L random ids (rows shortened by up to a quarter when pad), masked with data.mask_tokens (uniform
+    15%)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, vocab, (B, L), generator=g)
     lengths = torch.tensor([L - i * L // (4 * B) if pad else L for i in range(B)])
     mask = (torch.arange(L)[None] < lengths[:, None]).long()
-    masked, labels = D.mask_tokens(ids * mask, mask, mask_id=1, vocab_size=vocab, special_ids=[0], generator=g)
+    masked, labels = data.mask_tokens(ids * mask, mask, mask_id=1, vocab_size=vocab, special_ids=[0],
+                                      generator=g)
     return masked, mask, labels
 
 
 def make_step(variant, folder, batch, temperature=2.0, alphas=(5.0, 2.0, 1.0)):
-    """-> (step(update=True) returning the loss parts, student). variant: 'ours:<ce_chunk>' (train.py's step and
-    optimizer; 'ours:<ce_chunk>:adamw' with torch's default AdamW instead, an ablation) or 'transformers'."""
+    """-> (step(update=True) returning the loss parts, student). variant: 'ours:<ce_chunk>' (train.py's step
+    and optimizer; 'ours:<ce_chunk>:adamw' with torch's default AdamW instead, an ablation) or
+    'transformers'."""
     ids, am, labels = batch
     if variant.startswith("ours"):
         teacher, student = (Bert.from_pretrained(folder / w) for w in ("teacher", "student"))
-        cfg = T.TrainConfig(ce_chunk=int(variant.split(":")[1]), temperature=temperature, alpha_ce=alphas[0],
+        cfg = train.TrainConfig(ce_chunk=int(variant.split(":")[1]), temperature=temperature,
+                                alpha_ce=alphas[0],
                             alpha_mlm=alphas[1], alpha_cos=alphas[2], lr=1e-4)
-        objective = T.Objective(student, teacher.requires_grad_(False), cfg)
-        opt = T.make_optimizer(student, cfg) if not variant.endswith(":adamw") else None
+        objective = train.Objective(student, teacher.requires_grad_(False), cfg)
+        opt = train.make_optimizer(student, cfg) if not variant.endswith(":adamw") else None
 
         def forward_backward():
-            return T.forward_backward(objective, teacher, [(ids, am, labels)], cfg)[0]
+            return train.forward_backward(objective, teacher, [(ids, am, labels)], cfg)[0]
     else:  # the reference formulas on transformers models
         (_, teacher), (_, student), opt = load(folder, "teacher"), load(folder, "student"), None
         teacher.requires_grad_(False)
@@ -291,8 +321,10 @@ def make_step(variant, folder, batch, temperature=2.0, alphas=(5.0, 2.0, 1.0)):
 
 
 def losses_differ(a, b, rtol=1e-4):
-    """Names of the loss parts and gradient norm on which two steps' checks differ by more than rtol (relative)."""
-    return [k for k in ("ce", "mlm", "cos", "total", "grad_norm") if not abs(a[k] - b[k]) <= rtol * abs(b[k]) + 1e-9]
+    """Names of the loss parts and gradient norm on which two steps' checks differ by more than rtol
+    (relative)."""
+    return [k for k in ("ce", "mlm", "cos", "total",
+                        "grad_norm") if not abs(a[k] - b[k]) <= rtol * abs(b[k]) + 1e-9]
 
 
 def proc_kib(field):
@@ -322,7 +354,8 @@ def train_worker(spec):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    Path(spec["result"]).write_text(json.dumps({"check": check, "step_s": times[1:], "tokens": int(batch[1].sum()),
+    Path(spec["result"]).write_text(json.dumps({"check": check, "step_s": times[1:],
+                                                "tokens": int(batch[1].sum()),
                                                 "peak_mb": (proc_kib("VmHWM") - base) / 1024}))
 
 
@@ -332,17 +365,20 @@ def bench_train(folder, vocab, B, L, variants, steps, rounds, threads, pad=True)
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):  # one process per variant per round, the order reversed every other round
             for v in (variants if r % 2 == 0 else variants[::-1]):
-                spec = dict(variant=v, folder=str(folder), batch=B, length=L, vocab=vocab, threads=threads, steps=steps,
+                spec = dict(variant=v, folder=str(folder), batch=B, length=L, vocab=vocab, threads=threads,
+                            steps=steps,
                             pad=pad, result=f"{tmp}/{r}-{v}.json")
                 subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], check=True, cwd=ROOT)
                 runs[v].append(json.loads(Path(spec["result"]).read_text()))
-    res = {v: {"step_s": med([t for x in rs for t in x["step_s"]]), "all_step_s": [t for x in rs for t in x["step_s"]],
+    res = {v: {"step_s": med([t for x in rs for t in x["step_s"]]),
+               "all_step_s": [t for x in rs for t in x["step_s"]],
                "peak_mb": max(x["peak_mb"] for x in rs), "check": rs[0]["check"]} for v, rs in runs.items()}
     ref, tokens = res["transformers"], runs["transformers"][0]["tokens"]
     out = {"batch": B, "length": L, "real_tokens": tokens, "variants": res, "rows": []}
     for v, x in res.items():
         x.update(tokens_per_s=tokens / x["step_s"], speedup=ref["step_s"] / x["step_s"],
-                 memory_ratio=x["peak_mb"] / ref["peak_mb"], losses_differ=losses_differ(x["check"], ref["check"]))
+                 memory_ratio=x["peak_mb"] / ref["peak_mb"],
+                 losses_differ=losses_differ(x["check"], ref["check"]))
     for v, x in res.items():
         out["rows"].append(row(f"{v}: s/step (tok/s), peak MB; loss {x['check']['total']:.6f}",
                                f"{x['step_s']:.2f} ({x['tokens_per_s']:.0f}), {x['peak_mb']:.0f}",
@@ -358,7 +394,91 @@ def bench_train(folder, vocab, B, L, variants, steps, rounds, threads, pad=True)
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+# loss-memory: peak memory of L_ce (forward + backward) at a BERT-base sized batch, full logits vs
+# checkpointed chunks
+
+def soft_target_loss_chunked(student_hidden, teacher_hidden, student_head, teacher_head,
+                             temperature=2.0, denom=None, chunk_size=1024):
+    """losses.soft_target_loss(student_head(student_hidden), teacher_head(teacher_hidden)) without ever
+    holding the full (rows x vocab) logits: the memory baseline the fused head (losses.head_losses_fused) is
+    measured against.
+
+    Why recompute: a loop over chunks alone saves little. Autograd keeps every tensor that backward needs
+    (each chunk's log-softmax output, teacher probabilities, ...) until backward runs, so the saved (chunk x
+    V) tensors of all chunks are alive together. Wrapping each chunk in torch.utils.checkpoint keeps only the
+    chunk's inputs; backward reruns that chunk's forward pass, at the cost of one extra forward pass of both
+    heads per chunk."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_kl_sum(s_rows, t_rows):
+        with torch.no_grad():
+            t_logits = teacher_head(t_rows)
+        return losses.kl_per_row(student_head(s_rows), t_logits, temperature).sum()
+
+    n = student_hidden.shape[0]
+    total = student_hidden.new_zeros(())
+    for start in range(0, n, chunk_size):
+        s_rows = student_hidden[start:start + chunk_size]
+        t_rows = teacher_hidden[start:start + chunk_size].detach()
+        total = total + checkpoint(chunk_kl_sum, s_rows, t_rows, use_reentrant=False)
+    return total / (max(n, 1) if denom is None else denom) * temperature**2
+
+
+def loss_memory_worker(spec):
+    """One variant in this fresh process; its peak is the max resident set size (getrusage) minus the max RSS
+    right after building the inputs."""
+    import resource
+    torch.manual_seed(0)
+    torch.set_num_threads(spec["threads"])
+    rows, d, vocab = spec["rows"], spec["hidden"], spec["vocab"]
+
+    def make_head():
+        emb = torch.nn.Embedding(vocab, d)
+        decoder = torch.nn.Linear(d, vocab)
+        decoder.weight = emb.weight  # tied to the word embeddings, as in BERT
+        return torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.LayerNorm(d), decoder)
+
+    student_head, teacher_head = make_head(), make_head().requires_grad_(False)
+    s_hidden, t_hidden = torch.randn(rows, d, requires_grad=True), torch.randn(rows, d)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if spec["chunk_size"] == 0:
+        loss = losses.soft_target_loss(student_head(s_hidden), teacher_head(t_hidden))
+    else:
+        loss = soft_target_loss_chunked(s_hidden, t_hidden, student_head, teacher_head,
+                                        chunk_size=spec["chunk_size"])
+    loss.backward()
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    torch.save({"loss": loss.detach(), "peak_mb": peak_mb, "grad_hidden": s_hidden.grad,
+                "grad_emb": student_head[3].weight.grad}, spec["result"])
+
+
+def bench_loss_memory(quick, threads, chunk_sizes=(2048, 1024, 512)):
+    """L_ce forward + backward: full logits (chunk 0) against checkpointed chunks, each in a fresh process;
+    the loss and gradients are asserted equal."""
+    shape = dict(rows=256, hidden=64, vocab=512) if quick else dict(rows=4096, hidden=768, vocab=30522)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for chunk in (0, *chunk_sizes):
+            spec = dict(kind="loss-memory", chunk_size=chunk // (16 if quick else 1), threads=threads,
+                        result=f"{tmp}/{chunk}.pt", **shape)
+            subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], check=True, cwd=ROOT)
+            runs[spec["chunk_size"]] = torch.load(spec["result"])
+    naive, out = runs.pop(0), {**shape, "rows": []}
+    atol = 1e-7 if quick else 1e-9  # float32 rounding of the tiny shapes' larger gradients (max ~0.06)
+    for chunk, r in runs.items():
+        same = (torch.allclose(r["loss"], naive["loss"], rtol=1e-5)
+                and torch.allclose(r["grad_hidden"], naive["grad_hidden"], rtol=1e-4, atol=atol)
+                and torch.allclose(r["grad_emb"], naive["grad_emb"], rtol=1e-4, atol=atol))
+        assert same, f"chunks of {chunk}: the loss or its gradients differ from the full logits'"
+        out["rows"].append(row(f"L_ce peak MB, chunks of {chunk} vs full logits", f"{r['peak_mb']:.0f}",
+                               f"{naive['peak_mb']:.0f}",
+                               f"{r['peak_mb'] / max(naive['peak_mb'], 1e-9):.2f}x memory"))
+    print_rows(out["rows"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
 # 4. Data preparation
 
 
@@ -372,7 +492,7 @@ def reference_encode(files, encode):
 
 
 def utf8_text(path):
-    """Whether data.prepare reads this file (UTF-8 text without NUL); it skips the others, and so do we."""
+    """Whether prepare.prepare reads this file (UTF-8 text without NUL); it skips the others, and so do we."""
     try:
         return "\x00" not in path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -380,23 +500,26 @@ def utf8_text(path):
 
 
 def bench_data(corpus, vocab, reps):
-    """data.prepare vs two line-by-line loops: with the reference script's tokenizer (transformers' pure-Python
-    BertTokenizer, BertTokenizerLegacy since transformers 5) and with the Rust tokenizer data.prepare itself uses."""
-    files = [f for f in D.resolve_inputs(corpus) if utf8_text(f)]
-    tf, fast = hf(), D.load_tokenizer(vocab)
+    """prepare.prepare vs two line-by-line loops: with the reference script's tokenizer (transformers'
+    pure-Python BertTokenizer, BertTokenizerLegacy since transformers 5) and with the Rust tokenizer
+    prepare.prepare itself uses."""
+    files = [f for f in prepare.resolve_inputs(corpus) if utf8_text(f)]
+    tf, fast = hf(), load_tokenizer(vocab)
     slow = (getattr(tf, "BertTokenizerLegacy", None) or tf.BertTokenizer)(str(vocab), do_lower_case=True)
     counts, runs = {}, iter(range(1 << 30))
     with tempfile.TemporaryDirectory() as tmp:
         def ours():  # a fresh folder each time, or prepare() finds it up to date
             with contextlib.redirect_stderr(io.StringIO()):
-                meta = D.prepare([str(f) for f in files], Path(tmp) / f"shards{next(runs)}", vocab=str(vocab))
+                meta = prepare.prepare([str(f) for f in files], Path(tmp) / f"shards{next(runs)}",
+                                       vocab=str(vocab))
             counts["ours"] = sum(s["tokens"] for s in meta["splits"].values())
         t = interleaved({"ours": ours, "python": lambda: counts.update(python=reference_encode(
                              files, lambda x: slow.encode(x, add_special_tokens=False))),
                          "rust": lambda: counts.update(rust=reference_encode(
                              files, lambda x: fast.encode(x, add_special_tokens=False).ids))}, reps, warmup=0)
     if counts["ours"] != counts["rust"]:
-        raise AssertionError(f"data.prepare wrote {counts['ours']} tokens, the line-by-line loop {counts['rust']}")
+        raise AssertionError(f"prepare.prepare wrote {counts['ours']} tokens, the line-by-line loop "
+                             f"{counts['rust']}")
     s = {k: med(v) for k, v in t.items()}
     out = {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "tokens": counts, "seconds": s,
            "speedup": s["python"] / s["ours"], "speedup_same_tokenizer": s["rust"] / s["ours"]}
@@ -410,14 +533,14 @@ def bench_data(corpus, vocab, reps):
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 5. GPU: tokens/s and MFU of our distillation step
 
 
 def bench_cpu_bf16(folder, B, L, reps):
-    """What --dtype=auto weighs on a CPU: bf16 against float32, in the same process. The probe train.auto_dtype uses,
-    a large matrix product, and our student's encoder forward and training step under bf16 autocast."""
-    import train as T
+    """What --dtype=auto weighs on a CPU: bf16 against float32, in the same process. The probe
+    common.auto_dtype uses, a large matrix product, and our student's encoder forward and training step under
+    bf16 autocast."""
     student = Bert.from_pretrained(folder / "student").train()
     ids = torch.randint(1, student.cfg.vocab_size, (B, L))
     rows = []
@@ -434,19 +557,21 @@ def bench_cpu_bf16(folder, B, L, reps):
                 h = student(ids, return_logits=False).hidden_states[-1]
             h.float().square().mean().backward()
         return f
-    probe = med([T.bf16_speedup() for _ in range(reps)])
-    rows.append(row("probe: 768x768 @ 768x3072, fp32 time / bf16 time", "", "", probe, ">= 1.5: auto picks bf16"))
+    probe = med([common.bf16_speedup() for _ in range(reps)])
+    rows.append(row("probe: 768x768 @ 768x3072, fp32 time / bf16 time", "", "", probe,
+                    ">= 1.5: auto picks bf16"))
     for name, make in (("student encoder forward", forward), ("student forward + backward", step)):
         t = interleaved({"fp32": make("fp32"), "bf16": make("bf16")}, reps)
         rows.append(row(f"{name} {B} x {L}, ms: bf16 (ours) vs fp32 (reference)", med(t["bf16"]) * 1e3,
                         med(t["fp32"]) * 1e3, med(t["fp32"]) / med(t["bf16"]), "speed-up"))
-    return {"rows": rows, "auto": str(T.auto_dtype(torch.device("cpu"))[0])}
+    return {"rows": rows, "auto": str(common.auto_dtype(torch.device("cpu"))[0])}
 
 
 def train_flops_per_token(t: BertConfig, s: BertConfig, L):
-    """Model FLOPs per token of one distillation step (a multiply-add is 2 FLOPs; recomputation is not counted):
-    teacher forward F_t plus student forward and backward 3 F_s, where F = layers x (2 (4 d^2 + 2 d d_ff) for the
-    matmuls + 4 L d for QK^T and AV) + 2 (d^2 + d V) for the MLM head (transform and decoder) on every token."""
+    """Model FLOPs per token of one distillation step (a multiply-add is 2 FLOPs; recomputation is not
+    counted): teacher forward F_t plus student forward and backward 3 F_s, where F = layers x (2 (4 d^2 + 2 d
+    d_ff) for the matmuls + 4 L d for QK^T and AV) + 2 (d^2 + d V) for the MLM head (transform and decoder) on
+    every token."""
     def fwd(c):
         d = c.hidden_size
         return c.num_layers * (8 * d * d + 4 * d * c.intermediate_size + 4 * L * d) + 2 * (d * d + d * c.vocab_size)
@@ -454,9 +579,9 @@ def train_flops_per_token(t: BertConfig, s: BertConfig, L):
 
 
 def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="inductor"):
-    """Tokens/s and MFU of the distillation step in bf16 autocast, eager and torch.compile'd. device=None: the CUDA
-    device if there is one, else skipped. The tests run it on the CPU with backend="eager" (the code path, not the
-    speed)."""
+    """Tokens/s and MFU of the distillation step in bf16 autocast, eager and torch.compile'd. device=None: the
+    CUDA device if there is one, else skipped. The tests run it on the CPU with backend="eager" (the code
+    path, not the speed)."""
     if device is None and not torch.cuda.is_available():
         print("  no CUDA device here: GPU tokens/s and MFU not measured")
         return {"skipped": "no CUDA device", "rows": []}
@@ -469,15 +594,16 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
     teacher = Bert.from_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
     batch = train_batch(B, L, teacher.cfg.vocab_size, pad=False)
     ids, am, labels = (x.pin_memory().to(dev, non_blocking=True) if cuda else x for x in batch)
-    cfg = T.TrainConfig(ce_chunk=ce_chunk)
+    cfg = train.TrainConfig(ce_chunk=ce_chunk)
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     for compiled in (False, True):
         student = Bert.from_pretrained(folder / "student").to(dev).train()
-        objective = T.Objective(torch.compile(student, backend=backend) if compiled else student, teacher, cfg)
-        opt = T.make_optimizer(student, cfg)
+        objective = train.Objective(torch.compile(student, backend=backend) if compiled else student,
+                                    teacher, cfg)
+        opt = train.make_optimizer(student, cfg)
 
         def step():
-            sums = T.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)[0]
+            sums = train.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)[0]
             opt.step()
             opt.zero_grad(set_to_none=True)
             return sums
@@ -497,13 +623,14 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
                     "peak_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
                     "last_warmup_losses": {k: float(v) for k, v in sums.items()}}
         out["rows"].append(row(f"{name} {key}, {B} x {L} bf16: tok/s, MFU",
-                               f"{tps:,.0f}, {flops * tps / peak:.1%}", "", "", ">= 40%", flops * tps / peak >= 0.4))
+                               f"{tps:,.0f}, {flops * tps / peak:.1%}", "", "", ">= 40%",
+                               flops * tps / peak >= 0.4))
         del student, objective, opt
     print_rows(out["rows"])
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 COLUMNS = ("measure", "ours", "reference", "ratio", "target", "met")
 
@@ -514,7 +641,8 @@ def print_rows(rows):
 
 
 def markdown(res):
-    lines = ["| section | " + " | ".join(COLUMNS) + " | load before; others' cores |", "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = ["| section | " + " | ".join(COLUMNS) + " | load before; others' cores |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
     for name, sec in res["sections"].items():
         lines += [f"| {name} | " + " | ".join(str(r[c]) for c in COLUMNS) +
                   f" | {sec['load_before']:.2f}; {sec['other_cores']:.2f} |" for r in sec.get("rows", [])]
@@ -523,12 +651,14 @@ def markdown(res):
     if len(runs) > 1:  # sections merged from several runs: say which run each comes from
         lines += [""] + [f"- {name}: run started {sec.get('started')}, `{sec.get('command')}`"
                          for name, sec in res["sections"].items()]
-    return (f"{m['cpu']}, {m['cores']} cores ({res['threads']} torch threads), torch {m['torch']}, transformers "
+    return (f"{m['cpu']}, {m['cores']} cores ({res['threads']} torch threads), torch {m['torch']}, "
+            f"transformers "
             f"{m['transformers']}, Python {m['python']}; {m['date']}; `{m['command']}`\n\n" + "\n".join(lines) + "\n")
 
 
 def cpu_seconds():
-    """(CPU seconds used by the whole machine, by this process and its finished children) since boot / start."""
+    """(CPU seconds used by the whole machine, by this process and its finished children) since boot /
+    start."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
     t = os.times()
@@ -536,8 +666,9 @@ def cpu_seconds():
 
 
 def wait_for_quiet(max_load, timeout):
-    """Wait (up to timeout s) until the 1-min load average is below max_load and, over 15 s, other processes kept
-    less than a quarter of a core busy (a 2-thread run next to one busy core is mostly threads waiting)."""
+    """Wait (up to timeout s) until the 1-min load average is below max_load and, over 15 s, other processes
+    kept less than a quarter of a core busy (a 2-thread run next to one busy core is mostly threads
+    waiting)."""
     t0 = time.time()
     while max_load and time.time() - t0 < timeout:
         (all0, own0), s0 = cpu_seconds(), time.time()
@@ -548,16 +679,18 @@ def wait_for_quiet(max_load, timeout):
     return os.getloadavg()[0]
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions: a smoke test")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--out", default="out/bench-results.json")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, both sides")
-    p.add_argument("--max-load", type=float, default=0, help="before each section wait (up to --wait s) until the "
+    p.add_argument("--max-load", type=float, default=0,
+                   help="before each section wait (up to --wait s) until the "
                    "1-minute load average is below this (0: do not wait)")
     p.add_argument("--wait", type=float, default=1200)
-    p.add_argument("--retries", type=int, default=0, help="run a section again (after waiting) when other processes "
+    p.add_argument("--retries", type=int, default=0,
+                   help="run a section again (after waiting) when other processes "
                    "kept more than 0.3 cores busy during it")
     p.add_argument("--vocab", default=str(SHARED / "bert-base-uncased" / "vocab.txt"))
     p.add_argument("--sts", default=str(SHARED / "glue" / "STS-B" / "dev.tsv"))
@@ -565,26 +698,50 @@ def main(argv=None):
     p.add_argument("--sts-limit", type=int, default=None, help="the first N STS-B dev pairs only")
     p.add_argument("--train-shape", default=None, help="batch x length of the training step (default 8x128)")
     p.add_argument("--no-pad", action="store_true", help="training batch without padding")
-    p.add_argument("--variants", default=None, help="our steps, default ours:1024,ours:256,ours:0: ours:<ce_chunk> "
-                   "(0: full logits at once); ours:<ce_chunk>:adamw with torch's default AdamW, as the reference")
+    p.add_argument("--variants", default=None,
+                   help="our steps, default ours:1024,ours:256,ours:0: ours:<ce_chunk> "
+                   "(0: full logits at once); ours:<ce_chunk>:adamw with torch's default AdamW, as the "
+                   "reference")
     p.add_argument("--train-steps", type=int, default=None, help="timed steps per process")
     p.add_argument("--train-rounds", type=int, default=None, help="processes per variant, interleaved")
-    p.add_argument("--infer-cells", default=None, help="inference cells and timed runs per side, e.g. 32x512:4,1x128:9 "
+    p.add_argument("--infer-cells", default=None,
+                   help="inference cells and timed runs per side, e.g. 32x512:4,1x128:9 "
                    "(default: batch 1 and 32 x length 128 and 512)")
     p.add_argument("--infer-models", default="teacher,student", help="inference: teacher, student or both")
     p.add_argument("--gpu-batch", type=int, default=32)
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE / 1e12, help="GPU peak, for MFU")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     if a.worker:
-        return train_worker(json.loads(a.worker))
+        spec = json.loads(a.worker)
+        return (loss_memory_worker if spec.get("kind") == "loss-memory" else train_worker)(spec)
     torch.set_num_threads(a.threads)
     only = a.only.split(",")
     if set(only) - set(SECTIONS):
         raise SystemExit(f"--only={a.only}: sections are {', '.join(SECTIONS)}")
     size, vocab, sts, out = dict(QUICK if a.quick else BASE), Path(a.vocab), Path(a.sts), Path(a.out)
     if vocab.is_file():  # models and tokenizer must agree on the vocabulary (Table 3 feeds real token ids)
-        size["vocab_size"] = D.load_tokenizer(vocab).get_vocab_size()
+        size["vocab_size"] = load_tokenizer(vocab).get_vocab_size()
+    res = results_so_far(a, size, out)
+    run = sections(a, size, vocab, sts)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_models(size, folder)
+        for name in only:
+            res["sections"][name] = measure(name, lambda: run[name](folder), a, res)
+            common.write_atomic(out, lambda t: t.write_text(json.dumps(res, indent=1)))  # a reader never sees half
+            out.with_suffix(".md").write_text(markdown(res))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return res
+
+
+def results_so_far(a, size, out) -> dict:
+    """This run's machine and settings; sections run separately accumulate, as long as the shapes are the
+    same."""
     transformers = hf()
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version(), "torch": torch.__version__,
@@ -592,60 +749,69 @@ def main(argv=None):
                        "command": " ".join(["python"] + sys.argv)},
            "threads": a.threads, "size": size, "quick": a.quick, "sections": {}}
     with contextlib.suppress(OSError, StopIteration):
-        res["machine"]["cpu"] = next(x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name"))
-    if out.is_file():  # sections run separately accumulate, as long as the shapes are the same
+        res["machine"]["cpu"] = next(x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo")
+                                     if x.startswith("model name"))
+    if out.is_file():
         old = json.loads(out.read_text())
         if (old.get("size"), old.get("quick")) == (size, a.quick):
             res["sections"] = old.get("sections", {})
+    return res
+
+
+def sections(a, size, vocab, sts) -> dict:
+    """{section: run(folder) -> its results}, from the command line's settings."""
     B, L = map(int, (a.train_shape or ("2x32" if a.quick else "8x128")).split("x"))
     cells = INFER_QUICK if a.quick else INFER_BASE
     if a.infer_cells:
         try:
-            cells = {tuple(map(int, c.split(":")[0].split("x"))): int(c.split(":")[1]) for c in a.infer_cells.split(",")}
+            cells = {tuple(map(int, c.split(":")[0].split("x"))): int(c.split(":")[1])
+                     for c in a.infer_cells.split(",")}
         except (ValueError, IndexError):
-            raise SystemExit(f"--infer-cells={a.infer_cells}: expected BxL:runs[,BxL:runs...], e.g. 32x512:4") from None
+            raise SystemExit(f"--infer-cells={a.infer_cells}: expected BxL:runs[,BxL:runs...], "
+                             f"e.g. 32x512:4") from None
     models = tuple(a.infer_models.split(","))
     if not models or set(models) - {"teacher", "student"}:
         raise SystemExit(f"--infer-models={a.infer_models}: expected teacher, student or teacher,student")
-    run = {"inference": lambda: bench_inference(folder, cells, models=models),
-           "inference-gpu": lambda: bench_inference(folder, cells, "cuda", torch.bfloat16, models)
-           if torch.cuda.is_available() else {"skipped": "no CUDA device", "rows": []},
-           "table3": lambda: bench_table3(folder, vocab, sts, a.sts_limit or (20 if a.quick else None))
-           if sts.is_file() and vocab.is_file() else {"skipped": f"{sts} or {vocab} not found"},
-           "train": lambda: bench_train(folder, size["vocab_size"], B, L, (a.variants or ("ours:16,ours:0" if a.quick else "ours:1024,ours:256,ours:0")).split(","),
-                                        a.train_steps or (2 if a.quick else 3), a.train_rounds or (1 if a.quick else 2),
-                                        a.threads, pad=not a.no_pad),
-           "data": lambda: bench_data(a.corpus, vocab, 1 if a.quick else 3)
-           if vocab.is_file() and all(map(os.path.exists, a.corpus)) else {"skipped": f"{a.corpus} or {vocab} not found"},
-           "cpu-bf16": lambda: bench_cpu_bf16(folder, *((2, 32) if a.quick else (8, 128)), 2 if a.quick else 5),
-           "gpu": lambda: bench_gpu(folder, 2 if a.quick else a.gpu_batch, 64 if a.quick else 512, 3 if a.quick else 20,
-                                    a.peak_tflops * 1e12)}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        make_models(size, folder)
-        for name in only:
-            for attempt in range(1 + a.retries):  # a section measured next to other busy processes is run again
-                before = wait_for_quiet(a.max_load, a.wait)
-                print(f"{name}: {res['machine']['cpu']}, {a.threads} threads, 1-min load average {before:.2f}", flush=True)
-                (all0, own0), t0 = cpu_seconds(), time.time()
-                sec = run[name]()
-                (all1, own1), wall = cpu_seconds(), time.time() - t0
-                others = max(0.0, (all1 - all0) - (own1 - own0)) / wall  # cores other processes kept busy meanwhile
-                sec.update(load_before=before, other_cores=others, seconds=wall, date=time.strftime("%Y-%m-%d %H:%M"),
-                           started=res["machine"]["date"], command=res["machine"]["command"], attempt=attempt)
-                print(f"  {wall:.0f} s; 1-min load average {before:.2f} before; other processes used {others:.2f} "
-                      "cores meanwhile" + ("  (busy machine: these timings are noise)" if others > 0.3 else "")
-                      + (f"; skipped: {sec['skipped']}" if "skipped" in sec else ""), flush=True)
-                if others <= 0.3:
-                    break
-            res["sections"][name] = sec
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp_out = out.with_name(out.name + ".tmp")
-            tmp_out.write_text(json.dumps(res, indent=1))
-            os.replace(tmp_out, out)  # atomic: a reader never sees half a file
-            out.with_suffix(".md").write_text(markdown(res))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
-    return res
+    variants = (a.variants or ("ours:16,ours:0" if a.quick else "ours:1024,ours:256,ours:0")).split(",")
+    have_corpus = all(map(os.path.exists, a.corpus)) and vocab.is_file()
+    return {
+        "inference": lambda folder: bench_inference(folder, cells, models=models),
+        "inference-gpu": lambda folder: bench_inference(folder, cells, "cuda", torch.bfloat16, models)
+        if torch.cuda.is_available() else {"skipped": "no CUDA device", "rows": []},
+        "table3": lambda folder: bench_table3(folder, vocab, sts, a.sts_limit or (20 if a.quick else None))
+        if sts.is_file() and vocab.is_file() else {"skipped": f"{sts} or {vocab} not found"},
+        "train": lambda folder: bench_train(folder, size["vocab_size"], B, L, variants,
+                                            a.train_steps or (2 if a.quick else 3),
+                                            a.train_rounds or (1 if a.quick else 2), a.threads,
+                                            pad=not a.no_pad),
+        "loss-memory": lambda folder: bench_loss_memory(a.quick, a.threads),
+        "data": lambda folder: bench_data(a.corpus, vocab, 1 if a.quick else 3)
+        if have_corpus else {"skipped": f"{a.corpus} or {vocab} not found"},
+        "cpu-bf16": lambda folder: bench_cpu_bf16(folder, *((2, 32) if a.quick else (8, 128)),
+                                                  2 if a.quick else 5),
+        "gpu": lambda folder: bench_gpu(folder, 2 if a.quick else a.gpu_batch, 64 if a.quick else 512,
+                                        3 if a.quick else 20, a.peak_tflops * 1e12)}
+
+
+def measure(name, run, a, res) -> dict:
+    """One section, after waiting for a quiet machine; run again (--retries) when other processes were
+    busy."""
+    for attempt in range(1 + a.retries):
+        before = wait_for_quiet(a.max_load, a.wait)
+        print(f"{name}: {res['machine']['cpu']}, {a.threads} threads, 1-min load average {before:.2f}",
+              flush=True)
+        (all0, own0), t0 = cpu_seconds(), time.time()
+        sec = run()
+        (all1, own1), wall = cpu_seconds(), time.time() - t0
+        others = max(0.0, (all1 - all0) - (own1 - own0)) / wall  # cores other processes kept busy meanwhile
+        sec.update(load_before=before, other_cores=others, seconds=wall, date=time.strftime("%Y-%m-%d %H:%M"),
+                   started=res["machine"]["date"], command=res["machine"]["command"], attempt=attempt)
+        print(f"  {wall:.0f} s; 1-min load average {before:.2f} before; other processes used {others:.2f} "
+              "cores meanwhile" + ("  (busy machine: these timings are noise)" if others > 0.3 else "")
+              + (f"; skipped: {sec['skipped']}" if "skipped" in sec else ""), flush=True)
+        if others <= 0.3:
+            break
+    return sec
 
 
 if __name__ == "__main__":

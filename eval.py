@@ -1,23 +1,25 @@
 """
-Evaluating teacher and student: held-out masked LM, size and speed, and the comparison table (Sanh et al. 2019,
-Section 4 "Experiments").
+Evaluating teacher and student: held-out masked LM, size and speed, and the comparison table (Sanh et al.
+2019, Section 4 "Experiments").
 
 1. mlm_eval     masked-token accuracy and perplexity on held-out shards, with a fixed mask so models compare.
-2. size_speed   Table 3: parameters, checkpoint size and "inference time of a full pass of GLUE task STS-B ... on CPU
-                with a batch size of 1", plus throughput at a larger batch, GPU columns when there is one, and the
-                student quantised to int8 (dynamic quantisation of its nn.Linear layers) as an option.
-3. results_table  Tables 1-2: teacher vs student per task and the GLUE macro score, with the student's retention
-                (student / teacher, the paper's "97% of BERT's performance"), as Markdown, JSON and a bar chart.
+2. size_speed   Table 3: parameters, checkpoint size and "inference time of a full pass of GLUE task STS-B
+                ... on CPU with a batch size of 1", plus throughput at a larger batch, GPU columns when there
+                is one, and the student quantised to int8 (dynamic quantisation of its nn.Linear layers) as
+                an option.
+3. results_table  Tables 1-2: teacher vs student per task and the GLUE macro score, with the student's
+                retention (student / teacher, the paper's "97% of BERT's performance"), as Markdown, JSON
+                and a bar chart.
 
     python eval.py mlm   --model out/student --data data/shards
-    python eval.py speed --teacher out/teacher --student out/student --vocab vocab.txt --sts glue/STS-B/dev.tsv
+    python eval.py speed --teacher out/teacher --student out/student --vocab vocab.txt \
+        --sts glue/STS-B/dev.tsv
     python eval.py table --results results/*.json --out results/
 """
 import argparse
 import copy
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -30,25 +32,25 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from finetune import GLUE_TASKS, Classifier, encode, glue_score, load_encoder, read_glue, task_spec, write_json
-from model import share
+from common import pyplot, save_figure, write_atomic, write_json, write_text
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 1. Held-out masked LM
 
 
 @torch.no_grad()
 def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, max_batches=None,
              per_token=False) -> dict:
-    """Accuracy and perplexity of the masked tokens of `split` (a data.TokenData). The mask is BERT's uniform 15%
-    (80% [MASK], 10% random, 10% kept) drawn from data.mask_generator(seed, 0, batch index): the same seed gives every
-    model the same masked positions. Under torch.distributed each rank takes its share of the batches and the sums
-    (correct, loss, count) are all-reduced. per_token (one process): also "correct", "labels" and "sequence" (which
-    held-out sequence the token is in, the same number for any seed), one entry per masked token in a fixed order,
-    for paired comparisons of models (paired_difference)."""
+    """Accuracy and perplexity of the masked tokens of `split` (a data.TokenData). The mask is BERT's uniform
+    15% (80% [MASK], 10% random, 10% kept) drawn from data.mask_generator(seed, 0, batch index): the same seed
+    gives every model the same masked positions. Under torch.distributed each rank takes its share of the
+    batches and the sums (correct, loss, count) are all-reduced. per_token (one process): also "correct",
+    "labels" and "sequence" (which held-out sequence the token is in, the same number for any seed), one entry
+    per masked token in a fixed order, for paired comparisons of models (paired_difference)."""
     from data import Batches, mask_generator, mask_tokens
     device = next(model.parameters()).device
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    rank, world = (dist.get_rank(),
+                   dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     batches = Batches(data, split, max_len, batch_size, rank=rank, world_size=world, shuffle=False)
     was_training = model.training
     model.eval()
@@ -58,7 +60,8 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
         if max_batches is not None and k >= max_batches:
             break
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        generator = mask_generator(seed, 0, batch["index"], device)  # epoch 0 always: the same mask for every model
+        # epoch 0 always: the same mask for every model
+        generator = mask_generator(seed, 0, batch["index"], device)
         masked, labels = mask_tokens(ids, mask, mask_id=data.special["mask"], vocab_size=data.vocab_size,
                                      special_ids=data.special, generator=generator)
         chosen = labels != -100
@@ -89,18 +92,19 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
 def heldout_hits(model, data, max_len=128, batch_size=32, draws=3) -> dict:
     """mlm_eval's per-token results over `draws` independent masks of the valid split (seeds 1234, 1235, ...),
     concatenated ("correct", "labels", "sequence"), and the perplexity over all their masked tokens."""
-    runs = [mlm_eval(model, data, "valid", max_len, batch_size, seed=1234 + k, per_token=True) for k in range(draws)]
+    runs = [mlm_eval(model, data, "valid", max_len, batch_size, seed=1234 + k,
+                     per_token=True) for k in range(draws)]
     mean_loss = sum(math.log(r["perplexity"]) * r["tokens"] for r in runs) / sum(r["tokens"] for r in runs)
     return {**{k: torch.cat([r[k] for r in runs]) for k in ("correct", "labels", "sequence")},
             "ppl": perplexity(mean_loss)}
 
 
 def paired_difference(a, b, groups=None) -> dict:
-    """Accuracy of model A minus model B on the same items (a, b: boolean tensors of per-item correctness), with the
-    standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n). With `groups`
-    (e.g. the sequence of each masked token) items of a group may be correlated: the cluster-robust SE
-    sqrt(G / (G - 1) * sum_g (sum_{i in g} (d_i - mean))^2) / n over the G groups, equal to the plain one when every
-    item is its own group."""
+    """Accuracy of model A minus model B on the same items (a, b: boolean tensors of per-item correctness),
+    with the standard error of the mean of the paired differences d_i = a_i - b_i: SE = std(d) / sqrt(n). With
+    `groups` (e.g. the sequence of each masked token) items of a group may be correlated: the cluster-robust
+    SE sqrt(G / (G - 1) * sum_g (sum_{i in g} (d_i - mean))^2) / n over the G groups, equal to the plain one
+    when every item is its own group."""
     d = a.double() - b.double()
     n, mean = d.numel(), d.mean()
     if n < 2:
@@ -116,7 +120,8 @@ def paired_difference(a, b, groups=None) -> dict:
 
 
 def verdict(delta, se, z=3.0) -> str:
-    """'beats' only when A's lead is at least z paired standard errors, 'loses' when B's is; otherwise a tie."""
+    """'beats' only when A's lead is at least z paired standard errors, 'loses' when B's is; otherwise a
+    tie."""
     if delta > 0 and delta >= z * se:
         return "beats"
     if delta < 0 and delta <= -z * se:
@@ -132,12 +137,14 @@ def perplexity(mean_loss):
         return math.inf
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 2. Size and speed (Table 3)
 
 
 def inference_model(encoder):
-    """As Table 3: the encoder with a small task head (one output, as STS-B regression); the MLM head is not used."""
+    """As Table 3: the encoder with a small task head (one output, as STS-B regression); the MLM head is not
+    used."""
+    from finetune import Classifier  # the GLUE code only for the commands that need it, not for pretraining
     return Classifier(encoder, 1).eval()
 
 
@@ -157,8 +164,10 @@ def checkpoint_mb(model):
 
 
 def quantize(model):
-    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised on the fly), on a copy."""
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works on CPU
+    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised on the fly), on a
+    copy."""
+    # torch.ao.quantization is deprecated in favour of torchao, still works on CPU
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
         return quantize_dynamic(copy.deepcopy(model).cpu(), {nn.Linear}, dtype=torch.qint8)
@@ -166,8 +175,8 @@ def quantize(model):
 
 @torch.no_grad()
 def time_pass(model, rows, batch_size, device="cpu", warmup=3):
-    """Seconds for one pass over rows (unpadded token id lists) in batches of batch_size, padding to each batch's
-    longest; the first `warmup` batches run once untimed."""
+    """Seconds for one pass over rows (unpadded token id lists) in batches of batch_size, padding to each
+    batch's longest; the first `warmup` batches run once untimed."""
     batches = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
@@ -187,22 +196,25 @@ def time_pass(model, rows, batch_size, device="cpu", warmup=3):
     return time.perf_counter() - t0
 
 
-def size_speed(models, tokenizer, sts_dev_path, limit=None, batch_size=32, quantize_student=None, threads=None,
+def size_speed(models, tokenizer, sts_dev_path, limit=None, batch_size=32, quantize_student=None,
+               threads=None,
                mlm_data=None, mlm_batches=20) -> dict:
-    """Table 3 for models {name: Bert} (teacher first): parameters (encoder + head, M), checkpoint MB, seconds for a
-    full pass over STS-B dev at batch size 1 on CPU (limit: the first `limit` pairs only), pairs/s at batch_size, and
-    the same on GPU when available. quantize_student=name adds "<name>-int8" with its agreement with the float model:
-    top-1 agreement and max |difference| of the MLM logits on the STS-B inputs, and MLM accuracy when mlm_data (a
-    data.TokenData) is given."""
+    """Table 3 for models {name: Bert} (teacher first): parameters (encoder + head, M), checkpoint MB, seconds
+    for a full pass over STS-B dev at batch size 1 on CPU (limit: the first `limit` pairs only), pairs/s at
+    batch_size, and the same on GPU when available. quantize_student=name adds "<name>-int8" with its
+    agreement with the float model: top-1 agreement and max |difference| of the MLM logits on the STS-B
+    inputs, and MLM accuracy when mlm_data (a data.TokenData) is given."""
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or saved_threads)
     try:
-        return _size_speed(models, tokenizer, sts_dev_path, limit, batch_size, quantize_student, mlm_data, mlm_batches)
+        return _size_speed(models, tokenizer, sts_dev_path, limit, batch_size, quantize_student, mlm_data,
+                           mlm_batches)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _size_speed(models, tokenizer, sts_dev_path, limit, batch_size, quantize_student, mlm_data, mlm_batches):
+    from finetune import encode, read_glue
     path = Path(sts_dev_path)
     pairs = read_glue("STS-B", path.parent, path.stem)[:limit]
     t = encode(tokenizer, pairs, 128)
@@ -212,7 +224,8 @@ def _size_speed(models, tokenizer, sts_dev_path, limit, batch_size, quantize_stu
         if quantize_student not in models:
             raise ValueError(f"quantize_student={quantize_student!r} is not one of the models {list(models)}")
         models[f"{quantize_student}-int8"] = quantize(models[quantize_student])
-    report, base = {"pairs": len(rows), "batch_size": batch_size, "threads": torch.get_num_threads(), "rows": []}, None
+    report, base = {"pairs": len(rows), "batch_size": batch_size, "threads": torch.get_num_threads(),
+                    "rows": []}, None
     for name, m in models.items():
         row = {"model": name, "parameters_M": parameters(m) / 1e6, "checkpoint_MB": checkpoint_mb(m),
                "cpu_bs1_s": time_pass(m, rows, 1)}
@@ -226,7 +239,8 @@ def _size_speed(models, tokenizer, sts_dev_path, limit, batch_size, quantize_stu
             m.cpu()
         report["rows"].append(row)
     if quantize_student is not None:
-        report["int8"] = int8_agreement(models[quantize_student], models[f"{quantize_student}-int8"], rows[:64],
+        report["int8"] = int8_agreement(models[quantize_student], models[f"{quantize_student}-int8"],
+                                        rows[:64],
                                         mlm_data, mlm_batches)
     return report
 
@@ -256,22 +270,26 @@ def speed_markdown(report):
     for r in report["rows"]:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
     if "int8" in report:
-        lines += ["", "int8 vs float student: " + ", ".join(f"{k} {_fmt(v)}" for k, v in report["int8"].items())]
+        lines += ["", "int8 vs float student: " + ", ".join(f"{k} {_fmt(v)}" for k,
+                                                            v in report["int8"].items())]
     return "\n".join(lines) + "\n"
 
 
 def _fmt(v):
-    return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1 else f"{v:,.2f}" if isinstance(v, float) else str(v)
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.3g}" if abs(v) < 1 else f"{v:,.2f}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 3. The results table (Tables 1 and 2): teacher, student, retention
 
 
 def results_table(results, teacher=None, student=None) -> dict:
-    """results: finetune.py result dicts ({"task", "name", "parameters", "median": {metric: value}}). teacher and
-    student are model names; by default the two names present, the one with more parameters being the teacher.
-    A task's score is the mean of its metrics (GLUE's rule); retention = 100 * student score / teacher score."""
+    """results: finetune.py result dicts ({"task", "name", "parameters", "median": {metric: value}}). teacher
+    and student are model names; by default the two names present, the one with more parameters being the
+    teacher. A task's score is the mean of its metrics (GLUE's rule); retention = 100 * student score /
+    teacher score."""
     by = {}
     for r in results:
         key = (r["name"], r["task"])
@@ -284,15 +302,18 @@ def results_table(results, teacher=None, student=None) -> dict:
             raise ValueError(f"results hold the models {names}: name the teacher and the student")
         size = {n: max(r.get("parameters", 0) for r in results if r["name"] == n) for n in names}
         teacher, student = sorted(names, key=lambda n: -size[n])
+    from finetune import GLUE_TASKS, glue_score, task_spec
     order = [*GLUE_TASKS, "imdb", "squad"]
-    tasks = sorted({t for (n, t) in by if n == teacher} & {t for (n, t) in by if n == student}, key=order.index)
+    tasks = sorted({t for (n, t) in by if n == teacher} & {t for (n, t) in by if n == student},
+                   key=order.index)
     rows = []
     for task in tasks:
         metrics = list(task_spec(task)[1]["metrics"])
         t, s = by[teacher, task]["median"], by[student, task]["median"]
         metrics = [m for m in metrics if m in t and m in s]
         ts, ss = float(np.mean([t[m] for m in metrics])), float(np.mean([s[m] for m in metrics]))
-        rows.append({"task": task, "metrics": {m: [t[m], s[m]] for m in metrics}, "teacher": ts, "student": ss,
+        rows.append({"task": task, "metrics": {m: [t[m], s[m]] for m in metrics}, "teacher": ts,
+                     "student": ss,
                      "retention": 100 * ss / ts if ts else float("nan")})
     table = {"teacher": teacher, "student": student, "rows": rows}
     glue = [r for r in rows if r["task"] in GLUE_TASKS]
@@ -338,41 +359,47 @@ def bar_chart(table, path):
     ax.bar(x - 0.2, [100 * r["teacher"] for r in rows], 0.4, label=_role(table, "teacher"))
     bars = ax.bar(x + 0.2, [100 * r["student"] for r in rows], 0.4, label=_role(table, "student"))
     for bar, r in zip(bars, rows):
-        ax.annotate(f"{r['retention']:.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+        ax.annotate(f"{r['retention']:.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
                     va="bottom", fontsize=8)
     ax.set_xticks(x, [r["task"] for r in rows])
     ax.set_ylabel("score (x100)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    share(tmp)  # mkstemp makes 0600
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return True
 
 
-def write_text(text, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    share(tmp)  # mkstemp makes 0600
-    os.replace(tmp, path)
+def plot_metrics(metrics_path, png_path):
+    """Loss curves (each part of the loss, and the held-out MLM accuracy) drawn from a run's metrics.jsonl."""
+    plt = pyplot(f"no plot of {metrics_path}")
+    if plt is None:
+        return
+    rows = [json.loads(line) for line in open(metrics_path)]
+    train_rows, valid_rows = [r for r in rows if "total" in r], [r for r in rows if "valid_accuracy" in r]
+    fig, axes = plt.subplots(1, 2 if valid_rows else 1, figsize=(10 if valid_rows else 5, 3.5), squeeze=False)
+    for key in ("total", "ce", "mlm", "cos"):
+        if train_rows and key in train_rows[0]:
+            axes[0, 0].plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key)
+    axes[0, 0].set(xlabel="step", ylabel="loss", yscale="log", title=str(Path(metrics_path).parent.name))
+    axes[0, 0].legend()
+    if valid_rows:
+        axes[0, 1].plot([r["step"] for r in valid_rows], [r["valid_accuracy"] for r in valid_rows],
+                        marker="o")
+        axes[0, 1].set(xlabel="step", ylabel="held-out MLM accuracy")
+    save_figure(fig, png_path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Command line
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("mlm", help="held-out masked-LM accuracy and perplexity")
     m.add_argument("--model", required=True, nargs="+", help="Hugging Face folder(s)")
-    m.add_argument("--data", required=True, help="a folder prepared by data.py")
+    m.add_argument("--data", required=True, help="a folder prepared by prepare.py")
     m.add_argument("--split", default="valid")
     m.add_argument("--max-len", type=int, default=128)
     m.add_argument("--batch-size", type=int, default=32)
@@ -395,44 +422,55 @@ def main(argv=None):
     t.add_argument("--teacher")
     t.add_argument("--student")
     t.add_argument("--out", required=True, help="folder for results.md, results.json, results.png")
-    a = p.parse_args(argv)
+    return p
 
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    from finetune import load_encoder  # a Hugging Face folder or a fine-tuned one
     if a.cmd == "mlm":
         from data import TokenData
-        data, out = TokenData(a.data), {}
+        shards, out = TokenData(a.data), {}
         for path in a.model:
-            out[path] = mlm_eval(load_encoder(path), data, a.split, a.max_len, a.batch_size, a.seed, a.max_batches)
+            out[path] = mlm_eval(load_encoder(path), shards, a.split, a.max_len, a.batch_size, a.seed,
+                                 a.max_batches)
             print(json.dumps({path: out[path]}))
         if a.out:
             write_json(out, a.out)
     elif a.cmd == "speed":
-        from data import TokenData, load_tokenizer
+        from data import TokenData
         from model import student_from_teacher
+        from tokenizer import load_tokenizer
         teacher = load_encoder(a.teacher)
         student = load_encoder(a.student) if a.student else student_from_teacher(teacher)
         names = ("teacher", "student")
-        report = size_speed(dict(zip(names, (teacher, student))), load_tokenizer(a.vocab or a.teacher), a.sts, a.limit,
-                            a.batch_size, names[1] if a.quantize else None, a.threads,
+        report = size_speed(dict(zip(names, (teacher, student))), load_tokenizer(a.vocab or a.teacher), a.sts,
+                            a.limit, a.batch_size, names[1] if a.quantize else None, a.threads,
                             TokenData(a.data) if a.data else None)
         print(speed_markdown(report))
         if a.out:
             write_json(report, Path(a.out) / "speed.json")
             write_text(speed_markdown(report), Path(a.out) / "speed.md")
     else:
-        results = []
-        for path in a.results:
-            try:
-                results.append(json.loads(Path(path).read_text()))
-            except (OSError, json.JSONDecodeError) as e:
-                raise SystemExit(f"{path}: cannot read a results JSON ({e})")
-            missing = [k for k in ("task", "name", "median") if k not in results[-1]]
-            if missing:
-                raise SystemExit(f"{path}: not a finetune.py result, missing the keys {missing}")
-        table = results_table(results, a.teacher, a.student)
+        table = results_table(read_results(a.results), a.teacher, a.student)
         write_json(table, Path(a.out) / "results.json")
         write_text(table_markdown(table), Path(a.out) / "results.md")
         bar_chart(table, Path(a.out) / "results.png")
         print(table_markdown(table))
+
+
+def read_results(paths) -> list:
+    """finetune.py's result files; a missing, unreadable or foreign one stops with one line naming it."""
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"{path}: cannot read a results JSON ({e})")
+        missing = [k for k in ("task", "name", "median") if k not in results[-1]]
+        if missing:
+            raise SystemExit(f"{path}: not a finetune.py result, missing the keys {missing}")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """
-Fine-tuning BERT / DistilBERT on downstream tasks, and task-specific distillation (Sanh et al. 2019, Section 4).
+Fine-tuning BERT / DistilBERT on downstream tasks, and task-specific distillation (Sanh et al. 2019, Section
+4).
 
 - Table 1 (GLUE dev sets, "median of 5 runs"): the nine GLUE tasks, `--seeds=1,2,3,4,5` reports the median.
-- Table 2: IMDb test accuracy and SQuAD v1.1 dev EM/F1. "DistilBERT (D)" adds a second step of distillation during
-  fine-tuning on SQuAD, with a BERT already fine-tuned on SQuAD as the teacher: `--teacher=FOLDER` turns on
-  `task_distill_loss` for any task here.
+- Table 2: IMDb test accuracy and SQuAD v1.1 dev EM/F1. "DistilBERT (D)" adds a second step of distillation
+  during fine-tuning on SQuAD, with a BERT already fine-tuned on SQuAD as the teacher: `--teacher=FOLDER`
+  turns on `task_distill_loss` for any task here.
 - Table 3 (parameters, CPU inference time on STS-B) is measured by eval.py.
 
 Read top to bottom: 1. readers (GLUE_TASKS, read_glue, read_imdb, read_squad)  2. metrics, by hand with numpy
@@ -18,18 +19,15 @@ Read top to bottom: 1. readers (GLUE_TASKS, read_glue, read_imdb, read_squad)  2
 """
 import contextlib
 import csv
+import functools
 import json
 import math
-import os
 import re
-import shutil
 import string
 import sys
-import tempfile
 import time
-import typing
 from collections import Counter
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,29 +35,40 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import (Bert, config_dict, config_from_dict, convert_from_hf, convert_to_hf, load_exact,
-                   load_tensors, save_tensors, share, verify_manifest, write_manifest)
+import common
+from common import adamw, auto_dtype, linear_schedule, parse_config, pick_device, write_atomic, write_json
+from hf import (config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_tensors, save_tensors,
+                verify_manifest, write_manifest)
+from losses import task_distill_loss, task_loss
+from model import Bert
 
-# ----------------------------------------------------------------------------------------------------------------
-# 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by header
-# name, except CoLA's train/dev files, which have no header. Test files carry no labels.
+log = functools.partial(common.log, source="finetune")
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by
+# header name, except CoLA's train/dev files, which have no header. Test files carry no labels.
 
 GLUE_TASKS = {
-    "CoLA": {"text_a": "sentence", "text_b": None, "label": "label", "labels": ["0", "1"], "metrics": ("mcc",),
+    "CoLA": {"text_a": "sentence", "text_b": None, "label": "label", "labels": ["0", "1"],
+             "metrics": ("mcc",),
              "columns": ("source", "label", "original_label", "sentence")},  # headerless train/dev
-    "SST-2": {"text_a": "sentence", "text_b": None, "label": "label", "labels": ["0", "1"], "metrics": ("accuracy",)},
+    "SST-2": {"text_a": "sentence", "text_b": None, "label": "label", "labels": ["0", "1"],
+              "metrics": ("accuracy",)},
     "MRPC": {"text_a": "#1 String", "text_b": "#2 String", "label": "Quality", "labels": ["0", "1"],
              "metrics": ("f1", "accuracy")},
     "STS-B": {"text_a": "sentence1", "text_b": "sentence2", "label": "score", "labels": None,
               "metrics": ("pearson", "spearman"), "range": (0.0, 5.0)},  # similarity scores from 0 to 5
     "QQP": {"text_a": "question1", "text_b": "question2", "label": "is_duplicate", "labels": ["0", "1"],
-            "metrics": ("accuracy", "f1"), "skip_short_rows": True},  # GLUE's QQP train.tsv has a few broken rows
+            "metrics": ("accuracy", "f1"), "skip_short_rows": True},
+            # GLUE's QQP train.tsv has a few broken rows
     "MNLI": {"text_a": "sentence1", "text_b": "sentence2", "label": "gold_label",
              "labels": ["contradiction", "entailment", "neutral"], "metrics": ("accuracy", "accuracy_mm"),
              "dev": ("dev_matched", "dev_mismatched")},  # accuracy_mm: accuracy on dev_mismatched
-    "QNLI": {"text_a": "question", "text_b": "sentence", "label": "label", "labels": ["entailment", "not_entailment"],
+    "QNLI": {"text_a": "question", "text_b": "sentence", "label": "label",
+             "labels": ["entailment", "not_entailment"],
              "metrics": ("accuracy",)},
-    "RTE": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "labels": ["entailment", "not_entailment"],
+    "RTE": {"text_a": "sentence1", "text_b": "sentence2", "label": "label",
+            "labels": ["entailment", "not_entailment"],
             "metrics": ("accuracy",)},
     "WNLI": {"text_a": "sentence1", "text_b": "sentence2", "label": "label", "labels": ["0", "1"],
              "metrics": ("accuracy",)},
@@ -88,8 +97,8 @@ class Example:
 
 
 def read_glue(task, folder, split) -> list:
-    """Examples of `split` ("train", "dev", "test", "dev_mismatched", ...) from `folder`: the GLUE root (with a
-    folder per task) or the task's own folder. For MNLI "dev" means "dev_matched"."""
+    """Examples of `split` ("train", "dev", "test", "dev_mismatched", ...) from `folder`: the GLUE root (with
+    a folder per task) or the task's own folder. For MNLI "dev" means "dev_matched"."""
     name, spec = task_spec(task)
     folder = Path(folder) / name if (Path(folder) / name).is_dir() else Path(folder)
     split = spec["dev"][0] if split == "dev" else split
@@ -145,12 +154,14 @@ def _label(value, spec, where):
 
 
 def read_imdb(folder, split) -> list:
-    """The aclImdb layout: split/pos/*.txt (label 1) and split/neg/*.txt (label 0); <br /> tags become spaces."""
+    """The aclImdb layout: split/pos/*.txt (label 1) and split/neg/*.txt (label 0); <br /> tags become
+    spaces."""
     out = []
     for label, sub in ((0, "neg"), (1, "pos")):
         d = Path(folder) / split / sub
         if not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such folder (expected the aclImdb layout {split}/{{pos,neg}}/*.txt)")
+            raise FileNotFoundError(f"{d}: no such folder (expected the aclImdb layout "
+                                    f"{split}/{{pos,neg}}/*.txt)")
         for f in sorted(d.glob("*.txt")):
             out.append(Example(f.read_text(encoding="utf-8").replace("<br />", " "), None, label))
     return out
@@ -174,7 +185,8 @@ def read_squad(path) -> list:
             for para in article["paragraphs"]:
                 for qa in para["qas"]:
                     answers = qa["answers"]
-                    out.append(SquadExample(qa["id"], qa["question"], para["context"], [a["text"] for a in answers],
+                    out.append(SquadExample(qa["id"], qa["question"], para["context"],
+                                            [a["text"] for a in answers],
                                             [a["answer_start"] for a in answers]))
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e.args[0]!r} (expected SQuAD v1.1 json)") from None
@@ -183,7 +195,7 @@ def read_squad(path) -> list:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 2. Metrics, by hand. Every function returns a fraction in [0, 1] (or a correlation); tables show them x 100.
 
 def accuracy(pred, gold):
@@ -228,8 +240,9 @@ def spearman(x, y):
 
 
 def glue_score(results):
-    """GLUE's macro average: each task's metrics are averaged first (MRPC F1/acc, STS-B Pearson/Spearman, QQP acc/F1,
-    MNLI matched/mismatched), then the tasks. results: {task: {metric: value}}; non-GLUE tasks are ignored."""
+    """GLUE's macro average: each task's metrics are averaged first (MRPC F1/acc, STS-B Pearson/Spearman, QQP
+    acc/F1, MNLI matched/mismatched), then the tasks. results: {task: {metric: value}}; non-GLUE tasks are
+    ignored."""
     scores = []
     for task, metrics in results.items():
         if task in GLUE_TASKS:
@@ -243,7 +256,8 @@ def glue_score(results):
 
 
 def normalize_answer(s):
-    """As the official SQuAD v1.1 script: lower case, drop punctuation, drop the articles a/an/the, squash spaces."""
+    """As the official SQuAD v1.1 script: lower case, drop punctuation, drop the articles a/an/the, squash
+    spaces."""
     s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
 
@@ -262,8 +276,9 @@ def squad_em_f1(prediction, gold_answers):
     return em, f1
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# 3. Models: a task head on the encoder. Both return .logits and the encoder's .hidden_states (for PKD-style losses).
+# ------------------------------------------------------------------------------------------------------------
+# 3. Models: a task head on the encoder. Both return .logits and the encoder's .hidden_states (for PKD-style
+# losses).
 
 @dataclass
 class TaskOutput:
@@ -284,7 +299,8 @@ class Classifier(nn.Module):
         super().__init__()
         style = ("bert" if encoder.pooler is not None else "distilbert") if style == "auto" else style
         if style not in ("bert", "distilbert") or (style == "bert" and encoder.pooler is None):
-            raise ValueError(f"style={style!r}: expected 'auto', 'distilbert' or 'bert' (with a pooler in the encoder)")
+            raise ValueError(f"style={style!r}: expected 'auto', 'distilbert' or 'bert' (with a pooler in "
+                             f"the encoder)")
         d, self.style, self.num_labels, self.encoder = encoder.cfg.hidden_size, style, num_labels, encoder
         self.pre_classifier = nn.Linear(d, d) if style == "distilbert" else None
         self.dropout = nn.Dropout(encoder.cfg.dropout if style == "bert" else SEQ_CLASSIF_DROPOUT)
@@ -301,8 +317,8 @@ class Classifier(nn.Module):
 
 
 class SpanQA(nn.Module):
-    """Extractive QA (BertForQuestionAnswering): one linear layer gives a start and an end logit per token. Padding
-    positions get -1e4 so that softmaxes (and the distillation KL) ignore them."""
+    """Extractive QA (BertForQuestionAnswering): one linear layer gives a start and an end logit per token.
+    Padding positions get -1e4 so that softmaxes (and the distillation KL) ignore them."""
 
     def __init__(self, encoder: Bert):
         super().__init__()
@@ -319,39 +335,23 @@ class SpanQA(nn.Module):
         return TaskOutput(logits, out.hidden_states)
 
 
-def _replace_dir(tmp, path):
-    """Move the finished folder tmp to path, replacing what was there only once tmp is complete."""
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_finetuned(model, path, **info):
     """A fine-tuned model as finetune.json (encoder config, head) + model.safetensors, atomically. Where
     transformers has the same model (BertFor... / DistilBertForSequenceClassification or ...QuestionAnswering)
     the weights carry its names and a config.json is written, so that its Auto classes load the folder;
     otherwise our names."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     kind, hf = kind_of(model), hf_format(model)
     meta = {"kind": kind, "num_labels": model.num_labels, "style": getattr(model, "style", None),
-            "encoder": config_dict(model.encoder.cfg), "weights": "hf" if hf else "ours", **info}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+            "encoder": asdict(model.encoder.cfg), "weights": "hf" if hf else "ours", **info}
+
+    def fill(tmp):
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
         weights = hf[1] if hf else {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_tensors(weights, tmp / "model.safetensors")
         if hf:
             (tmp / "config.json").write_text(json.dumps(hf[0], indent=2) + "\n")
         write_manifest(tmp)
-        share(tmp)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_atomic(path, fill, folder=True)
 
 
 HF_HEADS = {"qa": "qa_outputs"}  # our head names -> transformers' (pre_classifier, classifier: the same)
@@ -394,7 +394,8 @@ def load_finetuned(path):
     verify_manifest(path)
     meta = json.loads((path / "finetune.json").read_text())
     encoder = Bert(config_from_dict(meta["encoder"]))
-    model = SpanQA(encoder) if meta["kind"] == "span" else Classifier(encoder, meta["num_labels"], meta["style"])
+    model = SpanQA(encoder) if meta["kind"] == "span" else Classifier(encoder, meta["num_labels"],
+                                                                      meta["style"])
     sd = load_tensors(path / "model.safetensors")
     if meta.get("weights") == "hf":
         sd = from_hf_format(sd, encoder)
@@ -422,7 +423,7 @@ def load_encoder(path) -> Bert:
     return load_finetuned(path).encoder if (Path(path) / "finetune.json").is_file() else Bert.from_pretrained(path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 4. Features: token ids for sentence (pair) tasks, and document-stride windows for SQuAD.
 
 def _ids(tokenizer, name, default):
@@ -431,22 +432,26 @@ def _ids(tokenizer, name, default):
 
 
 def encode(tokenizer, examples, max_len=128) -> dict:
-    """[CLS] a [SEP] (b [SEP]) with token types 0/1, cut to max_len (longest sequence first), padded to the longest.
-    -> input_ids, attention_mask, token_type_ids (N, L) and labels (N,) unless the examples have none."""
+    """[CLS] a [SEP] (b [SEP]) with token types 0/1, cut to max_len (longest sequence first), padded to the
+    longest. -> input_ids, attention_mask, token_type_ids (N, L) and labels (N,) unless the examples have
+    none."""
     for i, e in enumerate(examples):
         if not isinstance(e.text_a, str) or not isinstance(e.text_b, (str, type(None))):
-            raise TypeError(f"example {i}: text_a must be a string and text_b a string or None, got {e!r:.120}")
+            raise TypeError(f"example {i}: text_a must be a string and text_b a string or None, got "
+                            f"{e!r:.120}")
     saved_trunc, saved_pad = tokenizer.truncation, tokenizer.padding
     tokenizer.enable_truncation(max_len)
     tokenizer.no_padding()
     try:
-        encs = tokenizer.encode_batch([e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples])
+        encs = tokenizer.encode_batch([e.text_a if e.text_b is None else (e.text_a,
+                                                                          e.text_b) for e in examples])
     finally:
         tokenizer.no_truncation() if saved_trunc is None else tokenizer.enable_truncation(**saved_trunc)
         if saved_pad is not None:
             tokenizer.enable_padding(**{k: v for k, v in saved_pad.items() if k != "length" or v})
     L = max((len(e.ids) for e in encs), default=1)
-    out = {k: torch.zeros(len(encs), L, dtype=torch.long) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    out = {k: torch.zeros(len(encs), L, dtype=torch.long) for k in ("input_ids", "attention_mask",
+                                                                    "token_type_ids")}
     out["input_ids"].fill_(_ids(tokenizer, "[PAD]", 0))
     for i, e in enumerate(encs):
         n = len(e.ids)
@@ -454,7 +459,8 @@ def encode(tokenizer, examples, max_len=128) -> dict:
         out["attention_mask"][i, :n] = 1
     labels = [e.label for e in examples]
     if labels and all(y is not None for y in labels):
-        out["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+        out["labels"] = torch.tensor(labels,
+                                     dtype=torch.float if isinstance(labels[0], float) else torch.long)
     return out
 
 
@@ -506,7 +512,8 @@ def prepare_squad_features(tokenizer, examples, max_len=384, doc_stride=128, max
         q_ids, offsets = q.ids[:max_query], c.offsets
         room = max_len - len(q_ids) - 3
         if room <= 0:
-            raise ValueError(f"max_len={max_len} leaves no room for the context after a {len(q_ids)}-token question")
+            raise ValueError(f"max_len={max_len} leaves no room for the context after a {len(q_ids)}-token "
+                             f"question")
         answer = None
         if ex.answers:  # the answer's first and last token: tokens overlapping its characters
             a0, a1 = ex.answer_starts[0], ex.answer_starts[0] + len(ex.answers[0])
@@ -524,7 +531,8 @@ def prepare_squad_features(tokenizer, examples, max_len=384, doc_stride=128, max
                             "max_context": [False] * first + [best[start + j] == w for j in range(n)]
                             + [False]})
     L = max(len(r[0]) for r in rows)
-    t = {k: torch.zeros(len(rows), L, dtype=torch.long) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    t = {k: torch.zeros(len(rows), L, dtype=torch.long) for k in ("input_ids", "attention_mask",
+                                                                  "token_type_ids")}
     t["input_ids"].fill_(_ids(tokenizer, "[PAD]", 0))
     for f, (ids, first, _, _) in enumerate(rows):
         t["input_ids"][f, :len(ids)], t["attention_mask"][f, :len(ids)] = torch.tensor(ids), 1
@@ -566,7 +574,7 @@ def squad_evaluate(predictions, examples) -> dict:
     return {"exact_match": float(scores[:, 0].mean()), "f1": float(scores[:, 1].mean())}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 5. Training
 
 @dataclass
@@ -599,7 +607,7 @@ class FinetuneConfig:
     eval_every: int = 0            # call eval_fn every this many steps (0: only at the end)
     log_every: int = 100
     device: str = "auto"
-    dtype: str = "auto"            # auto (bf16 autocast where it is fast: train.auto_dtype) | float32 | bfloat16
+    dtype: str = "auto"            # auto (bf16 autocast where it is fast: common.auto_dtype) | float32 | bfloat16
     style: str = "auto"            # classifier head: auto | bert | distilbert
     # task distillation
     temperature: float = 2.0
@@ -611,73 +619,13 @@ class FinetuneConfig:
 
     def __post_init__(self):
         checks = {"lr": self.lr > 0, "batch_size": self.batch_size > 0, "epochs": self.epochs > 0,
-                  "warmup": 0 <= self.warmup < 1, "alpha": 0 <= self.alpha <= 1, "temperature": self.temperature > 0,
+                  "warmup": 0 <= self.warmup < 1, "alpha": 0 <= self.alpha <= 1,
+                  "temperature": self.temperature > 0,
                   "max_steps": self.max_steps is None or self.max_steps > 0, "max_len": self.max_len >= 0,
                   "dtype": self.dtype in ("auto", "float32", "bfloat16")}
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"FinetuneConfig: invalid {', '.join(bad)}")
-
-
-def parse_config(argv, cls=FinetuneConfig):
-    """--key=value (or --key value) for any field of cls, converted to the field's type; a bare --flag is True."""
-    hints, values, i = typing.get_type_hints(cls), {}, 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}: use --key=value")
-        key, eq, value = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if key not in hints:
-            raise ValueError(f"unknown option --{key}; known: {', '.join('--' + f.name for f in fields(cls))}")
-        if not eq:
-            bare = i + 1 >= len(argv) or argv[i + 1].startswith("--")
-            value, i = ("true", i) if bare else (argv[i + 1], i + 1)
-        values[key] = _convert(key, value, hints[key])
-        i += 1
-    return cls(**values)
-
-
-def _convert(key, value, tp):
-    options = [t for t in typing.get_args(tp) if t is not type(None)] or [tp]
-    if len(options) < len(typing.get_args(tp)) and value.lower() in ("none", "null", ""):
-        return None
-    t = options[0]
-    if t is bool:
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"--{key}={value!r}: expected true or false")
-        return value.lower() in ("true", "1", "yes")
-    try:
-        return t(value)
-    except ValueError:
-        raise ValueError(f"--{key}={value!r}: expected {'an integer' if t is int else 'a number'}") from None
-
-
-def task_loss(logits, labels):
-    """Cross-entropy, or MSE for one output (regression); over positions for SQuAD's (B, L) start/end logits."""
-    if isinstance(logits, (tuple, list)):
-        return sum(task_loss(s, y) for s, y in zip(logits, labels)) / len(logits)
-    if logits.size(-1) == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits, labels)
-
-
-def task_distill_loss(student_logits, teacher_logits, labels, T=2.0, alpha=0.5):
-    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) (batch mean) + (1 - alpha) * task loss (Hinton et al.; used for
-    "DistilBERT (D)", Section 4). A regression output (one logit) has no distribution to soften: there the first term
-    is the MSE to the teacher's prediction, without T. For SQuAD pass (start, end) tuples: each is distilled over the
-    positions and the two losses are averaged. labels=None: the distillation term alone."""
-    if isinstance(student_logits, (tuple, list)):
-        labels = labels if labels is not None else [None] * len(student_logits)
-        return sum(task_distill_loss(s, t, y, T, alpha)
-                   for s, t, y in zip(student_logits, teacher_logits, labels)) / len(student_logits)
-    t = teacher_logits.detach()
-    if student_logits.size(-1) == 1:
-        soft = F.mse_loss(student_logits, t)
-    else:
-        soft = T * T * F.kl_div(F.log_softmax(student_logits / T, -1), F.log_softmax(t / T, -1), log_target=True,
-                                reduction="batchmean")
-    return soft if labels is None else alpha * soft + (1 - alpha) * task_loss(student_logits, labels)
 
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -690,9 +638,9 @@ def _outputs(out, batch):
     return out.logits, batch.get("labels")
 
 
-def make_loss(T=2.0, alpha=0.5):
-    """The default loss_fn(model, batch): the task loss, or, when the batch carries the teacher's logits (fit stores
-    them once per example), task_distill_loss against them."""
+def make_loss(temperature=2.0, alpha=0.5):
+    """The default loss_fn(model, batch): the task loss, or, when the batch carries the teacher's logits (fit
+    stores them once per example), task_distill_loss against them."""
     def loss_fn(model, batch):
         inputs = {k: batch[k] for k in INPUTS if k in batch}
         logits, labels = _outputs(model(**inputs), batch)
@@ -701,19 +649,18 @@ def make_loss(T=2.0, alpha=0.5):
         teacher_logits = batch["teacher_logits"]
         if isinstance(logits, tuple):  # SQuAD: (B, L, 2) -> start, end
             teacher_logits = (teacher_logits[..., 0], teacher_logits[..., 1])
-        return task_distill_loss(logits, teacher_logits, labels, T, alpha)
+        return task_distill_loss(logits, teacher_logits, labels, temperature, alpha)
     return loss_fn
 
 
 def autocast(name, device):
-    """A bf16 autocast context where it pays (--dtype=auto: train.auto_dtype's probe; on CUDA bf16 from compute
-    capability 8.0), else none. Weights and optimiser state stay float32."""
+    """A bf16 autocast context where it pays (--dtype=auto: common.auto_dtype's probe; on CUDA bf16 from
+    compute capability 8.0), else none. Weights and optimiser state stay float32."""
     if name == "auto":
         if device.type == "cuda":
             name = "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float32"
         else:
             if device.type not in _AUTO:
-                from train import auto_dtype
                 _AUTO[device.type] = auto_dtype(device)[0]
             name = "bfloat16" if _AUTO[device.type] == torch.bfloat16 else "float32"
     if name == "float32":
@@ -724,10 +671,6 @@ def autocast(name, device):
 _AUTO = {}  # the CPU's auto dtype, probed once per process
 
 
-def _device(name):
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def _batch(tensors, idx, device):
     """Rows idx of every tensor, token tensors cut to the longest real sequence among them."""
     L = int(tensors["attention_mask"][idx].sum(1).max())
@@ -736,29 +679,29 @@ def _batch(tensors, idx, device):
 
 
 def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
-    """AdamW (no decay on biases and LayerNorms), linear warm-up then decay, gradient clipping, batches shuffled by
-    cfg.seed, under cfg.dtype's autocast. loss_fn(model, batch) -> loss; default: make_loss. With a (frozen)
-    teacher, its logits are computed once per training example before the first step (task distillation; dropout
-    is off in the teacher, so this equals running it at every step) unless train_tensors already hold
-    "teacher_logits". eval_fn(model, step) is called every cfg.eval_every steps and at the end."""
-    device = _device(cfg.device)
+    """AdamW (no decay on biases and LayerNorms), linear warm-up then decay, gradient clipping, batches
+    shuffled by cfg.seed, under cfg.dtype's autocast. loss_fn(model, batch) -> loss; default: make_loss. With
+    a (frozen) teacher, its logits are computed once per training example before the first step (task
+    distillation; dropout is off in the teacher, so this equals running it at every step) unless train_tensors
+    already hold "teacher_logits". eval_fn(model, step) is called every cfg.eval_every steps and at the
+    end."""
+    device = pick_device(cfg.device)
     n = len(train_tensors["input_ids"])
     if n == 0:
         raise ValueError("fit: no training examples")
     cast = autocast(cfg.dtype, device)
     if teacher is not None and "teacher_logits" not in train_tensors:
         with cast:
-            train_tensors = {**train_tensors, "teacher_logits": predict(teacher, train_tensors, cfg.eval_batch_size,
+            train_tensors = {**train_tensors,
+                             "teacher_logits": predict(teacher, train_tensors, cfg.eval_batch_size,
                                                                          device)}
     model.to(device).train()
     loss_fn = loss_fn or make_loss(cfg.temperature, cfg.alpha)
     total = cfg.max_steps or max(1, round(cfg.epochs * math.ceil(n / cfg.batch_size)))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw(params, cfg.lr, cfg.weight_decay)
     warm = int(cfg.warmup * total)
-    schedule = lambda s: s / warm if s < warm else (total - s) / max(1, total - warm)  # linear up, linear down
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, total, warm))
     gen, step, t0, running = torch.Generator().manual_seed(cfg.seed), 0, time.time(), 0.0
     while step < total:
         for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
@@ -784,7 +727,7 @@ def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
 @torch.no_grad()
 def predict(model, tensors, batch_size=128, device=None) -> torch.Tensor:
     """Logits for every row, in order, on the CPU (span logits padded back to the full width with -1e4)."""
-    device = next(model.parameters()).device if device is None else _device(device)
+    device = next(model.parameters()).device if device is None else pick_device(device)
     model.to(device).eval()
     out, width = [], tensors["input_ids"].size(1)
     for idx in torch.arange(len(tensors["input_ids"])).split(batch_size):
@@ -809,29 +752,14 @@ def evaluate(task, logits, labels) -> dict:
     return {m: METRICS[m](pred, labels) for m in spec["metrics"] if m in METRICS}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 6. Running a task: read, encode once, then fine-tune and evaluate once per seed.
 
-def log(msg):
-    print(f"[finetune] {msg}", file=sys.stderr, flush=True)
-
-
-def write_json(obj, path):
-    """Write JSON atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    share(Path(tmp))  # mkstemp makes 0600
-    os.replace(tmp, path)
-
-
 def load_task(cfg, tokenizer):
-    """-> (train tensors, score(model) -> (metrics, per-example results), head(encoder) -> model) for cfg.task. The
-    per-example results, for paired comparisons of two models on the same dev set: SQuAD's [EM, F1] per question;
-    GLUE's per example of the first dev split: 1.0 when the class is right else 0.0, or the predicted score."""
+    """-> (train tensors, score(model) -> (metrics, per-example results), head(encoder) -> model) for
+    cfg.task. The per-example results, for paired comparisons of two models on the same dev set: SQuAD's [EM,
+    F1] per question; GLUE's per example of the first dev split: 1.0 when the class is right else 0.0, or the
+    predicted score."""
     name, spec = task_spec(cfg.task)
     max_len = cfg.max_len or {"squad": 384, "imdb": 512}.get(name, 128)
     subset = lambda xs: xs if not cfg.train_limit or cfg.train_limit >= len(xs) else \
@@ -845,12 +773,14 @@ def load_task(cfg, tokenizer):
         def score(model):
             logits = predict(model, dev_t, cfg.eval_batch_size)
             answers = squad_predict(logits[..., 0], logits[..., 1], mapping, dev, cfg.max_answer)
-            return squad_evaluate(answers, dev), [squad_em_f1(answers.get(ex.id, ""), ex.answers) for ex in dev]
+            return squad_evaluate(answers,
+                                  dev), [squad_em_f1(answers.get(ex.id, ""), ex.answers) for ex in dev]
         return train, score, SpanQA
     reader = (lambda split: read_imdb(cfg.data, split)) if name == "imdb" else \
         (lambda split: read_glue(name, cfg.data, split))
     train = encode(tokenizer, subset(reader("train")), max_len)
-    devs = {split: encode(tokenizer, reader(split)[:cfg.eval_limit], max_len) for split in spec.get("dev", ("test",))}
+    devs = {split: encode(tokenizer, reader(split)[:cfg.eval_limit], max_len) for split in spec.get("dev",
+                                                                                                    ("test",))}
 
     def score(model):
         metrics = {}
@@ -874,7 +804,8 @@ def median_run(runs, metric):
 
 
 def run(cfg: FinetuneConfig) -> dict:
-    """Fine-tune cfg.model on cfg.task once per seed; returns (and writes to cfg.out) per-seed and median metrics."""
+    """Fine-tune cfg.model on cfg.task once per seed; returns (and writes to cfg.out) per-seed and median
+    metrics."""
     from data import load_tokenizer
     if not cfg.model:
         raise ValueError("--model is required (a Hugging Face folder, e.g. one exported by train.py)")
@@ -883,7 +814,7 @@ def run(cfg: FinetuneConfig) -> dict:
     train, score, head = load_task(cfg, tokenizer)
     if cfg.teacher:  # task distillation: the teacher's logits, once per training example, for every seed
         teacher = load_finetuned(find_teacher(cfg.teacher, name))
-        with autocast(cfg.dtype, _device(cfg.device)):
+        with autocast(cfg.dtype, pick_device(cfg.device)):
             train = {**train, "teacher_logits": predict(teacher, train, cfg.eval_batch_size, cfg.device)}
         del teacher
     model_name = cfg.name or Path(cfg.model).name
@@ -899,7 +830,8 @@ def run(cfg: FinetuneConfig) -> dict:
         fit(model, train, c)
         (metrics, per_example), seconds = score(model), time.time() - t0
         log(f"seed {seed}: {json.dumps(metrics)}")
-        run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1), "per_example": per_example}
+        run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1),
+                    "per_example": per_example}
         if cfg.out and cfg.save:
             run_info["path"] = str(Path(cfg.out) / f"{model_name}-{name}-seed{seed}")
             save_finetuned(model, run_info["path"], task=name, source=cfg.model, seed=seed, metrics=metrics)
@@ -942,12 +874,8 @@ def find_teacher(path, task) -> Path:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__ + "\nOptions (--key=value):\n" + "\n".join(
-            f"  --{f.name}={f.default!r}" for f in fields(FinetuneConfig)))
-        return
     try:
-        result = run(parse_config(argv))
+        result = run(parse_config(argv, FinetuneConfig, doc=__doc__))
     except (OSError, ValueError, KeyError, TypeError) as e:  # bad input: one line, not a traceback
         raise SystemExit(f"finetune.py: error: {' '.join(str(e).split()) or type(e).__name__}") from None
     print(json.dumps({"task": result["task"], "name": result["name"], "median": result["median"]}))

@@ -3,18 +3,20 @@ Pea-KD: parameter-efficient and accurate knowledge distillation of BERT (Cho & K
 
 Pea-KD distils a fine-tuned teacher into a small student for one task, with two ideas on top of Patient-KD:
 
-1. Shuffled Parameter Sharing, SPS (Pea-KD Section 3.2). A k-layer student is run as a deeper one: after layers
-   1..k it runs layers 1..k again with the very same parameters, but with the Query and Key projections exchanged
-   in the second use (q = W_K h, k = W_Q h; values, output projection, feed-forward and LayerNorms unchanged). Depth
-   doubles, the parameter count does not move. Without the swap it is "paired" parameter sharing. `with_sps` builds
-   such a model around an existing student: every tensor is shared, nothing is copied.
-2. Pretraining with Teacher's Predictions, PTP (Pea-KD Section 3.3). Before distillation the student learns, with a
-   throw-away 4-way head on [CLS], what the teacher "knows" about each training example: 0 = teacher right and
-   confident, 1 = right and unsure, 2 = wrong and confident, 3 = wrong and unsure (`ptp_labels`).
+1. Shuffled Parameter Sharing, SPS (Pea-KD Section 3.2). A k-layer student is run as a deeper one: after
+   layers 1..k it runs layers 1..k again with the very same parameters, but with the Query and Key projections
+   exchanged in the second use (q = W_K h, k = W_Q h; values, output projection, feed-forward and LayerNorms
+   unchanged). Depth doubles, the parameter count does not move. Without the swap it is "paired" parameter
+   sharing. `with_sps` builds such a model around an existing student: every tensor is shared, nothing is
+   copied.
+2. Pretraining with Teacher's Predictions, PTP (Pea-KD Section 3.3). Before distillation the student learns,
+   with a throw-away 4-way head on [CLS], what the teacher "knows" about each training example: 0 = teacher
+   right and confident, 1 = right and unsure, 2 = wrong and confident, 3 = wrong and unsure (`ptp_labels`).
 
-The distillation itself is Patient-KD (Sun et al. 2019, "Patient Knowledge Distillation for BERT Model Compression",
-Section 3, Eq. 5-7): cross-entropy on the labels, KL to the teacher's softened predictions, and the "patient" term
-that pulls the L2-normalised [CLS] states of intermediate student layers towards chosen teacher layers (`pkd_loss`).
+The distillation itself is Patient-KD (Sun et al. 2019, "Patient Knowledge Distillation for BERT Model
+Compression", Section 3, Eq. 5-7): cross-entropy on the labels, KL to the teacher's softened predictions, and
+the "patient" term that pulls the L2-normalised [CLS] states of intermediate student layers towards chosen
+teacher layers (`losses.pkd_loss`).
 
     python peakd.py run      --task RTE --data ../shared/data/glue --teacher out/quickstart/teacher/model
     python peakd.py ablation --task SST-2 MRPC RTE --data ../shared/data/glue --teacher ...  # the five students
@@ -34,24 +36,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from data import load_tokenizer
-from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, fit, load_encoder, load_finetuned,
+from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, fit, load_encoder,
+                      load_finetuned,
                       predict, read_glue, save_finetuned, task_spec)
+from losses import pkd_loss
 from model import Bert, student_from_teacher
+from tokenizer import load_tokenizer
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 1. Students: initialisation from the teacher, and Shuffled Parameter Sharing (Pea-KD Section 3.2)
 
 
 def make_student(teacher: Bert, num_layers: int, init: str = "first", distilbert: bool = False) -> Bert:
-    """A `num_layers`-layer student initialised from the teacher's weights (embeddings, pooler, chosen layers).
-    init="first": teacher layers 0..k-1, as Pea-KD (and Patient-KD) do; init="skip": evenly spaced layers,
-    i * n // k, which for k = n/2 is DistilBERT's "one layer out of two" (0, 2, 4, ...).
-    distilbert=False keeps the teacher's architecture (token-type embeddings, pooler): a truncated BERT, as in Pea-KD,
-    which sentence-pair tasks need to tell the two segments apart. distilbert=True builds DistilBERT's student
-    (no token types, no pooler) with model.student_from_teacher."""
+    """A `num_layers`-layer student initialised from the teacher's weights (embeddings, pooler, chosen
+    layers). init="first": teacher layers 0..k-1, as Pea-KD (and Patient-KD) do; init="skip": evenly spaced
+    layers, i * n // k, which for k = n/2 is DistilBERT's "one layer out of two" (0, 2, 4, ...).
+    distilbert=False keeps the teacher's architecture (token-type embeddings, pooler): a truncated BERT, as in
+    Pea-KD, which sentence-pair tasks need to tell the two segments apart. distilbert=True builds DistilBERT's
+    student (no token types, no pooler) with model.student_from_teacher."""
     n = teacher.cfg.num_layers
     if not 1 <= num_layers <= n:
         raise ValueError(f"num_layers={num_layers}: a student needs 1..{n} layers (the teacher has {n})")
@@ -67,7 +70,8 @@ def make_student(teacher: Bert, num_layers: int, init: str = "first", distilbert
     t = teacher.state_dict()
     sd = {k: v for k, v in t.items() if not k.startswith("layers.")}
     for j, i in enumerate(layers):
-        sd.update({f"layers.{j}." + k[len(f"layers.{i}."):]: v for k, v in t.items() if k.startswith(f"layers.{i}.")})
+        sd.update({f"layers.{j}." + k[len(f"layers.{i}."):]: v for k,
+                   v in t.items() if k.startswith(f"layers.{i}.")})
     student.load_state_dict({k: v.clone() for k, v in sd.items()})  # strict: every key present, none extra
     return student
 
@@ -97,12 +101,13 @@ def with_sps(student: Bert, layers="all", swap: bool = True, teacher_layers: int
     layers chosen by `sps_layers(k, layers, teacher_layers)` run again with Query and Key exchanged
     (swap=True, SPS) or unchanged (swap=False, paired sharing).
 
-    The result is a new `Bert` whose submodules (embeddings, layers, pooler, MLM head) ARE the student's: one tensor
-    per parameter, used twice per forward pass, so its gradient is the sum over both uses and the parameter count is
-    the k-layer student's. Training either model trains both. Only the config and the layer schedule are new; the
-    empty shell is built on the meta device, so nothing is allocated. model.py does the rest: `Bert.schedule` lists
-    (layer, swap) per effective layer and `Layer.attention(x, keep, swap_qk)` exchanges q and k.
-    Such a model cannot be saved in Hugging Face's format (HF has no equivalent); save its state_dict instead."""
+    The result is a new `Bert` whose submodules (embeddings, layers, pooler, MLM head) ARE the student's: one
+    tensor per parameter, used twice per forward pass, so its gradient is the sum over both uses and the
+    parameter count is the k-layer student's. Training either model trains both. Only the config and the layer
+    schedule are new; the empty shell is built on the meta device, so nothing is allocated. model.py does the
+    rest: `Bert.schedule` lists (layer, swap) per effective layer and `Layer.attention(x, keep, swap_qk)`
+    exchanges q and k. Such a model cannot be saved in Hugging Face's format (HF has no equivalent); save its
+    state_dict instead."""
     chosen = sps_layers(student.cfg.num_layers, layers, teacher_layers)
     cfg = replace(student.cfg, sps_layers=chosen, sps_swap=swap)
     with torch.device("meta"):
@@ -111,7 +116,7 @@ def with_sps(student: Bert, layers="all", swap: bool = True, teacher_layers: int
     return shell.train(student.training)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 2. Pretraining with Teacher's Predictions (Pea-KD Section 3.3)
 
 # (t1, t2) of the reference code (snudm-starlab/Pea-KD, src/utils/nli_data_processing.py,
@@ -123,8 +128,9 @@ PTP_CLASSES = ("right, confident", "right, unsure", "wrong, confident", "wrong, 
 
 
 def ptp_labels(teacher_logits: torch.Tensor, labels: torch.Tensor, t1: float, t2: float) -> torch.Tensor:
-    """PTP labels (Pea-KD Section 3.3) from the teacher's logits (N, C) on the training set and the true labels (N,):
-    0 = right and max probability > t1, 1 = right otherwise, 2 = wrong and max probability > t2, 3 = wrong otherwise."""
+    """PTP labels (Pea-KD Section 3.3) from the teacher's logits (N, C) on the training set and the true
+    labels (N,): 0 = right and max probability > t1, 1 = right otherwise, 2 = wrong and max probability > t2,
+    3 = wrong otherwise."""
     conf, pred = teacher_logits.softmax(-1).max(-1)
     right = pred == labels
     return torch.where(right, torch.where(conf > t1, 0, 1), torch.where(conf > t2, 2, 3)).long()
@@ -132,12 +138,13 @@ def ptp_labels(teacher_logits: torch.Tensor, labels: torch.Tensor, t1: float, t2
 
 def ptp_thresholds(teacher_logits: torch.Tensor, labels: torch.Tensor, how="reference", task=None) -> tuple:
     """(t1, t2). how="reference" (the default): the reference code's per-task values (PTP_THRESHOLDS);
-    how="median": the median
-    confidence of the examples the teacher gets right (t1) and of those it gets wrong (t2), which splits each group
-    in two whatever the teacher's calibration (a small teacher is rarely 98% sure); or an explicit (t1, t2)."""
+    how="median": the median confidence of the examples the teacher gets right (t1) and of those it gets wrong
+    (t2), which splits each group in two whatever the teacher's calibration (a small teacher is rarely 98%
+    sure); or an explicit (t1, t2)."""
     if how == "reference":
         if task not in PTP_THRESHOLDS:
-            raise ValueError(f"no reference PTP thresholds for task {task!r}; known: {sorted(PTP_THRESHOLDS)}")
+            raise ValueError(f"no reference PTP thresholds for task {task!r}; known: "
+                             f"{sorted(PTP_THRESHOLDS)}")
         return PTP_THRESHOLDS[task]
     if how != "median":
         t1, t2 = how
@@ -149,15 +156,16 @@ def ptp_thresholds(teacher_logits: torch.Tensor, labels: torch.Tensor, how="refe
     return t1, t2
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# 3. The Patient-KD loss (Sun et al. 2019, Section 3)
+# ------------------------------------------------------------------------------------------------------------
+# 3. The Patient-KD layer map (Sun et al. 2019, Section 3; the loss itself is losses.pkd_loss)
 
 
 def pkd_layer_map(student_depth: int, teacher_depth: int, strategy: str = "skip") -> list:
-    """Pairs (student effective layer j, teacher layer i), 1-based (index 0 of hidden_states is the embeddings), for
-    the intermediate student layers j = 1..m-1; the last layer is matched through the logits instead (Patient-KD,
-    Section 3.2). "skip" (PKD-Skip): i = round(j * n / m), every (n/m)-th teacher layer, e.g. 6 -> 12 gives
-    teacher layers 2, 4, 6, 8, 10; "last" (PKD-Last): the m-1 teacher layers just below the last one."""
+    """Pairs (student effective layer j, teacher layer i), 1-based (index 0 of hidden_states is the
+    embeddings), for the intermediate student layers j = 1..m-1; the last layer is matched through the logits
+    instead (Patient-KD, Section 3.2). "skip" (PKD-Skip): i = round(j * n / m), every (n/m)-th teacher layer,
+    e.g. 6 -> 12 gives teacher layers 2, 4, 6, 8, 10; "last" (PKD-Last): the m-1 teacher layers just below the
+    last one."""
     m, n = student_depth, teacher_depth
     if strategy == "skip":
         return [(j, min(max(int(j * n / m + 0.5), 1), n)) for j in range(1, m)]
@@ -171,24 +179,7 @@ def cls_states(hidden_states, layers) -> torch.Tensor:
     return torch.stack([hidden_states[i][:, 0] for i in layers], dim=1)
 
 
-def pkd_loss(student_logits, teacher_logits, labels, student_cls=None, teacher_cls=None, alpha=0.7, T=10.0,
-             beta=100.0) -> tuple:
-    """Patient-KD (Sun et al. 2019, Eq. 7): (1 - alpha) * CE(student, labels)
-    + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))            (Eq. 5-6, averaged over the batch)
-    + beta * mean((s / |s| - t / |t|)^2)                                         (Eq. 6, the "patient" term)
-    over the [CLS] states (B, M, hidden) of the mapped layers. The mean is over every element, as in the reference
-    code (F.mse_loss), so beta=100 is the reference weight. Returns (loss, {"ce", "kd", "pt"} as floats)."""
-    ce = F.cross_entropy(student_logits, labels)
-    kd = F.kl_div(F.log_softmax(student_logits / T, -1), F.log_softmax(teacher_logits.detach() / T, -1),
-                  reduction="batchmean", log_target=True) * T * T
-    pt = student_logits.new_zeros(())
-    if beta and student_cls is not None and student_cls.size(1):
-        pt = F.mse_loss(F.normalize(student_cls, dim=-1), F.normalize(teacher_cls.detach(), dim=-1))
-    loss = (1 - alpha) * ce + alpha * kd + beta * pt
-    return loss, {"ce": ce.item(), "kd": kd.item(), "pt": pt.item()}
-
-
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # 4. The pipeline: teacher -> teacher's predictions -> PTP labels -> PTP pretraining -> Patient-KD with SPS
 
 VARIANTS = {  # the ablation (Pea-KD Section 4.4): what each row adds to a student fine-tuned alone
@@ -201,9 +192,9 @@ VARIANTS = {  # the ablation (Pea-KD Section 4.4): what each row adds to a stude
 
 
 def load_data(task, folder, tokenizer, max_len=128, train_limit=None):
-    """(train, dev, note): encoded tensors. train_limit keeps a fixed random subset of the training set. A task with
-    no train.tsv (our QNLI has only dev.tsv) gets its dev set split in two at random (seed 0): the first half trains,
-    the second half is the test set; the note says so."""
+    """(train, dev, note): encoded tensors. train_limit keeps a fixed random subset of the training set. A
+    task with no train.tsv (our QNLI has only dev.tsv) gets its dev set split in two at random (seed 0): the
+    first half trains, the second half is the test set; the note says so."""
     note = ""
     try:
         train, dev = read_glue(task, folder, "train"), read_glue(task, folder, "dev")
@@ -220,9 +211,9 @@ def load_data(task, folder, tokenizer, max_len=128, train_limit=None):
 
 
 def get_teacher(path, task, train, cfg, out_dir, setup=None):
-    """A Classifier fine-tuned on `task`: `path` itself when it is a finetune.py folder for this task, else the one
-    fine-tuned earlier into out_dir/teacher from the same source and setup, else `path` (a pretrained BERT)
-    fine-tuned now and saved there."""
+    """A Classifier fine-tuned on `task`: `path` itself when it is a finetune.py folder for this task, else
+    the one fine-tuned earlier into out_dir/teacher from the same source and setup, else `path` (a pretrained
+    BERT) fine-tuned now and saved there."""
     setup = {"source": str(path), **(setup or {})}
     for folder in (Path(path), Path(out_dir) / "teacher"):
         meta = json.loads((folder / "finetune.json").read_text()) if (folder / "finetune.json").is_file() else {}
@@ -245,27 +236,30 @@ def teacher_outputs(teacher, tensors, batch_size=128):
     logits, cls = [], []
     for idx in torch.arange(len(tensors["input_ids"])).split(batch_size):
         L = int(tensors["attention_mask"][idx].sum(1).max())
-        out = teacher(*(tensors[k][idx, :L].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
+        out = teacher(*(tensors[k][idx, :L].to(device) for k in ("input_ids", "attention_mask",
+                                                                 "token_type_ids")))
         logits.append(out.logits.float().cpu())
         cls.append(cls_states(out.hidden_states, range(len(out.hidden_states))).float().cpu())
     return torch.cat(logits), torch.cat(cls)
 
 
 def ptp_pretrain(student: Bert, tensors, labels, cfg) -> Bert:
-    """PTP (Pea-KD Section 3.3): train the student with a new 4-way head on [CLS] to predict the PTP labels, then
-    drop the head. The student's own tensors are trained in place (an SPS student trains its shared tensors)."""
+    """PTP (Pea-KD Section 3.3): train the student with a new 4-way head on [CLS] to predict the PTP labels,
+    then drop the head. The student's own tensors are trained in place (an SPS student trains its shared
+    tensors)."""
     fit(Classifier(student, len(PTP_CLASSES)), {**tensors, "labels": labels}, cfg)
     return student  # the Classifier, and with it the PTP head, is discarded here
 
 
-def pkd_loss_fn(layer_map, alpha=0.7, T=10.0, beta=100.0):
+def pkd_loss_fn(layer_map, alpha=0.7, temperature=10.0, beta=100.0):
     """loss_fn(model, batch) for finetune.fit: pkd_loss against the teacher's outputs stored in the batch."""
     s_layers, t_layers = [j for j, _ in layer_map], [i for _, i in layer_map]
 
     def loss_fn(model, batch):
         out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        return pkd_loss(out.logits, batch["teacher_logits"], batch["labels"], cls_states(out.hidden_states, s_layers),
-                        batch["teacher_cls"][:, t_layers], alpha, T, beta)[0]
+        return pkd_loss(out.logits, batch["teacher_logits"], batch["labels"],
+                        cls_states(out.hidden_states, s_layers),
+                        batch["teacher_cls"][:, t_layers], alpha, temperature, beta)[0]
     return loss_fn
 
 
@@ -319,7 +313,8 @@ def train_student(teacher, train, t_logits, t_cls, ptp_y, args, kd=True, sps=Tru
 
 
 def student_config(args):
-    return FinetuneConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
+    return FinetuneConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                          max_steps=args.max_steps,
                           seed=args.seed, log_every=args.log_every)
 
 
@@ -333,15 +328,19 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
     data and teacher predictions. Writes out_dir/<task>/results.json (and the students when args.save)."""
     task, spec = task_spec(args.task)
     if spec["num_labels"] < 2:
-        raise ValueError(f"{task}: Pea-KD's losses need classes (PTP labels, softmax KD); {task} is a regression")
+        raise ValueError(f"{task}: Pea-KD's losses need classes (PTP labels, softmax KD); {task} is a "
+                         f"regression")
     out_dir = Path(args.out) / task
     tokenizer = load_tokenizer(args.vocab or args.teacher)
     train, dev, note = load_data(task, args.data, tokenizer, args.max_len, args.train_limit)
-    print(f"[peakd] {task}: {len(train['input_ids'])} training / {len(dev['input_ids'])} test examples. {note}")
+    print(f"[peakd] {task}: {len(train['input_ids'])} training / {len(dev['input_ids'])} test examples. "
+          f"{note}")
     t0 = time.time()
-    tcfg = FinetuneConfig(lr=args.teacher_lr, batch_size=args.batch_size, epochs=args.teacher_epochs, seed=args.seed,
+    tcfg = FinetuneConfig(lr=args.teacher_lr, batch_size=args.batch_size, epochs=args.teacher_epochs,
+                          seed=args.seed,
                           log_every=args.log_every)
-    setup = {k: getattr(args, k) for k in ("train_limit", "max_len", "teacher_lr", "teacher_epochs", "batch_size", "seed")}
+    setup = {k: getattr(args, k) for k in ("train_limit", "max_len", "teacher_lr", "teacher_epochs",
+                                           "batch_size", "seed")}
     teacher = get_teacher(args.teacher, task, train, tcfg, out_dir, setup)
     rows = {"teacher": {**scored(task, teacher, dev), "parameters": classifier_parameters(teacher),
                         "depth": teacher.encoder.cfg.num_layers, "seconds": round(time.time() - t0, 1)}}
@@ -363,13 +362,15 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
         model, layer_map = train_student(teacher, train, t_logits, t_cls, ptp, args, **VARIANTS[name],
                                          pretrained=pretrained)
         metrics = scored(task, model, dev)
-        rows[name] = {**metrics, "parameters": classifier_parameters(model), "depth": len(model.encoder.schedule),
+        rows[name] = {**metrics, "parameters": classifier_parameters(model),
+                      "depth": len(model.encoder.schedule),
                       "seconds": round(time.time() - t0, 1), "layer_map": layer_map}
         print(f"[peakd] {task} {name}: {json.dumps({k: v for k, v in metrics.items() if k != 'correct'})} "
               f"({rows[name]['seconds']}s)")
         if args.save:
             slug = name.split(" (")[0].replace(" + ", "+").replace(" ", "")
-            save_finetuned(model, out_dir / f"student-{slug}", task=task, variant=name, teacher=str(args.teacher))
+            save_finetuned(model, out_dir / f"student-{slug}", task=task, variant=name,
+                           teacher=str(args.teacher))
     result = {"task": task, "note": note, "ptp": {"t1": t1, "t2": t2, "counts": counts}, "rows": rows,
               "args": vars(args)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +381,8 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
 def scored(task, model, dev) -> dict:
     """The task's metrics on dev, and "correct": 1.0 or 0.0 per dev example (for paired comparisons)."""
     logits = predict(model, dev)
-    return {**evaluate(task, logits, dev["labels"]), "correct": (logits.argmax(-1) == dev["labels"]).float().tolist()}
+    return {**evaluate(task, logits, dev["labels"]),
+            "correct": (logits.argmax(-1) == dev["labels"]).float().tolist()}
 
 
 def table(results) -> str:
@@ -398,26 +400,31 @@ def table(results) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("command", choices=["run", "ablation"], help="run: the Pea-KD pipeline | ablation: all of "
                    + ", ".join(VARIANTS))
     p.add_argument("--task", nargs="+", required=True, help="GLUE task(s): SST-2 MRPC RTE QNLI ...")
     p.add_argument("--data", required=True, help="GLUE root folder (one folder per task)")
-    p.add_argument("--teacher", required=True, help="pretrained BERT (HF folder; fine-tuned first) or a finetune.py "
+    p.add_argument("--teacher", required=True,
+                   help="pretrained BERT (HF folder; fine-tuned first) or a finetune.py "
                    "folder fine-tuned on the task")
     p.add_argument("--vocab", default="", help="vocab.txt or tokenizer.json (default: the teacher folder's)")
     p.add_argument("--out", default="out/peakd", help="results, fine-tuned teacher and students go here")
     p.add_argument("--student_layers", type=int, default=0, help="k (default: half the teacher's layers)")
     p.add_argument("--student_from", default="", help="where the student's layers come from (default: the "
                    "pre-trained BERT, as the reference; 'finetuned': the fine-tuned teacher; or a folder)")
-    p.add_argument("--init", default="first", choices=["first", "skip"], help="first k layers | every other one")
-    p.add_argument("--arch", default="bert", choices=["bert", "distilbert"], help="student keeps token types and "
+    p.add_argument("--init", default="first", choices=["first", "skip"],
+                   help="first k layers | every other one")
+    p.add_argument("--arch", default="bert", choices=["bert", "distilbert"],
+                   help="student keeps token types and "
                    "pooler (bert, as Pea-KD) or drops them (distilbert)")
     p.add_argument("--sps", default="auto", type=lambda s: s if s in ("auto", "all", "upper")
                    else [int(i) for i in s.split(",")],
                    help="layers SPS re-runs: auto (all if k < n/2, else upper, as the reference) | all | "
                    "upper | 0,1,2")
-    p.add_argument("--no_swap", action="store_true", help="paired sharing: re-run layers without the Q/K swap")
+    p.add_argument("--no_swap", action="store_true",
+                   help="paired sharing: re-run layers without the Q/K swap")
     p.add_argument("--ptp_thresholds", default="reference", help="reference (the reference code's table; "
                    "median for tasks it lacks) | median | t1,t2")
     p.add_argument("--alpha", type=float, default=0.7)
@@ -430,7 +437,8 @@ def main(argv=None):
     p.add_argument("--teacher_lr", type=float, default=5e-5)
     p.add_argument("--teacher_epochs", type=float, default=3.0)
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_steps", type=int, default=None, help="cap each student training stage (smoke tests)")
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="cap each student training stage (smoke tests)")
     p.add_argument("--max_len", type=int, default=128)
     p.add_argument("--train_limit", type=int, default=None, help="keep this many training examples (seed 0)")
     p.add_argument("--seed", type=int, default=42)
@@ -443,7 +451,8 @@ def main(argv=None):
     results = []
     for task in args.task:
         a = argparse.Namespace(**{**vars(args), "task": task})
-        results.append(pipeline(a, list(VARIANTS) if args.command == "ablation" else ["KD + SPS + PTP (Pea-KD)"]))
+        results.append(pipeline(a, list(VARIANTS) if args.command == "ablation" else ["KD + SPS + PTP "
+                                                                                      "(Pea-KD)"]))
     print(table(results))
     return results
 

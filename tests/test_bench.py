@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bench
-import data as D
+from tokenizer import train_wordpiece
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def inputs(tmp_path_factory):
     r = random.Random(0)
     lines = [" ".join(r.choice(words) for _ in range(r.randint(5, 20))).capitalize() + "." for _ in range(300)]
     (root / "corpus.txt").write_text("\n".join(lines[:150]) + "\n\n" + "\n".join(lines[150:]) + "\n")
-    D.train_wordpiece(iter(lines), 200, root / "vocab.txt")
+    train_wordpiece(iter(lines), 200, root / "vocab.txt")
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
     rows = [f"{i}\tg\tf\t2012\t{i}\tnone\tnone\t{lines[i]}\t{lines[i + 1]}\t{r.uniform(0, 5):.3f}" for i in range(25)]
     (root / "dev.tsv").write_text("\n".join([header] + rows) + "\n")

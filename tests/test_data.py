@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import data
+import prepare
+import tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BERT_DIR = SHARED / "bert-base-uncased"
@@ -70,7 +72,7 @@ def real_lines(limit_per_file=120):
 @needs_shared
 def test_tokenizer_matches_transformers_on_real_text():
     ref = reference_tokenizer(BERT_DIR)
-    tok = data.load_tokenizer(BERT_DIR / "vocab.txt")
+    tok = tokenizer.load_tokenizer(BERT_DIR / "vocab.txt")
     texts = real_lines() + TRICKY
     assert len(texts) > 1000
     want = ref(texts)
@@ -83,7 +85,7 @@ def test_tokenizer_matches_transformers_on_real_text():
     assert [e.ids for e in got] == want["input_ids"]
     assert [e.type_ids for e in got] == want["token_type_ids"]
     for max_length in (9, 24):
-        trunc = data.load_tokenizer(BERT_DIR)  # a folder works too
+        trunc = tokenizer.load_tokenizer(BERT_DIR)  # a folder works too
         trunc.enable_truncation(max_length=max_length)
         want = ref(texts, truncation=True, max_length=max_length)
         assert [e.ids for e in trunc.encode_batch(texts)] == want["input_ids"]
@@ -91,15 +93,15 @@ def test_tokenizer_matches_transformers_on_real_text():
         got = trunc.encode_batch(pairs)
         assert [e.ids for e in got] == want["input_ids"]
         assert [e.type_ids for e in got] == want["token_type_ids"]
-    assert data.special_ids(tok) == dict(pad=0, unk=100, cls=101, sep=102, mask=103)
+    assert tokenizer.special_ids(tok) == dict(pad=0, unk=100, cls=101, sep=102, mask=103)
     lines = (BERT_DIR / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
-    assert data.vocab_hash(tok) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    assert tokenizer.vocab_hash(tok) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def test_tokenizer_on_handmade_vocab(tmp_path):
     vocab = SPECIAL + ["the", "cat", "sat", "on", "mat", ".", ",", "caf", "##e", "##s", "un", "##believ", "##able", "!"]
     path = write_vocab(tmp_path, vocab)
-    tok = data.load_tokenizer(path)
+    tok = tokenizer.load_tokenizer(path)
     # worked out by hand: lowercase, accents stripped, punctuation split, greedy longest-match-first WordPiece
     assert tok.encode("The cats sat on the MAT.").ids == [2, 5, 6, 14, 7, 8, 5, 9, 10, 3]
     assert tok.encode("Café unbelievable!").ids == [2, 12, 13, 15, 16, 17, 18, 3]
@@ -108,23 +110,23 @@ def test_tokenizer_on_handmade_vocab(tmp_path):
     pair = tok.encode("the cat", "sat.")
     assert (pair.ids, pair.type_ids) == ([2, 5, 6, 3, 7, 10, 3], [0, 0, 0, 0, 1, 1, 1])
     assert tok.decode([5, 6, 14, 7]) == "the cats sat"
-    assert data.special_ids(tok) == dict(pad=0, unk=1, cls=2, sep=3, mask=4)
-    assert data.vocab_hash(tok) == hashlib.sha256("\n".join(vocab).encode()).hexdigest()
+    assert tokenizer.special_ids(tok) == dict(pad=0, unk=1, cls=2, sep=3, mask=4)
+    assert tokenizer.vocab_hash(tok) == hashlib.sha256("\n".join(vocab).encode()).hexdigest()
     ref = reference_tokenizer(tmp_path)
     texts = ["The cats sat on the MAT.", "Café unbelievable!", "cats, dogs", "unbelievablecats"]
     assert [e.ids for e in tok.encode_batch(texts)] == ref(texts)["input_ids"]
     # a saved tokenizer.json is preferred when a folder holds both, and gives the same ids
     tok.save(str(tmp_path / "tokenizer.json"))
-    assert data.load_tokenizer(tmp_path).encode("The cats sat on the MAT.").ids == [2, 5, 6, 14, 7, 8, 5, 9, 10, 3]
+    assert tokenizer.load_tokenizer(tmp_path).encode("The cats sat on the MAT.").ids == [2, 5, 6, 14, 7, 8, 5, 9, 10, 3]
     with pytest.raises(ValueError, match=r"\[MASK\]"):
-        data.load_tokenizer(write_vocab(tmp_path / "bad", SPECIAL[:4] + ["the"]))
+        tokenizer.load_tokenizer(write_vocab(tmp_path / "bad", SPECIAL[:4] + ["the"]))
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        data.load_tokenizer(tmp_path / "nowhere" / "vocab.txt")
+        tokenizer.load_tokenizer(tmp_path / "nowhere" / "vocab.txt")
 
 
 def test_train_wordpiece(tmp_path):
     text = ["The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs!"] * 50
-    tok = data.train_wordpiece(iter(text), 120, tmp_path / "vocab.txt")
+    tok = tokenizer.train_wordpiece(iter(text), 120, tmp_path / "vocab.txt")
     lines = (tmp_path / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
     assert lines[:5] == SPECIAL and 40 < len(lines) <= 120 and len(set(lines)) == len(lines)
     assert "##s" in lines or any(t.startswith("##") for t in lines)
@@ -170,11 +172,11 @@ def test_prepare_round_trip(tmp_path, vocab_kind):
     docs += ["extra document one", "extra document two, the last"]
     out = tmp_path / "out"
     if vocab_kind == "trained":
-        meta = data.prepare([corpus, extra], out, vocab_size=300, valid_fraction=0.3, shard_tokens=100, batch_docs=7)
+        meta = prepare.prepare([corpus, extra], out, vocab_size=300, valid_fraction=0.3, shard_tokens=100, batch_docs=7)
         assert meta["tokenizer"]["trained"] and meta["vocab_size"] <= 300
     else:
         vocab = write_vocab(tmp_path / "v", SPECIAL + sorted({w.lower() for w in WORDS}) + ["doc", "!", ".", ","])
-        meta = data.prepare([corpus, extra], out, vocab=vocab, valid_fraction=0.3, shard_tokens=100, batch_docs=7)
+        meta = prepare.prepare([corpus, extra], out, vocab=vocab, valid_fraction=0.3, shard_tokens=100, batch_docs=7)
         assert (out / "vocab.txt").read_bytes() == vocab.read_bytes()
     ref = reference_tokenizer(out)  # the folder's own copy of the vocabulary, read by transformers
     expected = ref(docs, add_special_tokens=False)["input_ids"]
@@ -209,31 +211,31 @@ def tiny_setup(tmp_path, n_docs=12):
 
 def test_prepare_again_is_a_no_op_and_changes_need_overwrite(tmp_path, capsys):
     corpus, vocab, out = tiny_setup(tmp_path)
-    meta = data.prepare([corpus], out, vocab=vocab)
+    meta = prepare.prepare([corpus], out, vocab=vocab)
     stamp = (out / "meta.json").stat().st_mtime_ns, (out / "train_000.bin").stat().st_mtime_ns
     capsys.readouterr()
-    assert data.prepare([corpus], out, vocab=vocab) == meta
+    assert prepare.prepare([corpus], out, vocab=vocab) == meta
     assert "up to date" in capsys.readouterr().err
     assert ((out / "meta.json").stat().st_mtime_ns, (out / "train_000.bin").stat().st_mtime_ns) == stamp
     with pytest.raises(FileExistsError, match="overwrite"):  # other settings
-        data.prepare([corpus], out, vocab=vocab, valid_fraction=0.5)
+        prepare.prepare([corpus], out, vocab=vocab, valid_fraction=0.5)
     with (corpus / "a.txt").open("a") as f:
         f.write("\nalpha beta gamma, a new document\n")
     with pytest.raises(FileExistsError, match="overwrite"):  # other inputs
-        data.prepare([corpus], out, vocab=vocab)
-    new = data.prepare([corpus], out, vocab=vocab, overwrite=True)
+        prepare.prepare([corpus], out, vocab=vocab)
+    new = prepare.prepare([corpus], out, vocab=vocab, overwrite=True)
     assert new["inputs_hash"] != meta["inputs_hash"]
     assert sum(s["docs"] for s in new["splits"].values()) == sum(s["docs"] for s in meta["splits"].values()) + 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out", "v"]  # no .tmp / .old left over
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a prepared"):
-        data.prepare([corpus], tmp_path / "other", vocab=vocab)
+        prepare.prepare([corpus], tmp_path / "other", vocab=vocab)
 
 
 def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     corpus, vocab, out = tiny_setup(tmp_path, n_docs=30)
-    real, calls = data._encode_batch, []
+    real, calls = prepare._encode_batch, []
 
     def crash_on_second_batch(*args):
         calls.append(1)
@@ -241,22 +243,22 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(data, "_encode_batch", crash_on_second_batch)
+    monkeypatch.setattr(prepare, "_encode_batch", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        data.prepare([corpus], out, vocab=vocab, batch_docs=4)
+        prepare.prepare([corpus], out, vocab=vocab, batch_docs=4)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "v"]
-    monkeypatch.setattr(data, "_encode_batch", real)
+    monkeypatch.setattr(prepare, "_encode_batch", real)
     # a hard kill leaves the temporary folder behind: the next run removes it
     (tmp_path / "out.tmp").mkdir()
-    (tmp_path / "out.tmp" / data.PARTIAL).write_text(data.FORMAT)  # what prepare writes first into its tmp
+    (tmp_path / "out.tmp" / prepare.PARTIAL).write_text(data.FORMAT)  # what prepare writes first into its tmp
     (tmp_path / "out.tmp" / "train_000.bin").write_bytes(b"\x01\x02")
-    meta = data.prepare([corpus], out, vocab=vocab)
+    meta = prepare.prepare([corpus], out, vocab=vocab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out", "v"]
     # a crash while overwriting keeps the old, complete folder untouched
     calls.clear()
-    monkeypatch.setattr(data, "_encode_batch", crash_on_second_batch)
+    monkeypatch.setattr(prepare, "_encode_batch", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        data.prepare([corpus], out, vocab=vocab, batch_docs=4, valid_fraction=0.3, overwrite=True)
+        prepare.prepare([corpus], out, vocab=vocab, batch_docs=4, valid_fraction=0.3, overwrite=True)
     assert json.loads((out / "meta.json").read_text())["inputs_hash"] == meta["inputs_hash"]
     assert data.TokenData(out).meta["splits"] == meta["splits"]
 
@@ -274,7 +276,7 @@ def test_overwrite_never_deletes_an_input_or_a_foreign_folder(tmp_path, capsys):
     before = tree(corpus)
     for target in (corpus, corpus / "sub", corpus / "a.txt"):
         with pytest.raises(SystemExit) as e:
-            data.main([str(corpus), "--out", str(target), "--vocab", str(vocab), "--overwrite"])
+            prepare.main([str(corpus), "--out", str(target), "--vocab", str(vocab), "--overwrite"])
         assert str(corpus) in str(e.value) and "\n" not in str(e.value)
         assert tree(corpus) == before
     # a folder with a meta.json that is not ours is not replaced either, nor is a foreign '.tmp' folder
@@ -282,11 +284,11 @@ def test_overwrite_never_deletes_an_input_or_a_foreign_folder(tmp_path, capsys):
     foreign.mkdir()
     (foreign / "meta.json").write_text('{"format": "something else"}')
     with pytest.raises(FileExistsError, match="not a prepared shard folder made by data.py"):
-        data.prepare([corpus], foreign, vocab=vocab, overwrite=True)
+        prepare.prepare([corpus], foreign, vocab=vocab, overwrite=True)
     (tmp_path / "out.tmp").mkdir()
     (tmp_path / "out.tmp" / "thesis.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="out.tmp"):
-        data.prepare([corpus], out, vocab=vocab)
+        prepare.prepare([corpus], out, vocab=vocab)
     assert (foreign / "meta.json").is_file()
     assert (tmp_path / "out.tmp" / "thesis.txt").read_text() == "keep me"
     assert not out.exists()
@@ -296,7 +298,7 @@ def test_cli_default_out_and_one_line_errors(tmp_path, monkeypatch):
     """Issue 14.6: `python data.py` as the README shows it needs no --out; CLI errors are one line."""
     corpus, vocab, _ = tiny_setup(tmp_path)
     monkeypatch.chdir(tmp_path)
-    data.main([str(corpus), "--vocab", str(vocab)])
+    prepare.main([str(corpus), "--vocab", str(vocab)])
     assert data.TokenData(tmp_path / "data" / "shards").meta["splits"]["train"]["docs"] > 0
     run = subprocess.run([sys.executable, str(Path(data.__file__)), str(tmp_path / "missing.txt"), "--out",
                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
@@ -308,20 +310,20 @@ def test_cli_default_out_and_one_line_errors(tmp_path, monkeypatch):
 def test_bad_inputs(tmp_path, monkeypatch):
     corpus, vocab, out = tiny_setup(tmp_path)
     with pytest.raises(FileNotFoundError, match="no_such_file.txt"):
-        data.prepare([corpus, tmp_path / "no_such_file.txt"], out, vocab=vocab)
+        prepare.prepare([corpus, tmp_path / "no_such_file.txt"], out, vocab=vocab)
     with pytest.raises(FileNotFoundError, match=r"nothing\*"):
-        data.prepare([str(tmp_path / "nothing*.txt")], out, vocab=vocab)
+        prepare.prepare([str(tmp_path / "nothing*.txt")], out, vocab=vocab)
     (tmp_path / "blank").mkdir()
     (tmp_path / "blank" / "empty.txt").write_text("\n   \n\t\n\n")
     with pytest.raises(ValueError, match="empty corpus"):
-        data.prepare([tmp_path / "blank"], out, vocab=vocab)
+        prepare.prepare([tmp_path / "blank"], out, vocab=vocab)
     (tmp_path / "nofiles").mkdir()
     with pytest.raises(ValueError, match="empty corpus"):
-        data.prepare([tmp_path / "nofiles"], out, vocab=vocab)
+        prepare.prepare([tmp_path / "nofiles"], out, vocab=vocab)
     (corpus / "image").write_bytes(bytes(range(256)) * 4)  # extension-less, so picked up by the folder walk
     (corpus / "latin1.txt").write_bytes("un café à Zürich\n".encode("latin-1"))
     with pytest.warns(UserWarning) as warned:
-        meta = data.prepare([corpus], out, vocab=vocab)
+        meta = prepare.prepare([corpus], out, vocab=vocab)
     text = " ".join(str(w.message) for w in warned)
     assert "image" in text and "latin1.txt" in text
     reasons = {Path(s["path"]).name: s["reason"] for s in meta["skipped"]}
@@ -329,20 +331,20 @@ def test_bad_inputs(tmp_path, monkeypatch):
     assert meta["splits"]["train"]["docs"] == 11 and meta["splits"]["valid"]["docs"] == 1  # 0.5% of 12, at least 1
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "doc.txt").write_text("a single document\n")
-    assert data.prepare([tmp_path / "one"], tmp_path / "out1", vocab=vocab)["splits"]["valid"]["docs"] == 0
+    assert prepare.prepare([tmp_path / "one"], tmp_path / "out1", vocab=vocab)["splits"]["valid"]["docs"] == 0
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.txt").write_bytes(b"\x00\x01\x02binary")
     (tmp_path / "junk" / "b.txt").write_bytes(b"\xff\xfe\xfa not utf-8")
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="empty corpus(.|\n)*b.txt"):
-        data.prepare([tmp_path / "junk"], tmp_path / "out2", vocab=vocab)
+        prepare.prepare([tmp_path / "junk"], tmp_path / "out2", vocab=vocab)
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
     with pytest.raises(ImportError, match="datasets"):
-        data.prepare([], tmp_path / "out3", vocab=vocab, hf_datasets=["bookcorpus"])
+        prepare.prepare([], tmp_path / "out3", vocab=vocab, hf_datasets=["bookcorpus"])
 
 
 def test_reading_with_another_vocabulary_fails(tmp_path):
     corpus, vocab, out = tiny_setup(tmp_path)
-    data.prepare([corpus], out, vocab=vocab)
+    prepare.prepare([corpus], out, vocab=vocab)
     assert data.TokenData(out, vocab=vocab).vocab_size == len(SPECIAL) + len({w.lower() for w in WORDS})
     other = write_vocab(tmp_path / "other", SPECIAL + ["alpha", "beta"])
     with pytest.raises(ValueError, match=f"(?s){other}.*{out / 'meta.json'}"):
@@ -353,40 +355,40 @@ def test_reading_with_another_vocabulary_fails(tmp_path):
 
 
 def test_token_dtype_follows_vocab_size(tmp_path, monkeypatch):
-    assert data.token_dtype(30522) == np.uint16 and data.token_dtype(65535) == np.uint16
-    assert data.token_dtype(65536) == np.uint32
+    assert prepare.token_dtype(30522) == np.uint16 and prepare.token_dtype(65535) == np.uint16
+    assert prepare.token_dtype(65536) == np.uint32
     vocab = write_vocab(tmp_path / "big", SPECIAL + [f"w{i}" for i in range(70_000)])
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "t.txt").write_text("w0 w65535 w69999 w5\n\nw70000 w3\n")
-    meta = data.prepare([tmp_path / "c"], tmp_path / "out", vocab=vocab, valid_fraction=0)
+    meta = prepare.prepare([tmp_path / "c"], tmp_path / "out", vocab=vocab, valid_fraction=0)
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_005
     assert read_split(tmp_path / "out", "train", np.uint32) == [[5, 65540, 70004, 10], [1, 8]]  # by hand: id = i + 5
     assert (tmp_path / "out" / "train_000.bin").stat().st_size == 6 * 4
-    monkeypatch.setattr(data, "token_dtype", lambda n: np.dtype(np.uint16))  # a wrong choice must be caught
+    monkeypatch.setattr(prepare, "token_dtype", lambda n: np.dtype(np.uint16))  # a wrong choice must be caught
     with pytest.raises(OverflowError, match="does not fit"):
-        data.prepare([tmp_path / "c"], tmp_path / "out16", vocab=vocab, valid_fraction=0)
+        prepare.prepare([tmp_path / "c"], tmp_path / "out16", vocab=vocab, valid_fraction=0)
     assert not (tmp_path / "out16").exists()
 
 
 def test_cli(tmp_path):
     corpus, vocab, out = tiny_setup(tmp_path)
-    data.main([str(corpus), "--out", str(out), "--vocab", str(vocab), "--valid-fraction", "0.25"])
+    prepare.main([str(corpus), "--out", str(out), "--vocab", str(vocab), "--valid-fraction", "0.25"])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["splits"]["valid"]["docs"] == 3 and meta["settings"]["valid_fraction"] == 0.25
 
 
 def test_default_corpus_is_python_documentation(capsys):
-    docs = list(data.default_corpus_documents())
+    docs = list(prepare.default_corpus_documents())
     assert len(docs) > 300 and sum(map(len, docs)) > 1_500_000
     assert not any("\x00" in d or not d.strip() for d in docs)
     assert any("for_stmt" in d or "The \"for\" statement" in d for d in docs)  # a pydoc topic
     assert any(d.startswith("Support for regular expressions") for d in docs)  # the `re` module's docstring
     assert "Beautiful is better than ugly" not in capsys.readouterr().out  # `this` is never imported
-    assert docs[:50] == list(data.default_corpus_documents())[:50]
+    assert docs[:50] == list(prepare.default_corpus_documents())[:50]
 
 
 def test_prepare_without_inputs_uses_the_default_corpus(tmp_path):
-    meta = data.prepare([], tmp_path / "out", vocab_size=1000)
+    meta = prepare.prepare([], tmp_path / "out", vocab_size=1000)
     assert [s["kind"] for s in meta["sources"]] == ["python_docs"] and meta["tokenizer"]["trained"]
     assert meta["vocab_size"] == 1000 and meta["splits"]["train"]["tokens"] > 300_000
     assert meta["splits"]["valid"]["docs"] == max(1, round(0.005 * meta["sources"][0]["docs"]))
@@ -403,7 +405,7 @@ def test_hf_dataset_rows_are_documents(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "datasets", FakeDatasets)
     vocab = write_vocab(tmp_path / "v", SPECIAL + ["alpha", "beta", "gamma", "delta", "epsilon"])
-    meta = data.prepare([], tmp_path / "out", vocab=vocab, valid_fraction=0, hf_datasets=["wikipedia:20220301.en"])
+    meta = prepare.prepare([], tmp_path / "out", vocab=vocab, valid_fraction=0, hf_datasets=["wikipedia:20220301.en"])
     assert calls == [("wikipedia", "20220301.en", "train")] * 2  # pass 1 counts, pass 2 encodes
     assert read_split(tmp_path / "out", "train", np.uint16) == [[5, 6, 7], [8, 9]]
     assert meta["sources"][0]["name"] == "wikipedia:20220301.en"
@@ -420,17 +422,17 @@ def test_sentence_rows_of_a_local_dataset_are_packed_into_documents(tmp_path):
     rows = [f"w{i % 10} w{(i + 1) % 10}" for i in range(300)]  # 5 characters: 3 fit in 17 (5 + 1 + 5 + 1 + 5)
     datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "books"))
     books = [str(tmp_path / "books")]
-    data.prepare([], tmp_path / "packed", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17)
+    prepare.prepare([], tmp_path / "packed", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17)
     want = [[5 + (i % 10), 5 + (i + 1) % 10] for i in range(300)]
     packed = read_split(tmp_path / "packed", "train", np.uint16)
     assert packed == [want[j] + want[j + 1] + want[j + 2] for j in range(0, 300, 3)]
-    data.prepare([], tmp_path / "rows", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17,
+    prepare.prepare([], tmp_path / "rows", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17,
                  pack_rows="off")
     assert read_split(tmp_path / "rows", "train", np.uint16) == want
     articles = [" ".join(words[(i + j) % 10] for j in range(80)) for i in range(150)]  # 239 characters each
     wiki = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": articles})})  # a DatasetDict
     wiki.save_to_disk(str(tmp_path / "wiki"))
-    meta = data.prepare([], tmp_path / "wiki-out", vocab=vocab, valid_fraction=0,
+    meta = prepare.prepare([], tmp_path / "wiki-out", vocab=vocab, valid_fraction=0,
                         hf_datasets=[str(tmp_path / "wiki")])
     assert meta["splits"]["train"]["docs"] == 150
 
@@ -449,7 +451,7 @@ def test_sequences_cut_and_filter(tmp_path):
             "F": words[:10] + ["zz"] * 6 + words[:4] + words[20:30]}  # 30 tokens, 6 [UNK] in the middle ten
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "t.txt").write_text("\n\n".join(" ".join(d) for d in docs.values()))
-    data.prepare([tmp_path / "c"], tmp_path / "out", vocab=vocab, valid_fraction=0)
+    prepare.prepare([tmp_path / "c"], tmp_path / "out", vocab=vocab, valid_fraction=0)
     td = data.TokenData(tmp_path / "out", vocab=vocab)
     tok = {k: [ids.get(w, 1) for w in d] for k, d in docs.items()}
     # max_len 12 -> pieces of 10: A -> 10, 10, (5: 7 tokens, dropped); B: 11 tokens, dropped; C kept;
@@ -578,7 +580,7 @@ def test_batches_on_prepared_data(tmp_path):
     corpus.mkdir()
     write_corpus(corpus, n_docs=60)
     vocab = write_vocab(tmp_path / "v", SPECIAL + sorted({w.lower() for w in WORDS}) + ["!", ".", ","])
-    data.prepare([corpus], tmp_path / "out", vocab=vocab, valid_fraction=0)
+    prepare.prepare([corpus], tmp_path / "out", vocab=vocab, valid_fraction=0)
     td = data.TokenData(tmp_path / "out")
     seqs = td.sequences("train", 16)
     b = data.Batches(td, "train", 16, 4)
@@ -694,7 +696,7 @@ def test_damaged_shard_files_are_named(tmp_path):
     """Issue 14 rule: every file the project writes is covered by a checksum verified on load. A byte changed
     in a shard keeps its size (the old check passed) and was read silently."""
     corpus, vocab, out = tiny_setup(tmp_path)
-    data.prepare([corpus], out, vocab=vocab)
+    prepare.prepare([corpus], out, vocab=vocab)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["files"]["train_000.bin"] == hashlib.sha256((out / "train_000.bin").read_bytes()).hexdigest()
     assert set(meta["files"]) == {p.name for p in out.iterdir()} - {"meta.json"}

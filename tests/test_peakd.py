@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from model import Bert, BertConfig, count_parameters
-from peakd import (cls_states, make_student, pkd_layer_map, pkd_loss, ptp_labels, ptp_thresholds, sps_layers,
-                   with_sps)
+from losses import pkd_loss
+from peakd import cls_states, make_student, pkd_layer_map, ptp_labels, ptp_thresholds, sps_layers, with_sps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,13 +213,13 @@ def test_pkd_loss_against_hand_computed_value():
     kl = p0 * math.log(p0 / q0) + (1 - p0) * math.log((1 - p0) / (1 - q0))
     pt = ((0.6 - 1.0) ** 2 + (0.8 - 0.0) ** 2) / 2              # unit vectors (0.6, 0.8) and (1, 0), mean of squares
     want = 0.5 * ce + 0.5 * 4 * kl + 10 * pt
-    loss, parts = pkd_loss(s, t, y, s_cls, t_cls, alpha=0.5, T=2.0, beta=10.0)
+    loss, parts = pkd_loss(s, t, y, s_cls, t_cls, alpha=0.5, temperature=2.0, beta=10.0)
     assert loss.item() == pytest.approx(want, rel=1e-6)
     assert parts["ce"] == pytest.approx(ce, rel=1e-6) and parts["kd"] == pytest.approx(4 * kl, rel=1e-5)
     assert parts["pt"] == pytest.approx(pt, rel=1e-6)
     # a batch of two copies gives the same value (means over the batch), and the reference defaults are 0.7 / 10 / 100
     loss2, _ = pkd_loss(s.repeat(2, 1), t.repeat(2, 1), y.repeat(2), s_cls.repeat(2, 1, 1), t_cls.repeat(2, 1, 1),
-                        alpha=0.5, T=2.0, beta=10.0)
+                        alpha=0.5, temperature=2.0, beta=10.0)
     assert loss2.item() == pytest.approx(want, rel=1e-6)
     q0, p0 = 1 / (1 + math.exp(-0.1)), 1 / (1 + math.exp(-0.2))
     kl10 = p0 * math.log(p0 / q0) + (1 - p0) * math.log((1 - p0) / (1 - q0))

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-import data as D
+import prepare
+import quickstart
 import train as T
 from eval import paired_difference, verdict
 from model import Bert, BertConfig
@@ -42,7 +43,7 @@ def tiny_teacher(tmp_path_factory):
     """A tiny BertModel checkpoint (no MLM head, a pooler, token types) with a vocabulary trained on the default
     corpus: the shape of the real MiniLM teacher, in miniature."""
     root = tmp_path_factory.mktemp("qs")
-    D.prepare([], root / "vocab-data", vocab_size=600, valid_fraction=0.05)
+    prepare.prepare([], root / "vocab-data", vocab_size=600, valid_fraction=0.05)
     torch.manual_seed(0)
     model = Bert(BertConfig(vocab_size=600, hidden_size=32, num_layers=6, num_heads=2, intermediate_size=64,
                             max_position=64, pooler=True))
@@ -57,7 +58,7 @@ def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
     cfg = T.parse_args(["--preset=quickstart", f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
                         "--max_len=64", "--max_steps=4", "--eval_every=2", "--eval_batches=2", "--dtype=float32"])
     steps = dict(max_steps=4, head_steps=2, head_lr=1e-3, lr=1e-3)
-    r = T.quickstart(cfg, teacher_steps=steps)
+    r = quickstart.quickstart(cfg, teacher_steps=steps)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["models"]) == {"teacher", "student", "student-mlm-only"}
     for m in saved["models"].values():
@@ -72,19 +73,19 @@ def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
     assert "frequency baseline" in out and "paired SE" in out and p["verdict"] in out
 
     ckpts = {f: f.stat().st_mtime_ns for f in tmp_path.rglob("ckpt-*.pt")}
-    T.quickstart(cfg, teacher_steps=steps)
+    quickstart.quickstart(cfg, teacher_steps=steps)
     out = capsys.readouterr().out
     assert out.count("already complete") == 3
     assert {f: f.stat().st_mtime_ns for f in tmp_path.rglob("ckpt-*.pt")} == ckpts
     assert json.loads((tmp_path / "results.json").read_text())["models"] == saved["models"]
 
     # other student settings: the teacher is reused, the students run again
-    T.quickstart(T.parse_args([*[f"--{k}={v}" for k, v in dict(
+    quickstart.quickstart(T.parse_args([*[f"--{k}={v}" for k, v in dict(
         preset="quickstart", teacher=tiny_teacher / "teacher", out_dir=tmp_path, max_len=64, max_steps=2,
         eval_every=2, eval_batches=2, dtype="float32").items()]]), teacher_steps=steps)
     out = capsys.readouterr().out
     assert out.count("already complete") == 1 and "teacher: already complete" in out
 
     # another teacher: everything after it runs again too
-    T.quickstart(cfg, teacher_steps={**steps, "max_steps": 3})
+    quickstart.quickstart(cfg, teacher_steps={**steps, "max_steps": 3})
     assert "already complete" not in capsys.readouterr().out

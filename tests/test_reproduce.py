@@ -72,7 +72,7 @@ def tiny(tmp_path_factory):
 
 def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     argv = ["--quick", f"--data={tiny}", f"--teacher={tiny / 'teacher'}", f"--out={tmp_path}"]
-    cfg = R.ft.parse_config(argv, R.ReproduceConfig)
+    cfg = R.parse_config(argv, R.ReproduceConfig)
     results = R.reproduce(cfg)
     assert set(results) == set(R.STAGES)
     for name in R.STAGES[1:]:
@@ -114,7 +114,7 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     assert again["table1"]["medians"] == results["table1"]["medians"]
 
     # one stage's settings changed: it and the stages after it run again, the ones before are reused
-    R.reproduce(R.ft.parse_config(argv + ["--only=table1", "--epochs=3"], R.ReproduceConfig))
+    R.reproduce(R.parse_config(argv + ["--only=table1", "--epochs=3"], R.ReproduceConfig))
     out = capsys.readouterr().out
     assert "teacher: already complete" in out and "general: already complete" in out and "== table1" in out
     assert "== table3" not in out and "== peakd" not in out and "table3: already" not in out

