@@ -7,14 +7,15 @@ The paper's tables, reproduced qualitatively on a CPU in about an hour, with a r
 
 Stages, each written to its own folder under --out and reused when its settings have not changed:
   teacher   all-MiniLM-L6-v2 (6 x 384) given an MLM head by continued MLM training on the English corpora
-  general   general distillation (Section 3) of the [0, 2, 4] student, with the Table 4 rows that fit: the triple
-            loss, - L_cos, - L_ce, random init, and L_mlm alone; held-out MLM accuracy with paired SEs
+  general   general distillation (Section 3) of the [0, 2, 4] student, with the Table 4 rows that fit:
+            the triple loss, - L_cos, - L_ce, random init, and L_mlm alone; held-out MLM accuracy, paired SEs
   table1    teacher, distilled student and MLM-only student fine-tuned on SST-2, MRPC, RTE, STS-B (Table 1)
-  table2    task distillation, "DistilBERT (D)" (Section 4): SST-2 with a transfer set, SQuAD on the dev halves
+  table2    task distillation, "DistilBERT (D)" (Section 4): SST-2 with a transfer set, SQuAD on the halves
   table3    parameters, size on disk, CPU time at batch size 1 (Table 3)
   peakd     Pea-KD (Cho & Kang): FT, KD, KD + SPS, KD + PTP, Pea-KD on SST-2, MRPC, RTE
-Each table stage writes results.json, table.md and results.png in its folder; out/reproduce/tables.md holds all.
+Each stage writes stage.json and, for a table, results.png in its folder; out/reproduce/tables.md holds all.
 """
+
 import dataclasses
 import json
 import math
@@ -43,25 +44,29 @@ from tokenizer import load_tokenizer
 
 @dataclass
 class ReproduceConfig:
-    data: str = "../shared/data"      # glue/, squad/, corpora/ (see ../shared/data/README.md)
+    data: str = "../shared/data"  # glue/, squad/, corpora/ (see ../shared/data/README.md)
     out: str = "out/reproduce"
-    teacher: str = train.QUICKSTART_TEACHER  # a pretrained BERT: a folder, a Hub name, or the pinned PyPI wheel's
-    student_layers: str = "0,2,4"     # the student: these teacher layers, token types folded in
-    only: str = ""                    # comma-separated stages to run (default: all)
-    quick: bool = False               # tiny budgets everywhere: a smoke run of every stage
-    seeds: str = "1,2,3"              # fine-tuning seeds of Table 1 and Table 2 (D); the median is reported
+    teacher: str = (
+        train.QUICKSTART_TEACHER
+    )  # a pretrained BERT: a folder, a Hub name, or the pinned PyPI wheel's
+    student_layers: str = "0,2,4"  # the student: these teacher layers, token types folded in
+    only: str = ""  # comma-separated stages to run (default: all)
+    quick: bool = False  # tiny budgets everywhere: a smoke run of every stage
+    seeds: str = "1,2,3"  # fine-tuning seeds of Table 1 and Table 2 (D); the median is reported
     # general distillation: every row trains on the same batches for the same steps (32 x 128 tokens each)
-    teacher_steps: int = 160          # continued MLM training of the teacher (its first head_steps: the head alone)
+    teacher_steps: int = 160  # continued MLM training of the teacher (its first head_steps: the head alone)
     head_steps: int = 20
     general_steps: int = 50
-    draws: int = 3                    # independent masks of the held-out split in the MLM comparison
+    draws: int = 3  # independent masks of the held-out split in the MLM comparison
     # fine-tuning (BERT's recipe, shortened: training subsets, 2 epochs)
     lr: float = 1e-4
     epochs: float = 2.0
-    limits: str = "SST-2:2000,MRPC:1000,RTE:800,STS-B:1500"  # training examples kept per task (a fixed subset)
-    transfer: int = 8000              # SST-2 sentences beyond the labelled subset, labelled by the teacher only
-    max_len: int = 128                # longest sequence in pretraining and GLUE fine-tuning, in tokens
-    squad_train: int = 1200           # questions of dev-v1.1.json trained on; scored on squad_eval of test-v1.1.json
+    limits: str = (
+        "SST-2:2000,MRPC:1000,RTE:800,STS-B:1500"  # training examples kept per task (a fixed subset)
+    )
+    transfer: int = 8000  # SST-2 sentences beyond the labelled subset, labelled by the teacher only
+    max_len: int = 128  # longest sequence in pretraining and GLUE fine-tuning, in tokens
+    squad_train: int = 1200  # questions of dev-v1.1.json trained on; scored on squad_eval of test-v1.1.json
     squad_eval: int = 800
     squad_len: int = 192
     peakd_limits: str = "SST-2:1000,MRPC:800,RTE:600"
@@ -70,9 +75,21 @@ class ReproduceConfig:
 
 STAGES = ("teacher", "general", "table1", "table2", "table3", "peakd")
 TASKS = ("SST-2", "MRPC", "RTE", "STS-B")
-QUICK = dict(seeds="1,2", max_len=64, teacher_steps=4, head_steps=2, general_steps=3, draws=2, epochs=1.0,
-             limits="SST-2:48,MRPC:32,RTE:32,STS-B:32", transfer=48, squad_train=12, squad_eval=8, squad_len=64,
-             peakd_limits="SST-2:32,MRPC:32,RTE:32")
+QUICK = dict(
+    seeds="1,2",
+    max_len=64,
+    teacher_steps=4,
+    head_steps=2,
+    general_steps=3,
+    draws=2,
+    epochs=1.0,
+    limits="SST-2:48,MRPC:32,RTE:32,STS-B:32",
+    transfer=48,
+    squad_train=12,
+    squad_eval=8,
+    squad_len=64,
+    peakd_limits="SST-2:32,MRPC:32,RTE:32",
+)
 
 
 def log(msg):
@@ -84,7 +101,8 @@ def limits(text) -> dict:
 
 
 def stage(folder: Path, settings: dict, compute):
-    """compute() -> a JSON-able result, stored in folder/stage.json with the settings; the stored result when the
+    """compute() -> a JSON-able result, stored in folder/stage.json with the settings; the stored result when
+    the
     settings are the same as last time (a stage that is already complete is not recomputed)."""
     before = stored(folder, settings)
     if before is not None:
@@ -105,7 +123,7 @@ def stored(folder: Path, settings: dict):
     return before.get("result") if before.get("settings") == settings else None
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The teacher and general distillation (Section 3, Table 4)
 
 ROWS = {  # Table 4's rows that fit, and the MLM-only baseline: (train.py settings, the exported folder)
@@ -127,27 +145,50 @@ def corpus(cfg) -> list:
 
 
 def base_run(cfg, root) -> train.TrainConfig:
-    """The quickstart's settings (32 sequences of up to 128 tokens, uniform masking, the paper's lr and loss)."""
+    """The quickstart's settings (32 sequences of up to 128 tokens, uniform masking, the paper's lr, loss)."""
     run = train.TrainConfig(**train.PRESETS["quickstart"])
-    return dataclasses.replace(run, data=str(root / "data"), student_layers=cfg.student_layers, seed=cfg.seed,
-                               eval_every=0, eval_batches=20, save_every=1000, teacher=str(root / "teacher" / "model"),
-                               max_steps=cfg.general_steps, max_len=cfg.max_len,
-                               dtype="float32" if cfg.quick else "auto")
+    return dataclasses.replace(
+        run,
+        data=str(root / "data"),
+        student_layers=cfg.student_layers,
+        seed=cfg.seed,
+        eval_every=0,
+        eval_batches=20,
+        save_every=1000,
+        teacher=str(root / "teacher" / "model"),
+        max_steps=cfg.general_steps,
+        max_len=cfg.max_len,
+        dtype="float32" if cfg.quick else "auto",
+    )
 
 
 def teacher_stage(cfg, root) -> dict:
     source = resolve_checkpoint(cfg.teacher)
-    meta = prepare.prepare(corpus(cfg), root / "data", vocab=source / "vocab.txt", valid_fraction=0.02, overwrite=True)
-    run = dataclasses.replace(base_run(cfg, root), mode="mlm", init="pretrained", teacher=str(source),
-                              out_dir=str(root / "teacher"), max_steps=cfg.teacher_steps, head_steps=cfg.head_steps,
-                              head_lr=2e-3)
+    meta = prepare.prepare(
+        corpus(cfg), root / "data", vocab=source / "vocab.txt", valid_fraction=0.02, overwrite=True
+    )
+    run = dataclasses.replace(
+        base_run(cfg, root),
+        mode="mlm",
+        init="pretrained",
+        teacher=str(source),
+        out_dir=str(root / "teacher"),
+        max_steps=cfg.teacher_steps,
+        head_steps=cfg.head_steps,
+        head_lr=2e-3,
+    )
     stats = run_stage("teacher", run, root / "teacher" / "model", after=meta["inputs_hash"])
-    return {"source": str(source), "data_hash": meta["inputs_hash"], "stats": stats,
-            "settings": dataclasses.asdict(run)}
+    return {
+        "source": str(source),
+        "data_hash": meta["inputs_hash"],
+        "stats": stats,
+        "settings": dataclasses.asdict(run),
+    }
 
 
 def general_stage(cfg, root, teacher) -> dict:
-    """Every row on the same batches and steps; all scored on the same held-out masks, each against the triple loss,
+    """Every row on the same batches and steps; all scored on the same held-out masks, each against the triple
+    loss,
     paired, the SE clustered by held-out sequence."""
     shards = data.TokenData(root / "data")
     rows, hits = {}, {}
@@ -159,17 +200,28 @@ def general_stage(cfg, root, teacher) -> dict:
         model = Bert.from_pretrained(folder / export)
         h = heldout_hits(model, shards, run.max_len, run.micro_batch, cfg.draws)
         hits[name] = h["correct"]
-        rows[name] = {"folder": str(folder / export), "mlm_acc": h["correct"].double().mean().item(),
-                      "ppl": h["ppl"], "steps": stats["step"], "seconds": round(time.time() - t0, 1),
-                      "tokens_per_s": stats["tokens_per_s"]}
-    t = heldout_hits(Bert.from_pretrained(root / "teacher" / "model"), shards, run.max_len, run.micro_batch, cfg.draws)
+        rows[name] = {
+            "folder": str(folder / export),
+            "mlm_acc": h["correct"].double().mean().item(),
+            "ppl": h["ppl"],
+            "steps": stats["step"],
+            "seconds": round(time.time() - t0, 1),
+            "tokens_per_s": stats["tokens_per_s"],
+        }
+    t = heldout_hits(
+        Bert.from_pretrained(root / "teacher" / "model"), shards, run.max_len, run.micro_batch, cfg.draws
+    )
     for name in ROWS:
         if name != "triple loss":
             rows[name]["vs_triple"] = compared(hits[name], hits["triple loss"], t["sequence"])
-    return {"teacher": {"mlm_acc": t["correct"].double().mean().item(), "ppl": t["ppl"]}, "rows": rows,
-            "masked_tokens": int(t["labels"].numel()), "draws": cfg.draws,
-            "sequences": int(torch.unique(t["sequence"]).numel()),
-            "tokens_per_row": cfg.general_steps * run.batch_size * run.max_len}
+    return {
+        "teacher": {"mlm_acc": t["correct"].double().mean().item(), "ppl": t["ppl"]},
+        "rows": rows,
+        "masked_tokens": int(t["labels"].numel()),
+        "draws": cfg.draws,
+        "sequences": int(torch.unique(t["sequence"]).numel()),
+        "tokens_per_row": cfg.general_steps * run.batch_size * run.max_len,
+    }
 
 
 def compared(a, b, groups=None) -> dict:
@@ -178,18 +230,34 @@ def compared(a, b, groups=None) -> dict:
     return {**p, "verdict": verdict(p["delta"], p["se"])}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Table 1: GLUE dev, median over seeds; Table 2: task distillation; Table 3: size and speed
 
+
 def finetune_config(cfg, root, **changes) -> ft.FinetuneConfig:
-    return ft.FinetuneConfig(**{**dict(data=str(Path(cfg.data) / "glue"), vocab=str(resolve_checkpoint(cfg.teacher)),
-                                       seeds=cfg.seeds, lr=cfg.lr, epochs=cfg.epochs, log_every=0, save=False,
-                                       max_len=cfg.max_len), **changes})
+    return ft.FinetuneConfig(
+        **{
+            **dict(
+                data=str(Path(cfg.data) / "glue"),
+                vocab=str(resolve_checkpoint(cfg.teacher)),
+                seeds=cfg.seeds,
+                lr=cfg.lr,
+                epochs=cfg.epochs,
+                log_every=0,
+                save=False,
+                max_len=cfg.max_len,
+            ),
+            **changes,
+        }
+    )
 
 
 def models(root, general) -> dict:
-    return {"teacher": str(root / "teacher" / "model"), "distilled": general["rows"]["triple loss"]["folder"],
-            "MLM-only": general["rows"]["L_mlm alone"]["folder"]}
+    return {
+        "teacher": str(root / "teacher" / "model"),
+        "distilled": general["rows"]["triple loss"]["folder"],
+        "MLM-only": general["rows"]["L_mlm alone"]["folder"],
+    }
 
 
 def finetuned(cfg, root, fcfg) -> dict:
@@ -207,8 +275,16 @@ def table1_stage(cfg, root, general) -> dict:
     out, results = root / "table1", {}
     for name, folder in models(root, general).items():
         for task in TASKS:
-            fcfg = finetune_config(cfg, root, task=task, model=folder, name=name, out=str(out),
-                                   train_limit=limits(cfg.limits)[task], save=name == "teacher")
+            fcfg = finetune_config(
+                cfg,
+                root,
+                task=task,
+                model=folder,
+                name=name,
+                out=str(out),
+                train_limit=limits(cfg.limits)[task],
+                save=name == "teacher",
+            )
             results.setdefault(name, {})[task] = finetuned(cfg, root, fcfg)
     medians = {name: {task: r["median"] for task, r in tasks.items()} for name, tasks in results.items()}
     scores = {name: ft.glue_score(m) for name, m in medians.items()}
@@ -216,11 +292,19 @@ def table1_stage(cfg, root, general) -> dict:
     for task in ("SST-2", "MRPC", "RTE"):  # accuracy per example, averaged over seeds: distilled vs MLM-only
         mean = lambda name: np.mean([r["per_example"] for r in results[name][task]["runs"]], axis=0)
         paired[task] = compared(mean("distilled"), mean("MLM-only"))
-    return {"medians": medians, "runs": {n: {t: [r["metrics"] for r in v["runs"]] for t, v in tasks.items()}
-                                         for n, tasks in results.items()},
-            "macro": scores, "retention": {n: s / scores["teacher"] for n, s in scores.items()},
-            "distilled_vs_mlm_only": paired, "seeds": cfg.seeds, "limits": limits(cfg.limits),
-            "teachers": {task: results["teacher"][task]["runs"] for task in TASKS}}
+    return {
+        "medians": medians,
+        "runs": {
+            n: {t: [r["metrics"] for r in v["runs"]] for t, v in tasks.items()}
+            for n, tasks in results.items()
+        },
+        "macro": scores,
+        "retention": {n: s / scores["teacher"] for n, s in scores.items()},
+        "distilled_vs_mlm_only": paired,
+        "seeds": cfg.seeds,
+        "limits": limits(cfg.limits),
+        "teachers": {task: results["teacher"][task]["runs"] for task in TASKS},
+    }
 
 
 def teacher_folder(table1, task) -> str:
@@ -238,9 +322,13 @@ def sst2_transfer(cfg, root, general, table1) -> dict:
     tokenizer = load_tokenizer(resolve_checkpoint(cfg.teacher))
     rows = ft.read_glue("SST-2", Path(cfg.data) / "glue", "train")
     n_labelled = limits(cfg.limits)["SST-2"]
-    order = np.random.default_rng(0).permutation(len(rows))  # finetune.load_task's subset: the first n_labelled
+    order = np.random.default_rng(0).permutation(
+        len(rows)
+    )  # finetune.load_task's subset: the first n_labelled
     labelled = set(order[:n_labelled].tolist())
-    rest = [i for i in np.random.default_rng(1).permutation(len(rows)).tolist() if i not in labelled][:cfg.transfer]
+    rest = [i for i in np.random.default_rng(1).permutation(len(rows)).tolist() if i not in labelled][
+        : cfg.transfer
+    ]
     keep = sorted(labelled) + rest
     train = ft.encode(tokenizer, [rows[i] for i in keep], cfg.max_len)
     train["labels"][n_labelled:] = -100  # hidden: only the teacher's soft labels are used there
@@ -255,19 +343,31 @@ def sst2_transfer(cfg, root, general, table1) -> dict:
         model = ft.Classifier(ft.load_encoder(general["rows"]["triple loss"]["folder"]), 2)
         ft.fit(model, train, dataclasses.replace(fcfg, seed=seed, epochs=1.0), loss_fn=transfer_loss(fcfg))
         logits = ft.predict(model, dev)
-        runs.append({"seed": seed, "accuracy": ft.accuracy(logits.argmax(-1).numpy(), dev["labels"].numpy()),
-                     "correct": (logits.argmax(-1) == dev["labels"]).float().tolist()})
-    alone = [r["per_example"] for r in json.loads((root / "table1" / "distilled-SST-2.json").read_text())["runs"]]
-    return {"labelled": n_labelled, "transfer": len(rest), "teacher": teacher_folder(table1, "SST-2"),
-            "runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs],
-            "median": float(np.median([r["accuracy"] for r in runs])),
-            "alone_median": table1["medians"]["distilled"]["SST-2"]["accuracy"],
-            "teacher_accuracy": table1["medians"]["teacher"]["SST-2"]["accuracy"],
-            "d_vs_alone": compared(np.mean([r["correct"] for r in runs], 0), np.mean(alone, 0))}
+        runs.append(
+            {
+                "seed": seed,
+                "accuracy": ft.accuracy(logits.argmax(-1).numpy(), dev["labels"].numpy()),
+                "correct": (logits.argmax(-1) == dev["labels"]).float().tolist(),
+            }
+        )
+    alone = [
+        r["per_example"] for r in json.loads((root / "table1" / "distilled-SST-2.json").read_text())["runs"]
+    ]
+    return {
+        "labelled": n_labelled,
+        "transfer": len(rest),
+        "teacher": teacher_folder(table1, "SST-2"),
+        "runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs],
+        "median": float(np.median([r["accuracy"] for r in runs])),
+        "alone_median": table1["medians"]["distilled"]["SST-2"]["accuracy"],
+        "teacher_accuracy": table1["medians"]["teacher"]["SST-2"]["accuracy"],
+        "d_vs_alone": compared(np.mean([r["correct"] for r in runs], 0), np.mean(alone, 0)),
+    }
 
 
 def transfer_loss(fcfg):
-    """alpha * soft-target loss on every row + (1 - alpha) * CE on the rows with a label (label -100: hidden)."""
+    """alpha * soft-target loss on every row + (1 - alpha) * CE on the rows with a label (-100: hidden)."""
+
     def loss_fn(model, batch):
         inputs = {k: batch[k] for k in ft.INPUTS}
         logits = model(**inputs).logits
@@ -276,27 +376,55 @@ def transfer_loss(fcfg):
         if shown.any():
             loss = loss + (1 - fcfg.alpha) * losses.task_loss(logits[shown], batch["labels"][shown])
         return loss
+
     return loss_fn
 
 
 def squad(cfg, root, general) -> dict:
-    """SQuAD v1.1: trained on dev-v1.1.json (one half of the official dev set), scored on test-v1.1.json (the other);
+    """SQuAD v1.1: trained on dev-v1.1.json (one half of the official dev set), scored on test-v1.1.json (the
+    other);
     teacher and student fine-tuned alone, then the student with the teacher's span logits (D), one seed."""
     folder = Path(cfg.data) / "squad"
-    common = dict(task="squad", train_file=str(folder / "dev-v1.1.json"), eval_file=str(folder / "test-v1.1.json"),
-                  train_limit=cfg.squad_train, eval_limit=cfg.squad_eval, max_len=cfg.squad_len, doc_stride=64,
-                  max_query=48, seeds=str(cfg.seed), out=str(root / "table2"))
-    teacher = finetuned(cfg, root, finetune_config(cfg, root, model=str(root / "teacher" / "model"), name="teacher",
-                                                   save=True, **common))
+    common = dict(
+        task="squad",
+        train_file=str(folder / "dev-v1.1.json"),
+        eval_file=str(folder / "test-v1.1.json"),
+        train_limit=cfg.squad_train,
+        eval_limit=cfg.squad_eval,
+        max_len=cfg.squad_len,
+        doc_stride=64,
+        max_query=48,
+        seeds=str(cfg.seed),
+        out=str(root / "table2"),
+    )
+    teacher = finetuned(
+        cfg,
+        root,
+        finetune_config(
+            cfg, root, model=str(root / "teacher" / "model"), name="teacher", save=True, **common
+        ),
+    )
     student_folder = general["rows"]["triple loss"]["folder"]
     alone = finetuned(cfg, root, finetune_config(cfg, root, model=student_folder, name="student", **common))
-    distilled = finetuned(cfg, root, finetune_config(cfg, root, model=student_folder, name="student-D",
-                                                     teacher=teacher["runs"][0]["path"], **common))
+    distilled = finetuned(
+        cfg,
+        root,
+        finetune_config(
+            cfg, root, model=student_folder, name="student-D", teacher=teacher["runs"][0]["path"], **common
+        ),
+    )
     per = lambda r, k: [x[k] for x in r["runs"][0]["per_example"]]
-    return {"rows": {n: r["median"] for n, r in (("teacher", teacher), ("student", alone), ("student (D)", distilled))},
-            "questions": len(per(alone, 0)), "train_questions": cfg.squad_train,
-            "d_vs_alone": {"exact_match": compared(per(distilled, 0), per(alone, 0)),
-                           "f1": compared(per(distilled, 1), per(alone, 1))}}
+    return {
+        "rows": {
+            n: r["median"] for n, r in (("teacher", teacher), ("student", alone), ("student (D)", distilled))
+        },
+        "questions": len(per(alone, 0)),
+        "train_questions": cfg.squad_train,
+        "d_vs_alone": {
+            "exact_match": compared(per(distilled, 0), per(alone, 0)),
+            "f1": compared(per(distilled, 1), per(alone, 1)),
+        },
+    }
 
 
 def table2_stage(cfg, root, general, table1) -> dict:
@@ -305,37 +433,76 @@ def table2_stage(cfg, root, general, table1) -> dict:
 
 def table3_stage(cfg, root, general) -> dict:
     tokenizer = load_tokenizer(resolve_checkpoint(cfg.teacher))
-    encoders = {"teacher": Bert.from_pretrained(root / "teacher" / "model"),
-                "distilled": Bert.from_pretrained(general["rows"]["triple loss"]["folder"])}
-    return size_speed(encoders, tokenizer, Path(cfg.data) / "glue" / "STS-B" / "dev.tsv", limit=8 if cfg.quick else 300,
-                      batch_size=32)
+    encoders = {
+        "teacher": Bert.from_pretrained(root / "teacher" / "model"),
+        "distilled": Bert.from_pretrained(general["rows"]["triple loss"]["folder"]),
+    }
+    return size_speed(
+        encoders,
+        tokenizer,
+        Path(cfg.data) / "glue" / "STS-B" / "dev.tsv",
+        limit=8 if cfg.quick else 300,
+        batch_size=32,
+    )
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Pea-KD: the student from the first 3 layers of the pre-trained teacher; SPS runs them twice (6 layers)
+
 
 def peakd_stage(cfg, root, table1) -> dict:
     results = {}
     for task, n in limits(cfg.peakd_limits).items():
-        args = Namespace(task=task, data=str(Path(cfg.data) / "glue"), teacher=teacher_folder(table1, task),
-                         vocab=str(resolve_checkpoint(cfg.teacher)), out=str(root / "peakd"), student_layers=3,
-                         student_from="", init="first", arch="bert", sps="all", no_swap=False,
-                         ptp_thresholds="reference", alpha=0.7, T=10.0, beta=100.0, layer_map="skip", lr=cfg.lr,
-                         epochs=cfg.epochs, ptp_epochs=1.0, teacher_lr=cfg.lr, teacher_epochs=cfg.epochs,
-                         batch_size=32, max_steps=None, max_len=cfg.max_len, train_limit=n, seed=cfg.seed, log_every=0,
-                         save=False, threads=0)
+        args = Namespace(
+            task=task,
+            data=str(Path(cfg.data) / "glue"),
+            teacher=teacher_folder(table1, task),
+            vocab=str(resolve_checkpoint(cfg.teacher)),
+            out=str(root / "peakd"),
+            student_layers=3,
+            student_from="",
+            init="first",
+            arch="bert",
+            sps="all",
+            no_swap=False,
+            ptp_thresholds="reference",
+            alpha=0.7,
+            T=10.0,
+            beta=100.0,
+            layer_map="skip",
+            lr=cfg.lr,
+            epochs=cfg.epochs,
+            ptp_epochs=1.0,
+            teacher_lr=cfg.lr,
+            teacher_epochs=cfg.epochs,
+            batch_size=32,
+            max_steps=None,
+            max_len=cfg.max_len,
+            train_limit=n,
+            seed=cfg.seed,
+            log_every=0,
+            save=False,
+            threads=0,
+        )
         r = peakd.pipeline(args, list(peakd.VARIANTS))
         rows = r["rows"]
         ft_row = next(name for name in rows if name.startswith("FT"))
-        results[task] = {"rows": {k: {m: v for m, v in row.items() if m != "correct"} for k, row in rows.items()},
-                         "vs_ft": {k: compared(row["correct"], rows[ft_row]["correct"]) for k, row in rows.items()
-                                   if k not in ("teacher", ft_row)},
-                         "train": n, "ptp": r["ptp"]}
+        results[task] = {
+            "rows": {k: {m: v for m, v in row.items() if m != "correct"} for k, row in rows.items()},
+            "vs_ft": {
+                k: compared(row["correct"], rows[ft_row]["correct"])
+                for k, row in rows.items()
+                if k not in ("teacher", ft_row)
+            },
+            "train": n,
+            "ptp": r["ptp"],
+        }
     return {"tasks": results}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Tables and figures
+
 
 def pct(x):
     return f"{100 * x:.1f}"
@@ -346,14 +513,21 @@ def signed(p):
 
 
 def general_md(g) -> str:
-    lines = [f"Held-out MLM accuracy, {g['masked_tokens']:,} masked tokens ({g['draws']} masks of {g['sequences']} "
-             f"held-out sequences); every row {g['tokens_per_row']:,} training tokens. Difference to the triple "
-             f"loss in points, paired SE clustered by sequence.", "",
-             "| row | MLM acc | ppl | vs triple loss | train s |", "|---|---|---|---|---|",
-             f"| teacher | {pct(g['teacher']['mlm_acc'])} | {g['teacher']['ppl']:.1f} | | |"]
+    lines = [
+        f"Held-out MLM accuracy, {g['masked_tokens']:,} masked tokens ({g['draws']} masks of "
+        f"{g['sequences']} "
+        f"held-out sequences); every row {g['tokens_per_row']:,} training tokens. Difference to the triple "
+        f"loss in points, paired SE clustered by sequence.",
+        "",
+        "| row | MLM acc | ppl | vs triple loss | train s |",
+        "|---|---|---|---|---|",
+        f"| teacher | {pct(g['teacher']['mlm_acc'])} | {g['teacher']['ppl']:.1f} | | |",
+    ]
     for name, r in g["rows"].items():
-        lines.append(f"| {name} | {pct(r['mlm_acc'])} | {r['ppl']:.1f} | "
-                     f"{signed(r['vs_triple']) if 'vs_triple' in r else ''} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {pct(r['mlm_acc'])} | {r['ppl']:.1f} | "
+            f"{signed(r['vs_triple']) if 'vs_triple' in r else ''} | {r['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -363,36 +537,59 @@ def metric_cell(task, m) -> str:
 
 
 def table1_md(t) -> str:
-    lines = [f"GLUE dev, median of seeds {t['seeds']}; trained on {t['limits']} examples, {len(t['seeds'].split(','))} "
-             "seeds. MRPC F1/acc, STS-B Pearson/Spearman.", "",
-             "| model | macro | retention | " + " | ".join(TASKS) + " |", "|---" * (3 + len(TASKS)) + "|"]
+    lines = [
+        f"GLUE dev, median of seeds {t['seeds']}; trained on {t['limits']} examples. "
+        "MRPC F1/acc, STS-B Pearson/Spearman.",
+        "",
+        "| model | macro | retention | " + " | ".join(TASKS) + " |",
+        "|---" * (3 + len(TASKS)) + "|",
+    ]
     for name, m in t["medians"].items():
-        lines.append(f"| {name} | {pct(t['macro'][name])} | {pct(t['retention'][name])}% | "
-                     + " | ".join(metric_cell(task, m[task]) for task in TASKS) + " |")
-    lines += ["", "Distilled minus MLM-only student, accuracy per dev example averaged over the seeds, paired SE: "
-              + "; ".join(f"{task} {signed(p)}" for task, p in t["distilled_vs_mlm_only"].items())]
+        lines.append(
+            f"| {name} | {pct(t['macro'][name])} | {pct(t['retention'][name])}% | "
+            + " | ".join(metric_cell(task, m[task]) for task in TASKS)
+            + " |"
+        )
+    lines += [
+        "",
+        "Distilled minus MLM-only student, accuracy per dev example averaged over the seeds, paired SE: "
+        + "; ".join(f"{task} {signed(p)}" for task, p in t["distilled_vs_mlm_only"].items()),
+    ]
     return "\n".join(lines)
 
 
 def table2_md(t) -> str:
     s, q = t["sst2"], t["squad"]
-    return "\n".join([
-        f"SST-2 dev accuracy, median of seeds: teacher {pct(s['teacher_accuracy'])}; student fine-tuned on "
-        f"{s['labelled']} labelled sentences {pct(s['alone_median'])}; student (D), the same plus {s['transfer']} "
-        f"sentences labelled by the teacher only, {pct(s['median'])}. (D) minus alone: {signed(s['d_vs_alone'])}.",
-        "", f"SQuAD v1.1, trained on {q['train_questions']} questions of one dev half, scored on {q['questions']} of "
-        "the other, one seed:", "", "| model | EM | F1 |", "|---|---|---|",
-        *[f"| {n} | {pct(r['exact_match'])} | {pct(r['f1'])} |" for n, r in q["rows"].items()], "",
-        f"(D) minus alone, points, paired SE over the questions: EM {signed(q['d_vs_alone']['exact_match'])}, "
-        f"F1 {signed(q['d_vs_alone']['f1'])}"])
+    return "\n".join(
+        [
+            f"SST-2 dev accuracy, median of seeds: teacher {pct(s['teacher_accuracy'])}; student fine-tuned "
+            f"on {s['labelled']} labelled sentences {pct(s['alone_median'])}; student (D), the same plus "
+            f"{s['transfer']} sentences labelled by the teacher only, {pct(s['median'])}. (D) minus alone: "
+            f"{signed(s['d_vs_alone'])}.",
+            "",
+            f"SQuAD v1.1, trained on {q['train_questions']} questions of one dev half, scored on "
+            f"{q['questions']} of the other, one seed:",
+            "",
+            "| model | EM | F1 |",
+            "|---|---|---|",
+            *[f"| {n} | {pct(r['exact_match'])} | {pct(r['f1'])} |" for n, r in q["rows"].items()],
+            "",
+            "(D) minus alone, points, paired SE over the questions: "
+            f"EM {signed(q['d_vs_alone']['exact_match'])}, F1 {signed(q['d_vs_alone']['f1'])}",
+        ]
+    )
 
 
 def peakd_md(p) -> str:
     p = p["tasks"]
     tasks = list(p)
     names = list(next(iter(p.values()))["rows"])
-    lines = ["Dev accuracy (MRPC: accuracy/F1), one seed; minus FT, paired SE over the dev examples.", "",
-             "| model | depth | " + " | ".join(tasks) + " |", "|---" * (2 + len(tasks)) + "|"]
+    lines = [
+        "Dev accuracy (MRPC: accuracy/F1), one seed; minus FT, paired SE over the dev examples.",
+        "",
+        "| model | depth | " + " | ".join(tasks) + " |",
+        "|---" * (2 + len(tasks)) + "|",
+    ]
     for n in names:
         cells = []
         for task in tasks:
@@ -427,49 +624,103 @@ def bars(png, groups: dict, ylabel, title):
 def figures(root, results):
     if "general" in results:
         g = results["general"]
-        bars(root / "general" / "results.png", {"held-out MLM": {"teacher": (100 * g["teacher"]["mlm_acc"], 0), **{
-            n: (100 * r["mlm_acc"], 100 * r.get("vs_triple", {}).get("se", 0)) for n, r in g["rows"].items()}}},
-             "accuracy, %", "General distillation and Table 4's rows")
+        bars(
+            root / "general" / "results.png",
+            {
+                "held-out MLM": {
+                    "teacher": (100 * g["teacher"]["mlm_acc"], 0),
+                    **{
+                        n: (100 * r["mlm_acc"], 100 * r.get("vs_triple", {}).get("se", 0))
+                        for n, r in g["rows"].items()
+                    },
+                }
+            },
+            "accuracy, %",
+            "General distillation and Table 4's rows",
+        )
     if "table1" in results:
         t = results["table1"]
         first = lambda task, m: 100 * m[ft.GLUE_TASKS[task]["metrics"][0]]
-        bars(root / "table1" / "results.png", {**{task: {n: (first(task, m[task]), 0) for n, m in t["medians"].items()}
-                                                for task in TASKS}, "macro": {n: (100 * s, 0) for n, s in
-                                                                              t["macro"].items()}},
-             "dev score", "Table 1: GLUE dev, median of seeds")
+        bars(
+            root / "table1" / "results.png",
+            {
+                **{task: {n: (first(task, m[task]), 0) for n, m in t["medians"].items()} for task in TASKS},
+                "macro": {n: (100 * s, 0) for n, s in t["macro"].items()},
+            },
+            "dev score",
+            "Table 1: GLUE dev, median of seeds",
+        )
     if "table2" in results:
         s, q = results["table2"]["sst2"], results["table2"]["squad"]
-        bars(root / "table2" / "results.png", {
-            "SST-2 acc": {"teacher": (100 * s["teacher_accuracy"], 0), "student": (100 * s["alone_median"], 0),
-                          "student (D)": (100 * s["median"], 100 * s["d_vs_alone"]["se"])},
-            "SQuAD EM": {n: (100 * r["exact_match"], 0) for n, r in q["rows"].items()},
-            "SQuAD F1": {n: (100 * r["f1"], 0) for n, r in q["rows"].items()}}, "score", "Table 2: task distillation")
+        bars(
+            root / "table2" / "results.png",
+            {
+                "SST-2 acc": {
+                    "teacher": (100 * s["teacher_accuracy"], 0),
+                    "student": (100 * s["alone_median"], 0),
+                    "student (D)": (100 * s["median"], 100 * s["d_vs_alone"]["se"]),
+                },
+                "SQuAD EM": {n: (100 * r["exact_match"], 0) for n, r in q["rows"].items()},
+                "SQuAD F1": {n: (100 * r["f1"], 0) for n, r in q["rows"].items()},
+            },
+            "score",
+            "Table 2: task distillation",
+        )
     if "table3" in results:
         rows = results["table3"]["rows"]
-        bars(root / "table3" / "results.png", {
-            "parameters (M)": {r["model"]: (r["parameters_M"], 0) for r in rows},
-            "size (MB)": {r["model"]: (r["checkpoint_MB"], 0) for r in rows},
-            "CPU s, batch 1": {r["model"]: (r["cpu_bs1_s"], 0) for r in rows}}, "", "Table 3: size and speed")
+        bars(
+            root / "table3" / "results.png",
+            {
+                "parameters (M)": {r["model"]: (r["parameters_M"], 0) for r in rows},
+                "size (MB)": {r["model"]: (r["checkpoint_MB"], 0) for r in rows},
+                "CPU s, batch 1": {r["model"]: (r["cpu_bs1_s"], 0) for r in rows},
+            },
+            "",
+            "Table 3: size and speed",
+        )
     if "peakd" in results:
         p = results["peakd"]["tasks"]
-        bars(root / "peakd" / "results.png", {task: {n: (100 * row["accuracy"], 100 * r["vs_ft"].get(n, {}).get(
-            "se", 0)) for n, row in r["rows"].items()} for task, r in p.items()}, "dev accuracy, %", "Pea-KD")
+        bars(
+            root / "peakd" / "results.png",
+            {
+                task: {
+                    n: (100 * row["accuracy"], 100 * r["vs_ft"].get(n, {}).get("se", 0))
+                    for n, row in r["rows"].items()
+                }
+                for task, r in p.items()
+            },
+            "dev accuracy, %",
+            "Pea-KD",
+        )
 
 
 def markdown(results) -> str:
     parts = []
-    for name, fn in (("general", general_md), ("table1", table1_md), ("table2", table2_md), ("peakd", peakd_md)):
+    for name, fn in (
+        ("general", general_md),
+        ("table1", table1_md),
+        ("table2", table2_md),
+        ("peakd", peakd_md),
+    ):
         if name in results:
             parts.append(f"## {name} ({results[name]['seconds']:.0f} s)\n\n{fn(results[name])}\n")
     if "table3" in results:
-        parts.append(f"## table3 ({results['table3']['seconds']:.0f} s)\n\n{speed_markdown(results['table3'])}")
+        parts.append(
+            f"## table3 ({results['table3']['seconds']:.0f} s)\n\n{speed_markdown(results['table3'])}"
+        )
     return "\n".join(parts)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
-NEEDS = {"teacher": [], "general": ["teacher"], "table1": ["general"], "table2": ["general", "table1"],
-         "table3": ["general"], "peakd": ["table1"]}
+NEEDS = {
+    "teacher": [],
+    "general": ["teacher"],
+    "table1": ["general"],
+    "table2": ["general", "table1"],
+    "table3": ["general"],
+    "peakd": ["table1"],
+}
 FIELDS = {  # the settings each stage reads itself; its stage.json also holds those of the stages it needs
     "teacher": ("data", "teacher", "max_len", "teacher_steps", "head_steps", "seed", "quick"),
     "general": ("student_layers", "general_steps", "draws"),
@@ -482,14 +733,18 @@ FIELDS = {  # the settings each stage reads itself; its stage.json also holds th
 
 def stage_settings(cfg, name) -> dict:
     """A stage is only as current as the stages it reads: its own settings and, recursively, theirs."""
-    return {"stage": name, **{k: getattr(cfg, k) for k in FIELDS[name]},
-            "needs": {n: stage_settings(cfg, n) for n in NEEDS[name]}}
+    return {
+        "stage": name,
+        **{k: getattr(cfg, k) for k in FIELDS[name]},
+        "needs": {n: stage_settings(cfg, n) for n in NEEDS[name]},
+    }
 
 
 def reproduce(cfg: ReproduceConfig) -> dict:
     if cfg.quick:
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()
-                                          if getattr(cfg, k) == getattr(ReproduceConfig, k)})
+        cfg = dataclasses.replace(
+            cfg, **{k: v for k, v in QUICK.items() if getattr(cfg, k) == getattr(ReproduceConfig, k)}
+        )
     only = [s for s in cfg.only.split(",") if s] or list(STAGES)
     unknown = [s for s in only if s not in STAGES]
     if unknown:
