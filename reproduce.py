@@ -621,77 +621,51 @@ def bars(png, groups: dict, ylabel, title):
     save_figure(fig, png)
 
 
+def general_bars(g) -> dict:
+    rows = {n: (100 * r["mlm_acc"], 100 * r.get("vs_triple", {}).get("se", 0)) for n, r in g["rows"].items()}
+    return {"held-out MLM": {"teacher": (100 * g["teacher"]["mlm_acc"], 0), **rows}}
+
+
+def table1_bars(t) -> dict:
+    first = lambda task, m: 100 * m[ft.GLUE_TASKS[task]["metrics"][0]]
+    tasks = {task: {n: (first(task, m[task]), 0) for n, m in t["medians"].items()} for task in TASKS}
+    return {**tasks, "macro": {n: (100 * score, 0) for n, score in t["macro"].items()}}
+
+
+def table2_bars(t) -> dict:
+    s, q = t["sst2"], t["squad"]
+    return {"SST-2 acc": {"teacher": (100 * s["teacher_accuracy"], 0),
+                          "student": (100 * s["alone_median"], 0),
+                          "student (D)": (100 * s["median"], 100 * s["d_vs_alone"]["se"])},
+            "SQuAD EM": {n: (100 * r["exact_match"], 0) for n, r in q["rows"].items()},
+            "SQuAD F1": {n: (100 * r["f1"], 0) for n, r in q["rows"].items()}}
+
+
+def table3_bars(t) -> dict:
+    return {"parameters (M)": {r["model"]: (r["parameters_M"], 0) for r in t["rows"]},
+            "size (MB)": {r["model"]: (r["checkpoint_MB"], 0) for r in t["rows"]},
+            "CPU s, batch 1": {r["model"]: (r["cpu_bs1_s"], 0) for r in t["rows"]}}
+
+
+def peakd_bars(p) -> dict:
+    return {task: {n: (100 * row["accuracy"], 100 * r["vs_ft"].get(n, {}).get("se", 0))
+                   for n, row in r["rows"].items()} for task, r in p["tasks"].items()}
+
+
+FIGURES = {  # stage: (bars, y label, title)
+    "general": (general_bars, "accuracy, %", "General distillation and Table 4's rows"),
+    "table1": (table1_bars, "dev score", "Table 1: GLUE dev, median of seeds"),
+    "table2": (table2_bars, "score", "Table 2: task distillation"),
+    "table3": (table3_bars, "", "Table 3: size and speed"),
+    "peakd": (peakd_bars, "dev accuracy, %", "Pea-KD"),
+}
+
+
 def figures(root, results):
-    if "general" in results:
-        g = results["general"]
-        bars(
-            root / "general" / "results.png",
-            {
-                "held-out MLM": {
-                    "teacher": (100 * g["teacher"]["mlm_acc"], 0),
-                    **{
-                        n: (100 * r["mlm_acc"], 100 * r.get("vs_triple", {}).get("se", 0))
-                        for n, r in g["rows"].items()
-                    },
-                }
-            },
-            "accuracy, %",
-            "General distillation and Table 4's rows",
-        )
-    if "table1" in results:
-        t = results["table1"]
-        first = lambda task, m: 100 * m[ft.GLUE_TASKS[task]["metrics"][0]]
-        bars(
-            root / "table1" / "results.png",
-            {
-                **{task: {n: (first(task, m[task]), 0) for n, m in t["medians"].items()} for task in TASKS},
-                "macro": {n: (100 * s, 0) for n, s in t["macro"].items()},
-            },
-            "dev score",
-            "Table 1: GLUE dev, median of seeds",
-        )
-    if "table2" in results:
-        s, q = results["table2"]["sst2"], results["table2"]["squad"]
-        bars(
-            root / "table2" / "results.png",
-            {
-                "SST-2 acc": {
-                    "teacher": (100 * s["teacher_accuracy"], 0),
-                    "student": (100 * s["alone_median"], 0),
-                    "student (D)": (100 * s["median"], 100 * s["d_vs_alone"]["se"]),
-                },
-                "SQuAD EM": {n: (100 * r["exact_match"], 0) for n, r in q["rows"].items()},
-                "SQuAD F1": {n: (100 * r["f1"], 0) for n, r in q["rows"].items()},
-            },
-            "score",
-            "Table 2: task distillation",
-        )
-    if "table3" in results:
-        rows = results["table3"]["rows"]
-        bars(
-            root / "table3" / "results.png",
-            {
-                "parameters (M)": {r["model"]: (r["parameters_M"], 0) for r in rows},
-                "size (MB)": {r["model"]: (r["checkpoint_MB"], 0) for r in rows},
-                "CPU s, batch 1": {r["model"]: (r["cpu_bs1_s"], 0) for r in rows},
-            },
-            "",
-            "Table 3: size and speed",
-        )
-    if "peakd" in results:
-        p = results["peakd"]["tasks"]
-        bars(
-            root / "peakd" / "results.png",
-            {
-                task: {
-                    n: (100 * row["accuracy"], 100 * r["vs_ft"].get(n, {}).get("se", 0))
-                    for n, row in r["rows"].items()
-                }
-                for task, r in p.items()
-            },
-            "dev accuracy, %",
-            "Pea-KD",
-        )
+    """One results.png per table stage that has results."""
+    for name, (groups, ylabel, title) in FIGURES.items():
+        if name in results:
+            bars(root / name / "results.png", groups(results[name]), ylabel, title)
 
 
 def markdown(results) -> str:
