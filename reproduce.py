@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common
 import data
 import finetune as ft
 import losses
@@ -93,7 +94,7 @@ QUICK = dict(
 
 
 def log(msg):
-    print(f"[reproduce] {msg}", flush=True)
+    common.log(msg, "reproduce")
 
 
 def limits(text) -> dict:

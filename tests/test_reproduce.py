@@ -109,13 +109,13 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     # a second run recomputes nothing
     capsys.readouterr()
     again = R.reproduce(cfg)
-    out = capsys.readouterr().out
+    out = "".join(capsys.readouterr())  # log lines go to stderr
     assert out.count("already complete") == len(R.STAGES)
     assert again["table1"]["medians"] == results["table1"]["medians"]
 
     # one stage's settings changed: it and the stages after it run again, the ones before are reused
     R.reproduce(R.parse_config(argv + ["--only=table1", "--epochs=3"], R.ReproduceConfig))
-    out = capsys.readouterr().out
+    out = "".join(capsys.readouterr())  # log lines go to stderr
     assert "teacher: already complete" in out and "general: already complete" in out and "== table1" in out
     assert "== table3" not in out and "== peakd" not in out and "table3: already" not in out
     assert "parameters_M" in (tmp_path / "tables.md").read_text()  # complete stages stay in the tables
