@@ -111,9 +111,12 @@ def adamw(params, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8, fused=False):
 def linear_schedule(step, total, warmup_steps) -> float:
     """The factor on the peak learning rate: linear warm-up over warmup_steps, then linear decay to 0 at
     total."""
+    ### BEGIN SOLUTION: 3 lines
+    # rises from 0 to 1 over the warm-up, then falls linearly to 0 at step `total` (never below)
     if step < warmup_steps:
         return step / warmup_steps
     return max(0.0, (total - step) / max(1, total - warmup_steps))
+    ### END SOLUTION
 
 
 def auto_dtype(device) -> tuple:

@@ -45,9 +45,12 @@ def mask_tokens(input_ids, attention_mask, *, mask_id, vocab_size, special_ids, 
     reference's smoothed masking). Chosen tokens become [MASK] (mask_frac), a random non-special id
     (random_frac) or stay. All randomness comes from `generator` (on input_ids' device); the input is not
     modified."""
+    ### BEGIN SOLUTION: 22 lines
+    # 1. the eligible tokens: real, and neither special nor [MASK]
     device = input_ids.device
     special = torch.tensor(_id_list(special_ids) + [mask_id], device=device)
     eligible = attention_mask.bool() & ~torch.isin(input_ids, special)
+    # 2. the chosen tokens: each with probability mlm_prob, or ceil(mlm_prob * n) drawn by weight
     if weights is None:
         chosen = eligible & (torch.rand(input_ids.shape, generator=generator, device=device) < mlm_prob)
     else:
@@ -57,7 +60,9 @@ def mask_tokens(input_ids, attention_mask, *, mask_id, vocab_size, special_ids, 
         if n_pick > 0:
             chosen[torch.multinomial(w, n_pick, replacement=False, generator=generator)] = True
         chosen = chosen.view(input_ids.shape)
+    # 3. the labels: the original id where chosen, -100 elsewhere
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    # 4. a chosen token becomes [MASK] (mask_frac), a random non-special id (random_frac), or stays
     action = torch.rand(input_ids.shape, generator=generator, device=device)
     vocab = torch.arange(vocab_size, device=device)
     candidates = vocab[~torch.isin(vocab, special)]
@@ -67,14 +72,18 @@ def mask_tokens(input_ids, attention_mask, *, mask_id, vocab_size, special_ids, 
     randomised = chosen & (action >= mask_frac) & (action < mask_frac + random_frac)
     masked = torch.where(randomised, random_ids, masked)
     return masked, labels
+    ### END SOLUTION
 
 
 def smoothing_weights(counts, special_ids, exponent=0.7):
     """Per-id masking weights max(count, 1) ** -exponent (rare tokens masked more often); special ids get
     0."""
+    ### BEGIN SOLUTION: 3 lines
+    # count ** -exponent, counting an unseen id as seen once; special ids never masked
     w = np.maximum(np.asarray(counts, np.float64), 1.0) ** -exponent
     w[_id_list(special_ids)] = 0.0
     return torch.tensor(w, dtype=torch.float32)
+    ### END SOLUTION
 
 
 def mask_generator(seed, epoch, index, device="cpu"):

@@ -40,6 +40,8 @@ def reduce_rows(per_row, denom):
 def kl_per_row(student_logits, teacher_logits, temperature):
     """KL(softmax(t/T) || softmax(s/T)) for every row: (rows, classes) -> (rows,). The project's one
     temperature KL."""
+    ### BEGIN SOLUTION: 5 lines
+    # log-probabilities of both at temperature T; the teacher is a fixed target (detached)
     log_q = F.log_softmax(student_logits / temperature, dim=-1)
     log_p = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
     p = log_p.exp()
@@ -47,6 +49,7 @@ def kl_per_row(student_logits, teacher_logits, temperature):
     # -inf gives p = 0 and log p = -inf; the product would otherwise be NaN).
     terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
     return terms.sum(dim=-1)
+    ### END SOLUTION
 
 
 def soft_target_loss(student_logits, teacher_logits, temperature=2.0, denom=None):
@@ -59,8 +62,11 @@ def soft_target_loss(student_logits, teacher_logits, temperature=2.0, denom=None
     nn.KLDivLoss(reduction="batchmean")(log_softmax(s/T), softmax(t/T)) * T^2.
     The teacher is a fixed target: its logits are detached.
     """
+    ### BEGIN SOLUTION: 2 lines
+    # the KL of each row, reduced over the rows, times T^2
     per_row = kl_per_row(student_logits, teacher_logits, temperature)
     return reduce_rows(per_row, denom) * temperature**2
+    ### END SOLUTION
 
 
 def mlm_loss(student_logits, labels, denom=None):
@@ -71,11 +77,15 @@ def mlm_loss(student_logits, labels, denom=None):
     flattened. With no masked rows the result is 0 (not NaN), still attached
     to the graph so that backward works.
     """
+    ### BEGIN SOLUTION: 5 lines
+    # flatten to (rows, vocab) and (rows,); keep the rows whose label is not -100
     logits = student_logits.reshape(-1, student_logits.shape[-1])
     labels = labels.reshape(-1)
     keep = labels != -100
+    # cross-entropy of each kept row, then reduced over the rows
     per_row = F.cross_entropy(logits[keep], labels[keep], reduction="none")
     return reduce_rows(per_row, denom)
+    ### END SOLUTION
 
 
 def logit_mse_loss(student_logits, teacher_logits, denom=None):
@@ -90,8 +100,11 @@ def cosine_loss(student_hidden, teacher_hidden, denom=None):
     of student and teacher hidden states. With denom=None this equals
     nn.CosineEmbeddingLoss()(h_s, h_t, target=ones(N)). The teacher is detached.
     """
+    ### BEGIN SOLUTION: 2 lines
+    # cosine of each row pair (teacher detached); the loss of a row is 1 - cos
     cos = F.cosine_similarity(student_hidden, teacher_hidden.detach(), dim=-1)
     return reduce_rows(1.0 - cos, denom)
+    ### END SOLUTION
 
 
 def combine(losses, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=0.0):
@@ -107,10 +120,13 @@ def combine(losses, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=0.0):
         raise KeyError(f"unknown loss names {sorted(unknown)}; expected {sorted(alphas)}")
     if not losses:
         raise ValueError("combine() needs at least one loss")
+    ### BEGIN SOLUTION: 4 lines
+    # the weighted sum of the given losses; the parts (and the total) detached, for logging
     total = sum(alphas[name] * value for name, value in losses.items())
     parts = {name: value.detach() for name, value in losses.items()}
     parts["total"] = total.detach()
     return total, parts
+    ### END SOLUTION
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -151,13 +167,17 @@ def pkd_loss(student_logits, teacher_logits, labels, student_cls=None, teacher_c
     over the [CLS] states (batch, layers, hidden) of the mapped layers. The mean is over every element, as in
     the reference code (F.mse_loss), so beta=100 is the reference weight. Returns (loss, {"ce", "kd", "pt"} as
     floats)."""
+    ### BEGIN SOLUTION: 7 lines
+    # the hard-label loss, and the soft-target loss at temperature T (times T^2)
     ce = F.cross_entropy(student_logits, labels)
     kd = soft_target_loss(student_logits, teacher_logits, temperature)
+    # the patient term: squared distance of the unit-normalised [CLS] states (0 without mapped layers)
     pt = student_logits.new_zeros(())
     if beta and student_cls is not None and student_cls.size(1):
         pt = F.mse_loss(F.normalize(student_cls, dim=-1), F.normalize(teacher_cls.detach(), dim=-1))
     loss = (1 - alpha) * ce + alpha * kd + beta * pt
     return loss, {"ce": ce.item(), "kd": kd.item(), "pt": pt.item()}
+    ### END SOLUTION
 
 
 # ------------------------------------------------------------------------------------------------------------

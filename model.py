@@ -74,10 +74,15 @@ def explicit_attention(q, k, v, real_keys, dropout_p=0.0):
     """softmax(Q K^T / sqrt(d)) V written out (Vaswani et al., Eq. 1). q, k, v: (batch, heads, length,
     head_dim); real_keys: (batch, 1, 1, length) boolean, True for real (not padding) keys. Same function as
     F.scaled_dot_product_attention, kept for teaching."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (batch, heads, length, length)
+    ### BEGIN SOLUTION: 4 lines
+    # every query against every key, scaled by sqrt(head_dim): (batch, heads, length, length)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    # padding keys get -inf, so that softmax gives them weight 0
     if real_keys is not None:
         scores = scores.masked_fill(~real_keys, float("-inf"))
+    # softmax over the keys, dropout on the weights, then the weighted sum of the values
     return F.dropout(scores.softmax(dim=-1), dropout_p) @ v
+    ### END SOLUTION
 
 
 class Layer(nn.Module):
@@ -96,26 +101,37 @@ class Layer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def attention(self, x, real_keys, swap_qk=False):
+        """Multi-head self-attention of x (batch, length, hidden), before the residual: the output projection
+        of the heads' results side by side. swap_qk: Pea-KD's SPS (Section 3.2) re-runs a layer with its
+        query and key projections exchanged."""
+        ### BEGIN SOLUTION: 11 lines
         batch, length, d = x.shape
         heads = self.cfg.num_heads
-        # (b, h, len, d/h)
+        # one matmul for query, key and value, then split into heads: each (batch, heads, length, d/heads)
         q, k, v = self.qkv(x).view(batch, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-        if swap_qk:  # Pea-KD's shuffled parameter sharing reuses the layer with W_Q and W_K exchanged
+        # SPS: the same layer with W_Q and W_K exchanged
+        if swap_qk:
             q, k = k, q
+        # attention dropout only while training; cfg.attention picks the formula written out or the fused kernel
         p = self.cfg.attention_dropout if self.training else 0.0
         if self.cfg.attention == "explicit":
             y = explicit_attention(q, k, v, real_keys, p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys, dropout_p=p)
-        return self.proj(y.transpose(1, 2).reshape(batch, length, d))  # heads side by side again
+        # the heads side by side again: (batch, length, hidden), then the output projection
+        return self.proj(y.transpose(1, 2).reshape(batch, length, d))
+        ### END SOLUTION
 
     def feed_forward(self, x):
         return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as BERT
 
     def forward(self, x, real_keys=None, swap_qk=False):
+        ### BEGIN SOLUTION: 3 lines
+        # post-LayerNorm: add each sub-layer's output (after dropout) to its input, then LayerNorm
         x = self.ln1(x + self.drop(self.attention(x, real_keys, swap_qk)))  # x: (batch, length, hidden)
         x = self.ln2(x + self.drop(self.feed_forward(x)))
         return x
+        ### END SOLUTION
 
 
 class Embeddings(nn.Module):
@@ -133,10 +149,15 @@ class Embeddings(nn.Module):
         length = input_ids.size(1)
         if length > self.pos.num_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_position={self.pos.num_embeddings}")
-        x = self.word(input_ids) + self.pos.weight[:length]  # (batch, length, hidden)
+        ### BEGIN SOLUTION: 4 lines
+        # word vectors plus the vectors of positions 0..length-1: (batch, length, hidden)
+        x = self.word(input_ids) + self.pos.weight[:length]
+        # the teacher adds token-type vectors (type 0 when none are given); a student has none
         if self.types is not None:
             x = x + (self.types(token_type_ids) if token_type_ids is not None else self.types.weight[0])
+        # LayerNorm, then dropout
         return self.drop(self.ln(x))
+        ### END SOLUTION
 
 
 class MLMHead(nn.Module):
@@ -241,16 +262,23 @@ def student_from_teacher(teacher: Bert, layers=None, fold_token_types=True) -> B
         raise ValueError(f"student layers {layers}: {bad} out of range for a {n}-layer teacher (0..{n - 1})")
     if any(b <= a for a, b in zip(layers, layers[1:])):
         raise ValueError(f"student layers {layers}: must be strictly increasing (no repeats, sorted)")
+    ### BEGIN SOLUTION: 10 lines
+    # the teacher's config with len(layers) layers, no token-type embeddings and no pooler
     student = Bert(replace(teacher.cfg, num_layers=len(layers), type_vocab_size=0, pooler=False))
     t = teacher.state_dict()
+    # copies (not views) of the word and position embeddings, the embedding LayerNorm and the MLM head
     sd = {k: v.clone() for k, v in t.items() if k.startswith(("emb.word", "emb.pos", "emb.ln", "head."))}
+    # fold: the teacher's type-0 vector added to every position vector
     if fold_token_types and "emb.types.weight" in t:
         sd["emb.pos.weight"] += t["emb.types.weight"][0]  # (max_position, hidden) + (hidden,)
+    # teacher layer layers[j] becomes student layer j
     for j, i in enumerate(layers):
         sd.update({k.replace(f"layers.{i}.", f"layers.{j}.", 1): v.clone() for k, v in t.items()
                    if k.startswith(f"layers.{i}.")})
-    student.load_state_dict(sd)  # strict: every tensor of the student is set
+    # strict: every tensor of the student is set; eval mode, like Bert.from_pretrained
+    student.load_state_dict(sd)
     return student.eval()
+    ### END SOLUTION
 
 
 def count_parameters(model: Bert) -> dict:

@@ -190,13 +190,18 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     wait for the GPU."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
+    ### BEGIN SOLUTION: 7 lines
+    # n_real, n_masked: the real and masked token counts of the whole step, over its micro-batches and ranks
     counts = torch.stack([torch.stack([am.sum(), (lb != -100).sum()]) for _, am, lb in batches])
-    counts = counts.double().sum(0)  # (real tokens, masked tokens) of the step
+    counts = counts.double().sum(0)
     if ddp:
         dist.all_reduce(counts)
     n_real, n_masked = counts.tolist()
-    denoms = {"real": n_real / world, "masked": max(n_masked, 1) / world}  # / world: DDP averages over ranks
+    # denoms {"real", "masked", "ce"}: the counts / world size (DDP averages the ranks' gradients); "ce" is
+    # the count of L_ce's rows, which cfg.ce_positions chooses
+    denoms = {"real": n_real / world, "masked": max(n_masked, 1) / world}
     denoms["ce"] = denoms["real"] if cfg.ce_positions == "all" else denoms["masked"]
+    ### END SOLUTION
     sums, finite = {}, torch.ones((), dtype=torch.bool, device=batches[0][0].device)
     for i, (ids, am, labels) in enumerate(batches):
         with wrapped.no_sync() if ddp and i < len(batches) - 1 else contextlib.nullcontext():

@@ -1,0 +1,600 @@
+"""
+The graded tests of the course assignment (assignment.py): one group per part of its parts table, each test
+exercising exactly one function written by the student. Where that function calls another part's function,
+the test stands in a reference of its own for it (`stand_in`), so a missing part costs only its own points.
+
+The references are independent of the code under test: torch's own functions (F.kl_div,
+F.scaled_dot_product_attention, F.cross_entropy, ...), values worked out by hand, and for the layer and the
+embeddings tensors computed by transformers and stored in parts_reference.safetensors (written by
+make_parts_reference.py). No test needs pytest or transformers, so `python assignment.py check PART` runs them
+anywhere. The tests between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS` are the grader's: the student
+version leaves them out.
+"""
+import contextlib
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import common
+import data
+import losses
+import model
+import peakd
+import train
+
+REF = load_file(str(Path(__file__).with_name("parts_reference.safetensors")))
+TINY = dict(vocab_size=30, hidden_size=16, num_heads=2, intermediate_size=32, max_position=8)
+
+
+@contextlib.contextmanager
+def stand_in(owner, name, value):
+    """owner.name replaced by value for the block: another part's function, replaced by a reference."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+def close(actual, expected, what, atol=1e-5, rtol=1e-5):
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+def ref_layer():
+    layer = model.Layer(model.BertConfig(**TINY, dropout=0.0, attention_dropout=0.0))
+    names = [f"{m}.{p}" for m in ("qkv", "proj", "ln1", "fc1", "fc2", "ln2") for p in ("weight", "bias")]
+    layer.load_state_dict({name: REF[f"layer.{name}"] for name in names})
+    return layer.eval()
+
+
+def real_keys(mask):
+    return mask.bool()[:, None, None, :]  # (batch, 1, 1, length)
+
+
+def ref_kl(s, t, temperature):
+    """KL(softmax(t/T) || softmax(s/T)) per row, by torch's F.kl_div."""
+    return F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), reduction="none",
+                    log_target=True).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# attention: model.explicit_attention
+
+def qkv(seed=0, batch=2, heads=2, length=5, head_dim=4):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, length, head_dim, generator=g) for _ in range(3)]
+
+
+def test_attention_equals_softmax_qkt_v():
+    q, k, v = qkv()
+    expected = torch.softmax(q @ k.transpose(-2, -1) / 2.0, dim=-1) @ v  # sqrt(head_dim=4) = 2
+    close(model.explicit_attention(q, k, v, None), expected, "no padding")
+
+
+def test_attention_ignores_padding_keys():
+    q, k, v = qkv(1)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys(mask))
+    out = model.explicit_attention(q, k, v, real_keys(mask))
+    close(out, expected, "with padding")
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, 2:], v2[1, :, 2:] = 100.0, -100.0  # what padding keys hold must not matter
+    close(model.explicit_attention(q, k2, v2, real_keys(mask)), out, "changed padding keys")
+
+
+### BEGIN HIDDEN TESTS
+def test_attention_gradients_match_sdpa():
+    q, k, v = [t.requires_grad_() for t in qkv(2)]
+    mask = real_keys(torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
+    grads = torch.autograd.grad(model.explicit_attention(q, k, v, mask).square().sum(), (q, k, v))
+    expected = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).square().sum(),
+                                   (q, k, v))
+    for g, e, name in zip(grads, expected, "qkv"):
+        close(g, e, f"gradient of {name}")
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# heads: model.Layer.attention (heads split and merged, Pea-KD's Q/K swap)
+
+def test_heads_match_transformers():
+    layer = ref_layer()
+    with torch.no_grad():
+        out = layer.attention(REF["layer.x"], real_keys(REF["layer.mask"]))
+    close(out, REF["layer.attention"], "Layer.attention against transformers' BertSelfAttention + dense")
+
+
+def test_heads_swap_exchanges_query_and_key():
+    layer = ref_layer()
+    with torch.no_grad():
+        out = layer.attention(REF["layer.x"], real_keys(REF["layer.mask"]), swap_qk=True)
+    close(out, REF["layer.attention_swapped"], "swap_qk=True against transformers with W_Q and W_K exchanged")
+
+
+### BEGIN HIDDEN TESTS
+def test_heads_without_padding_mask():
+    layer = ref_layer()
+    x = REF["layer.x"][:1]  # the first sequence has no padding: real_keys=None must give the same
+    with torch.no_grad():
+        close(layer.attention(x, None), REF["layer.attention"][:1], "real_keys=None")
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# layer: model.Layer.forward
+
+def attention_stand_in(calls):
+    def attention(x, keys, swap_qk=False):  # transformers' attention output for the stored input
+        calls.append(swap_qk)
+        assert torch.equal(x, REF["layer.x"]), "Layer.forward must pass its input x to self.attention"
+        return REF["layer.attention"]
+    return attention
+
+
+def test_layer_matches_transformers():
+    layer, calls = ref_layer(), []
+    with stand_in(layer, "attention", attention_stand_in(calls)), torch.no_grad():
+        out = layer(REF["layer.x"], real_keys(REF["layer.mask"]))
+    close(out, REF["layer.output"], "Layer.forward against transformers' BertLayer")
+
+
+def test_layer_passes_swap_to_attention():
+    layer, calls = ref_layer(), []
+    with stand_in(layer, "attention", attention_stand_in(calls)), torch.no_grad():
+        layer(REF["layer.x"], real_keys(REF["layer.mask"]), swap_qk=True)
+    assert calls == [True], f"self.attention was called with swap_qk {calls}, expected [True]"
+
+
+### BEGIN HIDDEN TESTS
+def test_layer_dropout_only_in_training():
+    layer, calls = ref_layer(), []
+    layer.drop.p = 0.5
+    with stand_in(layer, "attention", attention_stand_in(calls)), torch.no_grad():
+        close(layer.eval()(REF["layer.x"]), REF["layer.output"], "eval mode (no dropout)")
+        torch.manual_seed(0)
+        assert not torch.allclose(layer.train()(REF["layer.x"]), REF["layer.output"]), "no dropout in training"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# embeddings: model.Embeddings.forward
+
+def ref_embeddings(types=2):
+    emb = model.Embeddings(model.BertConfig(**TINY, type_vocab_size=types, dropout=0.0))
+    names = ["word.weight", "pos.weight", "ln.weight", "ln.bias"] + (["types.weight"] if types else [])
+    emb.load_state_dict({name: REF[f"emb.{name}"] for name in names})
+    return emb.eval()
+
+
+def test_embeddings_match_transformers():
+    emb = ref_embeddings()
+    with torch.no_grad():
+        close(emb(REF["emb.input_ids"], REF["emb.token_type_ids"]), REF["emb.with_types"], "with token types")
+        close(emb(REF["emb.input_ids"]), REF["emb.type0"], "token_type_ids=None: type 0 everywhere")
+
+
+def test_embeddings_of_a_student_have_no_token_types():
+    emb = ref_embeddings(types=0)
+    with torch.no_grad():
+        close(emb(REF["emb.input_ids"]), REF["emb.student"], "type_vocab_size=0")
+
+
+### BEGIN HIDDEN TESTS
+def test_embeddings_position_follows_length():
+    emb = ref_embeddings()
+    ids = REF["emb.input_ids"]
+    with torch.no_grad():
+        close(emb(ids[:, :3]), REF["emb.type0"][:, :3], "a shorter batch uses positions 0..2")
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# student_init: model.student_from_teacher
+
+def tiny_teacher(layers=4):
+    torch.manual_seed(0)
+    teacher = model.Bert(model.BertConfig(**TINY, num_layers=layers, pooler=True))
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.normal_()  # every tensor distinct, LayerNorms and biases included
+    return teacher
+
+
+def test_student_init_copies_chosen_layers():
+    teacher = tiny_teacher()
+    student = model.student_from_teacher(teacher, [1, 3])
+    assert student.cfg.num_layers == 2 and student.cfg.type_vocab_size == 0 and not student.cfg.pooler, \
+        f"student config {student.cfg}: expected 2 layers, type_vocab_size=0, pooler=False"
+    assert student.emb.types is None and student.pooler is None, "the student has token types or a pooler"
+    t, s = teacher.state_dict(), student.state_dict()
+    for j, i in enumerate([1, 3]):
+        for name in ("qkv.weight", "proj.bias", "ln1.weight", "fc1.weight", "fc2.bias", "ln2.bias"):
+            assert torch.equal(s[f"layers.{j}.{name}"], t[f"layers.{i}.{name}"]), \
+                f"student layers.{j}.{name} is not teacher layers.{i}.{name}"
+    for name in ("emb.word.weight", "emb.ln.weight", "emb.ln.bias", "head.dense.weight", "head.ln.bias",
+                 "head.bias"):
+        assert torch.equal(s[name], t[name]), f"student {name} differs from the teacher's"
+    assert not student.training, "the student must be returned in eval mode"
+
+
+def test_student_init_folds_type_zero_into_positions():
+    teacher = tiny_teacher()
+    folded = model.student_from_teacher(teacher, [0, 2]).emb.pos.weight
+    close(folded, teacher.emb.pos.weight + teacher.emb.types.weight[0], "fold_token_types=True")
+    plain = model.student_from_teacher(teacher, [0, 2], fold_token_types=False).emb.pos.weight
+    assert torch.equal(plain, teacher.emb.pos.weight), "fold_token_types=False: positions copied as they are"
+
+
+### BEGIN HIDDEN TESTS
+def test_student_init_default_is_one_layer_of_two_and_copies():
+    teacher = tiny_teacher(6)
+    student = model.student_from_teacher(teacher)
+    assert student.cfg.num_layers == 3, f"{student.cfg.num_layers} layers from a 6-layer teacher, expected 3"
+    for j, i in enumerate([0, 2, 4]):
+        assert torch.equal(student.layers[j].fc1.weight, teacher.layers[i].fc1.weight), f"layer {j} != {i}"
+    with torch.no_grad():
+        teacher.layers[0].fc1.weight.zero_()
+        teacher.emb.word.weight.zero_()
+    assert student.layers[0].fc1.weight.abs().sum() > 0 and student.emb.word.weight.abs().sum() > 0, \
+        "the student shares storage with the teacher: copy (clone) the tensors"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# kl: losses.kl_per_row (the KL at temperature T)
+
+def logits(seed, rows=6, classes=5, scale=3.0):
+    return torch.randn(rows, classes, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def test_kl_equals_kl_div_at_temperature():
+    s, t = logits(0), logits(1)
+    for temperature in (1.0, 2.0, 4.0):
+        close(losses.kl_per_row(s, t, temperature), ref_kl(s, t, temperature), f"T={temperature}")
+
+
+def test_kl_by_hand():
+    # teacher (ln 3, 0) at T=1: p = (3/4, 1/4); student (0, 0): q = (1/2, 1/2)
+    # KL = 3/4 ln(3/2) + 1/4 ln(1/2)
+    s, t = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]])
+    expected = torch.tensor([0.75 * math.log(1.5) + 0.25 * math.log(0.5)])
+    close(losses.kl_per_row(s, t, 1.0), expected, "the worked example")
+    close(losses.kl_per_row(t, t, 2.0), torch.zeros(1), "a student equal to the teacher")
+
+
+### BEGIN HIDDEN TESTS
+def test_kl_zero_probabilities_and_teacher_detached():
+    s = logits(2, rows=2, classes=3).requires_grad_()
+    t = torch.tensor([[1.0, float("-inf"), 0.0], [0.0, 0.0, float("-inf")]]).requires_grad_()
+    kl = losses.kl_per_row(s, t, 2.0)
+    assert torch.isfinite(kl).all(), f"a teacher probability of 0 gave {kl} (0 * log 0 is 0)"
+    finite = torch.where(torch.isinf(t), torch.full_like(t, -1e4), t).detach()
+    close(kl, ref_kl(s, finite, 2.0), "with -inf teacher logits")
+    kl.sum().backward()
+    assert t.grad is None, "the teacher's logits must be detached (no gradient to the teacher)"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# soft_targets: losses.soft_target_loss (L_ce: the rows reduced, times T^2)
+
+def test_soft_targets_mean_times_t_squared():
+    s, t = logits(3), logits(4)
+    with stand_in(losses, "kl_per_row", ref_kl):
+        out = losses.soft_target_loss(s, t, temperature=2.0)
+    close(out, ref_kl(s, t, 2.0).mean() * 4.0, "denom=None: the mean over rows, times T^2 = 4")
+
+
+def test_soft_targets_sum_over_denom():
+    s, t = logits(5), logits(6)
+    with stand_in(losses, "kl_per_row", ref_kl):
+        out = losses.soft_target_loss(s, t, temperature=3.0, denom=10)
+    close(out, ref_kl(s, t, 3.0).sum() / 10 * 9.0, "denom=10: the sum over rows / 10, times T^2 = 9")
+
+
+### BEGIN HIDDEN TESTS
+def test_soft_targets_matches_kldivloss_batchmean():
+    s, t = logits(7), logits(8)
+    expected = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s / 2, -1), F.softmax(t / 2, -1)) * 4
+    with stand_in(losses, "kl_per_row", ref_kl):
+        close(losses.soft_target_loss(s, t), expected, "the default T=2 against nn.KLDivLoss")
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# mlm: losses.mlm_loss
+
+def test_mlm_ignores_unmasked_rows():
+    x = logits(9, rows=8, classes=7)
+    labels = torch.tensor([3, -100, 0, -100, 6, 2, -100, 1])
+    close(losses.mlm_loss(x, labels), F.cross_entropy(x, labels, ignore_index=-100), "mean over masked rows")
+    keep = labels != -100
+    close(losses.mlm_loss(x, labels, denom=20), F.cross_entropy(x[keep], labels[keep], reduction="sum") / 20,
+          "denom=20")
+
+
+def test_mlm_flattens_batch_dims():
+    x = logits(10, rows=12, classes=7).view(3, 4, 7)
+    labels = torch.tensor([[1, -100, 2, 3], [-100, -100, 4, 5], [6, 0, -100, 1]])
+    close(losses.mlm_loss(x, labels), F.cross_entropy(x.view(12, 7), labels.view(12)), "(batch, length, vocab)")
+
+
+### BEGIN HIDDEN TESTS
+def test_mlm_with_nothing_masked_is_zero_with_a_graph():
+    x = logits(11).requires_grad_()
+    out = losses.mlm_loss(x, torch.full((6,), -100))
+    assert out.item() == 0.0, f"no masked rows gave {out.item()}, expected 0"
+    out.backward()  # still part of the graph
+    assert x.grad is not None and x.grad.abs().sum() == 0
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# cosine: losses.cosine_loss
+
+def test_cosine_equals_cosine_embedding_loss():
+    s, t = logits(12, rows=7, classes=16), logits(13, rows=7, classes=16)
+    close(losses.cosine_loss(s, t), torch.nn.CosineEmbeddingLoss()(s, t, torch.ones(7)), "denom=None")
+    close(losses.cosine_loss(s, t, denom=14), (1 - F.cosine_similarity(s, t)).sum() / 14, "denom=14")
+
+
+### BEGIN HIDDEN TESTS
+def test_cosine_ignores_norm_and_detaches_teacher():
+    s, t = logits(14, rows=3, classes=4).requires_grad_(), logits(15, rows=3, classes=4).requires_grad_()
+    close(losses.cosine_loss(5 * s, t), losses.cosine_loss(s, t), "a scaled student")
+    close(losses.cosine_loss(t, t), torch.zeros(()), "equal directions", atol=1e-6, rtol=0)
+    losses.cosine_loss(s, t).backward()
+    assert t.grad is None, "the teacher's states must be detached"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# combine: losses.combine
+
+def test_combine_weights_and_parts():
+    ce, mlm, cos = (torch.tensor(v, requires_grad=True) for v in (1.5, 2.0, 0.25))
+    total, parts = losses.combine({"ce": ce, "mlm": mlm, "cos": cos})
+    close(total, torch.tensor(5 * 1.5 + 2 * 2.0 + 1 * 0.25), "5 * L_ce + 2 * L_mlm + 1 * L_cos")
+    assert total.requires_grad and not parts["total"].requires_grad and not parts["ce"].requires_grad, \
+        "the total keeps its graph; the parts are detached"
+    assert set(parts) == {"ce", "mlm", "cos", "total"}, f"parts {sorted(parts)}"
+
+
+### BEGIN HIDDEN TESTS
+def test_combine_missing_parts_left_out():
+    total, parts = losses.combine({"mlm": torch.tensor(3.0)}, alpha_mlm=0.5)
+    close(total, torch.tensor(1.5), "L_mlm alone")
+    assert set(parts) == {"mlm", "total"}, f"parts {sorted(parts)}"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# masking: data.mask_tokens
+
+SPECIAL = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+MASK_ID, VOCAB = 4, 1000
+
+
+def corpus(seed=0, batch=64, length=128):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (batch, length), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3
+    am = torch.ones_like(ids)
+    am[: batch // 2, length // 2:] = 0  # half the batch padded after the middle
+    ids[am == 0] = 0
+    return ids, am
+
+
+def masked(ids, am, seed=0, weights=None):
+    g = torch.Generator().manual_seed(seed)
+    return data.mask_tokens(ids, am, mask_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIAL, generator=g,
+                            weights=weights)
+
+
+def test_masking_chooses_15_percent_of_real_tokens():
+    ids, am = corpus()
+    out, labels = masked(ids, am)
+    chosen = labels != -100
+    eligible = (am == 1) & (ids > 4)
+    assert not (chosen & ~eligible).any(), "padding or special tokens were chosen"
+    assert torch.equal(labels[chosen], ids[chosen]), "labels must hold the original ids where chosen"
+    assert torch.equal(out[~chosen], ids[~chosen]), "tokens not chosen must stay as they are"
+    rate = chosen.sum().item() / eligible.sum().item()  # about 6,000 eligible: SE 0.005
+    assert abs(rate - 0.15) < 0.025, f"{rate:.3f} of the eligible tokens chosen, expected 0.15"
+
+
+def test_masking_80_10_10():
+    ids, am = corpus(1)
+    out, labels = masked(ids, am, seed=1)
+    chosen = labels != -100
+    n = chosen.sum().item()  # about 900 chosen: SE 0.013 on the 80%, 0.010 on each 10%
+    to_mask = (out[chosen] == MASK_ID).float().mean().item()
+    kept = (out[chosen] == ids[chosen]).float().mean().item()
+    randomised = 1 - to_mask - kept
+    assert abs(to_mask - 0.8) < 0.06, f"{to_mask:.3f} of {n} chosen tokens became [MASK], expected 0.8"
+    assert abs(kept - 0.1) < 0.05, f"{kept:.3f} stayed, expected 0.1"
+    assert abs(randomised - 0.1) < 0.05, f"{randomised:.3f} became a random id, expected 0.1"
+    replaced = out[chosen & (out != MASK_ID) & (out != ids)]
+    assert not torch.isin(replaced, torch.tensor([0, 1, 2, 3, 4])).any(), "a random id must not be special"
+
+
+def test_masking_smoothed_picks_exactly_ceil_by_weight():
+    ids, am = corpus(2)
+    weights = torch.ones(VOCAB)
+    weights[:5] = 0.0
+    weights[5:100] = 8.0  # frequent in masking: ids 5..99 weigh 8 times the others
+    eligible = ((am == 1) & (ids > 4)).sum().item()
+    out, labels = masked(ids, am, seed=2, weights=weights)
+    chosen = labels != -100
+    assert chosen.sum().item() == math.ceil(0.15 * eligible), \
+        f"{chosen.sum().item()} chosen, expected ceil(0.15 * {eligible})"
+    heavy = (ids >= 5) & (ids < 100)
+    rate_heavy = chosen[heavy].float().mean().item()
+    rate_light = chosen[~heavy & (ids > 4) & (am == 1)].float().mean().item()
+    assert rate_heavy > 4 * rate_light, f"ids of weight 8 chosen at {rate_heavy:.3f}, weight 1 at {rate_light:.3f}"
+
+
+### BEGIN HIDDEN TESTS
+def test_masking_reproducible_and_input_untouched():
+    ids, am = corpus(3)
+    before = ids.clone()
+    a, la = masked(ids, am, seed=7)
+    b, lb = masked(ids, am, seed=7)
+    assert torch.equal(ids, before), "mask_tokens modified its input"
+    assert torch.equal(a, b) and torch.equal(la, lb), "the same generator seed must give the same mask"
+    c, _ = masked(ids, am, seed=8)
+    assert not torch.equal(a, c), "another seed gave the same mask"
+    weights = torch.ones(VOCAB)
+    weights[:5] = 0.0
+    weights[500:] = 0.0  # ids of weight 0 are never chosen
+    _, lw = masked(ids, am, seed=7, weights=weights)
+    assert not ((lw != -100) & (ids >= 500)).any(), "an id of weight 0 was chosen"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# smoothing: data.smoothing_weights
+
+def test_smoothing_weights_by_hand():
+    w = data.smoothing_weights([0, 1, 8, 1000, 32], special_ids=[0], exponent=0.7)
+    expected = torch.tensor([0.0, 1.0, 8 ** -0.7, 1000 ** -0.7, 32 ** -0.7])
+    close(w, expected, "max(count, 1) ** -0.7, 0 for special ids")
+    assert w.dtype == torch.float32, f"dtype {w.dtype}, expected float32"
+
+
+### BEGIN HIDDEN TESTS
+def test_smoothing_unseen_ids_and_dict_specials():
+    w = data.smoothing_weights([0, 0, 16, 4], special_ids={"[PAD]": 0, "[CLS]": 2}, exponent=0.5)
+    close(w, torch.tensor([0.0, 1.0, 0.0, 0.5]), "an unseen id counts as 1; special ids (a dict) get 0")
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# lr_schedule: common.linear_schedule
+
+def test_lr_schedule_warmup_then_decay():
+    got = [common.linear_schedule(s, 100, 10) for s in (0, 5, 10, 55, 100)]
+    assert got == [0.0, 0.5, 1.0, 0.5, 0.0], f"factors at steps 0, 5, 10, 55, 100: {got}"
+
+
+### BEGIN HIDDEN TESTS
+def test_lr_schedule_no_warmup_and_past_the_end():
+    assert common.linear_schedule(0, 50, 0) == 1.0, "without warm-up the first step has the peak rate"
+    assert common.linear_schedule(70, 50, 5) == 0.0, "past the last step the factor is 0, not negative"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# denominators: train.forward_backward (the accumulation denominators)
+
+class Recorder(torch.nn.Module):
+    """A stand-in for train.Objective: a loss linear in three weights, so each weight's gradient is the sum
+    of token values over the step's real (masked) tokens divided by the denominator it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
+        self.seen = []
+
+    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms):
+        self.seen.append(dict(denoms))
+        x, real, masked = ids.float(), attention_mask.bool(), labels != -100
+        loss = (self.w[0] * x[real].sum() / denoms["real"] + self.w[1] * x[masked].sum() / denoms["masked"]
+                + self.w[2] * x[real].sum() / denoms["ce"])
+        return loss, {"total": loss.detach()}
+
+
+def micro_batches():
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for length, pad in ((6, 2), (4, 0), (8, 5)):  # micro-batches of different sizes and padding
+        ids = torch.randint(1, 50, (2, length), generator=g)
+        am = torch.ones_like(ids)
+        am[1, length - pad:] = 0
+        labels = torch.where(torch.rand(ids.shape, generator=g) < 0.4, ids, torch.full_like(ids, -100))
+        labels[am == 0] = -100
+        out.append((ids, am, labels))
+    return out
+
+
+def test_denominators_give_the_gradient_of_one_big_batch():
+    batches, rec = micro_batches(), Recorder()
+    _, _, n_real = train.forward_backward(rec, None, batches, SimpleNamespace(ce_positions="all"))
+    real = torch.cat([ids[am.bool()] for ids, am, _ in batches]).double()
+    hidden = torch.cat([ids[lb != -100] for ids, _, lb in batches]).double()
+    assert n_real == len(real), f"n_real {n_real}, expected {len(real)} real tokens in the step"
+    expected = torch.tensor([real.mean(), hidden.mean(), real.mean()], dtype=torch.float32)
+    close(rec.w.grad, expected, "gradients = means over the whole step's real / masked tokens")
+    assert all(d == rec.seen[0] for d in rec.seen), f"denominators changed between micro-batches: {rec.seen}"
+
+
+### BEGIN HIDDEN TESTS
+def test_denominators_ce_on_masked_positions():
+    batches, rec = micro_batches(), Recorder()
+    train.forward_backward(rec, None, batches, SimpleNamespace(ce_positions="masked"))
+    n_masked = sum(int((lb != -100).sum()) for _, _, lb in batches)
+    n_real = sum(int(am.sum()) for _, am, _ in batches)
+    assert rec.seen[0] == {"real": n_real, "masked": n_masked, "ce": n_masked}, f"denominators {rec.seen[0]}"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ptp: peakd.ptp_labels
+
+def test_ptp_labels_four_classes():
+    p = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.9, 0.1], [0.55, 0.45], [0.2, 0.8]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    got = peakd.ptp_labels(p.log(), labels, t1=0.8, t2=0.7).tolist()
+    # right & 0.95 > 0.8; right & 0.6; wrong & 0.9 > 0.7; wrong & 0.55; right & 0.8 not > 0.8
+    assert got == [0, 1, 2, 3, 1], f"PTP labels {got}, expected [0, 1, 2, 3, 1]"
+
+
+### BEGIN HIDDEN TESTS
+def test_ptp_labels_three_classes_from_logits():
+    z = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 5.0]])
+    got = peakd.ptp_labels(z, torch.tensor([0, 1, 0]), t1=0.9, t2=0.9)
+    assert got.tolist() == [0, 1, 2] and got.dtype == torch.long, f"PTP labels {got}"
+### END HIDDEN TESTS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pkd: losses.pkd_loss (Patient-KD, Sun et al. 2019, Eq. 7)
+
+def soft_targets_stand_in(s, t, temperature=2.0, denom=None):
+    return ref_kl(s, t.detach(), temperature).mean() * temperature**2
+
+
+def pkd_inputs(seed=16):
+    g = torch.Generator().manual_seed(seed)
+    s, t = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.tensor([0, 2, 1, 1])
+    s_cls, t_cls = torch.randn(4, 2, 8, generator=g), torch.randn(4, 2, 8, generator=g)
+    return s, t, y, s_cls, t_cls
+
+
+def test_pkd_loss_equals_eq_7():
+    s, t, y, s_cls, t_cls = pkd_inputs()
+    with stand_in(losses, "soft_target_loss", soft_targets_stand_in):
+        loss, parts = losses.pkd_loss(s, t, y, s_cls, t_cls, alpha=0.7, temperature=10.0, beta=100.0)
+    ce = F.cross_entropy(s, y)
+    kd = ref_kl(s, t, 10.0).mean() * 100.0
+    unit = lambda h: h / h.norm(dim=-1, keepdim=True)
+    pt = (unit(s_cls) - unit(t_cls)).square().mean()
+    close(loss, 0.3 * ce + 0.7 * kd + 100.0 * pt, "(1 - a) CE + a T^2 KL + beta * patient term")
+    for name, value in (("ce", ce), ("kd", kd), ("pt", pt)):
+        assert math.isclose(parts[name], value.item(), rel_tol=1e-4), f"parts[{name!r}] {parts[name]}"
+
+
+### BEGIN HIDDEN TESTS
+def test_pkd_loss_without_layers_has_no_patient_term():
+    s, t, y, _, _ = pkd_inputs(17)
+    with stand_in(losses, "soft_target_loss", soft_targets_stand_in):
+        loss, parts = losses.pkd_loss(s, t, y, None, None, alpha=0.5, temperature=2.0)
+    close(loss, 0.5 * F.cross_entropy(s, y) + 0.5 * ref_kl(s, t, 2.0).mean() * 4.0, "no [CLS] states")
+    assert parts["pt"] == 0.0, f"patient term {parts['pt']} without mapped layers"
+### END HIDDEN TESTS
