@@ -3,6 +3,7 @@ The course assignment end to end (assignment.py): make the student version, grad
 student version and a partly solved one, and the errors a bad marker gives. The expected points are written
 out here by hand from the parts table in the README, not read from assignment.PARTS.
 """
+
 import ast
 import json
 import re
@@ -20,8 +21,13 @@ LOSSES_PARTS = {"kl": 7, "soft_targets": 3, "mlm": 5, "cosine": 4, "combine": 4,
 
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "assignment.py", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "assignment.py", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +60,23 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
     assert "\n### BEGIN HIDDEN TESTS" not in tests and "def test_attention_gradients_match_sdpa" not in tests
     assert "def test_attention_equals_softmax_qkt_v" in tests, "the visible tests are kept"
     for path in out.rglob("*.py"):
-        assert not re.search(r"^\s*### BEGIN SOLUTION: \d", path.read_text(), re.M), f"{path}: a region left in"
-    expected = {"model.py": ["explicit_attention", "Layer.attention", "Layer.forward", "Embeddings.forward",
-                             "student_from_teacher"],
-                "losses.py": ["kl_per_row", "soft_target_loss", "mlm_loss", "cosine_loss", "combine", "pkd_loss"],
-                "data.py": ["mask_tokens", "smoothing_weights"], "common.py": ["linear_schedule"],
-                "train.py": ["forward_backward"], "peakd.py": ["ptp_labels"]}
+        assert not re.search(
+            r"^\s*### BEGIN SOLUTION: \d", path.read_text(), re.M
+        ), f"{path}: a region left in"
+    expected = {
+        "model.py": [
+            "explicit_attention",
+            "Layer.attention",
+            "Layer.forward",
+            "Embeddings.forward",
+            "student_from_teacher",
+        ],
+        "losses.py": ["kl_per_row", "soft_target_loss", "mlm_loss", "cosine_loss", "combine", "pkd_loss"],
+        "data.py": ["mask_tokens", "smoothing_weights"],
+        "common.py": ["linear_schedule"],
+        "train.py": ["forward_backward"],
+        "peakd.py": ["ptp_labels"],
+    }
     for file, names in expected.items():
         ref, mine = defs(ROOT / file), defs(out / file)
         assert set(ref) == set(mine), f"{file}: functions added or lost"
@@ -74,8 +91,12 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
                 assert same, f"{file}: {name} changed, though it is no part"
     steps = (out / "data.py").read_text()
     assert "# 4. a chosen token becomes [MASK]" in steps, "the step comments of a region are kept"
-    run = subprocess.run([sys.executable, "-c", "import model, losses, data, train, peakd, common, finetune"],
-                         cwd=out, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", "import model, losses, data, train, peakd, common, finetune"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, f"the student version does not import: {run.stderr}"
 
 
@@ -88,6 +109,7 @@ def defs(path):
                 if isinstance(child, ast.FunctionDef):
                     out[prefix + child.name] = child
                 visit(child, prefix + child.name + ".")
+
     visit(ast.parse(path.read_text()), "")
     return out
 
@@ -116,8 +138,10 @@ def test_grade_one_file_restored_gives_exactly_its_points(student, tmp_path):
     assert check.returncode == 1 and "FAIL test_attention_ignores_padding_keys" in check.stdout, check.stdout
     (mine / "data.py").write_text("def mask_tokens(:\n")  # a file that does not parse costs only its parts
     common = (mine / "common.py").read_text()  # a solution that calls transformers gets nothing
-    common = common.replace("    # YOUR CODE HERE (the reference: 3 lines)\n    raise NotImplementedError()\n",
-                            "    import transformers\n    return transformers.get_scheduler\n")
+    common = common.replace(
+        "    # YOUR CODE HERE (the reference: 3 lines)\n    raise NotImplementedError()\n",
+        "    import transformers\n    return transformers.get_scheduler\n",
+    )
     (mine / "common.py").write_text(common)
     with open(mine / "tests/test_parts.py", "a") as f:  # a student "fixing" a test: ignored
         f.write("\n\ndef test_attention_equals_softmax_qkt_v():\n    pass\n")
@@ -127,13 +151,17 @@ def test_grade_one_file_restored_gives_exactly_its_points(student, tmp_path):
     assert report["total"] == sum(LOSSES_PARTS.values()) == 32, printed
     assert report["changed_tests"] == ["tests/test_parts.py (changed)"], report["changed_tests"]
     assert "syntax error" in report["parts"]["masking"]["failed"]["test_masking_80_10_10"]
-    assert "import of transformers halted" in report["parts"]["lr_schedule"]["failed"]["test_lr_schedule_warmup_then_decay"]
+    assert (
+        "import of transformers halted"
+        in report["parts"]["lr_schedule"]["failed"]["test_lr_schedule_warmup_then_decay"]
+    )
     refused = cli("grade", out, cwd=mine)
     assert refused.returncode == 2 and "student version" in refused.stderr
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Bad markers, a bad table, bad input
+
 
 def copy_sources(tmp_path):
     root = tmp_path / "ref"
@@ -155,19 +183,29 @@ def test_unterminated_nested_and_miscounted_regions_are_clear_errors(tmp_path):
     text = (ROOT / "model.py").read_text()
     begin = line_of(text, "### BEGIN SOLUTION", line_of(text, "def student_from_teacher"))
     cases = {
-        "unterminated": (text[::-1].replace("### END SOLUTION"[::-1], "", 1)[::-1],
-                         f"model.py:{begin}: BEGIN SOLUTION is never closed"),
-        "nested": (text.replace("    ### END SOLUTION\n", "    ### BEGIN SOLUTION: 0 lines\n", 1),
-                   f"model.py:{line_of(text, '### END SOLUTION')}: BEGIN SOLUTION inside the region opened at "
-                   f"line {line_of(text, '### BEGIN SOLUTION')}"),
-        "miscounted": (text.replace("### BEGIN SOLUTION: 4 lines", "### BEGIN SOLUTION: 5 lines", 1),
-                       f"model.py:{line_of(text, '### BEGIN SOLUTION')}: the marker says 5 lines, the region "
-                       f"has 4 lines of code"),
-        "outside the table": (text.replace('        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as BERT',
-                                           "        ### BEGIN SOLUTION: 1 lines\n"
-                                           "        return self.fc2(F.gelu(self.fc1(x)))\n"
-                                           "        ### END SOLUTION"),
-                              "a solution region in Layer.feed_forward, which is not in the parts table"),
+        "unterminated": (
+            text[::-1].replace("### END SOLUTION"[::-1], "", 1)[::-1],
+            f"model.py:{begin}: BEGIN SOLUTION is never closed",
+        ),
+        "nested": (
+            text.replace("    ### END SOLUTION\n", "    ### BEGIN SOLUTION: 0 lines\n", 1),
+            f"model.py:{line_of(text, '### END SOLUTION')}: BEGIN SOLUTION inside the region opened at "
+            f"line {line_of(text, '### BEGIN SOLUTION')}",
+        ),
+        "miscounted": (
+            text.replace("### BEGIN SOLUTION: 4 lines", "### BEGIN SOLUTION: 5 lines", 1),
+            f"model.py:{line_of(text, '### BEGIN SOLUTION')}: the marker says 5 lines, the region "
+            f"has 4 lines of code",
+        ),
+        "outside the table": (
+            text.replace(
+                "        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as BERT",
+                "        ### BEGIN SOLUTION: 1 lines\n"
+                "        return self.fc2(F.gelu(self.fc1(x)))\n"
+                "        ### END SOLUTION",
+            ),
+            "a solution region in Layer.feed_forward, which is not in the parts table",
+        ),
     }
     for case, (broken, message) in cases.items():
         (root / "model.py").write_text(broken)
@@ -175,24 +213,35 @@ def test_unterminated_nested_and_miscounted_regions_are_clear_errors(tmp_path):
             assignment.check_table(root)
         assert message in str(e.value), f"{case}: {e.value}"
     (root / "model.py").write_text(cases["unterminated"][0])
-    run = subprocess.run([sys.executable, str(root / "assignment.py"), "make", tmp_path / "out"],
-                         capture_output=True, text=True)
-    assert run.returncode == 2 and run.stderr.strip() == f"assignment: {cases['unterminated'][1]} (no END " \
-                                                         "SOLUTION)", run.stderr
+    run = subprocess.run(
+        [sys.executable, str(root / "assignment.py"), "make", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        run.returncode == 2
+        and run.stderr.strip() == f"assignment: {cases['unterminated'][1]} (no END " "SOLUTION)"
+    ), run.stderr
     assert not (tmp_path / "out").exists(), "nothing is written when the markers are bad"
 
 
 def test_validation_catches_a_test_that_needs_another_part(tmp_path, monkeypatch):
     root = copy_sources(tmp_path)
     tests = (root / "tests/test_parts.py").read_text()
-    tests = tests.replace('    close(total, torch.tensor(5 * 1.5 + 2 * 2.0 + 1 * 0.25), "5 * L_ce + 2 * L_mlm + 1 * L_cos")',
-                          '    losses.mlm_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))  # needs part mlm')
+    tests = tests.replace(
+        '    close(total, torch.tensor(5 * 1.5 + 2 * 2.0 + 1 * 0.25), "5 * L_ce + 2 * L_mlm + 1 * L_cos")',
+        "    losses.mlm_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))  # needs part mlm",
+    )
     (root / "tests/test_parts.py").write_text(tests)
-    monkeypatch.setattr(assignment, "PARTS", tuple(p for p in assignment.PARTS if p.name in ("mlm", "combine")))
+    monkeypatch.setattr(
+        assignment, "PARTS", tuple(p for p in assignment.PARTS if p.name in ("mlm", "combine"))
+    )
     with pytest.raises(assignment.AssignmentError) as e:
         assignment.validate(root)
-    assert str(e.value).startswith("part mlm: blanked, another part's test test_combine_weights_and_parts fails "
-                                   "too: NotImplementedError"), e.value
+    assert str(e.value).startswith(
+        "part mlm: blanked, another part's test test_combine_weights_and_parts fails "
+        "too: NotImplementedError"
+    ), e.value
 
 
 def test_make_never_overwrites(tmp_path):
@@ -211,6 +260,7 @@ def test_reference_file_matches_transformers():
     import make_parts_reference
     from safetensors.torch import load_file
     import torch
+
     stored, fresh = load_file(str(ROOT / "tests/parts_reference.safetensors")), make_parts_reference.build()
     assert set(stored) == set(fresh)
     for k in fresh:
