@@ -63,7 +63,7 @@ def soft_target_loss(student_logits, teacher_logits, temperature=2.0, denom=None
     The teacher is a fixed target: its logits are detached.
     """
     ### BEGIN SOLUTION: 2 lines
-    # the KL of each row, reduced over the rows, times T^2
+    # the KL of each row (kl_per_row), reduced over the rows (reduce_rows), times T^2
     per_row = kl_per_row(student_logits, teacher_logits, temperature)
     return reduce_rows(per_row, denom) * temperature**2
     ### END SOLUTION
@@ -82,7 +82,7 @@ def mlm_loss(student_logits, labels, denom=None):
     logits = student_logits.reshape(-1, student_logits.shape[-1])
     labels = labels.reshape(-1)
     keep = labels != -100
-    # cross-entropy of each kept row, then reduced over the rows
+    # cross-entropy of each kept row, then reduced over the rows (reduce_rows)
     per_row = F.cross_entropy(logits[keep], labels[keep], reduction="none")
     return reduce_rows(per_row, denom)
     ### END SOLUTION
@@ -101,7 +101,7 @@ def cosine_loss(student_hidden, teacher_hidden, denom=None):
     nn.CosineEmbeddingLoss()(h_s, h_t, target=ones(N)). The teacher is detached.
     """
     ### BEGIN SOLUTION: 2 lines
-    # cosine of each row pair (teacher detached); the loss of a row is 1 - cos
+    # cosine of each row pair (teacher detached); the loss of a row is 1 - cos, reduced by reduce_rows
     cos = F.cosine_similarity(student_hidden, teacher_hidden.detach(), dim=-1)
     return reduce_rows(1.0 - cos, denom)
     ### END SOLUTION
