@@ -204,11 +204,19 @@ def test_embeddings_of_a_student_have_no_token_types():
 
 
 ### BEGIN HIDDEN TESTS
-def test_embeddings_position_follows_length():
+def test_embeddings_shorter_batch_and_dropout_after_layernorm():
     emb = ref_embeddings()
     ids = REF["emb.input_ids"]
     with torch.no_grad():
         close(emb(ids[:, :3]), REF["emb.type0"][:, :3], "a shorter batch uses positions 0..2")
+    emb.drop.p = 0.5  # training: dropout after the LayerNorm, so dropped entries are exact zeros
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = emb.train()(ids)
+    kept = out != 0
+    share = kept.float().mean().item()  # of 160 entries: SE 0.04
+    assert 0.35 < share < 0.65, f"{share:.2f} of the entries kept with dropout 0.5"
+    close(out[kept], 2 * REF["emb.type0"][kept], "the kept entries: the LayerNorm's output / (1 - p)")
 
 
 ### END HIDDEN TESTS
@@ -515,6 +523,19 @@ def test_masking_reproducible_and_input_untouched():
     assert not ((lw != -100) & (ids >= 500)).any(), "an id of weight 0 was chosen"
 
 
+
+
+def test_masking_random_ids_are_real_and_mask_never_chosen():
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(4, 10, (64, 64), generator=g)  # a vocabulary of 10: half of it special
+    am = torch.ones_like(ids)
+    out, labels = data.mask_tokens(ids, am, mask_id=MASK_ID, vocab_size=10, special_ids=SPECIAL, generator=g)
+    assert not (labels[ids == MASK_ID] != -100).any(), "a [MASK] already in the input was chosen"
+    replaced = out[(labels != -100) & (out != MASK_ID)]
+    assert len(replaced) > 100 and ((replaced >= 5) & (replaced < 10)).all(), \
+        f"random ids must be non-special ids of the vocabulary (5..9), got {sorted(set(replaced.tolist()))}"
+
+
 ### END HIDDEN TESTS
 
 
@@ -569,6 +590,10 @@ class Recorder(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(3))
         self.seen = []
 
+    @contextlib.contextmanager
+    def no_sync(self):  # as DistributedDataParallel has
+        yield
+
     def forward(self, ids, attention_mask, labels, teacher_hidden, denoms):
         self.seen.append(dict(denoms))
         x, real, masked = ids.float(), attention_mask.bool(), labels != -100
@@ -613,6 +638,19 @@ def test_denominators_ce_on_masked_positions():
     assert rec.seen[0] == {"real": n_real, "masked": n_masked, "ce": n_masked}, f"denominators {rec.seen[0]}"
 
 
+def test_denominators_over_two_ranks():
+    # two ranks holding the same micro-batches: all_reduce doubles the counts, the world size is 2, so each
+    # rank divides by the whole step's count / 2, which is its own count again
+    batches, rec = micro_batches(), Recorder()
+    n_real = sum(int(am.sum()) for _, am, _ in batches)
+    n_masked = sum(int((lb != -100).sum()) for _, _, lb in batches)
+    with stand_in(train, "DDP", Recorder), stand_in(train.dist, "get_world_size", lambda: 2), \
+            stand_in(train.dist, "all_reduce", lambda t: t.mul_(2)):
+        train.forward_backward(rec, None, batches, SimpleNamespace(ce_positions="all"))
+    assert rec.seen[0] == {"real": n_real, "masked": n_masked, "ce": n_real}, \
+        f"denominators {rec.seen[0]} on 2 ranks, expected the step's counts over both ranks / 2"
+
+
 ### END HIDDEN TESTS
 
 
@@ -621,10 +659,10 @@ def test_denominators_ce_on_masked_positions():
 
 
 def test_ptp_labels_four_classes():
-    p = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.9, 0.1], [0.55, 0.45], [0.2, 0.8]])
+    p = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.9, 0.1], [0.55, 0.45], [0.25, 0.75]])
     labels = torch.tensor([0, 0, 1, 1, 1])
     got = peakd.ptp_labels(p.log(), labels, t1=0.8, t2=0.7).tolist()
-    # right & 0.95 > 0.8; right & 0.6; wrong & 0.9 > 0.7; wrong & 0.55; right & 0.8 not > 0.8
+    # right & 0.95 > 0.8; right & 0.6; wrong & 0.9 > 0.7; wrong & 0.55; right & 0.75 (> t2 but not > t1)
     assert got == [0, 1, 2, 3, 1], f"PTP labels {got}, expected [0, 1, 2, 3, 1]"
 
 
