@@ -55,13 +55,15 @@ class Part:
 PARTS = (
     Part("attention", "model.py", "explicit_attention", 6,
          ("test_attention_equals_softmax_qkt_v", "test_attention_ignores_padding_keys",
-          "test_attention_gradients_match_sdpa"), "softmax(QK^T / sqrt(d)) V with padding masked"),
+          "test_attention_gradients_match_sdpa", "test_attention_dropout_on_the_weights"),
+         "softmax(QK^T / sqrt(d)) V with padding masked"),
     Part("heads", "model.py", "Layer.attention", 8,
          ("test_heads_match_transformers", "test_heads_swap_exchanges_query_and_key",
-          "test_heads_without_padding_mask"), "split into heads and merge; SPS's Q/K swap"),
+          "test_heads_without_padding_mask", "test_heads_explicit_path_and_no_dropout_in_eval"),
+         "split into heads and merge; SPS's Q/K swap"),
     Part("layer", "model.py", "Layer.forward", 5,
          ("test_layer_matches_transformers", "test_layer_passes_swap_to_attention",
-          "test_layer_dropout_only_in_training"), "post-LayerNorm residual blocks"),
+          "test_layer_dropout_on_each_sublayer_output"), "post-LayerNorm residual blocks"),
     Part("embeddings", "model.py", "Embeddings.forward", 5,
          ("test_embeddings_match_transformers", "test_embeddings_of_a_student_have_no_token_types",
           "test_embeddings_shorter_batch_and_dropout_after_layernorm"),
@@ -88,7 +90,7 @@ PARTS = (
          ("test_masking_chooses_15_percent_of_real_tokens", "test_masking_80_10_10",
           "test_masking_smoothed_picks_exactly_ceil_by_weight",
           "test_masking_reproducible_and_input_untouched",
-          "test_masking_random_ids_are_real_and_mask_never_chosen"),
+          "test_masking_random_ids_mask_and_padding"),
          "dynamic masking, 80/10/10, smoothed by weight"),
     Part("smoothing", "data.py", "smoothing_weights", 4,
          ("test_smoothing_weights_by_hand", "test_smoothing_unseen_ids_and_dict_specials"),
@@ -104,7 +106,8 @@ PARTS = (
          ("test_ptp_labels_four_classes", "test_ptp_labels_three_classes_from_logits"),
          "Pea-KD's PTP labels: right/wrong x confident/unsure"),
     Part("pkd", "losses.py", "pkd_loss", 9,
-         ("test_pkd_loss_equals_eq_7", "test_pkd_loss_without_layers_has_no_patient_term"),
+         ("test_pkd_loss_equals_eq_7", "test_pkd_loss_without_layers_has_no_patient_term",
+          "test_pkd_loss_teacher_states_detached"),
          "the Patient-KD loss (Sun et al., Eq. 7)"),
 )
 BY_NAME = {p.name: p for p in PARTS}
@@ -239,7 +242,7 @@ def check_table(root=ROOT):
     table = {f: check_file(root, f, [p for p in PARTS if p.file == f]) for f in sources}
     tests_text = (root / TESTS).read_text()
     regions(tests_text, TESTS, BEGIN_HIDDEN, END_HIDDEN, "HIDDEN TESTS")
-    defined = {n for n in functions(tests_text, TESTS) if n.startswith("test_")}
+    defined = {n for n in functions(tests_text, TESTS) if n.startswith("test_") and "." not in n}
     listed = [t for p in PARTS for t in p.tests]
     for t in listed:
         if t not in defined:
@@ -254,7 +257,7 @@ def check_table(root=ROOT):
 
 def visible_tests(root=ROOT):
     text = without_hidden_tests((root / TESTS).read_text(), TESTS)
-    return {n for n in functions(text, TESTS) if n.startswith("test_")}
+    return {n for n in functions(text, TESTS) if n.startswith("test_") and "." not in n}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -286,13 +289,42 @@ def student_version(root=ROOT) -> dict:
             data = blank(data.decode(), name).encode()
         elif name == TESTS:
             data = without_hidden_tests(data.decode(), name).encode()
+        elif name == "assignment.py":
+            data = visible_table(data.decode(), visible_tests(root)).encode()
         out[name] = data
     out[MANIFEST] = (json.dumps({
         "format": "distilbert-from-scratch/assignment", "version": 1,
         "parts": {p.name: {"file": p.file, "function": p.function, "points": p.points} for p in PARTS},
         "sha256": {n: hashlib.sha256(d).hexdigest() for n, d in out.items() if n.startswith("tests/")},
+        "top_level": {f: top_level(out[f].decode()) for f in sorted({p.file for p in PARTS})},
     }, indent=2) + "\n").encode()
     return out
+
+
+def visible_table(text, visible):
+    """This file with the parts table listing only the visible tests: the hidden ones' names say what they
+    check."""
+    rows = []
+    for p in PARTS:
+        tests = tuple(t for t in p.tests if t in visible)
+        rows.append(f"    Part({p.name!r}, {p.file!r}, {p.function!r}, {p.points},\n         {tests!r},\n"
+                    f"         {p.what!r}),\n")
+    start, end = text.index("PARTS = (\n") + len("PARTS = (\n"), text.index(")\nBY_NAME = ")
+    return text[:start] + "".join(rows) + text[end:]
+
+
+def top_level(text):
+    """The names a module defines at its top level (imports, functions, classes, assignments)."""
+    names = set()
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return sorted(names)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -312,9 +344,13 @@ def reference_files(root=ROOT) -> dict:
     return {n: (root / n).read_bytes() for n in project_files(root) if n not in INSTRUCTOR_ONLY}
 
 
-def run_tests(files: dict, names, timeout=300) -> dict:
+PER_TEST = 5  # seconds a graded test may take (the reference's take well under 1 s)
+
+
+def run_tests(files: dict, names, timeout=None) -> dict:
     """{test: None (passed) or the error in one line} for tests of tests/test_parts.py run in a fresh process
     in a temporary tree of `files`."""
+    timeout = timeout or 30 + PER_TEST * len(names)
     with tempfile.TemporaryDirectory(prefix="assignment-") as tmp:
         where = tree(files, Path(tmp))
         result = Path(tmp) / "result.json"
@@ -329,7 +365,7 @@ def run_tests(files: dict, names, timeout=300) -> dict:
         return json.loads(result.read_text())
 
 
-def _run(where, result, names, per_test=60):
+def _run(where, result, names, per_test=PER_TEST):
     """The test process: import the tree's tests/test_parts.py (transformers blocked) and call each test."""
     sys.modules["transformers"] = None  # `import transformers` now raises ImportError
     sys.path.insert(0, where)
@@ -415,6 +451,8 @@ def make(out, root=ROOT, check=True):
     out = Path(out)
     if out.exists():
         raise AssignmentError(f"{out}: already exists; make writes a new folder and never overwrites one")
+    if not out.resolve().parent.is_dir():
+        raise AssignmentError(f"{out.parent}: no such folder to make {out.name} in")
     files = student_version(root)
     report = validate(root) if check else ["not validated (--validate=false)"]
 
@@ -532,6 +570,7 @@ def check(name, root=ROOT):
     files = {n: (root / n).read_bytes() for n in project_files(root)}
     tests = [t for n in names for t in BY_NAME[n].tests if t in visible]
     res = run_tests(files, tests)
+    outside_the_functions(root, {BY_NAME[n].file for n in names})
     for n in names:
         part = BY_NAME[n]
         mine = [t for t in part.tests if t in visible]
@@ -540,6 +579,22 @@ def check(name, root=ROOT):
         for t in mine:
             print(f"  {'ok  ' if res[t] is None else 'FAIL'} {t}" + (f": {res[t]}" if res[t] else ""))
     return sum(why is not None for why in res.values())
+
+
+def outside_the_functions(root, files):
+    """In a student version: say which names a student added at the top level of a graded file. Grading takes
+    each graded function alone, so an import or a helper placed outside it is missing there."""
+    if not (root / MANIFEST).is_file():
+        return
+    recorded = json.loads((root / MANIFEST).read_text()).get("top_level", {})
+    for file in sorted(files):
+        try:
+            added = sorted(set(top_level((root / file).read_text())) - set(recorded.get(file, [])))
+        except (OSError, SyntaxError):
+            continue
+        if added:
+            print(f"note: {file} defines {', '.join(added)} outside the graded functions; grading takes each "
+                  f"graded function alone, so put imports and helpers inside the function")
 
 
 def print_parts():
@@ -572,12 +627,17 @@ def main(argv=None):
         allowed = {"make": {"validate"}, "grade": {"json"}}.get(command, set())
         if set(flags) - allowed:
             raise AssignmentError(f"unknown flag --{sorted(set(flags) - allowed)[0]} for {command} ({usage})")
-        if command == "_run":
+        if "json" in flags and not flags["json"]:
+            raise AssignmentError("--json needs a file: --json=FILE")
+        if command == "_run" and len(rest) >= 2:
             _run(rest[0], rest[1], rest[2:])
         elif command == "parts" and not rest:
             print_parts()
         elif command == "make" and len(rest) == 1:
-            make(rest[0], check=flags.get("validate", "true").lower() not in ("false", "0", "no"))
+            validate_flag = flags.get("validate", "true").lower()
+            if validate_flag not in ("true", "false"):
+                raise AssignmentError(f"--validate={flags['validate']!r}: expected true or false")
+            make(rest[0], check=validate_flag == "true")
         elif command == "grade" and len(rest) == 1:
             report = grade(rest[0])
             print_grades(report)

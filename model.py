@@ -107,7 +107,8 @@ class Layer(nn.Module):
         ### BEGIN SOLUTION: 11 lines
         batch, length, d = x.shape
         heads = self.cfg.num_heads
-        # one matmul for query, key and value, then split into heads: each (batch, heads, length, d/heads)
+        # one matmul for query, key and value; its output features are laid out as (3, heads, d/heads), query
+        # first: split into q, k, v, each (batch, heads, length, d/heads)
         q, k, v = self.qkv(x).view(batch, length, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         # SPS: the same layer with W_Q and W_K exchanged
         if swap_qk:

@@ -89,6 +89,9 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
                 assert "# YOUR CODE HERE" in body and "raise NotImplementedError()" in body, body
             else:
                 assert same, f"{file}: {name} changed, though it is no part"
+    table = (out / "assignment.py").read_text()
+    assert "test_attention_gradients_match_sdpa" not in table, "the student's parts table names a hidden test"
+    assert "test_attention_equals_softmax_qkt_v" in table
     steps = (out / "data.py").read_text()
     assert "# 4. a chosen token becomes [MASK]" in steps, "the step comments of a region are kept"
     run = subprocess.run(
@@ -98,6 +101,8 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
         text=True,
     )
     assert run.returncode == 0, f"the student version does not import: {run.stderr}"
+    parts = cli("parts", cwd=out)
+    assert parts.returncode == 0 and "masking" in parts.stdout and "100" in parts.stdout, parts.stderr
 
 
 def defs(path):
@@ -266,3 +271,165 @@ def test_reference_file_matches_transformers():
     for k in fresh:
         torch.testing.assert_close(stored[k], fresh[k], atol=1e-6, rtol=1e-6, msg=lambda m: f"{k}: {m}")
     assert (ROOT / "tests/parts_reference.safetensors").stat().st_size < 500_000
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The graded tests catch subtly wrong solutions: (part, file, the reference's text, a wrong version of it)
+
+WRONG = [
+    (
+        "attention",
+        "model.py",
+        "    return F.dropout(scores.softmax(dim=-1), dropout_p) @ v",
+        "    return scores.softmax(dim=-1) @ v",
+    ),
+    (
+        "attention",
+        "model.py",
+        "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))",
+        "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1) * q.size(1))",
+    ),
+    (
+        "heads",
+        "model.py",
+        "        p = self.cfg.attention_dropout if self.training else 0.0",
+        "        p = self.cfg.attention_dropout",
+    ),
+    (
+        "heads",
+        "model.py",
+        "            y = explicit_attention(q, k, v, real_keys, p)",
+        "            y = explicit_attention(k, q, v, None, p)",
+    ),
+    (
+        "layer",
+        "model.py",
+        "        x = self.ln1(x + self.drop(self.attention(x, real_keys, swap_qk)))",
+        "        x = self.ln1(x + self.attention(x, real_keys, swap_qk))",
+    ),
+    (
+        "layer",
+        "model.py",
+        "        x = self.ln2(x + self.drop(self.feed_forward(x)))",
+        "        x = self.drop(self.ln2(x + self.feed_forward(x)))",
+    ),
+    (
+        "embeddings",
+        "model.py",
+        "        return self.drop(self.ln(x))",
+        "        return self.ln(self.drop(x))",
+    ),
+    (
+        "student_init",
+        "model.py",
+        '        sd["emb.pos.weight"] += t["emb.types.weight"][0]',
+        '        sd["emb.pos.weight"] += t["emb.types.weight"][1]',
+    ),
+    (
+        "kl",
+        "losses.py",
+        "    log_p = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)",
+        "    log_p = F.log_softmax(teacher_logits / temperature, dim=-1)",
+    ),
+    (
+        "soft_targets",
+        "losses.py",
+        "    return reduce_rows(per_row, denom) * temperature**2",
+        "    return reduce_rows(per_row, denom)",
+    ),
+    (
+        "mlm",
+        "losses.py",
+        '    per_row = F.cross_entropy(logits[keep], labels[keep], reduction="none")\n    return reduce_rows(per_row, denom)',
+        '    per_row = F.cross_entropy(logits[keep], labels[keep], reduction="none")\n    return per_row.mean()',
+    ),
+    (
+        "cosine",
+        "losses.py",
+        "    cos = F.cosine_similarity(student_hidden, teacher_hidden.detach(), dim=-1)",
+        "    cos = F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)",
+    ),
+    (
+        "combine",
+        "losses.py",
+        "    total = sum(alphas[name] * value for name, value in losses.items())",
+        "    total = sum(alphas[name] * value for name, value in losses.items() if name != 'mse')",
+    ),
+    (
+        "masking",
+        "data.py",
+        "    eligible = attention_mask.bool() & ~torch.isin(input_ids, special)",
+        "    eligible = ~torch.isin(input_ids, special)",
+    ),
+    ("masking", "data.py", "    candidates = vocab[~torch.isin(vocab, special)]", "    candidates = vocab"),
+    (
+        "masking",
+        "data.py",
+        "    randomised = chosen & (action >= mask_frac) & (action < mask_frac + random_frac)",
+        "    randomised = chosen & (action >= mask_frac)",
+    ),
+    (
+        "smoothing",
+        "data.py",
+        "    w = np.maximum(np.asarray(counts, np.float64), 1.0) ** -exponent",
+        "    w = (np.asarray(counts, np.float64) + 1.0) ** -exponent",
+    ),
+    (
+        "lr_schedule",
+        "common.py",
+        "        return step / warmup_steps",
+        "        return (step + 1) / warmup_steps",
+    ),
+    (
+        "denominators",
+        "train.py",
+        '    denoms = {"real": n_real / world, "masked": max(n_masked, 1) / world}',
+        '    denoms = {"real": n_real, "masked": max(n_masked, 1)}',
+    ),
+    (
+        "denominators",
+        "train.py",
+        '    denoms["ce"] = denoms["real"] if cfg.ce_positions == "all" else denoms["masked"]',
+        '    denoms["ce"] = denoms["real"]',
+    ),
+    (
+        "ptp",
+        "peakd.py",
+        "    conf, pred = teacher_logits.softmax(-1).max(-1)",
+        "    conf, pred = teacher_logits.max(-1)",
+    ),
+    ("pkd", "losses.py", "F.normalize(teacher_cls.detach(), dim=-1)", "F.normalize(teacher_cls, dim=-1)"),
+    (
+        "pkd",
+        "losses.py",
+        "    loss = (1 - alpha) * ce + alpha * kd + beta * pt",
+        "    loss = alpha * ce + (1 - alpha) * kd + beta * pt",
+    ),
+]
+
+
+def test_subtly_wrong_solutions_fail_their_parts_tests():
+    assert len(WRONG) == 23  # the count the README gives
+    ref = assignment.reference_files(ROOT)
+    jobs = []
+    for part, file, right, wrong in WRONG:
+        text = ref[file].decode()
+        assert text.count(right) == 1, f"{file}: {right!r} is not in the reference once"
+        files = {**ref, file: text.replace(right, wrong).encode()}
+        names = [p for p in assignment.PARTS if p.name == part][0].tests
+        jobs.append(lambda files=files, names=names: assignment.run_tests(files, names))
+    every = [t for p in assignment.PARTS for t in p.tests]
+    results = assignment.in_parallel([lambda: assignment.run_tests(ref, every)] + jobs)
+    assert not any(results[0].values()), f"the reference itself fails: {results[0]}"
+    missed = [
+        (part, wrong.strip()) for (part, _, _, wrong), res in zip(WRONG, results[1:]) if not any(res.values())
+    ]
+    crashed = [
+        (part, res)
+        for (part, *_), res in zip(WRONG, results[1:])
+        if any(
+            why and why.startswith(("importing the tests failed", "the test process")) for why in res.values()
+        )
+    ]
+    assert not missed, f"wrong solutions that pass every test of their part: {missed}"
+    assert not crashed, f"wrong solutions that broke the test process instead of failing a test: {crashed}"
