@@ -18,7 +18,6 @@ so a solution cannot call it. The graded tests are in tests/test_parts.py; the p
 import ast
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 TESTS = "tests/test_parts.py"
-REFERENCE_DATA = "tests/parts_reference.safetensors"
+REFERENCE_DATA = "sanity/parts_reference.safetensors"
 INSTRUCTOR_ONLY = ("tests/test_assignment.py", "tests/make_parts_reference.py")  # not in the student version
 MANIFEST = "assignment.json"  # written into the student version
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION: (\d+) lines?\s*$")
@@ -124,8 +123,8 @@ def regions(text, path, begin=BEGIN, end=END, what="SOLUTION"):
     """[(first, last)] 0-based line numbers of the marker lines of each region, checked: no region inside
     another, none left open, no END without a BEGIN, and a BEGIN SOLUTION's `N lines` equal to its code lines.
     """
-    found, start = [], None
-    for i, line in enumerate(text.splitlines()):
+    found, start, lines = [], None, text.splitlines()
+    for i, line in enumerate(lines):
         if begin.match(line):
             if start is not None:
                 raise AssignmentError(f"{path}:{i + 1}: BEGIN {what} inside the region opened at line "
@@ -141,7 +140,6 @@ def regions(text, path, begin=BEGIN, end=END, what="SOLUTION"):
     if start is not None:
         raise AssignmentError(f"{path}:{start + 1}: BEGIN {what} is never closed (no END {what})")
     if what == "SOLUTION":
-        lines = text.splitlines()
         for first, last in found:
             said, real = int(begin.match(lines[first]).group(2)), len(code_lines(lines[first + 1:last]))
             if said != real:
@@ -295,7 +293,6 @@ def student_version(root=ROOT) -> dict:
     out[MANIFEST] = (json.dumps({
         "format": "distilbert-from-scratch/assignment", "version": 1,
         "parts": {p.name: {"file": p.file, "function": p.function, "points": p.points} for p in PARTS},
-        "sha256": {n: hashlib.sha256(d).hexdigest() for n, d in out.items() if n.startswith("tests/")},
         "top_level": {f: top_level(out[f].decode()) for f in sorted({p.file for p in PARTS})},
     }, indent=2) + "\n").encode()
     return out
@@ -330,18 +327,18 @@ def top_level(text):
 # ------------------------------------------------------------------------------------------------------------
 # Running a part's tests: in a subprocess, in a tree, with transformers blocked
 
+def graded_files(root=ROOT) -> dict:
+    """{name: bytes} of what the graded tests need from a tree: the top-level modules, the tests and their
+    data."""
+    return {n: (root / n).read_bytes() for n in project_files(root)
+            if "/" not in n and n.endswith(".py") or n in (TESTS, REFERENCE_DATA)}
+
+
 def tree(files: dict, into: Path) -> Path:
-    """Write the files the graded tests need (the top-level modules, the tests and their data) into a
-    folder."""
     for name, data in files.items():
-        if "/" not in name and name.endswith(".py") or name in (TESTS, REFERENCE_DATA):
-            (into / name).parent.mkdir(parents=True, exist_ok=True)
-            (into / name).write_bytes(data)
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        (into / name).write_bytes(data)
     return into
-
-
-def reference_files(root=ROOT) -> dict:
-    return {n: (root / n).read_bytes() for n in project_files(root) if n not in INSTRUCTOR_ONLY}
 
 
 PER_TEST = 5  # seconds a graded test may take (the reference's take well under 1 s)
@@ -418,7 +415,7 @@ def in_parallel(jobs, workers=2):
 def validate(root=ROOT):
     """The reference passes every graded test; each part blanked alone fails all of its own tests and none of
     the others'. Returns lines to print; raises AssignmentError on the first part that breaks this."""
-    ref = reference_files(root)
+    ref = graded_files(root)
     every = [t for p in PARTS for t in p.tests]
 
     def blanked(part):
@@ -497,9 +494,9 @@ def combined(ref, part, lines):
     return {**ref, part.file: ("\n".join(new) + "\n").encode()}
 
 
-def changed_tests(dir, root=ROOT):
-    """Test files of the student version that DIR holds changed (or lacks): they are not used in grading."""
-    expected, reference = student_version(root), reference_files(root)
+def changed_tests(dir, expected, root=ROOT):
+    """Test files of the student version (`expected`) that DIR holds changed or lacks (one equal to the
+    reference's is not changed). They are not used in grading."""
     changed = []
     for name, data in sorted(expected.items()):
         if not name.startswith("tests/"):
@@ -507,7 +504,7 @@ def changed_tests(dir, root=ROOT):
         path = Path(dir) / name
         if not path.is_file():
             changed.append(f"{name} (missing)")
-        elif path.read_bytes() not in (data, reference.get(name)):
+        elif path.read_bytes() not in (data, (root / name).read_bytes()):
             changed.append(f"{name} (changed)")
     return changed
 
@@ -518,8 +515,8 @@ def grade(dir, root=ROOT):
         raise AssignmentError(f"{dir}: not a folder")
     if (root / MANIFEST).exists():
         raise AssignmentError(f"{root}: this is a student version; grade from the instructor's copy")
-    check_table(root)
-    ref, start = reference_files(root), time.time()
+    expected = student_version(root)  # checks the markers and the table too
+    ref, start = graded_files(root), time.time()
 
     def one(part):
         lines, why = student_function(dir, part)
@@ -542,7 +539,7 @@ def grade(dir, root=ROOT):
                             "failed": {t: why for t, why in res.items() if why}}
     total = round(sum(p["points"] for p in parts.values()), 2)
     return {"parts": parts, "total": total, "max": sum(p.points for p in PARTS),
-            "changed_tests": changed_tests(dir, root), "seconds": round(time.time() - start, 1)}
+            "changed_tests": changed_tests(dir, expected, root), "seconds": round(time.time() - start, 1)}
 
 
 def print_grades(report):
@@ -567,9 +564,8 @@ def check(name, root=ROOT):
     if any(n not in BY_NAME for n in names):
         raise AssignmentError(f"unknown part {name!r}: choose from {', '.join(BY_NAME)} or all")
     visible = visible_tests(root)
-    files = {n: (root / n).read_bytes() for n in project_files(root)}
     tests = [t for n in names for t in BY_NAME[n].tests if t in visible]
-    res = run_tests(files, tests)
+    res = run_tests(graded_files(root), tests)
     outside_the_functions(root, {BY_NAME[n].file for n in names})
     for n in names:
         part = BY_NAME[n]
@@ -604,51 +600,45 @@ def print_parts():
     print(f"{'total':<47}{sum(p.points for p in PARTS):>6}")
 
 
+@dataclasses.dataclass
+class Options:
+    json: str = ""         # grade: also write the report to this JSON file
+    validate: bool = True  # make: check that each part blanked alone fails only its own tests
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    flags, args, i = {}, [], 0
-    while i < len(argv):  # positional arguments, and --key=value or --key value
-        key, eq, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
-        if not key:
-            args.append(argv[i])
-        elif eq or key == "help":
-            flags[key] = value
-        elif i + 1 < len(argv):
-            flags[key], i = argv[i + 1], i + 1
-        else:
-            flags[key] = ""
-        i += 1
+    if argv[:1] == ["_run"] and len(argv) >= 3:  # the test process: nothing of a tree imported before it
+        return _run(argv[1], argv[2], argv[3:])
+    from common import parse_config  # here, not at the top: the test process must not import common
     usage = "usage: python assignment.py parts | make OUT | grade DIR [--json=FILE] | check PART"
+    command, operands = (argv[:1] or ["help"])[0], []
+    while len(argv) > 1 + len(operands) and not argv[1 + len(operands)].startswith("--"):
+        operands.append(argv[1 + len(operands)])
     try:
-        if not args or args[0] in ("-h", "help") or "help" in flags:
+        if command in ("-h", "--help", "help"):
             print(__doc__.strip())
             return 0
-        command, rest = args[0], args[1:]
-        allowed = {"make": {"validate"}, "grade": {"json"}}.get(command, set())
-        if set(flags) - allowed:
-            raise AssignmentError(f"unknown flag --{sorted(set(flags) - allowed)[0]} for {command} ({usage})")
-        if "json" in flags and not flags["json"]:
+        if argv[-1] == "--json":
             raise AssignmentError("--json needs a file: --json=FILE")
-        if command == "_run" and len(rest) >= 2:
-            _run(rest[0], rest[1], rest[2:])
-        elif command == "parts" and not rest:
+        opts = parse_config(argv[1 + len(operands):], Options, doc=__doc__)
+        if opts.json and command != "grade" or not opts.validate and command != "make":
+            raise AssignmentError(f"--json is for grade, --validate for make ({usage})")
+        if command == "parts" and not operands:
             print_parts()
-        elif command == "make" and len(rest) == 1:
-            validate_flag = flags.get("validate", "true").lower()
-            if validate_flag not in ("true", "false"):
-                raise AssignmentError(f"--validate={flags['validate']!r}: expected true or false")
-            make(rest[0], check=validate_flag == "true")
-        elif command == "grade" and len(rest) == 1:
-            report = grade(rest[0])
+        elif command == "make" and len(operands) == 1:
+            make(operands[0], check=opts.validate)
+        elif command == "grade" and len(operands) == 1:
+            report = grade(operands[0])
             print_grades(report)
-            if flags.get("json"):
+            if opts.json:
                 from common import write_json
-                write_json(report, flags["json"])
-        elif command == "check" and len(rest) == 1:
-            return 1 if check(rest[0]) else 0
+                write_json(report, opts.json)
+        elif command == "check" and len(operands) == 1:
+            return 1 if check(operands[0]) else 0
         else:
             raise AssignmentError(usage)
-    except AssignmentError as e:
+    except (AssignmentError, ValueError) as e:
         print(f"assignment: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,13 +1,13 @@
 """
-Writes tests/parts_reference.safetensors: the small tensors the graded tests (tests/test_parts.py) compare a
+Writes sanity/parts_reference.safetensors: the small tensors the graded tests (tests/test_parts.py) compare a
 Transformer layer and the embeddings against, so that `python assignment.py check PART` needs no transformers.
 
     python tests/make_parts_reference.py          # needs transformers (requirements-dev.txt)
 
-Random weights (seed 0) are put into Hugging Face's BertLayer and BertEmbeddings, and their outputs are stored
-with the weights under this project's parameter names. Nothing here runs the project's own encoder: the expected
-values come from transformers alone. tests/test_assignment.py::test_reference_file_matches_transformers
-recomputes them and compares them with the stored file.
+Random weights (seed 0) are put into Hugging Face's BertLayer and BertEmbeddings, and their outputs are
+stored with the weights under this project's parameter names. Nothing here runs the project's own encoder: the
+expected values come from transformers alone. tests/test_assignment.py recomputes them with transformers and
+compares them with the stored file (test_reference_file_matches_transformers).
 """
 
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-OUT = Path(__file__).with_name("parts_reference.safetensors")
+OUT = Path(__file__).resolve().parents[1] / "sanity" / "parts_reference.safetensors"
 CONFIG = {
     "vocab_size": 30,
     "hidden_size": 16,

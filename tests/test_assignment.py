@@ -171,9 +171,10 @@ def test_grade_one_file_restored_gives_exactly_its_points(student, tmp_path):
 def copy_sources(tmp_path):
     root = tmp_path / "ref"
     (root / "tests").mkdir(parents=True)
+    (root / "sanity").mkdir()
     for path in ROOT.glob("*.py"):
         shutil.copy(path, root / path.name)
-    for name in ("tests/test_parts.py", "tests/parts_reference.safetensors"):
+    for name in ("tests/test_parts.py", "sanity/parts_reference.safetensors"):
         shutil.copy(ROOT / name, root / name)
     return root
 
@@ -260,17 +261,17 @@ def test_make_never_overwrites(tmp_path):
 
 
 def test_reference_file_matches_transformers():
-    """tests/parts_reference.safetensors is what make_parts_reference.py computes with transformers now."""
+    """sanity/parts_reference.safetensors is what make_parts_reference.py computes with transformers now."""
     sys.path.insert(0, str(ROOT / "tests"))
     import make_parts_reference
     from safetensors.torch import load_file
     import torch
 
-    stored, fresh = load_file(str(ROOT / "tests/parts_reference.safetensors")), make_parts_reference.build()
+    stored, fresh = load_file(str(ROOT / "sanity/parts_reference.safetensors")), make_parts_reference.build()
     assert set(stored) == set(fresh)
     for k in fresh:
         torch.testing.assert_close(stored[k], fresh[k], atol=1e-6, rtol=1e-6, msg=lambda m: f"{k}: {m}")
-    assert (ROOT / "tests/parts_reference.safetensors").stat().st_size < 500_000
+    assert (ROOT / "sanity/parts_reference.safetensors").stat().st_size < 500_000
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -410,7 +411,7 @@ WRONG = [
 
 def test_subtly_wrong_solutions_fail_their_parts_tests():
     assert len(WRONG) == 23  # the count the README gives
-    ref = assignment.reference_files(ROOT)
+    ref = assignment.graded_files(ROOT)
     jobs = []
     for part, file, right, wrong in WRONG:
         text = ref[file].decode()

@@ -5,7 +5,7 @@ the test stands in a reference of its own for it (`stand_in`), so a missing part
 
 The references are independent of the code under test: torch's own functions (F.kl_div,
 F.scaled_dot_product_attention, F.cross_entropy, ...), values worked out by hand, and for the layer and the
-embeddings tensors computed by transformers and stored in parts_reference.safetensors (written by
+embeddings tensors computed by transformers and stored in sanity/parts_reference.safetensors (written by
 make_parts_reference.py). No test needs pytest or transformers, so `python assignment.py check PART` runs them
 anywhere. The tests between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS` are the grader's: the student
 version leaves them out.
@@ -27,7 +27,7 @@ import model
 import peakd
 import train
 
-REF = load_file(str(Path(__file__).with_name("parts_reference.safetensors")))
+REF = load_file(str(Path(__file__).resolve().parents[1] / "sanity" / "parts_reference.safetensors"))
 TINY = dict(vocab_size=30, hidden_size=16, num_heads=2, intermediate_size=32, max_position=8)
 
 
