@@ -9,18 +9,26 @@ import functools
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from common import sha256, write_atomic, write_text
+from common import fsync_dir, sha256, sha256_text, write_atomic, write_text
 from model import count_parameters
 from tokenizer import write_tokenizer_files
 
 CKPT_KEYS = ("model", "optimizer", "scaler", "step", "skipped", "data", "rng")
+EXPORTS = ("student", "model")  # the exported model folder of a distill run and of an mlm run
+# the settings a resumed run must share with the checkpoint (--resume_changes=KEY,... accepts a change)
+RESUME_SAME = ("mode", "init", "batch_size", "micro_batch", "seed", "lr", "max_len", "masking")
+# what a run writes in out_dir besides its lock: a start that resumes none of it never writes over it
+OUTPUTS = ("ckpt-*.pt*", "metrics.jsonl", "losses.png", *EXPORTS)
 
 
 def checksum_path(path: Path) -> Path:
@@ -39,8 +47,9 @@ def save_checkpoint(path: Path, state: dict, keep_last: int):
                      tmp=sums.with_name(sums.name + ".tmp"))
     try:
         write_atomic(path, write, tmp=path.with_name(path.name + ".tmp"))
-    except OSError as e:
-        raise SystemExit(f"{path}: checkpoint not written ({e.strerror or e}); the previous checkpoints in "
+    except (OSError, RuntimeError) as e:  # a full disk: OSError from a write, RuntimeError from torch.save
+        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [""])[0][:200]
+        raise SystemExit(f"{path}: checkpoint not written ({why}); the previous checkpoints in "
                          f"{path.parent} are intact") from None
     for old in sorted(path.parent.glob("ckpt-*.pt"))[:-keep_last]:
         old.unlink()
@@ -89,13 +98,17 @@ def newest_good_checkpoint(out_dir: Path, master: bool, say) -> tuple:
         return path, state
     if ckpts:
         raise SystemExit(f"no checkpoint in {out_dir} verifies ({len(ckpts)} tried, set aside as *.pt.bad): "
-                         f"use another --out_dir to start fresh")
+                         f"--restart=true moves this run aside and starts fresh, or use another --out_dir")
     return None, None
 
 
 def set_aside(path: Path, say):
-    """Rename a damaged checkpoint (and its checksum) to *.pt.bad: kept for inspection, out of the way."""
-    bad = path.with_name(path.name + ".bad")
+    """Rename a damaged checkpoint (and its checksum) to *.pt.bad (then .bad.2, .bad.3, ...: an earlier one is
+    never overwritten): kept for inspection, out of the way."""
+    bad, n = path.with_name(path.name + ".bad"), 1
+    while bad.exists() or checksum_path(bad).exists():
+        n += 1
+        bad = path.with_name(f"{path.name}.bad.{n}")
     with contextlib.suppress(OSError):
         os.replace(path, bad)
         if checksum_path(path).exists():
@@ -106,12 +119,17 @@ def set_aside(path: Path, say):
 def clean_stale_tmp(out_dir: Path, say):
     """Remove the temporary files an interrupted checkpoint write left (only our own names: ckpt-*.pt.tmp and
     ckpt-*.pt.sha256.tmp, and a ckpt-*.pt.sha256 whose checkpoint never arrived), so that a full disk does not
-    stay full."""
+    stay full, and the temporary folder of an interrupted export (.student.XXXXXXXX or .model.XXXXXXXX, the
+    names write_atomic gives it, in this run's locked out_dir)."""
     orphans = [p for p in out_dir.glob("ckpt-*.pt.sha256") if not p.with_suffix("").exists()]
     for tmp in sorted([*out_dir.glob("ckpt-*.pt.tmp"), *out_dir.glob("ckpt-*.pt.sha256.tmp"), *orphans]):
         if tmp.is_file():
             say(f"removing {tmp}, left by an interrupted checkpoint write")
             tmp.unlink()
+    for tmp in sorted(p for name in EXPORTS for p in out_dir.glob(f".{name}.*")):
+        if tmp.is_dir() and re.fullmatch(rf"\.({'|'.join(EXPORTS)})\.([a-z0-9_]{{8}}|old)", tmp.name):
+            say(f"removing {tmp}, left by an interrupted export")
+            shutil.rmtree(tmp)
 
 
 def usable(model, probe, autocast) -> bool:
@@ -201,13 +219,24 @@ def holds_out_dir_lock(run):
     return locked
 
 
-def check_resume(cfg, state, path, model):
-    """A checkpoint continues only the kind of run that wrote it, with a model of the same shape."""
-    was = state.get("config", {})
-    for key in ("mode", "init"):
-        if key in was and was[key] != getattr(cfg, key):
-            raise SystemExit(f"{path} was written by a --{key}={was[key]} run; resuming it with --{key}="
-                             f"{getattr(cfg, key)} is refused (use another --out_dir, or --{key}={was[key]})")
+def check_resume(cfg, state, path, model, data_id):
+    """A checkpoint continues only the run that wrote it: the same --mode, --init, data (by content, not
+    path), batch geometry, seed, lr, max_len and masking, and a model of the same shape. A change named in
+    --resume_changes is accepted, and said."""
+    was, allowed = state.get("config", {}), {k for k in cfg.resume_changes.split(",") if k}
+    unknown = allowed - {*RESUME_SAME, "data"}
+    if unknown:
+        raise SystemExit(f"--resume_changes={cfg.resume_changes}: {', '.join(sorted(unknown))} not among "
+                         f"{', '.join((*RESUME_SAME, 'data'))}")
+    changed = {k: (was[k], getattr(cfg, k)) for k in RESUME_SAME if k in was and was[k] != getattr(cfg, k)}
+    if state.get("data_id") not in (None, data_id):
+        changed["data"] = ("other data", f"{cfg.data} (other content)")
+    for key, (a, b) in changed.items():
+        if key not in allowed:
+            raise SystemExit(f"{path} was written by a --{key}={a} run; resuming it with --{key}={b} is "
+                             f"refused (use --{key}={a}, another --out_dir, or --resume_changes={key} to "
+                             f"accept the change)")
+        print(f"resuming {path} with --{key}={b} (was {a}): accepted by --resume_changes")
     now = dataclasses.asdict(model.cfg)
     other = {k: (v, now.get(k)) for k, v in state.get("model_config", now).items() if now.get(k) != v}
     if other:
@@ -216,16 +245,52 @@ def check_resume(cfg, state, path, model):
                          f"--out_dir)")
 
 
+def earlier_outputs(out_dir: Path) -> list:
+    """The files and folders of an earlier run in out_dir (checkpoints, set-aside ones, metrics, exports)."""
+    return sorted({p for pattern in OUTPUTS for p in out_dir.glob(pattern)}) if out_dir.is_dir() else []
+
+
+def move_aside(out_dir: Path, say) -> Path:
+    """--restart=true: the earlier run's outputs moved (never deleted) into out_dir/earlier-N, a new N each
+    time."""
+    n = 1
+    while (out_dir / f"earlier-{n}").exists():
+        n += 1
+    aside = out_dir / f"earlier-{n}"
+    aside.mkdir()
+    for p in earlier_outputs(out_dir):
+        os.replace(p, aside / p.name)
+    fsync_dir(out_dir)
+    say(f"--restart=true: the earlier run's outputs moved to {aside}")
+    return aside
+
+
+def data_identity(shards) -> str:
+    """What the data is, whatever its path: the sha256 of its meta.json's file checksums and splits."""
+    meta = shards.meta
+    return sha256_text(json.dumps([meta.get("files"), meta.get("splits"), meta.get("vocab_hash")],
+                                  sort_keys=True))
+
+
 def resume(run):
     """With --resume=true, continue from the newest checkpoint that verifies; without, refuse an out_dir that
-    already has checkpoints. Then print the run's settings."""
+    already has checkpoints. A start that resumes nothing never writes over an earlier run's outputs
+    (metrics.jsonl, the export, set-aside checkpoints): it is refused until --restart=true moves them aside.
+    Then print the run's settings."""
     cfg, out_dir = run.cfg, run.out_dir
+    if cfg.restart and cfg.resume:
+        raise SystemExit("--restart=true starts afresh and --resume=true continues: choose one")
     if run.master and out_dir.is_dir():
         clean_stale_tmp(out_dir, run.say)
+    if cfg.restart:
+        if run.master and earlier_outputs(out_dir):
+            move_aside(out_dir, run.say)
+        if run.ddp:
+            dist.barrier()  # the other ranks look at out_dir only once it is clear
     ckpts = sorted(out_dir.glob("ckpt-*.pt"))
     path, state = newest_good_checkpoint(out_dir, run.master, run.say) if cfg.resume else (None, None)
     if state is not None:
-        check_resume(cfg, state, path, run.model)
+        check_resume(cfg, state, path, run.model, data_identity(run.shards))
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scaler.load_state_dict(state["scaler"])
@@ -236,11 +301,19 @@ def resume(run):
         if run.device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"])
         run.say(f"resumed from {path} at step {run.step}")
-    elif cfg.resume:
-        run.say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
     elif ckpts:
         raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to "
-                         f"continue, or choose another --out_dir")
+                         f"continue, --restart=true to move them aside and start fresh, or choose another "
+                         f"--out_dir")
+    elif earlier_outputs(out_dir):
+        names = ", ".join(p.name for p in earlier_outputs(out_dir)[:4])
+        raise SystemExit(f"{out_dir} holds an earlier run's outputs ({names}) and no checkpoint to resume: "
+                         f"--restart=true moves them aside into {out_dir}/earlier-N and starts fresh (nothing "
+                         f"is deleted), or choose another --out_dir")
+    elif cfg.resume:
+        run.say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
+    if run.ddp:
+        dist.barrier()  # every rank has looked at out_dir before rank 0 writes its first file there
     run.say(json.dumps({"config": dataclasses.asdict(cfg)}, indent=None))
     per_step = run.world * cfg.micro_batch * run.accum
     run.say(f"{cfg.mode}: {count_parameters(run.model)['total']:,} trainable parameters, {run.world} rank(s) "
@@ -268,13 +341,25 @@ def save(run, probe, final=False):
     state = {"model": run.model.state_dict(), "model_config": dataclasses.asdict(run.model.cfg),
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
              "skipped": run.skipped, "data": run.loader.state_dict(), "rng": rngs,
-             "config": dataclasses.asdict(run.cfg)}
+             "config": dataclasses.asdict(run.cfg), "data_id": data_identity(run.shards)}
     save_checkpoint(run.out_dir / f"ckpt-{run.step:07d}.pt", state, run.cfg.keep_last)
     if final:
-        vocab = run.shards.folder / run.shards.meta["tokenizer"]["file"]
-        tokenizer = lambda folder: write_tokenizer_files(vocab, folder, run.model.cfg.max_position)
-        run.model.save_pretrained(run.out_dir / ("student" if run.cfg.mode == "distill" else "model"),
-                                  extra_files=tokenizer)
+        export(run)
+
+
+def export_dir(run) -> Path:
+    return run.out_dir / ("student" if run.cfg.mode == "distill" else "model")
+
+
+def export(run):
+    """The trained model in Hugging Face's format with the tokenizer files: student/ (distill) or model/
+    (mlm). Also redone by a run resumed at its last step whose export is missing (a kill during the export,
+    or the folder deleted)."""
+    if not run.master:
+        return
+    vocab = run.shards.folder / run.shards.meta["tokenizer"]["file"]
+    tokenizer = lambda folder: write_tokenizer_files(vocab, folder, run.model.cfg.max_position)
+    run.model.save_pretrained(export_dir(run), extra_files=tokenizer)
 
 
 class StopSignal:

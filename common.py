@@ -174,6 +174,37 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fsync_dir(folder):
+    """Make a rename in `folder` durable (its directory entry on disk); a no-op where directories cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path):
+    """fsync a file, or every file and folder of a folder, so that its bytes are on disk before a rename
+    commits it (without it, a power loss soon after the rename can leave the new name on incomplete data)."""
+    path = Path(path)
+    for f in [*(sorted(path.rglob("*")) if path.is_dir() else []), path]:
+        if f.is_dir():
+            fsync_dir(f)
+        else:
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
 def share(path):
     """Give a finished file or folder (and what it holds) the modes the umask allows, 0644 / 0755 under the
     usual 022, where mkstemp and mkdtemp make 0600 / 0700 (others could not read a shared model)."""
@@ -187,7 +218,9 @@ def share(path):
 def write_atomic(path, write, folder=False, tmp=None):
     """write(tmp) fills a temporary file (folder=True: a folder) beside `path`, which then takes its place in
     one rename: a reader sees the old one or the new one, never half of one; a failure leaves the old one and
-    no temporary. The project's one atomic write, for JSON, text, figures, checkpoints and model folders. tmp:
+    no temporary. The data is fsynced before the rename and the folder's entry after it, so that a power loss
+    leaves the old or the new one complete. The project's one atomic write, for JSON, text, figures,
+    checkpoints and model folders. tmp:
     a fixed temporary name (default: a fresh one), so that what a hard kill leaves behind can be recognised
     later."""
     path = Path(path)
@@ -200,10 +233,12 @@ def write_atomic(path, write, folder=False, tmp=None):
     try:
         write(tmp)
         share(tmp)  # mkstemp and mkdtemp make 0600 / 0700
+        fsync_tree(tmp)
         if folder and path.exists():  # a folder cannot be renamed over another: set the old one aside first
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if folder else tmp.unlink(missing_ok=True)
         raise

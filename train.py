@@ -24,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import losses
-from checkpoint import Logs, StopSignal, holds_out_dir_lock, nonfinite_stop, probe_batch, resume, save
+from checkpoint import (Logs, StopSignal, export, export_dir, holds_out_dir_lock, nonfinite_stop, probe_batch,
+                        resume, save)
 from common import adamw, auto_dtype, linear_schedule, parse_config, pick_device
 from hf import load_teacher
 from model import Bert, BertConfig, count_parameters, student_from_teacher
@@ -101,6 +102,9 @@ class TrainConfig:
     keep_last: int = 3                  # checkpoints kept
     log_every: int = 10                 # metrics.jsonl line every N steps
     resume: bool = False                # continue from the newest checkpoint in out_dir
+    restart: bool = False               # move an earlier run's outputs in out_dir aside (earlier-N/), start
+                                        # afresh
+    resume_changes: str = ""            # settings a resume may change, e.g. lr,seed (refused otherwise)
     max_nonfinite: int = 10             # stop after this many non-finite steps in a row
     wandb: str = ""                     # a wandb project name to log to (needs wandb installed)
     preset: str = ""                    # start from named settings: bert-base, tiny, quickstart
@@ -252,6 +256,9 @@ def train(cfg: TrainConfig):
     if stopping and run.step < run.total:  # at step == total the final checkpoint is already written
         save(run, probe)
         run.say(f"stopped by signal {stop.signal} at step {run.step}: checkpoint written to {run.out_dir}")
+    elif run.step >= run.total and not export_dir(run).is_dir():  # resumed after a kill during the export
+        run.say(f"step {run.step} of {run.total}: {export_dir(run)} is missing: exporting it again")
+        export(run)
     stop.restore()
     logs.close(run)
     finish(run)

@@ -48,6 +48,7 @@ def setup(tmp_path_factory):
 
 def args(root, out, **kw):
     base = dict(preset="tiny", data=root / "data", teacher=root / "teacher", out_dir=out, max_steps=4, max_len=32,
+                dtype="float32",  # --dtype=auto probes the CPU: runs compared must not depend on it
                 micro_batch=4, batch_size=8)
     return [f"--{k}={v}" for k, v in {**base, **kw}.items()]
 
@@ -403,9 +404,11 @@ def test_full_disk_leaves_no_tmp_and_stale_tmp_is_cleaned(setup, tmp_path, monke
     (out / "ckpt-0000002.pt.tmp").write_bytes(b"x" * 100_000)  # left by a hard kill during a write
     (out / "notes.tmp").write_text("not ours")
     (out / "ckpt-0000009.pt.sha256").write_text("0" * 64)  # its checkpoint never arrived
-    T.train(T.parse_args(args(root, out, max_steps=2, resume=True)))
+    # the failed run left its metrics.jsonl: a new start moves it aside (--restart=true), never writes over it
+    T.train(T.parse_args(args(root, out, max_steps=2, restart=True)))
     said = capsys.readouterr().out
-    assert "removing" in said and "--resume=true: no checkpoint" in said and "starting fresh" in said
+    assert "removing" in said and f"outputs moved to {out / 'earlier-1'}" in said
+    assert (out / "earlier-1" / "metrics.jsonl").is_file()
     assert ckpt_names(out) == ["ckpt-0000002.pt", "ckpt-0000002.pt.sha256"] and (out / "notes.tmp").is_file()
 
 
@@ -570,8 +573,8 @@ def test_alpha_mse_is_the_reference_logit_mse(setup):
         assert torch.allclose(sums["mse"], want, rtol=1e-5), chunk
         assert torch.allclose(sums["total"] - results[chunk, 0.0][0]["total"], 50.0 * want, rtol=1e-3), chunk
         assert "mse" not in results[chunk, 0.0][0]
-    for k, g in results[0, 50.0][1].items():
-        assert torch.allclose(results[7, 50.0][1][k], g, atol=1e-6, rtol=1e-4), k
+    for k, g in results[0, 50.0][1].items():  # float32 summation order: errors ~1e-6 of the largest entry
+        assert torch.allclose(results[7, 50.0][1][k], g, atol=1e-5 * float(g.abs().max()), rtol=1e-4), k
 
 
 def test_help_names_the_released_layers():
