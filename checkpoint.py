@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from common import fsync_dir, sha256, sha256_text, write_atomic, write_text
+from common import exclusive_lock as common_lock, fsync_dir, sha256, sha256_text, write_atomic, write_text
 from model import count_parameters
 from tokenizer import write_tokenizer_files
 
@@ -182,31 +182,13 @@ def _row_step(line):
         return math.inf  # a row cut short by a kill goes
 
 
-@contextlib.contextmanager
 def out_dir_lock(out_dir: Path):
-    """An exclusive lock on out_dir/train.lock (fcntl.flock: the system releases it when the process dies, so
-    a lock left by a killed run is no obstacle); a second run on the same out_dir is refused, naming the
-    holder's pid."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock
-        yield
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "train.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise SystemExit(f"{path}: another run is writing to {out_dir} ({holder}); wait for it to finish "
-                             f"or choose another --out_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    """An exclusive lock on out_dir/train.lock (common.exclusive_lock: released by the system when the process
+    dies); a second run on the same out_dir is refused, naming the holder's pid."""
+    path = Path(out_dir) / "train.lock"
+    return common_lock(path, lambda holder: SystemExit(
+        f"{path}: another run is writing to {out_dir} ({holder}); wait for it to finish or choose another "
+        f"--out_dir"))
 
 
 def holds_out_dir_lock(run):

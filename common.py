@@ -2,6 +2,7 @@
 The few helpers every entry point shares (like nanochat's common.py): the command line, the device, the AdamW
 groups and the learning-rate schedule, logging, and files written atomically.
 """
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -9,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -172,6 +174,46 @@ def sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, busy, remove=False):
+    """An exclusive fcntl.flock on the file `path` (created) while the block runs: the system releases it when
+    the process dies, so a lock left by a killed process is no obstacle. When another process holds it, the
+    exception busy(holder) is raised, holder being the "pid N on HOST" it wrote there. remove: the file is
+    deleted on leaving (a lock taken on a file that was deleted meanwhile is taken again on the new one). No
+    lock where fcntl does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise busy(holder) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder removed the file before we locked it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os.close(fd)  # releases the lock
 
 
 def sha256_text(text: str) -> str:

@@ -323,8 +323,15 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
                 "vocab": vocab_hash(tokenizer) if tokenizer is not None else f"train:{vocab_size}"}
     inputs_hash = hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
     _check_not_an_input(out_dir, files, inputs)
-    for stale in (tmp, old, out_dir.with_name(out_dir.name + ".old")):  # left behind by an interrupted run
-        _remove_stale(stale)
+    with _prepare_lock(out_dir):  # a second prepare.py on the same --out waits for none: it is refused
+        return _prepare_locked(out_dir, tmp, old, sources, settings, inputs_hash, tokenizer, vocab, vocab_size,
+                               valid_fraction, shard_tokens, batch_docs, seed, overwrite)
+
+
+def _prepare_locked(out_dir, tmp, old, sources, settings, inputs_hash, tokenizer, vocab, vocab_size,
+                    valid_fraction, shard_tokens, batch_docs, seed, overwrite):
+    _remove_stale(tmp)  # left behind by an interrupted run (no living prepare.py holds the lock)
+    _recover_old(old, out_dir)
     existing = _own_meta(out_dir)
     if existing is not None and existing.get("inputs_hash") == inputs_hash:
         log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
@@ -378,15 +385,39 @@ def _own_meta(folder):
 
 
 def _remove_stale(folder):
-    """Remove a '.tmp' or '.old' folder left by an interrupted run, only if it is recognisably ours."""
+    """Remove the '<out>.tmp' folder an interrupted run left, only when it is provably ours: the PARTIAL
+    marker prepare writes into it first, and (the caller holds it) the lock no living prepare.py holds. A
+    folder of that name without the marker is never deleted."""
     if not folder.exists():
         return
-    if not (folder / PARTIAL).is_file() and _own_meta(folder) is None:
-        raise FileExistsError(f"{folder} is in the way and was not made by data.py (no {PARTIAL} or meta.json"
-                              f" "
-                              f"with format {FORMAT!r}); move it away or choose another --out")
+    if not (folder / PARTIAL).is_file():
+        raise FileExistsError(f"{folder} is in the way and was not left by an interrupted prepare.py (no "
+                              f"{PARTIAL} inside); move it away or choose another --out")
     log(f"removing {folder} left by an interrupted run")
     shutil.rmtree(folder)
+
+
+def _recover_old(old, out_dir):
+    """'.<out>.old' is where an --overwrite sets the previous folder aside for the moment of the rename: after a
+    kill in that moment it is put back when <out> is missing, and removed when <out> is there (it was on its
+    way out) and it is a folder data.py made; anything else of that name is left alone."""
+    if not old.is_dir() or _own_meta(old) is None:
+        return
+    if not out_dir.exists():
+        log(f"restoring {out_dir} from {old}, set aside by an interrupted --overwrite")
+        os.replace(old, out_dir)
+    else:
+        log(f"removing {old}, the previous folder an interrupted --overwrite had replaced")
+        shutil.rmtree(old)
+
+
+def _prepare_lock(out_dir):
+    """An exclusive lock on '.<out>.lock' beside out_dir for the whole preparation (common.exclusive_lock): a
+    killed run is no obstacle, and a second prepare.py on the same --out is refused in one line."""
+    path = out_dir.with_name(f".{out_dir.name}.lock")
+    return common.exclusive_lock(path, lambda holder: FileExistsError(
+        f"{path}: another prepare.py is writing {out_dir} ({holder}); wait for it to finish or choose another "
+        f"--out"), remove=True)
 
 
 def _check_not_an_input(out_dir, files, inputs):

@@ -90,7 +90,8 @@ def run_stage(name, run: TrainConfig, export: Path, after=None) -> dict:
         resume = False
     write_json({"settings": settings}, marker)
     print(f"== {name}")
-    stats = train(dataclasses.replace(run, resume=resume))
+    # with nothing to resume, what an attempt killed before its first checkpoint left is moved aside (restart)
+    stats = train(dataclasses.replace(run, resume=resume, restart=not resume))
     if stats["stopped"]:
         raise SystemExit(f"quickstart stopped during the {name} run; run the same command again to continue")
     write_json({"settings": settings, "stats": stats}, marker)
