@@ -48,7 +48,9 @@ def save_checkpoint(path: Path, state: dict, keep_last: int):
     try:
         write_atomic(path, write, tmp=path.with_name(path.name + ".tmp"))
     except (OSError, RuntimeError) as e:  # a full disk: OSError from a write, RuntimeError from torch.save
-        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [""])[0][:200]
+        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [""])[0][:120]
+        with contextlib.suppress(OSError):
+            why += f"; {shutil.disk_usage(path.parent).free:,} bytes free there"
         raise SystemExit(f"{path}: checkpoint not written ({why}); the previous checkpoints in "
                          f"{path.parent} are intact") from None
     for old in sorted(path.parent.glob("ckpt-*.pt"))[:-keep_last]:
@@ -195,8 +197,15 @@ def holds_out_dir_lock(run):
     """train(cfg) under the out_dir lock, taken by rank 0 (the only rank that writes there)."""
     @functools.wraps(run)
     def locked(cfg, *a, **k):
-        rank0 = int(os.environ.get("RANK", "0")) == 0
-        with out_dir_lock(Path(cfg.out_dir)) if rank0 else contextlib.nullcontext():
+        rank0, out = int(os.environ.get("RANK", "0")) == 0, Path(cfg.out_dir)
+        if out.exists() and not out.is_dir():
+            raise SystemExit(f"--out_dir={out} is a file, not a folder: choose another --out_dir")
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(out_dir_lock(out) if rank0 else contextlib.nullcontext())
+            except OSError as e:  # a read-only file system, no permission, a file on the way
+                raise SystemExit(f"--out_dir={out}: cannot write there ({e.strerror or e}: "
+                                 f"{e.filename or out})") from None
             return run(cfg, *a, **k)
     return locked
 

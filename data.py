@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer
 
 from common import sha256 as sha256_file
-from tokenizer import load_tokenizer, vocab_hash
+from tokenizer import SPECIAL_TOKENS, load_tokenizer, vocab_hash
 
 FORMAT, FORMAT_VERSION = "distilbert-from-scratch/token-shards", 1
 VERIFY_BYTES = 1 << 30  # token shards up to 1 GiB are checked against their sha256 each time they are opened
@@ -217,6 +217,11 @@ class Sequences:
         return out
 
 
+def token_dtype(vocab_size):
+    """Shards store ids as uint16 when the vocabulary has fewer than 65536 entries, else uint32."""
+    return np.dtype(np.uint16) if vocab_size < 1 << 16 else np.dtype(np.uint32)
+
+
 class TokenData:
     """A prepared shard folder: `.meta`, `.vocab_size`, `.special`, `.counts` (train token counts per id),
     `.tokenizer` (from the folder's own vocabulary) and `sequences(split, max_len)`. If `vocab` (a path or a
@@ -252,6 +257,7 @@ class TokenData:
             self._check_vocab(load_tokenizer(vocab), vocab)
         self.vocab_size, self.special = self.meta["vocab_size"], dict(self.meta["special_ids"])
         self.counts = np.load(self.folder / "counts.npy")
+        self._check_values(meta_path)
         self._cache = {}
 
     def _verify_files(self, verify):
@@ -267,6 +273,22 @@ class TokenData:
             if (full or not name.endswith(".bin")) and sha256_file(path) != want:
                 raise ValueError(f"{path}: checksum mismatch with {self.folder / 'meta.json'}: the file is "
                                  f"damaged; prepare the folder again")
+
+    def _check_values(self, meta_path):
+        """meta.json's values against what they describe (the checksums cover the files, not the values): the
+        vocabulary size and special ids against the folder's tokenizer, the id dtype against the size, the
+        vocabulary size and train token count against counts.npy."""
+        tok, meta, vocab = self.tokenizer, self.meta, self.folder / self.meta["tokenizer"]["file"]
+        checks = [("vocab_size", meta["vocab_size"], tok.get_vocab_size(), vocab.name),
+                  ("dtype", meta["dtype"], token_dtype(tok.get_vocab_size()).name, vocab.name),
+                  *((f"special_ids.{k}", meta["special_ids"].get(k), tok.token_to_id(t), vocab.name)
+                    for k, t in SPECIAL_TOKENS.items()),
+                  ("vocab_size", meta["vocab_size"], len(self.counts), "counts.npy"),
+                  ("splits.train.tokens", meta["splits"]["train"]["tokens"], int(self.counts.sum()), "counts.npy")]
+        bad = [f"{key} is {claim!r} but {source} says {actual!r}" for key, claim, actual, source in checks
+               if claim != actual]
+        if bad:
+            raise ValueError(f"{meta_path}: {'; '.join(bad)} (edited or damaged: prepare the folder again)")
 
     def _check_vocab(self, tokenizer, name):
         got, want = vocab_hash(tokenizer), self.meta["vocab_hash"]

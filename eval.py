@@ -430,10 +430,11 @@ def main(argv=None):
     from finetune import load_encoder  # a Hugging Face folder or a fine-tuned one
     if a.cmd == "mlm":
         from data import TokenData
-        shards, out = TokenData(a.data), {}
+        shards, out = open_or_exit(TokenData, a.data), {}
         for path in a.model:
-            out[path] = mlm_eval(load_encoder(path), shards, a.split, a.max_len, a.batch_size, a.seed,
-                                 a.max_batches)
+            model = open_or_exit(load_encoder, path)
+            check_mlm_inputs(model, path, shards, a.max_len)
+            out[path] = mlm_eval(model, shards, a.split, a.max_len, a.batch_size, a.seed, a.max_batches)
             print(json.dumps({path: out[path]}))
         if a.out:
             write_json(out, a.out)
@@ -457,6 +458,30 @@ def main(argv=None):
         write_text(table_markdown(table), Path(a.out) / "results.md")
         bar_chart(table, Path(a.out) / "results.png")
         print(table_markdown(table))
+
+
+def open_or_exit(load, path):
+    """load(path), a damaged or missing file stopping with one line that names it."""
+    try:
+        return load(path)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"eval.py: {path}: {' '.join(str(e).split())}") from None
+
+
+def check_mlm_inputs(model, path, shards, max_len):
+    """The model must read the shards' ids (its own vocabulary, by hash where its folder has the tokenizer
+    files, else by size) and have positions for max_len tokens."""
+    from hf import teacher_tokenizer_file
+    from tokenizer import load_tokenizer, vocab_hash
+    if max_len > model.cfg.max_position:
+        raise SystemExit(f"eval.py: --max-len {max_len} is more than the {model.cfg.max_position} positions "
+                         f"of {path}")
+    vocab = teacher_tokenizer_file(path)
+    if model.cfg.vocab_size != shards.vocab_size or (
+            vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]):
+        raise SystemExit(f"eval.py: {path} was not trained with the vocabulary of {shards.folder} (its "
+                         f"{vocab.name if vocab else 'vocab_size'} differs): prepare the data with its "
+                         f"vocabulary")
 
 
 def read_results(paths) -> list:

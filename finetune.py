@@ -114,6 +114,9 @@ def read_glue(task, folder, split) -> list:
         for key in ("text_a", "text_b"):
             if spec[key] is not None and spec[key] not in col:
                 raise ValueError(f"{path}: no column {spec[key]!r} in the header {list(col)}")
+        if spec["label"] not in col and not split.startswith("test"):  # only test sets come unlabelled
+            raise ValueError(f"{path}: no column {spec['label']!r} in the header {list(col)}: a {split} file "
+                             f"needs its labels")
         wanted = [col[spec[k]] for k in ("text_a", "text_b") if spec[k] is not None]
         if spec["label"] in col:  # test sets have none
             wanted.append(col[spec["label"]])
@@ -133,6 +136,8 @@ def read_glue(task, folder, split) -> list:
                 label = _label(value, spec, f"{path}, line {rows.line_num}")
             text_b = row[col[spec["text_b"]]] if spec["text_b"] else None
             out.append(Example(row[col[spec["text_a"]]], text_b, label))
+    if not out:
+        raise ValueError(f"{path}: no examples (a header and nothing else)")
     if skipped:
         print(f"{path}: skipped {len(skipped)} rows with missing columns (lines {', '.join(map(str, skipped[:5]))}"
               f"{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
@@ -622,6 +627,8 @@ class FinetuneConfig:
                   "warmup": 0 <= self.warmup < 1, "alpha": 0 <= self.alpha <= 1,
                   "temperature": self.temperature > 0,
                   "max_steps": self.max_steps is None or self.max_steps > 0, "max_len": self.max_len >= 0,
+                  "train_limit": self.train_limit is None or self.train_limit > 0,
+                  "eval_limit": self.eval_limit is None or self.eval_limit > 0,
                   "dtype": self.dtype in ("auto", "float32", "bfloat16")}
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
@@ -811,9 +818,11 @@ def run(cfg: FinetuneConfig) -> dict:
         raise ValueError("--model is required (a Hugging Face folder, e.g. one exported by train.py)")
     name, _ = task_spec(cfg.task)
     tokenizer = load_tokenizer(cfg.vocab or cfg.model)
+    check_vocabulary(load_encoder(cfg.model), tokenizer, f"--model={cfg.model}", cfg.vocab or cfg.model)
     train, score, head = load_task(cfg, tokenizer)
     if cfg.teacher:  # task distillation: the teacher's logits, once per training example, for every seed
         teacher = load_finetuned(find_teacher(cfg.teacher, name))
+        check_vocabulary(teacher.encoder, tokenizer, f"--teacher={cfg.teacher}", cfg.vocab or cfg.model)
         with autocast(cfg.dtype, pick_device(cfg.device)):
             train = {**train, "teacher_logits": predict(teacher, train, cfg.eval_batch_size, cfg.device)}
         del teacher
@@ -845,6 +854,14 @@ def run(cfg: FinetuneConfig) -> dict:
     if cfg.out:
         write_json(result, Path(cfg.out) / f"{model_name}-{name}.json")
     return result
+
+
+def check_vocabulary(encoder, tokenizer, what, source):
+    """The ids the tokenizer gives must be the rows of the encoder's embeddings: a larger vocabulary would
+    index past them, a smaller one would run silently on the wrong rows."""
+    if encoder.cfg.vocab_size != tokenizer.get_vocab_size():
+        raise ValueError(f"{what} has a vocabulary of {encoder.cfg.vocab_size} tokens, the tokenizer of "
+                         f"{source} {tokenizer.get_vocab_size()}: give the --vocab it was trained with")
 
 
 def find_teacher(path, task) -> Path:

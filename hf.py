@@ -201,6 +201,27 @@ def verify_manifest(folder: Path):
                              f"edited on purpose, delete {MANIFEST})")
 
 
+HF_KEYS = {  # BertConfig's names -> the config.json keys they are read from (for error messages)
+    "bert": {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+             "max_position": "max_position_embeddings", "pad_token_id": "pad_token_id"},
+    "distilbert": {"hidden_size": "dim", "num_layers": "n_layers", "num_heads": "n_heads",
+                   "intermediate_size": "hidden_dim", "max_position": "max_position_embeddings"},
+}
+
+
+def read_config(path: Path) -> dict:
+    """A config.json as a dict; invalid JSON, or JSON that is not an object, is a ValueError naming the file."""
+    try:
+        c = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (damaged?)") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(c, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, found a {type(c).__name__}")
+    return c
+
+
 def config_from_hf(c: dict, where) -> tuple:
     kind = c.get("model_type") or ("distilbert" if "dim" in c else "bert")
     try:
@@ -234,6 +255,11 @@ def config_from_hf(c: dict, where) -> tuple:
             raise ValueError(f"{where}: model_type={kind!r}: expected 'bert' or 'distilbert'")
     except KeyError as e:
         raise ValueError(f"{where}: missing key {e.args[0]!r}") from None
+    except (ValueError, TypeError) as e:  # BertConfig's own checks: a value of the wrong type or range
+        if str(e).startswith(str(where)):
+            raise
+        key, _, rest = str(e).partition("=")
+        raise ValueError(f"{where}: {HF_KEYS[kind].get(key, key)}={rest}") from None
     return cfg, kind
 
 
@@ -371,7 +397,7 @@ def load_pretrained(cls, path, map_location="cpu"):
     name such as "bert-base-uncased". Reads BertForMaskedLM, BertForPreTraining, BertModel,
     DistilBertForMaskedLM and DistilBertModel checkpoints. Returns the model in eval mode."""
     folder = resolve_checkpoint(path)
-    hf_cfg = json.loads((folder / "config.json").read_text())
+    hf_cfg = read_config(folder / "config.json")
     cfg, kind = config_from_hf(hf_cfg, folder / "config.json")
     ours, dropped, head_missing = convert_from_hf(read_state_dict(folder, map_location), kind)
     model = cls(replace(cfg, pooler="pooler.weight" in ours))

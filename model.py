@@ -44,6 +44,11 @@ class BertConfig:
     sps_swap: bool = True
 
     def __post_init__(self):
+        sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position")
+        for key in (*sizes, "type_vocab_size", "pad_token_id"):
+            value = getattr(self, key)
+            if type(value) is not int or value < (1 if key in sizes else 0):
+                raise ValueError(f"{key}={value!r}: expected an integer >= {1 if key in sizes else 0}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                              f"num_heads={self.num_heads}")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import common
 from common import one_line, sha256 as sha256_file, write_atomic
-from data import FORMAT, FORMAT_VERSION
+from data import FORMAT, FORMAT_VERSION, token_dtype
 from tokenizer import load_tokenizer, special_ids, tokenizer_file, train_wordpiece, vocab_hash
 
 PARTIAL = ".data.py-partial"  # in a folder data.py is still writing (so that a crash leaves it recognisable)
@@ -235,11 +235,6 @@ def _documents(source):
 
 
 # ------------------------------------------------------------------------------------------------- 2. prepare
-
-def token_dtype(vocab_size):
-    """Shards store ids as uint16 when the vocabulary has fewer than 65536 entries, else uint32."""
-    return np.dtype(np.uint16) if vocab_size < 1 << 16 else np.dtype(np.uint32)
-
 
 def _encode_batch(tokenizer, docs, dtype):
     """Encode documents in parallel (Rust, all cores), no special tokens -> (flat ids as dtype, length per

@@ -42,10 +42,16 @@ def load_tokenizer(path):
     do_lower_case=True: single = [CLS] A [SEP], pair = [CLS] A [SEP] B [SEP] with token type ids 0 / 1."""
     path = tokenizer_file(path)
     if path.suffix == ".json":
-        return Tokenizer.from_file(str(path))
-    with open(path, encoding="utf-8") as f:
-        # a repeated token keeps its last id, like BERT
-        vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust parser's error: a damaged or foreign file
+            raise ValueError(f"{path}: not a readable tokenizer.json ({' '.join(str(e).split())[:160]})") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            # a repeated token keeps its last id, like BERT
+            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 vocab.txt (damaged?)") from None
     tok = bert_pipeline(Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##",
                                                     max_input_chars_per_word=100)))
     # "[MASK]" in text stays one token

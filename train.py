@@ -511,10 +511,19 @@ def evaluate(model, shards, cfg, device):
                     max_batches=cfg.eval_batches)
 
 
+def main(argv):
+    cfg = parse_args(argv)
+    try:
+        if cfg.preset == "quickstart":
+            from quickstart import quickstart
+            quickstart(cfg)
+        else:
+            train(cfg)
+    except OSError as e:  # a file system that fails under the run (full, gone read-only): one line, no traceback
+        where = e.filename or cfg.out_dir
+        raise SystemExit(f"{where}: {e.strerror or e}; the checkpoints already in {cfg.out_dir} are intact "
+                         f"(--resume=true continues from the newest)") from None
+
+
 if __name__ == "__main__":
-    cfg = parse_args(sys.argv[1:])
-    if cfg.preset == "quickstart":
-        from quickstart import quickstart
-        quickstart(cfg)
-    else:
-        train(cfg)
+    main(sys.argv[1:])

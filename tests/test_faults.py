@@ -215,3 +215,225 @@ def test_every_commit_is_fsynced_file_and_folder(tmp_path, monkeypatch):
         (folder / "x.bin").write_bytes(b"1")
     common.write_atomic(tmp_path / "model", fill, folder=True)
     assert any(p.endswith("x.bin") for p in synced) and synced[-1] == str(tmp_path)
+
+
+# ------------------------------------------------------------------------------------- a file system that fails
+
+def mount_tmpfs(path, options):
+    """A small tmpfs at path (root only, where the sandbox allows mounts): a real file system that fills up or
+    is read-only. Returns False where it cannot be mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def unmount(path):
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def limit_file_size(nbytes):
+    """For a child process: writes past nbytes fail with EFBIG (a real error from the kernel, not a mock)."""
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return set_limit
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_what_was_written(setup, tmp_path):
+    """Before: the real torch.save raised RuntimeError on a full disk (the earlier test mocked an OSError), about
+    40 lines of traceback. A 160 KB tmpfs holds the metrics but not a checkpoint of the tiny student (~330 KB);
+    where no tmpfs can be mounted, a file-size limit makes the same write fail for real."""
+    root, _ = setup
+    disk = tmp_path / "disk"
+    mounted = mount_tmpfs(disk, "size=160k")
+    try:
+        out = disk / "run"
+        done = subprocess.run([sys.executable, "train.py", *args(root, out, max_steps=2)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300,
+                              preexec_fn=None if mounted else limit_file_size(160_000))
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+        assert "ckpt-0000002.pt: checkpoint not written" in lines[0] and "bytes free" in lines[0]
+        assert [r["step"] for r in rows(out / "metrics.jsonl") if "total" in r] == [1, 2]
+        assert ckpt_names(out) == []  # no temporary left to keep the disk full
+    finally:
+        if mounted:
+            unmount(disk)
+
+
+def test_an_out_dir_that_cannot_be_written_is_one_line(setup, tmp_path):
+    root, _ = setup
+    (tmp_path / "a-file").write_text("mine")
+    ro = tmp_path / "ro"
+    targets = {tmp_path / "a-file": "is a file, not a folder", tmp_path / "a-file" / "run": "Not a directory"}
+    if mount_tmpfs(ro, "size=1m,ro"):
+        targets[ro / "run"] = "Read-only file system"
+    elif os.geteuid() != 0:
+        ro.mkdir()
+        ro.chmod(0o555)
+        targets[ro / "run"] = "Permission denied"
+    assert len(targets) == 3, "neither a read-only tmpfs nor a read-only folder could be made here"
+    try:
+        for out, why in targets.items():
+            done = subprocess.run([sys.executable, "train.py", *args(root, out, max_steps=1)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr[-1500:]
+            assert why in done.stderr and str(out) in done.stderr
+        assert (tmp_path / "a-file").read_text() == "mine"
+    finally:
+        unmount(ro)
+
+
+# ------------------------------------------------------------------------------- bad files, one line naming them
+
+def one_line_error(argv, match):
+    """A command line that must stop with exit code 1 and one line on stderr that matches."""
+    done = subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and err and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert __import__("re").search(match, err[-1]), err[-1]
+    return err[-1]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(setup, tmp_path_factory):
+    """A model folder and GLUE-layout files that work, for the bad variants made from them."""
+    from model import Bert, BertConfig
+    root, data = setup
+    base = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    model = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
+                            intermediate_size=64, max_position=64))
+    model.save_pretrained(base / "model", tokenizer_files=[root / "data" / "vocab.txt"])
+    glue = base / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    lines = "".join(f"the cat sat on mat {i}\t{i % 2}\n" for i in range(24))
+    (glue / "train.tsv").write_text("sentence\tlabel\n" + lines)
+    (glue / "dev.tsv").write_text("sentence\tlabel\n" + lines[:8 * 22])
+    return base
+
+
+def model_variant(base, name, edit):
+    import shutil
+    folder = base / name
+    if not folder.exists():
+        shutil.copytree(base / "model", folder)
+        edit(folder)
+        from hf import write_manifest
+        write_manifest(folder)  # an edit made on purpose, not damage: the checksums agree with it
+    return folder
+
+
+CONFIG_EDITS = {
+    "invalid-json": (lambda c: '{"model_type": "bert",\n', r"config.json: not valid JSON"),
+    "list": (lambda c: "[1, 2]", r"config.json: expected a JSON object of settings, found a list"),
+    "zero-heads": (lambda c: json.dumps({**c, "num_attention_heads": 0}), r"num_attention_heads=0: expected an "
+                                                                         r"integer >= 1"),
+    "string-size": (lambda c: json.dumps({**c, "hidden_size": "64"}), r"hidden_size='64': expected an integer"),
+}
+
+
+@pytest.mark.parametrize("edit", CONFIG_EDITS)
+def test_a_bad_config_json_is_one_line_naming_the_file_and_key(setup, bad_inputs, edit):
+    root, _ = setup
+    make, match = CONFIG_EDITS[edit]
+
+    def write(folder):
+        c = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(make(c))
+    folder = model_variant(bad_inputs, f"cfg-{edit}", write)
+    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={folder}",
+                    "--dtype=float32"], rf"{folder / 'config.json'}: .*" if edit in ("invalid-json", "list")
+                   else rf"{folder / 'config.json'}: {match}")
+    one_line_error(["train.py", *args(root, bad_inputs / f"out-{edit}", teacher=folder)], match)
+
+
+def test_a_damaged_tokenizer_json_is_one_line_naming_the_file(setup, bad_inputs, tmp_path):
+    root, _ = setup
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text('{"version": "1.0", "trunc')
+    one_line_error(["prepare.py", root / "corpus.txt" if (root / "corpus.txt").exists() else bad_inputs,
+                    "--vocab", bad, "--out", tmp_path / "out"], rf"{bad}: not a readable tokenizer.json")
+    folder = model_variant(bad_inputs, "bad-tokenizer",
+                           lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "trunc'))
+    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={folder}",
+                    "--dtype=float32"], rf"{folder / 'tokenizer.json'}: not a readable tokenizer.json")
+
+
+GLUE_FAULTS = {  # what the file holds -> the one line expected
+    "train without labels": ("train", "sentence\nthe cat\nthe dog\n", r"train.tsv: no column 'label'"),
+    "dev without labels": ("dev", "sentence\nthe cat\nthe dog\n", r"dev.tsv: no column 'label'"),
+    "header-only dev": ("dev", "sentence\tlabel\n", r"dev.tsv: no examples"),
+}
+
+
+@pytest.mark.parametrize("fault", GLUE_FAULTS)
+def test_bad_task_files_are_one_line(bad_inputs, tmp_path, fault):
+    import shutil
+    split, text, match = GLUE_FAULTS[fault]
+    shutil.copytree(bad_inputs / "glue", tmp_path / "glue")
+    (tmp_path / "glue" / "SST-2" / f"{split}.tsv").write_text(text)
+    one_line_error(["finetune.py", "--task=SST-2", f"--data={tmp_path / 'glue'}",
+                    f"--model={bad_inputs / 'model'}", "--dtype=float32"], match)
+
+
+@pytest.mark.parametrize("limit", ["--eval_limit=0", "--train_limit=0", "--train_limit=-5"])
+def test_limits_below_one_are_refused(bad_inputs, limit):
+    """Before: --train_limit=-5 silently kept 59 of 64 rows, --train_limit=0 all of them, --eval_limit=0 gave
+    a 23-line traceback."""
+    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}",
+                    f"--model={bad_inputs / 'model'}", "--dtype=float32", limit], rf"invalid {limit[2:]}")
+
+
+@pytest.mark.parametrize("size", [250, 100])
+def test_a_model_or_teacher_of_another_vocabulary_is_refused(setup, bad_inputs, tmp_path, size):
+    """Before: a --teacher of a larger vocabulary distilled silently, a smaller one raised IndexError."""
+    from model import Bert, BertConfig
+    root, _ = setup
+    other = Bert(BertConfig(vocab_size=size, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                            max_position=64))
+    other.save_pretrained(tmp_path / "other")
+    vocab = root / "data" / "vocab.txt"
+    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={tmp_path / 'other'}",
+                    f"--vocab={vocab}", "--dtype=float32"], rf"has a vocabulary of {size} tokens")
+    import finetune as ft
+    from tokenizer import load_tokenizer
+    teacher = ft.Classifier(other, 2, "distilbert")
+    with pytest.raises(ValueError, match=rf"--teacher=T has a vocabulary of {size} tokens"):
+        ft.check_vocabulary(teacher.encoder, load_tokenizer(vocab), "--teacher=T", vocab)
+
+
+@pytest.mark.parametrize("edit", ["mask", "vocab_size"])
+def test_edited_meta_json_values_are_checked_against_the_data(setup, tmp_path, edit):
+    """Before: "mask": 4 -> 5 or another vocab_size in meta.json (checksums cover the files, not the values)
+    trained silently."""
+    import shutil
+    from data import TokenData
+    root, _ = setup
+    folder = tmp_path / "data"
+    shutil.copytree(root / "data", folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    if edit == "mask":
+        meta["special_ids"]["mask"] += 1
+    else:
+        meta["vocab_size"] += 7
+    (folder / "meta.json").write_text(json.dumps(meta))
+    key = {"mask": "special_ids.mask", "vocab_size": "vocab_size"}[edit]
+    with pytest.raises(ValueError, match=rf"meta.json: {key} is .* but vocab.txt says"):
+        TokenData(folder)
+    one_line_error(["train.py", *args(root, tmp_path / "out", data=folder)], rf"{key} is ")
+
+
+def test_eval_mlm_refuses_too_long_sequences_and_another_vocabulary(setup, bad_inputs, tmp_path):
+    root, _ = setup
+    model = bad_inputs / "model"
+    one_line_error(["eval.py", "mlm", "--model", model, "--data", root / "data", "--max-len", "100"],
+                   r"--max-len 100 is more than the 64 positions")
+    corpus = tmp_path / "other.txt"  # a vocabulary of the same size, trained on other text
+    corpus.write_text("\n\n".join(f"zebra quantum {i} xylophone jungle marmalade vortex" * 3 for i in range(200)))
+    prepare.prepare([corpus], tmp_path / "other", vocab_size=200)
+    from data import TokenData
+    assert TokenData(tmp_path / "other").vocab_size == TokenData(root / "data").vocab_size
+    one_line_error(["eval.py", "mlm", "--model", model, "--data", tmp_path / "other", "--max-len", "64"],
+                   r"was not trained with the vocabulary")
