@@ -299,8 +299,8 @@ def resume(run):
     elif earlier_outputs(out_dir):
         names = ", ".join(p.name for p in earlier_outputs(out_dir)[:4])
         raise SystemExit(f"{out_dir} holds an earlier run's outputs ({names}) and no checkpoint to resume: "
-                         f"--restart=true moves them aside into {out_dir}/earlier-N and starts fresh (nothing "
-                         f"is deleted), or choose another --out_dir")
+                         f"--restart=true moves them aside into {out_dir}/earlier-N and starts fresh "
+                         f"(nothing is deleted), or choose another --out_dir")
     elif cfg.resume:
         run.say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
     if run.ddp:

@@ -284,7 +284,8 @@ class TokenData:
                   *((f"special_ids.{k}", meta["special_ids"].get(k), tok.token_to_id(t), vocab.name)
                     for k, t in SPECIAL_TOKENS.items()),
                   ("vocab_size", meta["vocab_size"], len(self.counts), "counts.npy"),
-                  ("splits.train.tokens", meta["splits"]["train"]["tokens"], int(self.counts.sum()), "counts.npy")]
+                  ("splits.train.tokens", meta["splits"]["train"]["tokens"], int(self.counts.sum()),
+                   "counts.npy")]
         bad = [f"{key} is {claim!r} but {source} says {actual!r}" for key, claim, actual, source in checks
                if claim != actual]
         if bad:

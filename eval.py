@@ -401,7 +401,8 @@ def parser():
     m.add_argument("--model", required=True, nargs="+", help="Hugging Face folder(s)")
     m.add_argument("--data", required=True, help="a folder prepared by prepare.py")
     m.add_argument("--split", default="valid")
-    m.add_argument("--max-len", type=int, default=128)
+    m.add_argument("--max-len", type=int, help="tokens per sequence (default: 128, or the model's positions when "
+                   "fewer)")
     m.add_argument("--batch-size", type=int, default=32)
     m.add_argument("--seed", type=int, default=1234)
     m.add_argument("--max-batches", type=int)
@@ -433,8 +434,9 @@ def main(argv=None):
         shards, out = open_or_exit(TokenData, a.data), {}
         for path in a.model:
             model = open_or_exit(load_encoder, path)
-            check_mlm_inputs(model, path, shards, a.max_len)
-            out[path] = mlm_eval(model, shards, a.split, a.max_len, a.batch_size, a.seed, a.max_batches)
+            max_len = a.max_len or min(128, model.cfg.max_position)
+            check_mlm_inputs(model, path, shards, max_len)
+            out[path] = mlm_eval(model, shards, a.split, max_len, a.batch_size, a.seed, a.max_batches)
             print(json.dumps({path: out[path]}))
         if a.out:
             write_json(out, a.out)

@@ -210,7 +210,7 @@ HF_KEYS = {  # BertConfig's names -> the config.json keys they are read from (fo
 
 
 def read_config(path: Path) -> dict:
-    """A config.json as a dict; invalid JSON, or JSON that is not an object, is a ValueError naming the file."""
+    """A config.json as a dict; invalid JSON, or JSON that is not an object: a ValueError naming the file."""
     try:
         c = json.loads(Path(path).read_text())
     except UnicodeDecodeError:

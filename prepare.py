@@ -319,8 +319,8 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     inputs_hash = hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
     _check_not_an_input(out_dir, files, inputs)
     with _prepare_lock(out_dir):  # a second prepare.py on the same --out waits for none: it is refused
-        return _prepare_locked(out_dir, tmp, old, sources, settings, inputs_hash, tokenizer, vocab, vocab_size,
-                               valid_fraction, shard_tokens, batch_docs, seed, overwrite)
+        return _prepare_locked(out_dir, tmp, old, sources, settings, inputs_hash, tokenizer, vocab,
+                               vocab_size, valid_fraction, shard_tokens, batch_docs, seed, overwrite)
 
 
 def _prepare_locked(out_dir, tmp, old, sources, settings, inputs_hash, tokenizer, vocab, vocab_size,
@@ -393,9 +393,9 @@ def _remove_stale(folder):
 
 
 def _recover_old(old, out_dir):
-    """'.<out>.old' is where an --overwrite sets the previous folder aside for the moment of the rename: after a
-    kill in that moment it is put back when <out> is missing, and removed when <out> is there (it was on its
-    way out) and it is a folder data.py made; anything else of that name is left alone."""
+    """'.<out>.old' is where an --overwrite sets the previous folder aside for the moment of the rename: after
+    a kill in that moment it is put back when <out> is missing, and removed when <out> is there (it was on
+    its way out) and it is a folder data.py made; anything else of that name is left alone."""
     if not old.is_dir() or _own_meta(old) is None:
         return
     if not out_dir.exists():
@@ -411,8 +411,8 @@ def _prepare_lock(out_dir):
     killed run is no obstacle, and a second prepare.py on the same --out is refused in one line."""
     path = out_dir.with_name(f".{out_dir.name}.lock")
     return common.exclusive_lock(path, lambda holder: FileExistsError(
-        f"{path}: another prepare.py is writing {out_dir} ({holder}); wait for it to finish or choose another "
-        f"--out"), remove=True)
+        f"{path}: another prepare.py is writing {out_dir} ({holder}); wait for it to finish or choose "
+        f"another --out"), remove=True)
 
 
 def _check_not_an_input(out_dir, files, inputs):

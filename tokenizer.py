@@ -45,7 +45,8 @@ def load_tokenizer(path):
         try:
             return Tokenizer.from_file(str(path))
         except Exception as e:  # the Rust parser's error: a damaged or foreign file
-            raise ValueError(f"{path}: not a readable tokenizer.json ({' '.join(str(e).split())[:160]})") from None
+            why = " ".join(str(e).split())[:160]
+            raise ValueError(f"{path}: not a readable tokenizer.json ({why})") from None
     try:
         with open(path, encoding="utf-8") as f:
             # a repeated token keeps its last id, like BERT

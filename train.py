@@ -519,7 +519,7 @@ def main(argv):
             quickstart(cfg)
         else:
             train(cfg)
-    except OSError as e:  # a file system that fails under the run (full, gone read-only): one line, no traceback
+    except OSError as e:  # a file system failing under the run (full, read-only): one line, no traceback
         where = e.filename or cfg.out_dir
         raise SystemExit(f"{where}: {e.strerror or e}; the checkpoints already in {cfg.out_dir} are intact "
                          f"(--resume=true continues from the newest)") from None

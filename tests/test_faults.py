@@ -140,9 +140,10 @@ def test_prepare_puts_back_a_folder_set_aside_by_an_interrupted_overwrite(tmp_pa
     corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog and the bird." for i in range(40)))
     out = tmp_path / "out"
     meta = prepare.prepare([corpus], out, vocab_size=120)
+    (out / "marker").write_text("the folder itself, not a new one")
     out.rename(tmp_path / ".out.old")
     assert prepare.prepare([corpus], out, vocab_size=120)["inputs_hash"] == meta["inputs_hash"]
-    assert not (tmp_path / ".out.old").exists() and (out / "meta.json").is_file()
+    assert not (tmp_path / ".out.old").exists() and (out / "marker").is_file()  # put back, not rebuilt
 
 
 # ------------------------------------------------------------------------------------------------ and the others
