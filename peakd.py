@@ -178,7 +178,10 @@ def pkd_layer_map(student_depth: int, teacher_depth: int, strategy: str = "skip"
 
 
 def cls_states(hidden_states, layers) -> torch.Tensor:
-    """The [CLS] vectors of the chosen layers, stacked: (B, len(layers), hidden)."""
+    """The [CLS] vectors of the chosen layers, stacked: (B, len(layers), hidden); (B, 0, hidden) for none (a
+    1-layer student has no intermediate layer to match)."""
+    if not layers:
+        return hidden_states[0][:, :0]
     return torch.stack([hidden_states[i][:, 0] for i in layers], dim=1)
 
 
@@ -300,8 +303,9 @@ def init_student(teacher, pretrained, args, sps=True) -> Bert:
 
 def train_student(teacher, train, t_logits, t_cls, ptp_y, args, kd=True, sps=True, ptp=True, pretrained=None):
     """One student (init_student), optionally pretrained with PTP (for args.ptp_epochs more), then trained on
-    the task for args.epochs with Patient-KD (kd=True) or with cross-entropy alone (kd=False). Every student
-    starts from the same seed."""
+    the task for args.epochs with Patient-KD (kd=True) or with cross-entropy alone (kd=False: plain
+    fine-tuning, the reference's alpha 0; the teacher's outputs are then not handed to fit, which would
+    otherwise distil from them). Every student starts from the same seed."""
     cfg = student_config(args)
     torch.manual_seed(args.seed)
     student = init_student(teacher, pretrained, args, sps)
@@ -310,8 +314,11 @@ def train_student(teacher, train, t_logits, t_cls, ptp_y, args, kd=True, sps=Tru
     model = Classifier(student, t_logits.size(1))
     depth = len(student.schedule)
     layer_map = pkd_layer_map(depth, teacher.encoder.cfg.num_layers, args.layer_map)
-    loss_fn = pkd_loss_fn(layer_map, args.alpha, args.T, args.beta) if kd else None
-    fit(model, {**train, "teacher_logits": t_logits, "teacher_cls": t_cls}, cfg, loss_fn=loss_fn)
+    if kd:
+        fit(model, {**train, "teacher_logits": t_logits, "teacher_cls": t_cls}, cfg,
+            loss_fn=pkd_loss_fn(layer_map, args.alpha, args.T, args.beta))
+    else:
+        fit(model, train, cfg)  # the task's cross-entropy alone
     return model, layer_map
 
 

@@ -343,3 +343,36 @@ def test_student_starts_from_the_pretrained_bert_not_the_finetuned_teacher(tmp_p
         assert torch.equal(p, dict(pretrained.layers.named_parameters())[name]), name
     assert torch.equal(student.emb.word.weight, pretrained.emb.word.weight)
     assert not torch.equal(student.layers[0].qkv.weight, teacher.encoder.layers[0].qkv.weight)
+
+
+def test_ft_row_is_plain_finetuning_and_learns(tmp_path):
+    """Before: the "FT" row handed the teacher's logits to fit, whose default loss then distilled from them
+    (alpha 0.5, T 2): every "minus FT" delta was against a distilled student. FT must equal plain fine-tuning
+    of the same student (finetune.fit without a teacher), and leave the majority class on a task it can learn;
+    a 1-layer student (no intermediate layer to match) trains under KD too (it crashed in torch.stack)."""
+    import argparse
+    import finetune as ft
+    import peakd
+    glue, vocab, teacher_dir = tiny_task(tmp_path)
+    from tokenizer import load_tokenizer
+    tok = load_tokenizer(vocab)
+    train, dev, _ = peakd.load_data("SST-2", glue, tok, max_len=16)
+    torch.manual_seed(0)
+    teacher = ft.Classifier(Bert.from_pretrained(teacher_dir), 2, "distilbert")
+    t_logits, t_cls = peakd.teacher_outputs(teacher, train)
+    args = argparse.Namespace(lr=3e-3, batch_size=16, epochs=6.0, max_steps=None, seed=0, log_every=0,
+                              student_layers=2, init="first", arch="bert", sps="auto", no_swap=False,
+                              layer_map="skip", alpha=0.7, T=10.0, beta=100.0, ptp_epochs=1.0)
+    ft_model, _ = peakd.train_student(teacher, train, t_logits, t_cls, None, args, kd=False, sps=False, ptp=False,
+                                      pretrained=teacher.encoder)
+    torch.manual_seed(args.seed)
+    alone = ft.Classifier(peakd.init_student(teacher, teacher.encoder, args, sps=False), 2)
+    ft.fit(alone, train, peakd.student_config(args))
+    for (name, p), q in zip(ft_model.named_parameters(), alone.parameters()):
+        assert torch.equal(p, q), name
+    majority = max(dev["labels"].float().mean().item(), 1 - dev["labels"].float().mean().item())
+    assert peakd.scored("SST-2", ft_model, dev)["accuracy"] >= majority + 0.1
+    one = argparse.Namespace(**{**vars(args), "student_layers": 1, "max_steps": 2})
+    model, layer_map = peakd.train_student(teacher, train, t_logits, t_cls, None, one, kd=True, sps=False,
+                                           ptp=False, pretrained=teacher.encoder)
+    assert layer_map == [] and all(torch.isfinite(p).all() for p in model.parameters())
