@@ -267,9 +267,43 @@ def test_read_imdb_and_squad(tmp_path):
     write(tmp_path / "aclImdb" / "test" / "pos" / "0_9.txt", "Great.<br /><br />Loved it")
     write(tmp_path / "aclImdb" / "test" / "neg" / "1_2.txt", "Awful")
     ex = ft.read_imdb(tmp_path / "aclImdb", "test")
-    assert [(e.text_a, e.label) for e in ex] == [("Awful", 0), ("Great.  Loved it", 1)]
+    assert sorted((e.text_a, e.label) for e in ex) == [("Awful", 0), ("Great.  Loved it", 1)]
     with pytest.raises(FileNotFoundError, match="train"):
         ft.read_imdb(tmp_path / "aclImdb", "train")
+
+
+def test_read_imdb_from_the_release_tarball_or_its_folder_and_bad_layouts(tmp_path):
+    """The shared data holds IMDb as the release tarball: read as it is (never extracted), from its path or
+    its folder, with the same examples as the extracted folder, in a fixed order whose prefix is balanced."""
+    import tarfile
+    for split in ("train", "test"):
+        for sub, label in (("pos", 1), ("neg", 0)):
+            for i in range(6):
+                write(tmp_path / "x" / "aclImdb" / split / sub / f"{i}_{7 if label else 2}.txt",
+                      f"{split} {sub} review {i}<br />end")
+    (tmp_path / "imdb").mkdir()
+    with tarfile.open(tmp_path / "imdb" / "aclImdb.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "x" / "aclImdb", arcname="aclImdb")
+    folder = ft.read_imdb(tmp_path / "x" / "aclImdb", "test")
+    for source in (tmp_path / "imdb" / "aclImdb.tar.gz", tmp_path / "imdb", tmp_path / "x"):
+        got = ft.read_imdb(source, "test")
+        assert [(e.text_a, e.label) for e in got] == [(e.text_a, e.label) for e in folder], source
+    assert sorted(e.text_a for e in folder) == sorted(f"test {s} review {i} end" for s in ("pos", "neg")
+                                                      for i in range(6))
+    assert 1 <= sum(e.label for e in folder[:4]) <= 3  # the first four are not one class
+    import shutil
+    shutil.rmtree(tmp_path / "x" / "aclImdb" / "test" / "neg")
+    (tmp_path / "x" / "aclImdb" / "test" / "neg").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no reviews in test/neg/"):
+        ft.read_imdb(tmp_path / "x", "test")
+    with pytest.raises(FileNotFoundError, match=r"no test/ folder of the aclImdb layout"):
+        ft.read_imdb(tmp_path / "nothing-here", "test")
+    (tmp_path / "bad.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(ValueError, match=r"bad.tar.gz: not a readable tarball"):
+        ft.read_imdb(tmp_path / "bad.tar.gz", "test")
+
+
+def test_read_squad(tmp_path):
     doc = {"data": [{"title": "t", "paragraphs": [{"context": "The cat sat.", "qas": [
         {"id": "a1", "question": "Who sat?", "answers": [{"text": "cat", "answer_start": 4},
                                                          {"text": "The cat", "answer_start": 0}]}]}]}]}
