@@ -901,13 +901,15 @@ def find_teacher(path, task) -> Path:
     candidates."""
     path = Path(path)
     if path.is_file() and path.suffix == ".json":
-        runs = [r for r in json.loads(path.read_text()).get("runs", []) if r.get("path")]
+        result = json.loads(path.read_text())
+        runs = [r for r in result.get("runs", []) if r.get("path")]
         if not runs:
             raise ValueError(f"--teacher={path}: a results file without saved models (run with --out and "
                              f"--save)")
-        first = next(iter(runs[0]["metrics"]))
-        path = Path(sorted(runs, key=lambda r: r["metrics"][first])[len(runs) // 2]["path"])
-        log(f"teacher: {path}, the median run by {first}")
+        first = task_spec(result.get("task", task))[1]["metrics"][0]
+        mid = median_run(runs, first)  # the run the results file reports as its median (median_seed)
+        path = Path(mid["path"])
+        log(f"teacher: {path}, the median run by {first} (seed {mid['seed']})")
     if not (path / "finetune.json").is_file():
         found = sorted(p.parent.name for p in path.parent.glob(f"*-{task}-seed*/finetune.json"))
         hint = f"; fine-tuned {task} models there: {', '.join(found)}" if found else \

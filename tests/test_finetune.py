@@ -563,3 +563,18 @@ def test_teacher_distillation_finds_the_teacher_and_errors_are_one_line(tmp_path
         message = rf"{sts / 'train.tsv'}, line 3: label '{bad}' is not a number from 0 to 5"
         with pytest.raises(ValueError, match=message):
             ft.read_glue("STS-B", sts, "train")
+
+
+def test_find_teacher_takes_the_median_run_the_results_report(tmp_path):
+    """Before: find_teacher took the upper middle of an even number of runs, median_run (the reported
+    median_seed) the lower one, so "(D)" distilled from another seed than the teacher row reported. By hand:
+    accuracies 0.8 (seed 1), 0.6 (seed 2), 0.7 (seed 3), 0.9 (seed 4): the lower middle is 0.7, seed 3."""
+    runs = []
+    for seed, acc in ((1, 0.8), (2, 0.6), (3, 0.7), (4, 0.9)):
+        folder = tmp_path / f"teacher-SST-2-seed{seed}"
+        write(folder / "finetune.json", json.dumps({"task": "SST-2"}))
+        runs.append({"seed": seed, "metrics": {"accuracy": acc}, "path": str(folder)})
+    mid = ft.median_run(runs, "accuracy")
+    results = write(tmp_path / "teacher-SST-2.json", json.dumps({"task": "SST-2", "runs": runs,
+                                                                 "median_seed": mid["seed"]}))
+    assert mid["seed"] == 3 and ft.find_teacher(results, "SST-2") == tmp_path / "teacher-SST-2-seed3"
