@@ -354,16 +354,33 @@ def sst2_transfer(cfg, root, general, table1) -> dict:
     alone = [
         r["per_example"] for r in json.loads((root / "table1" / "distilled-SST-2.json").read_text())["runs"]
     ]
+    same = sst2_same_data(cfg, root, general, table1)
     return {
         "labelled": n_labelled,
         "transfer": len(rest),
         "teacher": teacher_folder(table1, "SST-2"),
         "runs": [{k: v for k, v in r.items() if k != "correct"} for r in runs],
-        "median": float(np.median([r["accuracy"] for r in runs])),
-        "alone_median": table1["medians"]["distilled"]["SST-2"]["accuracy"],
+        "mean": float(np.mean([r["correct"] for r in runs])),  # over seeds and dev sentences, as the delta
+        "alone_mean": float(np.mean(alone)),
         "teacher_accuracy": table1["medians"]["teacher"]["SST-2"]["accuracy"],
         "d_vs_alone": compared(np.mean([r["correct"] for r in runs], 0), np.mean(alone, 0)),
+        "same_data": same,
     }
+
+
+def sst2_same_data(cfg, root, general, table1) -> dict:
+    """The paper's (D) compared one thing at a time: the same labelled sentences, epochs, steps and seeds as
+    Table 1's distilled student fine-tuned alone, with the teacher's soft targets added (finetune --teacher:
+    alpha KL at T plus (1 - alpha) CE), paired over the dev sentences with seed-averaged correctness."""
+    fcfg = finetune_config(cfg, root, task="SST-2", model=general["rows"]["triple loss"]["folder"],
+                           name="distilled-D", out=str(root / "table2"), train_limit=limits(cfg.limits)["SST-2"],
+                           teacher=teacher_folder(table1, "SST-2"))
+    d = finetuned(cfg, root, fcfg)
+    alone = json.loads((root / "table1" / "distilled-SST-2.json").read_text())["runs"]
+    mean = lambda runs: np.mean([r["per_example"] for r in runs], 0)
+    return {"mean": float(mean(d["runs"]).mean()), "alone_mean": float(mean(alone).mean()),
+            "steps_equal": [r["seed"] for r in d["runs"]] == [r["seed"] for r in alone],
+            "d_vs_alone": compared(mean(d["runs"]), mean(alone))}
 
 
 def transfer_loss(fcfg):
@@ -415,15 +432,19 @@ def squad(cfg, root, general) -> dict:
         ),
     )
     per = lambda r, k: [x[k] for x in r["runs"][0]["per_example"]]
+    dev = ft.read_squad(folder / "test-v1.1.json")[: cfg.squad_eval]
+    paragraph = {}  # the questions of one paragraph are not independent: SEs clustered by paragraph
+    groups = torch.tensor([paragraph.setdefault(e.context, len(paragraph)) for e in dev])
     return {
         "rows": {
             n: r["median"] for n, r in (("teacher", teacher), ("student", alone), ("student (D)", distilled))
         },
         "questions": len(per(alone, 0)),
         "train_questions": cfg.squad_train,
+        "paragraphs": len(paragraph),
         "d_vs_alone": {
-            "exact_match": compared(per(distilled, 0), per(alone, 0)),
-            "f1": compared(per(distilled, 1), per(alone, 1)),
+            "exact_match": compared(per(distilled, 0), per(alone, 0), groups),
+            "f1": compared(per(distilled, 1), per(alone, 1), groups),
         },
     }
 
@@ -563,10 +584,16 @@ def table2_md(t) -> str:
     s, q = t["sst2"], t["squad"]
     return "\n".join(
         [
-            f"SST-2 dev accuracy, median of seeds: teacher {pct(s['teacher_accuracy'])}; student fine-tuned "
-            f"on {s['labelled']} labelled sentences {pct(s['alone_median'])}; student (D), the same plus "
-            f"{s['transfer']} sentences labelled by the teacher only, {pct(s['median'])}. (D) minus alone: "
-            f"{signed(s['d_vs_alone'])}.",
+            f"SST-2 dev accuracy, mean over seeds and dev sentences (the paired deltas are of these means; "
+            f"teacher: median of seeds {pct(s['teacher_accuracy'])}):",
+            "",
+            "| student | accuracy | minus fine-tuned alone |",
+            "|---|---|---|",
+            f"| fine-tuned alone on {s['labelled']} labelled sentences | {pct(s['alone_mean'])} | |",
+            f"| (D), the same sentences, epochs and seeds, with the teacher's soft targets | "
+            f"{pct(s['same_data']['mean'])} | {signed(s['same_data']['d_vs_alone'])} |",
+            f"| (D) with a transfer set: the same plus {s['transfer']} sentences labelled by the teacher "
+            f"only, 1 epoch | {pct(s['mean'])} | {signed(s['d_vs_alone'])} |",
             "",
             f"SQuAD v1.1, trained on {q['train_questions']} questions of one dev half, scored on "
             f"{q['questions']} of the other, one seed:",
@@ -575,7 +602,8 @@ def table2_md(t) -> str:
             "|---|---|---|",
             *[f"| {n} | {pct(r['exact_match'])} | {pct(r['f1'])} |" for n, r in q["rows"].items()],
             "",
-            "(D) minus alone, points, paired SE over the questions: "
+            f"(D) minus alone, points, paired SE over the questions clustered by paragraph "
+            f"({q['paragraphs']} paragraphs): "
             f"EM {signed(q['d_vs_alone']['exact_match'])}, F1 {signed(q['d_vs_alone']['f1'])}",
         ]
     )
@@ -636,8 +664,10 @@ def table1_bars(t) -> dict:
 def table2_bars(t) -> dict:
     s, q = t["sst2"], t["squad"]
     return {"SST-2 acc": {"teacher": (100 * s["teacher_accuracy"], 0),
-                          "student": (100 * s["alone_median"], 0),
-                          "student (D)": (100 * s["median"], 100 * s["d_vs_alone"]["se"])},
+                          "student": (100 * s["alone_mean"], 0),
+                          "student (D)": (100 * s["same_data"]["mean"],
+                                          100 * s["same_data"]["d_vs_alone"]["se"]),
+                          "student (D) + transfer": (100 * s["mean"], 100 * s["d_vs_alone"]["se"])},
             "SQuAD EM": {n: (100 * r["exact_match"], 0) for n, r in q["rows"].items()},
             "SQuAD F1": {n: (100 * r["f1"], 0) for n, r in q["rows"].items()}}
 

@@ -2,6 +2,7 @@
 the JSON the stages wrote, verdicts follow from their statistics, and a second run recomputes nothing."""
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,7 +98,20 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
         assert t1["medians"]["distilled"][task][metric] == min(r[metric] for r in runs)
     t2 = results["table2"]
     assert t2["sst2"]["transfer"] > 0 and set(t2["squad"]["rows"]) == {"teacher", "student", "student (D)"}
-    assert t2["squad"]["questions"] == 8
+    assert t2["squad"]["questions"] == 8 and 1 <= t2["squad"]["paragraphs"] <= 8
+    same = t2["sst2"]["same_data"]  # (D) on the same sentences, epochs and seeds as fine-tuning alone
+    assert same["steps_equal"] and same["d_vs_alone"]["delta"] == pytest.approx(same["mean"] - same["alone_mean"])
+    assert t2["sst2"]["d_vs_alone"]["delta"] == pytest.approx(t2["sst2"]["mean"] - t2["sst2"]["alone_mean"])
+    em = t2["squad"]["d_vs_alone"]["exact_match"]  # clustered by paragraph: by hand from the per-question results
+    d = [a[0] - b[0] for a, b in zip(*[json.loads((tmp_path / "table2" / f"{n}-squad.json").read_text())["runs"][0]
+                                      ["per_example"] for n in ("student-D", "student")])]
+    contexts = [e.context for e in R.ft.read_squad(Path(cfg.data) / "squad" / "test-v1.1.json")[:8]]
+    sums = {}
+    for c, x in zip(contexts, d):
+        sums[c] = sums.get(c, 0.0) + x - sum(d) / len(d)
+    G = len(sums)
+    want = (G / max(G - 1, 1) * sum(v * v for v in sums.values())) ** 0.5 / len(d)
+    assert em["se"] == pytest.approx(want) and em["delta"] == pytest.approx(sum(d) / len(d))
     assert {r["model"] for r in results["table3"]["rows"]} == {"teacher", "distilled"}
     p = results["peakd"]["tasks"]
     assert set(p) == {"SST-2", "MRPC", "RTE"}
