@@ -38,7 +38,7 @@ import train
 from common import parse_config, pyplot, save_figure, write_text
 from eval import heldout_hits, paired_difference, size_speed, speed_markdown, verdict
 from hf import resolve_checkpoint
-from model import Bert
+from model import Bert, student_from_teacher
 from quickstart import run_stage
 from tokenizer import load_tokenizer
 
@@ -55,8 +55,11 @@ class ReproduceConfig:
     quick: bool = False  # tiny budgets everywhere: a smoke run of every stage
     seeds: str = "1,2,3"  # fine-tuning seeds of Table 1 and Table 2 (D); the median is reported
     # general distillation: every row trains on the same batches for the same steps (32 x 128 tokens each)
-    teacher_steps: int = 160  # continued MLM training of the teacher (its first head_steps: the head alone)
-    head_steps: int = 20
+    # the teacher's MLM head: head_steps of the head alone on the frozen encoder (all of teacher_steps by
+    # default, so the encoder stays the pretrained one: full MLM training of MiniLM destroys its sentence-pair
+    # skills), then the rest with everything trained
+    teacher_steps: int = 300
+    head_steps: int = 300
     general_steps: int = 50
     draws: int = 3  # independent masks of the held-out split in the MLM comparison
     # fine-tuning (BERT's recipe, shortened: training subsets, 2 epochs)
@@ -80,7 +83,7 @@ QUICK = dict(
     seeds="1,2",
     max_len=64,
     teacher_steps=4,
-    head_steps=2,
+    head_steps=4,
     general_steps=3,
     draws=2,
     epochs=1.0,
@@ -253,12 +256,28 @@ def finetune_config(cfg, root, **changes) -> ft.FinetuneConfig:
     )
 
 
-def models(root, general) -> dict:
+def models(cfg, root, general) -> dict:
+    """Table 1's rows: the pretrained model itself (the teacher's acceptance test: its head must not have
+    changed what the encoder knows), the teacher, the distilled and MLM-only students, and the student right
+    after the layer copy (no general distillation)."""
     return {
+        "original": str(resolve_checkpoint(cfg.teacher)),
         "teacher": str(root / "teacher" / "model"),
         "distilled": general["rows"]["triple loss"]["folder"],
         "MLM-only": general["rows"]["L_mlm alone"]["folder"],
+        "copy-only": copy_only(cfg, root),
     }
+
+
+def copy_only(cfg, root) -> str:
+    """The student right after the layer copy (the teacher's layers cfg.student_layers, token types folded),
+    no general distillation: exported once beside the general stage's rows."""
+    folder = root / "general" / "copy_only" / "student"
+    if not (folder / "config.json").is_file():
+        teacher = Bert.from_pretrained(root / "teacher" / "model")
+        layers = [int(i) for i in cfg.student_layers.split(",")]
+        student_from_teacher(teacher, layers).save_pretrained(folder)
+    return str(folder)
 
 
 def finetuned(cfg, root, fcfg) -> dict:
@@ -274,7 +293,7 @@ def finetuned(cfg, root, fcfg) -> dict:
 
 def table1_stage(cfg, root, general) -> dict:
     out, results = root / "table1", {}
-    for name, folder in models(root, general).items():
+    for name, folder in models(cfg, root, general).items():
         for task in TASKS:
             fcfg = finetune_config(
                 cfg,
@@ -289,23 +308,50 @@ def table1_stage(cfg, root, general) -> dict:
             results.setdefault(name, {})[task] = finetuned(cfg, root, fcfg)
     medians = {name: {task: r["median"] for task, r in tasks.items()} for name, tasks in results.items()}
     scores = {name: ft.glue_score(m) for name, m in medians.items()}
+    first = lambda name, task: medians[name][task][ft.GLUE_TASKS[task]["metrics"][0]]
+    ratio = lambda a, b: a / b if b else float("nan")
+    per_task = {name: {task: ratio(first(name, task), first("teacher", task)) for task in TASKS}
+                for name in medians}
     paired = {}
-    for task in ("SST-2", "MRPC", "RTE"):  # accuracy per example, averaged over seeds: distilled vs MLM-only
-        mean = lambda name: np.mean([r["per_example"] for r in results[name][task]["runs"]], axis=0)
-        paired[task] = compared(mean("distilled"), mean("MLM-only"))
+    for other in ("MLM-only", "copy-only", "original"):
+        a, b = ("teacher", other) if other == "original" else ("distilled", other)
+        paired[f"{a} - {other}"] = {task: paired_task(results, task, a, b, dev_labels(cfg, task))
+                                    for task in TASKS}
     return {
         "medians": medians,
+        "retention_per_task": per_task,
+        "paired": paired,
         "runs": {
             n: {t: [r["metrics"] for r in v["runs"]] for t, v in tasks.items()}
             for n, tasks in results.items()
         },
         "macro": scores,
         "retention": {n: s / scores["teacher"] for n, s in scores.items()},
-        "distilled_vs_mlm_only": paired,
         "seeds": cfg.seeds,
         "limits": limits(cfg.limits),
         "teachers": {task: results["teacher"][task]["runs"] for task in TASKS},
     }
+
+
+def dev_labels(cfg, task):
+    return np.array([e.label for e in ft.read_glue(task, Path(cfg.data) / "glue", "dev")], dtype=float)
+
+
+def paired_task(results, task, a, b, labels, resamples=2000) -> dict:
+    """Model a minus model b on a task's dev set, per example with the predictions averaged over seeds. The
+    classification tasks: accuracy, with the paired SE of the per-example differences (eval.paired_difference).
+    STS-B: Pearson's r, which is not a mean over examples, with the SE of a paired bootstrap over the dev pairs
+    (the same resampled pairs for both models)."""
+    mean = lambda name: np.mean([r["per_example"] for r in results[name][task]["runs"]], axis=0)
+    if ft.GLUE_TASKS[task]["num_labels"] > 1:
+        return compared(mean(a), mean(b))
+    pa, pb = mean(a), mean(b)
+    idx = np.random.default_rng(0).integers(0, len(labels), (resamples, len(labels)))
+    r = lambda pred, i: np.corrcoef(pred[i], labels[i])[0, 1]
+    deltas = [r(pa, i) - r(pb, i) for i in idx]
+    delta, se = r(pa, slice(None)) - r(pb, slice(None)), float(np.nanstd(deltas, ddof=1))
+    return {"delta": float(delta), "se": se, "n": len(labels), "verdict": verdict(delta, se),
+            "metric": "pearson", "bootstrap": resamples}
 
 
 def teacher_folder(table1, task) -> str:
@@ -561,7 +607,8 @@ def metric_cell(task, m) -> str:
 def table1_md(t) -> str:
     lines = [
         f"GLUE dev, median of seeds {t['seeds']}; trained on {t['limits']} examples. "
-        "MRPC F1/acc, STS-B Pearson/Spearman.",
+        "MRPC F1/acc, STS-B Pearson/Spearman. Retention: of the teacher's macro score, and per task of its "
+        "first metric.",
         "",
         "| model | macro | retention | " + " | ".join(TASKS) + " |",
         "|---" * (3 + len(TASKS)) + "|",
@@ -569,14 +616,15 @@ def table1_md(t) -> str:
     for name, m in t["medians"].items():
         lines.append(
             f"| {name} | {pct(t['macro'][name])} | {pct(t['retention'][name])}% | "
-            + " | ".join(metric_cell(task, m[task]) for task in TASKS)
+            + " | ".join(f"{metric_cell(task, m[task])} ({pct(t['retention_per_task'][name][task])}%)"
+                         for task in TASKS)
             + " |"
         )
-    lines += [
-        "",
-        "Distilled minus MLM-only student, accuracy per dev example averaged over the seeds, paired SE: "
-        + "; ".join(f"{task} {signed(p)}" for task, p in t["distilled_vs_mlm_only"].items()),
-    ]
+    lines += ["", "Paired differences, predictions averaged over the seeds (accuracy: paired SE over the dev "
+                  "examples; STS-B: Pearson, SE of a paired bootstrap over the dev pairs), in points:", "",
+              "| difference | " + " | ".join(TASKS) + " |", "|---" * (1 + len(TASKS)) + "|"]
+    for name, per in t["paired"].items():
+        lines.append(f"| {name} | " + " | ".join(signed(per[task]) for task in TASKS) + " |")
     return "\n".join(lines)
 
 

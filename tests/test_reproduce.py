@@ -90,7 +90,20 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
             assert v["verdict"] == verdict(v["delta"], v["se"])
             assert v["delta"] == pytest.approx(row["mlm_acc"] - g["rows"]["triple loss"]["mlm_acc"])
     t1 = results["table1"]
-    assert set(t1["medians"]) == {"teacher", "distilled", "MLM-only"}
+    assert set(t1["medians"]) == {"original", "teacher", "distilled", "MLM-only", "copy-only"}
+    assert set(t1["paired"]) == {"distilled - MLM-only", "distilled - copy-only", "teacher - original"}
+    sts = t1["paired"]["distilled - copy-only"]["STS-B"]  # Pearson, paired bootstrap
+    assert sts["metric"] == "pearson" and sts["se"] > 0
+    import numpy as np
+    mean = lambda n: np.mean([r["per_example"] for r in json.loads(
+        (tmp_path / "table1" / f"{n}-STS-B.json").read_text())["runs"]], 0)
+    gold = [float(line.split("\t")[-1]) for line in (tiny / "glue" / "STS-B" / "dev.tsv").read_text().splitlines()[1:]]
+    by_hand = np.corrcoef(mean("distilled"), gold)[0, 1] - np.corrcoef(mean("copy-only"), gold)[0, 1]
+    assert sts["delta"] == pytest.approx(by_hand)
+    for name, per in t1["retention_per_task"].items():
+        teacher_rte = t1["medians"]["teacher"]["RTE"]["accuracy"]
+        if teacher_rte:
+            assert per["RTE"] == pytest.approx(t1["medians"][name]["RTE"]["accuracy"] / teacher_rte)
     assert set(t1["medians"]["teacher"]) == set(R.TASKS)
     assert t1["retention"]["teacher"] == pytest.approx(1.0)
     for task, runs in t1["runs"]["distilled"].items():  # the median of the 2 seeds is the lower one
