@@ -41,12 +41,24 @@ def tiny_data(root):
         for i in range(n):
             context = sentence(rng, (12, 20))
             answer = context.split()[3]
-            paragraphs.append({"context": context, "qas": [{"id": f"{half}{i}", "question": sentence(rng),
-                                                            "answers": [{"text": answer,
-                                                                         "answer_start": context.index(answer)}]}]})
+            qas = [{"id": f"{half}{i}-{k}", "question": sentence(rng),
+                    "answers": [{"text": answer, "answer_start": context.index(answer)}]}
+                   for k in range(1 if half == "dev" else 2)]  # scored: two questions a paragraph
+            paragraphs.append({"context": context, "qas": qas})
         (root / "squad").mkdir(exist_ok=True)
         (root / "squad" / f"{half}-v1.1.json").write_text(json.dumps({"data": [{"title": "t",
                                                                                 "paragraphs": paragraphs}]}))
+    import tarfile
+    for split in ("train", "test"):  # IMDb as the shared data holds it: the release tarball
+        for sub, label in (("pos", 1), ("neg", 0)):
+            for i in range(12):
+                review = sentence(rng, (8, 20)) + (" good" if label else " bad")
+                path = root / "aclImdb" / split / sub / f"{i}_{7 if label else 3}.txt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(review)
+    (root / "imdb").mkdir()
+    with tarfile.open(root / "imdb" / "aclImdb_v1.tar.gz", "w:gz") as tar:
+        tar.add(root / "aclImdb", arcname="aclImdb")
     text = lambda n: "\n\n".join(" ".join(sentence(rng) + "." for _ in range(8)) for _ in range(n)) + "\n"
     for path, n in (("gutenberg/book.txt", 60), ("wikitext-2/wiki.test.raw", 30), ("tinyshakespeare/input.txt", 30)):
         (root / "corpora" / path).parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +123,10 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
         assert t1["medians"]["distilled"][task][metric] == min(r[metric] for r in runs)
     t2 = results["table2"]
     assert t2["sst2"]["transfer"] > 0 and set(t2["squad"]["rows"]) == {"teacher", "student", "student (D)"}
-    assert t2["squad"]["questions"] == 8 and 1 <= t2["squad"]["paragraphs"] <= 8
+    assert t2["squad"]["questions"] == 8 and t2["squad"]["paragraphs"] == 4
+    im = t2["imdb"]
+    assert im["reviews"] == 8 and set(im["rows"]) == {"teacher", "distilled"}
+    assert im["student_vs_teacher"]["delta"] == pytest.approx(im["rows"]["distilled"] - im["rows"]["teacher"])
     same = t2["sst2"]["same_data"]  # (D) on the same sentences, epochs and seeds as fine-tuning alone
     assert same["steps_equal"] and same["d_vs_alone"]["delta"] == pytest.approx(same["mean"] - same["alone_mean"])
     assert t2["sst2"]["d_vs_alone"]["delta"] == pytest.approx(t2["sst2"]["mean"] - t2["sst2"]["alone_mean"])
@@ -119,6 +134,7 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     d = [a[0] - b[0] for a, b in zip(*[json.loads((tmp_path / "table2" / f"{n}-squad.json").read_text())["runs"][0]
                                       ["per_example"] for n in ("student-D", "student")])]
     contexts = [e.context for e in R.ft.read_squad(Path(cfg.data) / "squad" / "test-v1.1.json")[:8]]
+    assert len(set(contexts)) == 4  # so that the clustering matters
     sums = {}
     for c, x in zip(contexts, d):
         sums[c] = sums.get(c, 0.0) + x - sum(d) / len(d)
