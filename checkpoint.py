@@ -12,8 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import time
 from pathlib import Path
 
 import torch

@@ -8,7 +8,6 @@ import resource
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 import common
 import prepare
 import train as T
+from conftest import lock_held_by_another_process
 from test_train import ROOT, args, ckpt_names, damage, final_student, setup  # noqa: F401 (setup: a fixture)
 
 
@@ -115,18 +115,11 @@ def test_prepare_never_deletes_a_users_old_folder_and_two_prepares_exclude_each_
     # a first prepare is writing (holds the lock, its out.tmp half full): the second is refused, touching nothing
     (tmp_path / "out.tmp").mkdir()
     (tmp_path / "out.tmp" / prepare.PARTIAL).write_text("x")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, prepare; from pathlib import Path\n"
-                               "with prepare._prepare_lock(Path(sys.argv[1])):\n print('held', flush=True)\n"
-                               " sys.stdin.readline()", str(out)],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_by_another_process("prepare._prepare_lock", out) as pid:
         with pytest.raises(SystemExit) as e:
             prepare.main([str(corpus), "--out", str(out), "--vocab-size", "130", "--overwrite"])
-        assert "another prepare.py is writing" in str(e.value) and f"pid {holder.pid}" in str(e.value)
+        assert "another prepare.py is writing" in str(e.value) and f"pid {pid}" in str(e.value)
         assert (tmp_path / "out.tmp" / prepare.PARTIAL).is_file()
-    finally:
-        holder.communicate("\n", timeout=30)
     # the holder is gone: its marked out.tmp is provably a leftover now, and goes
     prepare.prepare([corpus], out, vocab_size=130, overwrite=True)
     assert not (tmp_path / "out.tmp").exists() and tree(tmp_path / "out.old") == kept

@@ -19,6 +19,7 @@ import losses as L
 import checkpoint
 import common
 import train as T
+from conftest import lock_held_by_another_process
 from model import Bert, BertConfig, student_from_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -484,18 +485,10 @@ def test_two_runs_cannot_share_an_out_dir(setup, tmp_path):
     killed run (its pid written, its flock gone with it) is no obstacle."""
     root, _ = setup
     out = tmp_path / "shared"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, checkpoint; from pathlib import Path\n"
-                               "with checkpoint.out_dir_lock(Path(sys.argv[1])):\n print('held', flush=True)\n"
-                               " sys.stdin.read()", str(out)],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(SystemExit, match=f"train.lock: another run is writing to .*pid {holder.pid}"):
+    with lock_held_by_another_process("checkpoint.out_dir_lock", out, kill=True) as pid:
+        with pytest.raises(SystemExit, match=f"train.lock: another run is writing to .*pid {pid}"):
             T.train(T.parse_args(args(root, out, max_steps=1)))
-    finally:
-        holder.kill()
-        holder.wait()
-    assert f"pid {holder.pid}" in (out / "train.lock").read_text()  # left by a killed run
+    assert f"pid {pid}" in (out / "train.lock").read_text()  # left by a killed run
     assert T.train(T.parse_args(args(root, out, max_steps=1)))["step"] == 1
     with checkpoint.out_dir_lock(out):  # released at the end of the run
         pass
