@@ -143,10 +143,11 @@ class Objective(torch.nn.Module):
         self.teacher_head = teacher.mlm_logits if teacher is not None else None  # a method: not a submodule
         self.head_only = False  # mlm mode: the encoder and the tied decoder frozen, only the MLM head learns
 
-    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms):
+    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None):
         cfg, real, masked = self.cfg, attention_mask.bool(), labels != -100
         with torch.no_grad() if self.head_only else contextlib.nullcontext():
-            h = self.student(ids, attention_mask=attention_mask, return_logits=False).hidden_states[-1]
+            h = self.student(ids, attention_mask=attention_mask, return_logits=False,
+                             padded=padded).hidden_states[-1]
         rows = real if cfg.ce_positions == "all" else masked
         if teacher_hidden is None:  # mlm mode: the masked-LM loss alone
             decoder = self.student.emb.word.weight
@@ -181,9 +182,10 @@ class Objective(torch.nn.Module):
         return losses.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.alpha_mse)
 
 
-def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None):
+def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None,
+                     padded=None):
     """Gradients of one optimizer step, accumulated over its micro-batches [(input_ids, attention_mask,
-    labels)]. The losses are normalised by the real and masked token counts of the whole step over every rank,
+    labels)]; padded: per micro-batch, whether it has padding, known on the host (None: unknown). The losses are normalised by the real and masked token counts of the whole step over every rank,
     so k micro-steps on w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last
     micro-step only. Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool
     tensor on the device, real tokens in the step). The finite flag stays on the device: checking it does not
@@ -205,12 +207,13 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     sums, finite = {}, torch.ones((), dtype=torch.bool, device=batches[0][0].device)
     for i, (ids, am, labels) in enumerate(batches):
         with wrapped.no_sync() if ddp and i < len(batches) - 1 else contextlib.nullcontext():
-            teacher_hidden = None
+            teacher_hidden, pad = None, padded[i] if padded is not None else None
             if teacher is not None:
                 with torch.no_grad(), autocast:
-                    teacher_hidden = teacher(ids, attention_mask=am, return_logits=False).hidden_states[-1]
+                    teacher_hidden = teacher(ids, attention_mask=am, return_logits=False,
+                                             padded=pad).hidden_states[-1]
             with autocast:
-                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms)
+                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms, padded=pad)
             finite &= torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in parts.items():
@@ -232,10 +235,11 @@ def train(cfg: TrainConfig):
     logs, probe = Logs(run), probe_batch(run.loader, run.device)
     stream, t0, tokens_seen, nonfinite, stopping = micro_batches(run.loader), time.time(), 0, 0, False
     while run.step < run.total and not stopping:
-        batches = masked_batches(run, [next(stream) for _ in range(run.accum)])
+        raw = [next(stream) for _ in range(run.accum)]
+        batches = masked_batches(run, raw)
         lr = set_lr(run)
         sums, finite, n_real = forward_backward(run.wrapped, run.teacher, batches, cfg, run.autocast,
-                                                run.scaler)
+                                                run.scaler, padded=[b["padded"] for b in raw])
         if not every_rank(run, finite):  # a non-finite loss on any rank: every rank skips the step
             nonfinite = skip_step(run, nonfinite)
             stopping = stop.anywhere(run)
