@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import fields, replace
 from pathlib import Path
@@ -377,8 +378,10 @@ def load_pretrained(cls, path, map_location="cpu"):
     model = cls(replace(cfg, pooler="pooler.weight" in ours))
     if head_missing:
         ours.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
-        dropped.append("(no MLM head in the checkpoint: head initialised randomly)")
+        warnings.warn(f"{folder}: {HEADLESS}: its MLM head is initialised randomly (fine for fine-tuning; "
+                      f"give it a trained head before distilling from it: {HEAD_FIRST})", stacklevel=3)
     load_exact(model, ours, source=str(folder))
+    model.head_missing = head_missing  # read by load_teacher: distilling from a random head is refused
     if dropped:
         log.info("%s: not loaded (known, not needed): %s", folder, ", ".join(dropped))
     return model.eval()  # like transformers: dropout off until the caller asks for .train()
@@ -429,15 +432,30 @@ def config_from_dict(d: dict) -> BertConfig:
 # ------------------------------------------------------------------------------------------------------------
 # The teacher of a training run: found, loaded, its vocabulary checked against the prepared shards
 
+HEADLESS = "the checkpoint holds an encoder without a masked-LM head (a BertModel, e.g. MiniLM)"
+HEAD_FIRST = "python train.py --mode=mlm --init=pretrained --teacher=FOLDER --head_steps=20 --out_dir=DIR"
+
+
 def load_teacher(cfg, shards):
+    """The --teacher checkpoint, its vocabulary checked against the shards; in distill mode one without an
+    MLM head is refused, since L_ce would then distil a random head."""
     try:
-        teacher = Bert.from_pretrained(cfg.teacher)
+        with warnings.catch_warnings():  # the head is dealt with below, in words that fit the run
+            warnings.simplefilter("ignore")
+            teacher = Bert.from_pretrained(cfg.teacher)
     except ValueError as e:  # a damaged or unreadable checkpoint: the message names the file
         raise SystemExit(f"teacher {cfg.teacher}: {e}") from None
     except FileNotFoundError as e:
         raise SystemExit(f"teacher {cfg.teacher!r} not found.\n{e}\nOr pretrain one offline on your data: "
                          f"python train.py --mode=mlm --init=scratch --data={cfg.data} --out_dir=out/teacher "
                          f"(then --teacher=out/teacher/model)") from None
+    if getattr(teacher, "head_missing", False):
+        if cfg.mode == "distill":
+            raise SystemExit(f"--teacher={cfg.teacher}: {HEADLESS}, so L_ce would distil a random head. "
+                             f"Give it a head first: python train.py --mode=mlm --init=pretrained "
+                             f"--teacher={cfg.teacher} --head_steps=20 --data={cfg.data} --out_dir=out/teacher "
+                             f"(then --teacher=out/teacher/model)")
+        print(f"--teacher={cfg.teacher}: {HEADLESS}: the model trained here gets a fresh one")
     vocab = teacher_tokenizer_file(cfg.teacher)
     other_hash = vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]
     if teacher.cfg.vocab_size != shards.vocab_size or other_hash:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -257,24 +258,50 @@ def test_fused_objective_equals_plain_formulas(setup):
         assert torch.allclose(fused[k], plain[k], atol=1e-6, rtol=1e-4), k
 
 
+def bertmodel_folder(root, data, tmp_path):
+    """A BertModel checkpoint (as MiniLM's): a BERT with a pooler, saved without its MLM head."""
+    torch.manual_seed(1)
+    src = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
+                          intermediate_size=64, max_position=64, pooler=True))
+    src.save_pretrained(tmp_path / "bertmodel-src", tokenizer_files=[root / "data" / "vocab.txt"])
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "bertmodel"
+    folder.mkdir()
+    sd = load_file(str(tmp_path / "bertmodel-src" / "model.safetensors"))
+    save_file({k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}, str(folder / "model.safetensors"))
+    cfg = json.loads((tmp_path / "bertmodel-src" / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+    (folder / "vocab.txt").write_text((root / "data" / "vocab.txt").read_text())
+    return folder
+
+
+def test_headless_teacher_is_refused_in_distill_mode(setup, tmp_path, capsys):
+    """A BertModel teacher (no MLM head) would give L_ce a random head to distil: --mode=distill refuses it in
+    one line that says how to give it a head; from_pretrained says so with a warning (not an unconfigured
+    log); --mode=mlm --init=pretrained takes it and says that the head is new."""
+    root, data = setup
+    folder = bertmodel_folder(root, data, tmp_path)
+    with pytest.warns(UserWarning, match="without a masked-LM head.*initialised randomly"):
+        Bert.from_pretrained(folder)
+    with pytest.raises(SystemExit) as e:
+        T.train(T.parse_args(args(root, tmp_path / "d", teacher=folder)))
+    msg = str(e.value)
+    assert "\n" not in msg and f"--teacher={folder}" in msg and "without a masked-LM head" in msg, msg
+    assert "--mode=mlm --init=pretrained" in msg and "--head_steps" in msg, msg
+    assert not (tmp_path / "d" / "ckpt-0000004.pt").exists()
+    T.train(T.parse_args(args(root, tmp_path / "m", mode="mlm", init="pretrained", teacher=folder, max_steps=1)))
+    assert "gets a fresh one" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a teacher with its head loads without a warning
+        Bert.from_pretrained(tmp_path / "m" / "model")
+
+
 def test_pretrained_init_trains_head_first_then_everything(setup, tmp_path):
     """--init=pretrained --head_steps=N on a checkpoint without MLM head (a BertModel with a pooler): during the first
     N steps only the head moves (the encoder and the tied decoder stay as loaded), afterwards the encoder moves too;
     the pooler and the token types are kept."""
     root, data = setup
-    torch.manual_seed(1)
-    src = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
-                          intermediate_size=64, max_position=64, pooler=True))
-    src.save_pretrained(root / "bertmodel-src", tokenizer_files=[root / "data" / "vocab.txt"])
-    # a BertModel checkpoint: the same tensors without the MLM head
-    from safetensors.torch import load_file, save_file
-    folder = tmp_path / "bertmodel"
-    folder.mkdir()
-    sd = load_file(str(root / "bertmodel-src" / "model.safetensors"))
-    save_file({k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}, str(folder / "model.safetensors"))
-    cfg = json.loads((root / "bertmodel-src" / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
-    (folder / "vocab.txt").write_text((root / "data" / "vocab.txt").read_text())
+    folder = bertmodel_folder(root, data, tmp_path)
     loaded = Bert.from_pretrained(folder)
 
     def run(steps, out):
