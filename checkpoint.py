@@ -208,6 +208,12 @@ def check_resume(cfg, state, path, model):
         if key in was and was[key] != getattr(cfg, key):
             raise SystemExit(f"{path} was written by a --{key}={was[key]} run; resuming it with --{key}="
                              f"{getattr(cfg, key)} is refused (use another --out_dir, or --{key}={was[key]})")
+    # frozen position embeddings (train.build_models); a checkpoint from before the setting trained them
+    frozen = lambda c: bool(c.get("freeze_pos_embs", False)) and c.get("init") == "teacher"
+    if was and frozen(was) != frozen(dataclasses.asdict(cfg)):
+        raise SystemExit(f"{path} was written by a run whose position embeddings were "
+                         f"{'frozen' if frozen(was) else 'trained'}: resume it with --freeze_pos_embs="
+                         f"{str(frozen(was)).lower()}, or use another --out_dir")
     now = dataclasses.asdict(model.cfg)
     other = {k: (v, now.get(k)) for k, v in state.get("model_config", now).items() if now.get(k) != v}
     if other:
@@ -243,7 +249,9 @@ def resume(run):
                          f"continue, or choose another --out_dir")
     run.say(json.dumps({"config": dataclasses.asdict(cfg)}, indent=None))
     per_step = run.world * cfg.micro_batch * run.accum
-    run.say(f"{cfg.mode}: {count_parameters(run.model)['total']:,} trainable parameters, {run.world} rank(s) "
+    frozen = sum(p.numel() for p in run.model.parameters() if not p.requires_grad)
+    run.say(f"{cfg.mode}: {count_parameters(run.model)['total'] - frozen:,} trainable parameters"
+            + (f" ({frozen:,} frozen)" if frozen else "") + f", {run.world} rank(s) "
             f"x {cfg.micro_batch} sequences x {run.accum} micro-steps = {per_step} per step, {run.total} "
             f"steps, device {run.device}, {run.dtype} ({run.why})")
 

@@ -46,6 +46,8 @@ class TrainConfig:
                                         # --layers/--hidden... (mlm mode) | pretrained: the --teacher
                                         # checkpoint itself, whole (mlm mode: continue its MLM training, token
                                         # types and pooler kept, a fresh MLM head when it has none)
+    freeze_pos_embs: bool = True        # --init=teacher: the position embeddings stay as copied from the
+                                        # teacher, as in the released distilbert-base-uncased (README)
     student_layers: str = ""            # teacher layers the student copies (empty: one out of two,
                                         # 0,2,4,6,8,10 of bert-base as in the paper; the released
                                         # distilbert-base-uncased took --student_layers=0,2,4,7,9,11)
@@ -113,10 +115,10 @@ PRESETS = {
                  log_every=1, layers=2, hidden=64, heads=2, intermediate=128),
     # the README's main command (see quickstart()): the pretrained MiniLM teacher, students of layers 0, 2, 4
     # at the paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out
-    # evaluation
+    # evaluation; position embeddings trained, as when its printed results were made
     "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
                        batch_size=32, micro_batch=32, max_steps=100, eval_every=20, eval_batches=40,
-                       save_every=50, log_every=10, masking="uniform"),
+                       save_every=50, log_every=10, masking="uniform", freeze_pos_embs=False),
 }
 
 
@@ -445,6 +447,8 @@ def build_models(cfg, shards) -> tuple:
                                 max_position=cfg.max_len, pad_token_id=shards.special["pad"]))
     else:
         raise SystemExit(f"--init={cfg.init}: expected teacher, random, scratch or pretrained")
+    if cfg.freeze_pos_embs and cfg.init == "teacher":  # as the released model: see README, "The reference"
+        model.emb.pos.weight.requires_grad_(False)
     source = cfg.teacher if cfg.init in ("teacher", "pretrained", "random") else "the model"
     check_positions(cfg, model, source)
     return model, (teacher if cfg.mode == "distill" else None)  # in mlm mode the teacher only lent its layers
@@ -453,7 +457,7 @@ def build_models(cfg, shards) -> tuple:
 def make_optimizer(model, cfg):
     """AdamW without weight decay on biases and LayerNorms, with the fused kernel where torch has one (on a
     CPU it makes the optimizer step of a 66M-parameter student about 3x faster)."""
-    betas = (cfg.beta1, cfg.beta2)
+    betas = (cfg.beta1, cfg.beta2)  # a frozen tensor never has a gradient, so AdamW leaves it as it is
     return adamw(model.parameters(), cfg.lr, cfg.weight_decay, betas, cfg.adam_eps, fused=True)
 
 

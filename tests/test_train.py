@@ -316,6 +316,30 @@ def test_pretrained_init_trains_head_first_then_everything(setup, tmp_path):
     assert not moved(after, "pooler.weight")
 
 
+def test_freeze_pos_embs_keeps_the_copied_positions(setup, tmp_path, capsys):
+    """--freeze_pos_embs (the default, as the released model): after training steps the student's position
+    embeddings are still the teacher's (with the token-type fold), while everything else moved; with
+    --freeze_pos_embs=false they move too. Resuming with the other setting is refused."""
+    root, _ = setup
+    start = student_from_teacher(Bert.from_pretrained(root / "teacher")).state_dict()
+    runs = {}
+    for freeze in (True, False):
+        T.train(T.parse_args(args(root, tmp_path / str(freeze), max_steps=3, lr=1e-2, warmup=0,
+                                  freeze_pos_embs=freeze, dtype="float32")))
+        runs[freeze] = final_student(tmp_path / str(freeze))["model"]
+    assert "trainable parameters (2,048 frozen)" in capsys.readouterr().out  # 64 positions x 32
+    assert torch.equal(runs[True]["emb.pos.weight"], start["emb.pos.weight"])
+    assert (runs[False]["emb.pos.weight"] - start["emb.pos.weight"]).abs().max() > 1e-3
+    for sd in runs.values():
+        assert (sd["emb.word.weight"] - start["emb.word.weight"]).abs().max() > 1e-3
+        assert (sd["layers.0.qkv.weight"] - start["layers.0.qkv.weight"]).abs().max() > 1e-3
+    exported = Bert.from_pretrained(tmp_path / "True" / "student").state_dict()
+    assert torch.equal(exported["emb.pos.weight"], start["emb.pos.weight"])
+    with pytest.raises(SystemExit, match="position embeddings were frozen: resume it with --freeze_pos_embs=true"):
+        T.train(T.parse_args(args(root, tmp_path / "True", max_steps=4, resume=True, freeze_pos_embs=False)))
+    assert T.PRESETS["quickstart"]["freeze_pos_embs"] is False and T.TrainConfig().freeze_pos_embs is True
+
+
 def test_lr_schedule_values():
     cfg = T.TrainConfig(lr=1.0, warmup=0.25, head_steps=2, head_lr=0.5)
     # 2 head steps at 0.5, then 8 steps: 2 of warm-up (0, 0.5), peak 1.0, linear decay to 0 over the remaining 6
@@ -677,3 +701,4 @@ def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch)
     result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5)))
     assert result["stopped"] and result["step"] == 1 and result["skipped"] == 1
     assert [c.name for c in (tmp_path / "sig-nan").glob("ckpt-*.pt")] == ["ckpt-0000001.pt"]
+
