@@ -702,3 +702,106 @@ def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch)
     assert result["stopped"] and result["step"] == 1 and result["skipped"] == 1
     assert [c.name for c in (tmp_path / "sig-nan").glob("ckpt-*.pt")] == ["ckpt-0000001.pt"]
 
+
+# ------------------------------------------------------------------------------------------------------------
+# The full run's launch, simulated on the CPU: 8 ranks on one node, and 2 nodes of 2 ranks (gloo)
+
+def launch_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def torchrun(*flags, script="train.py", argv=()):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *flags, script, *map(str, argv)],
+                            cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(proc, timeout=420):
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"torchrun hung:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def max_param_diff(a, b):
+    return max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"])
+
+
+SIGNAL_RANK = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train as T
+real_evaluate = T.evaluate
+
+def evaluate(*a, **k):  # rank {rank}: SIGTERM during the first evaluation (after step 2)
+    out = real_evaluate(*a, **k)
+    if os.environ["RANK"] == "{rank}" and not os.path.exists({flag!r}):
+        open({flag!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+T.evaluate = evaluate
+T.train(T.parse_args(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_eight_ranks_equals_one_process_and_resumes_after_sigterm(setup, tmp_path):
+    """The README's `torchrun --nproc_per_node=8 train.py` with gloo: 8 ranks x micro-batch 2 x 1 micro-step
+    give the parameters of 1 process x micro-batch 2 x 8 micro-steps on the same global batches of 16 after 4
+    steps. Then a SIGTERM to rank 5 alone during the evaluation after step 2: every rank stops after step 3
+    with a checkpoint, exit code 0; the same command with --resume=true runs step 4 and reaches the
+    uninterrupted parameters."""
+    root, _ = setup
+    # float32: the comparison is then of the accumulation arithmetic, not of bf16 autocast's rounding
+    common = dict(max_steps=4, micro_batch=2, batch_size=16, eval_every=2, eval_batches=2, save_every=100,
+                  dtype="float32")
+    T.train(T.parse_args(args(root, tmp_path / "one", **common)))
+    one = final_student(tmp_path / "one")
+    eight = finished(torchrun("--nproc_per_node=8", f"--master_port={free_port()}",
+                              argv=args(root, tmp_path / "eight", **common)))
+    assert "8 rank(s) x 2 sequences x 1 micro-steps" in eight, eight[-2000:]
+    got = final_student(tmp_path / "eight")
+    worst = max_param_diff(one, got)
+    moved = max((one["model"][k] - v).abs().max().item() for k, v in
+                student_from_teacher(Bert.from_pretrained(root / "teacher")).state_dict().items())
+    print(f"8 ranks vs 1 process after 4 steps: max |parameter difference| {worst:.3g} (moved {moved:.3g})")
+    assert got["step"] == 4 and len(got["rng"]) == 8 and worst < 1e-5 and moved > 1e-4, (worst, moved)
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNAL_RANK.format(root=str(ROOT), rank=5, flag=str(tmp_path / "signalled")))
+    out = tmp_path / "eight-sig"
+    stopped = finished(torchrun("--nproc_per_node=8", f"--master_port={free_port()}", script=str(driver),
+                                argv=args(root, out, **common)))
+    assert (tmp_path / "signalled").exists() and "stopped by signal" in stopped, stopped[-2000:]
+    assert [c.name for c in sorted(out.glob("ckpt-*.pt"))] == ["ckpt-0000003.pt"]
+    finished(torchrun("--nproc_per_node=8", f"--master_port={free_port()}",
+                      argv=args(root, out, **common, resume=True)))
+    resumed = final_student(out)
+    worst_resumed = max_param_diff(one, resumed)
+    print(f"8 ranks, SIGTERM to rank 5 at step 3, resumed to step 4, vs 1 process: {worst_resumed:.3g}")
+    assert resumed["step"] == 4 and worst_resumed < 1e-5, worst_resumed
+    assert max_param_diff(got, resumed) < 1e-6  # and the uninterrupted 8-rank run (float32 rounding apart)
+
+
+@pytest.mark.slow
+def test_two_nodes_of_two_ranks_with_c10d_equal_one_process(setup, tmp_path):
+    """The README's multi-node command: two torchrun launchers (as on two machines) meet through the c10d
+    rendezvous on localhost, 2 nodes x 2 ranks x micro-batch 2 x 2 micro-steps; their parameters after 3
+    steps equal 1 process x micro-batch 2 x 8 micro-steps."""
+    root, _ = setup
+    common = dict(max_steps=3, micro_batch=2, batch_size=16, dtype="float32")
+    T.train(T.parse_args(args(root, tmp_path / "one", **common)))
+    port = free_port()
+    nodes = [torchrun("--nnodes=2", "--nproc_per_node=2", "--rdzv_backend=c10d",
+                      f"--rdzv_endpoint=localhost:{port}", "--rdzv_id=two-nodes", f"--node_rank={n}",
+                      argv=args(root, tmp_path / "two-nodes", **common)) for n in range(2)]
+    logs = [finished(p) for p in nodes]
+    assert any("4 rank(s) x 2 sequences x 2 micro-steps" in log for log in logs), logs[0][-2000:]
+    got = final_student(tmp_path / "two-nodes")
+    worst = max_param_diff(final_student(tmp_path / "one"), got)
+    print(f"2 nodes x 2 ranks vs 1 process after 3 steps: max |parameter difference| {worst:.3g}")
+    assert got["step"] == 3 and len(got["rng"]) == 4 and worst < 1e-5, worst
