@@ -2,7 +2,7 @@
 Speed and memory of this codebase against transformers, measured side by side in one run (issue #7).
 
     python bench.py                           # every section at BERT-base size (about 15 min on 2 idle cores)
-    python bench.py --only inference,table3   # sections: inference, table3, train, data, loader, cpu-bf16, gpu, ...
+    python bench.py --only inference,table3   # sections: see SECTIONS (loader: can the data feed 8 GPUs?)
     python bench.py --quick                   # tiny shapes: a smoke test of the whole script (tests/test_bench.py)
 
   inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1
@@ -73,7 +73,8 @@ QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermed
 INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
-SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "loader", "cpu-bf16", "gpu", "inference-gpu")
+SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "loader", "cpu-bf16", "gpu",
+            "inference-gpu")
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
 NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
 
@@ -539,7 +540,7 @@ def bench_data(corpus, vocab, reps):
 # ------------------------------------------------------------------------------------------------------------
 # Can the data path feed 8 GPUs? One rank's loader on this CPU against what one GPU consumes
 
-README_FLOPS_PER_TOKEN = 0.77e9  # README "Time and memory": teacher forward, student forward + backward, L_ce heads
+README_FLOPS_PER_TOKEN = 0.77e9  # README "Time and memory": teacher forward, student step, L_ce heads
 H100_BF16_DENSE = 989e12
 
 
@@ -558,7 +559,8 @@ def bench_loader(corpus, vocab, B, L, n, world=8):
     # article or packed BookCorpus rows), so that sequences are 512 tokens long as in the full run
     text = " ".join(" ".join(doc.split()) for f in files for doc in prepare.file_documents(f))
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "long.txt").write_text("\n\n".join(text[i:i + 20_000] for i in range(0, len(text), 20_000)))
+        docs = (text[i:i + 20_000] for i in range(0, len(text), 20_000))
+        (Path(tmp) / "long.txt").write_text("\n\n".join(docs))
         with contextlib.redirect_stderr(io.StringIO()):
             prepare.prepare([str(Path(tmp) / "long.txt")], Path(tmp) / "shards", vocab=str(vocab),
                             valid_fraction=0.01)
@@ -588,8 +590,8 @@ def bench_loader(corpus, vocab, B, L, n, world=8):
             times[name] = n / (time.perf_counter() - t0)
     need = gpu_batches_per_s(B, L)
     out = {"batch": B, "length": L, "world": world, "batches_per_rank_epoch": len(loader),
-           "real_tokens_per_batch": statistics.mean(tokens), "batches_per_s": times, "gpu_batches_per_s": need,
-           "gpu_tokens_per_s": need * B * L, "threads": torch.get_num_threads()}
+           "real_tokens_per_batch": statistics.mean(tokens), "batches_per_s": times,
+           "gpu_batches_per_s": need, "gpu_tokens_per_s": need * B * L, "threads": torch.get_num_threads()}
     out["rows"] = [
         row(f"one H100 at the README's estimate ({README_FLOPS_PER_TOKEN / 1e9:.2f} GFLOP/token at 40% of "
             f"{H100_BF16_DENSE / 1e12:.0f} TFLOP/s): micro-batches of {B} x {L} per s", "", f"{need:.1f}", "",

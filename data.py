@@ -182,7 +182,8 @@ class Batches:
         if self.pin_memory:  # faster, asynchronous copies to the GPU
             ids, mask = ids.pin_memory(), mask.pin_memory()
         padded = min(len(r) for r in rows) < width  # known here, so the model never asks the device
-        return {"input_ids": ids, "attention_mask": mask, "padded": padded, "index": index, "epoch": self.epoch}
+        return {"input_ids": ids, "attention_mask": mask, "padded": padded, "index": index,
+                "epoch": self.epoch}
 
     def set_epoch(self, epoch):
         self.epoch, self.position = epoch, 0

@@ -461,8 +461,8 @@ def load_teacher(cfg, shards):
         if cfg.mode == "distill":
             raise SystemExit(f"--teacher={cfg.teacher}: {HEADLESS}, so L_ce would distil a random head. "
                              f"Give it a head first: python train.py --mode=mlm --init=pretrained "
-                             f"--teacher={cfg.teacher} --head_steps=20 --data={cfg.data} --out_dir=out/teacher "
-                             f"(then --teacher=out/teacher/model)")
+                             f"--teacher={cfg.teacher} --head_steps=20 --data={cfg.data} "
+                             f"--out_dir=out/teacher (then --teacher=out/teacher/model)")
         print(f"--teacher={cfg.teacher}: {HEADLESS}: the model trained here gets a fresh one")
     vocab = teacher_tokenizer_file(cfg.teacher)
     other_hash = vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]

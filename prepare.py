@@ -119,7 +119,8 @@ def _hf_rows(spec):
     except ImportError:
         raise ImportError(f"--hf-dataset {spec} needs the Hugging Face `datasets` package: "
                           f"pip install datasets") from None
-    saved = Path(spec).is_dir() and any((Path(spec) / f).is_file() for f in ("state.json", "dataset_dict.json"))
+    saved = Path(spec).is_dir() and any((Path(spec) / f).is_file()
+                                        for f in ("state.json", "dataset_dict.json"))  # save_to_disk's
     if saved:
         rows = datasets.load_from_disk(spec)
         rows = rows["train"] if isinstance(rows, datasets.DatasetDict) else rows
@@ -131,8 +132,8 @@ def _hf_rows(spec):
             if "script" not in str(e).lower():
                 raise
             raise ValueError(f"--hf-dataset {spec}: {one_line(e)} (`datasets` {datasets.__version__} runs no "
-                             f"loading scripts: name a script-free dataset, e.g. wikimedia/wikipedia:20231101.en "
-                             f"or SamuelYang/bookcorpus)") from None
+                             f"loading scripts: name a script-free dataset, e.g. "
+                             f"wikimedia/wikipedia:20231101.en or SamuelYang/bookcorpus)") from None
     for row in rows:
         if "text" not in row:
             raise ValueError(f"--hf-dataset {spec}: no 'text' column (columns: {sorted(row)})")

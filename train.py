@@ -187,11 +187,12 @@ class Objective(torch.nn.Module):
 def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None,
                      padded=None):
     """Gradients of one optimizer step, accumulated over its micro-batches [(input_ids, attention_mask,
-    labels)]; padded: per micro-batch, whether it has padding, known on the host (None: unknown). The losses are normalised by the real and masked token counts of the whole step over every rank,
-    so k micro-steps on w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last
-    micro-step only. Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool
-    tensor on the device, real tokens in the step). The finite flag stays on the device: checking it does not
-    wait for the GPU."""
+    labels)]; padded: per micro-batch, whether it has padding, known on the host (None: unknown). The losses
+    are normalised by the real and masked token counts of the whole step over every rank, so k micro-steps on
+    w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last micro-step only.
+    Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool tensor on the
+    device, real tokens in the step). The finite flag stays on the device: checking it does not wait for the
+    GPU."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
     ### BEGIN SOLUTION: 7 lines
