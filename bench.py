@@ -2,7 +2,7 @@
 Speed and memory of this codebase against transformers, measured side by side in one run (issue #7).
 
     python bench.py                           # every section at BERT-base size (about 15 min on 2 idle cores)
-    python bench.py --only inference,table3   # sections: inference, table3, train, data, cpu-bf16, gpu, inference-gpu
+    python bench.py --only inference,table3   # sections: see SECTIONS (loader: can the data feed 8 GPUs?)
     python bench.py --quick                   # tiny shapes: a smoke test of the whole script (tests/test_bench.py)
 
   inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1
@@ -18,6 +18,9 @@ Speed and memory of this codebase against transformers, measured side by side in
              checkpointed chunks (soft_target_loss_chunked, the baseline of the fused head), fresh processes.
   data       prepare.prepare (batched, all cores) vs encoding one line at a time in Python, as
              binarized_data.py does.
+  loader     can the data path feed 8 GPUs? batches/s of one rank's loader (rank 0 of 8: shards -> grouped
+             batches -> data.mask_tokens) at 16 x 512 on this CPU vs the micro-batches/s one H100 consumes at
+             the README's estimate (0.77 GFLOP per token at 40% of 989 TFLOP/s).
   cpu-bf16   what --dtype=auto weighs on a CPU: bf16 against float32 time of its matmul probe, our student's
              encoder forward and forward + backward at 8 x 128 (CPUs with AMX/AVX512-BF16 units gain, others
              lose).
@@ -70,7 +73,8 @@ QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermed
 INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
-SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "cpu-bf16", "gpu", "inference-gpu")
+SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "loader", "cpu-bf16", "gpu",
+            "inference-gpu")
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
 NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
 
@@ -534,6 +538,74 @@ def bench_data(corpus, vocab, reps):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Can the data path feed 8 GPUs? One rank's loader on this CPU against what one GPU consumes
+
+README_FLOPS_PER_TOKEN = 0.77e9  # README "Time and memory": teacher forward, student step, L_ce heads
+H100_BF16_DENSE = 989e12
+
+
+def gpu_batches_per_s(B, L, peak=H100_BF16_DENSE, mfu=0.4, flops_per_token=README_FLOPS_PER_TOKEN):
+    """Micro-batches of B x L tokens that one GPU consumes per second at the README's estimated step rate."""
+    return peak * mfu / flops_per_token / (B * L)
+
+
+def bench_loader(corpus, vocab, B, L, n, world=8):
+    """Batches per second one rank's loader (rank 0 of `world`) delivers on this CPU: prepared shards ->
+    length-grouped, shuffled, rank-sharded batches (data.Batches), then dynamic masking (data.mask_tokens with
+    the smoothed weights; in train.py it runs on the training device), against the micro-batches per second
+    one H100 consumes at the README's estimate (gpu_batches_per_s)."""
+    files = [f for f in prepare.resolve_inputs(corpus) if utf8_text(f)]
+    # the corpus's paragraphs joined into documents of 20,000 characters (about 4,000 tokens, as a Wikipedia
+    # article or packed BookCorpus rows), so that sequences are 512 tokens long as in the full run
+    text = " ".join(" ".join(doc.split()) for f in files for doc in prepare.file_documents(f))
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = (text[i:i + 20_000] for i in range(0, len(text), 20_000))
+        (Path(tmp) / "long.txt").write_text("\n\n".join(docs))
+        with contextlib.redirect_stderr(io.StringIO()):
+            prepare.prepare([str(Path(tmp) / "long.txt")], Path(tmp) / "shards", vocab=str(vocab),
+                            valid_fraction=0.01)
+        shards = data.TokenData(Path(tmp) / "shards")
+        loader = data.Batches(shards, "train", L, B, seed=0, rank=0, world_size=world)
+        weights = data.smoothing_weights(shards.counts, shards.special)
+        special = [v for k, v in shards.special.items() if k != "mask"]
+        stream, tokens = train.micro_batches(loader), []
+
+        def load():
+            b = next(stream)
+            tokens.append(int(b["attention_mask"].sum()))
+            return b
+
+        def load_and_mask():
+            b = load()
+            data.mask_tokens(b["input_ids"], b["attention_mask"], mask_id=shards.special["mask"],
+                             vocab_size=shards.vocab_size, special_ids=special, weights=weights,
+                             generator=data.mask_generator(0, b["epoch"], b["index"]))
+        times = {}
+        for name, f in (("load", load), ("load+mask", load_and_mask)):
+            for _ in range(3):  # warm-up
+                f()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            times[name] = n / (time.perf_counter() - t0)
+    need = gpu_batches_per_s(B, L)
+    out = {"batch": B, "length": L, "world": world, "batches_per_rank_epoch": len(loader),
+           "real_tokens_per_batch": statistics.mean(tokens), "batches_per_s": times,
+           "gpu_batches_per_s": need, "gpu_tokens_per_s": need * B * L, "threads": torch.get_num_threads()}
+    out["rows"] = [
+        row(f"one H100 at the README's estimate ({README_FLOPS_PER_TOKEN / 1e9:.2f} GFLOP/token at 40% of "
+            f"{H100_BF16_DENSE / 1e12:.0f} TFLOP/s): micro-batches of {B} x {L} per s", "", f"{need:.1f}", "",
+            f"{need * B * L:,.0f} tok/s"),
+        row(f"rank 0 of {world}, {B} x {L}: batches/s, shards -> grouped batches", f"{times['load']:.1f}",
+            f"{need:.1f}", f"{times['load'] / need:.2f}x", ">= 1x", times["load"] >= need),
+        row(f"rank 0 of {world}, {B} x {L}: batches/s, + masking on this CPU (data.mask_tokens, smoothed)",
+            f"{times['load+mask']:.1f}", f"{need:.1f}", f"{times['load+mask'] / need:.2f}x", ">= 1x",
+            times["load+mask"] >= need)]
+    print_rows(out["rows"])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
 # 5. GPU: tokens/s and MFU of our distillation step
 
 
@@ -786,6 +858,8 @@ def sections(a, size, vocab, sts) -> dict:
                                             pad=not a.no_pad),
         "loss-memory": lambda folder: bench_loss_memory(a.quick, a.threads),
         "data": lambda folder: bench_data(a.corpus, vocab, 1 if a.quick else 3)
+        if have_corpus else {"skipped": f"{a.corpus} or {vocab} not found"},
+        "loader": lambda folder: bench_loader(a.corpus, vocab, *((4, 32, 10) if a.quick else (16, 512, 200)))
         if have_corpus else {"skipped": f"{a.corpus} or {vocab} not found"},
         "cpu-bf16": lambda folder: bench_cpu_bf16(folder, *((2, 32) if a.quick else (8, 128)),
                                                   2 if a.quick else 5),

@@ -226,6 +226,12 @@ def check_resume(cfg, state, path, model, data_id):
                              f"refused (use --{key}={a}, another --out_dir, or --resume_changes={key} to "
                              f"accept the change)")
         print(f"resuming {path} with --{key}={b} (was {a}): accepted by --resume_changes")
+    # frozen position embeddings (train.build_models); a checkpoint from before the setting trained them
+    frozen = lambda c: bool(c.get("freeze_pos_embs", False)) and c.get("init") == "teacher"
+    if was and frozen(was) != frozen(dataclasses.asdict(cfg)):
+        raise SystemExit(f"{path} was written by a run whose position embeddings were "
+                         f"{'frozen' if frozen(was) else 'trained'}: resume it with --freeze_pos_embs="
+                         f"{str(frozen(was)).lower()}, or use another --out_dir")
     now = dataclasses.asdict(model.cfg)
     other = {k: (v, now.get(k)) for k, v in state.get("model_config", now).items() if now.get(k) != v}
     if other:
@@ -305,7 +311,9 @@ def resume(run):
         dist.barrier()  # every rank has looked at out_dir before rank 0 writes its first file there
     run.say(json.dumps({"config": dataclasses.asdict(cfg)}, indent=None))
     per_step = run.world * cfg.micro_batch * run.accum
-    run.say(f"{cfg.mode}: {count_parameters(run.model)['total']:,} trainable parameters, {run.world} rank(s) "
+    frozen = sum(p.numel() for p in run.model.parameters() if not p.requires_grad)
+    run.say(f"{cfg.mode}: {count_parameters(run.model)['total'] - frozen:,} trainable parameters"
+            + (f" ({frozen:,} frozen)" if frozen else "") + f", {run.world} rank(s) "
             f"x {cfg.micro_batch} sequences x {run.accum} micro-steps = {per_step} per step, {run.total} "
             f"steps, device {run.device}, {run.dtype} ({run.why})")
 

@@ -109,8 +109,8 @@ class Batches:
     pooled and split evenly into world_size smaller batches (the only part that depends on world_size). Every
     sequence is seen exactly once per epoch, except when fewer than world_size sequences are pooled: those few
     are skipped this epoch. Batch dicts: input_ids, attention_mask (B x L, L = longest rounded up to
-    pad_multiple, capped at max_len), index (global batch index in the epoch; seeds the mask, see
-    mask_generator) and epoch."""
+    pad_multiple, capped at max_len), padded (whether any row is shorter than L: Bert.forward's `padded`),
+    index (global batch index in the epoch; seeds the mask, see mask_generator) and epoch."""
     GROUP = 100
 
     def __init__(self, data, split, max_len, batch_size, seed=0, rank=0, world_size=1, shuffle=True,
@@ -181,7 +181,9 @@ class Batches:
         ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
         if self.pin_memory:  # faster, asynchronous copies to the GPU
             ids, mask = ids.pin_memory(), mask.pin_memory()
-        return {"input_ids": ids, "attention_mask": mask, "index": index, "epoch": self.epoch}
+        padded = min(len(r) for r in rows) < width  # known here, so the model never asks the device
+        return {"input_ids": ids, "attention_mask": mask, "padded": padded, "index": index,
+                "epoch": self.epoch}
 
     def set_epoch(self, epoch):
         self.epoch, self.position = epoch, 0

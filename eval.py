@@ -428,14 +428,23 @@ def parser():
 
 def main(argv=None):
     a = parser().parse_args(argv)
+    try:
+        command(a)
+    except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
+        from common import one_line
+        raise SystemExit(f"eval.py: error: {one_line(e)}") from None
+
+
+def command(a):
     from finetune import load_encoder  # a Hugging Face folder or a fine-tuned one
+    from hf import model_folder  # or a name, as from_pretrained takes it
     if a.cmd == "mlm":
         from data import TokenData
-        shards, out = open_or_exit(TokenData, a.data), {}
+        shards, out = TokenData(a.data), {}
         for path in a.model:
-            model = open_or_exit(load_encoder, path)
+            model = load_encoder(model_folder(path))
             max_len = a.max_len or min(128, model.cfg.max_position)
-            check_mlm_inputs(model, path, shards, max_len)
+            check_mlm_inputs(model, model_folder(path), shards, max_len)
             out[path] = mlm_eval(model, shards, a.split, max_len, a.batch_size, a.seed, a.max_batches)
             print(json.dumps({path: out[path]}))
         if a.out:
@@ -444,10 +453,11 @@ def main(argv=None):
         from data import TokenData
         from model import student_from_teacher
         from tokenizer import load_tokenizer
-        teacher = load_encoder(a.teacher)
-        student = load_encoder(a.student) if a.student else student_from_teacher(teacher)
+        teacher = load_encoder(model_folder(a.teacher))
+        student = load_encoder(model_folder(a.student)) if a.student else student_from_teacher(teacher)
         names = ("teacher", "student")
-        report = size_speed(dict(zip(names, (teacher, student))), load_tokenizer(a.vocab or a.teacher), a.sts,
+        report = size_speed(dict(zip(names, (teacher, student))),
+                            load_tokenizer(a.vocab or model_folder(a.teacher)), a.sts,
                             a.limit, a.batch_size, names[1] if a.quantize else None, a.threads,
                             TokenData(a.data) if a.data else None)
         print(speed_markdown(report))
@@ -460,14 +470,6 @@ def main(argv=None):
         write_text(table_markdown(table), Path(a.out) / "results.md")
         bar_chart(table, Path(a.out) / "results.png")
         print(table_markdown(table))
-
-
-def open_or_exit(load, path):
-    """load(path), a damaged or missing file stopping with one line that names it."""
-    try:
-        return load(path)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"eval.py: {path}: {' '.join(str(e).split())}") from None
 
 
 def check_mlm_inputs(model, path, shards, max_len):

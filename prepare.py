@@ -109,19 +109,31 @@ PACK_CHARS = 10_000  # sentence-per-row datasets: consecutive rows packed into d
 
 
 def _hf_rows(spec):
-    """The non-empty 'text' rows of a Hugging Face dataset: 'name[:config]' (train split) or a local folder
-    written by Dataset.save_to_disk (a DatasetDict's train split). `datasets` is optional."""
+    """The non-empty 'text' rows of a Hugging Face dataset, streamed: neither the corpus nor a converted copy
+    of it is ever held in memory (a few thousand rows at a time) or written to disk. spec: 'name[:config]' on
+    the Hub, or a local folder of its data files (parquet, arrow, json, ...; 'folder[:config]' when its
+    README names configs), both read by the same datasets.load_dataset(..., streaming=True), train split; or a
+    folder written by Dataset.save_to_disk (memory-mapped). `datasets` is optional."""
     try:
         import datasets
     except ImportError:
         raise ImportError(f"--hf-dataset {spec} needs the Hugging Face `datasets` package: "
                           f"pip install datasets") from None
-    if Path(spec).is_dir():
+    saved = Path(spec).is_dir() and any((Path(spec) / f).is_file()
+                                        for f in ("state.json", "dataset_dict.json"))  # save_to_disk's
+    if saved:
         rows = datasets.load_from_disk(spec)
         rows = rows["train"] if isinstance(rows, datasets.DatasetDict) else rows
     else:
-        name, _, config = spec.partition(":")
-        rows = datasets.load_dataset(name, config or None, split="train")
+        name, _, config = (spec, "", "") if Path(spec).is_dir() else spec.partition(":")
+        try:
+            rows = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        except RuntimeError as e:
+            if "script" not in str(e).lower():
+                raise
+            raise ValueError(f"--hf-dataset {spec}: {one_line(e)} (`datasets` {datasets.__version__} runs no "
+                             f"loading scripts: name a script-free dataset, e.g. "
+                             f"wikimedia/wikipedia:20231101.en or SamuelYang/bookcorpus)") from None
     for row in rows:
         if "text" not in row:
             raise ValueError(f"--hf-dataset {spec}: no 'text' column (columns: {sorted(row)})")

@@ -47,6 +47,8 @@ class TrainConfig:
                                         # --layers/--hidden... (mlm mode) | pretrained: the --teacher
                                         # checkpoint itself, whole (mlm mode: continue its MLM training, token
                                         # types and pooler kept, a fresh MLM head when it has none)
+    freeze_pos_embs: bool = True        # --init=teacher: the position embeddings stay as copied from the
+                                        # teacher, as in the released distilbert-base-uncased (README)
     student_layers: str = ""            # teacher layers the student copies (empty: one out of two,
                                         # 0,2,4,6,8,10 of bert-base as in the paper; the released
                                         # distilbert-base-uncased took --student_layers=0,2,4,7,9,11)
@@ -117,10 +119,10 @@ PRESETS = {
                  log_every=1, layers=2, hidden=64, heads=2, intermediate=128),
     # the README's main command (see quickstart()): the pretrained MiniLM teacher, students of layers 0, 2, 4
     # at the paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out
-    # evaluation
+    # evaluation; position embeddings trained, as when its printed results were made
     "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
                        batch_size=32, micro_batch=32, max_steps=100, eval_every=20, eval_batches=40,
-                       save_every=50, log_every=10, masking="uniform"),
+                       save_every=50, log_every=10, masking="uniform", freeze_pos_embs=False),
 }
 
 
@@ -147,10 +149,11 @@ class Objective(torch.nn.Module):
         self.teacher_head = teacher.mlm_logits if teacher is not None else None  # a method: not a submodule
         self.head_only = False  # mlm mode: the encoder and the tied decoder frozen, only the MLM head learns
 
-    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms):
+    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None):
         cfg, real, masked = self.cfg, attention_mask.bool(), labels != -100
         with torch.no_grad() if self.head_only else contextlib.nullcontext():
-            h = self.student(ids, attention_mask=attention_mask, return_logits=False).hidden_states[-1]
+            h = self.student(ids, attention_mask=attention_mask, return_logits=False,
+                             padded=padded).hidden_states[-1]
         rows = real if cfg.ce_positions == "all" else masked
         if teacher_hidden is None:  # mlm mode: the masked-LM loss alone
             decoder = self.student.emb.word.weight
@@ -185,13 +188,15 @@ class Objective(torch.nn.Module):
         return losses.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.alpha_mse)
 
 
-def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None):
+def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None,
+                     padded=None):
     """Gradients of one optimizer step, accumulated over its micro-batches [(input_ids, attention_mask,
-    labels)]. The losses are normalised by the real and masked token counts of the whole step over every rank,
-    so k micro-steps on w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last
-    micro-step only. Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool
-    tensor on the device, real tokens in the step). The finite flag stays on the device: checking it does not
-    wait for the GPU."""
+    labels)]; padded: per micro-batch, whether it has padding, known on the host (None: unknown). The losses
+    are normalised by the real and masked token counts of the whole step over every rank, so k micro-steps on
+    w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last micro-step only.
+    Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool tensor on the
+    device, real tokens in the step). The finite flag stays on the device: checking it does not wait for the
+    GPU."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
     ### BEGIN SOLUTION: 7 lines
@@ -209,12 +214,13 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     sums, finite = {}, torch.ones((), dtype=torch.bool, device=batches[0][0].device)
     for i, (ids, am, labels) in enumerate(batches):
         with wrapped.no_sync() if ddp and i < len(batches) - 1 else contextlib.nullcontext():
-            teacher_hidden = None
+            teacher_hidden, pad = None, padded[i] if padded is not None else None
             if teacher is not None:
                 with torch.no_grad(), autocast:
-                    teacher_hidden = teacher(ids, attention_mask=am, return_logits=False).hidden_states[-1]
+                    teacher_hidden = teacher(ids, attention_mask=am, return_logits=False,
+                                             padded=pad).hidden_states[-1]
             with autocast:
-                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms)
+                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms, padded=pad)
             finite &= torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in parts.items():
@@ -236,10 +242,11 @@ def train(cfg: TrainConfig):
     logs, probe = Logs(run), probe_batch(run.loader, run.device)
     stream, t0, tokens_seen, nonfinite, stopping = micro_batches(run.loader), time.time(), 0, 0, False
     while run.step < run.total and not stopping:
-        batches = masked_batches(run, [next(stream) for _ in range(run.accum)])
+        raw = [next(stream) for _ in range(run.accum)]
+        batches = masked_batches(run, raw)
         lr = set_lr(run)
         sums, finite, n_real = forward_backward(run.wrapped, run.teacher, batches, cfg, run.autocast,
-                                                run.scaler)
+                                                run.scaler, padded=[b["padded"] for b in raw])
         if not every_rank(run, finite):  # a non-finite loss on any rank: every rank skips the step
             nonfinite = skip_step(run, nonfinite)
             stopping = stop.anywhere(run)
@@ -448,6 +455,8 @@ def build_models(cfg, shards) -> tuple:
                                 max_position=cfg.max_len, pad_token_id=shards.special["pad"]))
     else:
         raise SystemExit(f"--init={cfg.init}: expected teacher, random, scratch or pretrained")
+    if cfg.freeze_pos_embs and cfg.init == "teacher":  # as the released model: see README, "The reference"
+        model.emb.pos.weight.requires_grad_(False)
     source = cfg.teacher if cfg.init in ("teacher", "pretrained", "random") else "the model"
     check_positions(cfg, model, source)
     return model, (teacher if cfg.mode == "distill" else None)  # in mlm mode the teacher only lent its layers
@@ -456,7 +465,7 @@ def build_models(cfg, shards) -> tuple:
 def make_optimizer(model, cfg):
     """AdamW without weight decay on biases and LayerNorms, with the fused kernel where torch has one (on a
     CPU it makes the optimizer step of a 66M-parameter student about 3x faster)."""
-    betas = (cfg.beta1, cfg.beta2)
+    betas = (cfg.beta1, cfg.beta2)  # a frozen tensor never has a gradient, so AdamW leaves it as it is
     return adamw(model.parameters(), cfg.lr, cfg.weight_decay, betas, cfg.adam_eps, fused=True)
 
 

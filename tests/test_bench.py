@@ -54,11 +54,15 @@ def test_quick_run_end_to_end(inputs, tmp_path):
     assert set(variants) == {"ours:16", "ours:0", "transformers"}
     assert all(v["losses_differ"] == [] and v["peak_mb"] >= 0 and v["tokens_per_s"] > 0 for v in variants.values())
     assert res["data"]["tokens"]["ours"] > 1000 and res["data"]["speedup"] > 0
+    loader = res["loader"]
+    assert loader["batches_per_s"]["load"] > loader["batches_per_s"]["load+mask"] > 0 and loader["world"] == 8
+    assert loader["real_tokens_per_batch"] > 0.5 * 4 * 32  # long documents: batches are mostly real tokens
+    assert loader["gpu_batches_per_s"] == pytest.approx(bench.gpu_batches_per_s(4, 32))
     assert "skipped" in res["gpu"] or res["gpu"]["eager"]["mfu"] > 0
     assert len(res["cpu-bf16"]["rows"]) == 3 and all(r["ratio"] > 0 for r in res["cpu-bf16"]["rows"])
     assert all(0 <= s["other_cores"] and s["seconds"] > 0 for s in res.values())
     table = out.with_suffix(".md").read_text()
-    assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data", "cpu-bf16"))
+    assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data", "loader", "cpu-bf16"))
 
 
 def test_equality_check_catches_a_wrong_weight(models):
@@ -108,6 +112,12 @@ def test_flops_per_token_formula():
     s = BertConfig(num_layers=6, type_vocab_size=0)
     # per layer 8 d^2 + 4 d d_ff + 4 L d = 15,728,640 at L = 512; head 2 (d^2 + d V) = 48,061,440
     assert bench.train_flops_per_token(t, s, 512) == 12 * 15728640 + 48061440 + 3 * (6 * 15728640 + 48061440)
+
+
+def test_gpu_consumption_from_the_readme_estimate():
+    # 0.4 x 989e12 FLOP/s / 0.77e9 FLOP per token = 513,766 tokens/s; / (16 x 512) = 62.7 micro-batches/s
+    assert bench.gpu_batches_per_s(16, 512) == pytest.approx(0.4 * 989e12 / 0.77e9 / 8192)
+    assert bench.gpu_batches_per_s(16, 512) == pytest.approx(62.716, abs=1e-3)
 
 
 def test_interleaving_alternates_the_order():

