@@ -404,15 +404,18 @@ def test_classifier_heads_and_outputs():
 
 
 def test_finetune_learns_token_presence_then_distils_it():
+    """In float32: --dtype=auto follows a CPU probe, and under bf16 autocast on one thread this soft-target-only
+    student stays at 50% for every seed tried (2 threads: 99%), so the test must not depend on the probe."""
     train, test = synthetic(256, 0), synthetic(256, 1)
+    fast = {**FAST, "dtype": "float32"}
     torch.manual_seed(0)
-    teacher = ft.fit(ft.Classifier(tiny(), 2), train, ft.FinetuneConfig(**FAST))
+    teacher = ft.fit(ft.Classifier(tiny(), 2), train, ft.FinetuneConfig(**fast))
     acc = ft.evaluate("SST-2", ft.predict(teacher, test), test["labels"])["accuracy"]
     assert acc >= 0.95
     # a student trained on the teacher's soft targets alone (alpha = 1: labels unused) learns it too
     torch.manual_seed(1)
     student = ft.Classifier(student_from_teacher(tiny(layers=2)), 2)
-    ft.fit(student, train, ft.FinetuneConfig(**FAST, alpha=1.0), teacher=teacher)
+    ft.fit(student, train, ft.FinetuneConfig(**fast, alpha=1.0), teacher=teacher)
     assert ft.evaluate("SST-2", ft.predict(student, test), test["labels"])["accuracy"] >= 0.9
 
 
