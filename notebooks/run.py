@@ -7,7 +7,9 @@ stops at the first notebook with an error, which is printed, and exits with stat
 The last paragraph of each notebook's first cell, the one that starts with RUN_LINE, is rewritten with the
 machine, the torch version, the seconds and the date of this run, so that what it says is true by
 construction. The notebooks of one run share a scratch folder (NOTEBOOK_WORK: the prepared corpus, the
-teacher's fitted head), removed at the end; a notebook run alone makes its own.
+teacher's fitted head, notebook 04's short quickstart), removed at the end unless NOTEBOOK_WORK was given; a
+notebook run alone (in Jupyter) makes its own. Seeds are fixed in the notebooks, so a second run prints the same
+numbers, up to the last digits of float sums on another machine.
 """
 import datetime
 import os
@@ -88,7 +90,9 @@ def main(names):
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise SystemExit(f"no such notebook: {', '.join(missing)}")
-    work = tempfile.mkdtemp(prefix="distilbert-notebooks-")
+    given = os.environ.get("NOTEBOOK_WORK")
+    work = given or tempfile.mkdtemp(prefix="distilbert-notebooks-")
+    saved = dict(os.environ)
     os.environ["NOTEBOOK_WORK"] = work      # the kernels inherit it
     os.environ.setdefault("PYTHONHASHSEED", "0")
     total = 0.0
@@ -106,7 +110,9 @@ def main(names):
             total += seconds
             print(f"{path.name}: {seconds:.0f} s, written", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        os.environ.clear(); os.environ.update(saved)
+        if not given:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"all {len(paths)} notebooks in {total:.0f} s")
     return 0
 
