@@ -5,7 +5,7 @@ every cell ran without an error: to a temporary file beside it first, then renam
 stops at the first notebook with an error, which is printed, and exits with status 1.
 
 The last paragraph of each notebook's first cell, the one that starts with RUN_LINE, is rewritten with the
-machine, the torch version, the seconds and the date of this run, so that what it says is true by
+machine, the torch version, the seconds (wall clock and CPU), the load and the date of this run, so that what it says is true by
 construction. The notebooks of one run share a scratch folder (NOTEBOOK_WORK: the prepared corpus, the
 teacher's fitted head, notebook 04's short quickstart), removed at the end unless NOTEBOOK_WORK was given; a
 notebook run alone (in Jupyter) makes its own. Seeds are fixed in the notebooks, so a second run prints the same
@@ -14,6 +14,7 @@ numbers, up to the last digits of float sums on another machine.
 import datetime
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -43,7 +44,7 @@ def cores():
 
 
 def execute(path, timeout=1800):
-    """Runs the notebook at `path` in a fresh kernel; returns (the executed notebook, seconds). Raises
+    """Runs the notebook at `path` in a fresh kernel; returns (the executed notebook, seconds, CPU seconds). Raises
     CellExecutionError on the first cell that fails."""
     # torch imports tqdm, which warns inside a kernel without ipywidgets: noise, not a result
     os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
@@ -53,17 +54,23 @@ def execute(path, timeout=1800):
             cell.outputs, cell.execution_count = [], None
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(Path(path).parent)}})
-    t0 = time.time()
-    client.execute()
-    return nb, time.time() - t0
+    t0, cpu0 = time.time(), children_cpu()
+    client.execute()  # the kernel is shut down and waited for at the end, so its CPU time is counted
+    return nb, time.time() - t0, children_cpu() - cpu0
 
 
-def run_line(seconds, load):
+def children_cpu():
+    """CPU seconds (user + system) of this process's finished children: the kernels and what they ran."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_line(seconds, cpu, load):
     import torch
-    return (f"{RUN_LINE} `python notebooks/run.py` ran this notebook in {seconds:.0f} s on "
-            f"{datetime.date.today().isoformat()}: {cpu_name()}, {cores()} cores (load average "
-            f"{load:.1f} at the start, so the time counts other jobs too), torch {torch.__version__}, "
-            f"Python {platform.python_version()}.*")
+    shared = f" (above {cores()}, other jobs shared the cores)" if load > cores() else ""
+    return (f"{RUN_LINE} `python notebooks/run.py` ran this notebook in {seconds:.0f} s ({cpu:.0f} CPU-seconds) "
+            f"on {datetime.date.today().isoformat()}: {cpu_name()}, {cores()} cores, load average {load:.1f} at "
+            f"the start{shared}, torch {torch.__version__}, Python {platform.python_version()}.*")
 
 
 def stamp(nb, line):
@@ -95,25 +102,25 @@ def main(names):
     saved = dict(os.environ)
     os.environ["NOTEBOOK_WORK"] = work      # the kernels inherit it
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    total = 0.0
+    total = total_cpu = 0.0
     try:
         for path in paths:
             load = os.getloadavg()[0]
             print(f"{path.name}: running (load average {load:.1f})", flush=True)
             try:
-                nb, seconds = execute(path)
+                nb, seconds, cpu = execute(path)
             except CellExecutionError as e:
                 print(f"{path.name}: a cell failed, the notebook is left as it was\n{e}", file=sys.stderr)
                 return 1
-            stamp(nb, run_line(seconds, load))
+            stamp(nb, run_line(seconds, cpu, load))
             write_atomic(nb, path)
-            total += seconds
-            print(f"{path.name}: {seconds:.0f} s, written", flush=True)
+            total, total_cpu = total + seconds, total_cpu + cpu
+            print(f"{path.name}: {seconds:.0f} s ({cpu:.0f} CPU-seconds), written", flush=True)
     finally:
         os.environ.clear(); os.environ.update(saved)
         if not given:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"all {len(paths)} notebooks in {total:.0f} s")
+    print(f"all {len(paths)} notebooks in {total:.0f} s ({total_cpu:.0f} CPU-seconds)")
     return 0
 
 

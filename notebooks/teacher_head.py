@@ -11,6 +11,8 @@ makes. NOTEBOOK_QUICK=1 (the tests) fits it on less.
 """
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,12 +20,12 @@ import torch
 
 import data
 import losses
-import prepare
 from hf import resolve_checkpoint
 from model import Bert
 
 NAME = "sentence-transformers/all-MiniLM-L6-v2"
 QUICK = bool(os.environ.get("NOTEBOOK_QUICK"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def work_folder() -> Path:
@@ -32,10 +34,16 @@ def work_folder() -> Path:
 
 
 def corpus(work) -> data.TokenData:
-    """The quickstart's corpus (Python's own documentation) in the teacher's vocabulary, prepared once."""
-    vocab = resolve_checkpoint(NAME) / "vocab.txt"
-    prepare.prepare([], Path(work) / "data", vocab=vocab, valid_fraction=0.15, overwrite=True)
-    return data.TokenData(Path(work) / "data")
+    """The quickstart's corpus (Python's own documentation) in the teacher's vocabulary, prepared by prepare.py
+    in a fresh interpreter: the corpus holds the docstrings of the modules an interpreter can import and of what
+    they define, which would otherwise depend on what the notebook had imported before."""
+    out, vocab = Path(work) / "data", resolve_checkpoint(NAME) / "vocab.txt"
+    r = subprocess.run([sys.executable, "prepare.py", f"--out={out}", f"--vocab={vocab}", "--valid-fraction=0.15",
+                        "--overwrite"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"prepare.py failed:\n{r.stderr}")
+    print("\n".join(line for line in r.stderr.splitlines() if line.startswith("[data]")))
+    return data.TokenData(out)
 
 
 def masked_rows(teacher, tokens, split, n, max_len=128, seed=0):
