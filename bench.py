@@ -2,7 +2,8 @@
 Speed and memory of this codebase against transformers, measured side by side in one run (issue #7).
 
     python bench.py                           # every section at BERT-base size (about 15 min on 2 idle cores)
-    python bench.py --only inference,table3   # sections: see SECTIONS (loader: can the data feed 8 GPUs?)
+    python bench.py --only inference,table3   # sections: inference, table3, train, data, loader, cpu-bf16,
+                                              # cpu-share, gpu, inference-gpu (loader: can the data feed 8 GPUs?)
     python bench.py --quick                   # tiny shapes: a smoke test of the whole script (tests/test_bench.py)
 
   inference  our teacher vs BertForMaskedLM, our student vs DistilBertForMaskedLM, full MLM logits, batch 1
@@ -24,6 +25,10 @@ Speed and memory of this codebase against transformers, measured side by side in
   cpu-bf16   what --dtype=auto weighs on a CPU: bf16 against float32 time of its matmul probe, our student's
              encoder forward and forward + backward at 8 x 128 (CPUs with AMX/AVX512-BF16 units gain, others
              lose).
+  cpu-share  the CPU's float32 matmul peak (a 2048^3 product) and the share of it that the quickstart's
+             distillation step reaches in float32 (train.forward_backward + AdamW, a MiniLM-sized teacher of 6 x
+             384, its 3-layer student, 32 x 128, L_ce on every token as train.py's default), timed in turns in
+             one process; FLOPs counted by train_flops_per_token.
   gpu        tokens/s and MFU of our step at length 512 in bf16, eager and torch.compile (skipped without
              CUDA).
 
@@ -68,12 +73,14 @@ ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data"
 BASE = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
             max_position=512)
+MINILM = dict(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
+              max_position=512)  # the quickstart's teacher, all-MiniLM-L6-v2
 QUICK = dict(vocab_size=512, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
              max_position=128)
 INFER_BASE = {(1, 128): 9, (1, 512): 5, (32, 128): 5, (32, 512): 3}  # (batch, length): timed runs per side
 INFER_QUICK = {(1, 16): 3, (2, 32): 3}
 H200_BF16_DENSE = 989e12
-SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "loader", "cpu-bf16", "gpu",
+SECTIONS = ("inference", "table3", "train", "loss-memory", "data", "loader", "cpu-bf16", "cpu-share", "gpu",
             "inference-gpu")
 TOL = 1e-4     # largest |difference| of logits and hidden states between ours and transformers
 NOISE = 1.02   # an inference ratio up to this counts as "no slower" (run-to-run spread on an idle 2-core machine)
@@ -639,6 +646,50 @@ def bench_cpu_bf16(folder, B, L, reps):
     return {"rows": rows, "auto": str(common.auto_dtype(torch.device("cpu"))[0])}
 
 
+def bench_cpu_share(B, L, reps, size, n=2048):
+    """The distillation step's share of the CPU's float32 matmul peak, both measured here in turns (A B, B A,
+    ...; medians), so that load and clock changes hit both alike. The peak is that of an n x n @ n x n
+    product, repeated to last about as long as a tenth of a step; the step is train.py's (forward_backward
+    with the default loss, L_ce on every real token in chunks of 1024, then the fused AdamW step); its FLOPs
+    per real token are train_flops_per_token's count."""
+    with tempfile.TemporaryDirectory() as tmp:
+        make_models(size, Path(tmp))
+        teacher = Bert.from_pretrained(Path(tmp) / "teacher").requires_grad_(False)
+        student = Bert.from_pretrained(Path(tmp) / "student").train()
+    ids, am, labels = train_batch(B, L, teacher.cfg.vocab_size)
+    cfg = train.TrainConfig()
+    objective, opt = train.Objective(student, teacher, cfg), train.make_optimizer(student, cfg)
+
+    def step():
+        train.forward_backward(objective, teacher, [(ids, am, labels)], cfg)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t0 = time.perf_counter()
+    step()
+    t1 = time.perf_counter()
+    a @ b
+    repeat = max(1, round((t1 - t0) / 10 / max(time.perf_counter() - t1, 1e-6)))
+
+    def matmul():
+        for _ in range(repeat):
+            a @ b
+    t = interleaved({"matmul": matmul, "step": step}, reps)
+    peak = 2 * n**3 * repeat / med(t["matmul"])
+    tokens, flops = int(am.sum()), train_flops_per_token(teacher.cfg, student.cfg, L)
+    tps = tokens / med(t["step"])
+    share = flops * tps / peak
+    rows = [row(f"float32 matmul peak ({n}^3 products, {torch.get_num_threads()} threads), GFLOP/s",
+                f"{peak / 1e9:.1f}", "", "", ""),
+            row(f"distillation step {B} x {L} ({tokens} real tokens, {flops / 1e6:.0f} MFLOP each): s/step, "
+                f"tok/s, GFLOP/s; share of the peak", f"{med(t['step']):.2f}, {tps:,.0f}, "
+                f"{flops * tps / 1e9:.1f}", f"{peak / 1e9:.1f}", f"{share:.1%}", ">= 35%", share >= 0.35)]
+    print_rows(rows)
+    return {"batch": B, "length": L, "real_tokens": tokens, "flops_per_token": flops, "peak_flops": peak,
+            "step_s": t["step"], "matmul_s": t["matmul"], "matmul_repeat": repeat, "tokens_per_s": tps,
+            "share": share, "rows": rows}
+
+
 def train_flops_per_token(t: BertConfig, s: BertConfig, L):
     """Model FLOPs per token of one distillation step (a multiply-add is 2 FLOPs; recomputation is not
     counted): teacher forward F_t plus student forward and backward 3 F_s, where F = layers x (2 (4 d^2 + 2 d
@@ -863,6 +914,8 @@ def sections(a, size, vocab, sts) -> dict:
         if have_corpus else {"skipped": f"{a.corpus} or {vocab} not found"},
         "cpu-bf16": lambda folder: bench_cpu_bf16(folder, *((2, 32) if a.quick else (8, 128)),
                                                   2 if a.quick else 5),
+        "cpu-share": lambda folder: bench_cpu_share(*((2, 32) if a.quick else (32, 128)), 2 if a.quick else 5,
+                                                    QUICK if a.quick else MINILM, 256 if a.quick else 2048),
         "gpu": lambda folder: bench_gpu(folder, 2 if a.quick else a.gpu_batch, 64 if a.quick else 512,
                                         3 if a.quick else 20, a.peak_tflops * 1e12)}
 

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -397,12 +398,56 @@ class StopSignal:
         return dict(zip(sorted(sums), logged[:-1].tolist())), stopping
 
 
+class Eta:
+    """The expected end of a run, and of the work that follows it, from the pace of its steps so far. Work is
+    counted in multiply-adds (train.step_macs): cost(k) is that of step k (head-only steps are cheaper),
+    `later` that of what comes after this run (the quickstart's next stages), measured at this run's pace.
+    Evaluations are not counted as work: their time goes into the pace, as it will for the steps left."""
+
+    def __init__(self, later=0.0, clock=time.time):
+        self.later, self.clock = later, clock
+        self.cost, self.first, self.total, self.t0 = (lambda k: 1.0), 0, 0, None
+
+    def start(self, step, total, cost=None):
+        """The run begins (or resumes) at `step` of `total`, now."""
+        self.first, self.total, self.t0 = step, total, self.clock()
+        self.cost = cost or self.cost
+
+    def estimate(self, step) -> tuple:
+        """(seconds left in this run, seconds left in all) after `step` steps, or None before any step."""
+        done = sum(self.cost(k) for k in range(self.first, step))
+        elapsed = self.clock() - self.t0
+        if step <= self.first or done <= 0 or elapsed <= 0:
+            return None
+        left = sum(self.cost(k) for k in range(step, self.total))
+        return left * elapsed / done, (left + self.later) * elapsed / done
+
+    def text(self, step) -> str:
+        """'ends in 3m05s (14:31)', plus ', all ends in 12m40s (14:41)' when later work follows; '' before any
+        step."""
+        e = self.estimate(step)
+        if e is None:
+            return ""
+        now = self.clock()
+        at = lambda s: time.strftime("%H:%M", time.localtime(now + s))  # noqa: E731
+        out = f"ends in {minutes(e[0])} ({at(e[0])})"
+        return out + (f", all ends in {minutes(e[1])} ({at(e[1])})" if self.later else "")
+
+
+def minutes(seconds) -> str:
+    """1h02m, 3m05s or 42s."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else \
+        f"{s}s"
+
+
 class Logs:
     """Rank 0's outputs: metrics.jsonl (one row every log_every steps, and the evaluations), the progress bar
     (plain lines when not on a terminal) and wandb when asked for. Other ranks write nothing."""
 
-    def __init__(self, run):
+    def __init__(self, run, eta: Eta = None):
         self.metrics = self.wandb = self.bar = None
+        self.eta = eta or Eta()
         if not run.master:
             return
         run.out_dir.mkdir(parents=True, exist_ok=True)
@@ -423,15 +468,16 @@ class Logs:
         if not run.master:
             return
         self.bar.update(1)
+        eta = self.eta.text(run.step)
         self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()}, "lr": f"{lr:.2e}",
-                              "tok/s": f"{tokens_per_s:.0f}"})
+                              "tok/s": f"{tokens_per_s:.0f}", **({"eta": eta} if eta else {})})
         if run.step % run.cfg.log_every == 0 or run.step == run.total:
             row = {"step": run.step, **logged, "lr": lr, "grad_norm": float(norm),
                    "tokens_per_s": tokens_per_s}
             if self.bar.disable:  # not a terminal (a file, a notebook): progress as plain lines
                 print(f"{run.cfg.mode} step {run.step}/{run.total}: "
                       + " ".join(f"{k} {v:.4f}" for k, v in logged.items())
-                      + f" lr {lr:.2e} tok/s {tokens_per_s:,.0f}", flush=True)
+                      + f" lr {lr:.2e} tok/s {tokens_per_s:,.0f}" + (f" | {eta}" if eta else ""), flush=True)
             self.write(row)
             if self.wandb:
                 self.wandb.log(row, step=run.step)

@@ -1,6 +1,6 @@
 """
-The quickstart: distillation you can see, on a CPU in about ten minutes (`python train.py
---preset=quickstart`).
+The quickstart: distillation you can see, on a CPU in about a quarter of an hour (`python train.py
+--preset=quickstart`; the README gives its times, in float32 on 2 cores).
 
 A real pretrained teacher is given an MLM head, a student of three of its layers is distilled from it, the
 same student is trained with L_mlm alone, and all three are scored on the same held-out masked tokens.
@@ -17,13 +17,15 @@ import data
 import prepare
 from common import pyplot, save_figure, write_json
 from eval import heldout_hits, paired_difference, verdict
-from hf import resolve_checkpoint
+from checkpoint import Eta
+from hf import config_from_hf, resolve_checkpoint
 from model import Bert, count_parameters
-from train import TrainConfig, train
+from train import TrainConfig, step_macs, train
 
 
-# its MLM head
-QUICKSTART_TEACHER_STEPS = dict(max_steps=240, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=40)
+# its MLM head: 20 steps of the head alone, then 100 of everything (the teacher is half of the quickstart's
+# work: 240 steps took 13 minutes on their own in float32 on 2 cores without AMX)
+QUICKSTART_TEACHER_STEPS = dict(max_steps=120, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=0)
 
 
 def quickstart(cfg: TrainConfig, teacher_steps=None):
@@ -55,9 +57,16 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
                "student-mlm-only": root / "student-mlm-only" / "model"}
     # a stage is only as current as its data and, for a student, its teacher
     after = {"data": meta["inputs_hash"], "teacher": dataclasses.asdict(stages["teacher"])}
-    stats = {name: run_stage(name, run, exports[name], after=after if name != "teacher" else after["data"])
-             for name, run in stages.items()}
-    results = compare_models(exports, stats, data.TokenData(data_dir), cfg)
+    after = {name: after if name != "teacher" else after["data"] for name in stages}
+    token_data = data.TokenData(data_dir)
+    # the work of each stage left to do and of the final comparison, for the ETA of the whole quickstart
+    work = stage_work(stages, source, token_data, cfg)
+    work.update({n: 0.0 for n, run in stages.items() if complete(run, exports[n], after[n])})
+    stats = {}
+    for i, (name, run) in enumerate(stages.items()):
+        later = sum(work[n] for n in list(stages)[i + 1:]) + work["compare"]
+        stats[name] = run_stage(name, run, exports[name], after=after[name], eta=Eta(later=later))
+    results = compare_models(exports, stats, token_data, cfg)
     results["seconds"] = time.time() - t0
     print_quickstart(results, data_dir)
     write_json(results, root / "results.json")
@@ -66,13 +75,43 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     return results
 
 
-def run_stage(name, run: TrainConfig, export: Path, after=None) -> dict:
+def stage_work(stages: dict, source: Path, token_data, cfg, draws=3) -> dict:
+    """Multiply-adds of each stage's steps (train.step_macs) and of compare_models (forward passes of the
+    three models over `draws` masks of the held-out split): only their ratios matter, for the ETA."""
+    teacher = config_from_hf(json.loads((source / "config.json").read_text()), source)[0]
+    student = dataclasses.replace(teacher, num_layers=len(cfg.student_layers.split(",")))
+    work = {}
+    for name, run in stages.items():
+        model = teacher if name == "teacher" else student
+        full, head = (step_macs(run, model, teacher, head_only=h) for h in (False, True))
+        work[name] = run.head_steps * head + (run.max_steps - run.head_steps) * full
+    valid_tokens = float(token_data.sequences("valid", cfg.max_len).lengths.sum())
+    # a forward pass is a third of a step of full MLM training (on one sequence of max_len tokens)
+    forward = sum(step_macs(dataclasses.replace(cfg, mode="mlm", batch_size=1), m) / 3 / cfg.max_len
+                  for m in (teacher, student, student))
+    work["compare"] = draws * valid_tokens * forward
+    return work
+
+
+def complete(run: TrainConfig, export: Path, after=None) -> bool:
+    """Whether run_stage would reuse this stage as it is."""
+    marker, settings = Path(run.out_dir) / "stage.json", stage_settings(run, after)
+    before = json.loads(marker.read_text()) if marker.is_file() else {}
+    return before.get("settings") == settings and bool(before.get("stats")) and export.is_dir()
+
+
+def stage_settings(run: TrainConfig, after) -> dict:
+    return {**dataclasses.asdict(dataclasses.replace(run, resume=False)), "after": after}
+
+
+def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None) -> dict:
     """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its
     settings, the settings of the stage it depends on (`after`) and, once done, its statistics). An
     interrupted run with the same settings resumes; one with other settings, which is ours (it has a
-    stage.json), is replaced."""
+    stage.json), is replaced. `eta` (checkpoint.Eta) carries the work left after this stage, for the
+    progress lines' ETA of the whole quickstart."""
     out = Path(run.out_dir)
-    settings = {**dataclasses.asdict(dataclasses.replace(run, resume=False)), "after": after}
+    settings = stage_settings(run, after)
     marker = out / "stage.json"
     before = json.loads(marker.read_text()) if marker.is_file() else None
     if before is not None and before.get("settings") == settings:
@@ -91,7 +130,7 @@ def run_stage(name, run: TrainConfig, export: Path, after=None) -> dict:
     write_json({"settings": settings}, marker)
     print(f"== {name}")
     # with nothing to resume, what an attempt killed before its first checkpoint left is moved aside (restart)
-    stats = train(dataclasses.replace(run, resume=resume, restart=not resume))
+    stats = train(dataclasses.replace(run, resume=resume, restart=not resume), eta=eta)
     if stats["stopped"]:
         raise SystemExit(f"quickstart stopped during the {name} run; run the same command again to continue")
     write_json({"settings": settings, "stats": stats}, marker)

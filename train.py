@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import losses
-from checkpoint import (Logs, StopSignal, export, export_dir, holds_out_dir_lock, nonfinite_stop, probe_batch,
-                        resume, save)
+from checkpoint import (Eta, Logs, StopSignal, export, export_dir, holds_out_dir_lock, nonfinite_stop,
+                        probe_batch, resume, save)
 from common import adamw, auto_dtype, linear_schedule, parse_config, pick_device
 from hf import load_teacher
 from model import Bert, BertConfig, count_parameters, student_from_teacher
@@ -119,10 +119,13 @@ PRESETS = {
                  log_every=1, layers=2, hidden=64, heads=2, intermediate=128),
     # the README's main command (see quickstart()): the pretrained MiniLM teacher, students of layers 0, 2, 4
     # at the paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out
-    # evaluation; position embeddings trained, as when its printed results were made
+    # evaluation. Cut to fit a quarter of an hour on 2 cores in float32: 60 steps, L_ce on the masked
+    # positions (the vocabulary projections at every token were two thirds of a distillation step's
+    # multiply-adds); position embeddings trained, as when its printed results were made
     "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
-                       batch_size=32, micro_batch=32, max_steps=100, eval_every=20, eval_batches=40,
-                       save_every=50, log_every=10, masking="uniform", freeze_pos_embs=False),
+                       batch_size=32, micro_batch=32, max_steps=60, eval_every=20, eval_batches=8,
+                       save_every=60, log_every=10, masking="uniform", ce_positions="masked",
+                       freeze_pos_embs=False),
 }
 
 
@@ -232,14 +235,19 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
 # The training loop, and the set-up it reads
 
 @holds_out_dir_lock
-def train(cfg: TrainConfig):
+def train(cfg: TrainConfig, eta: Eta = None):
     """One training run: set up, resume, then optimizer steps until `total`, with logging, held-out evaluation
-    and checkpoints; a SIGTERM or SIGINT stops every rank after the same step, with a checkpoint."""
+    and checkpoints; a SIGTERM or SIGINT stops every rank after the same step, with a checkpoint. The progress
+    lines show when the run should end (`eta`, checkpoint.Eta: also when the work after it should)."""
     run = start(cfg)
     build(run)
     resume(run)
     stop = StopSignal()
-    logs, probe = Logs(run), probe_batch(run.loader, run.device)
+    eta = eta or Eta()
+    teacher_cfg = run.teacher.cfg if run.teacher is not None else None
+    full, head = (step_macs(cfg, run.model.cfg, teacher_cfg, head_only=h) for h in (False, True))
+    eta.start(run.step, run.total, lambda k: head if k < cfg.head_steps else full)
+    logs, probe = Logs(run, eta), probe_batch(run.loader, run.device)
     stream, t0, tokens_seen, nonfinite, stopping = micro_batches(run.loader), time.time(), 0, 0, False
     while run.step < run.total and not stopping:
         raw = [next(stream) for _ in range(run.accum)]
@@ -272,6 +280,27 @@ def train(cfg: TrainConfig):
     return {"step": run.step, "skipped": run.skipped,
             "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9),
             "parameters": count_parameters(run.model)["total"], "stopped": stopping and run.step < run.total}
+
+
+def step_macs(cfg, model_cfg, teacher_cfg=None, head_only=False, mask_rate=0.15) -> float:
+    """Multiply-adds of one optimizer step of batch_size x max_len tokens, by a count of its matrix products
+    (for the ETA, where only ratios between steps and stages matter): backward costs twice the forward; the
+    MLM head (transform and vocabulary projection) runs on the masked positions, and in distillation with
+    ce_positions=all on every one; head-only steps run the encoder forward only."""
+    def encoder(c):  # per token: Q, K, V, output, the feed-forward, and QK^T, AV
+        d = c.hidden_size
+        return c.num_layers * (4 * d * d + 2 * d * c.intermediate_size + 2 * cfg.max_len * d)
+
+    def head(c):
+        return c.hidden_size ** 2 + c.hidden_size * c.vocab_size
+    if cfg.mode == "mlm":
+        per_token = (encoder(model_cfg) + 3 * mask_rate * head(model_cfg) if head_only
+                     else 3 * (encoder(model_cfg) + mask_rate * head(model_cfg)))
+    else:
+        rows = 1.0 if cfg.ce_positions == "all" else mask_rate
+        per_token = encoder(teacher_cfg) + rows * head(teacher_cfg) + 3 * (encoder(model_cfg)
+                                                                            + rows * head(model_cfg))
+    return per_token * cfg.batch_size * cfg.max_len
 
 
 @dataclass

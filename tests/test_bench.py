@@ -2,6 +2,7 @@
 wrong training step. Timings are not asserted here (speed is what bench.py reports, not what tests decide)."""
 import json
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -60,9 +61,30 @@ def test_quick_run_end_to_end(inputs, tmp_path):
     assert loader["gpu_batches_per_s"] == pytest.approx(bench.gpu_batches_per_s(4, 32))
     assert "skipped" in res["gpu"] or res["gpu"]["eager"]["mfu"] > 0
     assert len(res["cpu-bf16"]["rows"]) == 3 and all(r["ratio"] > 0 for r in res["cpu-bf16"]["rows"])
+    share = res["cpu-share"]  # the printed share is the one its stored times give
+    assert share["share"] == pytest.approx(share["flops_per_token"] * share["real_tokens"]
+                                           / statistics.median(share["step_s"]) / share["peak_flops"])
+    assert share["rows"][1]["ratio"] == f"{share['share']:.1%}" and share["peak_flops"] > 0
     assert all(0 <= s["other_cores"] and s["seconds"] > 0 for s in res.values())
     table = out.with_suffix(".md").read_text()
-    assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data", "loader", "cpu-bf16"))
+    assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data", "loader",
+                                                           "cpu-bf16", "cpu-share"))
+
+
+def test_cpu_share_by_hand(monkeypatch):
+    """The peak and the share from given times, by hand: 2 n^3 FLOPs per product, the medians of the turns."""
+    times = {"matmul": [0.5, 4.0, 1.0], "step": [2.0, 0.5, 1.0]}
+    monkeypatch.setattr(bench, "interleaved", lambda fns, reps: times)
+    res = bench.bench_cpu_share(2, 32, 3, bench.QUICK, n=64)
+    peak = 2 * 64**3 * res["matmul_repeat"] / 1.0
+    L, t, s = 32, bench.BertConfig(**bench.QUICK), bench.BertConfig(**{**bench.QUICK, "num_layers": 2})
+    d, V, ff = 64, 512, 128  # train_flops_per_token by hand: teacher forward, student forward + backward
+    flops = 4 * (8 * d * d + 4 * d * ff + 4 * L * d) + 2 * (d * d + d * V) \
+        + 3 * (2 * (8 * d * d + 4 * d * ff + 4 * L * d) + 2 * (d * d + d * V))
+    assert res["flops_per_token"] == flops == bench.train_flops_per_token(t, s, L)
+    assert res["peak_flops"] == pytest.approx(peak)
+    assert res["share"] == pytest.approx(flops * res["real_tokens"] / 1.0 / peak)
+    assert res["rows"][1]["met"] == ("yes" if res["share"] >= 0.35 else "NO")
 
 
 def test_equality_check_catches_a_wrong_weight(models):

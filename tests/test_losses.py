@@ -453,3 +453,43 @@ def test_head_losses_fused_fp16_gradient_does_not_underflow():
     rel = ((got.double() - h64.grad).norm() / h64.grad.norm()).item()
     rel_w = ((got_w.double() - w64.grad).norm() / w64.grad.norm()).item()
     assert zeros < 0.01 and rel < 0.01 and rel_w < 0.01, (zeros, rel, rel_w)
+
+
+
+@pytest.mark.parametrize("chunk", [2, 64])
+@pytest.mark.parametrize("case", ["minus_inf", "mse"])
+def test_head_losses_fused_minus_inf_teacher_logit_and_mse_equal_the_plain_formulas(chunk, case):
+    """A teacher logit of -inf (p = 0: 0 log 0 counts as 0, as in kl_per_row) in one row, or L_mse on: the
+    fused value and gradients equal the plain losses on full logits (soft_target_loss, cross_entropy,
+    logit_mse_loss)."""
+    torch.manual_seed(4)
+    N, d, V, T = 9, 5, 7, 2.0
+    u = torch.randn(N, d, dtype=f64, requires_grad=True)
+    weight = torch.randn(V, d, dtype=f64, requires_grad=True)
+    bias = torch.randn(V, dtype=f64, requires_grad=True)
+    t_hidden, t_weight = torch.randn(N, d, dtype=f64), torch.randn(V, d, dtype=f64)
+    labels = torch.full((N,), -100)
+    labels[[1, 2, 8]] = torch.tensor([6, 0, 3])
+    w_mse = 0.1 if case == "mse" else 0.0
+    if case == "minus_inf":
+        t_hidden[4, 0] = 100.0  # a marker: the teacher rules out class 3 on this row
+    teacher_head = lambda h: (h @ t_weight.T).masked_fill((h[:, :1] > 50) & (torch.arange(V) == 3), -math.inf)
+    loss, kl_sum, ce_sum, mse_sum = losses.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
+                                                             5.0 / 10, 2.0 / 3, chunk, w_mse / 10)
+    loss.backward()
+    got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
+    for p in (u, weight, bias):
+        p.grad = None
+    s = u @ weight.T + bias
+    t = teacher_head(t_hidden)
+    assert t.isinf().sum() == (case == "minus_inf")
+    keep = labels != -100
+    ce, mse = losses.soft_target_loss(s, t, T, denom=10), losses.logit_mse_loss(s, t, denom=10)
+    want = 5.0 * ce + 2.0 * F.cross_entropy(s[keep], labels[keep], reduction="sum") / 3 + (w_mse * mse if w_mse else 0)
+    want.backward()
+    assert torch.isfinite(loss) and torch.allclose(loss, want, atol=1e-10)
+    assert torch.allclose(kl_sum * T**2 / 10, ce, atol=1e-10)
+    if w_mse:
+        assert torch.allclose(mse_sum / 10, mse, atol=1e-10)
+    for a, b in zip(got, (u.grad, weight.grad, bias.grad)):
+        assert torch.allclose(a, b, atol=1e-10)

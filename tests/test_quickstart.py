@@ -89,3 +89,31 @@ def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
     # another teacher: everything after it runs again too
     quickstart.quickstart(cfg, teacher_steps={**steps, "max_steps": 3})
     assert "already complete" not in capsys.readouterr().out
+
+
+def test_eta_from_a_fake_clock_by_hand():
+    """Expected ends from the pace so far, worked by hand: head-only steps cost a quarter of a full one."""
+    from checkpoint import Eta
+    now = [100.0]
+    eta = Eta(later=50.0, clock=lambda: now[0])
+    eta.start(0, 10, cost=lambda k: 0.25 if k < 2 else 1.0)
+    assert eta.estimate(0) is None and eta.text(0) == ""
+    now[0] = 110.0  # 4 steps in 10 s: 0.25 + 0.25 + 1 + 1 = 2.5 units, 0.25 units/s
+    left, everything = eta.estimate(4)
+    assert left == pytest.approx(6 / 0.25) and everything == pytest.approx((6 + 50) / 0.25)
+    assert eta.text(4).startswith("ends in 24s (") and ", all ends in 3m44s (" in eta.text(4)
+    resumed = Eta(clock=lambda: now[0])  # resumed at step 5: only the steps run since count
+    resumed.start(5, 10)
+    now[0] = 130.0  # 2 steps in 20 s
+    assert resumed.estimate(7) == pytest.approx((30.0, 30.0)) and "all ends" not in resumed.text(7)
+
+
+def test_progress_lines_show_the_eta_of_the_stage_and_of_all(tiny_teacher, tmp_path, capsys):
+    """The plain progress lines of every quickstart stage carry an ETA; the last stage's 'all' end is the
+    compare_models work alone, less than before."""
+    cfg = T.parse_args(["--preset=quickstart", f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
+                        "--max_len=64", "--max_steps=4", "--log_every=2", "--eval_every=0", "--eval_batches=1",
+                        "--dtype=float32"])
+    quickstart.quickstart(cfg, teacher_steps=dict(max_steps=4, head_steps=2, head_lr=1e-3, lr=1e-3))
+    lines = [line for line in capsys.readouterr().out.splitlines() if " step 2/4:" in line]
+    assert len(lines) == 3 and all(" | ends in " in line and ", all ends in " in line for line in lines)
