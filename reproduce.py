@@ -168,6 +168,7 @@ def base_run(cfg, root) -> train.TrainConfig:
         teacher=str(root / "teacher" / "model"),
         max_steps=cfg.general_steps,
         max_len=cfg.max_len,
+        ce_positions="all",  # the paper's L_ce over every real token (the quickstart's preset cuts it to masked)
         dtype="float32" if cfg.quick else "auto",
     )
 
