@@ -5,11 +5,11 @@ every cell ran without an error: to a temporary file beside it first, then renam
 stops at the first notebook with an error, which is printed, and exits with status 1.
 
 The last paragraph of each notebook's first cell, the one that starts with RUN_LINE, is rewritten with the
-machine, the torch version, the seconds (wall clock and CPU), the load and the date of this run, so that what it says is true by
-construction. The notebooks of one run share a scratch folder (NOTEBOOK_WORK: the prepared corpus, the
-teacher's fitted head, notebook 04's short quickstart), removed at the end unless NOTEBOOK_WORK was given; a
-notebook run alone (in Jupyter) makes its own. Seeds are fixed in the notebooks, so a second run prints the same
-numbers, up to the last digits of float sums on another machine.
+machine, the torch version, the seconds (wall clock and CPU), the load and the date of this run, so that what
+it says is true by construction. The notebooks of one run share a scratch folder (NOTEBOOK_WORK: the prepared
+corpus, the teacher's fitted head, notebook 04's short quickstart), removed at the end unless NOTEBOOK_WORK
+was given; a notebook run alone (in Jupyter) makes its own. Seeds are fixed in the notebooks, so a second run
+prints the same numbers, up to the last digits of float sums on another machine.
 """
 import datetime
 import os
@@ -44,8 +44,8 @@ def cores():
 
 
 def execute(path, timeout=1800):
-    """Runs the notebook at `path` in a fresh kernel; returns (the executed notebook, seconds, CPU seconds). Raises
-    CellExecutionError on the first cell that fails."""
+    """Runs the notebook at `path` in a fresh kernel; returns (the executed notebook, seconds, CPU seconds).
+    Raises CellExecutionError on the first cell that fails."""
     # torch imports tqdm, which warns inside a kernel without ipywidgets: noise, not a result
     os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
     nb = nbformat.read(path, as_version=4)
@@ -68,9 +68,10 @@ def children_cpu():
 def run_line(seconds, cpu, load):
     import torch
     shared = f" (above {cores()}, other jobs shared the cores)" if load > cores() else ""
-    return (f"{RUN_LINE} `python notebooks/run.py` ran this notebook in {seconds:.0f} s ({cpu:.0f} CPU-seconds) "
-            f"on {datetime.date.today().isoformat()}: {cpu_name()}, {cores()} cores, load average {load:.1f} at "
-            f"the start{shared}, torch {torch.__version__}, Python {platform.python_version()}.*")
+    return (f"{RUN_LINE} `python notebooks/run.py` ran this notebook in {seconds:.0f} s "
+            f"({cpu:.0f} CPU-seconds) on {datetime.date.today().isoformat()}: {cpu_name()}, {cores()} cores, "
+            f"load average {load:.1f} at the start{shared}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}.*")
 
 
 def stamp(nb, line):

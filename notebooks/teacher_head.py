@@ -1,13 +1,13 @@
 """The real teacher of notebooks 02 and 03: all-MiniLM-L6-v2 with a masked-LM head fitted in a minute.
 
 MiniLM was trained for sentence embeddings and has no masked-LM head; `Bert.from_pretrained` gives it a fresh
-(random) one. The quickstart trains the whole teacher for 240 steps (`out/quickstart/teacher/model`); a notebook
-cannot spend that long, so here only the head (model.MLMHead: dense, GELU, LayerNorm, and the decoder's bias; the
-decoder weight is the frozen word-embedding matrix, tied) is fitted on the frozen encoder, with L_mlm
-(losses.mlm_loss): the encoder runs once over some training sequences masked as in training, then a few AdamW
-steps fit the head on those masked positions. Its guesses are weak (a little better than always answering the most
-frequent token; the numbers are printed), but it is a real teacher: every computation downstream is the one a run
-makes. NOTEBOOK_QUICK=1 (the tests) fits it on less.
+(random) one. The quickstart trains the whole teacher for 240 steps (`out/quickstart/teacher/model`); a
+notebook cannot spend that long, so here only the head (model.MLMHead: dense, GELU, LayerNorm, and the
+decoder's bias; the decoder weight is the frozen word-embedding matrix, tied) is fitted on the frozen encoder,
+with L_mlm (losses.mlm_loss): the encoder runs once over some training sequences masked as in training, then a
+few AdamW steps fit the head on those masked positions. Its guesses are weak (a little better than always
+answering the most frequent token; the numbers are printed), but it is a real teacher: every computation
+downstream is the one a run makes. NOTEBOOK_QUICK=1 (the tests) fits it on less.
 """
 import json
 import os
@@ -29,17 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def work_folder() -> Path:
-    """The scratch folder: run.py shares one between the notebooks of a run (NOTEBOOK_WORK); alone, a new one."""
+    """The scratch folder: run.py shares one between the notebooks of a run (NOTEBOOK_WORK); alone, a new
+    one."""
     return Path(os.environ.get("NOTEBOOK_WORK") or tempfile.mkdtemp(prefix="distilbert-notebook-"))
 
 
 def corpus(work) -> data.TokenData:
-    """The quickstart's corpus (Python's own documentation) in the teacher's vocabulary, prepared by prepare.py
-    in a fresh interpreter: the corpus holds the docstrings of the modules an interpreter can import and of what
-    they define, which would otherwise depend on what the notebook had imported before."""
+    """The quickstart's corpus (Python's own documentation) in the teacher's vocabulary, prepared by
+    prepare.py in a fresh interpreter: the corpus holds the docstrings of the modules an interpreter can
+    import and of what they define, which would otherwise depend on what the notebook had imported before."""
     out, vocab = Path(work) / "data", resolve_checkpoint(NAME) / "vocab.txt"
-    r = subprocess.run([sys.executable, "prepare.py", f"--out={out}", f"--vocab={vocab}", "--valid-fraction=0.15",
-                        "--overwrite"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "prepare.py", f"--out={out}", f"--vocab={vocab}",
+                        "--valid-fraction=0.15", "--overwrite"], cwd=ROOT, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"prepare.py failed:\n{r.stderr}")
     print("\n".join(line for line in r.stderr.splitlines() if line.startswith("[data]")))

@@ -27,14 +27,15 @@ def shared_work(tmp_path_factory):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, shared_work):
     nb, _, _ = run.execute(path)  # raises CellExecutionError on the first cell that fails
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "error"]
     assert not errors
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_outputs_stored(path):
-    """Every code cell has an output (or the tag "silent"), at least one figure is stored as a PNG, and the first cell says where
-    and how long the run took (notebooks/run.py writes that line)."""
+    """Every code cell has an output (or the tag "silent"), at least one figure is stored as a PNG, and the
+    first cell says where and how long the run took (notebooks/run.py writes that line)."""
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     silent = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and not c.outputs
@@ -42,7 +43,8 @@ def test_outputs_stored(path):
     assert not silent, f"code cells without outputs: {silent} (run python notebooks/run.py)"
     assert all(o.output_type != "error" for c in code for o in c.outputs)
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), "no figure stored"
-    assert nb.cells[0].cell_type == "markdown" and run.RUN_LINE + " `python notebooks/run.py` ran" in nb.cells[0].source
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and run.RUN_LINE + " `python notebooks/run.py` ran" in first.source
 
 
 def test_stamp_replaces_the_run_line():
