@@ -630,21 +630,6 @@ def test_help_names_the_released_layers():
     assert cfg.student_layers == "0,2,4,7,9,11"
 
 
-DRIVER = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-import train as T
-real_evaluate = T.evaluate
-
-def evaluate(*a, **k):  # rank 1: SIGTERM during the first evaluation, after that step's all-reduced stop flag
-    out = real_evaluate(*a, **k)
-    if os.environ["RANK"] == "1" and not os.path.exists({flag!r}):
-        open({flag!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGTERM)
-    return out
-T.evaluate = evaluate
-T.train(T.parse_args(sys.argv[1:]))
-"""
 
 
 def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_path):
@@ -654,7 +639,7 @@ def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_pat
     0."""
     root, _ = setup
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(root=str(ROOT), flag=str(tmp_path / "signalled")))
+    driver.write_text(SIGNAL_RANK.format(rank=1, root=str(ROOT), flag=str(tmp_path / "signalled")))
     out, port = tmp_path / "ddp-sig", free_port()
     argv = [sys.executable, str(driver), *args(root, out, max_steps=50, eval_every=2, save_every=100000)]
     procs = []
