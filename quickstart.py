@@ -24,7 +24,7 @@ from train import TrainConfig, step_macs, train
 
 
 # its MLM head
-QUICKSTART_TEACHER_STEPS = dict(max_steps=120, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=0)
+QUICKSTART_TEACHER_STEPS = dict(max_steps=240, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=40)
 
 
 def quickstart(cfg: TrainConfig, teacher_steps=None):

@@ -115,8 +115,8 @@ PRESETS = {
     # at the paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out
     # evaluation
     "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
-                       batch_size=32, micro_batch=32, max_steps=60, eval_every=20, eval_batches=8,
-                       save_every=60, log_every=10, masking="uniform", ce_positions="masked"),
+                       batch_size=32, micro_batch=32, max_steps=100, eval_every=20, eval_batches=40,
+                       save_every=50, log_every=10, masking="uniform"),
 }
 
 
