@@ -183,15 +183,6 @@ def pkd_loss(student_logits, teacher_logits, labels, student_cls=None, teacher_c
 # ------------------------------------------------------------------------------------------------------------
 # The production path: L_ce + L_mlm fused over chunks of rows, gradients computed in the forward pass
 
-def _softmax_lse(x):
-    """(softmax(x), logsumexp(x)) over the last dimension of a 2-D x, with a single pass of exp; x is
-    overwritten (it holds the softmax)."""
-    m = x.amax(-1, keepdim=True)
-    e = x.sub_(m).exp_()
-    total = e.sum(-1, keepdim=True)
-    return e.div_(total), (total.log() + m).squeeze(-1)
-
-
 class _HeadLosses(torch.autograd.Function):
     """Forward computes the losses and, on the way, their gradients, one chunk of rows at a time; backward
     only scales the stored gradients. Nothing (rows x vocab) outlives a chunk and nothing is recomputed.
@@ -213,42 +204,33 @@ class _HeadLosses(torch.autograd.Function):
         # taken out of g, put back in float32
         scale = max(abs(w_ce * temperature), abs(w_mlm), abs(2 * w_mse)) or 1.0
         kl_sum, ce_sum, mse_sum = (u.new_zeros((), dtype=acc) for _ in range(3))
-        inv_t = 1.0 / temperature
         for start in range(0, u.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            # at most three (chunk, V) tensors at a time (four with alpha_mse): z/T, t/T, p, then q in z's
-            # storage. The exps are the costly part on a CPU (one per logit, a compute-bound pass), so each
-            # softmax takes one (_softmax_lse) and KL is taken from the softmaxes and log-normalisers:
-            # log p = t/T - lse_p, log q = z/T - lse_q, so KL = sum p (t/T - z/T) + lse_q - lse_p (sum p = 1)
-            zs = torch.addmm(bias, u[rows], weight.t(), beta=inv_t, alpha=inv_t).to(acc)  # student logits / T
+            # at most three (chunk, V) tensors at a time: z or log_q, t or log_p, p
+            z = F.linear(u[rows], weight, bias).to(acc)                    # student logits
             lab = labels[rows]
             masked = lab != -100
-            z_m = zs[masked].mul_(temperature)                            # L_mlm on the masked rows (T = 1)
-            picked = z_m.gather(1, lab[masked, None]).squeeze(1)
-            s_m, lse_m = _softmax_lse(z_m)
-            ce_sum += (lse_m - picked).sum()
-            ts = teacher_head(teacher_hidden[rows]).to(acc)               # teacher logits (no grad here)
+            log_s = F.log_softmax(z[masked], dim=-1)                       # L_mlm on the masked rows (T = 1)
+            ce_sum += -log_s.gather(1, lab[masked, None]).sum()
+            t = teacher_head(teacher_hidden[rows]).to(acc)                 # teacher logits (no grad here)
             g_mse = None
             if w_mse:  # alpha_mse: d(w_mse sum (z - t)^2)/dz = 2 w_mse (z - t); a fourth (chunk, V) tensor
-                g_mse = torch.mul(zs, temperature).sub_(ts)
+                g_mse = z - t
                 mse_sum += g_mse.square().sum()
                 g_mse.mul_(2 * w_mse / scale)
-            ts.mul_(inv_t)
-            p, lse_p = _softmax_lse(ts.clone())
-            kl = torch.dot(p.view(-1), ts.view(-1)) - torch.dot(p.view(-1), zs.view(-1))
-            if torch.isfinite(kl):
-                del ts
-                q, lse_q = _softmax_lse(zs)  # in place: z/T is not needed any more
-                kl_sum += kl + (lse_q - lse_p).sum()
-            else:  # a teacher logit of -inf (p = 0, 0 log 0 = 0) or a non-finite logit: the plain formula
-                kl_sum += kl_per_row(zs * temperature, ts * temperature, temperature).sum()
-                del ts
-                q, _ = _softmax_lse(zs)
-            # d(w_ce T^2 KL)/dz / scale = w_ce T (q - p) / scale, in q's storage
-            g = q.sub_(p).mul_(w_ce * temperature / scale)
+            log_q = F.log_softmax(z.div_(temperature), dim=-1)
+            del z
+            log_p = F.log_softmax(t.div_(temperature), dim=-1)
+            del t
+            p = log_p.exp()
+            kl_sum += log_p.sub_(log_q).mul_(p).masked_fill_(p == 0, 0.0).sum()  # 0 log 0 = 0, as kl_per_row
+            del log_p
+            # d(w_ce T^2 KL)/dz / scale = w_ce T (q - p) / scale, in log_q's storage
+            g = log_q.exp_().sub_(p).mul_(w_ce * temperature / scale)
             del p
-            s_m[torch.arange(len(s_m), device=g.device), lab[masked]] -= 1.0  # d CE/dz = softmax(z) - onehot
-            g[masked] += (w_mlm / scale) * s_m
+            g_mlm = log_s.exp_()                       # d CE/dz = softmax(z) - onehot(label)
+            g_mlm[torch.arange(len(g_mlm), device=g.device), lab[masked]] -= 1.0
+            g[masked] += (w_mlm / scale) * g_mlm
             if g_mse is not None:
                 g += g_mse
                 del g_mse
