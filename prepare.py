@@ -331,34 +331,27 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     inputs_hash = hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
     _check_not_an_input(out_dir, files, inputs)
     with _prepare_lock(out_dir):  # a second prepare.py on the same --out waits for none: it is refused
-        return _prepare_locked(out_dir, tmp, old, sources, settings, inputs_hash, tokenizer, vocab,
-                               vocab_size, valid_fraction, shard_tokens, batch_docs, seed, overwrite)
+        _remove_stale(tmp)  # left behind by an interrupted run (no living prepare.py holds the lock)
+        _recover_old(old, out_dir)
+        existing = _own_meta(out_dir)
+        if existing is not None and existing.get("inputs_hash") == inputs_hash:
+            log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
+            return existing
+        _check_replaceable(out_dir, existing, overwrite)
+        meta = {}
 
-
-def _prepare_locked(out_dir, tmp, old, sources, settings, inputs_hash, tokenizer, vocab, vocab_size,
-                    valid_fraction, shard_tokens, batch_docs, seed, overwrite):
-    _remove_stale(tmp)  # left behind by an interrupted run (no living prepare.py holds the lock)
-    _recover_old(old, out_dir)
-    existing = _own_meta(out_dir)
-    if existing is not None and existing.get("inputs_hash") == inputs_hash:
-        log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
-        return existing
-    _check_replaceable(out_dir, existing, overwrite)
-    meta = {}
-
-    def fill(tmp):  # the old folder (--overwrite) goes only once the new one is complete
-        tmp.mkdir(parents=True)
-        (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
-        meta.update(_build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens,
-                           batch_docs,
-                           seed), inputs_hash=inputs_hash, settings=settings)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the folder complete
-        (tmp / PARTIAL).unlink()
-    write_atomic(out_dir, fill, folder=True, tmp=tmp)
-    s = meta["splits"]
-    log(f"wrote {out_dir}: train {s['train']['docs']} docs / {s['train']['tokens']} tokens, "
-        f"valid {s['valid']['docs']} docs / {s['valid']['tokens']} tokens")
-    return meta
+        def fill(tmp):  # the old folder (--overwrite) goes only once the new one is complete
+            tmp.mkdir(parents=True)
+            (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
+            meta.update(_build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens,
+                               batch_docs, seed), inputs_hash=inputs_hash, settings=settings)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: marks the folder complete
+            (tmp / PARTIAL).unlink()
+        write_atomic(out_dir, fill, folder=True, tmp=tmp)
+        s = meta["splits"]
+        log(f"wrote {out_dir}: train {s['train']['docs']} docs / {s['train']['tokens']} tokens, "
+            f"valid {s['valid']['docs']} docs / {s['valid']['tokens']} tokens")
+        return meta
 
 
 def _sources(files, hf_datasets, pack_rows, pack_chars) -> list:

@@ -306,9 +306,9 @@ def bad_inputs(setup, tmp_path_factory):
     model.save_pretrained(base / "model", tokenizer_files=[root / "data" / "vocab.txt"])
     glue = base / "glue" / "SST-2"
     glue.mkdir(parents=True)
-    lines = "".join(f"the cat sat on mat {i}\t{i % 2}\n" for i in range(24))
-    (glue / "train.tsv").write_text("sentence\tlabel\n" + lines)
-    (glue / "dev.tsv").write_text("sentence\tlabel\n" + lines[:8 * 22])
+    lines = [f"the cat sat on mat {i}\t{i % 2}\n" for i in range(24)]
+    (glue / "train.tsv").write_text("sentence\tlabel\n" + "".join(lines))
+    (glue / "dev.tsv").write_text("sentence\tlabel\n" + "".join(lines[:8]))
     return base
 
 
