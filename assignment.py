@@ -94,7 +94,7 @@ PARTS = (
     Part("smoothing", "data.py", "smoothing_weights", 4,
          ("test_smoothing_weights_by_hand", "test_smoothing_unseen_ids_and_dict_specials"),
          "masking weights count^-0.7"),
-    Part("lr_schedule", "common.py", "linear_schedule", 4,
+    Part("lr_schedule", "machinery/optim.py", "linear_schedule", 4,
          ("test_lr_schedule_warmup_then_decay", "test_lr_schedule_no_warmup_and_past_the_end"),
          "linear warm-up, linear decay"),
     Part("denominators", "train.py", "forward_backward", 10,
@@ -328,10 +328,10 @@ def top_level(text):
 # Running a part's tests: in a subprocess, in a tree, with transformers blocked
 
 def graded_files(root=ROOT) -> dict:
-    """{name: bytes} of what the graded tests need from a tree: the top-level modules, the tests and their
-    data."""
+    """{name: bytes} of what the graded tests need from a tree: the modules (top level and machinery/), the
+    tests and their data."""
     return {n: (root / n).read_bytes() for n in project_files(root)
-            if "/" not in n and n.endswith(".py") or n in (TESTS, REFERENCE_DATA)}
+            if n.endswith(".py") and ("/" not in n or n.startswith("machinery/")) or n in (TESTS, REFERENCE_DATA)}
 
 
 def tree(files: dict, into: Path) -> Path:
@@ -370,6 +370,7 @@ def _run(where, result, names, per_test=PER_TEST):
     out = {}
     try:
         import importlib.util
+
         import torch
         torch.set_num_threads(1)
         spec = importlib.util.spec_from_file_location("test_parts", Path(where) / TESTS)
@@ -398,7 +399,7 @@ def _run(where, result, names, per_test=PER_TEST):
     Path(result).write_text(json.dumps(out))
 
 
-def one_line(e):  # not common.one_line: the test process imports none of the tree's modules before its tests
+def one_line(e):  # not files.one_line: the test process imports none of the tree's modules before its tests
     text = " ".join(str(e).split())[:300]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
@@ -459,7 +460,7 @@ def make(out, root=ROOT, check=True):
             (tmp / name).write_bytes(data)
             if os.access(root / name, os.X_OK) and (root / name).is_file():
                 os.chmod(tmp / name, 0o755)
-    from common import write_atomic
+    from machinery.files import write_atomic
     write_atomic(out, write, folder=True)
     print(f"{out}: the student version, {len(files)} files, {len(PARTS)} parts, "
           f"{sum(p.points for p in PARTS)} points")
@@ -610,7 +611,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_run"] and len(argv) >= 3:  # the test process: nothing of a tree imported before it
         return _run(argv[1], argv[2], argv[3:])
-    from common import parse_config  # here, not at the top: the test process must not import common
+    from machinery.config import \
+        parse_config  # here, not at the top: the test process must not import the machinery
     usage = "usage: python assignment.py parts | make OUT | grade DIR [--json=FILE] | check PART"
     command, operands = (argv[:1] or ["help"])[0], []
     while len(argv) > 1 + len(operands) and not argv[1 + len(operands)].startswith("--"):
@@ -632,7 +634,7 @@ def main(argv=None):
             report = grade(operands[0])
             print_grades(report)
             if opts.json:
-                from common import write_json
+                from machinery.files import write_json
                 write_json(report, opts.json)
         elif command == "check" and len(operands) == 1:
             return 1 if check(operands[0]) else 0

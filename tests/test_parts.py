@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import common
 import data
 import losses
 import model
 import peakd
 import train
+from machinery import optim
 
 REF = load_file(str(Path(__file__).resolve().parents[1] / "sanity" / "parts_reference.safetensors"))
 TINY = dict(vocab_size=30, hidden_size=16, num_heads=2, intermediate_size=32, max_position=8)
@@ -601,18 +601,18 @@ def test_smoothing_unseen_ids_and_dict_specials():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# lr_schedule: common.linear_schedule
+# lr_schedule: optim.linear_schedule
 
 
 def test_lr_schedule_warmup_then_decay():
-    got = [common.linear_schedule(s, 100, 10) for s in (0, 5, 10, 55, 100)]
+    got = [optim.linear_schedule(s, 100, 10) for s in (0, 5, 10, 55, 100)]
     assert got == [0.0, 0.5, 1.0, 0.5, 0.0], f"factors at steps 0, 5, 10, 55, 100: {got}"
 
 
 ### BEGIN HIDDEN TESTS
 def test_lr_schedule_no_warmup_and_past_the_end():
-    assert common.linear_schedule(0, 50, 0) == 1.0, "without warm-up the first step has the peak rate"
-    assert common.linear_schedule(70, 50, 5) == 0.0, "past the last step the factor is 0, not negative"
+    assert optim.linear_schedule(0, 50, 0) == 1.0, "without warm-up the first step has the peak rate"
+    assert optim.linear_schedule(70, 50, 5) == 0.0, "past the last step the factor is 0, not negative"
 
 
 ### END HIDDEN TESTS
