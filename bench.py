@@ -41,7 +41,7 @@ and optimizer are built, freed heap goes back to the OS (malloc_trim) and the pe
 (/proc/self/clear_refs); the peak is the VmHWM reached during the steps minus the RSS at that point, so it
 counts gradients and AdamW state (equal on both sides), activations and loss temporaries. Results are merged
 into out/bench-results.json (written atomically) and out/bench-results.md (the README table). Timings on a
-busy machine are noise: --max-load waits for a quiet one.
+busy machine are noise: --max_load waits for a quiet one.
 """
 import argparse
 import contextlib
@@ -66,6 +66,7 @@ import losses
 import prepare
 import train
 from machinery import device, files
+from machinery.config import ArgumentParser
 from machinery.hf import load_pretrained, save_pretrained
 from machinery.tokenizer import load_tokenizer
 from model import Bert, BertConfig, student_from_teacher
@@ -804,12 +805,14 @@ def wait_for_quiet(max_load, timeout):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions: a smoke test")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--out", default="out/bench-results.json")
+    p.add_argument("--docs", default="", help="also write the table into this page's 'bench' region, "
+                   "e.g. docs/benchmarks.md")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, both sides")
-    p.add_argument("--max-load", type=float, default=0,
+    p.add_argument("--max_load", type=float, default=0,
                    help="before each section wait (up to --wait s) until the "
                    "1-minute load average is below this (0: do not wait)")
     p.add_argument("--wait", type=float, default=1200)
@@ -819,21 +822,21 @@ def parser():
     p.add_argument("--vocab", default=str(SHARED / "bert-base-uncased" / "vocab.txt"))
     p.add_argument("--sts", default=str(SHARED / "glue" / "STS-B" / "dev.tsv"))
     p.add_argument("--corpus", nargs="+", default=[str(SHARED / "corpora")])
-    p.add_argument("--sts-limit", type=int, default=None, help="the first N STS-B dev pairs only")
-    p.add_argument("--train-shape", default=None, help="batch x length of the training step (default 8x128)")
-    p.add_argument("--no-pad", action="store_true", help="training batch without padding")
+    p.add_argument("--sts_limit", type=int, default=None, help="the first N STS-B dev pairs only")
+    p.add_argument("--train_shape", default=None, help="batch x length of the training step (default 8x128)")
+    p.add_argument("--no_pad", action="store_true", help="training batch without padding")
     p.add_argument("--variants", default=None,
                    help="our steps, default ours:1024,ours:256,ours:0: ours:<ce_chunk> "
                    "(0: full logits at once); ours:<ce_chunk>:adamw with torch's default AdamW, as the "
                    "reference")
-    p.add_argument("--train-steps", type=int, default=None, help="timed steps per process")
-    p.add_argument("--train-rounds", type=int, default=None, help="processes per variant, interleaved")
-    p.add_argument("--infer-cells", default=None,
+    p.add_argument("--train_steps", type=int, default=None, help="timed steps per process")
+    p.add_argument("--train_rounds", type=int, default=None, help="processes per variant, interleaved")
+    p.add_argument("--infer_cells", default=None,
                    help="inference cells and timed runs per side, e.g. 32x512:4,1x128:9 "
                    "(default: batch 1 and 32 x length 128 and 512)")
-    p.add_argument("--infer-models", default="teacher,student", help="inference: teacher, student or both")
-    p.add_argument("--gpu-batch", type=int, default=32)
-    p.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE / 1e12, help="GPU peak, for MFU")
+    p.add_argument("--infer_models", default="teacher,student", help="inference: teacher, student or both")
+    p.add_argument("--gpu_batch", type=int, default=32)
+    p.add_argument("--peak_tflops", type=float, default=H200_BF16_DENSE / 1e12, help="GPU peak, for MFU")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
@@ -859,7 +862,9 @@ def main(argv=None):
             res["sections"][name] = measure(name, lambda: run[name](folder), a, res)
             files.write_atomic(out, lambda t: t.write_text(json.dumps(res, indent=1)))  # a reader never sees half
             out.with_suffix(".md").write_text(markdown(res))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+            if a.docs:
+                files.write_region(a.docs, "bench", markdown(res))
+    print(f"wrote {out} and {out.with_suffix('.md')}" + (f", and the table into {a.docs}" if a.docs else ""))
     return res
 
 
@@ -891,11 +896,11 @@ def sections(a, size, vocab, sts) -> dict:
             cells = {tuple(map(int, c.split(":")[0].split("x"))): int(c.split(":")[1])
                      for c in a.infer_cells.split(",")}
         except (ValueError, IndexError):
-            raise SystemExit(f"--infer-cells={a.infer_cells}: expected BxL:runs[,BxL:runs...], "
+            raise SystemExit(f"--infer_cells={a.infer_cells}: expected BxL:runs[,BxL:runs...], "
                              f"e.g. 32x512:4") from None
     models = tuple(a.infer_models.split(","))
     if not models or set(models) - {"teacher", "student"}:
-        raise SystemExit(f"--infer-models={a.infer_models}: expected teacher, student or teacher,student")
+        raise SystemExit(f"--infer_models={a.infer_models}: expected teacher, student or teacher,student")
     variants = (a.variants or ("ours:16,ours:0" if a.quick else "ours:1024,ours:256,ours:0")).split(",")
     have_corpus = all(map(os.path.exists, a.corpus)) and vocab.is_file()
     return {

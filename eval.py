@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from machinery.config import ArgumentParser
 from machinery.files import pyplot, save_figure, write_atomic, write_json, write_text
 
 # ------------------------------------------------------------------------------------------------------------
@@ -375,17 +376,17 @@ def bar_chart(table, path):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("mlm", help="held-out masked-LM accuracy and perplexity")
     m.add_argument("--model", required=True, nargs="+", help="Hugging Face folder(s)")
     m.add_argument("--data", required=True, help="a folder prepared by prepare.py")
     m.add_argument("--split", default="valid")
-    m.add_argument("--max-len", type=int, help="tokens per sequence (default: 128, or the model's positions when "
+    m.add_argument("--max_len", type=int, help="tokens per sequence (default: 128, or the model's positions when "
                    "fewer)")
-    m.add_argument("--batch-size", type=int, default=32)
+    m.add_argument("--batch_size", type=int, default=32)
     m.add_argument("--seed", type=int, default=1234)
-    m.add_argument("--max-batches", type=int)
+    m.add_argument("--max_batches", type=int)
     m.add_argument("--out", help="JSON file for the results")
     s = sub.add_parser("speed", help="Table 3: parameters, size, CPU inference time on STS-B dev")
     s.add_argument("--teacher", required=True)
@@ -393,7 +394,7 @@ def parser():
     s.add_argument("--vocab", help="vocab.txt / tokenizer.json (default: the teacher folder's)")
     s.add_argument("--sts", required=True, help="STS-B dev.tsv")
     s.add_argument("--limit", type=int, help="time only the first N pairs")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batch_size", type=int, default=32)
     s.add_argument("--threads", type=int)
     s.add_argument("--quantize", action="store_true", help="add the int8 (dynamic) quantised student")
     s.add_argument("--data", help="prepared shards: MLM accuracy of the int8 student")
@@ -458,7 +459,7 @@ def check_mlm_inputs(model, path, shards, max_len):
     from machinery.hf import teacher_tokenizer_file
     from machinery.tokenizer import load_tokenizer, vocab_hash
     if max_len > model.cfg.max_position:
-        raise SystemExit(f"eval.py: --max-len {max_len} is more than the {model.cfg.max_position} positions "
+        raise SystemExit(f"eval.py: --max_len={max_len} is more than the {model.cfg.max_position} positions "
                          f"of {path}")
     vocab = teacher_tokenizer_file(path)
     if model.cfg.vocab_size != shards.vocab_size or (

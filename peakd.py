@@ -40,6 +40,7 @@ import torch
 from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, fit, load_encoder, load_finetuned,
                       predict, read_glue, save_finetuned, task_spec)
 from losses import pkd_loss
+from machinery.config import ArgumentParser
 from machinery.files import one_line
 from machinery.hf import model_folder
 from machinery.tokenizer import load_tokenizer
@@ -411,15 +412,14 @@ def table(results) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("command", choices=["run", "ablation"], help="run: the Pea-KD pipeline | ablation: all of "
                    + ", ".join(VARIANTS))
     p.add_argument("--task", nargs="+", required=True, help="GLUE task(s): SST-2 MRPC RTE QNLI ...")
     p.add_argument("--data", required=True, help="GLUE root folder (one folder per task)")
     p.add_argument("--teacher", required=True,
-                   help="pretrained BERT (HF folder; fine-tuned first) or a finetune.py "
-                   "folder fine-tuned on the task")
+                   help="a pretrained BERT (fine-tuned here first) or a finetune.py folder already fine-tuned "
+                        "on the task")
     p.add_argument("--vocab", default="", help="vocab.txt or tokenizer.json (default: the teacher folder's)")
     p.add_argument("--out", default="out/peakd", help="results, fine-tuned teacher and students go here")
     p.add_argument("--student_layers", type=int, default=0, help="k (default: half the teacher's layers)")
@@ -428,8 +428,7 @@ def main(argv=None):
     p.add_argument("--init", default="first", choices=["first", "skip"],
                    help="first k layers | every other one")
     p.add_argument("--arch", default="bert", choices=["bert", "distilbert"],
-                   help="student keeps token types and "
-                   "pooler (bert, as Pea-KD) or drops them (distilbert)")
+                   help="bert: the student keeps token types and pooler, as Pea-KD | distilbert: drops them")
     p.add_argument("--sps", default="auto", type=lambda s: s if s in ("auto", "all", "upper")
                    else [int(i) for i in s.split(",")],
                    help="layers SPS re-runs: auto (all if k < n/2, else upper, as the reference) | all | "
@@ -463,8 +462,8 @@ def main(argv=None):
     for task in args.task:
         a = argparse.Namespace(**{**vars(args), "task": task})
         try:
-            results.append(pipeline(a, list(VARIANTS) if args.command == "ablation" else ["KD + SPS + PTP "
-                                                                                          "(Pea-KD)"]))
+            variants = list(VARIANTS) if args.command == "ablation" else ["KD + SPS + PTP (Pea-KD)"]
+            results.append(pipeline(a, variants))
         except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
             raise SystemExit(f"peakd.py: error: {one_line(e)}") from None
     print(table(results))

@@ -5,8 +5,8 @@
   2. prepare     corpus -> flat binary token shards + document offsets + counts.npy + vocab + meta.json
                  (atomic)
 
-Command line:  python prepare.py [inputs ...] [--out DIR] [--vocab PATH | --vocab-size N] [--valid-fraction F]
-(`python data.py ...` runs the same.) With no inputs the corpus is Python's own documentation, so everything
+Command line:  python prepare.py [inputs ...] [--out DIR] [--vocab=PATH | --vocab_size=N] [--valid_fraction=F]
+With no inputs the corpus is Python's own documentation, so everything
 runs offline.
 """
 import argparse
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from data import FORMAT, FORMAT_VERSION, token_dtype
 from machinery import files
+from machinery.config import ArgumentParser
 from machinery.files import one_line
 from machinery.files import sha256 as sha256_file
 from machinery.files import write_atomic
@@ -119,7 +120,7 @@ def _hf_rows(spec):
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"--hf-dataset {spec} needs the Hugging Face `datasets` package: "
+        raise ImportError(f"--hf_dataset={spec} needs the Hugging Face `datasets` package: "
                           f"pip install datasets") from None
     saved = Path(spec).is_dir() and any((Path(spec) / f).is_file()
                                         for f in ("state.json", "dataset_dict.json"))  # save_to_disk's
@@ -133,12 +134,12 @@ def _hf_rows(spec):
         except RuntimeError as e:
             if "script" not in str(e).lower():
                 raise
-            raise ValueError(f"--hf-dataset {spec}: {one_line(e)} (`datasets` {datasets.__version__} runs no "
+            raise ValueError(f"--hf_dataset={spec}: {one_line(e)} (`datasets` {datasets.__version__} runs no "
                              f"loading scripts: name a script-free dataset, e.g. "
                              f"wikimedia/wikipedia:20231101.en or SamuelYang/bookcorpus)") from None
     for row in rows:
         if "text" not in row:
-            raise ValueError(f"--hf-dataset {spec}: no 'text' column (columns: {sorted(row)})")
+            raise ValueError(f"--hf_dataset={spec}: no 'text' column (columns: {sorted(row)})")
         if row["text"].strip():
             yield row["text"].strip()
 
@@ -171,7 +172,7 @@ def hf_documents(spec, pack="auto", max_chars=PACK_CHARS):
     """Documents of a Hugging Face dataset (see _hf_rows): one per row, or, with pack="on" (or "auto" and
     sentence_per_row on the first 1,000 rows), consecutive rows packed into documents of up to max_chars."""
     if pack not in ("auto", "on", "off"):
-        raise ValueError(f"--pack-rows={pack}: expected auto, on or off")
+        raise ValueError(f"--pack_rows={pack}: expected auto, on or off")
     rows = _hf_rows(spec)
     head = list(itertools.islice(rows, 1000))
     rows = itertools.chain(head, rows)
@@ -520,22 +521,22 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
 # -------------------------------------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Tokenize a corpus into token shards for distillation "
+    p = ArgumentParser(description="Tokenize a corpus into token shards for distillation "
                                             "(see prepare.py).")
     p.add_argument("inputs", nargs="*", help="files, folders, globs (none: Python's own documentation)")
     p.add_argument("--out", default="data/shards",
                    help="output folder (default: data/shards, train.py's default --data)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--vocab", help="vocab.txt or tokenizer.json (e.g. the teacher's); default: train one")
-    g.add_argument("--vocab-size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
-    p.add_argument("--valid-fraction", type=float, default=0.005)
-    p.add_argument("--hf-dataset", action="append", default=[], help="name[:config] of a HF dataset, or a "
+    g.add_argument("--vocab_size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
+    p.add_argument("--valid_fraction", type=float, default=0.005)
+    p.add_argument("--hf_dataset", action="append", default=[], help="name[:config] of a HF dataset, or a "
                    "save_to_disk folder (repeatable)")
-    p.add_argument("--pack-rows", default="auto", choices=["auto", "on", "off"], help="join consecutive "
+    p.add_argument("--pack_rows", default="auto", choices=["auto", "on", "off"], help="join consecutive "
                    "rows of a HF dataset into documents (auto: when rows are sentences, as BookCorpus's)")
-    p.add_argument("--pack-chars", type=int, default=PACK_CHARS, help="packed document size in characters")
-    p.add_argument("--shard-tokens", type=int, default=1 << 27)
-    p.add_argument("--batch-docs", type=int, default=1000)
+    p.add_argument("--pack_chars", type=int, default=PACK_CHARS, help="packed document size in characters")
+    p.add_argument("--shard_tokens", type=int, default=1 << 27)
+    p.add_argument("--batch_docs", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an out folder made from other inputs")
     a = p.parse_args(argv)
@@ -545,7 +546,7 @@ def main(argv=None):
                        seed=a.seed, hf_datasets=a.hf_dataset, pack_rows=a.pack_rows, pack_chars=a.pack_chars,
                        overwrite=a.overwrite)
     except (OSError, ValueError, ImportError, RuntimeError) as e:  # one line, not a traceback
-        raise SystemExit(f"data.py: error: {one_line(e)}") from None
+        raise SystemExit(f"prepare.py: error: {one_line(e)}") from None
     splits = {s: {k: v for k, v in meta["splits"][s].items() if k != "shards"} for s in meta["splits"]}
     print(json.dumps({k: meta[k] for k in ("vocab_size", "dtype", "vocab_hash")} | splits))
 

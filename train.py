@@ -237,9 +237,8 @@ def train(cfg: TrainConfig, eta: Eta = None):
     """One training run: set up, resume, then optimizer steps until `total`, with logging, held-out evaluation
     and checkpoints; a SIGTERM or SIGINT stops every rank after the same step, with a checkpoint. The progress
     lines show when the run should end (`eta`, checkpoint.Eta: also when the work after it should)."""
-    run = start(cfg)
-    build(run)
-    resume(run)
+    run = build(cfg)
+    run.step, run.skipped = resume(run)
     stop = StopSignal()
     eta = eta or Eta()
     teacher_cfg = run.teacher.cfg if run.teacher is not None else None
@@ -303,7 +302,7 @@ def step_macs(cfg, model_cfg, teacher_cfg=None, head_only=False, mask_rate=0.15)
 
 @dataclass
 class Run:
-    """What one training run holds: its processes and precision (start), data and models (build), progress."""
+    """What one training run holds, built once by `build`; only the progress (step, skipped) changes."""
     cfg: TrainConfig
     ddp: bool
     rank: int
@@ -313,16 +312,16 @@ class Run:
     why: str                 # why this dtype
     autocast: object         # a torch.autocast context, or a null one in float32
     scaler: object           # the GradScaler (enabled only in float16)
-    shards: data.TokenData = None
-    loader: data.Batches = None
-    accum: int = 1           # micro-batches per optimizer step on each rank
-    total: int = 0           # optimizer steps of the whole run
-    model: Bert = None       # the student (or, in mlm mode, the model trained)
-    teacher: Bert = None     # frozen; None in mlm mode
-    objective: torch.nn.Module = None
-    wrapped: torch.nn.Module = None  # the objective, in DDP when there are several ranks
-    optimizer: torch.optim.Optimizer = None
-    mask_weights: torch.Tensor = None  # per-id masking weights (smoothed masking), or None (uniform)
+    shards: data.TokenData
+    loader: data.Batches
+    accum: int               # micro-batches per optimizer step on each rank
+    total: int               # optimizer steps of the whole run
+    model: Bert              # the student (or, in mlm mode, the model trained)
+    teacher: Bert            # frozen; None in mlm mode
+    objective: torch.nn.Module
+    wrapped: torch.nn.Module  # the objective, in DDP when there are several ranks
+    optimizer: torch.optim.Optimizer
+    mask_weights: torch.Tensor  # per-id masking weights (smoothed masking), or None (uniform)
     step: int = 0
     skipped: int = 0
 
@@ -339,8 +338,9 @@ class Run:
             print(*args, **kw)
 
 
-def start(cfg) -> Run:
-    """Processes (torchrun sets RANK), the device, the training dtype, the seed."""
+def build(cfg) -> Run:
+    """Everything a run holds: its processes (torchrun sets RANK), the device, the training dtype and the seed;
+    the data; the models (the student, and the frozen teacher); the objective and the optimizer."""
     ddp = "RANK" in os.environ
     if ddp:
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
@@ -357,36 +357,31 @@ def start(cfg) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     torch.manual_seed(cfg.seed + rank)
     check_config(cfg, world)
-    return Run(cfg, ddp, rank, world, device, dtype, why, autocast, scaler)
 
-
-def build(run: Run):
-    """The data, the models (the student, and the frozen teacher), the objective and the optimizer."""
-    cfg, device = run.cfg, run.device
-    run.shards = open_data(cfg)
-    run.loader = data.Batches(run.shards, "train", cfg.max_len, cfg.micro_batch, seed=cfg.seed, rank=run.rank,
-                              world_size=run.world, pin_memory=device.type == "cuda")
-    run.accum = max(1, cfg.batch_size // (cfg.micro_batch * run.world))
-    run.total = cfg.max_steps or cfg.epochs * (len(run.loader) // run.accum)
-    if run.total < 1:
-        raise SystemExit(f"{cfg.data}: {len(run.loader)} micro-batches per rank, fewer than the {run.accum} "
-                         f"that make one step of {cfg.batch_size} sequences: use more data or a smaller "
-                         f"--batch_size")
-    run.model, run.teacher = build_models(cfg, run.shards)
-    run.model.to(device).train()
-    if run.teacher is not None:
-        run.teacher.to(device).eval().requires_grad_(False)
-        run.teacher.to(teacher_dtype(cfg, device, run.dtype))
-    run.objective = Objective(torch.compile(run.model) if cfg.compile else run.model, run.teacher, cfg)
+    shards = open_data(cfg)
+    loader = data.Batches(shards, "train", cfg.max_len, cfg.micro_batch, seed=cfg.seed, rank=rank,
+                          world_size=world, pin_memory=device.type == "cuda")
+    accum = max(1, cfg.batch_size // (cfg.micro_batch * world))
+    total = cfg.max_steps or cfg.epochs * (len(loader) // accum)
+    if total < 1:
+        raise SystemExit(f"{cfg.data}: {len(loader)} micro-batches per rank, fewer than the {accum} that make "
+                         f"one step of {cfg.batch_size} sequences: use more data or a smaller --batch_size")
     if cfg.head_steps and cfg.mode != "mlm":
         raise SystemExit(f"--head_steps={cfg.head_steps}: only in --mode=mlm")
-    run.wrapped = run.objective
-    if run.ddp:  # head-only steps leave the encoder without gradients: DDP must be told
-        run.wrapped = DDP(run.objective, device_ids=[device.index] if device.type == "cuda" else None,
-                          find_unused_parameters=cfg.head_steps > 0)
-    run.optimizer = make_optimizer(run.model, cfg)
-    if cfg.masking == "smoothed":
-        run.mask_weights = data.smoothing_weights(run.shards.counts, run.shards.special).to(device)
+    model, teacher = build_models(cfg, shards)
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+        teacher.to(teacher_dtype(cfg, device, dtype))
+    objective = Objective(torch.compile(model) if cfg.compile else model, teacher, cfg)
+    wrapped = objective
+    if ddp:  # head-only steps leave the encoder without gradients: DDP must be told
+        wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                      find_unused_parameters=cfg.head_steps > 0)
+    mask_weights = (data.smoothing_weights(shards.counts, shards.special).to(device)
+                    if cfg.masking == "smoothed" else None)
+    return Run(cfg, ddp, rank, world, device, dtype, why, autocast, scaler, shards, loader, accum, total, model,
+               teacher, objective, wrapped, make_optimizer(model, cfg), mask_weights)
 
 
 def finish(run: Run):

@@ -275,7 +275,7 @@ def resume(run):
     """With --resume=true, continue from the newest checkpoint that verifies; without, refuse an out_dir that
     already has checkpoints. A start that resumes nothing never writes over an earlier run's outputs
     (metrics.jsonl, the export, set-aside checkpoints): it is refused until --restart=true moves them aside.
-    Then print the run's settings."""
+    Then print the run's settings. Returns the (step, skipped) to continue from: (0, 0) for a fresh run."""
     cfg, out_dir = run.cfg, run.out_dir
     if cfg.restart and cfg.resume:
         raise SystemExit("--restart=true starts afresh and --resume=true continues: choose one")
@@ -286,7 +286,7 @@ def resume(run):
             move_aside(out_dir, run.say)
         if run.ddp:
             dist.barrier()  # the other ranks look at out_dir only once it is clear
-    ckpts = sorted(out_dir.glob("ckpt-*.pt"))
+    ckpts, step, skipped = sorted(out_dir.glob("ckpt-*.pt")), 0, 0
     path, state = newest_good_checkpoint(out_dir, run.master, run.say) if cfg.resume else (None, None)
     if state is not None:
         check_resume(cfg, state, path, run.model, data_identity(run.shards))
@@ -294,12 +294,12 @@ def resume(run):
         run.optimizer.load_state_dict(state["optimizer"])
         run.scaler.load_state_dict(state["scaler"])
         run.loader.load_state_dict(state["data"])
-        run.step, run.skipped = state["step"], state["skipped"]
+        step, skipped = state["step"], state["skipped"]
         rng = state["rng"][run.rank] if run.rank < len(state["rng"]) else state["rng"][0]
         torch.set_rng_state(rng["cpu"])
         if run.device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"])
-        run.say(f"resumed from {path} at step {run.step}")
+        run.say(f"resumed from {path} at step {step}")
     elif ckpts:
         raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to "
                          f"continue, --restart=true to move them aside and start fresh, or choose another "
@@ -320,6 +320,7 @@ def resume(run):
             + (f" ({frozen:,} frozen)" if frozen else "") + f", {run.world} rank(s) "
             f"x {cfg.micro_batch} sequences x {run.accum} micro-steps = {per_step} per step, {run.total} "
             f"steps, device {run.device}, {run.dtype} ({run.why})")
+    return step, skipped
 
 
 def save(run, probe, final=False):

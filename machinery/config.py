@@ -1,7 +1,10 @@
 """
-The command line of every entry point: `--key=value` for the fields of a dataclass, typed by its annotations,
-with `--help` from each field's `help` metadata (`opt(default, "help")`).
+The command line of every entry point, in one style: `--key=value` (or `--key value`), `_` and `-` alike in a key.
+train.py, finetune.py and reproduce.py read the fields of a dataclass, typed by its annotations, with `--help`
+from each field's `opt(default, "help")`; the commands with subcommands or lists of inputs (eval.py, peakd.py,
+prepare.py, bench.py) use `ArgumentParser` below, which takes the same spellings.
 """
+import argparse
 import dataclasses
 import sys
 import typing
@@ -63,3 +66,18 @@ def convert(key, value: str, kind):
         expected = "an integer" if kind is int else "a number"
         raise ValueError(f"--{key}={value!r}: expected {expected}") from None
 
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with this project's spelling: options are declared as `--some_key`, and `--some-key` on the
+    command line means the same, as in parse_config; the help keeps the description's line breaks."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kw)
+
+    def parse_known_args(self, args=None, namespace=None):
+        def spelled(a):
+            key, eq, value = a[2:].partition("=")
+            return "--" + key.replace("-", "_") + eq + value if a.startswith("--") and len(a) > 2 else a
+        args = sys.argv[1:] if args is None else args
+        return super().parse_known_args([spelled(a) for a in args], namespace)

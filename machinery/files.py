@@ -172,3 +172,16 @@ def save_figure(fig, path, dpi=100):
     import matplotlib.pyplot as plt
     plt.close(fig)
 
+
+def write_region(path, name, text):
+    """Replace what lies between the lines `<!-- begin NAME -->` and `<!-- end NAME -->` of the Markdown page
+    `path` with `text`, atomically: how bench.py and reproduce.py write their tables into docs/, around prose
+    written by hand. A page without the markers is refused in one line (nothing is written)."""
+    path = Path(path)
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    page = path.read_text()
+    if begin not in page or end not in page or page.index(begin) > page.index(end):
+        raise ValueError(f"{path}: no '{begin}' ... '{end}' region to write the {name} table into")
+    head, rest = page.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}", path)

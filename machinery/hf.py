@@ -355,13 +355,11 @@ def convert_to_hf(model) -> tuple:
     c = model.cfg
     student = c.type_vocab_size == 0
     if student and c.pooler:
-        raise ValueError("a model without token-type embeddings but with a pooler has no Hugging Face "
-                         "equivalent")
+        raise ValueError("a model without token-type embeddings but with a pooler has no Hugging Face equivalent")
     if student and c.layer_norm_eps != 1e-12:
         raise ValueError(f"layer_norm_eps={c.layer_norm_eps}: DistilBERT's format fixes it at 1e-12")
     if c.sps_layers:
-        raise ValueError("a model with shared (re-run) layers has no Hugging Face equivalent (sps_layers is "
-                         "set)")
+        raise ValueError("a model with shared (re-run) layers (sps_layers) has no Hugging Face equivalent")
     kind = "distilbert" if student else "bert"
     if student:
         hf_cfg = {"architectures": ["DistilBertForMaskedLM"], "model_type": "distilbert",

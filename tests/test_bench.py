@@ -40,9 +40,11 @@ def models(tmp_path_factory):
 
 
 def test_quick_run_end_to_end(inputs, tmp_path):
-    out = tmp_path / "res.json"
+    out, page = tmp_path / "res.json", tmp_path / "page.md"
+    page.write_text("# prose before\n<!-- begin bench -->\nold table\n<!-- end bench -->\nprose after\n")
     cmd = [sys.executable, "bench.py", "--quick", "--vocab", str(inputs / "vocab.txt"), "--sts", str(inputs / "dev.tsv"),
-           "--corpus", str(inputs / "corpus.txt"), "--out", str(out), "--threads", "1"]  # 1: no thread waits under load
+           "--corpus", str(inputs / "corpus.txt"), "--out", str(out), "--threads", "1",  # 1: no thread waits under load
+           "--docs", str(page)]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     res = json.loads(out.read_text())["sections"]
@@ -69,6 +71,9 @@ def test_quick_run_end_to_end(inputs, tmp_path):
     table = out.with_suffix(".md").read_text()
     assert all(f"| {name} |" in table for name in ("inference", "table3", "train", "data", "loader",
                                                            "cpu-bf16", "cpu-share"))
+    # --docs: the same table between the page's markers, the prose around it kept
+    assert page.read_text() == ("# prose before\n<!-- begin bench -->\n" + table.strip()
+                                + "\n<!-- end bench -->\nprose after\n")
 
 
 def test_cpu_share_by_hand(monkeypatch):

@@ -297,15 +297,15 @@ def test_overwrite_never_deletes_an_input_or_a_foreign_folder(tmp_path, capsys):
 
 
 def test_cli_default_out_and_one_line_errors(tmp_path, monkeypatch):
-    """Issue 14.6: `python data.py` as the README shows it needs no --out; CLI errors are one line."""
+    """`python prepare.py` as the docs show it needs no --out; CLI errors are one line."""
     corpus, vocab, _ = tiny_setup(tmp_path)
     monkeypatch.chdir(tmp_path)
     prepare.main([str(corpus), "--vocab", str(vocab)])
     assert data.TokenData(tmp_path / "data" / "shards").meta["splits"]["train"]["docs"] > 0
-    run = subprocess.run([sys.executable, str(Path(data.__file__)), str(tmp_path / "missing.txt"), "--out",
+    run = subprocess.run([sys.executable, str(Path(prepare.__file__)), str(tmp_path / "missing.txt"), "--out",
                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
-    want = f"data.py: error: input path does not exist: {tmp_path}/missing.txt"
+    want = f"prepare.py: error: input path does not exist: {tmp_path}/missing.txt"
     assert run.stderr.strip().splitlines() == [want]
 
 

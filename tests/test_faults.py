@@ -428,7 +428,7 @@ def test_eval_mlm_refuses_too_long_sequences_and_another_vocabulary(setup, bad_i
     root, _ = setup
     model = bad_inputs / "model"
     one_line_error(["eval.py", "mlm", "--model", model, "--data", root / "data", "--max-len", "100"],
-                   r"--max-len 100 is more than the 64 positions")
+                   r"--max_len=100 is more than the 64 positions")
     corpus = tmp_path / "other.txt"  # a vocabulary of the same size, trained on other text
     corpus.write_text("\n\n".join(f"zebra quantum {i} xylophone jungle marmalade vortex" * 3 for i in range(200)))
     prepare.prepare([corpus], tmp_path / "other", vocab_size=200)

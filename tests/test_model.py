@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 import transformers
+from conftest import padded_batch
 from safetensors.torch import save_file
 
 from model import Bert, BertConfig, count_parameters, student_from_teacher
@@ -48,13 +49,8 @@ def hf_distilbert(cls, c):
 
 
 def batch(c, B=3, L=11):
-    ids = torch.randint(1, c["vocab_size"], (B, L))
-    mask = torch.ones(B, L, dtype=torch.long)
-    mask[1, 7:] = 0
-    mask[2, 3:] = 0
-    ids[mask == 0] = 0
-    types = torch.randint(0, c["type_vocab_size"], (B, L)) if "type_vocab_size" in c else None
-    return ids, mask, types
+    """Rows of lengths L, 7, 3, ... (conftest.padded_batch), with token types when the config has them."""
+    return padded_batch(c["vocab_size"], B, L, types=c.get("type_vocab_size", 0))
 
 
 def save_hf(model, path, fmt):

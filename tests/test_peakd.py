@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import padded_batch
 import torch.nn.functional as F
 
 from model import Bert, BertConfig, count_parameters
@@ -29,10 +30,8 @@ def perturbed(cfg, seed=0):
 
 
 def batch(seed=1, B=3, L=7, vocab=60):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocab, (B, L), generator=g)
-    mask = torch.ones(B, L, dtype=torch.long)
-    mask[0, 5:] = 0  # one padded sequence
+    """One padded sequence among full ones (conftest.padded_batch)."""
+    ids, mask, _ = padded_batch(vocab, B, L, lengths=[5] + [L] * (B - 1), generator=torch.Generator().manual_seed(seed))
     return ids, mask
 
 
