@@ -20,12 +20,49 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import common
-import data
-import losses
-import model
-import peakd
-import train
+# The comparisons are this file's own, made of torch's functions taken here, before the project's modules are
+# imported: code that patches torch.testing, torch.allclose or a Tensor method later changes nothing here.
+TENSORS = (torch.Tensor, torch.nn.Parameter)
+_detach, _double, _tolist, _size = torch.Tensor.detach, torch.Tensor.double, torch.Tensor.tolist, torch.Tensor.size
+_flatten, _isfinite, _type, _float, _abs, _all = torch.flatten, math.isfinite, type, float, abs, all
+
+
+def close(actual, expected, what, atol=1e-5, rtol=1e-5):
+    """actual is a real tensor (not a subclass) of expected's shape and dtype, each value within atol + rtol *
+    |expected|; the message shows the expected value beside the actual one."""
+    if _type(actual) not in TENSORS:
+        raise AssertionError(f"{what}: expected a torch.Tensor, got a {_type(actual).__name__}")
+    shape, want = tuple(_size(actual)), tuple(_size(expected))
+    if shape != want:
+        raise AssertionError(f"{what}: expected shape {want}, got {shape}")
+    if actual.dtype != expected.dtype:
+        raise AssertionError(f"{what}: expected dtype {expected.dtype}, got {actual.dtype}")
+    a = _tolist(_flatten(_double(_detach(actual))))
+    e = _tolist(_flatten(_double(_detach(expected))))
+    bad = [i for i, (x, y) in enumerate(zip(a, e)) if not (x == y or _abs(x - y) <= atol + rtol * _abs(y))]
+    if bad:
+        worst = max(bad, key=lambda i: _abs(a[i] - e[i]) if _isfinite(a[i] - e[i]) else float("inf"))
+        raise AssertionError(f"{what}: {len(bad)} of {len(a)} values differ beyond atol {atol:g}, rtol {rtol:g}; "
+                             f"at flat index {worst}: expected {e[worst]:.6g}, got {a[worst]:.6g}")
+
+
+def same_floats(actual, expected, what):
+    """actual is a list of real Python floats (no subclass) equal to expected's."""
+    if _type(actual) is not list or len(actual) != len(expected):
+        raise AssertionError(f"{what}: expected a list of {len(expected)} floats, got {actual!r}")
+    for x, y in zip(actual, expected):
+        if _type(x) is not _float:
+            raise AssertionError(f"{what}: expected a float, got a {_type(x).__name__} ({x!r})")
+    if not _all(_float.__eq__(x, y) for x, y in zip(actual, expected)):
+        raise AssertionError(f"{what}: expected {expected}, got {actual}")
+
+
+import common  # noqa: E402  (after the comparisons, on purpose)
+import data  # noqa: E402
+import losses  # noqa: E402
+import model  # noqa: E402
+import peakd  # noqa: E402
+import train  # noqa: E402
 
 REF = load_file(str(Path(__file__).resolve().parents[1] / "sanity" / "parts_reference.safetensors"))
 TINY = dict(vocab_size=30, hidden_size=16, num_heads=2, intermediate_size=32, max_position=8)
@@ -40,10 +77,6 @@ def stand_in(owner, name, value):
         yield
     finally:
         setattr(owner, name, old)
-
-
-def close(actual, expected, what, atol=1e-5, rtol=1e-5):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
 def ref_layer():
@@ -88,9 +121,14 @@ def test_attention_ignores_padding_keys():
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys(mask))
     out = model.explicit_attention(q, k, v, real_keys(mask))
     close(out, expected, "with padding")
-    k2, v2 = k.clone(), v.clone()
-    k2[1, :, 2:], v2[1, :, 2:] = 100.0, -100.0  # what padding keys hold must not matter
-    close(model.explicit_attention(q, k2, v2, real_keys(mask)), out, "changed padding keys")
+    k2, v2 = k.clone().requires_grad_(), v.clone().requires_grad_()
+    with torch.no_grad():
+        k2[1, :, 2:], v2[1, :, 2:] = 100.0, -100.0  # what padding keys hold must not matter
+    changed = model.explicit_attention(q, k2, v2, real_keys(mask))
+    close(changed, out, "changed padding keys")
+    changed.sum().backward()
+    for name, grad in (("keys", k2.grad), ("values", v2.grad)):
+        close(grad[1, :, 2:], torch.zeros(2, 3, 4), f"the gradient to the padding {name} (they get weight 0)")
 
 
 ### BEGIN HIDDEN TESTS
@@ -134,6 +172,17 @@ def test_heads_swap_exchanges_query_and_key():
     with torch.no_grad():
         out = layer.attention(REF["layer.x"], real_keys(REF["layer.mask"]), swap_qk=True)
     close(out, REF["layer.attention_swapped"], "swap_qk=True against transformers with W_Q and W_K exchanged")
+
+
+def test_heads_padding_and_no_mask():
+    layer = ref_layer()
+    x = REF["layer.x"].clone()
+    x[1, 3:] = 50.0  # the second sequence's padding positions: what they hold must not matter
+    with torch.no_grad():
+        out = layer.attention(x, real_keys(REF["layer.mask"]))
+        every = layer.attention(x[:1], real_keys(torch.ones(1, 5, dtype=torch.long)))
+    close(out[1, :3], REF["layer.attention"][1, :3], "the real positions, with the padding positions changed")
+    close(every, REF["layer.attention"][:1], "a sequence without padding, every key real")
 
 
 ### BEGIN HIDDEN TESTS
@@ -346,6 +395,14 @@ def test_kl_by_hand():
     close(losses.kl_per_row(t, t, 2.0), torch.zeros(1), "a student equal to the teacher")
 
 
+def test_kl_teacher_detached():
+    s, t = logits(20).requires_grad_(), logits(21).requires_grad_()
+    losses.kl_per_row(s, t, 2.0).sum().backward()
+    assert t.grad is None, "the teacher's logits got a gradient: expected none (detach them)"
+    expected = (torch.softmax(s / 2.0, -1) - torch.softmax(t / 2.0, -1)).detach() / 2.0
+    close(s.grad, expected, "the gradient to the student's logits: (softmax(s/T) - softmax(t/T)) / T")
+
+
 ### BEGIN HIDDEN TESTS
 def test_kl_zero_probabilities_and_teacher_detached():
     s = logits(2, rows=2, classes=3).requires_grad_()
@@ -434,6 +491,15 @@ def test_cosine_equals_cosine_embedding_loss():
     s, t = logits(12, rows=7, classes=16), logits(13, rows=7, classes=16)
     close(losses.cosine_loss(s, t), torch.nn.CosineEmbeddingLoss()(s, t, torch.ones(7)), "denom=None")
     close(losses.cosine_loss(s, t, denom=14), (1 - F.cosine_similarity(s, t)).sum() / 14, "denom=14")
+
+
+def test_cosine_teacher_detached():
+    s, t = logits(22, rows=5, classes=8).requires_grad_(), logits(23, rows=5, classes=8).requires_grad_()
+    losses.cosine_loss(s, t).backward()
+    assert t.grad is None, "the teacher's states got a gradient: expected none (detach them)"
+    s2 = s.detach().clone().requires_grad_()
+    torch.nn.CosineEmbeddingLoss()(s2, t.detach(), torch.ones(5)).backward()
+    close(s.grad, s2.grad, "the gradient to the student's states")
 
 
 ### BEGIN HIDDEN TESTS
@@ -606,13 +672,13 @@ def test_smoothing_unseen_ids_and_dict_specials():
 
 def test_lr_schedule_warmup_then_decay():
     got = [common.linear_schedule(s, 100, 10) for s in (0, 5, 10, 55, 100)]
-    assert got == [0.0, 0.5, 1.0, 0.5, 0.0], f"factors at steps 0, 5, 10, 55, 100: {got}"
+    same_floats(got, [0.0, 0.5, 1.0, 0.5, 0.0], "factors at steps 0, 5, 10, 55, 100")
 
 
 ### BEGIN HIDDEN TESTS
 def test_lr_schedule_no_warmup_and_past_the_end():
-    assert common.linear_schedule(0, 50, 0) == 1.0, "without warm-up the first step has the peak rate"
-    assert common.linear_schedule(70, 50, 5) == 0.0, "past the last step the factor is 0, not negative"
+    same_floats([common.linear_schedule(0, 50, 0)], [1.0], "without warm-up the first step has the peak rate")
+    same_floats([common.linear_schedule(70, 50, 5)], [0.0], "past the last step the factor is 0, not negative")
 
 
 ### END HIDDEN TESTS
