@@ -764,7 +764,8 @@ def make(out, root=ROOT, check=True, kit=None, lean=False):
 SUSPECT = ("sys.argv", "_exit", "sys.modules", "torch.testing", "__class__", "__subclasses__", "gc.", "inspect",
            "_getframe", "f_back", "f_globals", "open(", "exec(", "eval(", "compile(", "subprocess", "safetensors",
            "load_file", "__import__", "importlib", "globals(", "setattr(", "builtins", "signal", "__closure__",
-           "__code__", "os.environ", "Path(", "__file__", "atexit", "sys.stdout", "os.write", "os.dup")
+           "__code__", "os.environ", "Path(", "__file__", "atexit", "sys.stdout", "os.write", "os.dup", "__eq__",
+           "__torch_function__", "REF")
 
 
 def student_function(dir, part):
