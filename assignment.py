@@ -22,6 +22,7 @@ This is not a sandbox: read what you grade (the report names functions that use 
 """
 import argparse
 import ast
+import atexit
 import concurrent.futures
 import csv
 import dataclasses
@@ -37,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -482,35 +484,130 @@ PER_TEST = 5  # seconds a graded test may take (the reference's take well under 
 
 def run_tests(files: dict, names, timeout=None, forget=()) -> dict:
     """{test: None (passed) or the error in one line} for tests of tests/test_parts.py run in a fresh process
-    in a temporary tree of `files`. The process runs a copy of this file from a folder beside that tree, gets
-    its job (and a fresh token) on stdin and reports on stdout, each line led by the token, to a last "end";
-    the files `forget` are deleted once the tests are imported."""
+    in a temporary tree of `files`: a child the test server forks for this job alone. It writes its results to
+    a file beside the tree (not in it), each line led by a token made for this job, to a last "end"; the files
+    `forget` are deleted once the tests are imported."""
     timeout = timeout or 30 + PER_TEST * len(names)
     token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="assignment-") as tmp:
         where = tree(files, Path(tmp) / "tree")
-        (Path(tmp) / "grader").mkdir()
-        shutil.copy(Path(__file__).resolve(), Path(tmp) / "grader" / "assignment.py")
-        job = json.dumps({"token": token, "tree": str(where), "names": list(names), "per_test": PER_TEST,
-                          "forget": list(forget)})
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1"}
-        try:
-            proc = subprocess.run([sys.executable, "-I", str(Path(tmp) / "grader" / "assignment.py"), "_run"],
-                                  input=job, capture_output=True, text=True, timeout=timeout, cwd=where, env=env)
-        except subprocess.TimeoutExpired:
-            return {n: f"no result within {timeout} s" for n in names}
+        code = server().run({"token": token, "tree": str(where), "names": list(names), "per_test": PER_TEST,
+                             "forget": list(forget)}, timeout)
+        read = lambda name: (Path(tmp) / name).read_text(errors="replace") if (Path(tmp) / name).is_file() else ""
+        lines, err = read("results").splitlines(), read("stderr")
+    if code is None:
+        return {n: f"no result within {timeout} s" for n in names}
     results, ended = {}, False
-    for line in proc.stdout.splitlines():
+    for line in lines:
         if line == f"{token} end":
             ended = True
         elif line.startswith(token + " ") and not ended:
             name, why = json.loads(line[len(token) + 1:])
             results.setdefault(name, why)
     if not ended:
-        why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:300]
+        why = (err.strip().splitlines() or [f"exit code {code}"])[-1][:300]
         return {n: f"the test process ended before its last test: {why}" for n in names}
     return {n: results.get(n, "no result from the test process") for n in names}
+
+
+class Server:
+    """A process that imports torch once and forks a fresh child for each job (a child runs no more than one
+    job, and the server runs no code of a tree), so that a job costs a fork, not a Python start."""
+
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix="assignment-server-")
+        shutil.copy(Path(__file__).resolve(), Path(self.tmp) / "assignment.py")  # argv[0]: beside no solution
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp, "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-I", str(Path(self.tmp) / "assignment.py"), "_serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=self.tmp,
+                                     env=env)
+        self.lock, self.waiting, self.next = threading.Lock(), {}, 0
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        for line in self.proc.stdout:  # "exit ID CODE" when a job's child has ended
+            _, job, code = line.split()
+            with self.lock:
+                done = self.waiting.pop(int(job), None)
+            if done:
+                done[1] = int(code)
+                done[0].set()
+        with self.lock:  # the server ended: nobody waits for ever
+            for done in self.waiting.values():
+                done[1] = "the test server ended"
+                done[0].set()
+
+    def send(self, line):
+        with self.lock:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+
+    def run(self, job, timeout):
+        """The exit code of the job's child, or None if it ran past timeout (then it is killed)."""
+        with self.lock:
+            self.next += 1
+            job, done = {**job, "id": self.next}, [threading.Event(), None]
+            self.waiting[job["id"]] = done
+        self.send(json.dumps(job))
+        if done[0].wait(timeout):
+            return done[1]
+        self.send(f"kill {job['id']}")
+        done[0].wait(30)
+        return None
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+SERVER, SERVER_LOCK = [], threading.Lock()
+
+
+def server():
+    with SERVER_LOCK:
+        if not SERVER:
+            SERVER.append(Server())
+            atexit.register(SERVER[0].close)
+        return SERVER[0]
+
+
+def _serve():
+    """The test server: jobs as JSON lines on stdin, "kill ID" to end one; "exit ID CODE" on stdout."""
+    import select
+    import safetensors.torch  # noqa: F401  (imported once here, as torch, for every child)
+    import torch
+    torch.set_num_threads(1)
+    children, buf = {}, b""
+    while True:
+        if select.select([0], [], [], 0.02)[0]:
+            data = os.read(0, 1 << 16)
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.startswith(b"kill "):
+                    for pid, job in children.items():
+                        if job == int(line.split()[1]):
+                            os.kill(pid, signal.SIGKILL)
+                    continue
+                job = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        _child(job)
+                    finally:
+                        os._exit(70)
+                children[pid], job, line = job["id"], None, None
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            os.write(1, f"exit {children.pop(pid)} {os.waitstatus_to_exitcode(status)}\n".encode())
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
 
 
 def guard(where):
@@ -540,17 +637,17 @@ def guard(where):
     sys.addaudithook(hook)
 
 
-def _run():
-    """The test process: the job from stdin; results to a copy of stdout (stdout itself now goes to stderr),
-    each line led by the job's token."""
-    job = json.loads(sys.stdin.read())
-    token, where, write, results = job["token"], job["tree"], os.write, os.dup(1)
-    os.dup2(2, 1)
+def _child(job):
+    """A forked test process: stdin from /dev/null, stdout and stderr to the file `stderr` and the results to
+    `results` (both beside the tree), each line led by the job's token; then guarded, the tests run."""
+    token, where = job["token"], job["tree"]
+    null, err = os.open(os.devnull, os.O_RDWR), os.open(Path(where).parent / "stderr", os.O_WRONLY | os.O_CREAT)
+    for fd, to in ((0, null), (1, err), (2, err)):
+        os.dup2(to, fd)
+    results, write = os.open(Path(where).parent / "results", os.O_WRONLY | os.O_CREAT), os.write
     report = lambda body: write(results, f"{token} {body}\n".encode())
     sys.path.insert(0, where)
     os.chdir(where)
-    import torch
-    torch.set_num_threads(1)
     guard(where)
     try:
         module = import_tests(where)
@@ -1061,8 +1158,8 @@ def parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["_run"]:  # the test process: nothing of a tree imported before it
-        return _run()
+    if argv == ["_serve"]:  # the test server: nothing of a tree imported in it
+        return _serve()
     a = parser().parse_args(argv)
     try:
         if a.command == "parts":
