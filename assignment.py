@@ -276,7 +276,7 @@ def check_table(root=ROOT):
     if sum(p.points for p in PARTS) != 100:
         raise AssignmentError(f"assignment.PARTS: the points add up to {sum(p.points for p in PARTS)}, "
                               f"not 100")
-    sources = sorted({p.file for p in PARTS} | {f.name for f in root.glob("*.py")})
+    sources = sorted({p.file for p in PARTS} | {n for n in graded_files(root) if n.endswith(".py") and n != TESTS})
     table = {f: check_file(root, f, [p for p in PARTS if p.file == f]) for f in sources}
     tests_text = (root / TESTS).read_text()
     regions(tests_text, TESTS, BEGIN_HIDDEN, END_HIDDEN, "HIDDEN TESTS")
@@ -690,15 +690,20 @@ def import_tests(where):
             raise ImportError(self.__dict__["why"])
     path = Path(where) / TESTS
     for node in ast.parse(path.read_text()).body:
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-        for name in {n.split(".")[0] for n in names}:
-            if (Path(where) / f"{name}.py").is_file() and name not in sys.modules:
-                try:
-                    importlib.import_module(name)
-                except BaseException as e:
-                    sys.modules[name] = Broken(name)
-                    sys.modules[name].why = f"{name}.py does not import: {one_line(e)}"
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] + [
+            f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module \
+            and not node.level else []
+        for name in names:  # a module, or a package's (machinery.common): the project's, if a file has it
+            file = Path(where, *name.split("."))
+            if not (file.with_suffix(".py").is_file() or (file / "__init__.py").is_file()) or name in sys.modules:
+                continue
+            try:
+                importlib.import_module(name)
+            except BaseException as e:
+                sys.modules[name] = Broken(name)
+                sys.modules[name].why = f"{name.replace('.', '/')}.py does not import: {one_line(e)}"
+                if "." in name and name.rsplit(".", 1)[0] in sys.modules:
+                    setattr(sys.modules[name.rsplit(".", 1)[0]], name.rsplit(".", 1)[1], sys.modules[name])
     spec = importlib.util.spec_from_file_location("test_parts", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
