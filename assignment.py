@@ -505,7 +505,7 @@ def run_tests(files: dict, names, timeout=None, forget=()) -> dict:
             name, why = json.loads(line[len(token) + 1:])
             results.setdefault(name, why)
     if not ended:
-        why = (err.strip().splitlines() or [f"exit code {code}"])[-1][:300]
+        why = (err.strip().splitlines() or [f"exit code {code}" if isinstance(code, int) else code])[-1][:300]
         return {n: f"the test process ended before its last test: {why}" for n in names}
     return {n: results.get(n, "no result from the test process") for n in names}
 
@@ -567,10 +567,10 @@ SERVER, SERVER_LOCK = [], threading.Lock()
 
 def server():
     with SERVER_LOCK:
-        if not SERVER:
+        if not SERVER or SERVER[-1].proc.poll() is not None:  # none yet, or it ended: a new one
             SERVER.append(Server())
-            atexit.register(SERVER[0].close)
-        return SERVER[0]
+            atexit.register(SERVER[-1].close)
+        return SERVER[-1]
 
 
 def _serve():
@@ -612,28 +612,39 @@ def _serve():
 
 def guard(where):
     """From here on this process may not import transformers (however reached: an audit hook cannot be taken
-    back), open a file outside the tree and Python's own folders, or start a process."""
+    back), read a file outside the tree and Python's own folders, change one outside the tree, start or signal
+    a process, open a socket or call C through ctypes."""
     import importlib.util
     import site
     import sysconfig
     spec = importlib.util.find_spec("transformers")
     folder = lambda p: os.path.join(os.path.realpath(p), "")
-    banned = tuple(folder(p) for p in (spec.submodule_search_locations or []) if spec) if spec else ()
-    allowed = tuple({folder(p) for p in (where, sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                         *site.getsitepackages(), *sysconfig.get_paths().values(),
-                                         "/proc/self", "/dev")})
-    processes = {"subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork",
-                 "os.forkpty", "pty.spawn"}
+    banned = tuple(folder(p) for p in (spec.submodule_search_locations or [])) if spec else ()
+    readable = tuple({folder(p) for p in (where, sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                          *site.getsitepackages(), *sysconfig.get_paths().values(),
+                                          "/proc/self", "/dev")})
+    writable = (folder(where), "/dev/null/")
+    refused = ("subprocess.", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork", "os.forkpty",
+               "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "socket.", "ctypes.")
+    changes = {"os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
+               "os.link", "os.symlink", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    inside = lambda path, where: (os.path.realpath(os.fsdecode(path)) + os.sep).startswith(where)
 
     def hook(event, args):
         if event == "import" and str(args[0]).split(".")[0] == "transformers":
             raise ImportError("import of transformers refused while grading")
         if event == "open" and isinstance(args[0], (str, bytes)):
             path = os.path.realpath(os.fsdecode(args[0]))
-            if path.startswith(banned) or not (path + os.sep).startswith(allowed):
-                raise PermissionError(f"{path}: opening files outside the graded tree is refused while grading")
-        if event in processes:
-            raise PermissionError(f"{event}: starting a process is refused while grading")
+            write = isinstance(args[2], int) and args[2] & writing or "w" in str(args[1] or "") or \
+                "a" in str(args[1] or "") or "+" in str(args[1] or "") or "x" in str(args[1] or "")
+            if path.startswith(banned) or not inside(path, writable if write else readable):
+                raise PermissionError(f"{path}: {'writing' if write else 'reading'} this file is refused while "
+                                      f"grading")
+        if event in changes and not all(inside(a, writable) for a in args if isinstance(a, (str, bytes))):
+            raise PermissionError(f"{event}{args}: changing files outside the graded tree is refused while grading")
+        if event.startswith(refused):
+            raise PermissionError(f"{event}: refused while grading")
     sys.addaudithook(hook)
 
 

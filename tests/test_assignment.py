@@ -600,3 +600,39 @@ def test_each_command_has_its_own_help():
     assert "--hide-hidden" not in make.stdout and "--hide-hidden" in grade.stdout and "--jobs" in grade.stdout
     bad = cli("grade")
     assert bad.returncode == 2 and "the following arguments are required: SUBMISSION" in bad.stderr
+
+
+def test_the_test_process_is_fenced(tmp_path):
+    """What a graded function could do to the machine is refused in the test process: each of these tests
+    must fail with PermissionError, and the file outside the tree stays as it was."""
+    outside = tmp_path / "kept.txt"
+    outside.write_text("mine")
+    tests = f'''
+import os, pathlib, sys
+OUTSIDE = {str(outside)!r}
+def test_read():
+    open(OUTSIDE).read()
+def test_write():
+    open(OUTSIDE, "w").write("gone")
+def test_remove():
+    os.remove(OUTSIDE)
+def test_kill():
+    os.kill(os.getppid(), 9)
+def test_process():
+    import subprocess
+    subprocess.run(["true"])
+def test_socket():
+    import socket
+    socket.create_connection(("127.0.0.1", 9))
+def test_ctypes():
+    import ctypes
+    ctypes.CDLL(None).getpid()
+def test_the_tree_is_fine():
+    pathlib.Path("scratch.txt").write_text("ok")
+    assert open("scratch.txt").read() == "ok"
+'''
+    names = re.findall(r"def (test_\w+)", tests)
+    res = assignment.run_tests({"tests/test_parts.py": tests.encode()}, names)
+    assert res.pop("test_the_tree_is_fine") is None
+    assert all(why.startswith("PermissionError") for why in res.values()), res
+    assert outside.read_text() == "mine"
