@@ -50,7 +50,7 @@ INSTRUCTOR_ONLY = ("tests/test_assignment.py", "tests/make_parts_reference.py", 
                    "docs/instructors.md")  # never in the student version
 MANIFEST = "assignment.json"  # written into the student version
 KIT_MANIFEST = "kit.json"     # written into the kit
-INSTRUCTOR_SECTIONS = re.compile(r"instructor|course assignment", re.I)  # README sections the student version drops
+INSTRUCTOR_SECTIONS = re.compile(r"instructor|course assignment", re.I)  # README sections not handed out
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION: (\d+) lines?\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
 BEGIN_HIDDEN = re.compile(r"^### BEGIN HIDDEN TESTS\s*$")
@@ -276,7 +276,8 @@ def check_table(root=ROOT):
     if sum(p.points for p in PARTS) != 100:
         raise AssignmentError(f"assignment.PARTS: the points add up to {sum(p.points for p in PARTS)}, "
                               f"not 100")
-    sources = sorted({p.file for p in PARTS} | {n for n in graded_files(root) if n.endswith(".py") and n != TESTS})
+    modules = {n for n in graded_files(root) if n.endswith(".py") and n != TESTS}
+    sources = sorted({p.file for p in PARTS} | modules)
     table = {f: check_file(root, f, [p for p in PARTS if p.file == f]) for f in sources}
     tests_text = (root / TESTS).read_text()
     regions(tests_text, TESTS, BEGIN_HIDDEN, END_HIDDEN, "HIDDEN TESTS")
@@ -642,7 +643,7 @@ def guard(where):
                 raise PermissionError(f"{path}: {'writing' if write else 'reading'} this file is refused while "
                                       f"grading")
         if event in changes and not all(inside(a, writable) for a in args if isinstance(a, (str, bytes))):
-            raise PermissionError(f"{event}{args}: changing files outside the graded tree is refused while grading")
+            raise PermissionError(f"{event}{args}: changing files outside the tree is refused while grading")
         if event.startswith(refused):
             raise PermissionError(f"{event}: refused while grading")
     sys.addaudithook(hook)
@@ -740,7 +741,8 @@ def base_files(root, parts):
     goes into alone."""
     files = graded_files(root)
     for file in sorted({p.file for p in parts}):
-        files[file] = blank(files[file].decode(), file, only={p.function for p in parts if p.file == file}).encode()
+        only = {p.function for p in parts if p.file == file}
+        files[file] = blank(files[file].decode(), file, only=only).encode()
     return files
 
 
@@ -958,7 +960,8 @@ def grade_all(dirs, kit=None, root=ROOT, jobs=2, only=None):
         raise AssignmentError(f"two submissions named {next(i for i in ids if ids.count(i) > 1)}: a report is "
                               f"named by its folder")
     if kit is None and (Path(root) / MANIFEST).exists():
-        raise AssignmentError(f"{root}: this is a student version; grade with --kit or from the instructor's copy")
+        raise AssignmentError(f"{root}: this is a student version; grade with --kit, or from the instructor's "
+                              f"copy")
     parts, base, visible = load_kit(kit) if kit else kit_from(root)
     if only and only not in {p.name for p in parts}:
         raise AssignmentError(f"--part {only}: no such part (the kit's are {', '.join(p.name for p in parts)})")
@@ -1031,13 +1034,30 @@ def markdown(report):
 
 
 def write_csv(path, reports, parts):
+    """The gradebook: a row per report, and the rows of other ids already in the file kept."""
+    header = ["id", *(p.name for p in parts), "total", "max", "graded_at", "sha256"]
+    rows = [{"id": r["id"], **{p.name: f"{r['parts'][p.name]['points']:g}" for p in parts
+                               if p.name in r["parts"]},
+             "total": f"{r['total']:g}", "max": r["max"], "graded_at": r["graded_at"], "sha256": r["sha256"]}
+            for r in reports]
+    if Path(path).is_file():
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+        if old and list(old[0]) != header:
+            raise AssignmentError(f"{path}: its columns are not this kit's parts; write another file")
+        rows = [row for row in old if row["id"] not in {r["id"] for r in reports}] + rows
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["id", *(p.name for p in parts), "total", "max", "graded_at", "sha256"])
-    for r in reports:
-        w.writerow([r["id"], *(f"{r['parts'][p.name]['points']:g}" if p.name in r["parts"] else ""
-                               for p in parts), f"{r['total']:g}", r["max"], r["graded_at"], r["sha256"]])
+    w = csv.DictWriter(buf, header)
+    w.writeheader()
+    w.writerows(sorted(rows, key=lambda row: row["id"]))
     write_file(path, buf.getvalue())
+
+
+def earlier(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise AssignmentError(f"{path}: not a report ({e})") from None
 
 
 def print_grades(report):
@@ -1058,7 +1078,7 @@ def grade_command(a):
     parts, reports = grade_all(a.submissions, kit=a.kit, jobs=a.jobs, only=a.part)
     folder = Path(a.reports) if a.reports else Path(a.csv).parent / "reports" if a.csv else None
     if a.part and folder:
-        reports = [merged(json.loads((folder / f"{r['id']}.json").read_text()), r)
+        reports = [merged(earlier(folder / f"{r['id']}.json"), r)
                    if (folder / f"{r['id']}.json").is_file() else r for r in reports]
     shown = [hidden_out(r) if a.hide_hidden else r for r in reports]
     for r in shown:
@@ -1088,7 +1108,8 @@ def check(name, root=ROOT):
     visible = visible_tests(root)
     counts = {}
     if (root / MANIFEST).is_file():  # the student version: how many tests each part has at grading
-        counts = {n: p.get("tests") for n, p in json.loads((root / MANIFEST).read_text()).get("parts", {}).items()}
+        recorded = json.loads((root / MANIFEST).read_text()).get("parts", {})
+        counts = {n: p.get("tests") for n, p in recorded.items()}
     tests = [t for n in names for t in BY_NAME[n].tests if t in visible]
     res = run_tests(graded_files(root), tests)
     outside_the_functions(root, {BY_NAME[n].file for n in names})

@@ -276,7 +276,9 @@ def test_reference_file_matches_transformers():
         stored, fresh = load_file(str(ROOT / f"sanity/{name}.safetensors")), make_parts_reference.build(seed)
         assert set(stored) == set(fresh)
         for k in fresh:
-            torch.testing.assert_close(stored[k], fresh[k], atol=1e-6, rtol=1e-6, msg=lambda m: f"{name} {k}: {m}")
+            torch.testing.assert_close(
+                stored[k], fresh[k], atol=1e-6, rtol=1e-6, msg=lambda m: f"{name} {k}: {m}"
+            )
         assert (ROOT / f"sanity/{name}.safetensors").stat().st_size < 500_000
     assert not torch.allclose(load_file(str(ROOT / "sanity/parts_grading.safetensors"))["layer.output"],
                               load_file(str(ROOT / "sanity/parts_reference.safetensors"))["layer.output"])
@@ -526,7 +528,8 @@ def test_the_kit_holds_no_solution(made):
     tests = (kit / "tree/tests/test_parts.py").read_text()
     assert "def test_attention_gradients_match_sdpa" in tests, "the kit holds the hidden tests"
     data = (kit / "tree/sanity/parts_reference.safetensors").read_bytes()
-    assert data == (ROOT / "sanity/parts_grading.safetensors").read_bytes(), "the kit's tensors are the grading ones"
+    grading = (ROOT / "sanity/parts_grading.safetensors").read_bytes()
+    assert data == grading, "the kit's tensors are the grading ones"
     assert data != (out / "sanity/parts_reference.safetensors").read_bytes()
 
 
@@ -558,11 +561,12 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     assert "| **total** | | | | **100 / 100** |" in (tmp_path / "reports/full.md").read_text()
     seconds = report["seconds"]  # the wall time per submission, two test processes at a time
     assert seconds < 120, f"{seconds} s per submission"
-    run = subprocess.run([*grader, "--csv", "grades.csv", "--part", "kl", "--hide-hidden"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+    one = [*grader[:5], str(subs / "blank"), "--csv", "grades.csv", "--part", "kl", "--hide-hidden"]
+    run = subprocess.run(one, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # one part of one
     assert run.returncode == 0, run.stderr
     rows = {r["id"]: r for r in csv.DictReader((tmp_path / "grades.csv").open())}
     assert rows["full"]["total"] == "100" and rows["cheater"]["masking"] == "12", "the regrade kept the rest"
+    assert rows["blank"]["total"] == "0" and rows["blank"]["masking"] == "0", rows["blank"]
     blank = (tmp_path / "reports/blank.md").read_text()
     assert "`test_kl_by_hand`: NotImplementedError" in blank and "a hidden test failed" in blank, blank
     assert "test_kl_zero_probabilities_and_teacher_detached" not in blank + run.stdout, "a hidden test named"
@@ -581,7 +585,8 @@ def test_only_tracked_files_are_handed_out(tmp_path):
 
 def test_lean_leaves_out_the_near_solutions():
     full, lean = assignment.student_version(ROOT), assignment.student_version(ROOT, lean=True)
-    for name in ("notebooks/01_bert_and_student.ipynb", "tests/test_peakd.py", "tests/test_losses.py", "bench.py"):
+    lean_out = ("notebooks/01_bert_and_student.ipynb", "tests/test_peakd.py", "tests/test_losses.py", "bench.py")
+    for name in lean_out:
         assert name in full and name not in lean, name
     body = ast.get_source_segment(lean["peakd.py"].decode(), defs_of(lean["peakd.py"])["make_student"])
     assert "load_state_dict" not in body and 'raise NotImplementedError("left out' in body, body

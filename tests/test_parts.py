@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 # The comparisons are this file's own, made of torch's functions taken here, before the project's modules are
 # imported: code that patches torch.testing, torch.allclose or a Tensor method later changes nothing here.
 TENSORS = (torch.Tensor, torch.nn.Parameter)
-_detach, _double, _tolist, _size = torch.Tensor.detach, torch.Tensor.double, torch.Tensor.tolist, torch.Tensor.size
+_detach, _double, _tolist = torch.Tensor.detach, torch.Tensor.double, torch.Tensor.tolist
+_size = torch.Tensor.size
 _flatten, _isfinite, _type, _float, _abs, _all = torch.flatten, math.isfinite, type, float, abs, all
 
 
