@@ -47,6 +47,16 @@ def close(actual, expected, what, atol=1e-5, rtol=1e-5):
                              f"at flat index {worst}: expected {e[worst]:.6g}, got {a[worst]:.6g}")
 
 
+def exactly(value, kind, what):
+    """value itself, if it is exactly of type kind (a torch.Tensor, not a subclass that could answer any
+    comparison)."""
+    kinds = TENSORS if kind is torch.Tensor else kind if _type(kind) is tuple else (kind,)
+    if _type(value) not in kinds:
+        names = " or ".join(k.__name__ for k in kinds[:1 if kind is torch.Tensor else None])
+        raise AssertionError(f"{what}: expected a {names}, got a {_type(value).__name__}")
+    return value
+
+
 def same_floats(actual, expected, what):
     """actual is a list of real Python floats (no subclass) equal to expected's."""
     if _type(actual) is not list or len(actual) != len(expected):
@@ -325,7 +335,7 @@ def tiny_teacher(layers=4):
 
 def test_student_init_copies_chosen_layers():
     teacher = tiny_teacher()
-    student = model.student_from_teacher(teacher, [1, 3])
+    student = exactly(model.student_from_teacher(teacher, [1, 3]), model.Bert, "student_from_teacher")
     assert (
         student.cfg.num_layers == 2 and student.cfg.type_vocab_size == 0 and not student.cfg.pooler
     ), f"student config {student.cfg}: expected 2 layers, type_vocab_size=0, pooler=False"
@@ -359,7 +369,7 @@ def test_student_init_folds_type_zero_into_positions():
 ### BEGIN HIDDEN TESTS
 def test_student_init_default_is_one_layer_of_two_and_copies():
     teacher = tiny_teacher(6)
-    student = model.student_from_teacher(teacher)
+    student = exactly(model.student_from_teacher(teacher), model.Bert, "student_from_teacher")
     assert student.cfg.num_layers == 3, f"{student.cfg.num_layers} layers from a 6-layer teacher, expected 3"
     for j, i in enumerate([0, 2, 4]):
         assert torch.equal(student.layers[j].fc1.weight, teacher.layers[i].fc1.weight), f"layer {j} != {i}"
@@ -475,7 +485,7 @@ def test_mlm_flattens_batch_dims():
 ### BEGIN HIDDEN TESTS
 def test_mlm_with_nothing_masked_is_zero_with_a_graph():
     x = logits(11).requires_grad_()
-    out = losses.mlm_loss(x, torch.full((6,), -100))
+    out = exactly(losses.mlm_loss(x, torch.full((6,), -100)), torch.Tensor, "mlm_loss")
     assert out.item() == 0.0, f"no masked rows gave {out.item()}, expected 0"
     out.backward()  # still part of the graph
     assert x.grad is not None and x.grad.abs().sum() == 0
@@ -561,9 +571,10 @@ def corpus(seed=0, batch=64, length=128):
 
 def masked(ids, am, seed=0, weights=None):
     g = torch.Generator().manual_seed(seed)
-    return data.mask_tokens(
+    out = data.mask_tokens(
         ids, am, mask_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIAL, generator=g, weights=weights
     )
+    return tuple(exactly(t, torch.Tensor, "mask_tokens' outputs") for t in exactly(out, tuple, "mask_tokens"))
 
 
 def test_masking_chooses_15_percent_of_real_tokens():
@@ -636,6 +647,7 @@ def test_masking_random_ids_mask_and_padding():
     am = torch.ones_like(ids)
     am[:, 48:] = 0  # padding that holds ordinary ids: only attention_mask says it is padding
     out, labels = data.mask_tokens(ids, am, mask_id=MASK_ID, vocab_size=10, special_ids=SPECIAL, generator=g)
+    out, labels = exactly(out, torch.Tensor, "the masked ids"), exactly(labels, torch.Tensor, "the labels")
     assert not (labels[ids == MASK_ID] != -100).any(), "a [MASK] already in the input was chosen"
     assert (labels[:, 48:] == -100).all() and torch.equal(out[:, 48:], ids[:, 48:]), "padding was masked"
     replaced = out[(labels != -100) & (out != MASK_ID)]
@@ -729,6 +741,7 @@ def micro_batches():
 def test_denominators_give_the_gradient_of_one_big_batch():
     batches, rec = micro_batches(), Recorder()
     _, _, n_real = train.forward_backward(rec, None, batches, SimpleNamespace(ce_positions="all"))
+    exactly(n_real, (int, float), "n_real")
     real = torch.cat([ids[am.bool()] for ids, am, _ in batches]).double()
     hidden = torch.cat([ids[lb != -100] for ids, _, lb in batches]).double()
     assert n_real == len(real), f"n_real {n_real}, expected {len(real)} real tokens in the step"
@@ -773,7 +786,7 @@ def test_denominators_over_two_ranks():
 def test_ptp_labels_four_classes():
     p = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.9, 0.1], [0.55, 0.45], [0.25, 0.75]])
     labels = torch.tensor([0, 0, 1, 1, 1])
-    got = peakd.ptp_labels(p.log(), labels, t1=0.8, t2=0.7).tolist()
+    got = _tolist(exactly(peakd.ptp_labels(p.log(), labels, t1=0.8, t2=0.7), torch.Tensor, "ptp_labels"))
     # right & 0.95 > 0.8; right & 0.6; wrong & 0.9 > 0.7; wrong & 0.55; right & 0.75 (> t2 but not > t1)
     assert got == [0, 1, 2, 3, 1], f"PTP labels {got}, expected [0, 1, 2, 3, 1]"
 
@@ -781,7 +794,7 @@ def test_ptp_labels_four_classes():
 ### BEGIN HIDDEN TESTS
 def test_ptp_labels_three_classes_from_logits():
     z = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 5.0]])
-    got = peakd.ptp_labels(z, torch.tensor([0, 1, 0]), t1=0.9, t2=0.9)
+    got = exactly(peakd.ptp_labels(z, torch.tensor([0, 1, 0]), t1=0.9, t2=0.9), torch.Tensor, "ptp_labels")
     assert got.tolist() == [0, 1, 2] and got.dtype == torch.long, f"PTP labels {got}"
 
 
@@ -814,7 +827,9 @@ def test_pkd_loss_equals_eq_7():
     pt = (unit(s_cls) - unit(t_cls)).square().mean()
     close(loss, 0.3 * ce + 0.7 * kd + 100.0 * pt, "(1 - a) CE + a T^2 KL + beta * patient term")
     for name, value in (("ce", ce), ("kd", kd), ("pt", pt)):
-        assert math.isclose(parts[name], value.item(), rel_tol=1e-4), f"parts[{name!r}] {parts[name]}"
+        got = exactly(parts[name], float, f"parts[{name!r}]")
+        expected = value.item()
+        assert math.isclose(got, expected, rel_tol=1e-4), f"parts[{name!r}]: expected {expected}, got {got}"
 
 
 ### BEGIN HIDDEN TESTS
