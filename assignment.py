@@ -123,7 +123,7 @@ PARTS = (
     Part("smoothing", "data.py", "smoothing_weights", 4,
          ("test_smoothing_weights_by_hand", "test_smoothing_unseen_ids_and_dict_specials"),
          "masking weights count^-0.7", "mask_tokens' weights argument; Lample & Conneau 2019 (XLM), Sec. 3.3"),
-    Part("lr_schedule", "common.py", "linear_schedule", 4,
+    Part("lr_schedule", "machinery/optim.py", "linear_schedule", 4,
          ("test_lr_schedule_warmup_then_decay", "test_lr_schedule_no_warmup_and_past_the_end"),
          "linear warm-up, linear decay", "where train.py builds its LambdaLR; Devlin et al. 2019, Appendix A.2"),
     Part("denominators", "train.py", "forward_backward", 10,
@@ -705,7 +705,7 @@ def import_tests(where):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] + [
             f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module \
             and not node.level else []
-        for name in names:  # a module, or a package's (machinery.common): the project's, if a file has it
+        for name in names:  # a module, or a package's (machinery.optim): the project's, if a file has it
             file = Path(where, *name.split("."))
             if not (file.with_suffix(".py").is_file() or (file / "__init__.py").is_file()) or name in sys.modules:
                 continue
@@ -722,7 +722,7 @@ def import_tests(where):
     return module
 
 
-def one_line(e):  # not common.one_line: the test process imports none of the tree's modules before its tests
+def one_line(e):  # not files.one_line: the test process imports none of the tree's modules before its tests
     text = " ".join(str(e).split())[:300]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 

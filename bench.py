@@ -61,13 +61,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import common
 import data
 import losses
 import prepare
 import train
+from machinery import device, files
+from machinery.hf import load_pretrained, save_pretrained
+from machinery.tokenizer import load_tokenizer
 from model import Bert, BertConfig, student_from_teacher
-from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -139,13 +140,13 @@ def make_models(size, folder, seed=0):
             if name.endswith("bias") or "LayerNorm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     ref.save_pretrained(folder / "teacher")
-    student_from_teacher(Bert.from_pretrained(folder / "teacher")).save_pretrained(folder / "student")
+    save_pretrained(student_from_teacher(load_pretrained(folder / "teacher")), folder / "student")
 
 
 def load(folder, which):
     """(ours, transformers') teacher or student, in eval mode, from the same checkpoint folder."""
     cls = hf().BertForMaskedLM if which == "teacher" else hf().DistilBertForMaskedLM
-    return Bert.from_pretrained(folder / which).eval(), cls.from_pretrained(folder / which).eval()
+    return load_pretrained(folder / which).eval(), cls.from_pretrained(folder / which).eval()
 
 
 @torch.no_grad()
@@ -229,8 +230,8 @@ def bench_table3(folder, vocab, sts, limit):
     inputs = [[enc[k][i:i + 1, :m] for k in ("input_ids", "attention_mask", "token_type_ids")] for i,
               m in enumerate(n)]
     torch.manual_seed(0)
-    models = {"ours teacher": Classifier(Bert.from_pretrained(folder / "teacher"), 1).eval(),
-              "ours student": Classifier(Bert.from_pretrained(folder / "student"), 1).eval(),
+    models = {"ours teacher": Classifier(load_pretrained(folder / "teacher"), 1).eval(),
+              "ours student": Classifier(load_pretrained(folder / "student"), 1).eval(),
               "transformers teacher": tf.BertForSequenceClassification.from_pretrained(folder / "teacher",
                                                                                        num_labels=1),
               "transformers student": tf.DistilBertForSequenceClassification.from_pretrained(folder / "student", num_labels=1)}
@@ -290,7 +291,7 @@ def make_step(variant, folder, batch, temperature=2.0, alphas=(5.0, 2.0, 1.0)):
     'transformers'."""
     ids, am, labels = batch
     if variant.startswith("ours"):
-        teacher, student = (Bert.from_pretrained(folder / w) for w in ("teacher", "student"))
+        teacher, student = (load_pretrained(folder / w) for w in ("teacher", "student"))
         cfg = train.TrainConfig(ce_chunk=int(variant.split(":")[1]), temperature=temperature,
                                 alpha_ce=alphas[0],
                             alpha_mlm=alphas[1], alpha_cos=alphas[2], lr=1e-4)
@@ -412,7 +413,7 @@ def bench_train(folder, vocab, B, L, variants, steps, rounds, threads, pad=True)
 def soft_target_loss_chunked(student_hidden, teacher_hidden, student_head, teacher_head,
                              temperature=2.0, denom=None, chunk_size=1024):
     """losses.soft_target_loss(student_head(student_hidden), teacher_head(teacher_hidden)) without ever
-    holding the full (rows x vocab) logits: the memory baseline the fused head (losses.head_losses_fused) is
+    holding the full (rows x vocab) logits: the memory baseline the fused head (fused_head.head_losses_fused) is
     measured against.
 
     Why recompute: a loop over chunks alone saves little. Autograd keeps every tensor that backward needs
@@ -618,9 +619,9 @@ def bench_loader(corpus, vocab, B, L, n, world=8):
 
 def bench_cpu_bf16(folder, B, L, reps):
     """What --dtype=auto weighs on a CPU: bf16 against float32, in the same process. The probe
-    common.auto_dtype uses, a large matrix product, and our student's encoder forward and training step under
+    device.auto_dtype uses, a large matrix product, and our student's encoder forward and training step under
     bf16 autocast."""
-    student = Bert.from_pretrained(folder / "student").train()
+    student = load_pretrained(folder / "student").train()
     ids = torch.randint(1, student.cfg.vocab_size, (B, L))
     rows = []
 
@@ -636,14 +637,14 @@ def bench_cpu_bf16(folder, B, L, reps):
                 h = student(ids, return_logits=False).hidden_states[-1]
             h.float().square().mean().backward()
         return f
-    probe = med([common.bf16_speedup() for _ in range(reps)])
+    probe = med([device.bf16_speedup() for _ in range(reps)])
     rows.append(row("probe: 768x768 @ 768x3072, fp32 time / bf16 time", "", "", probe,
                     ">= 1.5: auto picks bf16"))
     for name, make in (("student encoder forward", forward), ("student forward + backward", step)):
         t = interleaved({"fp32": make("fp32"), "bf16": make("bf16")}, reps)
         rows.append(row(f"{name} {B} x {L}, ms: bf16 (ours) vs fp32 (reference)", med(t["bf16"]) * 1e3,
                         med(t["fp32"]) * 1e3, med(t["fp32"]) / med(t["bf16"]), "speed-up"))
-    return {"rows": rows, "auto": str(common.auto_dtype(torch.device("cpu"))[0])}
+    return {"rows": rows, "auto": str(device.auto_dtype(torch.device("cpu"))[0])}
 
 
 def bench_cpu_share(B, L, reps, size, n=2048):
@@ -654,8 +655,8 @@ def bench_cpu_share(B, L, reps, size, n=2048):
     per real token are train_flops_per_token's count."""
     with tempfile.TemporaryDirectory() as tmp:
         make_models(size, Path(tmp))
-        teacher = Bert.from_pretrained(Path(tmp) / "teacher").requires_grad_(False)
-        student = Bert.from_pretrained(Path(tmp) / "student").train()
+        teacher = load_pretrained(Path(tmp) / "teacher").requires_grad_(False)
+        student = load_pretrained(Path(tmp) / "student").train()
     ids, am, labels = train_batch(B, L, teacher.cfg.vocab_size)
     cfg = train.TrainConfig()
     objective, opt = train.Objective(student, teacher, cfg), train.make_optimizer(student, cfg)
@@ -714,13 +715,13 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16)
-    teacher = Bert.from_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
+    teacher = load_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
     batch = train_batch(B, L, teacher.cfg.vocab_size, pad=False)
     ids, am, labels = (x.pin_memory().to(dev, non_blocking=True) if cuda else x for x in batch)
     cfg = train.TrainConfig(ce_chunk=ce_chunk)
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     for compiled in (False, True):
-        student = Bert.from_pretrained(folder / "student").to(dev).train()
+        student = load_pretrained(folder / "student").to(dev).train()
         objective = train.Objective(torch.compile(student, backend=backend) if compiled else student,
                                     teacher, cfg)
         opt = train.make_optimizer(student, cfg)
@@ -856,7 +857,7 @@ def main(argv=None):
         make_models(size, folder)
         for name in only:
             res["sections"][name] = measure(name, lambda: run[name](folder), a, res)
-            common.write_atomic(out, lambda t: t.write_text(json.dumps(res, indent=1)))  # a reader never sees half
+            files.write_atomic(out, lambda t: t.write_text(json.dumps(res, indent=1)))  # a reader never sees half
             out.with_suffix(".md").write_text(markdown(res))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return res

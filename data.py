@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from common import sha256 as sha256_file
-from tokenizer import SPECIAL_TOKENS, load_tokenizer, vocab_hash
+from machinery.files import sha256 as sha256_file
+from machinery.tokenizer import SPECIAL_TOKENS, load_tokenizer, vocab_hash
 
 FORMAT, FORMAT_VERSION = "distilbert-from-scratch/token-shards", 1
 VERIFY_BYTES = 1 << 30  # token shards up to 1 GiB are checked against their sha256 each time they are opened
@@ -351,6 +351,3 @@ def _count_in(tokens, start, length, token_id, block=1 << 24):
     return out
 
 
-if __name__ == "__main__":  # corpus preparation lives in prepare.py; `python data.py ...` still runs it
-    from prepare import main
-    main()

@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import pyplot, save_figure, write_atomic, write_json, write_text
+from machinery.files import pyplot, save_figure, write_atomic, write_json, write_text
 
 # ------------------------------------------------------------------------------------------------------------
 # 1. Held-out masked LM
@@ -370,26 +370,6 @@ def bar_chart(table, path):
     return True
 
 
-def plot_metrics(metrics_path, png_path):
-    """Loss curves (each part of the loss, and the held-out MLM accuracy) drawn from a run's metrics.jsonl."""
-    plt = pyplot(f"no plot of {metrics_path}")
-    if plt is None:
-        return
-    rows = [json.loads(line) for line in open(metrics_path)]
-    train_rows, valid_rows = [r for r in rows if "total" in r], [r for r in rows if "valid_accuracy" in r]
-    fig, axes = plt.subplots(1, 2 if valid_rows else 1, figsize=(10 if valid_rows else 5, 3.5), squeeze=False)
-    for key in ("total", "ce", "mlm", "cos"):
-        if train_rows and key in train_rows[0]:
-            axes[0, 0].plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key)
-    axes[0, 0].set(xlabel="step", ylabel="loss", yscale="log", title=str(Path(metrics_path).parent.name))
-    axes[0, 0].legend()
-    if valid_rows:
-        axes[0, 1].plot([r["step"] for r in valid_rows], [r["valid_accuracy"] for r in valid_rows],
-                        marker="o")
-        axes[0, 1].set(xlabel="step", ylabel="held-out MLM accuracy")
-    save_figure(fig, png_path)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -431,13 +411,13 @@ def main(argv=None):
     try:
         command(a)
     except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
-        from common import one_line
+        from machinery.files import one_line
         raise SystemExit(f"eval.py: error: {one_line(e)}") from None
 
 
 def command(a):
     from finetune import load_encoder  # a Hugging Face folder or a fine-tuned one
-    from hf import model_folder  # or a name, as from_pretrained takes it
+    from machinery.hf import model_folder  # or a name, as from_pretrained takes it
     if a.cmd == "mlm":
         from data import TokenData
         shards, out = TokenData(a.data), {}
@@ -451,8 +431,8 @@ def command(a):
             write_json(out, a.out)
     elif a.cmd == "speed":
         from data import TokenData
+        from machinery.tokenizer import load_tokenizer
         from model import student_from_teacher
-        from tokenizer import load_tokenizer
         teacher = load_encoder(model_folder(a.teacher))
         student = load_encoder(model_folder(a.student)) if a.student else student_from_teacher(teacher)
         names = ("teacher", "student")
@@ -475,8 +455,8 @@ def command(a):
 def check_mlm_inputs(model, path, shards, max_len):
     """The model must read the shards' ids (its own vocabulary, by hash where its folder has the tokenizer
     files, else by size) and have positions for max_len tokens."""
-    from hf import teacher_tokenizer_file
-    from tokenizer import load_tokenizer, vocab_hash
+    from machinery.hf import teacher_tokenizer_file
+    from machinery.tokenizer import load_tokenizer, vocab_hash
     if max_len > model.cfg.max_position:
         raise SystemExit(f"eval.py: --max-len {max_len} is more than the {model.cfg.max_position} positions "
                          f"of {path}")

@@ -35,14 +35,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
-from common import adamw, auto_dtype, linear_schedule, parse_config, pick_device, write_atomic, write_json
-from hf import (config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_tensors, save_tensors,
-                verify_manifest, write_manifest)
 from losses import task_distill_loss, task_loss
+from machinery import device, files
+from machinery.config import opt, parse_config
+from machinery.device import auto_dtype, pick_device
+from machinery.files import write_atomic, write_json
+from machinery.hf import (config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_pretrained,
+                          load_tensors, save_tensors, verify_manifest, write_manifest)
+from machinery.optim import adamw, linear_schedule
 from model import Bert
 
-log = functools.partial(common.log, source="finetune")
+log = functools.partial(files.log, source="finetune")
 
 # ------------------------------------------------------------------------------------------------------------
 # 1. Readers. GLUE files are tab-separated with no quoting (sentences contain quotes); columns are found by
@@ -456,7 +459,7 @@ def from_hf_format(sd, encoder):
 
 def load_encoder(path) -> Bert:
     """A Hugging Face folder (what train.py exports), or the encoder of a folder written by save_finetuned."""
-    return load_finetuned(path).encoder if (Path(path) / "finetune.json").is_file() else Bert.from_pretrained(path)
+    return load_finetuned(path).encoder if (Path(path) / "finetune.json").is_file() else load_pretrained(path)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -616,38 +619,38 @@ def squad_evaluate(predictions, examples) -> dict:
 @dataclass
 class FinetuneConfig:
     # what to run (the command line's paths)
-    task: str = "SST-2"            # a GLUE task, "imdb" or "squad"
-    data: str = ""                 # GLUE root or task folder; the aclImdb folder
-    train_file: str = ""           # SQuAD json files
+    task: str = opt("SST-2", "a GLUE task, 'imdb' or 'squad'")
+    data: str = opt("", "GLUE root or task folder; the aclImdb folder")
+    train_file: str = opt("", "SQuAD json files")
     eval_file: str = ""
-    model: str = ""                # Hugging Face folder (Bert.from_pretrained) or a save_finetuned folder
-    vocab: str = ""                # vocab.txt / tokenizer.json (default: the model folder's)
-    teacher: str = ""              # a save_finetuned folder: task distillation, "DistilBERT (D)"
-    out: str = ""                  # results JSON and fine-tuned models go here (nothing saved when empty)
-    name: str = ""                 # the model's name in results (default: the model folder's name)
-    seeds: str = ""                # "1,2,3": one run per seed, the median reported (default: seed)
-    save: bool = True              # save each run's model under out/
+    model: str = opt("", "Hugging Face folder (Bert.from_pretrained) or a save_finetuned folder")
+    vocab: str = opt("", "vocab.txt / tokenizer.json (default: the model folder's)")
+    teacher: str = opt("", "a save_finetuned folder: task distillation, 'DistilBERT (D)'")
+    out: str = opt("", "results JSON and fine-tuned models go here (nothing saved when empty)")
+    name: str = opt("", "the model's name in results (default: the model folder's name)")
+    seeds: str = opt("", "'1,2,3': one run per seed, the median reported (default: seed)")
+    save: bool = opt(True, "save each run's model under out/")
     # optimisation (BERT's fine-tuning recipe)
     lr: float = 5e-5
     batch_size: int = 32
     epochs: float = 3.0
-    max_steps: int | None = None   # overrides epochs
-    warmup: float = 0.1            # fraction of the steps, linear warm-up then linear decay to 0
+    max_steps: int | None = opt(None, "overrides epochs")
+    warmup: float = opt(0.1, "fraction of the steps, linear warm-up then linear decay to 0")
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    max_len: int = 0               # 0: 128 for GLUE, 384 for SQuAD, 512 for IMDb
+    max_len: int = opt(0, "0: 128 for GLUE, 384 for SQuAD, 512 for IMDb")
     seed: int = 42
     eval_batch_size: int = 128
-    train_limit: int | None = None  # keep a fixed random subset of this many training examples
-    eval_limit: int | None = None   # evaluate on the first this many dev examples only (quick runs)
-    eval_every: int = 0            # call eval_fn every this many steps (0: only at the end)
+    train_limit: int | None = opt(None, "keep a fixed random subset of this many training examples")
+    eval_limit: int | None = opt(None, "evaluate on the first this many dev examples only (quick runs)")
+    eval_every: int = opt(0, "call eval_fn every this many steps (0: only at the end)")
     log_every: int = 100
     device: str = "auto"
-    dtype: str = "auto"            # auto (bf16 autocast where it is fast: common.auto_dtype) | float32 | bfloat16
-    style: str = "auto"            # classifier head: auto | bert | distilbert
+    dtype: str = opt("auto", "auto (bf16 autocast where it is fast: device.auto_dtype) | float32 | bfloat16")
+    style: str = opt("auto", "classifier head: auto | bert | distilbert")
     # task distillation
     temperature: float = 2.0
-    alpha: float = 0.5             # weight of the distillation term; 1 - alpha on the labels
+    alpha: float = opt(0.5, "weight of the distillation term; 1 - alpha on the labels")
     # SQuAD
     doc_stride: int = 128
     max_query: int = 64
@@ -692,7 +695,7 @@ def make_loss(temperature=2.0, alpha=0.5):
 
 
 def autocast(name, device):
-    """A bf16 autocast context where it pays (--dtype=auto: common.auto_dtype's probe; on CUDA bf16 from
+    """A bf16 autocast context where it pays (--dtype=auto: device.auto_dtype's probe; on CUDA bf16 from
     compute capability 8.0), else none. Weights and optimiser state stay float32."""
     if name == "auto":
         if device.type == "cuda":
@@ -845,7 +848,7 @@ def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune cfg.model on cfg.task once per seed; returns (and writes to cfg.out) per-seed and median
     metrics."""
     from data import load_tokenizer
-    from hf import model_folder
+    from machinery.hf import model_folder
     if not cfg.model:
         raise ValueError("--model is required (a Hugging Face folder, e.g. one exported by train.py)")
     name, _ = task_spec(cfg.task)

@@ -25,7 +25,6 @@ projection, with their gradients computed on the way (tests/test_losses.py check
 import torch
 import torch.nn.functional as F
 
-
 # ------------------------------------------------------------------------------------------------------------
 # The paper's formulas
 
@@ -178,95 +177,3 @@ def pkd_loss(student_logits, teacher_logits, labels, student_cls=None, teacher_c
     loss = (1 - alpha) * ce + alpha * kd + beta * pt
     return loss, {"ce": ce.item(), "kd": kd.item(), "pt": pt.item()}
     ### END SOLUTION
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The production path: L_ce + L_mlm fused over chunks of rows, gradients computed in the forward pass
-
-class _HeadLosses(torch.autograd.Function):
-    """Forward computes the losses and, on the way, their gradients, one chunk of rows at a time; backward
-    only scales the stored gradients. Nothing (rows x vocab) outlives a chunk and nothing is recomputed.
-
-    Precision: w_ce and w_mlm carry the step's 1/D (D ~ 1e5 tokens), and softmax differences are ~1e-5 each,
-    so the logit gradient w * (q - p) is ~1e-10: below fp16's smallest number (6e-8) once autocast runs `g @
-    weight` in half precision, and the GradScaler's factor only arrives in backward. So g is kept at order one
-    (divided by `scale` = the larger weight) through the half-precision products, the factor goes back on in
-    float32, and the stored gradients are float32 (mixed-precision training keeps loss scaling for the same
-    reason: Micikevicius et al. 2018, "Mixed Precision Training", Section 3.2)."""
-
-    @staticmethod
-    def forward(ctx, u, weight, bias, teacher_hidden, labels, teacher_head, temperature, w_ce, w_mlm,
-                chunk_size, w_mse):
-        # softmaxes in float32 at least (bf16 under autocast)
-        acc = torch.promote_types(weight.dtype, torch.float32)
-        grad_u = torch.empty(u.shape, dtype=acc, device=u.device)
-        grad_w, grad_b = torch.zeros_like(weight, dtype=acc), torch.zeros_like(bias, dtype=acc)
-        # taken out of g, put back in float32
-        scale = max(abs(w_ce * temperature), abs(w_mlm), abs(2 * w_mse)) or 1.0
-        kl_sum, ce_sum, mse_sum = (u.new_zeros((), dtype=acc) for _ in range(3))
-        for start in range(0, u.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            # at most three (chunk, V) tensors at a time: z or log_q, t or log_p, p
-            z = F.linear(u[rows], weight, bias).to(acc)                    # student logits
-            lab = labels[rows]
-            masked = lab != -100
-            log_s = F.log_softmax(z[masked], dim=-1)                       # L_mlm on the masked rows (T = 1)
-            ce_sum += -log_s.gather(1, lab[masked, None]).sum()
-            t = teacher_head(teacher_hidden[rows]).to(acc)                 # teacher logits (no grad here)
-            g_mse = None
-            if w_mse:  # alpha_mse: d(w_mse sum (z - t)^2)/dz = 2 w_mse (z - t); a fourth (chunk, V) tensor
-                g_mse = z - t
-                mse_sum += g_mse.square().sum()
-                g_mse.mul_(2 * w_mse / scale)
-            log_q = F.log_softmax(z.div_(temperature), dim=-1)
-            del z
-            log_p = F.log_softmax(t.div_(temperature), dim=-1)
-            del t
-            p = log_p.exp()
-            kl_sum += log_p.sub_(log_q).mul_(p).masked_fill_(p == 0, 0.0).sum()  # 0 log 0 = 0, as kl_per_row
-            del log_p
-            # d(w_ce T^2 KL)/dz / scale = w_ce T (q - p) / scale, in log_q's storage
-            g = log_q.exp_().sub_(p).mul_(w_ce * temperature / scale)
-            del p
-            g_mlm = log_s.exp_()                       # d CE/dz = softmax(z) - onehot(label)
-            g_mlm[torch.arange(len(g_mlm), device=g.device), lab[masked]] -= 1.0
-            g[masked] += (w_mlm / scale) * g_mlm
-            if g_mse is not None:
-                g += g_mse
-                del g_mse
-            g = g.to(weight.dtype)
-            grad_u[rows] = (g @ weight).to(acc).mul_(scale)  # half under autocast: g is of order one there
-            grad_w.addmm_(g.t().to(acc), u[rows].to(acc), alpha=scale)
-            grad_b.add_(g.sum(0).to(acc), alpha=scale)
-        ctx.save_for_backward(grad_u, grad_w, grad_b)
-        ctx.dtypes = u.dtype, weight.dtype, bias.dtype
-        ctx.mark_non_differentiable(kl_sum, ce_sum, mse_sum)
-        return w_ce * temperature**2 * kl_sum + w_mlm * ce_sum + w_mse * mse_sum, kl_sum, ce_sum, mse_sum
-
-    @staticmethod
-    def backward(ctx, grad_loss, _kl, _ce, _mse):
-        grads = [(grad_loss.to(g.dtype) * g).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes)]
-        return (*grads, None, None, None, None, None, None, None, None)
-
-
-def head_losses_fused(student_u, decoder_weight, decoder_bias, teacher_hidden, teacher_head, labels,
-                      temperature=2.0, weight_ce=1.0, weight_mlm=1.0, chunk_size=1024, weight_mse=0.0):
-    """weight_ce * T^2 * sum_rows KL(softmax(t/T) || softmax(s/T)) + weight_mlm * sum_masked CE(s, label) (+
-    weight_mse * sum_rows |s - t|^2, the reference distiller's alpha_mse term, when weight_mse != 0), where s
-    = F.linear(student_u, decoder_weight, decoder_bias) and t = teacher_head(teacher_hidden), computed chunk
-    by chunk without full-vocabulary logits for all rows and without recomputation.
-
-    student_u: (N, d) the student's MLM transform output (the decoder's input); labels: (N,) with -100 on rows
-    that are not masked. Returns (loss, kl_sum, ce_sum, mse_sum): `loss` is differentiable w.r.t. student_u,
-    decoder_weight and decoder_bias; the sums are detached, for logging (mse_sum is 0 when weight_mse is 0).
-    With weight_ce = alpha_ce / D_ce and weight_mlm = alpha_mlm / D_mlm, `loss` is alpha_ce *
-    soft_target_loss(..., denom=D_ce) + alpha_mlm * mlm_loss(..., denom=D_mlm).
-
-    Why: checkpointed chunks (bench.soft_target_loss_chunked, the memory baseline) keep memory flat by
-    recomputing both heads in backward (one extra pass of the vocabulary projection for student and teacher).
-    Here the gradient of the logits is known in closed form, w_ce T (softmax(s/T) - softmax(t/T)) + w_mlm
-    (softmax(s) - onehot), so each chunk's gradients w.r.t. student_u, the weight and the bias are computed in
-    the forward pass and stored ((N + V) x d numbers); backward just scales them by the incoming gradient. It
-    is only worth it when a backward pass follows (training)."""
-    return _HeadLosses.apply(student_u, decoder_weight, decoder_bias, teacher_hidden.detach(), labels,
-                             teacher_head, temperature, weight_ce, weight_mlm, chunk_size, weight_mse)

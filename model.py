@@ -7,12 +7,12 @@ is reduced by a factor of 2", and it is initialised "from the teacher by taking 
 3 "Student initialization"). So a student is a `Bert` whose config says `type_vocab_size=0, pooler=False` and
 has half the layers; `student_from_teacher` builds it.
 
-Checkpoints are read and written in Hugging Face's format (the code is in hf.py), so a teacher downloaded as
+Checkpoints are read and written in Hugging Face's format by machinery/hf.py, so a teacher downloaded as
 `bert-base-uncased` loads here and a student trained here loads in `transformers.DistilBertForMaskedLM`:
 
-    teacher = Bert.from_pretrained("path/to/bert-base-uncased")   # a classmethod; a folder or a Hub name
-    student = student_from_teacher(teacher)                       # layers [0, 2, 4, 6, 8, 10]
-    student.save_pretrained("out/student")                        # config.json + model.safetensors
+    teacher = hf.load_pretrained("path/to/bert-base-uncased")   # a folder or a Hub name
+    student = student_from_teacher(teacher)                      # layers [0, 2, 4, 6, 8, 10]
+    hf.save_pretrained(student, "out/student")                   # config.json + model.safetensors
 """
 import math
 from dataclasses import dataclass, replace
@@ -239,19 +239,6 @@ class Bert(nn.Module):
         """Vocabulary logits for hidden states h (..., hidden): the MLM head with the tied decoder."""
         return self.head(h, self.emb.word.weight)
 
-    @classmethod
-    def from_pretrained(cls, path, map_location="cpu"):
-        """A Hugging Face checkpoint: a folder or a Hub name (hf.load_pretrained). Returns the model in eval
-        mode."""
-        from hf import load_pretrained
-        return load_pretrained(cls, path, map_location)
-
-    def save_pretrained(self, path, tokenizer_files=(), extra_files=None):
-        """config.json + model.safetensors in Hugging Face's format, atomically (hf.save_pretrained)."""
-        from hf import save_pretrained
-        save_pretrained(self, path, tokenizer_files, extra_files)
-
-
 
 def student_from_teacher(teacher: Bert, layers=None, fold_token_types=True) -> Bert:
     """DistilBERT's student (Section 3): the teacher's architecture without token-type embeddings and pooler,
@@ -262,7 +249,7 @@ def student_from_teacher(teacher: Bert, layers=None, fold_token_types=True) -> B
     fold_token_types: the student has no token types, and single-segment pretraining feeds the teacher type 0,
     so the teacher's type-0 vector is added to the student's position embeddings; a student of all the
     teacher's layers then computes exactly what the teacher computes at type 0. False: drop it as the
-    reference code does. Returns the student in eval mode, like Bert.from_pretrained."""
+    reference code does. Returns the student in eval mode, like hf.load_pretrained."""
     n = teacher.cfg.num_layers
     layers = list(range(0, n, 2)) if layers is None else list(layers)
     if not layers:
@@ -285,7 +272,7 @@ def student_from_teacher(teacher: Bert, layers=None, fold_token_types=True) -> B
     for j, i in enumerate(layers):
         sd.update({k.replace(f"layers.{i}.", f"layers.{j}.", 1): v.clone() for k, v in t.items()
                    if k.startswith(f"layers.{i}.")})
-    # strict: every tensor of the student is set; eval mode, like Bert.from_pretrained
+    # strict: every tensor of the student is set; eval mode, like hf.load_pretrained
     student.load_state_dict(sd)
     return student.eval()
     ### END SOLUTION

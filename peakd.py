@@ -37,14 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, fit, load_encoder,
-                      load_finetuned,
+from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, fit, load_encoder, load_finetuned,
                       predict, read_glue, save_finetuned, task_spec)
 from losses import pkd_loss
-from common import one_line
-from hf import model_folder
+from machinery.files import one_line
+from machinery.hf import model_folder
+from machinery.tokenizer import load_tokenizer
 from model import Bert, student_from_teacher
-from tokenizer import load_tokenizer
 
 # ------------------------------------------------------------------------------------------------------------
 # 1. Students: initialisation from the teacher, and Shuffled Parameter Sharing (Pea-KD Section 3.2)

@@ -12,8 +12,8 @@ runs offline.
 import argparse
 import contextlib
 import functools
-import hashlib
 import glob
+import hashlib
 import importlib
 import inspect
 import io
@@ -32,13 +32,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import common
-from common import one_line, sha256 as sha256_file, write_atomic
 from data import FORMAT, FORMAT_VERSION, token_dtype
-from tokenizer import load_tokenizer, special_ids, tokenizer_file, train_wordpiece, vocab_hash
+from machinery import files
+from machinery.files import one_line
+from machinery.files import sha256 as sha256_file
+from machinery.files import write_atomic
+from machinery.tokenizer import load_tokenizer, special_ids, tokenizer_file, train_wordpiece, vocab_hash
 
 PARTIAL = ".data.py-partial"  # in a folder data.py is still writing (so that a crash leaves it recognisable)
-log = functools.partial(common.log, source="data")
+log = functools.partial(files.log, source="data")
 
 
 # -------------------------------------------------------------------------------------------------- 1. corpus
@@ -412,10 +414,10 @@ def _recover_old(old, out_dir):
 
 
 def _prepare_lock(out_dir):
-    """An exclusive lock on '.<out>.lock' beside out_dir for the whole preparation (common.exclusive_lock): a
+    """An exclusive lock on '.<out>.lock' beside out_dir for the whole preparation (files.exclusive_lock): a
     killed run is no obstacle, and a second prepare.py on the same --out is refused in one line."""
     path = out_dir.with_name(f".{out_dir.name}.lock")
-    return common.exclusive_lock(path, lambda holder: FileExistsError(
+    return files.exclusive_lock(path, lambda holder: FileExistsError(
         f"{path}: another prepare.py is writing {out_dir} ({holder}); wait for it to finish or choose "
         f"another --out"), remove=True)
 

@@ -1,6 +1,6 @@
 """
-The quickstart: distillation you can see, on a CPU in about ten minutes (`python train.py
---preset=quickstart`).
+The quickstart: distillation you can see, on a CPU (`python quickstart.py`; train.py's settings apply on top
+of its preset, e.g. `python quickstart.py --dtype=float32 --out_dir=out/qs`).
 
 A real pretrained teacher is given an MLM head, a student of three of its layers is distilled from it, the
 same student is trained with L_mlm alone, and all three are scored on the same held-out masked tokens.
@@ -8,6 +8,7 @@ same student is trained with L_mlm alone, and all three are scored on the same h
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -15,17 +16,15 @@ import torch
 
 import data
 import prepare
-from common import pyplot, save_figure, write_json
 from eval import heldout_hits, paired_difference, verdict
-from checkpoint import Eta
-from hf import config_from_hf, resolve_checkpoint
+from machinery.files import pyplot, save_figure, write_json
+from machinery.hf import config_from_hf, load_pretrained, resolve_checkpoint
+from machinery.logs import Eta
 from model import Bert, count_parameters
-from train import TrainConfig, step_macs, train
-
+from train import TrainConfig, main as train_main, step_macs, train
 
 # its MLM head
 QUICKSTART_TEACHER_STEPS = dict(max_steps=240, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=40)
-
 
 def quickstart(cfg: TrainConfig, teacher_steps=None):
     """The recipe in miniature, offline on a CPU. A real pretrained teacher (all-MiniLM-L6-v2, fetched from
@@ -73,7 +72,6 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     plot_quickstart(metrics, results, root / "accuracy.png")
     return results
 
-
 def stage_work(stages: dict, source: Path, token_data, cfg, draws=3) -> dict:
     """Multiply-adds of each stage's steps (train.step_macs) and of compare_models (forward passes of the
     three models over `draws` masks of the held-out split): only their ratios matter, for the ETA."""
@@ -91,17 +89,14 @@ def stage_work(stages: dict, source: Path, token_data, cfg, draws=3) -> dict:
     work["compare"] = draws * valid_tokens * forward
     return work
 
-
 def complete(run: TrainConfig, export: Path, after=None) -> bool:
     """Whether run_stage would reuse this stage as it is."""
     marker, settings = Path(run.out_dir) / "stage.json", stage_settings(run, after)
     before = json.loads(marker.read_text()) if marker.is_file() else {}
     return before.get("settings") == settings and bool(before.get("stats")) and export.is_dir()
 
-
 def stage_settings(run: TrainConfig, after) -> dict:
     return {**dataclasses.asdict(dataclasses.replace(run, resume=False)), "after": after}
-
 
 def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None) -> dict:
     """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its
@@ -135,7 +130,6 @@ def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None)
     write_json({"settings": settings, "stats": stats}, marker)
     return stats
 
-
 def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict:
     """Held-out MLM accuracy and perplexity of each model on the same masked tokens (`draws` independent masks
     of the valid split), the frequency baseline (always answering the most frequent training token), and the
@@ -143,7 +137,7 @@ def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict
     one sequence, under any of the masks, are not independent)."""
     models, hits = {}, {}
     for name, folder in exports.items():
-        model = Bert.from_pretrained(folder)
+        model = load_pretrained(folder)
         h = heldout_hits(model, token_data, cfg.max_len, cfg.micro_batch, draws)
         hits[name], labels, sequence = h["correct"], h["labels"], h["sequence"]
         models[name] = {"mlm_acc": hits[name].double().mean().item(), "ppl": h["ppl"],
@@ -160,7 +154,6 @@ def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict
             "baseline_acc": (labels == frequent).double().mean().item(), "student_vs_mlm_only": pair,
             "seed": cfg.seed}
 
-
 def print_quickstart(r: dict, data_dir):
     print(f"\n{'model':<18}{'params':>12}{'steps':>7}{'MLM acc':>9}{'ppl':>9}{'train tok/s':>13}")
     for name, m in r["models"].items():
@@ -175,7 +168,6 @@ def print_quickstart(r: dict, data_dir):
     z = p['delta'] / p['se'] if p['se'] > 0 else 0.0
     print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {z:+.1f} SE): "
           f"the distilled student {p['verdict']} the MLM-only student; total time {r['seconds']:.0f} s")
-
 
 def plot_quickstart(metrics: dict, results: dict, png_path: Path):
     """Held-out MLM accuracy during each run (the evaluations every eval_every steps), and the frequency
@@ -196,3 +188,6 @@ def plot_quickstart(metrics: dict, results: dict, png_path: Path):
         ax.set(xlabel="step", ylabel="held-out MLM accuracy", title=" vs ".join(names))
         ax.legend()
     save_figure(fig, png_path)
+
+if __name__ == "__main__":
+    train_main(["--preset=quickstart", *sys.argv[1:]], run=quickstart)

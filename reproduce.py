@@ -28,32 +28,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import common
 import data
 import finetune as ft
 import losses
 import peakd
 import prepare
 import train
-from common import parse_config, pyplot, save_figure, write_text
 from eval import heldout_hits, paired_difference, size_speed, speed_markdown, verdict
-from hf import resolve_checkpoint
+from machinery import files
+from machinery.config import opt, parse_config
+from machinery.files import pyplot, save_figure, write_text
+from machinery.hf import load_pretrained, resolve_checkpoint, save_pretrained
+from machinery.tokenizer import load_tokenizer
 from model import Bert, student_from_teacher
 from quickstart import run_stage
-from tokenizer import load_tokenizer
 
 
 @dataclass
 class ReproduceConfig:
-    data: str = "../shared/data"  # glue/, squad/, corpora/ (see ../shared/data/README.md)
+    data: str = opt("../shared/data", "glue/, squad/, corpora/ (see ../shared/data/README.md)")
     out: str = "out/reproduce"
     teacher: str = (
         train.QUICKSTART_TEACHER
     )  # a pretrained BERT: a folder, a Hub name, or the pinned PyPI wheel's
-    student_layers: str = "0,2,4"  # the student: these teacher layers, token types folded in
-    only: str = ""  # comma-separated stages to run (default: all)
-    quick: bool = False  # tiny budgets everywhere: a smoke run of every stage
-    seeds: str = "1,2,3"  # fine-tuning seeds of Table 1 and Table 2 (D); the median is reported
+    student_layers: str = opt("0,2,4", "the student: these teacher layers, token types folded in")
+    only: str = opt("", "comma-separated stages to run (default: all)")
+    quick: bool = opt(False, "tiny budgets everywhere: a smoke run of every stage")
+    seeds: str = opt("1,2,3", "fine-tuning seeds of Table 1 and Table 2 (D); the median is reported")
     # general distillation: every row trains on the same batches for the same steps (32 x 128 tokens each)
     # the teacher's MLM head: head_steps of the head alone on the frozen encoder (all of teacher_steps by
     # default, so the encoder stays the pretrained one: full MLM training of MiniLM destroys its sentence-pair
@@ -61,20 +62,20 @@ class ReproduceConfig:
     teacher_steps: int = 300
     head_steps: int = 300
     general_steps: int = 50
-    draws: int = 3  # independent masks of the held-out split in the MLM comparison
+    draws: int = opt(3, "independent masks of the held-out split in the MLM comparison")
     # fine-tuning (BERT's recipe, shortened: training subsets, 2 epochs)
     lr: float = 1e-4
     epochs: float = 2.0
     limits: str = (
         "SST-2:2000,MRPC:1000,RTE:800,STS-B:1500"  # training examples kept per task (a fixed subset)
     )
-    transfer: int = 8000  # SST-2 sentences beyond the labelled subset, labelled by the teacher only
-    max_len: int = 128  # longest sequence in pretraining and GLUE fine-tuning, in tokens
-    squad_train: int = 1200  # questions of dev-v1.1.json trained on; scored on squad_eval of test-v1.1.json
+    transfer: int = opt(8000, "SST-2 sentences beyond the labelled subset, labelled by the teacher only")
+    max_len: int = opt(128, "longest sequence in pretraining and GLUE fine-tuning, in tokens")
+    squad_train: int = opt(1200, "questions of dev-v1.1.json trained on; scored on squad_eval of test-v1.1.json")
     squad_eval: int = 800
     squad_len: int = 192
-    imdb_train: int = 2000  # IMDb reviews trained on (a fixed balanced subset of the 25,000 train reviews)
-    imdb_eval: int = 1000  # scored on the first reviews of the test split in its fixed random order
+    imdb_train: int = opt(2000, "IMDb reviews trained on (a fixed balanced subset of the 25,000 train reviews)")
+    imdb_eval: int = opt(1000, "scored on the first reviews of the test split in its fixed random order")
     imdb_len: int = 256
     peakd_limits: str = "SST-2:1000,MRPC:800,RTE:600"
     seed: int = 1
@@ -103,7 +104,7 @@ QUICK = dict(
 
 
 def log(msg):
-    common.log(msg, "reproduce")
+    files.log(msg, "reproduce")
 
 
 def limits(text) -> dict:
@@ -208,7 +209,7 @@ def general_stage(cfg, root, teacher) -> dict:
         run = dataclasses.replace(base_run(cfg, root), out_dir=str(folder), **settings)
         t0 = time.time()
         stats = run_stage(name, run, folder / export, after=teacher["settings"])
-        model = Bert.from_pretrained(folder / export)
+        model = load_pretrained(folder / export)
         h = heldout_hits(model, shards, run.max_len, run.micro_batch, cfg.draws)
         hits[name] = h["correct"]
         rows[name] = {
@@ -220,7 +221,7 @@ def general_stage(cfg, root, teacher) -> dict:
             "tokens_per_s": stats["tokens_per_s"],
         }
     t = heldout_hits(
-        Bert.from_pretrained(root / "teacher" / "model"), shards, run.max_len, run.micro_batch, cfg.draws
+        load_pretrained(root / "teacher" / "model"), shards, run.max_len, run.micro_batch, cfg.draws
     )
     for name in ROWS:
         if name != "triple loss":
@@ -281,9 +282,9 @@ def copy_only(cfg, root) -> str:
     no general distillation: exported once beside the general stage's rows."""
     folder = root / "general" / "copy_only" / "student"
     if not (folder / "config.json").is_file():
-        teacher = Bert.from_pretrained(root / "teacher" / "model")
+        teacher = load_pretrained(root / "teacher" / "model")
         layers = [int(i) for i in cfg.student_layers.split(",")]
-        student_from_teacher(teacher, layers).save_pretrained(folder)
+        save_pretrained(student_from_teacher(teacher, layers), folder)
     return str(folder)
 
 
@@ -524,8 +525,8 @@ def table2_stage(cfg, root, general, table1) -> dict:
 def table3_stage(cfg, root, general) -> dict:
     tokenizer = load_tokenizer(resolve_checkpoint(cfg.teacher))
     encoders = {
-        "teacher": Bert.from_pretrained(root / "teacher" / "model"),
-        "distilled": Bert.from_pretrained(general["rows"]["triple loss"]["folder"]),
+        "teacher": load_pretrained(root / "teacher" / "model"),
+        "distilled": load_pretrained(general["rows"]["triple loss"]["folder"]),
     }
     return size_speed(
         encoders,

@@ -3,7 +3,7 @@ Distil BERT into DistilBERT (Sanh et al., 2019), or pretrain a BERT with the mas
 
 One process:      python train.py --data=data/wiki --teacher=bert-base-uncased
 Several GPUs:     torchrun --nproc_per_node=8 train.py --data=data/wiki --teacher=bert-base-uncased
-Laptop, offline:  python train.py --preset=quickstart   (quickstart.py: a teacher head, two students)
+Laptop, offline:  python quickstart.py   (a teacher head, then a distilled and an MLM-only student)
 
 The defaults are the paper's recipe (Section 3 "Distillation" and the released model): a student made of one
 teacher layer out of two, batches of 4,000 sequences by gradient accumulation, dynamic masking without NSP,
@@ -24,92 +24,87 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import losses
-from checkpoint import (Eta, Logs, StopSignal, export, export_dir, holds_out_dir_lock, nonfinite_stop,
-                        probe_batch, resume, save)
-from common import adamw, auto_dtype, linear_schedule, parse_config, pick_device
-from hf import load_teacher
+from eval import mlm_eval
+from machinery import fused_head
+from machinery.checkpoint import export, export_dir, holds_out_dir_lock, nonfinite_stop, probe_batch, resume, save
+from machinery.config import opt, parse_config
+from machinery.device import auto_dtype, pick_device
+from machinery.hf import load_teacher
+from machinery.logs import Eta, Logs, StopSignal
+from machinery.optim import adamw, linear_schedule
 from model import Bert, BertConfig, count_parameters, student_from_teacher
-
-
-RELEASED_LAYERS = "0,2,4,7,9,11"  # the released model's layers (the reference scripts/extract_distilbert.py)
 
 
 @dataclass
 class TrainConfig:
-    mode: str = "distill"               # distill: train a student from a frozen teacher | mlm: masked-LM loss
-                                        # alone
-    data: str = "data/shards"           # a folder prepared by data.py
-    out_dir: str = "out/distill"        # checkpoints, metrics.jsonl and the exported model (student/ or
-                                        # model/)
-    teacher: str = "bert-base-uncased"  # teacher: a Hugging Face folder or Hub name (train.py exports one)
-    init: str = "teacher"               # teacher: student layers copied from the teacher | random: the same
-                                        # student shape, random weights | scratch: random,
-                                        # --layers/--hidden... (mlm mode) | pretrained: the --teacher
-                                        # checkpoint itself, whole (mlm mode: continue its MLM training, token
-                                        # types and pooler kept, a fresh MLM head when it has none)
-    freeze_pos_embs: bool = True        # --init=teacher: the position embeddings stay as copied from the
-                                        # teacher, as in the released distilbert-base-uncased (README)
-    student_layers: str = ""            # teacher layers the student copies (empty: one out of two,
-                                        # 0,2,4,6,8,10 of bert-base as in the paper; the released
-                                        # distilbert-base-uncased took --student_layers=0,2,4,7,9,11)
+    mode: str = opt("distill", "distill: train a student from a frozen teacher | mlm: masked-LM loss alone")
+    data: str = opt("data/shards", "a folder prepared by prepare.py")
+    out_dir: str = opt("out/distill", "checkpoints, metrics.jsonl and the exported model (student/ or model/)")
+    teacher: str = opt("bert-base-uncased", "teacher: a Hugging Face folder or Hub name (train.py exports one)")
+    init: str = opt("teacher",
+            "teacher: student layers copied from the teacher | random: the same student shape, random weights | "
+            "scratch: random, --layers/--hidden... (mlm mode) | pretrained: the --teacher checkpoint itself, whole "
+            "(mlm mode: continue its MLM training, token types and pooler kept, a fresh MLM head when it has none)")
+    freeze_pos_embs: bool = opt(True,
+            "--init=teacher: the position embeddings stay as copied from the teacher, as in the released "
+            "distilbert-base-uncased (README)")
+    student_layers: str = opt("",
+            "teacher layers the student copies (empty: one out of two, 0,2,4,6,8,10 of bert-base as in the paper; "
+            "the released distilbert-base-uncased took --student_layers=0,2,4,7,9,11)")
     # shape of a model trained from scratch (init=scratch)
-    layers: int = 12                    # number of layers (init=scratch)
-    hidden: int = 768                   # hidden size (init=scratch)
-    heads: int = 12                     # attention heads (init=scratch)
-    intermediate: int = 3072            # feed-forward size (init=scratch)
+    layers: int = opt(12, "number of layers (init=scratch)")
+    hidden: int = opt(768, "hidden size (init=scratch)")
+    heads: int = opt(12, "attention heads (init=scratch)")
+    intermediate: int = opt(3072, "feed-forward size (init=scratch)")
     # data and batches
-    max_len: int = 512                  # longest sequence, in tokens, [CLS] and [SEP] included
-    batch_size: int = 4000              # global batch in sequences, reached by gradient accumulation
-    micro_batch: int = 8                # sequences per forward pass on one rank
-    masking: str = "smoothed"           # smoothed: weights count^-0.7 as the reference code | uniform: BERT's
-                                        # 15%
+    max_len: int = opt(512, "longest sequence, in tokens, [CLS] and [SEP] included")
+    batch_size: int = opt(4000, "global batch in sequences, reached by gradient accumulation")
+    micro_batch: int = opt(8, "sequences per forward pass on one rank")
+    masking: str = opt("smoothed", "smoothed: weights count^-0.7 as the reference code | uniform: BERT's 15%")
     # optimisation
-    lr: float = 5e-4                    # peak learning rate
-    head_steps: int = 0                 # mlm mode: train only the MLM head for the first N steps (encoder and
-                                        # tied decoder frozen), then everything; for a pretrained model given
-                                        # a fresh head
-    head_lr: float = 1e-3               # constant learning rate of the head-only steps
-    warmup: float = 0.05                # fraction of the steps with linear warm-up, then linear decay to 0
+    lr: float = opt(5e-4, "peak learning rate")
+    head_steps: int = opt(0,
+            "mlm mode: train only the MLM head for the first N steps (encoder and tied decoder frozen), then "
+            "everything; for a pretrained model given a fresh head")
+    head_lr: float = opt(1e-3, "constant learning rate of the head-only steps")
+    warmup: float = opt(0.05, "fraction of the steps with linear warm-up, then linear decay to 0")
     # AdamW
-    beta1: float = 0.9                  # AdamW beta1
-    beta2: float = 0.98                 # AdamW beta2
-    adam_eps: float = 1e-6              # AdamW epsilon
-    weight_decay: float = 0.0           # AdamW weight decay (never on biases and LayerNorms)
-    grad_clip: float = 5.0              # gradient norm clipping (0: off)
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.98, "AdamW beta2")
+    adam_eps: float = opt(1e-6, "AdamW epsilon")
+    weight_decay: float = opt(0.0, "AdamW weight decay (never on biases and LayerNorms)")
+    grad_clip: float = opt(5.0, "gradient norm clipping (0: off)")
     # how long
-    epochs: int = 3                     # passes over the training data
-    max_steps: int = 0                  # stop after this many optimizer steps (0: run all epochs)
+    epochs: int = opt(3, "passes over the training data")
+    max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
     # the loss (Section 3)
-    temperature: float = 2.0            # softmax temperature T of L_ce
-    alpha_ce: float = 5.0               # weight of L_ce, the soft-target loss
-    alpha_mlm: float = 2.0              # weight of L_mlm, the masked-LM loss
-    alpha_cos: float = 1.0              # weight of L_cos, the cosine loss on the last hidden states
-    alpha_mse: float = 0.0              # weight of L_mse, squared logit differences on the L_ce rows
-                                        # (reference)
-    ce_positions: str = "all"           # all: L_ce over every real token (released model) | masked: masked
-                                        # ones only
-    ce_chunk: int = 1024                # rows per chunk of L_ce, so full-vocabulary logits never exist at
-                                        # once (0: no chunks)
+    temperature: float = opt(2.0, "softmax temperature T of L_ce")
+    alpha_ce: float = opt(5.0, "weight of L_ce, the soft-target loss")
+    alpha_mlm: float = opt(2.0, "weight of L_mlm, the masked-LM loss")
+    alpha_cos: float = opt(1.0, "weight of L_cos, the cosine loss on the last hidden states")
+    alpha_mse: float = opt(0.0, "weight of L_mse, squared logit differences on the L_ce rows (reference)")
+    ce_positions: str = opt("all", "all: L_ce over every real token (released model) | masked: masked ones only")
+    ce_chunk: int = opt(1024,
+            "rows per chunk of L_ce, so full-vocabulary logits never exist at once (0: no chunks)")
     # system
-    seed: int = 42                      # seed of initialisation, data order, masking and dropout
-    device: str = "auto"                # auto | cpu | cuda
-    dtype: str = "auto"                 # auto (CUDA: bf16 on compute capability >= 8.0, else fp16 +
-                                        # GradScaler; CPU: fp32) | float32 | bfloat16 | float16
-    teacher_half: bool = True           # frozen teacher in --dtype's half precision on GPU (fp32 with
-                                        # float32)
-    compile: bool = False               # torch.compile the student
-    eval_every: int = 500               # held-out MLM evaluation every N steps (0: only at the end)
-    eval_batches: int = 50              # batches per evaluation
-    save_every: int = 1000              # checkpoint every N steps (and always at the end)
-    keep_last: int = 3                  # checkpoints kept
-    log_every: int = 10                 # metrics.jsonl line every N steps
-    resume: bool = False                # continue from the newest checkpoint in out_dir
-    restart: bool = False               # move an earlier run's outputs in out_dir aside (earlier-N/), start
-                                        # afresh
-    resume_changes: str = ""            # settings a resume may change, e.g. lr,seed (refused otherwise)
-    max_nonfinite: int = 10             # stop after this many non-finite steps in a row
-    wandb: str = ""                     # a wandb project name to log to (needs wandb installed)
-    preset: str = ""                    # start from named settings: bert-base, tiny, quickstart
+    seed: int = opt(42, "seed of initialisation, data order, masking and dropout")
+    device: str = opt("auto", "auto | cpu | cuda")
+    dtype: str = opt("auto",
+            "auto (CUDA: bf16 on compute capability >= 8.0, else fp16 + GradScaler; CPU: fp32) | float32 | bfloat16"
+            " | float16")
+    teacher_half: bool = opt(True, "frozen teacher in --dtype's half precision on GPU (fp32 with float32)")
+    compile: bool = opt(False, "torch.compile the student")
+    eval_every: int = opt(500, "held-out MLM evaluation every N steps (0: only at the end)")
+    eval_batches: int = opt(50, "batches per evaluation")
+    save_every: int = opt(1000, "checkpoint every N steps (and always at the end)")
+    keep_last: int = opt(3, "checkpoints kept")
+    log_every: int = opt(10, "metrics.jsonl line every N steps")
+    resume: bool = opt(False, "continue from the newest checkpoint in out_dir")
+    restart: bool = opt(False, "move an earlier run's outputs in out_dir aside (earlier-N/), start afresh")
+    resume_changes: str = opt("", "settings a resume may change, e.g. lr,seed (refused otherwise)")
+    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row")
+    wandb: str = opt("", "a wandb project name to log to (needs wandb installed)")
+    preset: str = opt("", "start from named settings: bert-base, tiny, quickstart")
 
 
 QUICKSTART_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"  # a real pretrained BERT (6 x 384), no MLM head
@@ -138,10 +133,13 @@ def parse_args(argv) -> TrainConfig:
 # The objective: the student and its loss in one module, so that DDP sees one forward per micro-step
 
 class Objective(torch.nn.Module):
-    """alpha_ce * L_ce + alpha_mlm * L_mlm + alpha_cos * L_cos (Section 3); in mlm mode L_mlm alone. Each loss
-    is a sum over this micro-batch's rows divided by `denoms`, the row counts of the whole optimizer step over
-    all ranks divided by the world size (DDP averages over ranks), so the gradient is that of one big batch.
-    """
+    """The student and its loss in one module, so that DDP sees one forward per micro-step (Section 3):
+
+        L = alpha_ce * L_ce + alpha_mlm * L_mlm + alpha_cos * L_cos        (in mlm mode: L_mlm alone)
+
+    Each term is a sum over this micro-batch's rows divided by `denoms`, the row counts of the whole optimizer
+    step over all ranks divided by the world size (DDP averages over ranks), so that the gradient is that of
+    one big batch. Returns (L, its parts detached for logging)."""
 
     def __init__(self, student, teacher, cfg):
         super().__init__()
@@ -153,39 +151,42 @@ class Objective(torch.nn.Module):
         cfg, real, masked = self.cfg, attention_mask.bool(), labels != -100
         with torch.no_grad() if self.head_only else contextlib.nullcontext():
             h = self.student(ids, attention_mask=attention_mask, return_logits=False,
-                             padded=padded).hidden_states[-1]
-        rows = real if cfg.ce_positions == "all" else masked
+                             padded=padded).hidden_states[-1]                        # (batch, len, hidden)
         if teacher_hidden is None:  # mlm mode: the masked-LM loss alone
             decoder = self.student.emb.word.weight
             logits = self.student.head(h[masked], decoder.detach() if self.head_only else decoder)
-            mlm = losses.mlm_loss(logits, labels[masked], denom=denoms["masked"])
-            return losses.combine({"mlm": mlm}, alpha_mlm=1.0)
-        cos = losses.cosine_loss(h[real].float(), teacher_hidden[real].float(), denom=denoms["real"])
+            return losses.combine({"mlm": losses.mlm_loss(logits, labels[masked], denom=denoms["masked"])},
+                                  alpha_mlm=1.0)
+        rows = real if cfg.ce_positions == "all" else masked  # the rows of L_ce (the masked ones are among them)
+        L_cos = losses.cosine_loss(h[real].float(), teacher_hidden[real].float(), denom=denoms["real"])
+        L_vocab, parts = self.vocabulary_losses(h[rows], teacher_hidden[rows], labels[rows], denoms)
+        L = L_vocab + cfg.alpha_cos * L_cos  # = alpha_ce * L_ce + alpha_mlm * L_mlm + alpha_cos * L_cos
+        return L, {**parts, "cos": L_cos.detach(), "total": L.detach()}
+
+    def vocabulary_losses(self, h, teacher_hidden, labels, denoms) -> tuple:
+        """alpha_ce * L_ce + alpha_mlm * L_mlm (+ alpha_mse * L_mse) on the rows h (rows, hidden), the terms that
+        need logits over the whole vocabulary, and the terms detached. ce_chunk=0: losses.py's formulas on the
+        full (rows x vocabulary) logits. ce_chunk>0 (the default): the same value and gradients from
+        fused_head.head_losses, chunk by chunk, the full logits never held (the tests check they are equal)."""
+        cfg, T = self.cfg, self.cfg.temperature
         if cfg.ce_chunk > 0:
-            # L_ce and L_mlm in one chunked pass over the vocabulary with their gradients computed on the way:
-            # the full (tokens x vocabulary) logits never exist and nothing is recomputed
-            # (losses.head_losses_fused)
             head = self.student.head
-            loss, kl_sum, ce_sum, mse_sum = losses.head_losses_fused(
-                head.transform(h[rows]), self.student.emb.word.weight, head.bias, teacher_hidden[rows],
-                self.teacher_head, labels[rows], cfg.temperature, cfg.alpha_ce / denoms["ce"],
-                cfg.alpha_mlm / denoms["masked"], cfg.ce_chunk, cfg.alpha_mse / denoms["ce"])
-            total = loss + cfg.alpha_cos * cos
-            parts = {"ce": kl_sum * cfg.temperature**2 / denoms["ce"], "mlm": ce_sum / denoms["masked"],
-                     "cos": cos.detach(), "total": total.detach()}
-            if cfg.alpha_mse:
-                parts["mse"] = mse_sum / denoms["ce"]
-            return total, parts
-        with torch.no_grad():  # ce_chunk=0: the plain formulas on full logits, for reading and checking
-            t_logits = self.teacher_head(teacher_hidden[rows])
-        s_logits = self.student.mlm_logits(h[rows])
-        parts = {"ce": losses.soft_target_loss(s_logits, t_logits, cfg.temperature, denoms["ce"]),
-                 "mlm": losses.mlm_loss(self.student.mlm_logits(h[masked]), labels[masked],
-                                        denom=denoms["masked"]),
-                 "cos": cos}
+            loss, kl_sum, ce_sum, mse_sum = fused_head.head_losses(
+                head.transform(h), self.student.emb.word.weight, head.bias, teacher_hidden=teacher_hidden,
+                teacher_head=self.teacher_head, labels=labels, temperature=T, w_ce=cfg.alpha_ce / denoms["ce"],
+                w_mlm=cfg.alpha_mlm / denoms["masked"], w_mse=cfg.alpha_mse / denoms["ce"],
+                chunk_size=cfg.ce_chunk)
+            parts = {"ce": kl_sum * T**2 / denoms["ce"], "mlm": ce_sum / denoms["masked"]}
+            return loss, {**parts, **({"mse": mse_sum / denoms["ce"]} if cfg.alpha_mse else {})}
+        with torch.no_grad():
+            t_logits = self.teacher_head(teacher_hidden)
+        s_logits, masked = self.student.mlm_logits(h), labels != -100
+        parts = {"ce": losses.soft_target_loss(s_logits, t_logits, T, denom=denoms["ce"]),
+                 "mlm": losses.mlm_loss(s_logits[masked], labels[masked], denom=denoms["masked"])}
         if cfg.alpha_mse:
-            parts["mse"] = losses.logit_mse_loss(s_logits, t_logits, denoms["ce"])
-        return losses.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.alpha_mse)
+            parts["mse"] = losses.logit_mse_loss(s_logits, t_logits, denom=denoms["ce"])
+        loss, parts = losses.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, alpha_mse=cfg.alpha_mse)
+        return loss, {k: v for k, v in parts.items() if k != "total"}
 
 
 def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None,
@@ -462,7 +463,7 @@ def build_models(cfg, shards) -> tuple:
     (--init=teacher), a fresh model (--init=scratch) or the teacher itself (--init=pretrained, mlm mode)."""
     teacher = None
     if cfg.mode == "distill" or cfg.init in ("teacher", "pretrained", "random"):
-        teacher = load_teacher(cfg, shards)
+        teacher = load_teacher(cfg.teacher, shards, distill=cfg.mode == "distill")
     if cfg.init == "pretrained":
         if cfg.mode != "mlm":
             raise SystemExit("--init=pretrained continues the MLM training of --teacher itself: use it with "
@@ -541,19 +542,18 @@ def teacher_dtype(cfg, device, dtype) -> torch.dtype:
 
 def evaluate(model, shards, cfg, device):
     """Held-out masked-token accuracy with a fixed mask (eval.mlm_eval); reduced over ranks."""
-    from eval import mlm_eval
     return mlm_eval(model, shards, split="valid", max_len=cfg.max_len, batch_size=cfg.micro_batch,
                     max_batches=cfg.eval_batches)
 
 
-def main(argv):
+def main(argv, run=None):
+    """python train.py [--key=value ...]; quickstart.py passes its preset and its own `run`."""
     cfg = parse_args(argv)
+    if cfg.preset == "quickstart" and run is None:
+        raise SystemExit("--preset=quickstart is run by quickstart.py (a teacher head, two students, the "
+                         "verdict): python quickstart.py")
     try:
-        if cfg.preset == "quickstart":
-            from quickstart import quickstart
-            quickstart(cfg)
-        else:
-            train(cfg)
+        (run or train)(cfg)
     except OSError as e:  # a file system failing under the run (full, read-only): one line, no traceback
         where = e.filename or cfg.out_dir
         raise SystemExit(f"{where}: {e.strerror or e}; the checkpoints already in {cfg.out_dir} are intact "

@@ -20,7 +20,7 @@ import torch
 
 import data
 import losses
-from hf import resolve_checkpoint
+from machinery.hf import load_pretrained, resolve_checkpoint, save_pretrained
 from model import Bert
 
 NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -70,11 +70,11 @@ def teacher_with_head(tokens, work, sequences=96, steps=120, lr=1e-3, rows=256, 
     """(MiniLM with its fitted head, facts about the fit). Fitted once per scratch folder, then reused."""
     folder = Path(work) / "teacher"
     if (folder / "fit.json").is_file():
-        return Bert.from_pretrained(folder), json.loads((folder / "fit.json").read_text())
+        return load_pretrained(folder), json.loads((folder / "fit.json").read_text())
     if QUICK:
         sequences, steps = 16, 5
     torch.manual_seed(seed)
-    teacher = Bert.from_pretrained(NAME)
+    teacher = load_pretrained(NAME)
     h, y = masked_rows(teacher, tokens, "train", sequences, seed=seed)
     hv, yv = masked_rows(teacher, tokens, "valid", 32, seed=seed)
     head, decoder = teacher.head, teacher.emb.word.weight.detach()
@@ -95,6 +95,6 @@ def teacher_with_head(tokens, work, sequences=96, steps=120, lr=1e-3, rows=256, 
            "valid_accuracy": (logits.argmax(-1) == yv).float().mean().item(),
            "valid_perplexity": losses.mlm_loss(logits, yv).exp().item(),
            "most_frequent_token_accuracy": (yv == frequent).float().mean().item()}
-    teacher.eval().save_pretrained(folder)
+    save_pretrained(teacher.eval(), folder)
     (folder / "fit.json").write_text(json.dumps(fit))
     return teacher, fit

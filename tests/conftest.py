@@ -24,7 +24,7 @@ def lock_held_by_another_process(lock, path, kill=False):
     """A child process that holds `lock` ("module.function", a context manager taking a Path) on `path` until
     the block ends (then it leaves, or with kill is killed: its lock file stays, its flock goes); yields the
     child's pid."""
-    module, function = lock.split(".")
+    module = lock.rpartition(".")[0]
     holder = subprocess.Popen([sys.executable, "-c", f"import sys, {module}; from pathlib import Path\n"
                                f"with {lock}(Path(sys.argv[1])):\n print('held', flush=True)\n sys.stdin.read()",
                                str(path)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

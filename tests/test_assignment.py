@@ -84,7 +84,7 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
         ],
         "losses.py": ["kl_per_row", "soft_target_loss", "mlm_loss", "cosine_loss", "combine", "pkd_loss"],
         "data.py": ["mask_tokens", "smoothing_weights"],
-        "common.py": ["linear_schedule"],
+        "machinery/optim.py": ["linear_schedule"],
         "train.py": ["forward_backward"],
         "peakd.py": ["ptp_labels"],
     }
@@ -106,7 +106,7 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
     steps = (out / "data.py").read_text()
     assert "# 4. a chosen token becomes [MASK]" in steps, "the step comments of a region are kept"
     run = subprocess.run(
-        [sys.executable, "-c", "import model, losses, data, train, peakd, common, finetune"],
+        [sys.executable, "-c", "import model, losses, data, train, peakd, machinery.optim, finetune"],
         cwd=out,
         capture_output=True,
         text=True,
@@ -147,12 +147,12 @@ def test_grade_one_file_restored_gives_exactly_its_points(student, tmp_path):
     assert check.returncode == 1 and "ok   test_attention_equals_softmax_qkt_v" in check.stdout, check.stdout
     assert re.search(r"FAIL test_attention_ignores_padding_keys: AssertionError: with padding: .* expected "
                      r"-?[0-9.]+, got -?[0-9.]+", check.stdout), check.stdout
-    common = (mine / "common.py").read_text()  # a solution that calls transformers gets nothing
+    common = (mine / "machinery/optim.py").read_text()  # a solution that calls transformers gets nothing
     common = common.replace(
         "    # YOUR CODE HERE (the reference: 3 lines)\n    raise NotImplementedError()\n",
         "    import transformers\n    return transformers.get_scheduler\n",
     )
-    (mine / "common.py").write_text(common)
+    (mine / "machinery/optim.py").write_text(common)
     with open(mine / "tests/test_parts.py", "a") as f:  # a student "fixing" a test: ignored
         f.write("\n\ndef test_attention_equals_softmax_qkt_v():\n    pass\n")
     report, printed = grades(tmp_path, mine)
@@ -177,8 +177,9 @@ def copy_sources(tmp_path):
     root = tmp_path / "ref"
     (root / "tests").mkdir(parents=True)
     (root / "sanity").mkdir()
-    for path in ROOT.glob("*.py"):
-        shutil.copy(path, root / path.name)
+    (root / "machinery").mkdir()
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("machinery/*.py")]:
+        shutil.copy(path, root / path.relative_to(ROOT))
     for name in ("tests/test_parts.py", "sanity/parts_reference.safetensors"):
         shutil.copy(ROOT / name, root / name)
     return root
@@ -387,7 +388,7 @@ WRONG = [
     ),
     (
         "lr_schedule",
-        "common.py",
+        "machinery/optim.py",
         "        return step / warmup_steps",
         "        return (step + 1) / warmup_steps",
     ),

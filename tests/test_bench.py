@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import bench
-from tokenizer import train_wordpiece
+from machinery.tokenizer import train_wordpiece
 
 ROOT = Path(__file__).resolve().parents[1]
 

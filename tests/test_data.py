@@ -15,7 +15,7 @@ import torch
 
 import data
 import prepare
-import tokenizer
+from machinery import tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

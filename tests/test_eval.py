@@ -11,8 +11,9 @@ import torch.nn as nn
 import eval as ev
 from data import TokenData
 from prepare import prepare
-from tokenizer import load_tokenizer
+from machinery.tokenizer import load_tokenizer
 from model import Bert, BertConfig, BertOutput, count_parameters, student_from_teacher
+from machinery.hf import save_pretrained
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["the", "a", "man", "dog", "is", "runs", "playing", "guitar", "."]
@@ -127,7 +128,7 @@ def test_speed_and_mlm_command_lines(tmp_path, vocab, the_corpus, capsys):
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(SPECIAL + WORDS), hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
                      max_position=64)
-    Bert(cfg).save_pretrained(tmp_path / "teacher", tokenizer_files=[vocab])
+    save_pretrained(Bert(cfg), tmp_path / "teacher", tokenizer_files=[vocab])
     ev.main(["speed", "--teacher", str(tmp_path / "teacher"), "--sts", str(sts_file(tmp_path)), "--limit", "3",
              "--batch-size", "2", "--quantize", "--out", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "speed.json").read_text())

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import common
+from machinery import files
 import prepare
 import train as T
 from conftest import lock_held_by_another_process
 from test_train import ROOT, args, ckpt_names, damage, final_student, setup  # noqa: F401 (setup: a fixture)
+from machinery.hf import save_pretrained
 
 
 def rows(path):
@@ -176,7 +177,7 @@ def test_a_resume_that_changes_the_run_is_refused_naming_the_setting(setup, tmp_
         raw = bytearray((other / name).read_bytes())
         raw[10:14] = raw[20:24]
         (other / name).write_bytes(bytes(raw))
-        meta["files"][name] = common.sha256(other / name)
+        meta["files"][name] = files.sha256(other / name)
         (other / "meta.json").write_text(json.dumps(meta))
         change = f"data={other}"
     with pytest.raises(SystemExit, match=rf"--{key}=.*is refused .*--resume_changes={key}"):
@@ -200,14 +201,14 @@ def test_every_commit_is_fsynced_file_and_folder(tmp_path, monkeypatch):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         return real(fd)
     monkeypatch.setattr(os, "fsync", spy)
-    common.write_text("hello", tmp_path / "a.txt")
+    files.write_text("hello", tmp_path / "a.txt")
     assert any(Path(p).name.startswith(".a.txt.") for p in synced) and str(tmp_path) in synced
     assert synced.index(str(tmp_path)) == len(synced) - 1  # the folder last, after the rename
     synced.clear()
 
     def fill(folder):
         (folder / "x.bin").write_bytes(b"1")
-    common.write_atomic(tmp_path / "model", fill, folder=True)
+    files.write_atomic(tmp_path / "model", fill, folder=True)
     assert any(p.endswith("x.bin") for p in synced) and synced[-1] == str(tmp_path)
 
 
@@ -303,7 +304,7 @@ def bad_inputs(setup, tmp_path_factory):
     torch.manual_seed(0)
     model = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
                             intermediate_size=64, max_position=64))
-    model.save_pretrained(base / "model", tokenizer_files=[root / "data" / "vocab.txt"])
+    save_pretrained(model, base / "model", tokenizer_files=[root / "data" / "vocab.txt"])
     glue = base / "glue" / "SST-2"
     glue.mkdir(parents=True)
     lines = [f"the cat sat on mat {i}\t{i % 2}\n" for i in range(24)]
@@ -318,7 +319,7 @@ def model_variant(base, name, edit):
     if not folder.exists():
         shutil.copytree(base / "model", folder)
         edit(folder)
-        from hf import write_manifest
+        from machinery.hf import write_manifest
         write_manifest(folder)  # an edit made on purpose, not damage: the checksums agree with it
     return folder
 
@@ -391,12 +392,12 @@ def test_a_model_or_teacher_of_another_vocabulary_is_refused(setup, bad_inputs, 
     root, _ = setup
     other = Bert(BertConfig(vocab_size=size, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                             max_position=64))
-    other.save_pretrained(tmp_path / "other")
+    save_pretrained(other, tmp_path / "other")
     vocab = root / "data" / "vocab.txt"
     one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={tmp_path / 'other'}",
                     f"--vocab={vocab}", "--dtype=float32"], rf"has a vocabulary of {size} tokens")
     import finetune as ft
-    from tokenizer import load_tokenizer
+    from machinery.tokenizer import load_tokenizer
     teacher = ft.Classifier(other, 2, "distilbert")
     with pytest.raises(ValueError, match=rf"--teacher=T has a vocabulary of {size} tokens"):
         ft.check_vocabulary(teacher.encoder, load_tokenizer(vocab), "--teacher=T", vocab)

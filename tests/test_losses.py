@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import soft_target_loss_chunked  # noqa: E402  (the memory baseline lives with its benchmark)
 from losses import combine, cosine_loss, mlm_loss, soft_target_loss  # noqa: E402
 import losses  # noqa: E402
+from machinery import fused_head  # noqa: E402
 
 f64 = torch.float64
 
@@ -402,8 +403,9 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
     labels[[0, 3, 4, 9]] = torch.tensor([2, 7, 7, 0])
     D_ce, D_mlm = 20.0, 5.0
     teacher_head = lambda h: h @ t_weight.T
-    loss, kl_sum, ce_sum, _ = losses.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
-                                               5.0 / D_ce, 2.0 / D_mlm, chunk)
+    loss, kl_sum, ce_sum, _ = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden, teacher_head=teacher_head,
+                                                      labels=labels, temperature=T, w_ce=5.0 / D_ce,
+                                                      w_mlm=2.0 / D_mlm, chunk_size=chunk)
     loss.backward()
     got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
     for p in (u, weight, bias):
@@ -437,8 +439,9 @@ def test_head_losses_fused_fp16_gradient_does_not_underflow():
     picked = torch.randperm(N)[: N // 7]
     labels[picked] = torch.randint(0, V, (len(picked),))
     with torch.autocast("cpu", dtype=torch.float16):
-        loss, *_ = losses.head_losses_fused(transform(h), weight, bias, t_hidden, lambda x: F.linear(x, t_weight),
-                                         labels, T, 5.0 / D_ce, 2.0 / D_mlm, 128)
+        loss, *_ = fused_head.head_losses(transform(h), weight, bias, teacher_hidden=t_hidden,
+                                          teacher_head=lambda x: F.linear(x, t_weight), labels=labels,
+                                          temperature=T, w_ce=5.0 / D_ce, w_mlm=2.0 / D_mlm, chunk_size=128)
     (loss * scale).backward()
     got, got_w = h.grad / scale, weight.grad / scale
     h64 = h.detach().double().requires_grad_(True)
@@ -474,8 +477,10 @@ def test_head_losses_fused_minus_inf_teacher_logit_and_mse_equal_the_plain_formu
     if case == "minus_inf":
         t_hidden[4, 0] = 100.0  # a marker: the teacher rules out class 3 on this row
     teacher_head = lambda h: (h @ t_weight.T).masked_fill((h[:, :1] > 50) & (torch.arange(V) == 3), -math.inf)
-    loss, kl_sum, ce_sum, mse_sum = losses.head_losses_fused(u, weight, bias, t_hidden, teacher_head, labels, T,
-                                                             5.0 / 10, 2.0 / 3, chunk, w_mse / 10)
+    loss, kl_sum, ce_sum, mse_sum = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden,
+                                                            teacher_head=teacher_head, labels=labels,
+                                                            temperature=T, w_ce=5.0 / 10, w_mlm=2.0 / 3,
+                                                            w_mse=w_mse / 10, chunk_size=chunk)
     loss.backward()
     got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
     for p in (u, weight, bias):

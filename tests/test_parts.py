@@ -68,12 +68,12 @@ def same_floats(actual, expected, what):
         raise AssertionError(f"{what}: expected {expected}, got {actual}")
 
 
-import common  # noqa: E402  (after the comparisons, on purpose)
 import data  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402
 import peakd  # noqa: E402
 import train  # noqa: E402
+from machinery import optim  # noqa: E402
 
 REF = load_file(str(Path(__file__).resolve().parents[1] / "sanity" / "parts_reference.safetensors"))
 TINY = dict(vocab_size=30, hidden_size=16, num_heads=2, intermediate_size=32, max_position=8)
@@ -680,18 +680,18 @@ def test_smoothing_unseen_ids_and_dict_specials():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# lr_schedule: common.linear_schedule
+# lr_schedule: optim.linear_schedule
 
 
 def test_lr_schedule_warmup_then_decay():
-    got = [common.linear_schedule(s, 100, 10) for s in (0, 5, 10, 55, 100)]
+    got = [optim.linear_schedule(s, 100, 10) for s in (0, 5, 10, 55, 100)]
     same_floats(got, [0.0, 0.5, 1.0, 0.5, 0.0], "factors at steps 0, 5, 10, 55, 100")
 
 
 ### BEGIN HIDDEN TESTS
 def test_lr_schedule_no_warmup_and_past_the_end():
-    same_floats([common.linear_schedule(0, 50, 0)], [1.0], "without warm-up the first step has the peak rate")
-    same_floats([common.linear_schedule(70, 50, 5)], [0.0], "past the last step the factor is 0, not negative")
+    same_floats([optim.linear_schedule(0, 50, 0)], [1.0], "without warm-up the first step has the peak rate")
+    same_floats([optim.linear_schedule(70, 50, 5)], [0.0], "past the last step the factor is 0, not negative")
 
 
 ### END HIDDEN TESTS

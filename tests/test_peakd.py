@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from model import Bert, BertConfig, count_parameters
 from losses import pkd_loss
 from peakd import cls_states, make_student, pkd_layer_map, ptp_labels, ptp_thresholds, sps_layers, with_sps
+from machinery.hf import load_pretrained, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -273,8 +274,8 @@ def tiny_task(root, seed=0):
     vocab = root / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
     torch.manual_seed(seed)
-    Bert(BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64,
-                    max_position=32)).save_pretrained(root / "teacher")
+    save_pretrained(Bert(BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64,
+                    max_position=32)), root / "teacher")
     return root / "glue", vocab, root / "teacher"
 
 
@@ -327,7 +328,7 @@ def test_student_starts_from_the_pretrained_bert_not_the_finetuned_teacher(tmp_p
     from finetune import Classifier, save_finetuned
     from peakd import init_student, pretrained_source
     pretrained = perturbed(TINY, seed=0)
-    pretrained.save_pretrained(tmp_path / "bert")
+    save_pretrained(pretrained, tmp_path / "bert")
     teacher = Classifier(perturbed(TINY, seed=5), 2)  # stands for the fine-tuned teacher: different weights
     save_finetuned(teacher, tmp_path / "ft", task="SST-2", setup={"source": str(tmp_path / "bert")})
     assert pretrained_source(tmp_path / "ft") == str(tmp_path / "bert")
@@ -354,11 +355,11 @@ def test_ft_row_is_plain_finetuning_and_learns(tmp_path):
     import finetune as ft
     import peakd
     glue, vocab, teacher_dir = tiny_task(tmp_path)
-    from tokenizer import load_tokenizer
+    from machinery.tokenizer import load_tokenizer
     tok = load_tokenizer(vocab)
     train, dev, _ = peakd.load_data("SST-2", glue, tok, max_len=16)
     torch.manual_seed(0)
-    teacher = ft.Classifier(Bert.from_pretrained(teacher_dir), 2, "distilbert")
+    teacher = ft.Classifier(load_pretrained(teacher_dir), 2, "distilbert")
     t_logits, t_cls = peakd.teacher_outputs(teacher, train)
     args = argparse.Namespace(lr=3e-3, batch_size=16, epochs=6.0, max_steps=None, seed=0, log_every=0,
                               student_layers=2, init="first", arch="bert", sps="auto", no_swap=False,

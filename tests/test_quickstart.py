@@ -11,6 +11,7 @@ import quickstart
 import train as T
 from eval import paired_difference, verdict
 from model import Bert, BertConfig
+from machinery.hf import save_pretrained
 
 
 def test_paired_difference_and_verdict_by_hand():
@@ -47,7 +48,7 @@ def tiny_teacher(tmp_path_factory):
     torch.manual_seed(0)
     model = Bert(BertConfig(vocab_size=600, hidden_size=32, num_layers=6, num_heads=2, intermediate_size=64,
                             max_position=64, pooler=True))
-    model.save_pretrained(root / "teacher", tokenizer_files=[root / "vocab-data" / "vocab.txt"])
+    save_pretrained(model, root / "teacher", tokenizer_files=[root / "vocab-data" / "vocab.txt"])
     cfg = json.loads((root / "teacher" / "config.json").read_text())
     (root / "teacher" / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
     (root / "teacher" / "SHA256SUMS").unlink()  # edited on purpose
@@ -93,7 +94,7 @@ def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
 
 def test_eta_from_a_fake_clock_by_hand():
     """Expected ends from the pace so far, worked by hand: head-only steps cost a quarter of a full one."""
-    from checkpoint import Eta
+    from machinery.logs import Eta
     now = [100.0]
     eta = Eta(later=50.0, clock=lambda: now[0])
     eta.start(0, 10, cost=lambda k: 0.25 if k < 2 else 1.0)

@@ -11,6 +11,7 @@ import data as D
 import reproduce as R
 from eval import verdict
 from model import Bert, BertConfig
+from machinery.hf import save_pretrained
 
 WORDS = ("the a cat dog sat on mat good bad great film plot was not very fun dull man woman ran home city river "
          "old new red blue saw it and but").split()
@@ -76,7 +77,7 @@ def tiny(tmp_path_factory):
     torch.manual_seed(0)
     teacher = Bert(BertConfig(vocab_size=6 + len(WORDS), hidden_size=32, num_layers=6, num_heads=2,
                               intermediate_size=64, max_position=64, pooler=True))
-    teacher.save_pretrained(root / "teacher", tokenizer_files=[vocab])
+    save_pretrained(teacher, root / "teacher", tokenizer_files=[vocab])
     cfg = json.loads((root / "teacher" / "config.json").read_text())
     (root / "teacher" / "config.json").write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
     (root / "teacher" / "SHA256SUMS").unlink()  # edited on purpose

@@ -15,10 +15,10 @@ import torch
 
 import prepare
 from data import TokenData, mask_tokens
-from tokenizer import load_tokenizer
+from machinery.tokenizer import load_tokenizer
 import losses as L
-import checkpoint
-import common
+from machinery import checkpoint, device
+from machinery.hf import load_pretrained, save_pretrained
 import train as T
 from conftest import lock_held_by_another_process
 from model import Bert, BertConfig, student_from_teacher
@@ -41,10 +41,10 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     teacher = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=4, num_heads=2,
                               intermediate_size=64, max_position=64, dropout=0.0, attention_dropout=0.0))
-    teacher.save_pretrained(root / "teacher", tokenizer_files=[root / "data" / "vocab.txt"])
+    save_pretrained(teacher, root / "teacher", tokenizer_files=[root / "data" / "vocab.txt"])
     noisy = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=4, num_heads=2,
                             intermediate_size=64, max_position=64))  # with dropout, to test RNG restore
-    noisy.save_pretrained(root / "teacher-dropout", tokenizer_files=[root / "data" / "vocab.txt"])
+    save_pretrained(noisy, root / "teacher-dropout", tokenizer_files=[root / "data" / "vocab.txt"])
     return root, data
 
 
@@ -70,7 +70,7 @@ def batch(data, B=6, Lmax=24, seed=0):
 
 def pair(setup):
     root, data = setup
-    teacher = Bert.from_pretrained(root / "teacher").requires_grad_(False)
+    teacher = load_pretrained(root / "teacher").requires_grad_(False)
     student = student_from_teacher(teacher)
     cfg = T.TrainConfig()
     return teacher, student, T.Objective(student, teacher, cfg), cfg
@@ -181,7 +181,7 @@ def test_torchrun_two_ranks_equals_one_process(setup, tmp_path):
     a, b = final_student(tmp_path / "one"), final_student(tmp_path / "two")
     worst = max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"])
     moved = max((a["model"][k] - v).abs().max().item() for k, v in
-                student_from_teacher(Bert.from_pretrained(root / "teacher")).state_dict().items())
+                student_from_teacher(load_pretrained(root / "teacher")).state_dict().items())
     assert worst < 1e-5 and moved > 1e-4, (worst, moved)
     assert len(b["rng"]) == 2  # every rank's RNG state is saved
     # only rank 0 wrote: one metrics file, one exported student
@@ -237,7 +237,7 @@ def test_mismatched_or_missing_teacher_is_refused(setup, tmp_path):
     root, data = setup
     other = Bert(BertConfig(vocab_size=data.vocab_size + 7, hidden_size=32, num_layers=2, num_heads=2,
                             intermediate_size=64, max_position=64))
-    other.save_pretrained(tmp_path / "other")
+    save_pretrained(other, tmp_path / "other")
     with pytest.raises(SystemExit, match="vocabulary mismatch"):
         T.train(T.parse_args(args(root, tmp_path / "x", teacher=tmp_path / "other")))
     with pytest.raises(SystemExit, match="(?s)not found.*--mode=mlm"):
@@ -265,7 +265,7 @@ def bertmodel_folder(root, data, tmp_path):
     torch.manual_seed(1)
     src = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
                           intermediate_size=64, max_position=64, pooler=True))
-    src.save_pretrained(tmp_path / "bertmodel-src", tokenizer_files=[root / "data" / "vocab.txt"])
+    save_pretrained(src, tmp_path / "bertmodel-src", tokenizer_files=[root / "data" / "vocab.txt"])
     from safetensors.torch import load_file, save_file
     folder = tmp_path / "bertmodel"
     folder.mkdir()
@@ -284,7 +284,7 @@ def test_headless_teacher_is_refused_in_distill_mode(setup, tmp_path, capsys):
     root, data = setup
     folder = bertmodel_folder(root, data, tmp_path)
     with pytest.warns(UserWarning, match="without a masked-LM head.*initialised randomly"):
-        Bert.from_pretrained(folder)
+        load_pretrained(folder)
     with pytest.raises(SystemExit) as e:
         T.train(T.parse_args(args(root, tmp_path / "d", teacher=folder)))
     msg = str(e.value)
@@ -295,7 +295,7 @@ def test_headless_teacher_is_refused_in_distill_mode(setup, tmp_path, capsys):
     assert "gets a fresh one" in capsys.readouterr().out
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a teacher with its head loads without a warning
-        Bert.from_pretrained(tmp_path / "m" / "model")
+        load_pretrained(tmp_path / "m" / "model")
 
 
 def test_pretrained_init_trains_head_first_then_everything(setup, tmp_path):
@@ -304,12 +304,12 @@ def test_pretrained_init_trains_head_first_then_everything(setup, tmp_path):
     the pooler and the token types are kept."""
     root, data = setup
     folder = bertmodel_folder(root, data, tmp_path)
-    loaded = Bert.from_pretrained(folder)
+    loaded = load_pretrained(folder)
 
     def run(steps, out):
         T.train(T.parse_args(args(root, out, mode="mlm", init="pretrained", teacher=folder, max_steps=steps,
                                   head_steps=2, head_lr=1e-2, lr=1e-2, warmup=0)))
-        return Bert.from_pretrained(out / "model").state_dict()
+        return load_pretrained(out / "model").state_dict()
     before, head, after = loaded.state_dict(), run(2, tmp_path / "a"), run(4, tmp_path / "b")
     moved = lambda sd, k: (sd[k] - before[k]).abs().max().item() > 0
     assert all(moved(head, k) for k in ("head.dense.weight", "head.ln.weight", "head.bias"))
@@ -323,7 +323,7 @@ def test_freeze_pos_embs_keeps_the_copied_positions(setup, tmp_path, capsys):
     embeddings are still the teacher's (with the token-type fold), while everything else moved; with
     --freeze_pos_embs=false they move too. Resuming with the other setting is refused."""
     root, _ = setup
-    start = student_from_teacher(Bert.from_pretrained(root / "teacher")).state_dict()
+    start = student_from_teacher(load_pretrained(root / "teacher")).state_dict()
     runs = {}
     for freeze in (True, False):
         T.train(T.parse_args(args(root, tmp_path / str(freeze), max_steps=3, lr=1e-2, warmup=0,
@@ -335,7 +335,7 @@ def test_freeze_pos_embs_keeps_the_copied_positions(setup, tmp_path, capsys):
     for sd in runs.values():
         assert (sd["emb.word.weight"] - start["emb.word.weight"]).abs().max() > 1e-3
         assert (sd["layers.0.qkv.weight"] - start["layers.0.qkv.weight"]).abs().max() > 1e-3
-    exported = Bert.from_pretrained(tmp_path / "True" / "student").state_dict()
+    exported = load_pretrained(tmp_path / "True" / "student").state_dict()
     assert torch.equal(exported["emb.pos.weight"], start["emb.pos.weight"])
     with pytest.raises(SystemExit, match="position embeddings were frozen: resume it with --freeze_pos_embs=true"):
         T.train(T.parse_args(args(root, tmp_path / "True", max_steps=4, lr=1e-2, warmup=0, resume=True,
@@ -353,10 +353,10 @@ def test_lr_schedule_values():
 
 def test_auto_dtype_on_cpu_follows_the_probe(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(common, "bf16_speedup", lambda: 3.5)
-    assert common.auto_dtype(cpu)[0] == torch.bfloat16
-    monkeypatch.setattr(common, "bf16_speedup", lambda: 0.3)
-    assert common.auto_dtype(cpu)[0] == torch.float32
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 3.5)
+    assert device.auto_dtype(cpu)[0] == torch.bfloat16
+    monkeypatch.setattr(device, "bf16_speedup", lambda: 0.3)
+    assert device.auto_dtype(cpu)[0] == torch.float32
 
 
 def test_diverged_but_finite_final_eval_keeps_the_final_work(setup, tmp_path, monkeypatch):
@@ -537,7 +537,7 @@ def test_two_runs_cannot_share_an_out_dir(setup, tmp_path):
     killed run (its pid written, its flock gone with it) is no obstacle."""
     root, _ = setup
     out = tmp_path / "shared"
-    with lock_held_by_another_process("checkpoint.out_dir_lock", out, kill=True) as pid:
+    with lock_held_by_another_process("machinery.checkpoint.out_dir_lock", out, kill=True) as pid:
         with pytest.raises(SystemExit, match=f"train.lock: another run is writing to .*pid {pid}"):
             T.train(T.parse_args(args(root, out, max_steps=1)))
     assert f"pid {pid}" in (out / "train.lock").read_text()  # left by a killed run
@@ -567,7 +567,7 @@ def test_exports_work_in_transformers_tools(setup, tmp_path):
         assert tok(text)["input_ids"] == ours_tok.encode(text).ids
         fill = transformers.pipeline("fill-mask", model=str(folder), top_k=3)
         got = fill(text)
-        model = Bert.from_pretrained(folder)
+        model = load_pretrained(folder)
         ids = torch.tensor([ours_tok.encode(text).ids])
         where = ids[0].tolist().index(data.special["mask"])
         probs = model(ids).logits[0, where].softmax(-1)
@@ -583,7 +583,7 @@ def test_auto_dtype_fp16_without_native_bf16(monkeypatch):
     for capability, want in [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16),
                              ((9, 0), torch.bfloat16)]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
-        assert common.auto_dtype(torch.device("cuda:0"))[0] == want, capability
+        assert device.auto_dtype(torch.device("cuda:0"))[0] == want, capability
 
 
 def test_teacher_dtype_honours_float32():
@@ -717,6 +717,7 @@ SIGNAL_RANK = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import train as T
+from machinery.hf import load_pretrained, save_pretrained
 real_evaluate = T.evaluate
 
 def evaluate(*a, **k):  # rank {rank}: SIGTERM during the first evaluation (after step 2)
@@ -749,7 +750,7 @@ def test_torchrun_eight_ranks_equals_one_process_and_resumes_after_sigterm(setup
     got = final_student(tmp_path / "eight")
     worst = max_param_diff(one, got)
     moved = max((one["model"][k] - v).abs().max().item() for k, v in
-                student_from_teacher(Bert.from_pretrained(root / "teacher")).state_dict().items())
+                student_from_teacher(load_pretrained(root / "teacher")).state_dict().items())
     print(f"8 ranks vs 1 process after 4 steps: max |parameter difference| {worst:.3g} (moved {moved:.3g})")
     assert got["step"] == 4 and len(got["rng"]) == 8 and worst < 1e-5 and moved > 1e-4, (worst, moved)
 

