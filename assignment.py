@@ -528,6 +528,8 @@ class Server:
 
     def read(self):
         for line in self.proc.stdout:  # "exit ID CODE" when a job's child has ended
+            if not re.fullmatch(r"exit \d+ -?\d+", line.strip()):
+                continue
             _, job, code = line.split()
             with self.lock:
                 done = self.waiting.pop(int(job), None)
@@ -574,13 +576,18 @@ def server():
         return SERVER[-1]
 
 
+FORK = sys.platform.startswith("linux")  # elsewhere (macOS) forking after torch is unsafe: a Python start per job
+
+
 def _serve():
     """The test server: jobs as JSON lines on stdin, "kill ID" to end one; "exit ID CODE" on stdout."""
     import select
     import safetensors.torch  # noqa: F401  (imported once here, as torch, for every child)
     import torch
     torch.set_num_threads(1)
-    children, buf = {}, b""
+    children, buf = {}, b""  # job id: the child's pid (forked) or its Popen
+    ended = lambda c: c.poll() if not isinstance(c, int) else (
+        lambda pid, status: None if pid == 0 else os.waitstatus_to_exitcode(status))(*os.waitpid(c, os.WNOHANG))
     while True:
         if select.select([0], [], [], 0.02)[0]:
             data = os.read(0, 1 << 16)
@@ -590,25 +597,40 @@ def _serve():
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 if line.startswith(b"kill "):
-                    for pid, job in children.items():
-                        if job == int(line.split()[1]):
-                            os.kill(pid, signal.SIGKILL)
+                    child = children.get(int(line.split()[1]))
+                    os.kill(child, signal.SIGKILL) if isinstance(child, int) else child and child.kill()
                     continue
                 job = json.loads(line)
-                pid = os.fork()
-                if pid == 0:
-                    try:
-                        _child(job)
-                    finally:
-                        os._exit(70)
-                children[pid], job, line = job["id"], None, None
-        while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                break
-            os.write(1, f"exit {children.pop(pid)} {os.waitstatus_to_exitcode(status)}\n".encode())
-    for pid in children:
-        os.kill(pid, signal.SIGKILL)
+                if FORK:
+                    pid = os.fork()
+                    if pid == 0:
+                        try:
+                            _child(job)
+                        finally:
+                            os._exit(70)
+                    children[job["id"]] = pid
+                else:
+                    children[job["id"]] = subprocess.Popen(
+                        [sys.executable, "-I", os.path.abspath(sys.argv[0]), "_child"], stdin=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+                    children[job["id"]].stdin.write(json.dumps(job))
+                    children[job["id"]].stdin.close()
+                job = line = None
+        for job, child in list(children.items()):
+            code = ended(child)
+            if code is not None:
+                del children[job]
+                os.write(1, f"exit {job} {code}\n".encode())
+    for child in children.values():
+        os.kill(child, signal.SIGKILL) if isinstance(child, int) else child.kill()
+
+
+def _child_main():
+    """A test process started, not forked (where FORK is False): the job on stdin."""
+    job = json.loads(sys.stdin.read())
+    import torch
+    torch.set_num_threads(1)
+    _child(job)
 
 
 def guard(where):
@@ -1197,6 +1219,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["_serve"]:  # the test server: nothing of a tree imported in it
         return _serve()
+    if argv == ["_child"]:
+        return _child_main()
     a = parser().parse_args(argv)
     try:
         if a.command == "parts":
