@@ -1142,12 +1142,12 @@ def check(name, root=ROOT):
         ok, total = sum(res[t] is None for t in mine), counts.get(n) or len(part.tests)
         points += part.points * ok / total
         print(f"{n}: {ok}/{len(mine)} visible tests pass ({part.file}, {part.function}): "
-              f"{part.points * ok / total:g} of its {part.points} points so far; hidden tests at grading: "
+              f"{round(part.points * ok / total, 2):g} of its {part.points} points so far; hidden tests at grading: "
               f"{total - len(mine)}")
         for t in mine:
             print(f"  {'ok  ' if res[t] is None else 'FAIL'} {t}" + (f": {res[t]}" if res[t] else ""))
     if len(names) > 1:
-        print(f"all: {points:g} of {sum(BY_NAME[n].points for n in names)} points from the visible tests")
+        print(f"all: {round(points, 2):g} of {sum(BY_NAME[n].points for n in names)} points from the visible tests")
     return sum(why is not None for why in res.values())
 
 
