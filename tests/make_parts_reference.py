@@ -1,6 +1,8 @@
 """
 Writes sanity/parts_reference.safetensors: the small tensors the graded tests (tests/test_parts.py) compare a
-Transformer layer and the embeddings against, so that `python assignment.py check PART` needs no transformers.
+Transformer layer and the embeddings against, so that `python assignment.py check PART` needs no transformers;
+and sanity/parts_grading.safetensors, the same for other random weights (seed 1): the grading kit's, never in
+the student version, so that a solution returning the stored tensors passes no graded test.
 
     python tests/make_parts_reference.py          # needs transformers (requirements-dev.txt)
 
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-OUT = Path(__file__).resolve().parents[1] / "sanity" / "parts_reference.safetensors"
+SANITY = Path(__file__).resolve().parents[1] / "sanity"
+OUT = {0: SANITY / "parts_reference.safetensors", 1: SANITY / "parts_grading.safetensors"}  # seed: file
 CONFIG = {
     "vocab_size": 30,
     "hidden_size": 16,
@@ -162,11 +165,12 @@ def build(seed=0) -> dict:
 def main():
     from safetensors.torch import save_file
 
-    tensors = {k: v.contiguous() for k, v in build().items()}
-    tmp = OUT.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"config": json.dumps(CONFIG), "seed": "0"})
-    tmp.replace(OUT)
-    print(f"{OUT}: {len(tensors)} tensors, {OUT.stat().st_size:,} bytes")
+    for seed, out in OUT.items():
+        tensors = {k: v.contiguous() for k, v in build(seed).items()}
+        tmp = out.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"config": json.dumps(CONFIG), "seed": str(seed)})
+        tmp.replace(out)
+        print(f"{out}: {len(tensors)} tensors, {out.stat().st_size:,} bytes")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,60 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import data
-import losses
-import model
-import peakd
-import train
-from machinery import optim
+# The comparisons are this file's own, made of torch's functions taken here, before the project's modules are
+# imported: code that patches torch.testing, torch.allclose or a Tensor method later changes nothing here.
+TENSORS = (torch.Tensor, torch.nn.Parameter)
+_detach, _double, _tolist = torch.Tensor.detach, torch.Tensor.double, torch.Tensor.tolist
+_size = torch.Tensor.size
+_flatten, _isfinite, _type, _float, _abs, _all = torch.flatten, math.isfinite, type, float, abs, all
+
+
+def close(actual, expected, what, atol=1e-5, rtol=1e-5):
+    """actual is a real tensor (not a subclass) of expected's shape and dtype, each value within atol + rtol *
+    |expected|; the message shows the expected value beside the actual one."""
+    if _type(actual) not in TENSORS:
+        raise AssertionError(f"{what}: expected a torch.Tensor, got a {_type(actual).__name__}")
+    shape, want = tuple(_size(actual)), tuple(_size(expected))
+    if shape != want:
+        raise AssertionError(f"{what}: expected shape {want}, got {shape}")
+    if actual.dtype != expected.dtype:
+        raise AssertionError(f"{what}: expected dtype {expected.dtype}, got {actual.dtype}")
+    a = _tolist(_flatten(_double(_detach(actual))))
+    e = _tolist(_flatten(_double(_detach(expected))))
+    bad = [i for i, (x, y) in enumerate(zip(a, e)) if not (x == y or _abs(x - y) <= atol + rtol * _abs(y))]
+    if bad:
+        worst = max(bad, key=lambda i: _abs(a[i] - e[i]) if _isfinite(a[i] - e[i]) else float("inf"))
+        raise AssertionError(f"{what}: {len(bad)} of {len(a)} values differ beyond atol {atol:g}, rtol {rtol:g}; "
+                             f"at flat index {worst}: expected {e[worst]:.6g}, got {a[worst]:.6g}")
+
+
+def exactly(value, kind, what):
+    """value itself, if it is exactly of type kind (a torch.Tensor, not a subclass that could answer any
+    comparison)."""
+    kinds = TENSORS if kind is torch.Tensor else kind if _type(kind) is tuple else (kind,)
+    if _type(value) not in kinds:
+        names = " or ".join(k.__name__ for k in kinds[:1 if kind is torch.Tensor else None])
+        raise AssertionError(f"{what}: expected a {names}, got a {_type(value).__name__}")
+    return value
+
+
+def same_floats(actual, expected, what):
+    """actual is a list of real Python floats (no subclass) equal to expected's."""
+    if _type(actual) is not list or len(actual) != len(expected):
+        raise AssertionError(f"{what}: expected a list of {len(expected)} floats, got {actual!r}")
+    for x, y in zip(actual, expected):
+        if _type(x) is not _float:
+            raise AssertionError(f"{what}: expected a float, got a {_type(x).__name__} ({x!r})")
+    if not _all(_float.__eq__(x, y) for x, y in zip(actual, expected)):
+        raise AssertionError(f"{what}: expected {expected}, got {actual}")
+
+
+import data  # noqa: E402
+import losses  # noqa: E402
+import model  # noqa: E402
+import peakd  # noqa: E402
+import train  # noqa: E402
+from machinery import optim  # noqa: E402
 
 REF = load_file(str(Path(__file__).resolve().parents[1] / "sanity" / "parts_reference.safetensors"))
 TINY = dict(vocab_size=30, hidden_size=16, num_heads=2, intermediate_size=32, max_position=8)
@@ -40,10 +88,6 @@ def stand_in(owner, name, value):
         yield
     finally:
         setattr(owner, name, old)
-
-
-def close(actual, expected, what, atol=1e-5, rtol=1e-5):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
 def ref_layer():
@@ -88,9 +132,14 @@ def test_attention_ignores_padding_keys():
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys(mask))
     out = model.explicit_attention(q, k, v, real_keys(mask))
     close(out, expected, "with padding")
-    k2, v2 = k.clone(), v.clone()
-    k2[1, :, 2:], v2[1, :, 2:] = 100.0, -100.0  # what padding keys hold must not matter
-    close(model.explicit_attention(q, k2, v2, real_keys(mask)), out, "changed padding keys")
+    k2, v2 = k.clone().requires_grad_(), v.clone().requires_grad_()
+    with torch.no_grad():
+        k2[1, :, 2:], v2[1, :, 2:] = 100.0, -100.0  # what padding keys hold must not matter
+    changed = model.explicit_attention(q, k2, v2, real_keys(mask))
+    close(changed, out, "changed padding keys")
+    changed.sum().backward()
+    for name, grad in (("keys", k2.grad), ("values", v2.grad)):
+        close(grad[1, :, 2:], torch.zeros(2, 3, 4), f"the gradient to the padding {name} (they get weight 0)")
 
 
 ### BEGIN HIDDEN TESTS
@@ -134,6 +183,17 @@ def test_heads_swap_exchanges_query_and_key():
     with torch.no_grad():
         out = layer.attention(REF["layer.x"], real_keys(REF["layer.mask"]), swap_qk=True)
     close(out, REF["layer.attention_swapped"], "swap_qk=True against transformers with W_Q and W_K exchanged")
+
+
+def test_heads_padding_and_no_mask():
+    layer = ref_layer()
+    x = REF["layer.x"].clone()
+    x[1, 3:] = 50.0  # the second sequence's padding positions: what they hold must not matter
+    with torch.no_grad():
+        out = layer.attention(x, real_keys(REF["layer.mask"]))
+        every = layer.attention(x[:1], real_keys(torch.ones(1, 5, dtype=torch.long)))
+    close(out[1, :3], REF["layer.attention"][1, :3], "the real positions, with the padding positions changed")
+    close(every, REF["layer.attention"][:1], "a sequence without padding, every key real")
 
 
 ### BEGIN HIDDEN TESTS
@@ -275,7 +335,7 @@ def tiny_teacher(layers=4):
 
 def test_student_init_copies_chosen_layers():
     teacher = tiny_teacher()
-    student = model.student_from_teacher(teacher, [1, 3])
+    student = exactly(model.student_from_teacher(teacher, [1, 3]), model.Bert, "student_from_teacher")
     assert (
         student.cfg.num_layers == 2 and student.cfg.type_vocab_size == 0 and not student.cfg.pooler
     ), f"student config {student.cfg}: expected 2 layers, type_vocab_size=0, pooler=False"
@@ -309,7 +369,7 @@ def test_student_init_folds_type_zero_into_positions():
 ### BEGIN HIDDEN TESTS
 def test_student_init_default_is_one_layer_of_two_and_copies():
     teacher = tiny_teacher(6)
-    student = model.student_from_teacher(teacher)
+    student = exactly(model.student_from_teacher(teacher), model.Bert, "student_from_teacher")
     assert student.cfg.num_layers == 3, f"{student.cfg.num_layers} layers from a 6-layer teacher, expected 3"
     for j, i in enumerate([0, 2, 4]):
         assert torch.equal(student.layers[j].fc1.weight, teacher.layers[i].fc1.weight), f"layer {j} != {i}"
@@ -344,6 +404,14 @@ def test_kl_by_hand():
     expected = torch.tensor([0.75 * math.log(1.5) + 0.25 * math.log(0.5)])
     close(losses.kl_per_row(s, t, 1.0), expected, "the worked example")
     close(losses.kl_per_row(t, t, 2.0), torch.zeros(1), "a student equal to the teacher")
+
+
+def test_kl_teacher_detached():
+    s, t = logits(20).requires_grad_(), logits(21).requires_grad_()
+    losses.kl_per_row(s, t, 2.0).sum().backward()
+    assert t.grad is None, "the teacher's logits got a gradient: expected none (detach them)"
+    expected = (torch.softmax(s / 2.0, -1) - torch.softmax(t / 2.0, -1)).detach() / 2.0
+    close(s.grad, expected, "the gradient to the student's logits: (softmax(s/T) - softmax(t/T)) / T")
 
 
 ### BEGIN HIDDEN TESTS
@@ -417,7 +485,7 @@ def test_mlm_flattens_batch_dims():
 ### BEGIN HIDDEN TESTS
 def test_mlm_with_nothing_masked_is_zero_with_a_graph():
     x = logits(11).requires_grad_()
-    out = losses.mlm_loss(x, torch.full((6,), -100))
+    out = exactly(losses.mlm_loss(x, torch.full((6,), -100)), torch.Tensor, "mlm_loss")
     assert out.item() == 0.0, f"no masked rows gave {out.item()}, expected 0"
     out.backward()  # still part of the graph
     assert x.grad is not None and x.grad.abs().sum() == 0
@@ -434,6 +502,15 @@ def test_cosine_equals_cosine_embedding_loss():
     s, t = logits(12, rows=7, classes=16), logits(13, rows=7, classes=16)
     close(losses.cosine_loss(s, t), torch.nn.CosineEmbeddingLoss()(s, t, torch.ones(7)), "denom=None")
     close(losses.cosine_loss(s, t, denom=14), (1 - F.cosine_similarity(s, t)).sum() / 14, "denom=14")
+
+
+def test_cosine_teacher_detached():
+    s, t = logits(22, rows=5, classes=8).requires_grad_(), logits(23, rows=5, classes=8).requires_grad_()
+    losses.cosine_loss(s, t).backward()
+    assert t.grad is None, "the teacher's states got a gradient: expected none (detach them)"
+    s2 = s.detach().clone().requires_grad_()
+    torch.nn.CosineEmbeddingLoss()(s2, t.detach(), torch.ones(5)).backward()
+    close(s.grad, s2.grad, "the gradient to the student's states")
 
 
 ### BEGIN HIDDEN TESTS
@@ -494,9 +571,10 @@ def corpus(seed=0, batch=64, length=128):
 
 def masked(ids, am, seed=0, weights=None):
     g = torch.Generator().manual_seed(seed)
-    return data.mask_tokens(
+    out = data.mask_tokens(
         ids, am, mask_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIAL, generator=g, weights=weights
     )
+    return tuple(exactly(t, torch.Tensor, "mask_tokens' outputs") for t in exactly(out, tuple, "mask_tokens"))
 
 
 def test_masking_chooses_15_percent_of_real_tokens():
@@ -569,6 +647,7 @@ def test_masking_random_ids_mask_and_padding():
     am = torch.ones_like(ids)
     am[:, 48:] = 0  # padding that holds ordinary ids: only attention_mask says it is padding
     out, labels = data.mask_tokens(ids, am, mask_id=MASK_ID, vocab_size=10, special_ids=SPECIAL, generator=g)
+    out, labels = exactly(out, torch.Tensor, "the masked ids"), exactly(labels, torch.Tensor, "the labels")
     assert not (labels[ids == MASK_ID] != -100).any(), "a [MASK] already in the input was chosen"
     assert (labels[:, 48:] == -100).all() and torch.equal(out[:, 48:], ids[:, 48:]), "padding was masked"
     replaced = out[(labels != -100) & (out != MASK_ID)]
@@ -606,13 +685,13 @@ def test_smoothing_unseen_ids_and_dict_specials():
 
 def test_lr_schedule_warmup_then_decay():
     got = [optim.linear_schedule(s, 100, 10) for s in (0, 5, 10, 55, 100)]
-    assert got == [0.0, 0.5, 1.0, 0.5, 0.0], f"factors at steps 0, 5, 10, 55, 100: {got}"
+    same_floats(got, [0.0, 0.5, 1.0, 0.5, 0.0], "factors at steps 0, 5, 10, 55, 100")
 
 
 ### BEGIN HIDDEN TESTS
 def test_lr_schedule_no_warmup_and_past_the_end():
-    assert optim.linear_schedule(0, 50, 0) == 1.0, "without warm-up the first step has the peak rate"
-    assert optim.linear_schedule(70, 50, 5) == 0.0, "past the last step the factor is 0, not negative"
+    same_floats([optim.linear_schedule(0, 50, 0)], [1.0], "without warm-up the first step has the peak rate")
+    same_floats([optim.linear_schedule(70, 50, 5)], [0.0], "past the last step the factor is 0, not negative")
 
 
 ### END HIDDEN TESTS
@@ -662,6 +741,7 @@ def micro_batches():
 def test_denominators_give_the_gradient_of_one_big_batch():
     batches, rec = micro_batches(), Recorder()
     _, _, n_real = train.forward_backward(rec, None, batches, SimpleNamespace(ce_positions="all"))
+    exactly(n_real, (int, float), "n_real")
     real = torch.cat([ids[am.bool()] for ids, am, _ in batches]).double()
     hidden = torch.cat([ids[lb != -100] for ids, _, lb in batches]).double()
     assert n_real == len(real), f"n_real {n_real}, expected {len(real)} real tokens in the step"
@@ -706,7 +786,7 @@ def test_denominators_over_two_ranks():
 def test_ptp_labels_four_classes():
     p = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.9, 0.1], [0.55, 0.45], [0.25, 0.75]])
     labels = torch.tensor([0, 0, 1, 1, 1])
-    got = peakd.ptp_labels(p.log(), labels, t1=0.8, t2=0.7).tolist()
+    got = _tolist(exactly(peakd.ptp_labels(p.log(), labels, t1=0.8, t2=0.7), torch.Tensor, "ptp_labels"))
     # right & 0.95 > 0.8; right & 0.6; wrong & 0.9 > 0.7; wrong & 0.55; right & 0.75 (> t2 but not > t1)
     assert got == [0, 1, 2, 3, 1], f"PTP labels {got}, expected [0, 1, 2, 3, 1]"
 
@@ -714,7 +794,7 @@ def test_ptp_labels_four_classes():
 ### BEGIN HIDDEN TESTS
 def test_ptp_labels_three_classes_from_logits():
     z = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 5.0]])
-    got = peakd.ptp_labels(z, torch.tensor([0, 1, 0]), t1=0.9, t2=0.9)
+    got = exactly(peakd.ptp_labels(z, torch.tensor([0, 1, 0]), t1=0.9, t2=0.9), torch.Tensor, "ptp_labels")
     assert got.tolist() == [0, 1, 2] and got.dtype == torch.long, f"PTP labels {got}"
 
 
@@ -747,7 +827,9 @@ def test_pkd_loss_equals_eq_7():
     pt = (unit(s_cls) - unit(t_cls)).square().mean()
     close(loss, 0.3 * ce + 0.7 * kd + 100.0 * pt, "(1 - a) CE + a T^2 KL + beta * patient term")
     for name, value in (("ce", ce), ("kd", kd), ("pt", pt)):
-        assert math.isclose(parts[name], value.item(), rel_tol=1e-4), f"parts[{name!r}] {parts[name]}"
+        got = exactly(parts[name], float, f"parts[{name!r}]")
+        expected = value.item()
+        assert math.isclose(got, expected, rel_tol=1e-4), f"parts[{name!r}]: expected {expected}, got {got}"
 
 
 ### BEGIN HIDDEN TESTS
