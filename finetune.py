@@ -622,8 +622,8 @@ class FinetuneConfig:
     task: str = opt("SST-2", "a GLUE task, 'imdb' or 'squad'")
     data: str = opt("", "GLUE root or task folder; the aclImdb folder")
     train_file: str = opt("", "SQuAD json files")
-    eval_file: str = ""
-    model: str = opt("", "Hugging Face folder (Bert.from_pretrained) or a save_finetuned folder")
+    eval_file: str = opt("", "SQuAD: the json file scored (train_file: the one trained on)")
+    model: str = opt("", "a Hugging Face folder or Hub name (hf.load_pretrained), or a save_finetuned folder")
     vocab: str = opt("", "vocab.txt / tokenizer.json (default: the model folder's)")
     teacher: str = opt("", "a save_finetuned folder: task distillation, 'DistilBERT (D)'")
     out: str = opt("", "results JSON and fine-tuned models go here (nothing saved when empty)")
@@ -631,30 +631,30 @@ class FinetuneConfig:
     seeds: str = opt("", "'1,2,3': one run per seed, the median reported (default: seed)")
     save: bool = opt(True, "save each run's model under out/")
     # optimisation (BERT's fine-tuning recipe)
-    lr: float = 5e-5
-    batch_size: int = 32
-    epochs: float = 3.0
+    lr: float = opt(5e-5, "peak learning rate")
+    batch_size: int = opt(32, "examples per step")
+    epochs: float = opt(3.0, "passes over the training examples")
     max_steps: int | None = opt(None, "overrides epochs")
     warmup: float = opt(0.1, "fraction of the steps, linear warm-up then linear decay to 0")
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorms)")
+    grad_clip: float = opt(1.0, "gradient norm clipping")
     max_len: int = opt(0, "0: 128 for GLUE, 384 for SQuAD, 512 for IMDb")
-    seed: int = 42
-    eval_batch_size: int = 128
+    seed: int = opt(42, "seed of the head, the data order and dropout (one run; --seeds for several)")
+    eval_batch_size: int = opt(128, "examples per forward pass when evaluating")
     train_limit: int | None = opt(None, "keep a fixed random subset of this many training examples")
     eval_limit: int | None = opt(None, "evaluate on the first this many dev examples only (quick runs)")
     eval_every: int = opt(0, "call eval_fn every this many steps (0: only at the end)")
-    log_every: int = 100
-    device: str = "auto"
+    log_every: int = opt(100, "a progress line every N steps")
+    device: str = opt("auto", "auto | cpu | cuda")
     dtype: str = opt("auto", "auto (bf16 autocast where it is fast: device.auto_dtype) | float32 | bfloat16")
     style: str = opt("auto", "classifier head: auto | bert | distilbert")
     # task distillation
-    temperature: float = 2.0
+    temperature: float = opt(2.0, "softmax temperature of the distillation term")
     alpha: float = opt(0.5, "weight of the distillation term; 1 - alpha on the labels")
     # SQuAD
-    doc_stride: int = 128
-    max_query: int = 64
-    max_answer: int = 30
+    doc_stride: int = opt(128, "tokens between the starts of a long context's windows")
+    max_query: int = opt(64, "question tokens kept")
+    max_answer: int = opt(30, "longest answer span, in tokens")
 
     def __post_init__(self):
         checks = {"lr": self.lr > 0, "batch_size": self.batch_size > 0, "epochs": self.epochs > 0,

@@ -7,6 +7,7 @@ prepare.py, bench.py) use `ArgumentParser` below, which takes the same spellings
 import argparse
 import dataclasses
 import sys
+import textwrap
 import typing
 
 
@@ -19,7 +20,11 @@ def parse_config(argv, cls, presets=None, doc=""):
         print(doc)
         helps = field_help(cls)
         for f in dataclasses.fields(cls):
-            print(f"  --{f.name}={f.default!s:<20} {helps.get(f.name, '')}")
+            left = f"  --{f.name}={f.default}"
+            lines = textwrap.wrap(helps.get(f.name, ""), 110 - 34) or [""]
+            print(f"{left:<34}{lines[0]}" if len(left) < 34 else f"{left}\n{'':<34}{lines[0]}")
+            for line in lines[1:]:
+                print(" " * 34 + line)
         sys.exit(0)
     hints, values, i = typing.get_type_hints(cls), {}, 0
     while i < len(argv):

@@ -130,6 +130,7 @@ def defs(path):
     return out
 
 
+@pytest.mark.slow
 def test_grade_one_file_restored_gives_exactly_its_points(student, tmp_path):
     out, _ = student
     mine = tmp_path / "mine"
@@ -534,6 +535,7 @@ def test_the_kit_holds_no_solution(made):
     assert data != (out / "sanity/parts_reference.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     """Three submissions (all solved, untouched, six cheats and one honest part) graded by the kit's own
     grader, from a folder with no reference in it; then one part regraded with the hidden tests hidden."""

@@ -39,6 +39,7 @@ def models(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_quick_run_end_to_end(inputs, tmp_path):
     out, page = tmp_path / "res.json", tmp_path / "page.md"
     page.write_text("# prose before\n<!-- begin bench -->\nold table\n<!-- end bench -->\nprose after\n")
@@ -153,6 +154,7 @@ def test_interleaving_alternates_the_order():
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
 
 
+@pytest.mark.slow
 def test_gpu_section_code_path_on_cpu(models):
     """The GPU section cannot be timed here, but its code path (bf16 autocast, the teacher in bf16, torch.compile of
     the student, the MFU arithmetic) runs on the CPU with the 'eager' compile backend."""

@@ -71,6 +71,7 @@ def real_lines(limit_per_file=120):
     return lines
 
 
+@pytest.mark.slow
 @needs_shared
 def test_tokenizer_matches_transformers_on_real_text():
     ref = reference_tokenizer(BERT_DIR)

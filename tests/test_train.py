@@ -94,6 +94,7 @@ def test_one_step_changes_student_not_teacher(setup):
     assert len(changed) == len(s0)  # every student tensor moved (the LayerNorms and biases too)
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_one_batch(setup):
     teacher, student, objective, cfg = pair(setup)
     b = batch(setup[1])
@@ -144,6 +145,7 @@ def final_student(out):
     return torch.load(ckpt, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_exact_resume(setup, tmp_path):
     root, _ = setup
     a = args(root, tmp_path / "a", max_steps=6, save_every=3, teacher=root / "teacher-dropout")
@@ -167,6 +169,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equals_one_process(setup, tmp_path):
     root, _ = setup
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -380,6 +383,7 @@ def ckpt_names(out):
     return sorted(p.name for p in Path(out).glob("ckpt-*"))
 
 
+@pytest.mark.slow
 def test_blown_up_weights_make_no_good_checkpoint(setup, tmp_path, capsys):
     """Issue 14.3: after a step that blew the weights up (finite, ~1e29), the checkpoint was kept as good and
     the non-finite stop claimed an intact good checkpoint. Step 1 runs at lr 0 (warm-up), step 2 at lr
@@ -408,6 +412,7 @@ def damage(path, how):
         path.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["overwrite", "truncate", "truncate-no-checksum"])
 def test_damaged_newest_checkpoint_falls_back_to_one_that_verifies(setup, tmp_path, capsys, how):
     """Issue 14.3/14.4: a damaged newest checkpoint was loaded silently (4 KB overwritten) or gave a traceback
@@ -465,6 +470,7 @@ def test_full_disk_leaves_no_tmp_and_stale_tmp_is_cleaned(setup, tmp_path, monke
     assert ckpt_names(out) == ["ckpt-0000002.pt", "ckpt-0000002.pt.sha256"] and (out / "notes.tmp").is_file()
 
 
+@pytest.mark.slow
 def test_kill9_resume_does_not_duplicate_metrics_rows(setup, tmp_path):
     """Issue 14.6: rows written after the last checkpoint (before a kill -9) appeared twice after resuming."""
     root, _ = setup
