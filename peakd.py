@@ -16,7 +16,14 @@ Pea-KD distils a fine-tuned teacher into a small student for one task, with two 
 The distillation itself is Patient-KD (Sun et al. 2019, "Patient Knowledge Distillation for BERT Model
 Compression", Section 3, Eq. 5-7): cross-entropy on the labels, KL to the teacher's softened predictions, and
 the "patient" term that pulls the L2-normalised [CLS] states of intermediate student layers towards chosen
-teacher layers (`losses.pkd_loss`).
+teacher layers (`losses.pkd_loss`). The rows that use it are named "PKD" (beta 100), not plain KD.
+
+`--pool=mean` reads the mean of the real tokens' states instead of [CLS], in the head and in the patient term
+(`pooled_states`). It is not in the paper; it exists for a teacher whose [CLS] carries nothing below its last
+layer: all-MiniLM-L6-v2, a sentence-transformer trained with mean pooling (the spread of its [CLS] state over
+256 SST-2 sentences is 0.1-3% of its norm after layers 1-5 and 64% after layer 6). A student made of its
+first k < 6 layers then sees one and the same [CLS] vector for every input: with 64 steps it never leaves
+the majority class (FT and PKD, SST-2 50.9), and the patient term matches constants.
 
     python peakd.py run      --task RTE --data ../shared/data/glue --teacher out/quickstart/teacher/model
     python peakd.py ablation --task SST-2 MRPC RTE --data ../shared/data/glue --teacher ...  # the five students
@@ -36,9 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, fit, load_encoder, load_finetuned,
-                      predict, read_glue, save_finetuned, task_spec)
+from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, TaskOutput, encode, evaluate, fit, load_encoder,
+                      load_finetuned, predict, read_glue, save_finetuned, task_spec)
 from losses import pkd_loss
 from machinery.config import ArgumentParser
 from machinery.files import one_line
@@ -187,16 +195,46 @@ def cls_states(hidden_states, layers) -> torch.Tensor:
     return torch.stack([hidden_states[i][:, 0] for i in layers], dim=1)
 
 
+def pooled_states(hidden_states, layers, mask, pool="cls") -> torch.Tensor:
+    """(B, len(layers), hidden): per chosen layer, its [CLS] state (pool="cls", as Patient-KD) or the mean of
+    its states over the real tokens (pool="mean", `mask` 1 on them)."""
+    if pool == "cls" or not layers:
+        return cls_states(hidden_states, layers)
+    if pool != "mean":
+        raise ValueError(f"pool={pool!r}: expected 'cls' or 'mean'")
+    m = mask[:, None, :, None].to(hidden_states[0].dtype)
+    return (torch.stack([hidden_states[i] for i in layers], dim=1) * m).sum(2) / m.sum(2)
+
+
+class MeanClassifier(Classifier):
+    """DistilBERT's head (pre_classifier, ReLU, dropout, linear) on the mean of the last layer's states over the
+    real tokens instead of on [CLS] (--pool=mean)."""
+
+    def __init__(self, encoder, num_labels):
+        super().__init__(encoder, num_labels, "distilbert")
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        out = self.encoder(input_ids, mask, token_type_ids, return_logits=False)
+        h = pooled_states(out.hidden_states, [len(out.hidden_states) - 1], mask, "mean")[:, 0]
+        return TaskOutput(self.classifier(self.dropout(F.relu(self.pre_classifier(h)))), out.hidden_states)
+
+
+def classifier(encoder, num_labels, pool="cls"):
+    return Classifier(encoder, num_labels) if pool == "cls" else MeanClassifier(encoder, num_labels)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 4. The pipeline: teacher -> teacher's predictions -> PTP labels -> PTP pretraining -> Patient-KD with SPS
 
-VARIANTS = {  # the ablation (Pea-KD Section 4.4): what each row adds to a student fine-tuned alone
+VARIANTS = {  # the ablation (Pea-KD Section 4.4): what each row adds; "PKD" is Patient-KD (beta 100)
     "FT": dict(kd=False, sps=False, ptp=False),
-    "KD": dict(kd=True, sps=False, ptp=False),
-    "KD + SPS": dict(kd=True, sps=True, ptp=False),
-    "KD + PTP": dict(kd=True, sps=False, ptp=True),
-    "KD + SPS + PTP (Pea-KD)": dict(kd=True, sps=True, ptp=True),
+    "PKD": dict(kd=True, sps=False, ptp=False),
+    "PKD + SPS": dict(kd=True, sps=True, ptp=False),
+    "PKD + PTP": dict(kd=True, sps=False, ptp=True),
+    "PKD + SPS + PTP (Pea-KD)": dict(kd=True, sps=True, ptp=True),
 }
+PEAKD = "PKD + SPS + PTP (Pea-KD)"
 
 
 def load_data(task, folder, tokenizer, max_len=128, train_limit=None):
@@ -236,9 +274,10 @@ def get_teacher(path, task, train, cfg, out_dir, setup=None):
 
 
 @torch.no_grad()
-def teacher_outputs(teacher, tensors, batch_size=128):
-    """One pass of the frozen teacher over the training set: logits (N, C) and the [CLS] state of every layer,
-    embeddings included (N, n + 1, hidden), kept for PTP labels and the distillation targets."""
+def teacher_outputs(teacher, tensors, batch_size=128, pool="cls"):
+    """One pass of the frozen teacher over the training set: logits (N, C) and the [CLS] (or mean-pooled:
+    `pooled_states`) state of every layer, embeddings included (N, n + 1, hidden), kept for PTP labels and the
+    distillation targets."""
     teacher.eval()
     device = next(teacher.parameters()).device
     logits, cls = [], []
@@ -247,26 +286,28 @@ def teacher_outputs(teacher, tensors, batch_size=128):
         out = teacher(*(tensors[k][idx, :L].to(device) for k in ("input_ids", "attention_mask",
                                                                  "token_type_ids")))
         logits.append(out.logits.float().cpu())
-        cls.append(cls_states(out.hidden_states, range(len(out.hidden_states))).float().cpu())
+        mask = tensors["attention_mask"][idx, :L].to(device)
+        cls.append(pooled_states(out.hidden_states, list(range(len(out.hidden_states))), mask, pool).float().cpu())
     return torch.cat(logits), torch.cat(cls)
 
 
-def ptp_pretrain(student: Bert, tensors, labels, cfg) -> Bert:
-    """PTP (Pea-KD Section 3.3): train the student with a new 4-way head on [CLS] to predict the PTP labels,
-    then drop the head. The student's own tensors are trained in place (an SPS student trains its shared
-    tensors)."""
-    fit(Classifier(student, len(PTP_CLASSES)), {**tensors, "labels": labels}, cfg)
+def ptp_pretrain(student: Bert, tensors, labels, cfg, pool="cls") -> Bert:
+    """PTP (Pea-KD Section 3.3): train the student with a new 4-way head on [CLS] (or the mean: `pool`) to
+    predict the PTP labels, then drop the head. The student's own tensors are trained in place (an SPS student
+    trains its shared tensors)."""
+    fit(classifier(student, len(PTP_CLASSES), pool), {**tensors, "labels": labels}, cfg)
     return student  # the Classifier, and with it the PTP head, is discarded here
 
 
-def pkd_loss_fn(layer_map, alpha=0.7, temperature=10.0, beta=100.0):
-    """loss_fn(model, batch) for finetune.fit: pkd_loss against the teacher's outputs stored in the batch."""
+def pkd_loss_fn(layer_map, alpha=0.7, temperature=10.0, beta=100.0, pool="cls"):
+    """loss_fn(model, batch) for finetune.fit: pkd_loss against the teacher's outputs stored in the batch (its
+    states pooled the same way, `pool`)."""
     s_layers, t_layers = [j for j, _ in layer_map], [i for _, i in layer_map]
 
     def loss_fn(model, batch):
         out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         return pkd_loss(out.logits, batch["teacher_logits"], batch["labels"],
-                        cls_states(out.hidden_states, s_layers),
+                        pooled_states(out.hidden_states, s_layers, batch["attention_mask"], pool),
                         batch["teacher_cls"][:, t_layers], alpha, temperature, beta)[0]
     return loss_fn
 
@@ -308,17 +349,17 @@ def train_student(teacher, train, t_logits, t_cls, ptp_y, args, kd=True, sps=Tru
     the task for args.epochs with Patient-KD (kd=True) or with cross-entropy alone (kd=False: plain
     fine-tuning, the reference's alpha 0; the teacher's outputs are then not handed to fit, which would
     otherwise distil from them). Every student starts from the same seed."""
-    cfg = student_config(args)
+    cfg, pool = student_config(args), getattr(args, "pool", "cls")
     torch.manual_seed(args.seed)
     student = init_student(teacher, pretrained, args, sps)
     if ptp:
-        student = ptp_pretrain(student, train, ptp_y, replace(cfg, epochs=args.ptp_epochs))
-    model = Classifier(student, t_logits.size(1))
+        student = ptp_pretrain(student, train, ptp_y, replace(cfg, epochs=args.ptp_epochs), pool)
+    model = classifier(student, t_logits.size(1), pool)
     depth = len(student.schedule)
     layer_map = pkd_layer_map(depth, teacher.encoder.cfg.num_layers, args.layer_map)
     if kd:
         fit(model, {**train, "teacher_logits": t_logits, "teacher_cls": t_cls}, cfg,
-            loss_fn=pkd_loss_fn(layer_map, args.alpha, args.T, args.beta))
+            loss_fn=pkd_loss_fn(layer_map, args.alpha, args.T, args.beta, pool))
     else:
         fit(model, train, cfg)  # the task's cross-entropy alone
     return model, layer_map
@@ -335,9 +376,15 @@ def classifier_parameters(model):
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("encoder.head."))
 
 
-def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
-    """The whole Pea-KD pipeline for one task, for each of `variants` (names in VARIANTS) on the same teacher,
-    data and teacher predictions. Writes out_dir/<task>/results.json (and the students when args.save)."""
+def pipeline(args, variants=(PEAKD,), seeds=None) -> dict:
+    """The whole Pea-KD pipeline for one task, for each of `variants` (names in VARIANTS) and each student
+    seed in `seeds` (default: args.seed) on the same teacher (fine-tuned with args.seed), data and teacher
+    predictions. A row's metrics are the means over the seeds; "seeds" holds each seed's, "correct" one list of
+    per-dev-example 1.0/0.0 per seed. Writes out_dir/<task>/results.json (and the students when args.save)."""
+    seeds = list(seeds or [args.seed])
+    pool = getattr(args, "pool", "cls")
+    if args.save and pool != "cls":
+        raise ValueError("--save keeps finetune.py's format, whose heads read [CLS]: not with --pool=mean")
     task, spec = task_spec(args.task)
     if spec["num_labels"] < 2:
         raise ValueError(f"{task}: Pea-KD's losses need classes (PTP labels, softmax KD); {task} is a "
@@ -356,7 +403,7 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
     teacher = get_teacher(args.teacher, task, train, tcfg, out_dir, setup)
     rows = {"teacher": {**scored(task, teacher, dev), "parameters": classifier_parameters(teacher),
                         "depth": teacher.encoder.cfg.num_layers, "seconds": round(time.time() - t0, 1)}}
-    t_logits, t_cls = teacher_outputs(teacher, train)
+    t_logits, t_cls = teacher_outputs(teacher, train, pool=pool)
     source = pretrained_source(args.teacher, args.student_from)
     pretrained = None if source == "finetuned" else load_encoder(source)
     print(f"[peakd] students start from {'the fine-tuned teacher' if pretrained is None else source}")
@@ -370,20 +417,24 @@ def pipeline(args, variants=("KD + SPS + PTP (Pea-KD)",)) -> dict:
     counts = torch.bincount(ptp, minlength=4).tolist()
     print(f"[peakd] PTP thresholds t1={t1:.4f} t2={t2:.4f}; labels {dict(zip(PTP_CLASSES, counts))}")
     for name in variants:
-        t0 = time.time()
-        model, layer_map = train_student(teacher, train, t_logits, t_cls, ptp, args, **VARIANTS[name],
-                                         pretrained=pretrained)
-        metrics = scored(task, model, dev)
-        rows[name] = {**metrics, "parameters": classifier_parameters(model),
-                      "depth": len(model.encoder.schedule),
+        t0, per_seed = time.time(), {}
+        for seed in seeds:
+            model, layer_map = train_student(teacher, train, t_logits, t_cls, ptp,
+                                             argparse.Namespace(**{**vars(args), "seed": seed}),
+                                             **VARIANTS[name], pretrained=pretrained)
+            per_seed[seed] = scored(task, model, dev)
+        metrics = {m: float(np.mean([s[m] for s in per_seed.values()])) for m in per_seed[seeds[0]] if m != "correct"}
+        rows[name] = {**metrics, "seeds": {s: {m: v for m, v in r.items() if m != "correct"}
+                                           for s, r in per_seed.items()},
+                      "correct": [r["correct"] for r in per_seed.values()],
+                      "parameters": classifier_parameters(model), "depth": len(model.encoder.schedule),
                       "seconds": round(time.time() - t0, 1), "layer_map": layer_map}
-        print(f"[peakd] {task} {name}: {json.dumps({k: v for k, v in metrics.items() if k != 'correct'})} "
-              f"({rows[name]['seconds']}s)")
+        print(f"[peakd] {task} {name}: {json.dumps(metrics)}, seeds {seeds} ({rows[name]['seconds']}s)")
         if args.save:
             slug = name.split(" (")[0].replace(" + ", "+").replace(" ", "")
             save_finetuned(model, out_dir / f"student-{slug}", task=task, variant=name,
                            teacher=str(args.teacher))
-    result = {"task": task, "note": note, "ptp": {"t1": t1, "t2": t2, "counts": counts}, "rows": rows,
+    result = {"task": task, "note": note, "seeds": seeds, "ptp": {"t1": t1, "t2": t2, "counts": counts}, "rows": rows,
               "args": vars(args)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -451,7 +502,10 @@ def main(argv=None):
                    help="cap each student training stage (smoke tests)")
     p.add_argument("--max_len", type=int, default=128)
     p.add_argument("--train_limit", type=int, default=None, help="keep this many training examples (seed 0)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="the teacher's seed (and the students' without --seeds)")
+    p.add_argument("--seeds", default="", help="student seeds, e.g. 1,2,3: each row trained once per seed")
+    p.add_argument("--pool", default="cls", choices=["cls", "mean"],
+                   help="what the head and the patient term read: [CLS] (the paper) | the mean of the tokens")
     p.add_argument("--log_every", type=int, default=100)
     p.add_argument("--save", action="store_true", help="save each student (finetune.py format)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -462,8 +516,8 @@ def main(argv=None):
     for task in args.task:
         a = argparse.Namespace(**{**vars(args), "task": task})
         try:
-            variants = list(VARIANTS) if args.command == "ablation" else ["KD + SPS + PTP (Pea-KD)"]
-            results.append(pipeline(a, variants))
+            variants = list(VARIANTS) if args.command == "ablation" else [PEAKD]
+            results.append(pipeline(a, variants, [int(s) for s in args.seeds.split(",") if s] or None))
         except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
             raise SystemExit(f"peakd.py: error: {one_line(e)}") from None
     print(table(results))

@@ -246,6 +246,21 @@ def test_pkd_layer_map_and_cls_states():
     assert c.shape == (2, 2, 3) and c[:, 0].eq(1).all() and c[:, 1].eq(3).all()
 
 
+def test_pooled_states_mean_over_the_real_tokens_by_hand():
+    from peakd import pooled_states
+    g = torch.Generator().manual_seed(0)
+    hs = [torch.randn(3, 5, 4, generator=g) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    got = pooled_states(hs, [0, 2], mask, "mean")
+    for b in range(3):
+        n = int(mask[b].sum())
+        for j, i in enumerate([0, 2]):
+            want = sum(hs[i][b, t] for t in range(n)) / n
+            assert torch.allclose(got[b, j], want, atol=1e-6)
+    assert torch.equal(pooled_states(hs, [1], mask, "cls"), cls_states(hs, [1]))
+    assert pooled_states(hs, [], mask, "mean").shape == (3, 0, 4)
+
+
 # ------------------------------------------------------------------------------------------------ the pipeline
 
 WORDS = "good bad movie film plot actor scene fine dull long short story music great awful".split()
@@ -284,24 +299,29 @@ def test_pipeline_end_to_end_on_a_tiny_task(tmp_path, capsys):
     common = ["--data", str(glue), "--teacher", str(teacher), "--vocab", str(vocab), "--out", str(tmp_path / "out"),
               "--teacher_epochs", "8", "--teacher_lr", "2e-3", "--lr", "1e-3", "--batch_size", "16",
               "--max_steps", "4", "--ptp_epochs", "1", "--log_every", "0"]
-    [res] = main(["ablation", "--task", "SST-2", *common])
+    [res] = main(["ablation", "--task", "SST-2", *common, "--seeds", "1,2"])
     rows = res["rows"]
+    for r in list(rows.values())[1:]:  # one run per student seed; the row's metric is their mean
+        assert len(r["correct"]) == 2 and list(r["seeds"]) == [1, 2]
+        assert r["accuracy"] == pytest.approx(sum(s["accuracy"] for s in r["seeds"].values()) / 2)
+        assert r["seeds"][1]["accuracy"] == pytest.approx(sum(r["correct"][0]) / len(r["correct"][0]))
+    assert rows["FT"]["correct"][0] != rows["FT"]["correct"][1] or rows["PKD"]["correct"][0] != rows["PKD"]["correct"][1]
     assert list(rows) == ["teacher", *VARIANTS]
     assert rows["teacher"]["accuracy"] >= 0.9            # the teacher was fine-tuned here, and learnt the rule
     assert (tmp_path / "out" / "SST-2" / "teacher" / "finetune.json").is_file()
     assert sum(res["ptp"]["counts"]) == 240
     # 2 of 4 teacher layers; SPS re-runs the upper one (k = n/2, as the reference's 6-layer student): depth 3
-    assert rows["KD"]["depth"] == 2 and rows["KD + SPS"]["depth"] == 3
-    assert rows["KD + SPS"]["parameters"] == rows["KD"]["parameters"] == rows["FT"]["parameters"]
-    assert rows["KD + SPS"]["layer_map"] == [(1, 1), (2, 3)] and rows["KD"]["layer_map"] == [(1, 2)]
+    assert rows["PKD"]["depth"] == 2 and rows["PKD + SPS"]["depth"] == 3
+    assert rows["PKD + SPS"]["parameters"] == rows["PKD"]["parameters"] == rows["FT"]["parameters"]
+    assert rows["PKD + SPS"]["layer_map"] == [(1, 1), (2, 3)] and rows["PKD"]["layer_map"] == [(1, 2)]
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
     table = capsys.readouterr().out
-    assert "| KD + SPS + PTP (Pea-KD) |" in table
+    assert "| PKD + SPS + PTP (Pea-KD) |" in table
     # again, with the "run" command on a dev-only pair task and then with the fine-tuned teacher reused
     [res] = main(["run", "--task", "QNLI", *common, "--save"])
-    assert "split at random" in res["note"] and list(res["rows"]) == ["teacher", "KD + SPS + PTP (Pea-KD)"]
+    assert "split at random" in res["note"] and list(res["rows"]) == ["teacher", "PKD + SPS + PTP (Pea-KD)"]
     from finetune import load_finetuned
-    saved = load_finetuned(tmp_path / "out" / "QNLI" / "student-KD+SPS+PTP")  # an SPS student saved and read back
+    saved = load_finetuned(tmp_path / "out" / "QNLI" / "student-PKD+SPS+PTP")  # an SPS student saved and read back
     assert saved.encoder.schedule == [(0, False), (1, False), (1, True)]
     capsys.readouterr()
     main(["run", "--task", "QNLI", *common])
@@ -345,7 +365,8 @@ def test_student_starts_from_the_pretrained_bert_not_the_finetuned_teacher(tmp_p
     assert not torch.equal(student.layers[0].qkv.weight, teacher.encoder.layers[0].qkv.weight)
 
 
-def test_ft_row_is_plain_finetuning_and_learns(tmp_path):
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_ft_row_is_plain_finetuning_and_learns(tmp_path, pool):
     """Before: the "FT" row handed the teacher's logits to fit, whose default loss then distilled from them
     (alpha 0.5, T 2): every "minus FT" delta was against a distilled student. FT must equal plain fine-tuning
     of the same student (finetune.fit without a teacher), and leave the majority class on a task it can learn;
@@ -362,11 +383,12 @@ def test_ft_row_is_plain_finetuning_and_learns(tmp_path):
     t_logits, t_cls = peakd.teacher_outputs(teacher, train)
     args = argparse.Namespace(lr=3e-3, batch_size=16, epochs=6.0, max_steps=None, seed=0, log_every=0,
                               student_layers=2, init="first", arch="bert", sps="auto", no_swap=False,
-                              layer_map="skip", alpha=0.7, T=10.0, beta=100.0, ptp_epochs=1.0)
+                              layer_map="skip", alpha=0.7, T=10.0, beta=100.0, ptp_epochs=1.0, pool=pool)
     ft_model, _ = peakd.train_student(teacher, train, t_logits, t_cls, None, args, kd=False, sps=False, ptp=False,
                                       pretrained=teacher.encoder)
     torch.manual_seed(args.seed)
-    alone = ft.Classifier(peakd.init_student(teacher, teacher.encoder, args, sps=False), 2)
+    alone = peakd.classifier(peakd.init_student(teacher, teacher.encoder, args, sps=False), 2, pool)
+    assert type(alone) is type(ft_model) is (ft.Classifier if pool == "cls" else peakd.MeanClassifier)
     ft.fit(alone, train, peakd.student_config(args))
     for (name, p), q in zip(ft_model.named_parameters(), alone.parameters()):
         assert torch.equal(p, q), name

@@ -103,6 +103,16 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
             v = row["vs_triple"]
             assert v["verdict"] == verdict(v["delta"], v["se"])
             assert v["delta"] == pytest.approx(row["mlm_acc"] - g["rows"]["triple loss"]["mlm_acc"])
+    assert g["steps"] == [2, 4] and set(g["curve"]) == set(R.ROWS) - {"L_mlm alone"}
+    for name, per in g["curve"].items():  # the last budget is the exported student, scored the same way
+        assert per["4"]["mlm_acc"] == pytest.approx(g["rows"][name]["mlm_acc"])
+        if name != "triple loss":
+            assert per["2"]["vs_triple"]["delta"] == pytest.approx(per["2"]["mlm_acc"] - g["curve"]["triple loss"]["2"]["mlm_acc"])
+    gl = g["glue"]  # Table 4 on GLUE: every distillation row fine-tuned, minus the triple loss
+    assert gl["tasks"] == ["SST-2", "STS-B"] and set(gl["scores"]) == set(g["curve"])
+    v = gl["vs_triple"]["- L_ce"]["SST-2"]
+    assert v["delta"] == pytest.approx(gl["scores"]["- L_ce"]["SST-2"] - gl["scores"]["triple loss"]["SST-2"])
+    assert gl["vs_triple"]["random init"]["STS-B"]["metric"] == "pearson"
     t1 = results["table1"]
     assert set(t1["medians"]) == {"original", "teacher", "distilled", "MLM-only", "copy-only"}
     assert set(t1["paired"]) == {"distilled - MLM-only", "distilled - copy-only", "teacher - original"}
@@ -146,20 +156,33 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     assert {r["model"] for r in results["table3"]["rows"]} == {"teacher", "distilled"}
     p = results["peakd"]["tasks"]
     assert set(p) == {"SST-2", "MRPC", "RTE"}
-    assert p["RTE"]["rows"]["KD + SPS"]["depth"] == 6 and p["RTE"]["rows"]["KD"]["depth"] == 3
+    assert p["RTE"]["rows"]["PKD + SPS"]["depth"] == 6 and p["RTE"]["rows"]["PKD"]["depth"] == 3
+    assert results["peakd"]["seeds"] == [1, 2]
+    for task, r in p.items():
+        for name, v in r["vs_pkd"].items():
+            assert v["seeds"] == 2 and v["se"] == max(v["se_examples"], v["se_seeds"])
+            assert v["verdict"] == verdict(v["delta"], v["se"])
+            assert v["delta"] == pytest.approx(r["rows"][name]["accuracy"] - r["rows"]["PKD"]["accuracy"])
     md = (tmp_path / "tables.md").read_text()
-    for word in ("triple loss", "retention", "student (D)", "Pea-KD", "parameters_M"):
+    for word in ("triple loss", "- L_mlm", "Budget curve", "retention", "student (D)", "Pea-KD", "majority class",
+                 "parameters_M"):
         assert word in md
 
-    # a second run recomputes nothing
+    # a second run recomputes nothing; with --docs it writes the same tables into the page's region only
+    page = tmp_path / "page.md"
+    page.write_text("# Page\nprose\n<!-- begin reproduce -->\nold\n<!-- end reproduce -->\nmore prose\n")
     capsys.readouterr()
-    again = R.reproduce(cfg)
+    again = R.reproduce(R.parse_config(argv + [f"--docs={page}"], R.ReproduceConfig))
     out = "".join(capsys.readouterr())  # log lines go to stderr
     assert out.count("already complete") == len(R.STAGES)
+    written = page.read_text()
+    assert written.startswith("# Page\nprose\n<!-- begin reproduce -->\n`python reproduce.py` (")
+    assert written.endswith("\n<!-- end reproduce -->\nmore prose\n") and "old" not in written
+    assert (tmp_path / "tables.md").read_text().strip() in written
     assert again["table1"]["medians"] == results["table1"]["medians"]
 
     # one stage's settings changed: it and the stages after it run again, the ones before are reused
-    R.reproduce(R.parse_config(argv + ["--only=table1", "--epochs=3"], R.ReproduceConfig))
+    R.reproduce(R.parse_config(argv + ["--only=table1", "--limits=SST-2:40,MRPC:32,RTE:32,STS-B:32"], R.ReproduceConfig))
     out = "".join(capsys.readouterr())  # log lines go to stderr
     assert "teacher: already complete" in out and "general: already complete" in out and "== table1" in out
     assert "== table3" not in out and "== peakd" not in out and "table3: already" not in out
@@ -171,3 +194,21 @@ def test_bad_options_are_one_clear_line(tmp_path):
         R.reproduce(R.ReproduceConfig(only="table9", out=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="corpora"):
         R.corpus(R.ReproduceConfig(data=str(tmp_path)))
+
+
+def test_seed_compared_by_hand():
+    """Both SEs of a row minus PKD over 3 seeds x 4 dev examples, computed here another way."""
+    import math
+    a = [[1, 1, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1]]
+    b = [[0, 1, 0, 1], [0, 0, 0, 1], [1, 0, 0, 1]]
+    v = R.seed_compared(a, b)
+    per_seed = [sum(x - y for x, y in zip(ra, rb)) / 4 for ra, rb in zip(a, b)]  # 0.25, 0.25, 0.5
+    m = sum(per_seed) / 3
+    assert v["per_seed"] == pytest.approx(per_seed) and v["delta"] == pytest.approx(m)
+    assert v["se_seeds"] == pytest.approx(math.sqrt(sum((d - m) ** 2 for d in per_seed) / 2 / 3))
+    d = [[x - y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]  # clustered by dev example (summed over seeds)
+    sums = [sum(d[s][i] - m for s in range(3)) for i in range(4)]
+    assert v["se_examples"] == pytest.approx(math.sqrt(4 / 3 * sum(x * x for x in sums)) / 12)
+    assert v["se"] == max(v["se_examples"], v["se_seeds"])
+    assert v["se_used"] == ("seeds" if v["se_seeds"] > v["se_examples"] else "examples")
+    assert v["verdict"] == verdict(v["delta"], v["se"])
