@@ -16,7 +16,6 @@ Evaluating teacher and student: held-out masked LM, size and speed, and the comp
         --sts glue/STS-B/dev.tsv
     python eval.py table --results results/*.json --out results/
 """
-import argparse
 import copy
 import json
 import math
@@ -32,8 +31,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data import Batches, TokenData, mask_generator, mask_tokens
+from finetune import GLUE_TASKS, Classifier, encode, glue_score, load_encoder, read_glue, task_spec
 from machinery.config import ArgumentParser
-from machinery.files import pyplot, save_figure, write_atomic, write_json, write_text
+from machinery.files import one_line, write_atomic, write_json, write_text
+from machinery.hf import model_folder, teacher_tokenizer_file
+from machinery.tokenizer import load_tokenizer, vocab_hash
+from model import student_from_teacher
 
 # ------------------------------------------------------------------------------------------------------------
 # 1. Held-out masked LM
@@ -48,7 +52,6 @@ def mlm_eval(model, data, split="valid", max_len=128, batch_size=32, seed=1234, 
     batches and the sums (correct, loss, count) are all-reduced. per_token (one process): also "correct",
     "labels" and "sequence" (which held-out sequence the token is in, the same number for any seed), one entry
     per masked token in a fixed order, for paired comparisons of models (paired_difference)."""
-    from data import Batches, mask_generator, mask_tokens
     device = next(model.parameters()).device
     rank, world = (dist.get_rank(),
                    dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
@@ -145,7 +148,6 @@ def perplexity(mean_loss):
 def inference_model(encoder):
     """As Table 3: the encoder with a small task head (one output, as STS-B regression); the MLM head is not
     used."""
-    from finetune import Classifier  # the GLUE code only for the commands that need it, not for pretraining
     return Classifier(encoder, 1).eval()
 
 
@@ -215,7 +217,6 @@ def size_speed(models, tokenizer, sts_dev_path, limit=None, batch_size=32, quant
 
 
 def _size_speed(models, tokenizer, sts_dev_path, limit, batch_size, quantize_student, mlm_data, mlm_batches):
-    from finetune import encode, read_glue
     path = Path(sts_dev_path)
     pairs = read_glue("STS-B", path.parent, path.stem)[:limit]
     t = encode(tokenizer, pairs, 128)
@@ -303,7 +304,6 @@ def results_table(results, teacher=None, student=None) -> dict:
             raise ValueError(f"results hold the models {names}: name the teacher and the student")
         size = {n: max(r.get("parameters", 0) for r in results if r["name"] == n) for n in names}
         teacher, student = sorted(names, key=lambda n: -size[n])
-    from finetune import GLUE_TASKS, glue_score, task_spec
     order = [*GLUE_TASKS, "imdb", "squad"]
     tasks = sorted({t for (n, t) in by if n == teacher} & {t for (n, t) in by if n == student},
                    key=order.index)
@@ -412,15 +412,11 @@ def main(argv=None):
     try:
         command(a)
     except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
-        from machinery.files import one_line
         raise SystemExit(f"eval.py: error: {one_line(e)}") from None
 
 
 def command(a):
-    from finetune import load_encoder  # a Hugging Face folder or a fine-tuned one
-    from machinery.hf import model_folder  # or a name, as from_pretrained takes it
     if a.cmd == "mlm":
-        from data import TokenData
         shards, out = TokenData(a.data), {}
         for path in a.model:
             model = load_encoder(model_folder(path))
@@ -431,9 +427,6 @@ def command(a):
         if a.out:
             write_json(out, a.out)
     elif a.cmd == "speed":
-        from data import TokenData
-        from machinery.tokenizer import load_tokenizer
-        from model import student_from_teacher
         teacher = load_encoder(model_folder(a.teacher))
         student = load_encoder(model_folder(a.student)) if a.student else student_from_teacher(teacher)
         names = ("teacher", "student")
@@ -456,8 +449,6 @@ def command(a):
 def check_mlm_inputs(model, path, shards, max_len):
     """The model must read the shards' ids (its own vocabulary, by hash where its folder has the tokenizer
     files, else by size) and have positions for max_len tokens."""
-    from machinery.hf import teacher_tokenizer_file
-    from machinery.tokenizer import load_tokenizer, vocab_hash
     if max_len > model.cfg.max_position:
         raise SystemExit(f"eval.py: --max_len={max_len} is more than the {model.cfg.max_position} positions "
                          f"of {path}")

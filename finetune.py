@@ -36,13 +36,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from losses import task_distill_loss, task_loss
-from machinery import device, files
+from machinery import files
 from machinery.config import opt, parse_config
 from machinery.device import auto_dtype, pick_device
 from machinery.files import write_atomic, write_json
 from machinery.hf import (config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_pretrained,
-                          load_tensors, save_tensors, verify_manifest, write_manifest)
+                          load_tensors, model_folder, save_tensors, verify_manifest, write_manifest)
 from machinery.optim import adamw, linear_schedule
+from machinery.tokenizer import load_tokenizer
 from model import Bert
 
 log = functools.partial(files.log, source="finetune")
@@ -847,8 +848,6 @@ def median_run(runs, metric):
 def run(cfg: FinetuneConfig) -> dict:
     """Fine-tune cfg.model on cfg.task once per seed; returns (and writes to cfg.out) per-seed and median
     metrics."""
-    from data import load_tokenizer
-    from machinery.hf import model_folder
     if not cfg.model:
         raise ValueError("--model is required (a Hugging Face folder, e.g. one exported by train.py)")
     name, _ = task_spec(cfg.task)

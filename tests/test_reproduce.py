@@ -170,14 +170,14 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
 
     # a second run recomputes nothing; with --docs it writes the same tables into the page's region only
     page = tmp_path / "page.md"
-    page.write_text("# Page\nprose\n<!-- begin reproduce -->\nold\n<!-- end reproduce -->\nmore prose\n")
+    page.write_text("# Page\nprose\n<!-- begin reproduce -->\nSTALE TABLE\n<!-- end reproduce -->\nmore prose\n")
     capsys.readouterr()
     again = R.reproduce(R.parse_config(argv + [f"--docs={page}"], R.ReproduceConfig))
     out = "".join(capsys.readouterr())  # log lines go to stderr
     assert out.count("already complete") == len(R.STAGES)
     written = page.read_text()
     assert written.startswith("# Page\nprose\n<!-- begin reproduce -->\n`python reproduce.py` (")
-    assert written.endswith("\n<!-- end reproduce -->\nmore prose\n") and "old" not in written
+    assert written.endswith("\n<!-- end reproduce -->\nmore prose\n") and "STALE TABLE" not in written
     assert (tmp_path / "tables.md").read_text().strip() in written
     assert again["table1"]["medians"] == results["table1"]["medians"]
 
