@@ -65,6 +65,7 @@ import data
 import losses
 import prepare
 import train
+from finetune import Classifier, encode, read_glue
 from machinery import device, files
 from machinery.config import ArgumentParser
 from machinery.hf import load_pretrained, save_pretrained
@@ -224,7 +225,6 @@ def bench_inference(folder, cells, device="cpu", dtype=torch.float32, models=("t
 def bench_table3(folder, vocab, sts, limit):
     """Encoder + one-output head (finetune.Classifier / transformers' ForSequenceClassification), batch 1,
     each STS-B dev pair once per model, the four models timed pair by pair in rotating order."""
-    from finetune import Classifier, encode, read_glue
     tf = hf()
     enc = encode(load_tokenizer(vocab), read_glue("STS-B", sts.parent, sts.stem)[:limit], 128)
     n = enc["attention_mask"].sum(1).tolist()
