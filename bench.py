@@ -70,7 +70,7 @@ from machinery import device, files
 from machinery.config import ArgumentParser
 from machinery.hf import load_pretrained, save_pretrained
 from machinery.tokenizer import load_tokenizer
-from model import Bert, BertConfig, student_from_teacher
+from model import BertConfig, student_from_teacher
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared" / "data"

@@ -9,7 +9,6 @@ Command line:  python prepare.py [inputs ...] [--out DIR] [--vocab=PATH | --voca
 With no inputs the corpus is Python's own documentation, so everything
 runs offline.
 """
-import argparse
 import contextlib
 import functools
 import glob

@@ -20,7 +20,7 @@ from eval import heldout_hits, paired_difference, verdict
 from machinery.files import pyplot, save_figure, write_json
 from machinery.hf import config_from_hf, load_pretrained, resolve_checkpoint
 from machinery.logs import Eta
-from model import Bert, count_parameters
+from model import count_parameters
 from train import TrainConfig, main as train_main, step_macs, train
 
 # its MLM head

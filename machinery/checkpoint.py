@@ -6,14 +6,11 @@ calls these; nothing here is needed to read the training loop.
 import contextlib
 import dataclasses
 import functools
-import itertools
 import json
 import math
 import os
 import re
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import torch

@@ -5,9 +5,7 @@ wandb when asked for, the loss plot, and the stop signals that end every rank af
 import dataclasses
 import itertools
 import json
-import math
 import signal
-import sys
 import time
 from pathlib import Path
 
