@@ -33,7 +33,7 @@ Speed and memory of this codebase against transformers, measured side by side in
              CUDA).
 
 Method. Both sides get the same weights: a perturbed random BertForMaskedLM is saved and loaded into ours with
-Bert.from_pretrained; our student_from_teacher is saved and loaded into DistilBertForMaskedLM. Outputs (and
+hf.load_pretrained; our student_from_teacher is saved and loaded into DistilBertForMaskedLM. Outputs (and
 the training losses and gradient norm) are asserted equal before anything is timed. Both sides run with the
 same thread count; repetitions are interleaved A B B A ... after a warm-up, so that drift hits both alike;
 medians are reported. Peak memory of a training step: each variant runs in a fresh process; once models, batch

@@ -1,6 +1,6 @@
 """The real teacher of notebooks 02 and 03: all-MiniLM-L6-v2 with a masked-LM head fitted in a minute.
 
-MiniLM was trained for sentence embeddings and has no masked-LM head; `Bert.from_pretrained` gives it a fresh
+MiniLM was trained for sentence embeddings and has no masked-LM head; `hf.load_pretrained` gives it a fresh
 (random) one. The quickstart trains the whole teacher for 240 steps (`out/quickstart/teacher/model`); a
 notebook cannot spend that long, so here only the head (model.MLMHead: dense, GELU, LayerNorm, and the
 decoder's bias; the decoder weight is the frozen word-embedding matrix, tied) is fitted on the frozen encoder,
