@@ -24,7 +24,7 @@ from model import count_parameters
 from train import TrainConfig, main as train_main, step_macs, train
 
 # its MLM head
-QUICKSTART_TEACHER_STEPS = dict(max_steps=280, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=70)
+QUICKSTART_TEACHER_STEPS = dict(max_steps=260, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=65)
 
 def quickstart(cfg: TrainConfig, teacher_steps=None):
     """The recipe in miniature, offline on a CPU. A real pretrained teacher (all-MiniLM-L6-v2, fetched from

@@ -117,7 +117,7 @@ PRESETS = {
     # evaluation; position embeddings trained, as when its printed results were made; batches of 16 sequences
     # (at equal tokens they trained a better teacher than 32: docs/quickstart.md), sized for 15 minutes in float32
     "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
-                       batch_size=16, micro_batch=16, max_steps=60, eval_every=20, eval_batches=40,
+                       batch_size=16, micro_batch=16, max_steps=50, eval_every=25, eval_batches=40,
                        save_every=50, log_every=10, masking="uniform", freeze_pos_embs=False),
 }
 
