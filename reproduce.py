@@ -166,10 +166,13 @@ def corpus(cfg) -> list:
 
 
 def base_run(cfg, root) -> train.TrainConfig:
-    """The quickstart's settings (32 sequences of up to 128 tokens, uniform masking, the paper's lr, loss)."""
+    """The quickstart's settings (uniform masking, the paper's lr and loss) on batches of 32 sequences of up to
+    128 tokens (the quickstart's are 16)."""
     run = train.TrainConfig(**train.PRESETS["quickstart"])
     return dataclasses.replace(
         run,
+        batch_size=32,
+        micro_batch=32,
         data=str(root / "data"),
         student_layers=cfg.student_layers,
         seed=cfg.seed,
