@@ -1,7 +1,7 @@
 """The real teacher of notebooks 02 and 03: all-MiniLM-L6-v2 with a masked-LM head fitted in a minute.
 
 MiniLM was trained for sentence embeddings and has no masked-LM head; `hf.load_pretrained` gives it a fresh
-(random) one. The quickstart trains the whole teacher for 240 steps (`out/quickstart/teacher/model`); a
+(random) one. The quickstart trains the whole teacher for 260 steps (`out/quickstart/teacher/model`); a
 notebook cannot spend that long, so here only the head (model.MLMHead: dense, GELU, LayerNorm, and the
 decoder's bias; the decoder weight is the frozen word-embedding matrix, tied) is fitted on the frozen encoder,
 with L_mlm (losses.mlm_loss): the encoder runs once over some training sequences masked as in training, then a

@@ -1,5 +1,6 @@
 """The quickstart's machinery on a tiny teacher (the real run takes ten minutes: README): every stage runs, the
 results file has the promised keys, the verdict follows from its statistics, and a second run reuses the stages."""
+import dataclasses
 import json
 import math
 
@@ -120,3 +121,20 @@ def test_progress_lines_show_the_eta_of_the_stage_and_of_all(tiny_teacher, tmp_p
     quickstart.quickstart(cfg, teacher_steps=dict(max_steps=4, head_steps=2, head_lr=1e-3, lr=1e-3))
     lines = [line for line in capsys.readouterr().out.splitlines() if " step 2/4:" in line]
     assert len(lines) == 3 and all(" | ends in " in line and ", all ends in " in line for line in lines)
+
+
+def test_preset_work_fits_the_measured_float32_run():
+    """The preset's training work, counted by train.step_macs on MiniLM's shape, stays within that of the preset
+    measured at 12 min 41 s in float32 on 2 cores, pip install included (docs/quickstart.md: 29.8T multiply-adds;
+    the earlier preset, half an hour there, counted 76.5T): a preset made longer must be measured again."""
+    teacher = BertConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
+    student = dataclasses.replace(teacher, num_layers=3)
+    cfg = T.parse_args(["--preset=quickstart"])
+    steps = quickstart.QUICKSTART_TEACHER_STEPS
+    run = dataclasses.replace(cfg, mode="mlm", max_steps=steps["max_steps"], head_steps=steps["head_steps"])
+    work = (run.head_steps * T.step_macs(run, teacher, head_only=True)
+            + (run.max_steps - run.head_steps) * T.step_macs(run, teacher)
+            + cfg.max_steps * T.step_macs(dataclasses.replace(cfg, mode="distill"), student, teacher)
+            + cfg.max_steps * T.step_macs(dataclasses.replace(cfg, mode="mlm"), student))
+    assert work <= 29.9e12, f"{work / 1e12:.1f}T multiply-adds"
+    assert cfg.ce_positions == "all" and cfg.batch_size == 16
