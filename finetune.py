@@ -644,7 +644,8 @@ class FinetuneConfig:
     eval_batch_size: int = opt(128, "examples per forward pass when evaluating")
     train_limit: int | None = opt(None, "keep a fixed random subset of this many training examples")
     eval_limit: int | None = opt(None, "evaluate on the first this many dev examples only (quick runs)")
-    eval_every: int = opt(0, "call eval_fn every this many steps (0: only at the end)")
+    eval_every: int = opt(0, "also score the dev set every this many steps: a learning curve in the results "
+                             "(0: only at the end)")
     log_every: int = opt(100, "a progress line every N steps")
     device: str = opt("auto", "auto | cpu | cuda")
     dtype: str = opt("auto", "auto (bf16 autocast where it is fast: device.auto_dtype) | float32 | bfloat16")
@@ -720,6 +721,11 @@ def _batch(tensors, idx, device):
     return {k: (v[idx, :L] if cut(k, v) else v[idx]).to(device) for k, v in tensors.items()}
 
 
+def fit_steps(cfg, n) -> int:
+    """The optimizer steps of fit() on n training rows."""
+    return cfg.max_steps or max(1, round(cfg.epochs * math.ceil(n / cfg.batch_size)))
+
+
 def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
     """AdamW (no decay on biases and LayerNorms), linear warm-up then decay, gradient clipping, batches
     shuffled by cfg.seed, under cfg.dtype's autocast. loss_fn(model, batch) -> loss; default: make_loss. With
@@ -739,7 +745,7 @@ def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
                                                                          device)}
     model.to(device).train()
     loss_fn = loss_fn or make_loss(cfg.temperature, cfg.alpha)
-    total = cfg.max_steps or max(1, round(cfg.epochs * math.ceil(n / cfg.batch_size)))
+    total = fit_steps(cfg, n)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, cfg.lr, cfg.weight_decay)
     warm = int(cfg.warmup * total)
@@ -870,12 +876,19 @@ def run(cfg: FinetuneConfig) -> dict:
         model = head(load_encoder(folder))  # read again: Bert() draws its init from the seed, as before
         log(f"{model_name} on {name}, seed {seed}: {len(train['input_ids'])} training rows"
             + (f", distilling from {cfg.teacher}" if cfg.teacher else ""))
-        t0 = time.time()
-        fit(model, train, c)
+        t0, curve = time.time(), []
+
+        def record(m, step):  # --eval_every: the dev score during training (a learning curve)
+            if step % c.eval_every == 0 and step < fit_steps(c, len(train["input_ids"])):
+                curve.append({"step": step, "rows_seen": step * c.batch_size, **score(m)[0]})
+        fit(model, train, c, eval_fn=record if c.eval_every else None)
         (metrics, per_example), seconds = score(model), time.time() - t0
+        if curve:
+            steps = fit_steps(c, len(train["input_ids"]))
+            curve.append({"step": steps, "rows_seen": steps * c.batch_size, **metrics})
         log(f"seed {seed}: {json.dumps(metrics)}")
         run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1),
-                    "per_example": per_example}
+                    "per_example": per_example, **({"curve": curve} if curve else {})}
         if cfg.out and cfg.save:
             run_info["path"] = str(Path(cfg.out) / f"{model_name}-{name}-seed{seed}")
             save_finetuned(model, run_info["path"], task=name, source=cfg.model, seed=seed, metrics=metrics)

@@ -37,7 +37,7 @@ def tiny_data(root):
             [(i, a, b, "entailment" if a.split()[0] in b else "not_entailment") for i, (a, b) in enumerate(pairs)])
         tsv(glue / "STS-B" / f"{split}.tsv", ["index", "sentence1", "sentence2", "score"],
             [(i, a, b, round(5 * len(set(a.split()) & set(b.split())) / 9, 2)) for i, (a, b) in enumerate(pairs)])
-    for half, n in (("dev", 16), ("test", 10)):
+    for half, n in (("dev", 48), ("test", 10)):
         paragraphs = []
         for i in range(n):
             context = sentence(rng, (12, 20))
@@ -115,7 +115,15 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     assert gl["vs_triple"]["random init"]["STS-B"]["metric"] == "pearson"
     t1 = results["table1"]
     assert set(t1["medians"]) == {"original", "teacher", "distilled", "MLM-only", "copy-only"}
-    assert set(t1["paired"]) == {"distilled - MLM-only", "distilled - copy-only", "teacher - original"}
+    assert set(t1["paired"]) == {"distilled - teacher", "distilled - MLM-only", "distilled - copy-only",
+                                 "teacher - original"}
+    # the head-only teacher's encoder is the original's, so the original is the teacher's runs, not new ones
+    assert t1["original_vs_teacher"]["differing"] == [] and t1["original_vs_teacher"]["compared"] > 10
+    assert t1["medians"]["original"] == t1["medians"]["teacher"]
+    assert not (tmp_path / "table1" / "original-SST-2.json").exists()
+    for task, b in t1["bars"].items():
+        assert b["clears"] == (t1["medians"]["teacher"][task][b["metric"]] >= b["bar"])
+    assert t1["bars"]["RTE"]["bar"] == 0.6 and t1["bars"]["MRPC"]["bar"] == pytest.approx(R.majority(cfg, "MRPC") + 0.05)
     sts = t1["paired"]["distilled - copy-only"]["STS-B"]  # Pearson, paired bootstrap
     assert sts["metric"] == "pearson" and sts["se"] > 0
     import numpy as np
@@ -136,6 +144,10 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     t2 = results["table2"]
     assert t2["sst2"]["transfer"] > 0 and set(t2["squad"]["rows"]) == {"teacher", "student", "student (D)"}
     assert t2["squad"]["questions"] == 8 and t2["squad"]["paragraphs"] == 4
+    curve = t2["squad"]["curve"]  # the teacher's learning curve: every squad_every steps, then the end
+    assert [c["step"] for c in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 2
+    assert curve[-1]["exact_match"] == t2["squad"]["rows"]["teacher"]["exact_match"]
+    assert curve[0]["rows_seen"] == 32
     im = t2["imdb"]
     assert im["reviews"] == 8 and set(im["rows"]) == {"teacher", "distilled"}
     assert im["student_vs_teacher"]["delta"] == pytest.approx(im["rows"]["distilled"] - im["rows"]["teacher"])
@@ -164,7 +176,10 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
             assert v["verdict"] == verdict(v["delta"], v["se"])
             assert v["delta"] == pytest.approx(r["rows"][name]["accuracy"] - r["rows"]["PKD"]["accuracy"])
     md = (tmp_path / "tables.md").read_text()
-    for word in ("triple loss", "- L_mlm", "Budget curve", "retention", "student (D)", "Pea-KD", "majority class",
+    claims = {c[0]: c for c in R.claims(results)}  # each claim's verdict from its numbers
+    ret = [c for name, c in claims.items() if name.startswith("97%")][0]
+    assert ret[3].startswith("reproduced" if t1["retention"]["distilled"] >= 0.97 else "")
+    for word in ("## claims", "triple loss", "- L_mlm", "Budget curve", "retention", "student (D)", "Pea-KD", "majority class",
                  "parameters_M"):
         assert word in md
 
