@@ -876,16 +876,16 @@ def run(cfg: FinetuneConfig) -> dict:
         model = head(load_encoder(folder))  # read again: Bert() draws its init from the seed, as before
         log(f"{model_name} on {name}, seed {seed}: {len(train['input_ids'])} training rows"
             + (f", distilling from {cfg.teacher}" if cfg.teacher else ""))
-        t0, curve = time.time(), []
+        t0, curve, total = time.time(), [], fit_steps(c, len(train["input_ids"]))
+        point = lambda step, metrics: {"step": step, "rows_seen": step * c.batch_size, **metrics}
 
-        def record(m, step):  # --eval_every: the dev score during training (a learning curve)
-            if step % c.eval_every == 0 and step < fit_steps(c, len(train["input_ids"])):
-                curve.append({"step": step, "rows_seen": step * c.batch_size, **score(m)[0]})
+        def record(m, step):  # --eval_every: the dev score during training (a learning curve); the end below
+            if step % c.eval_every == 0 and step < total:
+                curve.append(point(step, score(m)[0]))
         fit(model, train, c, eval_fn=record if c.eval_every else None)
         (metrics, per_example), seconds = score(model), time.time() - t0
         if curve:
-            steps = fit_steps(c, len(train["input_ids"]))
-            curve.append({"step": steps, "rows_seen": steps * c.batch_size, **metrics})
+            curve.append(point(total, metrics))
         log(f"seed {seed}: {json.dumps(metrics)}")
         run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1),
                     "per_example": per_example, **({"curve": curve} if curve else {})}

@@ -955,14 +955,14 @@ def claims(results) -> list:
     when the paper's figure lies within 2 SE of ours or ours is better; "not measurable here" when the teacher
     does not clear the bar that gives its students' scores a meaning."""
     rows = []
-    consistent = lambda ours, se, paper, better: ours >= paper if better else abs(ours - paper) <= 2 * se
+    within = lambda ours, se, paper: abs(ours - paper) <= 2 * se  # the paper's figure within 2 SE of ours
     if "table1" in results:
         t = results["table1"]
         d = t["paired"]["distilled - teacher"]
         se = math.sqrt(sum(d[k]["se"] ** 2 for k in TASKS)) / len(TASKS) / t["macro"]["teacher"]
         ret = t["retention"]["distilled"]
         low = [k for k, b in t["bars"].items() if not b["clears"]]
-        ok = ret >= 0.97 or 0.97 - ret <= 2 * se
+        ok = ret >= 0.97 or within(ret, se, 0.97)
         rows.append(["97% of the teacher's GLUE score (Table 1)", "97%",
                      f"{pct(ret)}% ± {pct(se)} (macro of SST-2, MRPC, RTE, STS-B)"
                      + (f"; the teacher below the bar on {', '.join(low)}" if low else ""),
@@ -978,14 +978,14 @@ def claims(results) -> list:
         v = im["student_vs_teacher"]
         rows.append(["IMDb: the student close to the teacher (Table 2)", "92.82 vs 93.46 (-0.64)",
                      f"{pct(im['rows']['distilled'])} vs {pct(im['rows']['teacher'])} ({signed(v)})",
-                     "reproduced" if consistent(v["delta"], v["se"], -0.0064, False) else "not reproduced"])
+                     "reproduced" if within(v["delta"], v["se"], -0.0064) else "not reproduced"])
         em = q["d_vs_alone"]["exact_match"]
         floor = q["rows"]["teacher"]["exact_match"] < 0.10
         rows.append(["task distillation (D) helps on SQuAD (Table 2)", "+1.4 EM",
                      f"{signed(em)} EM, teacher EM {pct(q['rows']['teacher']['exact_match'])}",
                      "not measurable here (the teacher under 10 EM)" if floor else
                      "reproduced" if em["verdict"] == "beats" else
-                     "consistent, not shown at 3 SE" if consistent(em["delta"], em["se"], 0.014, False) else
+                     "consistent, not shown at 3 SE" if within(em["delta"], em["se"], 0.014) else
                      "not reproduced"])
         sd = results["table2"]["sst2"]["same_data"]["d_vs_alone"]
         rows.append(["(D) on SST-2, the same data and steps (no figure in the paper)", "",
@@ -1002,14 +1002,14 @@ def claims(results) -> list:
     return rows
 
 
-def claims_md(results) -> str:
-    rows = claims(results)
+def claims_md(rows) -> str:
     return "\n".join(["| claim | paper | ours (± one paired SE) | verdict |", "|---|---|---|---|",
-                      *("| " + " | ".join(r) + " |" for r in rows)]) if rows else ""
+                      *("| " + " | ".join(r) + " |" for r in rows)])
 
 
 def markdown(results) -> str:
-    parts = [f"## claims\n\n{claims_md(results)}\n"] if claims(results) else []
+    rows = claims(results)
+    parts = [f"## claims\n\n{claims_md(rows)}\n"] if rows else []
     for name, fn in (
         ("general", general_md),
         ("table1", table1_md),
