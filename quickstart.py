@@ -190,4 +190,6 @@ def plot_quickstart(metrics: dict, results: dict, png_path: Path):
     save_figure(fig, png_path)
 
 if __name__ == "__main__":
-    train_main(["--preset=quickstart", *sys.argv[1:]], run=quickstart)
+    train_main(["--preset=quickstart", *sys.argv[1:]], run=quickstart,
+               doc=__doc__ + "\ntrain.py's settings (its defaults shown; the quickstart preset, PRESETS['quickstart'] "
+               "in train.py, replaces some of them):")

@@ -122,10 +122,11 @@ PRESETS = {
 }
 
 
-def parse_args(argv) -> TrainConfig:
-    """--key=value overrides on top of a preset (common.parse_config); a bad argument stops with one line."""
+def parse_args(argv, doc=None) -> TrainConfig:
+    """--key=value overrides on top of a preset (common.parse_config); a bad argument stops with one line.
+    `--help` prints `doc` (default: this file's docstring) and every setting."""
     try:
-        return parse_config(argv, TrainConfig, PRESETS, __doc__)
+        return parse_config(argv, TrainConfig, PRESETS, __doc__ if doc is None else doc)
     except ValueError as e:
         raise SystemExit(str(e)) from None
 
@@ -542,9 +543,9 @@ def evaluate(model, shards, cfg, device):
                     max_batches=cfg.eval_batches)
 
 
-def main(argv, run=None):
-    """python train.py [--key=value ...]; quickstart.py passes its preset and its own `run`."""
-    cfg = parse_args(argv)
+def main(argv, run=None, doc=None):
+    """python train.py [--key=value ...]; quickstart.py passes its preset, its own `run` and its `doc`."""
+    cfg = parse_args(argv, doc)
     if cfg.preset == "quickstart" and run is None:
         raise SystemExit("--preset=quickstart is run by quickstart.py (a teacher head, two students, the "
                          "verdict): python quickstart.py")

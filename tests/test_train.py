@@ -636,6 +636,11 @@ def test_help_names_the_released_layers():
     assert cfg.student_layers == "0,2,4,7,9,11"
 
 
+def test_quickstart_help_is_the_quickstarts():
+    out = subprocess.run([sys.executable, "quickstart.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.lstrip().startswith("The quickstart:"), out.stdout[:200]
+    assert "--dtype=" in out.stdout  # train.py's settings follow
 
 
 def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_path):
