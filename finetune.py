@@ -333,15 +333,22 @@ class Classifier(nn.Module):
     """style "bert": pooler -> dropout (the encoder's, 0.1) -> linear (BertForSequenceClassification). style
     "distilbert": h_[CLS] -> pre_classifier linear -> ReLU -> dropout 0.2 (seq_classif_dropout) -> linear
     (DistilBertForSequenceClassification). "auto" picks "bert" when the encoder has a pooler; an MLM-only
-    teacher has none, so it gets the DistilBERT head too."""
+    teacher has none, so it gets the DistilBERT head too. pool="mean" (DistilBERT head only, not the paper's)
+    reads the mean of the last layer's states over the real tokens instead of h_[CLS]: for students of a
+    teacher whose [CLS] state carries almost nothing below its last layer (all-MiniLM-L6-v2, trained with mean
+    pooling)."""
 
-    def __init__(self, encoder: Bert, num_labels, style="auto"):
+    def __init__(self, encoder: Bert, num_labels, style="auto", pool="cls"):
         super().__init__()
         style = ("bert" if encoder.pooler is not None else "distilbert") if style == "auto" else style
         if style not in ("bert", "distilbert") or (style == "bert" and encoder.pooler is None):
             raise ValueError(f"style={style!r}: expected 'auto', 'distilbert' or 'bert' (with a pooler in "
                              f"the encoder)")
+        if pool not in ("cls", "mean") or (pool == "mean" and style == "bert"):
+            raise ValueError(f"pool={pool!r}: expected 'cls', or 'mean' with the DistilBERT head (style "
+                             f"{style!r} reads its pooler)")
         d, self.style, self.num_labels, self.encoder = encoder.cfg.hidden_size, style, num_labels, encoder
+        self.pool = pool
         self.pre_classifier = nn.Linear(d, d) if style == "distilbert" else None
         self.dropout = nn.Dropout(encoder.cfg.dropout if style == "bert" else SEQ_CLASSIF_DROPOUT)
         self.classifier = nn.Linear(d, num_labels)
@@ -352,7 +359,16 @@ class Classifier(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         out = self.encoder(input_ids, attention_mask, token_type_ids, return_logits=False)
-        h = out.pooled if self.style == "bert" else F.relu(self.pre_classifier(out.hidden_states[-1][:, 0]))
+        if self.style == "bert":
+            h = out.pooled
+        else:
+            last = out.hidden_states[-1]  # (B, L, d)
+            if self.pool == "cls":
+                h = last[:, 0]
+            else:
+                m = (torch.ones_like(input_ids) if attention_mask is None else attention_mask)[..., None].to(last.dtype)
+                h = (last * m).sum(1) / m.sum(1)
+            h = F.relu(self.pre_classifier(h))
         return TaskOutput(self.classifier(self.dropout(h)), out.hidden_states)
 
 
@@ -382,6 +398,7 @@ def save_finetuned(model, path, **info):
     otherwise our names."""
     kind, hf = kind_of(model), hf_format(model)
     meta = {"kind": kind, "num_labels": model.num_labels, "style": getattr(model, "style", None),
+            "pool": getattr(model, "pool", None),
             "encoder": asdict(model.encoder.cfg), "weights": "hf" if hf else "ours", **info}
 
     def fill(tmp):
@@ -402,7 +419,8 @@ def hf_format(model):
     DistilBERT head on a BERT encoder, or shared (SPS) layers."""
     enc = model.encoder.cfg
     student = enc.type_vocab_size == 0
-    if enc.sps_layers or (kind_of(model) == "classifier" and (model.style == "distilbert") != student):
+    if enc.sps_layers or (kind_of(model) == "classifier" and ((model.style == "distilbert") != student
+                                                                 or model.pool != "cls")):
         return None
     try:
         hf_cfg, sd = convert_to_hf(model.encoder)
@@ -435,7 +453,7 @@ def load_finetuned(path):
     meta = json.loads((path / "finetune.json").read_text())
     encoder = Bert(config_from_dict(meta["encoder"]))
     model = SpanQA(encoder) if meta["kind"] == "span" else Classifier(encoder, meta["num_labels"],
-                                                                      meta["style"])
+                                                                      meta["style"], meta.get("pool") or "cls")
     sd = load_tensors(path / "model.safetensors")
     if meta.get("weights") == "hf":
         sd = from_hf_format(sd, encoder)
@@ -650,6 +668,8 @@ class FinetuneConfig:
     device: str = opt("auto", "auto | cpu | cuda")
     dtype: str = opt("auto", "auto (bf16 autocast where it is fast: device.auto_dtype) | float32 | bfloat16")
     style: str = opt("auto", "classifier head: auto | bert | distilbert")
+    pool: str = opt("cls", "what the DistilBERT head reads: cls (h_[CLS], the paper's) | mean (the mean of the "
+                           "real tokens' last states; for students of a mean-pooled teacher such as MiniLM)")
     # task distillation
     temperature: float = opt(2.0, "softmax temperature of the distillation term")
     alpha: float = opt(0.5, "weight of the distillation term; 1 - alpha on the labels")
@@ -839,7 +859,7 @@ def load_task(cfg, tokenizer):
             if k == 0:
                 first = logits[:, 0] if logits.size(1) == 1 else (logits.argmax(-1) == t["labels"]).float()
         return metrics, first.tolist()
-    return train, score, lambda encoder: Classifier(encoder, spec["num_labels"], cfg.style)
+    return train, score, lambda encoder: Classifier(encoder, spec["num_labels"], cfg.style, cfg.pool)
 
 
 def median_run(runs, metric):

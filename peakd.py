@@ -206,22 +206,8 @@ def pooled_states(hidden_states, layers, mask, pool="cls") -> torch.Tensor:
     return (torch.stack([hidden_states[i] for i in layers], dim=1) * m).sum(2) / m.sum(2)
 
 
-class MeanClassifier(Classifier):
-    """DistilBERT's head (pre_classifier, ReLU, dropout, linear) on the mean of the last layer's states over the
-    real tokens instead of on [CLS] (--pool=mean)."""
-
-    def __init__(self, encoder, num_labels):
-        super().__init__(encoder, num_labels, "distilbert")
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        out = self.encoder(input_ids, mask, token_type_ids, return_logits=False)
-        h = pooled_states(out.hidden_states, [len(out.hidden_states) - 1], mask, "mean")[:, 0]
-        return TaskOutput(self.classifier(self.dropout(F.relu(self.pre_classifier(h)))), out.hidden_states)
-
-
 def classifier(encoder, num_labels, pool="cls"):
-    return Classifier(encoder, num_labels) if pool == "cls" else MeanClassifier(encoder, num_labels)
+    return Classifier(encoder, num_labels, "auto" if pool == "cls" else "distilbert", pool)
 
 
 # ------------------------------------------------------------------------------------------------------------

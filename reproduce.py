@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,14 @@ from quickstart import run_stage
 class ReproduceConfig:
     data: str = opt("../shared/data", "glue/, squad/, imdb/, corpora/ (see ../shared/data/README.md)")
     out: str = opt("out/reproduce", "one folder per stage, and tables.md")
-    docs: str = opt("", "also write the tables into this page's 'reproduce' region, e.g. docs/reproduction.md "
+    docs: str = opt("", "comma-separated pages to write into: every table into a page's 'reproduce' region, the "
+                        "claims and stage times into its 'claims' region, e.g. docs/reproduction.md,README.md "
                         "(nothing outside --out by default)")
     teacher: str = opt(train.QUICKSTART_TEACHER, "a pretrained BERT: a folder, a Hub name, or the pinned PyPI wheel's")
     student_layers: str = opt("0,2,4", "the student: these teacher layers, token types folded in")
+    student_pool: str = opt("mean", "what the students' classifier head reads (finetune.py --pool): mean of the "
+                                    "tokens' last states, as MiniLM was trained; cls, the paper's [CLS], stays near "
+                                    "chance here (MiniLM's [CLS] barely varies below its last layer)")
     only: str = opt("", "comma-separated stages to run (default: all)")
     quick: bool = opt(False, "tiny budgets everywhere: a smoke run of every stage")
     seeds: str = opt("1", "fine-tuning seeds of Table 1 and Table 2 (D); the median is reported (the paired SEs "
@@ -289,7 +294,7 @@ def table4_glue(cfg, root, folders) -> dict:
     tasks = list(limits(cfg.table4_limits))
     results = {name: {task: finetuned(cfg, root, finetune_config(
         cfg, root, task=task, model=folder, name=name.replace(" ", "_").replace("-", "no"), out=str(root / "general" / "glue"),
-        seeds=str(cfg.seed), train_limit=limits(cfg.table4_limits)[task])) for task in tasks}
+        seeds=str(cfg.seed), train_limit=limits(cfg.table4_limits)[task], pool=cfg.student_pool)) for task in tasks}
         for name, folder in folders.items()}
     metric = lambda task: ft.GLUE_TASKS[task]["metrics"][0]
     return {"tasks": tasks, "seed": cfg.seed, "limits": limits(cfg.table4_limits), "lr": cfg.lr, "epochs": cfg.epochs,
@@ -355,7 +360,9 @@ def finetuned(cfg, root, fcfg) -> dict:
     path = Path(fcfg.out) / f"{fcfg.name}-{ft.task_spec(fcfg.task)[0]}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("config") == dataclasses.asdict(fcfg):
+        # a setting added since, at its default, changes nothing the saved run did
+        defaults = dataclasses.asdict(ft.FinetuneConfig())
+        if {**defaults, **saved.get("config", {})} == dataclasses.asdict(fcfg):
             log(f"{path.name}: already complete, reused")
             return saved
     return ft.run(fcfg)
@@ -363,7 +370,9 @@ def finetuned(cfg, root, fcfg) -> dict:
 
 def differing_tensors(a: str, b: str) -> dict:
     """The encoder and pooler tensors (every one but the MLM head's) that differ between two exported models."""
-    sa, sb = (load_pretrained(f).state_dict() for f in (a, b))
+    with warnings.catch_warnings():  # "no MLM head" on the original: the head is not compared
+        warnings.simplefilter("ignore", UserWarning)
+        sa, sb = (load_pretrained(f).state_dict() for f in (a, b))
     keys = sorted(k for k in set(sa) | set(sb) if not k.startswith("head."))
     return {"compared": len(keys),
             "differing": [k for k in keys if k not in sa or k not in sb or not torch.equal(sa[k], sb[k])]}
@@ -388,6 +397,7 @@ def table1_stage(cfg, root, general) -> dict:
                 out=str(out),
                 train_limit=limits(cfg.limits)[task],
                 save=name == "teacher",
+                pool="cls" if name in ("original", "teacher") else cfg.student_pool,
             )
             results.setdefault(name, {})[task] = finetuned(cfg, root, fcfg)
     if not identity["differing"]:
@@ -483,7 +493,7 @@ def sst2_transfer(cfg, root, general, table1) -> dict:
     runs = []
     for seed in [int(s) for s in cfg.seeds.split(",")]:
         torch.manual_seed(seed)
-        model = ft.Classifier(ft.load_encoder(general["rows"]["triple loss"]["folder"]), 2)
+        model = ft.Classifier(ft.load_encoder(general["rows"]["triple loss"]["folder"]), 2, pool=cfg.student_pool)
         ft.fit(model, train, dataclasses.replace(fcfg, seed=seed, epochs=1.0), loss_fn=transfer_loss(fcfg))
         logits = ft.predict(model, dev)
         runs.append(
@@ -516,7 +526,7 @@ def sst2_same_data(cfg, root, general, table1) -> dict:
     alpha KL at T plus (1 - alpha) CE), paired over the dev sentences with seed-averaged correctness."""
     fcfg = finetune_config(cfg, root, task="SST-2", model=general["rows"]["triple loss"]["folder"],
                            name="distilled-D", out=str(root / "table2"), train_limit=limits(cfg.limits)["SST-2"],
-                           teacher=teacher_folder(table1, "SST-2"))
+                           teacher=teacher_folder(table1, "SST-2"), pool=cfg.student_pool)
     d = finetuned(cfg, root, fcfg)
     alone = json.loads((root / "table1" / "distilled-SST-2.json").read_text())["runs"]
     mean = lambda runs: np.mean([r["per_example"] for r in runs], 0)
@@ -599,9 +609,9 @@ def imdb(cfg, root, general) -> dict:
     reviews; student minus teacher paired over them. One seed."""
     common = dict(task="imdb", data=str(Path(cfg.data) / "imdb"), train_limit=cfg.imdb_train,
                   eval_limit=cfg.imdb_eval, max_len=cfg.imdb_len, seeds=str(cfg.seed), out=str(root / "table2"))
-    rows = {name: finetuned(cfg, root, finetune_config(cfg, root, model=folder, name=name, **common))
-            for name, folder in (("teacher", str(root / "teacher" / "model")),
-                                 ("distilled", general["rows"]["triple loss"]["folder"]))}
+    rows = {name: finetuned(cfg, root, finetune_config(cfg, root, model=folder, name=name, pool=pool, **common))
+            for name, folder, pool in (("teacher", str(root / "teacher" / "model"), "cls"),
+                                       ("distilled", general["rows"]["triple loss"]["folder"], cfg.student_pool))}
     per = lambda name: rows[name]["runs"][0]["per_example"]
     return {"rows": {n: r["median"]["accuracy"] for n, r in rows.items()}, "reviews": len(per("teacher")),
             "train_reviews": cfg.imdb_train, "student_vs_teacher": compared(per("distilled"), per("teacher"))}
@@ -953,13 +963,44 @@ def figures(root, results):
             bars(root / name / "results.png", groups(results[name]), ylabel, title)
 
 
+TABLE4_PAPER = {"- L_ce": -2.96, "- L_cos": -1.46, "- L_mlm": -0.31, "random init": -3.69}  # GLUE macro
+PEAKD_ROW = peakd.PEAKD
+
+
 def claims(results) -> list:
-    """The paper's claims of Tables 1-3, each [claim, paper, ours, verdict], the verdict computed from the
+    """The papers' claims (Tables 1-4, Pea-KD), each [claim, paper, ours, verdict], the verdict computed from the
     numbers: a difference counts only at 3 SE (eval.verdict); a retention or a difference is "reproduced"
     when the paper's figure lies within 2 SE of ours or ours is better; "not measurable here" when the teacher
     does not clear the bar that gives its students' scores a meaning."""
     rows = []
     within = lambda ours, se, paper: abs(ours - paper) <= 2 * se  # the paper's figure within 2 SE of ours
+    if "general" in results:
+        g = results["general"]
+        alone = g["rows"]["L_mlm alone"]["vs_triple"]
+        flip = {**alone, "delta": -alone["delta"], "verdict": {"beats": "loses", "loses": "beats"}.get(
+            alone["verdict"], alone["verdict"])}
+        rows.append(["distillation beats L_mlm alone on held-out MLM accuracy (Section 3's premise)", "",
+                     f"{signed(flip)} points after {g['steps'][-1]} steps",
+                     {"beats": "reproduced", "loses": "reversed"}.get(flip["verdict"], "not shown at 3 SE")])
+        for name, paper in TABLE4_PAPER.items():
+            per = g["glue"]["vs_triple"].get(name)
+            if per is None:
+                continue
+            # a task counts when the triple loss itself is clearly above chance there (0.6, as Table 1's bars)
+            low = [k for k, sc in g["glue"]["scores"]["triple loss"].items() if sc < 0.6]
+            v = [p["verdict"] for k, p in per.items() if k not in low]
+            rows.append([f"Table 4: {name} hurts", f"{paper:+.2f} GLUE",
+                         "; ".join(f"{k} {signed(p)}" for k, p in per.items())
+                         + f"; MLM accuracy {signed(g['rows'][name]['vs_triple'])}"
+                         + "".join(f"; {k} not counted (the triple loss scores {pct(g['glue']['scores']['triple loss'][k])}"
+                                   ", under 60)" for k in low),
+                         "not reproduced" if "beats" in v else "reproduced" if "loses" in v else "not shown at 3 SE"])
+    if "peakd" in results:
+        for task, t in results["peakd"]["tasks"].items():
+            v = t["vs_pkd"][PEAKD_ROW]
+            rows.append([f"Pea-KD beats (Patient-)KD on {task}", "+4.4 on average over four tasks",
+                         f"{signed(v)} ({len(results['peakd']['seeds'])} seeds)",
+                         {"beats": "reproduced", "loses": "not reproduced"}.get(v["verdict"], "not shown at 3 SE")])
     if "table1" in results:
         t = results["table1"]
         d = t["paired"]["distilled - teacher"]
@@ -1041,7 +1082,7 @@ NEEDS = {
 }
 FIELDS = {  # the settings each stage reads itself; its stage.json also holds those of the stages it needs
     "teacher": ("data", "teacher", "max_len", "teacher_steps", "head_steps", "seed", "quick"),
-    "general": ("student_layers", "general_steps", "curve", "draws", "table4_limits", "lr", "epochs"),
+    "general": ("student_layers", "student_pool", "general_steps", "curve", "draws", "table4_limits", "lr", "epochs"),
     "table1": ("seeds", "lr", "epochs", "limits"),
     "table2": ("transfer", "squad_train", "squad_eval", "squad_len", "squad_every", "imdb_train", "imdb_eval",
                "imdb_len"),
@@ -1060,6 +1101,17 @@ def stage_settings(cfg, name) -> dict:
     }
 
 
+def doc_regions(cfg) -> dict:
+    """--docs: each page and the regions it has ('reproduce', 'claims'); a page with neither is refused."""
+    pages = {}
+    for page in [p.strip() for p in cfg.docs.split(",") if p.strip()]:
+        text = Path(page).read_text()
+        pages[page] = [n for n in ("reproduce", "claims") if f"<!-- begin {n} -->" in text]
+        if not pages[page]:
+            raise ValueError(f"--docs={page}: no '<!-- begin reproduce -->' or '<!-- begin claims -->' region")
+    return pages
+
+
 def reproduce(cfg: ReproduceConfig) -> dict:
     if cfg.quick:
         cfg = dataclasses.replace(
@@ -1069,6 +1121,7 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     unknown = [s for s in only if s not in STAGES]
     if unknown:
         raise ValueError(f"--only={cfg.only}: unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    doc_regions(cfg)  # a bad --docs page stops here, before any stage runs
     root, t0, results = Path(cfg.out), time.time(), {}
     steps = {
         "teacher": lambda: teacher_stage(cfg, root),
@@ -1090,9 +1143,14 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     figures(root, results)
     text = markdown(results)
     write_text(text, root / "tables.md")
-    if cfg.docs:  # asked for: the same tables into the page's region, the prose around it kept
-        files.write_region(cfg.docs, "reproduce", f"`python reproduce.py` ({time.strftime('%Y-%m-%d')}, "
-                           f"{'--quick, ' if cfg.quick else ''}stages {', '.join(results)}):\n\n{text}")
+    made = f"`python reproduce.py` ({time.strftime('%Y-%m-%d')}, {'--quick, ' if cfg.quick else ''}stages " \
+           f"{', '.join(results)})"
+    regions = {"reproduce": f"{made}:\n\n{text}",
+               "claims": f"{claims_md(claims(results))}\n\n{made}; each stage's time: "
+                         + ", ".join(f"{n} {r['seconds']:,.0f} s" for n, r in results.items()) + "."}
+    for page, found in doc_regions(cfg).items():  # asked for: into the pages' regions, their prose kept
+        for name in found:
+            files.write_region(page, name, regions[name])
     log(f"all stages in {time.time() - t0:.0f} s; tables in {root / 'tables.md'}")
     print(text)
     return results

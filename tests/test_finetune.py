@@ -404,6 +404,28 @@ def test_classifier_heads_and_outputs():
         ft.Classifier(tiny(), 2, style="bert")
 
 
+def test_mean_pool_head_by_hand(tmp_path):
+    """pool="mean": the DistilBERT head on the mean of the last states over the real tokens (padding ignored),
+    computed here from the encoder's own outputs; saved and loaded with its pooling, and never written in
+    transformers' format (no transformers class pools that way)."""
+    model = ft.Classifier(student_from_teacher(tiny(pooler=True)), 3, pool="mean").eval()
+    ids, mask = torch.tensor([[2, 7, 8, 3, 0], [2, 9, 3, 0, 0]]), torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        last = model.encoder(ids, mask, return_logits=False).hidden_states[-1]
+        means = torch.stack([last[0, :4].mean(0), last[1, :3].mean(0)])
+        want = model.classifier(torch.relu(model.pre_classifier(means)))
+        assert torch.allclose(model(ids, mask).logits, want, atol=1e-6)
+        # the padded positions change nothing
+        other = ids.clone(); other[0, 4] = 11
+        assert torch.allclose(model(other, mask).logits, want, atol=1e-6)
+    assert ft.hf_format(model) is None and ft.hf_format(ft.Classifier(model.encoder, 3)) is not None
+    ft.save_finetuned(model, tmp_path / "m", task="MNLI")
+    back = ft.load_finetuned(tmp_path / "m")
+    assert back.pool == "mean" and torch.equal(back(ids, mask).logits, model(ids, mask).logits)
+    with pytest.raises(ValueError, match="pool='mean'"):
+        ft.Classifier(tiny(pooler=True), 2, style="bert", pool="mean")
+
+
 def test_finetune_learns_token_presence_then_distils_it():
     """In float32: --dtype=auto follows a CPU probe, and under bf16 autocast on one thread this soft-target-only
     student stays at 50% for every seed tried (2 threads: 99%), so the test must not depend on the probe."""

@@ -186,15 +186,30 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     # a second run recomputes nothing; with --docs it writes the same tables into the page's region only
     page = tmp_path / "page.md"
     page.write_text("# Page\nprose\n<!-- begin reproduce -->\nSTALE TABLE\n<!-- end reproduce -->\nmore prose\n")
+    readme = tmp_path / "readme.md"
+    readme.write_text("# Readme\n<!-- begin claims -->\nOLD\n<!-- end claims -->\n")
     capsys.readouterr()
-    again = R.reproduce(R.parse_config(argv + [f"--docs={page}"], R.ReproduceConfig))
+    again = R.reproduce(R.parse_config(argv + [f"--docs={page},{readme}"], R.ReproduceConfig))
     out = "".join(capsys.readouterr())  # log lines go to stderr
     assert out.count("already complete") == len(R.STAGES)
     written = page.read_text()
     assert written.startswith("# Page\nprose\n<!-- begin reproduce -->\n`python reproduce.py` (")
     assert written.endswith("\n<!-- end reproduce -->\nmore prose\n") and "STALE TABLE" not in written
     assert (tmp_path / "tables.md").read_text().strip() in written
+    claims_region = readme.read_text()  # the claims and each stage's time, nothing else
+    assert R.claims_md(R.claims(results)) in claims_region and "OLD" not in claims_region
+    assert "each stage's time: teacher " in claims_region and "## general" not in claims_region
     assert again["table1"]["medians"] == results["table1"]["medians"]
+    saved = lambda n: json.loads((tmp_path / "table1" / f"{n}-SST-2.json").read_text())
+    assert saved("teacher")["config"]["pool"] == "cls" and saved("distilled")["config"]["pool"] == "mean"
+    # a results file written before a setting existed is reused when the setting is at its default
+    path = tmp_path / "table1" / "teacher-SST-2.json"
+    old = saved("teacher")
+    del old["config"]["pool"]
+    path.write_text(json.dumps(old))
+    capsys.readouterr()
+    assert R.finetuned(cfg, tmp_path, R.ft.FinetuneConfig(**old["config"]))["median"] == old["median"]
+    assert "teacher-SST-2.json: already complete, reused" in "".join(capsys.readouterr())
 
     # one stage's settings changed: it and the stages after it run again, the ones before are reused
     R.reproduce(R.parse_config(argv + ["--only=table1", "--limits=SST-2:40,MRPC:32,RTE:32,STS-B:32"], R.ReproduceConfig))
@@ -209,6 +224,33 @@ def test_bad_options_are_one_clear_line(tmp_path):
         R.reproduce(R.ReproduceConfig(only="table9", out=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="corpora"):
         R.corpus(R.ReproduceConfig(data=str(tmp_path)))
+    page = tmp_path / "plain.md"
+    page.write_text("# no region\n")
+    with pytest.raises(ValueError, match="plain.md: no '<!-- begin reproduce -->'"):  # before any stage runs
+        R.reproduce(R.ReproduceConfig(docs=str(page), out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists() and page.read_text() == "# no region\n"
+
+
+def test_claims_verdicts_by_hand():
+    """Table 4's and Pea-KD's claim lines: verdicts from the paired statistics, a task where the triple loss
+    itself is under 60 not counted."""
+    v = lambda d, se: {"delta": d, "se": se, "verdict": verdict(d, se)}
+    rows = {"triple loss": {}, "L_mlm alone": {"vs_triple": v(0.01, 0.002)}}
+    rows.update({n: {"vs_triple": v(-0.05, 0.01)} for n in ("- L_ce", "- L_cos", "- L_mlm", "random init")})
+    glue = {"scores": {"triple loss": {"SST-2": 0.75, "STS-B": 0.12}},
+            "vs_triple": {"- L_ce": {"SST-2": v(-0.04, 0.01), "STS-B": v(0.0, 0.01)},    # loses where it counts
+                          "- L_cos": {"SST-2": v(0.005, 0.004), "STS-B": v(-0.02, 0.005)},  # STS-B at the floor
+                          "- L_mlm": {"SST-2": v(0.04, 0.01), "STS-B": v(0.0, 0.01)},   # beats: not reproduced
+                          "random init": {"SST-2": v(-0.2, 0.02), "STS-B": v(0.0, 0.04)}}}
+    peakd = {"seeds": [1, 2, 3], "tasks": {"SST-2": {"vs_pkd": {R.PEAKD_ROW: v(0.028, 0.008)}},
+                                           "RTE": {"vs_pkd": {R.PEAKD_ROW: v(0.01, 0.02)}}}}
+    got = {c[0]: c[3] for c in R.claims({"general": {"rows": rows, "glue": glue, "steps": [50]}, "peakd": peakd})}
+    assert got["distillation beats L_mlm alone on held-out MLM accuracy (Section 3's premise)"] == "reversed"
+    assert got["Table 4: - L_ce hurts"] == "reproduced" and got["Table 4: random init hurts"] == "reproduced"
+    assert got["Table 4: - L_cos hurts"] == "not shown at 3 SE"  # its only loss is on STS-B, at r = 0.12
+    assert got["Table 4: - L_mlm hurts"] == "not reproduced"
+    assert got["Pea-KD beats (Patient-)KD on SST-2"] == "reproduced"
+    assert got["Pea-KD beats (Patient-)KD on RTE"] == "not shown at 3 SE"
 
 
 def test_seed_compared_by_hand():
