@@ -57,8 +57,8 @@ class ReproduceConfig:
     teacher: str = opt(train.QUICKSTART_TEACHER, "a pretrained BERT: a folder, a Hub name, or the pinned PyPI wheel's")
     student_layers: str = opt("0,2,4", "the student: these teacher layers, token types folded in")
     student_pool: str = opt("mean", "what the students' classifier head reads (finetune.py --pool): mean of the "
-                                    "tokens' last states, as MiniLM was trained; cls, the paper's [CLS], stays near "
-                                    "chance here (MiniLM's [CLS] barely varies below its last layer)")
+                                    "tokens' last states, as MiniLM was trained (its [CLS] barely varies below its "
+                                    "last layer) | cls, the paper's [CLS]")
     only: str = opt("", "comma-separated stages to run (default: all)")
     quick: bool = opt(False, "tiny budgets everywhere: a smoke run of every stage")
     seeds: str = opt("1", "fine-tuning seeds of Table 1 and Table 2 (D); the median is reported (the paired SEs "
