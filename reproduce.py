@@ -720,14 +720,14 @@ def general_md(g) -> str:
         "per-token difference, clustered by held-out sequence; one training run per row, so the SE counts the "
         "held-out tokens' noise, not the seed's. Verdict (eval.verdict): \"beats\"/\"loses\" only at 3 SE or more.",
         "",
-        "| row | MLM acc | ppl | vs triple loss | train s (tokens / tokens per s) |",
+        "| row | MLM acc | ppl | vs triple loss | train tok/s (real tokens) |",
         "|---|---|---|---|---|",
         f"| teacher | {pct(g['teacher']['mlm_acc'])} | {g['teacher']['ppl']:.1f} | | |",
     ]
     for name, r in g["rows"].items():
         lines.append(
             f"| {name} | {pct(r['mlm_acc'])} | {r['ppl']:.1f} | "
-            f"{signed(r['vs_triple']) if 'vs_triple' in r else ''} | {g['tokens_per_row'] / r['tokens_per_s']:.0f} |"
+            f"{signed(r['vs_triple']) if 'vs_triple' in r else ''} | {r['tokens_per_s']:,.0f} |"
         )
     gl = g["glue"]
     lines += ["", f"Table 4 on GLUE: each distillation row above fine-tuned once (seed {gl['seed']}) on the same "
