@@ -1151,7 +1151,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     made = f"`python reproduce.py` ({time.strftime('%Y-%m-%d')}, {'--quick, ' if cfg.quick else ''}stages " \
            f"{', '.join(results)})"
     regions = {"reproduce": f"{made}:\n\n{text}",
-               "claims": f"{claims_md(claims(results))}\n\n{made}; each stage's time: "
+               "claims": f"{claims_md(claims(results))}\n\n{made}; each stage's time in the run that completed it "
+                         "(runs reused inside a stage not counted): "
                          + ", ".join(f"{n} {r['seconds']:,.0f} s" for n, r in results.items()) + "."}
     for page, found in doc_regions(cfg).items():  # asked for: into the pages' regions, their prose kept
         for name in found:
