@@ -760,7 +760,8 @@ def metric_cell(task, m) -> str:
 
 def table1_md(t) -> str:
     lines = [
-        f"GLUE dev, median of seeds {t['seeds']}; trained on {t['limits']} examples. "
+        f"GLUE dev, median of seeds {t['seeds']}; trained on fixed subsets of "
+        f"{', '.join(f'{k} {v:,}' for k, v in t['limits'].items())} examples. "
         "MRPC F1/acc, STS-B Pearson/Spearman. Retention: of the teacher's macro score, and per task of its "
         "first metric.",
         "",
