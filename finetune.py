@@ -363,13 +363,17 @@ class Classifier(nn.Module):
             h = out.pooled
         else:
             last = out.hidden_states[-1]  # (B, L, d)
-            if self.pool == "cls":
-                h = last[:, 0]
-            else:
-                m = (torch.ones_like(input_ids) if attention_mask is None else attention_mask)[..., None].to(last.dtype)
-                h = (last * m).sum(1) / m.sum(1)
+            h = last[:, 0] if self.pool == "cls" else masked_mean(last, attention_mask)
             h = F.relu(self.pre_classifier(h))
         return TaskOutput(self.classifier(self.dropout(h)), out.hidden_states)
+
+
+def masked_mean(states, mask=None) -> torch.Tensor:
+    """(B, L, d) -> (B, d): the mean over the real tokens (mask 1; no mask: every position)."""
+    if mask is None:
+        return states.mean(1)
+    m = mask[..., None].to(states.dtype)
+    return (states * m).sum(1) / m.sum(1)
 
 
 class SpanQA(nn.Module):

@@ -43,10 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, TaskOutput, encode, evaluate, fit, load_encoder,
-                      load_finetuned, predict, read_glue, save_finetuned, task_spec)
+from finetune import (GLUE_TASKS, Classifier, FinetuneConfig, encode, evaluate, fit, load_encoder,
+                      load_finetuned, masked_mean, predict, read_glue, save_finetuned, task_spec)
 from losses import pkd_loss
 from machinery.config import ArgumentParser
 from machinery.files import one_line
@@ -202,8 +201,7 @@ def pooled_states(hidden_states, layers, mask, pool="cls") -> torch.Tensor:
         return cls_states(hidden_states, layers)
     if pool != "mean":
         raise ValueError(f"pool={pool!r}: expected 'cls' or 'mean'")
-    m = mask[:, None, :, None].to(hidden_states[0].dtype)
-    return (torch.stack([hidden_states[i] for i in layers], dim=1) * m).sum(2) / m.sum(2)
+    return torch.stack([masked_mean(hidden_states[i], mask) for i in layers], dim=1)
 
 
 def classifier(encoder, num_labels, pool="cls"):

@@ -965,7 +965,13 @@ def figures(root, results):
 
 
 TABLE4_PAPER = {"- L_ce": -2.96, "- L_cos": -1.46, "- L_mlm": -0.31, "random init": -3.69}  # GLUE macro
-PEAKD_ROW = peakd.PEAKD
+
+
+def direction(verdicts, want) -> str:
+    """The paper's direction (want: "beats" or "loses") shown at 3 SE by some counted verdict and contradicted
+    by none: "reproduced"; contradicted: "not reproduced"; else "not shown at 3 SE"."""
+    other = {"beats": "loses", "loses": "beats"}[want]
+    return "not reproduced" if other in verdicts else "reproduced" if want in verdicts else "not shown at 3 SE"
 
 
 def claims(results) -> list:
@@ -983,25 +989,23 @@ def claims(results) -> list:
         rows.append(["distillation beats L_mlm alone on held-out MLM accuracy (Section 3's premise)", "",
                      f"{signed(flip)} points after {g['steps'][-1]} steps",
                      {"beats": "reproduced", "loses": "reversed"}.get(flip["verdict"], "not shown at 3 SE")])
+        # a task counts when the triple loss itself is clearly above chance there (0.6, as Table 1's bars)
+        low = [k for k, sc in g["glue"]["scores"]["triple loss"].items() if sc < 0.6]
         for name, paper in TABLE4_PAPER.items():
             per = g["glue"]["vs_triple"].get(name)
             if per is None:
                 continue
-            # a task counts when the triple loss itself is clearly above chance there (0.6, as Table 1's bars)
-            low = [k for k, sc in g["glue"]["scores"]["triple loss"].items() if sc < 0.6]
-            v = [p["verdict"] for k, p in per.items() if k not in low]
             rows.append([f"Table 4: {name} hurts", f"{paper:+.2f} GLUE",
                          "; ".join(f"{k} {signed(p)}" for k, p in per.items())
                          + f"; MLM accuracy {signed(g['rows'][name]['vs_triple'])}"
                          + "".join(f"; {k} not counted (the triple loss scores {pct(g['glue']['scores']['triple loss'][k])}"
                                    ", under 60)" for k in low),
-                         "not reproduced" if "beats" in v else "reproduced" if "loses" in v else "not shown at 3 SE"])
+                         direction([p["verdict"] for k, p in per.items() if k not in low], "loses")])
     if "peakd" in results:
         for task, t in results["peakd"]["tasks"].items():
-            v = t["vs_pkd"][PEAKD_ROW]
+            v = t["vs_pkd"][peakd.PEAKD]
             rows.append([f"Pea-KD beats (Patient-)KD on {task}", "+4.4 on average over four tasks",
-                         f"{signed(v)} ({len(results['peakd']['seeds'])} seeds)",
-                         {"beats": "reproduced", "loses": "not reproduced"}.get(v["verdict"], "not shown at 3 SE")])
+                         f"{signed(v)} ({len(results['peakd']['seeds'])} seeds)", direction([v["verdict"]], "beats")])
     if "table1" in results:
         t = results["table1"]
         d = t["paired"]["distilled - teacher"]
@@ -1009,15 +1013,15 @@ def claims(results) -> list:
         ret = t["retention"]["distilled"]
         low = [k for k, b in t["bars"].items() if not b["clears"]]
         ok = ret >= 0.97 or within(ret, se, 0.97)
-        tm, om = t["medians"]["teacher"], t["medians"]["original"]
-        gap = {k: abs(tm[k][m] - om[k][m]) for k in TASKS for m in ft.GLUE_TASKS[k]["metrics"][:1]}
+        first = lambda name, k: t["medians"][name][k][ft.GLUE_TASKS[k]["metrics"][0]]
         tol = {k: 0.02 if k == "STS-B" else 0.01 for k in TASKS}  # the acceptance test of a teacher
         rows.append(["our teacher fine-tunes as the original MiniLM (its acceptance test: within 1 point, STS-B "
-                     "0.02)", "", "; ".join(f"{k} {pct(tm[k][m])} vs {pct(om[k][m])}" for k in TASKS
-                                            for m in ft.GLUE_TASKS[k]["metrics"][:1])
+                     "0.02)", "", "; ".join(f"{k} {pct(first('teacher', k))} vs {pct(first('original', k))}"
+                                            for k in TASKS)
                      + ("; the encoder bit-identical to the original's" if not t["original_vs_teacher"]["differing"]
                         else ""),
-                     "passes" if all(gap[k] <= tol[k] for k in TASKS) else "fails"])
+                     "passes" if all(abs(first("teacher", k) - first("original", k)) <= tol[k] for k in TASKS)
+                     else "fails"])
         rows.append(["97% of the teacher's GLUE score (Table 1)", "97%",
                      f"{pct(ret)}% ± {pct(se)} (macro of SST-2, MRPC, RTE, STS-B)"
                      + (f"; the teacher below the bar on {', '.join(low)}" if low else ""),
@@ -1026,13 +1030,11 @@ def claims(results) -> list:
         under = [k for k, b in t["bars"].items() if t["medians"]["distilled"][k][b["metric"]] < b["bar"]]
         for other in ("MLM-only", "copy-only"):
             per = t["paired"][f"distilled - {other}"]
-            v = [per[k]["verdict"] for k in TASKS if k not in under]
             rows.append([f"distillation beats {other} after fine-tuning (Table 4's premise)", "",
                          "; ".join(f"{k} {signed(per[k])}" for k in TASKS)
                          + (f"; not counted where the distilled student is under the bar: {', '.join(under)}"
                             if under else ""),
-                         "not reproduced" if "loses" in v else "reproduced" if "beats" in v else
-                         "not shown at 3 SE"])
+                         direction([per[k]["verdict"] for k in TASKS if k not in under], "beats")])
     if "table2" in results:
         im, q = results["table2"]["imdb"], results["table2"]["squad"]
         v = im["student_vs_teacher"]
@@ -1067,8 +1069,8 @@ def claims_md(rows) -> str:
                       *("| " + " | ".join(r) + " |" for r in rows)])
 
 
-def markdown(results) -> str:
-    rows = claims(results)
+def markdown(results, rows) -> str:
+    """tables.md: the claims (`rows`, from claims()) first, then every stage's tables."""
     parts = [f"## claims\n\n{claims_md(rows)}\n"] if rows else []
     for name, fn in (
         ("general", general_md),
@@ -1156,12 +1158,13 @@ def reproduce(cfg: ReproduceConfig) -> dict:
         elif stored(root / name, stage_settings(cfg, name)) is not None:  # for tables.md: complete, not rerun
             results[name] = stored(root / name, stage_settings(cfg, name))
     figures(root, results)
-    text = markdown(results)
+    rows = claims(results)
+    text = markdown(results, rows)
     write_text(text, root / "tables.md")
     made = f"`python reproduce.py` ({time.strftime('%Y-%m-%d')}, {'--quick, ' if cfg.quick else ''}stages " \
            f"{', '.join(results)})"
     regions = {"reproduce": f"{made}:\n\n{text}",
-               "claims": f"{claims_md(claims(results))}\n\n{made}; each stage's time in the run that completed it "
+               "claims": f"{claims_md(rows)}\n\n{made}; each stage's time in the run that completed it "
                          "(runs reused inside a stage not counted): "
                          + ", ".join(f"{n} {r['seconds']:,.0f} s" for n, r in results.items()) + "."}
     for page, found in doc_regions(cfg).items():  # asked for: into the pages' regions, their prose kept

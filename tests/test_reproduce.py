@@ -242,8 +242,8 @@ def test_claims_verdicts_by_hand():
                           "- L_cos": {"SST-2": v(0.005, 0.004), "STS-B": v(-0.02, 0.005)},  # STS-B at the floor
                           "- L_mlm": {"SST-2": v(0.04, 0.01), "STS-B": v(0.0, 0.01)},   # beats: not reproduced
                           "random init": {"SST-2": v(-0.2, 0.02), "STS-B": v(0.0, 0.04)}}}
-    peakd = {"seeds": [1, 2, 3], "tasks": {"SST-2": {"vs_pkd": {R.PEAKD_ROW: v(0.028, 0.008)}},
-                                           "RTE": {"vs_pkd": {R.PEAKD_ROW: v(0.01, 0.02)}}}}
+    peakd = {"seeds": [1, 2, 3], "tasks": {"SST-2": {"vs_pkd": {R.peakd.PEAKD: v(0.028, 0.008)}},
+                                           "RTE": {"vs_pkd": {R.peakd.PEAKD: v(0.01, 0.02)}}}}
     bars = {k: {"metric": m, "bar": 0.6, "clears": True} for k, m in zip(R.TASKS, ("accuracy", "accuracy", "accuracy", "pearson"))}
     distilled = {"SST-2": {"accuracy": 0.77}, "MRPC": {"accuracy": 0.7}, "RTE": {"accuracy": 0.55},
                  "STS-B": {"pearson": 0.08}}  # only SST-2 and MRPC clear 0.6
