@@ -30,6 +30,16 @@ class _HeadLosses(torch.autograd.Function):
         kl_sum, ce_sum, mse_sum = (u.new_zeros((), dtype=acc) for _ in range(3))
         for start in range(0, u.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
+            if not (w_ce or w_mse):  # L_mlm alone: the masked rows' logits only, no teacher logits
+                keep = labels[rows] != -100
+                part, lab = u[rows][keep], labels[rows][keep]
+                log_s = F.log_softmax(F.linear(part, weight, bias).to(acc), dim=-1)
+                ce_sum += -log_s.gather(1, lab[:, None]).sum()
+                grad_u[rows] = 0.0
+                g = (w_mlm / scale) * _ce_grad(log_s, lab)
+                _accumulate(g.to(weight.dtype), part, weight, scale, grad_u, grad_w, grad_b,
+                            torch.arange(start, start + len(keep), device=u.device)[keep], acc)
+                continue
             # at most three (chunk, V) tensors at a time: z or log_q, t or log_p, p
             z = F.linear(u[rows], weight, bias).to(acc)                    # student logits
             lab = labels[rows]
@@ -52,16 +62,11 @@ class _HeadLosses(torch.autograd.Function):
             # d(w_ce T^2 KL)/dz / scale = w_ce T (q - p) / scale, in log_q's storage
             g = log_q.exp_().sub_(p).mul_(w_ce * temperature / scale)
             del p
-            g_mlm = log_s.exp_()                       # d CE/dz = softmax(z) - onehot(label)
-            g_mlm[torch.arange(len(g_mlm), device=g.device), lab[masked]] -= 1.0
-            g[masked] += (w_mlm / scale) * g_mlm
+            g[masked] += (w_mlm / scale) * _ce_grad(log_s, lab[masked])
             if g_mse is not None:
                 g += g_mse
                 del g_mse
-            g = g.to(weight.dtype)
-            grad_u[rows] = (g @ weight).to(acc).mul_(scale)  # half under autocast: g is of order one there
-            grad_w.addmm_(g.t().to(acc), u[rows].to(acc), alpha=scale)
-            grad_b.add_(g.sum(0).to(acc), alpha=scale)
+            _accumulate(g.to(weight.dtype), u[rows], weight, scale, grad_u, grad_w, grad_b, rows, acc)
         ctx.save_for_backward(grad_u, grad_w, grad_b)
         ctx.dtypes = u.dtype, weight.dtype, bias.dtype
         ctx.mark_non_differentiable(kl_sum, ce_sum, mse_sum)
@@ -71,6 +76,20 @@ class _HeadLosses(torch.autograd.Function):
     def backward(ctx, grad_loss, _kl, _ce, _mse):
         grads = [(grad_loss.to(g.dtype) * g).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes)]
         return (*grads, None, None, None, None, None, None, None, None)
+
+
+def _ce_grad(log_s, labels):
+    """d CE/dz = softmax(z) - onehot(label), in log_s's storage."""
+    g = log_s.exp_()
+    g[torch.arange(len(g), device=g.device), labels] -= 1.0
+    return g
+
+
+def _accumulate(g, u, weight, scale, grad_u, grad_w, grad_b, rows, acc):
+    """One chunk's gradients w.r.t. u, the weight and the bias from its logit gradient g (divided by scale)."""
+    grad_u[rows] = (g @ weight).to(acc).mul_(scale)  # half under autocast: g is of order one there
+    grad_w.addmm_(g.t().to(acc), u.to(acc), alpha=scale)
+    grad_b.add_(g.sum(0).to(acc), alpha=scale)
 
 
 def head_losses(u, weight, bias, *, teacher_hidden, teacher_head, labels, temperature, w_ce, w_mlm, w_mse=0.0,

@@ -395,6 +395,19 @@ def synthetic(n, seed, regression=False):
 FAST = dict(lr=3e-3, batch_size=32, epochs=6, warmup=0.1, log_every=0, device="cpu")
 
 
+def test_predict_in_length_order_gives_each_row_its_own_logits():
+    """predict batches rows of similar length together; every row's logits must equal its forward pass alone,
+    without padding, in the input order (classification and span logits)."""
+    data = synthetic(37, 5)
+    for model in (ft.Classifier(student_from_teacher(tiny()), 2).eval(), ft.SpanQA(tiny()).eval()):
+        got = ft.predict(model, data, batch_size=8)
+        for i in range(37):
+            n = int(data["attention_mask"][i].sum())
+            with torch.no_grad():
+                alone = model(data["input_ids"][i:i + 1, :n]).logits[0]
+            torch.testing.assert_close(got[i, :n] if alone.dim() == 2 else got[i], alone, atol=1e-5, rtol=1e-4)
+
+
 def test_classifier_heads_and_outputs():
     bert, distil = ft.Classifier(tiny(pooler=True), 3), ft.Classifier(student_from_teacher(tiny(pooler=True)), 3)
     assert bert.style == "bert" and bert.pre_classifier is None and distil.style == "distilbert"

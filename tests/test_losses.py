@@ -389,9 +389,11 @@ def test_combine_on_real_losses_by_hand():
     torch.testing.assert_close(total, 5 * ce + 2 * mlm + 1 * cos)
 
 
+@pytest.mark.parametrize("alpha_ce", [5.0, 0.0])
 @pytest.mark.parametrize("chunk", [1, 5, 7, 64])
-def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
-    """The fused L_ce + L_mlm (gradients computed in forward, closed form) against the plain losses on full logits."""
+def test_head_losses_fused_equals_naive_value_and_gradient(chunk, alpha_ce):
+    """The fused L_ce + L_mlm (gradients computed in forward, closed form) against the plain losses on full logits;
+    alpha_ce = 0 (Table 4's - L_ce row) takes the path without teacher logits."""
     torch.manual_seed(3)
     N, d, V, T = 13, 6, 11, 2.0
     u = torch.randn(N, d, dtype=torch.float64, requires_grad=True)
@@ -404,7 +406,7 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
     D_ce, D_mlm = 20.0, 5.0
     teacher_head = lambda h: h @ t_weight.T
     loss, kl_sum, ce_sum, _ = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden, teacher_head=teacher_head,
-                                                      labels=labels, temperature=T, w_ce=5.0 / D_ce,
+                                                      labels=labels, temperature=T, w_ce=alpha_ce / D_ce,
                                                       w_mlm=2.0 / D_mlm, chunk_size=chunk)
     loss.backward()
     got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
@@ -414,10 +416,10 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk):
     ce = losses.soft_target_loss(s_logits, teacher_head(t_hidden), T, denom=D_ce)
     keep = labels != -100
     mlm = F.cross_entropy(s_logits[keep], labels[keep], reduction="sum") / D_mlm
-    want = 5.0 * ce + 2.0 * mlm
+    want = alpha_ce * ce + 2.0 * mlm
     want.backward()
     assert torch.allclose(loss, want, atol=1e-10)
-    assert torch.allclose(kl_sum * T**2 / D_ce, ce, atol=1e-10) and torch.allclose(ce_sum / D_mlm, mlm, atol=1e-10)
+    assert (kl_sum == 0 if alpha_ce == 0 else torch.allclose(kl_sum * T**2 / D_ce, ce, atol=1e-10)) and torch.allclose(ce_sum / D_mlm, mlm, atol=1e-10)
     for a, b in zip(got, (u.grad, weight.grad, bias.grad)):
         assert torch.allclose(a, b, atol=1e-10)
 
