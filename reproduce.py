@@ -1,5 +1,6 @@
 """
-The paper's tables, reproduced qualitatively on a CPU in about an hour, with a real pretrained teacher.
+The paper's tables, reproduced qualitatively on a 2-core CPU in about 70 minutes (bf16 with AMX), with a real
+pretrained teacher.
 
     python reproduce.py                      # everything: ../shared/data in, out/reproduce out
     python reproduce.py --quick              # the same stages with tiny budgets (a smoke run)
@@ -9,7 +10,7 @@ Stages, each written to its own folder under --out and reused when its settings 
   teacher   all-MiniLM-L6-v2 (6 x 384) given an MLM head by continued MLM training on the English corpora
   general   general distillation (Section 3) of the [0, 2, 4] student, with Table 4's rows (the triple loss,
             - L_cos, - L_ce, - L_mlm, random init) and L_mlm alone: held-out MLM accuracy at the budgets of
-            --curve, then SST-2 and STS-B after fine-tuning; each row minus the triple loss, paired SEs
+            --curve, then SST-2 (--table4_limits) after fine-tuning; each row minus the triple loss, paired SEs
   table1    teacher, distilled student and MLM-only student fine-tuned on SST-2, MRPC, RTE, STS-B (Table 1)
   table2    task distillation, "DistilBERT (D)" (Section 4): SST-2 with a transfer set, SQuAD on the halves
   table3    parameters, size on disk, CPU time at batch size 1 (Table 3)
