@@ -419,7 +419,8 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk, alpha_ce):
     want = alpha_ce * ce + 2.0 * mlm
     want.backward()
     assert torch.allclose(loss, want, atol=1e-10)
-    assert (kl_sum == 0 if alpha_ce == 0 else torch.allclose(kl_sum * T**2 / D_ce, ce, atol=1e-10)) and torch.allclose(ce_sum / D_mlm, mlm, atol=1e-10)
+    assert kl_sum == 0 if alpha_ce == 0 else torch.allclose(kl_sum * T**2 / D_ce, ce, atol=1e-10)
+    assert torch.allclose(ce_sum / D_mlm, mlm, atol=1e-10)
     for a, b in zip(got, (u.grad, weight.grad, bias.grad)):
         assert torch.allclose(a, b, atol=1e-10)
 
