@@ -133,6 +133,79 @@ def verdict(delta, se, z=3.0) -> str:
     return "ties within noise"
 
 
+def seeded_difference(a, b, metric=None, groups=None, resamples=2000, seed=0) -> dict:
+    """Model A minus model B on the same dev items, each fine-tuned with several seeds (the seeds of A and B
+    are separate fine-tunings, not pairs). a, b: (seeds, items) arrays of per-item outputs. metric(rows, idx)
+    -> the score of one seed's outputs `rows` on items idx (e.g. Pearson against labels[idx]); None: the score
+    is the mean of the per-item scores (accuracy from 1/0 correctness, EM, F1 per question).
+
+        delta = mean over A's seeds of its score - mean over B's seeds of its score
+
+    Two sources of noise, added as variances: the dev items are a sample (se_items: the paired SE of the
+    seed-averaged per-item differences, clustered by `groups`, or, for another metric, a paired bootstrap over
+    the items or groups, the same resampled items for both models), and each fine-tuning is one draw
+    (se_seeds^2 = var(A's per-seed scores) / k_A + var(B's) / k_B, with k - 1 degrees of freedom each). With
+    one seed of a model its seed noise is unknown and se is inf: no verdict."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    n = a.shape[1]
+    everything = np.arange(n)
+    score = (lambda rows, idx: float(np.mean(rows[idx]))) if metric is None else metric
+    per_a = np.array([score(r, everything) for r in a])
+    per_b = np.array([score(r, everything) for r in b])
+    delta = float(per_a.mean() - per_b.mean())
+    if metric is None:
+        se_items = paired_difference(torch.as_tensor(a.mean(0)), torch.as_tensor(b.mean(0)),
+                                     None if groups is None else torch.as_tensor(groups))["se"]
+    else:
+        se_items = bootstrap_se(lambda idx: np.mean([score(r, idx) for r in a]) - np.mean([score(r, idx)
+                                                                                    for r in b]),
+                                n, groups, resamples, seed)
+    k_a, k_b = len(a), len(b)
+    se_seeds = (math.sqrt(per_a.var(ddof=1) / k_a + per_b.var(ddof=1) / k_b) if min(k_a, k_b) > 1
+                else math.inf)
+    return {"delta": delta, "se": math.sqrt(se_items ** 2 + se_seeds ** 2), "se_items": float(se_items),
+            "se_seeds": se_seeds, "seeds": [k_a, k_b], "n": n, "a": float(per_a.mean()),
+            "b": float(per_b.mean())}
+
+
+def bootstrap_se(statistic, n, groups=None, resamples=2000, seed=0) -> float:
+    """The standard deviation of statistic(idx) over `resamples` resamplings of the n items with replacement
+    (with `groups`, whole groups are resampled: items of one group are not independent)."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        members = [np.array([i]) for i in range(n)]
+    else:
+        _, g = np.unique(np.asarray(groups), return_inverse=True)
+        members = [np.flatnonzero(g == j) for j in range(g.max() + 1)]
+    values = [statistic(np.concatenate([members[j] for j in rng.integers(0, len(members), len(members))]))
+              for _ in range(resamples)]
+    return float(np.nanstd(values, ddof=1))
+
+
+@torch.no_grad()
+def sentence_embeddings(model, tensors, batch_size=256) -> torch.Tensor:
+    """(N, hidden): the mean of each sentence's last hidden states over its real tokens, [CLS] and [SEP]
+    included (how sentence-transformers uses all-MiniLM-L6-v2); tensors from finetune.encode."""
+    was_training = model.training
+    model.eval()
+    out, mask = [], tensors["attention_mask"]
+    order = mask.sum(1).argsort(descending=True, stable=True)  # similar lengths together: less padding
+    for idx in order.split(batch_size):
+        width = int(mask[idx].sum(1).max())
+        ids, am = tensors["input_ids"][idx, :width], mask[idx, :width]
+        h = model(ids, attention_mask=am, return_logits=False).hidden_states[-1].float()
+        out.append((h * am[..., None]).sum(1) / am.sum(1, keepdim=True))
+    model.train(was_training)
+    return torch.cat(out)[order.argsort()]
+
+
+def zero_shot_similarity(model, first, second) -> np.ndarray:
+    """The cosine of the two sentences' embeddings for each pair (first[i], second[i]): no training, no head.
+    An embedding model's own skill, measured on STS-B as Pearson/Spearman against the gold scores."""
+    a, b = sentence_embeddings(model, first), sentence_embeddings(model, second)
+    return F.cosine_similarity(a, b, dim=-1).numpy()
+
+
 def perplexity(mean_loss):
     """exp(mean loss), inf where that overflows a float (a diverged model's loss above ~709), nan for nan."""
     try:

@@ -668,9 +668,13 @@ class FinetuneConfig:
     eval_limit: int | None = opt(None, "evaluate on the first this many dev examples only (quick runs)")
     eval_every: int = opt(0, "also score the dev set every this many steps: a learning curve in the results "
                              "(0: only at the end)")
+    holdout: float = opt(0.0, "score on this fraction of the training rows, held out from training, instead of "
+                              "the dev set: for choosing lr and epochs without the dev set (0: the dev set)")
     log_every: int = opt(100, "a progress line every N steps")
     device: str = opt("auto", "auto | cpu | cuda")
     dtype: str = opt("auto", "auto (bf16 autocast where it is fast: device.auto_dtype) | float32 | bfloat16")
+    standardize: bool = opt(True, "regression: train on z-scored targets, the output layer rescaled after "
+                                  "(finetune.target_scale)")
     style: str = opt("auto", "classifier head: auto | bert | distilbert")
     pool: str = opt("cls", "what the DistilBERT head reads: cls (h_[CLS], the paper's) | mean (the mean of the "
                            "real tokens' last states; for students of a mean-pooled teacher such as MiniLM)")
@@ -689,6 +693,7 @@ class FinetuneConfig:
                   "max_steps": self.max_steps is None or self.max_steps > 0, "max_len": self.max_len >= 0,
                   "train_limit": self.train_limit is None or self.train_limit > 0,
                   "eval_limit": self.eval_limit is None or self.eval_limit > 0,
+                  "holdout": 0 <= self.holdout < 1,
                   "dtype": self.dtype in ("auto", "float32", "bfloat16")}
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
@@ -755,8 +760,8 @@ def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
     shuffled by cfg.seed, under cfg.dtype's autocast. loss_fn(model, batch) -> loss; default: make_loss. With
     a (frozen) teacher, its logits are computed once per training example before the first step (task
     distillation; dropout is off in the teacher, so this equals running it at every step) unless train_tensors
-    already hold "teacher_logits". eval_fn(model, step) is called every cfg.eval_every steps and at the
-    end."""
+    already hold "teacher_logits". A regression head trains on standardised targets (target_scale). eval_fn(model,
+    step) is called every cfg.eval_every steps and at the end (on a regression head, in standardised units)."""
     device = pick_device(cfg.device)
     n = len(train_tensors["input_ids"])
     if n == 0:
@@ -767,6 +772,9 @@ def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
             train_tensors = {**train_tensors,
                              "teacher_logits": predict(teacher, train_tensors, cfg.eval_batch_size,
                                                                          device)}
+    shift, scale = target_scale(model, train_tensors) if cfg.standardize else (0.0, 1.0)
+    train_tensors = {k: (v - shift) / scale if k in ("labels", "teacher_logits") and (shift, scale) != (0.0, 1.0)
+                     else v for k, v in train_tensors.items()}
     model.to(device).train()
     loss_fn = loss_fn or make_loss(cfg.temperature, cfg.alpha)
     total = fit_steps(cfg, n)
@@ -793,7 +801,22 @@ def fit(model, train_tensors, cfg, loss_fn=None, eval_fn=None, teacher=None):
                 model.train()
             if step >= total:
                 break
+    if (shift, scale) != (0.0, 1.0):  # the head predicts in the labels' units again: scale * z + shift
+        with torch.no_grad():
+            model.classifier.weight.mul_(scale)
+            model.classifier.bias.mul_(scale).add_(shift)
     return model.eval()
+
+
+def target_scale(model, tensors) -> tuple:
+    """(mean, standard deviation) of a regression task's training targets (STS-B's 0-5 scores), else (0, 1).
+    fit trains on the standardised targets (y - mean) / sd and then folds mean and sd into the output layer:
+    a head that starts at zero predicts the mean, where raw targets would leave Adam, which moves each weight
+    by about lr per step, hundreds of steps away from it (a fresh head's bias is 0, STS-B's mean 2.7)."""
+    y = tensors.get("labels")
+    if getattr(model, "num_labels", None) != 1 or y is None or not y.is_floating_point() or len(y) < 2:
+        return 0.0, 1.0
+    return float(y.mean()), float(y.std()) or 1.0
 
 
 @torch.no_grad()
@@ -830,31 +853,42 @@ def evaluate(task, logits, labels) -> dict:
 # 6. Running a task: read, encode once, then fine-tune and evaluate once per seed.
 
 def load_task(cfg, tokenizer):
-    """-> (train tensors, score(model) -> (metrics, per-example results), head(encoder) -> model) for
-    cfg.task. The per-example results, for paired comparisons of two models on the same dev set: SQuAD's [EM,
-    F1] per question; GLUE's per example of the first dev split: 1.0 when the class is right else 0.0, or the
-    predicted score."""
+    """-> (train tensors, score(model) -> (metrics, per-example results, predictions), head(encoder) -> model)
+    for cfg.task. The per-example results, for paired comparisons of two models on the same dev set: SQuAD's
+    [EM, F1] per question; GLUE's per example of the first dev split: 1.0 when the class is right else 0.0, or
+    the predicted score; predictions: the predicted class or score per example (None for SQuAD), from which
+    any metric can be recomputed on resampled examples. --holdout scores a held-out part of the training rows
+    instead of the dev set."""
     name, spec = task_spec(cfg.task)
     max_len = cfg.max_len or {"squad": 384, "imdb": 512}.get(name, 128)
     subset = lambda xs: xs if not cfg.train_limit or cfg.train_limit >= len(xs) else \
         [xs[i] for i in sorted(np.random.default_rng(0).permutation(len(xs))[:cfg.train_limit])]
     if name == "squad":
         feats = lambda path: prepare_squad_features(tokenizer, path, max_len, cfg.doc_stride, cfg.max_query)
-        train, _ = feats(subset(read_squad(cfg.train_file)))
-        dev = read_squad(cfg.eval_file)[:cfg.eval_limit]
+        rows = subset(read_squad(cfg.train_file))
+        if cfg.holdout:  # whole paragraphs held out: questions on one paragraph are not independent
+            rows, dev = held_out(rows, cfg.holdout, key=lambda e: e.context)
+        else:
+            dev = read_squad(cfg.eval_file)[:cfg.eval_limit]
+        train, _ = feats(rows)
         dev_t, mapping = feats(dev)
 
         def score(model):
             logits = predict(model, dev_t, cfg.eval_batch_size)
             answers = squad_predict(logits[..., 0], logits[..., 1], mapping, dev, cfg.max_answer)
-            return squad_evaluate(answers,
-                                  dev), [squad_em_f1(answers.get(ex.id, ""), ex.answers) for ex in dev]
+            return (squad_evaluate(answers, dev), [squad_em_f1(answers.get(ex.id, ""), ex.answers) for ex in dev],
+                    None)
         return train, score, SpanQA
     reader = (lambda split: read_imdb(cfg.data, split)) if name == "imdb" else \
         (lambda split: read_glue(name, cfg.data, split))
-    train = encode(tokenizer, subset(reader("train")), max_len)
-    devs = {split: encode(tokenizer, reader(split)[:cfg.eval_limit], max_len) for split in spec.get("dev",
-                                                                                                    ("test",))}
+    rows = subset(reader("train"))
+    if cfg.holdout:
+        rows, dev = held_out(rows, cfg.holdout)
+        devs = {"held-out": encode(tokenizer, dev, max_len)}
+    else:
+        devs = {split: encode(tokenizer, reader(split)[:cfg.eval_limit], max_len)
+                for split in spec.get("dev", ("test",))}
+    train = encode(tokenizer, rows, max_len)
 
     def score(model):
         metrics = {}
@@ -863,9 +897,24 @@ def load_task(cfg, tokenizer):
             m = evaluate(name, logits, t["labels"])
             metrics.update(m if k == 0 else {f"{key}_mm": v for key, v in m.items()})
             if k == 0:
-                first = logits[:, 0] if logits.size(1) == 1 else (logits.argmax(-1) == t["labels"]).float()
-        return metrics, first.tolist()
+                pred = logits[:, 0] if logits.size(1) == 1 else logits.argmax(-1)
+                first = pred if logits.size(1) == 1 else (pred == t["labels"]).float()
+        return metrics, first.tolist(), pred.tolist()
     return train, score, lambda encoder: Classifier(encoder, spec["num_labels"], cfg.style, cfg.pool)
+
+
+def held_out(rows, fraction, key=None) -> tuple:
+    """(training rows, held-out rows): a fixed random `fraction` of the training rows set aside (with `key`, all
+    the rows of one key together), so that learning rates and epochs are chosen without looking at the dev
+    set (--holdout)."""
+    keys = list(dict.fromkeys(map(key, rows))) if key else list(range(len(rows)))
+    picked = set(np.random.default_rng(1).permutation(len(keys))[:max(1, round(fraction * len(keys)))].tolist())
+    chosen = {keys[i] for i in picked}
+    test = (lambda i, r: key(r) in chosen) if key else (lambda i, r: i in chosen)
+    kept, held = [r for i, r in enumerate(rows) if not test(i, r)], [r for i, r in enumerate(rows) if test(i, r)]
+    if not kept:
+        raise ValueError(f"--holdout={fraction}: nothing left to train on ({len(rows)} training rows)")
+    return kept, held
 
 
 def median_run(runs, metric):
@@ -909,12 +958,13 @@ def run(cfg: FinetuneConfig) -> dict:
             if step % c.eval_every == 0 and step < total:
                 curve.append(point(step, score(m)[0]))
         fit(model, train, c, eval_fn=record if c.eval_every else None)
-        (metrics, per_example), seconds = score(model), time.time() - t0
+        (metrics, per_example, predictions), seconds = score(model), time.time() - t0
         if curve:
             curve.append(point(total, metrics))
         log(f"seed {seed}: {json.dumps(metrics)}")
         run_info = {"seed": seed, "metrics": metrics, "seconds": round(seconds, 1),
-                    "per_example": per_example, **({"curve": curve} if curve else {})}
+                    "per_example": per_example, **({"curve": curve} if curve else {}),
+                    **({"predictions": predictions} if predictions is not None else {})}
         if cfg.out and cfg.save:
             run_info["path"] = str(Path(cfg.out) / f"{model_name}-{name}-seed{seed}")
             save_finetuned(model, run_info["path"], task=name, source=cfg.model, seed=seed, metrics=metrics)

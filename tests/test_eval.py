@@ -5,6 +5,7 @@ import math
 import sys
 
 import pytest
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -203,3 +204,42 @@ def test_perplexity_of_a_diverged_model_is_inf_not_an_error():
     assert ev.perplexity(2.5) == math.exp(2.5) and ev.perplexity(709.5) == math.exp(709.5)
     assert ev.perplexity(710.0) == math.inf and ev.perplexity(1e6) == math.inf
     assert math.isnan(ev.perplexity(float("nan")))
+
+
+def test_seeded_difference_by_hand():
+    """Two models, two seeds each, four dev items, worked out by hand: per-seed accuracies A 0.75, 0.75 and
+    B 0.50, 0.25, so delta = 0.75 - 0.375; seed variance 0/2 + 0.03125/2; the seed-averaged per-item
+    differences are 0.5, 0.5, 0.5, 0 (sd 0.25 over 4 items: SE 0.125)."""
+    a = [[1, 0, 1, 1], [1, 1, 1, 0]]
+    b = [[0, 0, 1, 1], [1, 0, 0, 0]]
+    d = ev.seeded_difference(a, b)
+    assert d["delta"] == pytest.approx(0.375)
+    assert d["se_seeds"] == pytest.approx(0.125)
+    assert d["se_items"] == pytest.approx(0.125)
+    assert d["se"] == pytest.approx(math.sqrt(2) * 0.125)
+    assert d["seeds"] == [2, 2] and d["a"] == pytest.approx(0.75) and d["b"] == pytest.approx(0.375)
+    # items 0-1 and 2-3 in two groups: cluster sums of (d - mean) are 0.25 and -0.25, so SE = sqrt(2 * 0.125) / 4
+    g = ev.seeded_difference(a, b, groups=[0, 0, 1, 1])
+    assert g["se_items"] == pytest.approx(math.sqrt(2 * 0.125) / 4)
+    # one seed of a model: its seed noise is unknown, so no SE and no verdict
+    one = ev.seeded_difference(a[:1], b)
+    assert one["se"] == math.inf and ev.verdict(one["delta"], one["se"]) == "ties within noise"
+
+
+def test_seeded_difference_bootstrap_metric():
+    """A metric given as a function is bootstrapped over the items: for the mean itself, the bootstrap SE of
+    the paired difference approaches the formula's sd(d) / sqrt(n) (times sqrt((n - 1) / n), the bootstrap's
+    plug-in variance); the seed part is the same formula as without a metric."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 300)), rng.random((3, 300))
+    mean = lambda rows, idx: float(np.mean(rows[idx]))
+    boot = ev.seeded_difference(a, b, metric=mean, resamples=4000)
+    exact = ev.seeded_difference(a, b)
+    assert boot["delta"] == pytest.approx(exact["delta"]) and boot["se_seeds"] == pytest.approx(exact["se_seeds"])
+    d = a.mean(0) - b.mean(0)
+    assert boot["se_items"] == pytest.approx(d.std(ddof=0) / math.sqrt(300), rel=0.05)
+    # Pearson against fixed labels: a model equal to the labels has r = 1 on every resample
+    labels = rng.random(50)
+    r = lambda rows, idx: float(np.corrcoef(rows[idx], labels[idx])[0, 1])
+    same = ev.seeded_difference([labels, labels], [labels, labels], metric=r, resamples=50)
+    assert same["delta"] == pytest.approx(0.0) and same["se"] == pytest.approx(0.0, abs=1e-12)

@@ -484,6 +484,43 @@ def test_regression_head_learns_a_count():
     assert ft.evaluate("STS-B", pred, test["labels"])["pearson"] > 0.9
 
 
+def test_regression_targets_standardised_then_folded_back():
+    """STS-B-like targets far from 0 (mean 40, sd 5): one step at a tiny lr leaves a fresh head where it starts,
+    so the folded model predicts the training mean (within a sd) only when fit trains on z-scores and folds
+    mean and sd into the output layer (without, it predicts about 0); the loss fit sees is computed on
+    (y - 40) / 5, as a custom loss shows."""
+    train = synthetic(64, 2, regression=True)
+    train["labels"] = 40 + 5 * (train["labels"] - train["labels"].mean()) / train["labels"].std()
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(batch["labels"])
+        return ft.task_loss(model(batch["input_ids"], batch["attention_mask"]).logits, batch["labels"])
+    cfg = dict(lr=1e-7, max_steps=1, batch_size=64, log_every=0, device="cpu", dtype="float32")
+    for standardize, near in ((True, 40.0), (False, 0.0)):
+        torch.manual_seed(0)
+        model = ft.fit(ft.Classifier(tiny(), 1), train, ft.FinetuneConfig(**cfg, standardize=standardize),
+                       loss_fn=loss_fn)
+        pred = ft.predict(model, train)[:, 0]
+        assert abs(pred.mean().item() - near) < 5, (standardize, pred.mean())
+    ordered = lambda t: t.sort().values  # the batch is the whole (shuffled) training set
+    torch.testing.assert_close(ordered(seen[0]), ordered((train["labels"] - 40) / 5), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ordered(seen[1]), ordered(train["labels"]))
+    assert ft.target_scale(ft.Classifier(tiny(), 2), synthetic(8, 0)) == (0.0, 1.0)  # classification: none
+
+
+def test_held_out_rows_are_fixed_disjoint_and_keep_groups_together():
+    rows = [ft.Example(f"s{i}", None, i % 2) for i in range(50)]
+    kept, held = ft.held_out(rows, 0.2)
+    assert len(held) == 10 and len(kept) == 40 and not {r.text_a for r in kept} & {r.text_a for r in held}
+    assert ft.held_out(rows, 0.2) == (kept, held)  # the same split every time
+    paragraphs = [ft.Example(f"q{i}", f"p{i // 5}", 0) for i in range(50)]  # 10 paragraphs of 5 questions
+    kept, held = ft.held_out(paragraphs, 0.3, key=lambda e: e.text_b)
+    assert len(held) == 15 and not {r.text_b for r in kept} & {r.text_b for r in held}
+    with pytest.raises(ValueError, match="holdout"):
+        ft.held_out(rows[:1], 0.9)
+
+
 def test_fit_calls_a_custom_loss_max_steps_times():
     calls = []
 
