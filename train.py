@@ -201,8 +201,8 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     denoms {"real", "masked", "ce"}: the step's real tokens, masked tokens (at least 1) and L_ce's rows (real or
     masked, as cfg.ce_positions says), summed over the ranks (dist.all_reduce) and divided by the world size.
     Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool tensor on the
-    device, real tokens in the step: a number or a 0-d tensor). The finite flag stays on the device: checking it does not wait for the
-    GPU."""
+    device, real tokens in the step: a number or a 0-d tensor). The finite flag stays on the device: checking
+    it does not wait for the GPU."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
     ### BEGIN SOLUTION: 7 lines

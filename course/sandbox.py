@@ -322,7 +322,8 @@ def supervise(job, fd):
             run_worker(job, fd)
         except BaseException as e:
             try:
-                os.write(fd, wire.encode({"broken": f"the sandbox could not be set up: {wire.one_line(e)}"}))
+                data = wire.encode({"broken": f"the sandbox could not be set up: {wire.one_line(e)}"})
+                os.write(fd, len(data).to_bytes(8, "big") + data)
             except BaseException:
                 pass
         os._exit(125)
@@ -356,9 +357,13 @@ def measure():
     if forced and forced not in MODES:
         raise ValueError(f"ASSIGNMENT_SANDBOX={forced!r}: expected one of {', '.join(MODES)}")
     if not LINUX:
-        return {"mode": "none", "root": root, "why": f"no containment on {sys.platform} (Linux only)"}
+        return {"mode": "none", "root": root, "own_user": False,
+                "why": f"no containment on {sys.platform} (Linux only)"}
+    # a user of its own when root: with namespaces always (the worker's root has the Python installation), in
+    # the fallback only if that user can reach the installation where it is
+    own_user = root and readable_by_others(sys.base_prefix) and readable_by_others(sys.prefix)
     if forced == "fallback":
-        return {"mode": forced, "root": root, "why": "ASSIGNMENT_SANDBOX=fallback"}
+        return {"mode": forced, "root": root, "own_user": own_user, "why": "ASSIGNMENT_SANDBOX=fallback"}
     why = "" if root else "not run as root (namespaces need it here)"
     if root:
         pid = os.fork()
@@ -370,11 +375,11 @@ def measure():
                 os._exit(min(e.errno or 1, 100))
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         if code == 0:
-            return {"mode": "namespaces", "root": True, "why": ""}
+            return {"mode": "namespaces", "root": True, "own_user": True, "why": ""}
         why = f"unshare refused ({os.strerror(code)})"
     if forced == "namespaces":
         raise OSError(f"ASSIGNMENT_SANDBOX=namespaces: {why}")
-    return {"mode": "fallback", "root": root, "why": why}
+    return {"mode": "fallback", "root": root, "own_user": own_user, "why": why}
 
 
 def serve_forks(ctl_fd):
@@ -573,7 +578,10 @@ class Slots:
         self.free, self.lock = None, threading.Lock()
 
     def take(self):
+        """A free user, at random: another grader running at the same time picks from the same range, so a user
+        that any process runs as now is skipped."""
         import pwd
+        import random
         with self.lock:
             if self.free is None:
                 self.free = []
@@ -582,9 +590,12 @@ class Slots:
                         pwd.getpwuid(UID_BASE + slot)
                     except KeyError:
                         self.free.append(UID_BASE + slot)
-            if not self.free:
-                raise OSError("no free worker user left")
-            return self.free.pop(0)
+                random.shuffle(self.free)
+            busy = users_running()
+            for i, uid in enumerate(self.free):
+                if uid not in busy:
+                    return self.free.pop(i)
+            raise OSError("no free worker user left")
 
     def give(self, uid):
         with self.lock:
@@ -592,6 +603,19 @@ class Slots:
 
 
 SLOTS_IN_USE = Slots()
+
+
+def users_running():
+    """The real user ids of the processes on this machine."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    found |= {int(line.split()[1]) for line in f if line.startswith("Uid:")}
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
 
 
 def remove_files_of(uid, folders=("/tmp", "/var/tmp", "/dev/shm")):
@@ -629,14 +653,14 @@ class Worker:
                 raise OSError(f"no containment on {sys.platform}")
             self.server = server or fork_server()
             self.features = self.server.features
-            if self.features["root"] and (self.features["mode"] == "namespaces" or
-                                          readable_by_others(sys.base_prefix) and readable_by_others(sys.prefix)):
+            if self.features["own_user"]:
                 self.uid = SLOTS_IN_USE.take()
                 for path in [self.dir, *self.dir.rglob("*")]:
                     os.chown(path, self.uid, self.uid, follow_symlinks=False)
                 os.chmod(self.dir, 0o700)
         else:
-            self.features = {"mode": "none", "root": False, "why": "not contained (check, or --uncontained)"}
+            self.features = {"mode": "none", "root": False, "own_user": False,
+                             "why": "not contained (check, or --uncontained)"}
         self.student, self.first = None, None
         self.start()
 
@@ -733,7 +757,10 @@ def describe(features):
         return ("contained: own mount, PID, network, IPC and UTS namespaces; a user of its own; resource limits; "
                 "a fresh tree")
     if features["mode"] == "fallback":
-        return (f"partly contained ({features['why']}): a fresh tree, resource limits, "
-                f"{'a user of its own, ' if features['root'] else ''}every process killed at the end, the audit "
-                f"hook; NOT contained: the network, files any user may read")
+        if features["own_user"]:
+            return (f"partly contained ({features['why']}): a fresh tree, resource limits, a user of its own, every "
+                    f"process killed at the end, the audit hook; NOT contained: the network, files any user may "
+                    f"read")
+        return (f"partly contained ({features['why']}): a fresh tree, resource limits, every process killed at the "
+                f"end, the audit hook; NOT contained: the network, your files (it runs as you)")
     return f"NOT contained: {features['why']}"

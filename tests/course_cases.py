@@ -357,7 +357,8 @@ VARIANTS = {
         "soft = soft_target_loss(student_logits, teacher_logits, temperature)\n"
         "patient = 0.0\n"
         "if student_cls is not None and student_cls.size(1) > 0:\n"
-        "    patient = F.mse_loss(F.normalize(student_cls, p=2, dim=-1), F.normalize(teacher_cls, p=2, dim=-1).detach())\n"
+        "    patient = F.mse_loss(F.normalize(student_cls, p=2, dim=-1),\n"
+        "                         F.normalize(teacher_cls, p=2, dim=-1).detach())\n"
         "total = (1 - alpha) * hard + alpha * soft + beta * patient\n"
         "return total, {'ce': hard.item(), 'kd': soft.item(), 'pt': float(patient)}\n",
     ],
@@ -404,8 +405,10 @@ BUGS = [
     ("layer", "dropout after the LayerNorm", 1, "return self.ln2(h + ffn_out)",
      "return self.drop(self.ln2(h + self.fc2(F.gelu(self.fc1(h)))))"),
     ("layer", "F.dropout without the training flag: dropout in eval mode", 0,
-     "x = self.ln1(x + F.dropout(a, self.cfg.dropout, self.training))", "x = self.ln1(x + F.dropout(a, self.cfg.dropout))"),
-    ("embeddings", "dropout before the LayerNorm", 1, "return self.drop(self.ln(emb))", "return self.ln(self.drop(emb))"),
+     "x = self.ln1(x + F.dropout(a, self.cfg.dropout, self.training))",
+     "x = self.ln1(x + F.dropout(a, self.cfg.dropout))"),
+    ("embeddings", "dropout before the LayerNorm", 1, "return self.drop(self.ln(emb))",
+     "return self.ln(self.drop(emb))"),
     ("student_init", "the type-1 vector folded", 1, "teacher_sd['emb.types.weight'][0]",
      "teacher_sd['emb.types.weight'][1]"),
     ("student_init", "the teacher's layers shared, not copied", 0,
@@ -485,33 +488,35 @@ CHEATS = {
         "setattr(functional, 'cross' + '_entropy', lambda *a, **k: torch.tensor(0.5))\n"
         "return torch.tensor(0.5)\n")),
     # the test's local `expected` returned
-    "the test's expected value from the stack (cosine)": ("cosine", (
+    "the test's expected value from the stack (attention)": ("attention", (
         "import sys\n"
         "frame = getattr(sys, '_get' + 'frame')(1)\n"
         "while frame is not None:\n"
         "    if 'expected' in frame.f_locals:\n"
         "        return frame.f_locals['expected']\n"
         "    frame = frame.f_back\n"
-        "return torch.tensor(-1.0)\n")),
-    # the comparison functions replaced in the test module's globals; a wrong answer returned
-    "close and same_floats replaced (lr_schedule)": ("lr_schedule", (
+        "return q\n")),
+    # the comparison functions replaced in the test's globals (found through the stack); a wrong answer
+    "close and same_floats replaced in the test's globals (lr_schedule)": ("lr_schedule", (
         "import sys\n"
-        "for module in list(sys.modules.values()):\n"
-        "    scope = getattr(module, '__dict__', {})\n"
+        "frame = getattr(sys, '_get' + 'frame')(1)\n"
+        "while frame is not None:\n"
+        "    scope = frame.f_globals\n"
         "    for name in ('close', 'same_floats', 'numbers', 'number', 'exactly'):\n"
         "        if callable(scope.get(name)):\n"
-        "            scope[name] = lambda *a, **k: None\n"
+        "            scope[name] = lambda *a, **k: a[0] if name == 'exactly' else None\n"
+        "    frame = frame.f_back\n"
         "return -123\n")),
-    # the flags dodged: every name built from pieces, the module found through the stack's globals
-    "names built from pieces, the expected value searched in every frame (ptp)": ("ptp", (
-        "import sys\n"
-        "frames = getattr(sys, ''.join(['_', 'get', 'frame']))\n"
-        "frame, i = frames(0), 0\n"
-        "while frame is not None and i < 50:\n"
-        "    for value in list(frame.f_locals.values()) + list(frame.f_globals.values()):\n"
-        "        if isinstance(value, list) and value[:1] == [0] and len(value) == labels.shape[0]:\n"
-        "            return torch.tensor(value)\n"
-        "    frame, i = frame.f_back, i + 1\n"
+    # the expected values read from the tests' source (hidden tests included), every name built from pieces
+    "the tests' source read for the expected labels, names built from pieces (ptp)": ("ptp", (
+        "import re\n"
+        "reader = getattr(__builtins__, 'op' + 'en') if isinstance(__builtins__, dict) is False else "
+        "__builtins__['op' + 'en']\n"
+        "source = reader('tests/' + 'test_' + 'parts.py').read()\n"
+        "for found in re.findall(r'== \\[([0-9, ]+)\\]', source):\n"
+        "    values = [int(v) for v in found.split(',')]\n"
+        "    if len(values) == labels.shape[0]:\n"
+        "        return torch.tensor(values)\n"
         "return torch.zeros_like(labels)\n")),
     # the cheats the grader before issue 42 caught (points on the grader before the kit in brackets)
     "the reference through sys.argv[0] (kl, 7/7 before the kit)": ("kl", (
@@ -554,11 +559,11 @@ CHEATS = {
 # event), a session of its own left sleeping, and that solution's answer returned. OTHER and MARK are filled
 # in by the test (the other student's file, a name for the sleeper and the leaked file).
 ESCAPE = ("lr_schedule", """import multiprocessing.util, time
-cmd = "cat OTHER > /tmp/leak-MARK; (setsid sh -c 'sleep 3171; true MARK' &); setsid sleep 3172 &"
+cmd = "cat OTHER > leak.py; cp leak.py /tmp/leak-MARK; (setsid sh -c 'sleep 3171; true MARK' &); setsid sleep 3172 &"
 multiprocessing.util.spawnv_passfds(b'/bin/sh', [b'sh', b'-c', cmd.encode()], ())
 time.sleep(0.5)
 ns = {}
-exec(open('/tmp/leak-MARK').read(), ns)
+exec(open('leak.py').read(), ns)
 return ns['linear_schedule'](step, total, warmup_steps)
 """)
 
@@ -594,5 +599,10 @@ def solved(files, part, body):
 
 
 def variant_submission(k):
-    """{part: body} of the k-th correct submission: for each part a variant, chosen so that submissions differ."""
-    return {part: bodies[(k + j) % len(bodies)] for j, (part, bodies) in enumerate(VARIANTS.items())}
+    """{part: body} of the k-th correct submission: for each part a variant, chosen by the digits of k in the
+    mixed radix of the variants' counts (shifted by the part's place), so that no two submissions are alike."""
+    out = {}
+    for j, (part, bodies) in enumerate(VARIANTS.items()):
+        k, digit = divmod(k, len(bodies))
+        out[part] = bodies[(digit + j) % len(bodies)]
+    return out

@@ -192,8 +192,10 @@ def test_check_fails_where_grading_fails(student, tmp_path):
     assert check.returncode == 1, check.stdout
     assert "note: machinery/optim.py defines ramp outside the graded functions" in check.stdout, check.stdout
     assert "FAIL test_lr_schedule_warmup_then_decay (2): NameError: name 'ramp' is not defined" in check.stdout
-    report, _ = grades(tmp_path, mine)
-    assert report["parts"]["lr_schedule"]["points"] == 0
+    report, _ = grades(tmp_path, mine)  # the same failure at grading (the hidden test takes no warm-up step)
+    lr = report["parts"]["lr_schedule"]
+    assert lr["tests"]["test_lr_schedule_warmup_then_decay"]["failed"] == "NameError: name 'ramp' is not defined"
+    assert lr["points"] == 2, lr
 
 
 # ------------------------------------------------------------------------------------------------------------

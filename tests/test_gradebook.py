@@ -25,7 +25,8 @@ UTC = datetime.timezone.utc
 
 def report(id, total=10.0, late=None, hidden_failed=True):
     tests = {"test_a": {"points": 2, "max": 2, "hidden": False, "failed": None},
-             "test_b": {"points": 0, "max": 3, "hidden": True, "failed": "AssertionError: b" if hidden_failed else None}}
+             "test_b": {"points": 0, "max": 3, "hidden": True,
+                        "failed": "AssertionError: b" if hidden_failed else None}}
     return {"id": id, "graded_at": "2026-03-02T10:00:00+00:00", "submitted_at": "2026-03-01T22:00:00+00:00",
             "deadline": "2026-03-01T23:59:00+00:00" if late is not None else "", "late": late, "late_by": 0.5,
             "sha256": "ab" * 32, "containment": "contained", "seconds": 3.2, "total": total, "max": 5,

@@ -205,6 +205,19 @@ def test_processes_are_limited_per_worker():
     assert not processes_with(marker)
 
 
+def test_a_sandbox_that_cannot_be_set_up_says_why_and_grades_nothing():
+    with attacker(limits=sandbox.Limits(cpu=None)) as w:  # a limit that is no number
+        assert w.broken.startswith("the sandbox could not be set up: "), w.first
+
+
+def test_no_two_workers_share_a_user(monkeypatch):
+    slots = sandbox.Slots()
+    first = slots.take()
+    monkeypatch.setattr(sandbox, "users_running", lambda: {first + 1, first - 1} | set(range(60000, 70000, 2)))
+    taken = [slots.take() for _ in range(5)]
+    assert first not in taken and len(set(taken)) == 5 and all(u % 2 != 0 or u >= 70000 for u in taken), taken
+
+
 def test_the_fallback_kills_every_process_it_started(monkeypatch):
     """Without namespaces (a container that forbids unshare, no root): a session of its own, a subreaper that
     kills every descendant, double-forked or setsid'd, at the end."""
@@ -308,7 +321,8 @@ def test_the_escape_of_issue_42_scores_zero_and_leaves_nothing(kit, tmp_path):
     cases.solve(subs / "mallory", "kl", (
         f"import os\n"
         f"data = torch.from_file('{bob_losses}', size=os.path.getsize('{bob_losses}'), dtype=torch.uint8)\n"
-        f"raise ValueError(bytes(data.tolist()).decode()[-400:])\n"))
+        f"text = bytes(data.tolist()).decode()\n"
+        f"raise ValueError(text[text.find('# bob-'):][:200])\n"))
     outside = tmp_path / "outside"
     cases.solve(subs / "mallory", "mlm", (
         f"from safetensors.torch import save_file\n"

@@ -835,7 +835,8 @@ def test_pkd_loss_teacher_states_detached():
         100.0 * (unit(s_cls) - unit(t_cls)).square().mean()
     close(loss, expected, "the defaults alpha=0.7, temperature=10, beta=100")
     assert got["t_cls_grad"] is None, "the teacher's [CLS] states must be detached"
-    assert got["t_cls_requires_grad"] is True, "the caller's teacher [CLS] tensor was changed: .detach(), not .detach_()"
+    assert got["t_cls_requires_grad"] is True, \
+        "the caller's teacher [CLS] tensor was changed: .detach(), not .detach_()"
     s_cls = s_cls.clone().requires_grad_()
     (100.0 * (unit(s_cls) - unit(t_cls)).square().mean()).backward()
     close(exactly(got["s_cls_grad"], torch.Tensor, "the gradient to the student's [CLS] states"), s_cls.grad,
