@@ -10,7 +10,6 @@ The student's code never shares a process with the grader's tests, and the proce
 
 Where namespaces are refused the fallback is tested too (ASSIGNMENT_SANDBOX=fallback): every process killed.
 """
-import datetime
 import json
 import os
 import secrets
