@@ -6,7 +6,7 @@ reference, with each graded function's solution between `### BEGIN SOLUTION: N l
     python assignment.py make OUT [--kit KIT] [--lean]  the student version (a new folder), validated; KIT: the
                                                         grading kit (tests, hidden ones too, data, this grader)
     python assignment.py grade [--kit KIT] SUB... [--csv F] [--jobs N] [--part NAME] [--hide-hidden]
-                                                        grades submissions part by part, in isolation
+                          [--deadline T] [--gradescope FILE]    grades submissions part by part, contained
     python assignment.py check PART                     a student runs one part's visible tests (or `all`)
 
 `python assignment.py COMMAND --help` says more. The instructors' guide is docs/instructors.md.
@@ -14,27 +14,22 @@ make: each region becomes its comment lines (the steps), `# YOUR CODE HERE` and 
 the hidden tests (`### BEGIN HIDDEN TESTS` / `### END HIDDEN TESTS` in tests/test_parts.py) are left out, and
 only files git tracks are copied. The kit holds no solution: its tree is the student version with the hidden
 tests and other stored tensors (sanity/parts_grading.safetensors), so `grade --kit` needs no reference tree.
-grade: each of the student's functions alone goes into a fresh copy of the kit's tree (every other part
-blanked) and that part's tests run there in a new process, so one missing part costs only its own points. The
-process reports through its stdout with a token it reads from its stdin, imports of transformers are refused
-by an audit hook, and so are opening files outside that tree and Python's folders and starting processes.
-This is not a sandbox: read what you grade (the report names functions that use suspicious names).
+grade: each of the student's functions alone goes into a fresh copy of the kit's modules (every other part
+blanked), run by a process of its own that gets only the tests' inputs and returns only outputs (safetensors +
+JSON, course/wire.py); the tests, their expected values, the points and the gradebook stay in this process.
+That process is contained by the operating system (course/sandbox.py: namespaces, another user, limits).
 """
 import argparse
 import ast
-import atexit
 import concurrent.futures
-import csv
 import dataclasses
-import datetime
 import hashlib
-import io
+import importlib.util
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -42,12 +37,16 @@ import threading
 import time
 from pathlib import Path
 
+from course import gradebook, sandbox, wire
+
 ROOT = Path(__file__).resolve().parent
 TESTS = "tests/test_parts.py"
 REFERENCE_DATA = "sanity/parts_reference.safetensors"  # what the tests load (in the kit: the grading data)
 GRADING_DATA = "sanity/parts_grading.safetensors"      # the same tensors for other random weights: kit only
-INSTRUCTOR_ONLY = ("tests/test_assignment.py", "tests/make_parts_reference.py", GRADING_DATA,
-                   "docs/instructors.md")  # never in the student version
+PROBES = "tests/parts_probes.py"                         # what the tests run in the student's process
+INSTRUCTOR_ONLY = ("tests/test_assignment.py", "tests/make_parts_reference.py", GRADING_DATA, "docs/instructors.md",
+                   "tests/course_cases.py", "tests/test_grading_sandbox.py", "tests/test_grading_fairness.py",
+                   "tests/test_gradebook.py")  # never in the student version (course_cases.py holds solutions)
 MANIFEST = "assignment.json"  # written into the student version
 KIT_MANIFEST = "kit.json"     # written into the kit
 INSTRUCTOR_SECTIONS = re.compile(r"instructor|course assignment", re.I)  # README sections not handed out
@@ -64,78 +63,82 @@ class Part:
     file: str
     function: str     # Class.method or function
     points: int
-    tests: tuple      # test functions in tests/test_parts.py; each is worth points / len(tests)
+    tests: tuple      # ((test function in tests/test_parts.py, its points), ...): the points add up to the part's
     what: str
     read: str = ""    # what to read first (HANDOUT.md)
 
+    @property
+    def names(self):
+        return tuple(t for t, _ in self.tests)
 
-# The parts table: the one place that says which file and function each part is (paths relative to the root)
+
+# The parts table: the one place that says which file and function each part is (paths relative to the root),
+# and what each test is worth: a test that checks what the part is about (the 80/10/10, T^2) weighs the most
 PARTS = (
     Part("attention", "model.py", "explicit_attention", 6,
-         ("test_attention_equals_softmax_qkt_v", "test_attention_ignores_padding_keys",
-          "test_attention_gradients_match_sdpa", "test_attention_dropout_on_the_weights"),
+         (("test_attention_equals_softmax_qkt_v", 2), ("test_attention_ignores_padding_keys", 2),
+          ("test_attention_gradients_match_sdpa", 1), ("test_attention_dropout_on_the_weights", 1)),
          "softmax(QK^T / sqrt(d)) V with padding masked",
          "Vaswani et al. 2017, Sec. 3.2.1; F.scaled_dot_product_attention's documentation"),
     Part("heads", "model.py", "Layer.attention", 8,
-         ("test_heads_match_transformers", "test_heads_swap_exchanges_query_and_key",
-          "test_heads_padding_and_no_mask", "test_heads_without_padding_mask",
-          "test_heads_explicit_path_and_no_dropout_in_eval"),
+         (("test_heads_match_transformers", 2), ("test_heads_swap_exchanges_query_and_key", 2),
+          ("test_heads_padding_and_no_mask", 2), ("test_heads_without_padding_mask", 1),
+          ("test_heads_explicit_path_and_dropout_only_in_training", 1)),
          "split into heads and merge; SPS's Q/K swap",
          "Layer.__init__ (the fused qkv projection); Vaswani et al. Sec. 3.2.2; Pea-KD (Cho & Kang 2020) on SPS"),
     Part("layer", "model.py", "Layer.forward", 5,
-         ("test_layer_matches_transformers", "test_layer_passes_swap_to_attention",
-          "test_layer_dropout_on_each_sublayer_output"), "post-LayerNorm residual blocks",
+         (("test_layer_matches_transformers", 2), ("test_layer_passes_swap_to_attention", 1.5),
+          ("test_layer_dropout_on_each_sublayer_output", 1.5)), "post-LayerNorm residual blocks",
          "Layer.feed_forward; Vaswani et al. Sec. 3.1 and 5.4 (residual dropout)"),
     Part("embeddings", "model.py", "Embeddings.forward", 5,
-         ("test_embeddings_match_transformers", "test_embeddings_of_a_student_have_no_token_types",
-          "test_embeddings_shorter_batch_and_dropout_after_layernorm"),
+         (("test_embeddings_match_transformers", 2), ("test_embeddings_of_a_student_have_no_token_types", 1.5),
+          ("test_embeddings_shorter_batch_and_dropout_after_layernorm", 1.5)),
          "word + position (+ type) embeddings", "Embeddings.__init__; Devlin et al. 2019, Sec. 3 and Fig. 2"),
     Part("student_init", "model.py", "student_from_teacher", 8,
-         ("test_student_init_copies_chosen_layers", "test_student_init_folds_type_zero_into_positions",
-          "test_student_init_default_is_one_layer_of_two_and_copies"), "the student from one layer of two",
+         (("test_student_init_copies_chosen_layers", 3), ("test_student_init_folds_type_zero_into_positions", 2.5),
+          ("test_student_init_default_is_one_layer_of_two_and_copies", 2.5)), "the student from one layer of two",
          "Sanh et al. 2019 (DistilBERT), Sec. 3, student initialisation; Bert.__init__"),
     Part("kl", "losses.py", "kl_per_row", 7,
-         ("test_kl_equals_kl_div_at_temperature", "test_kl_by_hand", "test_kl_teacher_detached",
-          "test_kl_zero_probabilities_and_teacher_detached"), "KL(teacher || student) at temperature T",
-         "Hinton et al. 2015, Sec. 2; F.log_softmax"),
+         (("test_kl_equals_kl_div_at_temperature", 2), ("test_kl_by_hand", 1), ("test_kl_teacher_detached", 1.5),
+          ("test_kl_zero_probabilities_and_teacher_detached", 1), ("test_kl_float16_at_a_large_logit_gap", 1.5)),
+         "KL(teacher || student) at temperature T", "Hinton et al. 2015, Sec. 2; F.log_softmax"),
     Part("soft_targets", "losses.py", "soft_target_loss", 3,
-         ("test_soft_targets_mean_times_t_squared", "test_soft_targets_sum_over_denom",
-          "test_soft_targets_matches_kldivloss_batchmean"), "L_ce: the KL reduced, times T^2",
+         (("test_soft_targets_mean_times_t_squared", 1), ("test_soft_targets_sum_over_denom", 1),
+          ("test_soft_targets_matches_kldivloss_batchmean", 1)), "L_ce: the KL reduced, times T^2",
          "reduce_rows in losses.py; Hinton et al. 2015, Sec. 2 (why T^2)"),
     Part("mlm", "losses.py", "mlm_loss", 5,
-         ("test_mlm_ignores_unmasked_rows", "test_mlm_flattens_batch_dims",
-          "test_mlm_with_nothing_masked_is_zero_with_a_graph"), "L_mlm: cross-entropy at masked positions",
+         (("test_mlm_ignores_unmasked_rows", 2), ("test_mlm_flattens_batch_dims", 1.5),
+          ("test_mlm_with_nothing_masked_is_zero_with_a_graph", 1.5)), "L_mlm: cross-entropy at masked positions",
          "reduce_rows in losses.py; Devlin et al. 2019, Sec. 3.1 (masked LM)"),
     Part("cosine", "losses.py", "cosine_loss", 4,
-         ("test_cosine_equals_cosine_embedding_loss", "test_cosine_teacher_detached",
-          "test_cosine_ignores_norm_and_detaches_teacher"),
+         (("test_cosine_equals_cosine_embedding_loss", 1.5), ("test_cosine_teacher_detached", 1.5),
+          ("test_cosine_ignores_norm_and_detaches_teacher", 1)),
          "L_cos: 1 - cos(h_s, h_t)", "Sanh et al. 2019, Sec. 3 (the cosine loss); F.cosine_similarity"),
     Part("combine", "losses.py", "combine", 4,
-         ("test_combine_weights_and_parts", "test_combine_missing_parts_left_out"),
+         (("test_combine_weights_and_parts", 2.5), ("test_combine_missing_parts_left_out", 1.5)),
          "alpha_ce L_ce + alpha_mlm L_mlm + alpha_cos L_cos", "combine's signature (the alpha defaults)"),
     Part("masking", "data.py", "mask_tokens", 12,
-         ("test_masking_chooses_15_percent_of_real_tokens", "test_masking_80_10_10",
-          "test_masking_smoothed_picks_exactly_ceil_by_weight",
-          "test_masking_reproducible_and_input_untouched",
-          "test_masking_random_ids_mask_and_padding"),
+         (("test_masking_chooses_15_percent_of_real_tokens", 2), ("test_masking_80_10_10", 3.5),
+          ("test_masking_smoothed_picks_exactly_ceil_by_weight", 3),
+          ("test_masking_reproducible_and_input_untouched", 1.5), ("test_masking_random_ids_mask_and_padding", 2)),
          "dynamic masking, 80/10/10, smoothed by weight",
          "Devlin et al. 2019, Sec. 3.1 and Appendix A.1; torch.multinomial and torch.Generator"),
     Part("smoothing", "data.py", "smoothing_weights", 4,
-         ("test_smoothing_weights_by_hand", "test_smoothing_unseen_ids_and_dict_specials"),
+         (("test_smoothing_weights_by_hand", 2), ("test_smoothing_unseen_ids_and_dict_specials", 2)),
          "masking weights count^-0.7", "mask_tokens' weights argument; Lample & Conneau 2019 (XLM), Sec. 3.3"),
     Part("lr_schedule", "machinery/optim.py", "linear_schedule", 4,
-         ("test_lr_schedule_warmup_then_decay", "test_lr_schedule_no_warmup_and_past_the_end"),
+         (("test_lr_schedule_warmup_then_decay", 2), ("test_lr_schedule_no_warmup_and_past_the_end", 2)),
          "linear warm-up, linear decay", "where train.py builds its LambdaLR; Devlin et al. 2019, Appendix A.2"),
     Part("denominators", "train.py", "forward_backward", 10,
-         ("test_denominators_give_the_gradient_of_one_big_batch", "test_denominators_ce_on_masked_positions",
-          "test_denominators_over_two_ranks"),
+         (("test_denominators_give_the_gradient_of_one_big_batch", 4), ("test_denominators_ce_on_masked_positions", 3),
+          ("test_denominators_over_two_ranks", 3)),
          "gradient accumulation: the step's token counts", "train.Objective (its denoms argument)"),
     Part("ptp", "peakd.py", "ptp_labels", 6,
-         ("test_ptp_labels_four_classes", "test_ptp_labels_three_classes_from_logits"),
+         (("test_ptp_labels_four_classes", 3.5), ("test_ptp_labels_three_classes_from_logits", 2.5)),
          "Pea-KD's PTP labels: right/wrong x confident/unsure", "Cho & Kang 2020 (Pea-KD), Sec. 3.2"),
     Part("pkd", "losses.py", "pkd_loss", 9,
-         ("test_pkd_loss_equals_eq_7", "test_pkd_loss_without_layers_has_no_patient_term",
-          "test_pkd_loss_teacher_states_detached"),
+         (("test_pkd_loss_equals_eq_7", 4), ("test_pkd_loss_without_layers_has_no_patient_term", 2.5),
+          ("test_pkd_loss_teacher_states_detached", 2.5)),
          "the Patient-KD loss (Sun et al., Eq. 7)", "Sun et al. 2019 (Patient-KD), Eq. 7; soft_target_loss"),
 )
 BY_NAME = {p.name: p for p in PARTS}
@@ -188,6 +191,17 @@ def regions(text, path, begin=BEGIN, end=END, what="SOLUTION"):
     return found
 
 
+AST_LOCK = threading.Lock()
+
+
+def parse(text, filename="<unknown>"):
+    """ast.parse, one thread at a time: CPython 3.11's conversion to Python objects keeps its recursion depth
+    in state shared by threads, and two parses at once can fail with "AST constructor recursion depth
+    mismatch" (grading runs parts in threads)."""
+    with AST_LOCK:
+        return ast.parse(text, filename=filename)
+
+
 def code_lines(lines):
     return [ln for ln in lines if ln.strip() and not ln.strip().startswith("#")]
 
@@ -196,7 +210,7 @@ def functions(text, path):
     """{qualified name: (first, last)} 0-based lines of every function (decorators included), methods as
     Class.method."""
     try:
-        tree = ast.parse(text, filename=str(path))
+        tree = parse(text, str(path))
     except SyntaxError as e:
         raise AssignmentError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
     spans, lines = {}, text.splitlines()
@@ -276,13 +290,17 @@ def check_table(root=ROOT):
     if sum(p.points for p in PARTS) != 100:
         raise AssignmentError(f"assignment.PARTS: the points add up to {sum(p.points for p in PARTS)}, "
                               f"not 100")
-    modules = {n for n in graded_files(root) if n.endswith(".py") and n != TESTS}
+    for p in PARTS:
+        if abs(sum(points for _, points in p.tests) - p.points) > 1e-9 or any(w <= 0 for _, w in p.tests):
+            raise AssignmentError(f"assignment.PARTS: the tests of part {p.name!r} are worth "
+                                  f"{sum(points for _, points in p.tests):g} points, not its {p.points}")
+    modules = {n for n in graded_files(root) if n.endswith(".py") and not n.startswith("tests/")}
     sources = sorted({p.file for p in PARTS} | modules)
     table = {f: check_file(root, f, [p for p in PARTS if p.file == f]) for f in sources}
     tests_text = (root / TESTS).read_text()
     regions(tests_text, TESTS, BEGIN_HIDDEN, END_HIDDEN, "HIDDEN TESTS")
     defined = {n for n in functions(tests_text, TESTS) if n.startswith("test_") and "." not in n}
-    listed = [t for p in PARTS for t in p.tests]
+    listed = [t for p in PARTS for t in p.names]
     for t in listed:
         if t not in defined:
             raise AssignmentError(f"{TESTS}: no test {t} (listed in assignment.PARTS)")
@@ -299,8 +317,6 @@ def visible_tests(root=ROOT):
     return {n for n in functions(text, TESTS) if n.startswith("test_") and "." not in n}
 
 
-# ------------------------------------------------------------------------------------------------------------
-# The project's files and the student version
 # ------------------------------------------------------------------------------------------------------------
 # The project's files and the student version
 
@@ -338,7 +354,7 @@ def lean_files(root):
 
 def blank_body(text, file, names):
     """text with each function of `names` left as its signature and docstring, raising NotImplementedError."""
-    tree, lines = ast.parse(text), text.splitlines()
+    tree, lines = parse(text), text.splitlines()
     nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
              and n.name in {f.split(".")[-1] for f in names}]
     for node in sorted(nodes, key=lambda n: -n.lineno):
@@ -365,17 +381,21 @@ def without_sections(text, pattern=INSTRUCTOR_SECTIONS):
 
 
 def handout(parts, visible):
+    def here(p):
+        shown = [w for t, w in p.tests if t in visible]
+        return f"{len(shown)} of {len(p.tests)} tests, {sum(shown):g} of its {p.points} points, here"
     rows = "\n".join(f"| {p.name} | {p.file} | `{p.function}` | {p.points} | {p.what} | {p.read} | "
-                     f"`python assignment.py check {p.name}` ({sum(t in visible for t in p.tests)} of "
-                     f"{len(p.tests)} tests here) |" for p in parts)
+                     f"`python assignment.py check {p.name}` ({here(p)}) |" for p in parts)
     return f"""# The assignment: {len(parts)} parts, {sum(p.points for p in parts)} points
 
 Write each function below where its `# YOUR CODE HERE` stands; the comment lines above it are the steps, and
-the docstring says what comes in and what goes out. Grading takes each function alone and puts it into a copy
-of this project where every other part is blank, so write imports and helpers inside the function (`check`
-says when it sees one outside).
+the docstring says what comes in and what goes out: every requirement a test checks, visible or hidden, is
+written there. Grading takes each function alone and puts it into a copy of this project where every other
+part is blank, so write imports and helpers inside the function; `check` does the same, so what passes there
+passes at grading.
 
-Check your work in your own tree; it needs only `pip install -r requirements.txt` (no pytest, no transformers):
+Check your work in your own tree; it needs only `pip install -r requirements.txt` (no pytest, no transformers)
+and runs on Linux, macOS and Windows:
 
 ```bash
 python assignment.py check kl        # one part's visible tests: ok / FAIL, expected beside actual, points
@@ -383,10 +403,12 @@ python assignment.py check all       # every part
 python assignment.py parts           # the table below
 ```
 
-The visible tests are in `tests/test_parts.py`; each part has hidden tests too, run at grading, and a part's
-points are split evenly over all its tests. Changing the tests changes nothing at grading: the grader uses its
-own. The rest of the project (the quickstart, training, notebooks, the other tests) runs once the parts it uses
-are done.
+The visible tests are in `tests/test_parts.py` (what they run in your code's process is in
+`tests/parts_probes.py`); each part has hidden tests too, run at grading. Each test has its points (the parts
+table in `assignment.py`). Changing the tests changes nothing at grading: the grader uses its own. At grading
+your code runs in a process of its own, as another user, without network, with limits on memory, time and
+processes. The rest of the project (the quickstart, training, notebooks, the other tests) runs once the parts
+it uses are done.
 
 | part | file | function | points | what | read first | check |
 |---|---|---|---:|---|---|---|
@@ -418,11 +440,14 @@ def student_version(root=ROOT, lean=False) -> dict:
             data = blank_body(data.decode(), name, blanks[name]).encode()
         out[name] = data
     out["HANDOUT.md"] = handout(PARTS, visible).encode()
+    graded = sorted({p.file for p in PARTS})
     out[MANIFEST] = (json.dumps({
-        "format": "distilbert-from-scratch/assignment", "version": 2, "lean": lean,
+        "format": "distilbert-from-scratch/assignment", "version": 3, "lean": lean,
         "parts": {p.name: {"file": p.file, "function": p.function, "points": p.points, "tests": len(p.tests)}
                   for p in PARTS},
-        "top_level": {f: top_level(out[f].decode()) for f in sorted({p.file for p in PARTS})},
+        "top_level": {f: top_level(out[f].decode()) for f in graded},
+        # the hand-out's graded files: `check` puts the student's functions into these, as grading does
+        "base": {f: out[f].decode() for f in graded},
         "files": sorted(out),
     }, indent=2) + "\n").encode()
     return out
@@ -433,7 +458,7 @@ def visible_table(text, visible):
     check."""
     rows = []
     for p in PARTS:
-        tests = tuple(t for t in p.tests if t in visible)
+        tests = tuple((t, w) for t, w in p.tests if t in visible)
         rows.append(f"    Part({p.name!r}, {p.file!r}, {p.function!r}, {p.points},\n         {tests!r},\n"
                     f"         {p.what!r},\n         {p.read!r}),\n")
     start, end = text.index("PARTS = (\n") + len("PARTS = (\n"), text.index(")\nBY_NAME = ")
@@ -443,7 +468,7 @@ def visible_table(text, visible):
 def top_level(text):
     """The names a module defines at its top level (imports, functions, classes, assignments)."""
     names = set()
-    for node in ast.parse(text).body:
+    for node in parse(text).body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names |= {(a.asname or a.name).split(".")[0] for a in node.names}
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -457,296 +482,107 @@ def top_level(text):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Running a part's tests: in a fresh process, in a temporary tree, guarded
+# Running a part's tests: the tests here, the student's code in a worker (course/sandbox.py)
+
+PER_CALL = 10.0  # seconds a test's call into the student's code may take (the reference's take milliseconds)
+SUITE = (TESTS, REFERENCE_DATA)  # the grader's half of a tree: the tests and their data, never in a worker
+
 
 def graded_files(root=ROOT) -> dict:
     """{name: bytes} of what the graded tests need from a tree: the project's Python modules (not the other
-    tests or the notebooks), the graded tests and their data."""
+    tests, the notebooks or the grading tooling), the graded tests, their probes and their data."""
     root = Path(root)
     try:
         names = project_files(root)
     except AssignmentError:  # a bare copy of the sources (the tooling's own tests make those)
         names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
                  and not {".git", ".venv", "venv", "__pycache__", "out"} & set(p.relative_to(root).parts)]
-    keep = lambda n: n in (TESTS, REFERENCE_DATA) or n.endswith(".py") and not n.startswith(
-        ("tests/", "notebooks/", "docs/"))
+    keep = lambda n: n in (TESTS, PROBES, REFERENCE_DATA) or n.endswith(".py") and n != "assignment.py" and \
+        not n.startswith(("tests/", "notebooks/", "docs/", "course/"))
     return {n: (root / n).read_bytes() for n in names if keep(n)}
 
 
-def tree(files: dict, into: Path) -> Path:
-    for name, data in files.items():
-        (into / name).parent.mkdir(parents=True, exist_ok=True)
-        (into / name).write_bytes(data)
-    return into
+def worker_files(files):
+    """What the student's process gets of a tree: the modules and the probes; not the tests or their data."""
+    return {n: data for n, data in files.items() if n not in SUITE and not n.startswith("sanity/")}
 
 
-PER_TEST = 5  # seconds a graded test may take (the reference's take well under 1 s)
+class Suite:
+    """The tests of a tree (tests/test_parts.py and its data), loaded in this process: a fresh module for each
+    run, whose `student` is that run's worker."""
 
+    def __init__(self, files):
+        self.folder = Path(tempfile.mkdtemp(prefix="assignment-tests-"))
+        for name in SUITE:
+            if name in files:
+                (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (self.folder / name).write_bytes(files[name])
+        text = files[TESTS].decode()
+        self.hidden = set(functions(text, TESTS)) - set(functions(without_hidden_tests(text, TESTS), TESTS))
+        self.count, self.lock = 0, threading.Lock()
 
-def run_tests(files: dict, names, timeout=None, forget=()) -> dict:
-    """{test: None (passed) or the error in one line} for tests of tests/test_parts.py run in a fresh process
-    in a temporary tree of `files`: a child the test server forks for this job alone. It writes its results to
-    a file beside the tree (not in it), each line led by a token made for this job, to a last "end"; the files
-    `forget` are deleted once the tests are imported."""
-    timeout = timeout or 30 + PER_TEST * len(names)
-    token = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="assignment-") as tmp:
-        where = tree(files, Path(tmp) / "tree")
-        code = server().run({"token": token, "tree": str(where), "names": list(names), "per_test": PER_TEST,
-                             "forget": list(forget)}, timeout)
-        read = lambda name: (Path(tmp) / name).read_text(errors="replace") if (Path(tmp) / name).is_file() else ""
-        lines, err = read("results").splitlines(), read("stderr")
-    if code is None:
-        return {n: f"no result within {timeout} s" for n in names}
-    results, ended = {}, False
-    for line in lines:
-        if line == f"{token} end":
-            ended = True
-        elif line.startswith(token + " ") and not ended:
-            name, why = json.loads(line[len(token) + 1:])
-            results.setdefault(name, why)
-    if not ended:
-        why = (err.strip().splitlines() or [f"exit code {code}" if isinstance(code, int) else code])[-1][:300]
-        return {n: f"the test process ended before its last test: {why}" for n in names}
-    return {n: results.get(n, "no result from the test process") for n in names}
-
-
-class Server:
-    """A process that imports torch once and forks a fresh child for each job (a child runs no more than one
-    job, and the server runs no code of a tree), so that a job costs a fork, not a Python start."""
-
-    def __init__(self):
-        self.tmp = tempfile.mkdtemp(prefix="assignment-server-")
-        shutil.copy(Path(__file__).resolve(), Path(self.tmp) / "assignment.py")  # argv[0]: beside no solution
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp, "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-I", str(Path(self.tmp) / "assignment.py"), "_serve"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=self.tmp,
-                                     env=env)
-        self.lock, self.waiting, self.next = threading.Lock(), {}, 0
-        threading.Thread(target=self.read, daemon=True).start()
-
-    def read(self):
-        for line in self.proc.stdout:  # "exit ID CODE" when a job's child has ended
-            if not re.fullmatch(r"exit \d+ -?\d+", line.strip()):
-                continue
-            _, job, code = line.split()
-            with self.lock:
-                done = self.waiting.pop(int(job), None)
-            if done:
-                done[1] = int(code)
-                done[0].set()
-        with self.lock:  # the server ended: nobody waits for ever
-            for done in self.waiting.values():
-                done[1] = "the test server ended"
-                done[0].set()
-
-    def send(self, line):
+    def module(self):
         with self.lock:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-
-    def run(self, job, timeout):
-        """The exit code of the job's child, or None if it ran past timeout (then it is killed)."""
-        with self.lock:
-            self.next += 1
-            job, done = {**job, "id": self.next}, [threading.Event(), None]
-            self.waiting[job["id"]] = done
-        self.send(json.dumps(job))
-        if done[0].wait(timeout):
-            return done[1]
-        self.send(f"kill {job['id']}")
-        done[0].wait(30)
-        return None
+            self.count += 1
+            name = f"graded_tests_{self.count}"
+        spec = importlib.util.spec_from_file_location(name, self.folder / TESTS)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
     def close(self):
-        self.proc.stdin.close()
-        self.proc.wait()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-SERVER, SERVER_LOCK = [], threading.Lock()
-
-
-def server():
-    with SERVER_LOCK:
-        if not SERVER or SERVER[-1].proc.poll() is not None:  # none yet, or it ended: a new one
-            SERVER.append(Server())
-            atexit.register(SERVER[-1].close)
-        return SERVER[-1]
-
-
-FORK = sys.platform.startswith("linux")  # elsewhere (macOS) forking after torch is unsafe: a Python start per job
-
-
-def _serve():
-    """The test server: jobs as JSON lines on stdin, "kill ID" to end one; "exit ID CODE" on stdout."""
-    import select
-    import safetensors.torch  # noqa: F401  (imported once here, as torch, for every child)
-    import torch
-    torch.set_num_threads(1)
-    children, buf = {}, b""  # job id: the child's pid (forked) or its Popen
-    ended = lambda c: c.poll() if not isinstance(c, int) else (
-        lambda pid, status: None if pid == 0 else os.waitstatus_to_exitcode(status))(*os.waitpid(c, os.WNOHANG))
-    while True:
-        if select.select([0], [], [], 0.02)[0]:
-            data = os.read(0, 1 << 16)
-            if not data:
-                break
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.startswith(b"kill "):
-                    child = children.get(int(line.split()[1]))
-                    os.kill(child, signal.SIGKILL) if isinstance(child, int) else child and child.kill()
-                    continue
-                job = json.loads(line)
-                if FORK:
-                    pid = os.fork()
-                    if pid == 0:
-                        try:
-                            _child(job)
-                        finally:
-                            os._exit(70)
-                    children[job["id"]] = pid
-                else:
-                    children[job["id"]] = subprocess.Popen(
-                        [sys.executable, "-I", os.path.abspath(sys.argv[0]), "_child"], stdin=subprocess.PIPE,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-                    children[job["id"]].stdin.write(json.dumps(job))
-                    children[job["id"]].stdin.close()
-                job = line = None
-        for job, child in list(children.items()):
-            code = ended(child)
-            if code is not None:
-                del children[job]
-                os.write(1, f"exit {job} {code}\n".encode())
-    for child in children.values():
-        os.kill(child, signal.SIGKILL) if isinstance(child, int) else child.kill()
-
-
-def _child_main():
-    """A test process started, not forked (where FORK is False): the job on stdin."""
-    job = json.loads(sys.stdin.read())
-    import torch
-    torch.set_num_threads(1)
-    _child(job)
-
-
-def guard(where):
-    """From here on this process may not import transformers (however reached: an audit hook cannot be taken
-    back), read a file outside the tree and Python's own folders, change one outside the tree, start or signal
-    a process, open a socket or call C through ctypes."""
-    import importlib.util
-    import site
-    import sysconfig
-    spec = importlib.util.find_spec("transformers")
-    folder = lambda p: os.path.join(os.path.realpath(p), "")
-    banned = tuple(folder(p) for p in (spec.submodule_search_locations or [])) if spec else ()
-    readable = tuple({folder(p) for p in (where, sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                          *site.getsitepackages(), *sysconfig.get_paths().values(),
-                                          "/proc/self", "/dev")})
-    writable = (folder(where), "/dev/null/")
-    refused = ("subprocess.", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork", "os.forkpty",
-               "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "socket.", "ctypes.")
-    changes = {"os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
-               "os.link", "os.symlink", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
-    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    inside = lambda path, where: (os.path.realpath(os.fsdecode(path)) + os.sep).startswith(where)
-
-    def hook(event, args):
-        if event == "import" and str(args[0]).split(".")[0] == "transformers":
-            raise ImportError("import of transformers refused while grading")
-        if event == "open" and isinstance(args[0], (str, bytes)):
-            path = os.path.realpath(os.fsdecode(args[0]))
-            write = isinstance(args[2], int) and args[2] & writing or "w" in str(args[1] or "") or \
-                "a" in str(args[1] or "") or "+" in str(args[1] or "") or "x" in str(args[1] or "")
-            if path.startswith(banned) or not inside(path, writable if write else readable):
-                raise PermissionError(f"{path}: {'writing' if write else 'reading'} this file is refused while "
-                                      f"grading")
-        if event in changes and not all(inside(a, writable) for a in args if isinstance(a, (str, bytes))):
-            raise PermissionError(f"{event}{args}: changing files outside the tree is refused while grading")
-        if event.startswith(refused):
-            raise PermissionError(f"{event}: refused while grading")
-    sys.addaudithook(hook)
-
-
-def _child(job):
-    """A forked test process: stdin from /dev/null, stdout and stderr to the file `stderr` and the results to
-    `results` (both beside the tree), each line led by the job's token; then guarded, the tests run."""
-    token, where = job["token"], job["tree"]
-    null, err = os.open(os.devnull, os.O_RDWR), os.open(Path(where).parent / "stderr", os.O_WRONLY | os.O_CREAT)
-    for fd, to in ((0, null), (1, err), (2, err)):
-        os.dup2(to, fd)
-    results, write = os.open(Path(where).parent / "results", os.O_WRONLY | os.O_CREAT), os.write
-    report = lambda body: write(results, f"{token} {body}\n".encode())
-    sys.path.insert(0, where)
-    os.chdir(where)
-    guard(where)
+def run_tests(files, names, suite=None, contained=None, limits=None) -> dict:
+    """{test: None (passed) or why it failed, in one line} for tests of tests/test_parts.py: the tests run
+    here, each call into the student's code goes to one worker that holds worker_files(files) (visible tests
+    first, then hidden ones; a worker that ends or hangs is replaced for the next test). suite: the tests, if
+    not those of files."""
+    own, contained = suite is None, sandbox.LINUX if contained is None else contained
+    suite = suite or Suite(files)
+    results, order = {}, sorted(names, key=lambda n: n in suite.hidden)
     try:
-        module = import_tests(where)
-    except BaseException as e:  # the tree does not even import: every test fails with the reason
-        for n in job["names"]:
-            report(json.dumps([n, f"importing the tests failed: {one_line(e)}"]))
-        report("end")
-        os._exit(0)
-    for name in job["forget"]:
-        os.remove(Path(where) / name)
-
-    def too_long(signum, frame):
-        raise TimeoutError(f"over {job['per_test']} s")
-    signal.signal(signal.SIGALRM, too_long)
-    for n in job["names"]:
-        test, why = getattr(module, n, None), None
-        signal.alarm(job["per_test"])
-        try:
-            test() if test else None
-            why = None if test else "not in tests/test_parts.py"
-        except BaseException as e:
-            why = one_line(e)
-        finally:
-            signal.alarm(0)
-        report(json.dumps([n, why]))
-    report("end")
-    os._exit(0)
-
-
-def import_tests(where):
-    """tests/test_parts.py as a module. A project module it imports that does not import itself (a syntax
-    error in a sibling file) is replaced by one whose every attribute raises the reason, so that only the
-    tests that use it fail."""
-    import importlib
-    import importlib.util
-    import types
-
-    class Broken(types.ModuleType):
-        def __getattr__(self, attr):
-            raise ImportError(self.__dict__["why"])
-    path = Path(where) / TESTS
-    for node in ast.parse(path.read_text()).body:
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] + [
-            f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module \
-            and not node.level else []
-        for name in names:  # a module, or a package's (machinery.optim): the project's, if a file has it
-            file = Path(where, *name.split("."))
-            if not (file.with_suffix(".py").is_file() or (file / "__init__.py").is_file()) or name in sys.modules:
-                continue
-            try:
-                importlib.import_module(name)
-            except BaseException as e:
-                sys.modules[name] = Broken(name)
-                sys.modules[name].why = f"{name.replace('.', '/')}.py does not import: {one_line(e)}"
-                if "." in name and name.rsplit(".", 1)[0] in sys.modules:
-                    setattr(sys.modules[name.rsplit(".", 1)[0]], name.rsplit(".", 1)[1], sys.modules[name])
-    spec = importlib.util.spec_from_file_location("test_parts", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        module = suite.module()
+    except BaseException as e:
+        return {n: f"importing the tests failed: {wire.one_line(e)}" for n in names}
+    try:
+        worker = sandbox.Worker(worker_files(files), limits=limits, contained=contained, timeout=PER_CALL)
+    except OSError as e:
+        if own:
+            suite.close()
+        return {n: f"no test process: {e}" for n in names}
+    try:
+        module.student = worker.student
+        for n in order:
+            test = getattr(module, n, None)
+            if worker.broken:
+                results[n] = worker.broken
+            elif test is None:
+                results[n] = f"not in {TESTS}"
+            else:
+                results[n] = run_one(test, worker)
+    finally:
+        worker.close()
+        if own:
+            suite.close()
+    return {n: results[n] for n in names}
 
 
-def one_line(e):  # not files.one_line: the test process imports none of the tree's modules before its tests
-    text = " ".join(str(e).split())[:300]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+def run_one(test, worker):
+    try:
+        test()
+        return None
+    except wire.Ended as e:
+        code = worker.stop()
+        how = f"killed by signal {code - 128}" if isinstance(code, int) and code > 128 else \
+            "killed at the time limit" if code == 124 else f"exit code {code}"
+        worker.start()
+        return f"the test process ended during this test ({e}; {how})"
+    except wire.Raised as e:
+        return str(e)
+    except Exception as e:  # an assertion, or what came back could not be used as the test expects
+        return wire.one_line(e)
 
 
 def in_parallel(jobs, workers=2):
@@ -757,6 +593,26 @@ def in_parallel(jobs, workers=2):
 
 # ------------------------------------------------------------------------------------------------------------
 # The kit and make
+
+KIT_EXTRAS = {  # the kit's own files: Gradescope's autograder layout (zip the kit's contents and upload them)
+    "setup.sh": """#!/usr/bin/env bash
+# Gradescope runs this once, as root, when it builds the autograder's image.
+set -euo pipefail
+cd "$(dirname "$0")"
+python3 -m pip install -r requirements.txt
+""",
+    "run_autograder": """#!/usr/bin/env bash
+# Gradescope runs this for each submission: /autograder/source is the kit, /autograder/submission the upload.
+set -euo pipefail
+AG="${AUTOGRADER:-/autograder}"
+mkdir -p "$AG/results"
+cd "$AG/source"
+META=()
+if [ -f "$AG/submission_metadata.json" ]; then META=(--metadata "$AG/submission_metadata.json"); fi
+python3 assignment.py grade --kit . "$AG/submission" --gradescope "$AG/results/results.json" "${META[@]}"
+""",
+}
+
 
 def base_files(root, parts):
     """The graded files of root with the parts' functions blanked: the tree each of a submission's functions
@@ -779,12 +635,20 @@ def kit_from(root=ROOT):
     return PARTS, files, sorted(visible_tests(root))
 
 
-def write_kit(kit, parts, files, visible):
+def write_kit(kit, parts, files, visible, root=ROOT):
     def write(tmp):
-        tree(files, tmp / "tree")
+        for name, data in files.items():
+            (tmp / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "tree" / name).write_bytes(data)
         shutil.copy(Path(__file__).resolve(), tmp / "assignment.py")
+        shutil.copytree(Path(sandbox.__file__).resolve().parent, tmp / "course",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(Path(root) / "requirements.txt", tmp / "requirements.txt")
+        for name, text in KIT_EXTRAS.items():
+            (tmp / name).write_text(text)
+            os.chmod(tmp / name, 0o755)
         (tmp / KIT_MANIFEST).write_text(json.dumps({
-            "format": "distilbert-from-scratch/kit", "version": 1,
+            "format": "distilbert-from-scratch/kit", "version": 2,
             "parts": [dataclasses.asdict(p) for p in parts], "visible": visible}, indent=2) + "\n")
     write_new(kit, write)
 
@@ -796,11 +660,13 @@ def load_kit(kit):
         raise AssignmentError(f"{path}: no such file; `make OUT --kit KIT` writes a kit")
     try:
         meta = json.loads(path.read_text())
-        assert meta["format"] == "distilbert-from-scratch/kit", meta["format"]
-        parts = tuple(Part(**{**p, "tests": tuple(p["tests"])}) for p in meta["parts"])
+        assert meta["format"] == "distilbert-from-scratch/kit" and meta.get("version") == 2, \
+            f"{meta['format']} version {meta.get('version')}"
+        parts = tuple(Part(**{**p, "tests": tuple((t, w) for t, w in p["tests"])}) for p in meta["parts"])
     except (ValueError, KeyError, TypeError, AssertionError) as e:
-        raise AssignmentError(f"{path}: not a grading kit ({one_line(e)})") from None
-    files = {str(p.relative_to(kit / "tree")): p.read_bytes() for p in (kit / "tree").rglob("*") if p.is_file()}
+        raise AssignmentError(f"{path}: not a grading kit of this grader ({wire.one_line(e)})") from None
+    files = {str(p.relative_to(kit / "tree")): p.read_bytes() for p in (kit / "tree").rglob("*") if p.is_file()
+             and "__pycache__" not in p.parts}
     return parts, files, meta["visible"]
 
 
@@ -818,45 +684,30 @@ def write_new(path, write):
         raise
 
 
-def write_file(path, text):
-    """text into path through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def validate(root=ROOT, parts=None):
     """The reference passes every graded test, with the visible data and with the grading data; with every
     part blanked every test fails; each part's solution alone, every other part blanked, passes all of its
     tests. Returns lines to print; raises AssignmentError on the first part that breaks this."""
     root, parts = Path(root), parts or PARTS
     ref, base = graded_files(root), base_files(root, parts)
-    every = [t for p in parts for t in p.tests]
+    every = [t for p in parts for t in p.names]
     trees = {"the reference": ref}
     if (root / GRADING_DATA).is_file():
         trees[f"the reference with {GRADING_DATA}"] = {**ref, REFERENCE_DATA: (root / GRADING_DATA).read_bytes()}
     alone = [combined(base, p, student_function(root, p)[0]) for p in parts]
     start = time.time()
     jobs = [lambda f=f: run_tests(f, every) for f in (*trees.values(), base)]
-    results = in_parallel(jobs + [lambda f=f, p=p: run_tests(f, p.tests) for f, p in zip(alone, parts)])
+    results = in_parallel(jobs + [lambda f=f, p=p: run_tests(f, p.names) for f, p in zip(alone, parts)])
     for what, res in zip(trees, results):
         failed = [t for t, why in res.items() if why]
         if failed:
             raise AssignmentError(f"{what} fails {failed[0]}: {res[failed[0]]}")
     lines, blanked = [], results[len(trees)]
     for part, res in zip(parts, results[len(trees) + 1:]):
-        passing = [t for t in part.tests if blanked[t] is None]
+        passing = [t for t in part.names if blanked[t] is None]
         if passing:
             raise AssignmentError(f"part {part.name}: blanked, its test {passing[0]} still passes")
-        failing = [t for t in part.tests if res[t] is not None]
+        failing = [t for t in part.names if res[t] is not None]
         if failing:
             raise AssignmentError(f"part {part.name}: alone in the student version (every other part blanked), "
                                   f"its test {failing[0]} fails: {res[failing[0]]}")
@@ -881,15 +732,16 @@ def make(out, root=ROOT, check=True, kit=None, lean=False):
     report = validate(root) if check else ["not validated (--validate=false)"]
 
     def write(tmp):
-        tree(files, tmp)
-        for name in files:
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
             if os.access(root / name, os.X_OK) and (root / name).is_file():
                 os.chmod(tmp / name, 0o755)
     write_new(out, write)
     print(f"{out}: the student version, {len(files)} files, {len(PARTS)} parts, "
           f"{sum(p.points for p in PARTS)} points{', lean' if lean else ''}")
     if kit:
-        write_kit(kit, *made)
+        write_kit(kit, *made, root=root)
         print(f"{kit}: the grading kit, no solutions: grade with "
               f"python {kit / 'assignment.py'} grade --kit {kit} SUBMISSION...")
     print("\n".join(report))
@@ -900,17 +752,44 @@ def make(out, root=ROOT, check=True, kit=None, lean=False):
 
 SUSPECT = ("sys.argv", "_exit", "sys.modules", "torch.testing", "__class__", "__subclasses__", "gc.", "inspect",
            "_getframe", "f_back", "f_globals", "open(", "exec(", "eval(", "compile(", "subprocess", "safetensors",
-           "load_file", "__import__", "importlib", "globals(", "setattr(", "builtins", "signal", "__closure__",
-           "__code__", "os.environ", "Path(", "__file__", "atexit", "sys.stdout", "os.write", "os.dup", "__eq__",
-           "__torch_function__", "REF")
+           "load_file", "__import__", "importlib", "globals(", "setattr(", "getattr(", "builtins", "signal",
+           "__closure__", "__code__", "os.environ", "Path(", "__file__", "atexit", "sys.stdout", "os.write",
+           "os.dup", "__eq__", "__torch_function__", "from_file", "socket", "multiprocessing", "ctypes", "fork",
+           "spawn", "TCPStore", "torch.save", "save_file", "os.", "chr(", "bytes(", "base64", "codecs")
+# a name that starts a word matches only where no letter, digit, _ or . comes before it (".eval()" is no eval()
+SUSPECT_RE = [(s, re.compile((r"(?<![\w.])" if s[0].isalpha() else "") + re.escape(s))) for s in SUSPECT]
+MAX_FILE = 2 << 20  # bytes of a graded file: more is refused
+
+
+class Refused(AssignmentError):
+    """A submission's file that is not graded (a link out of the submission, not a file, too large)."""
+
+
+def read_submitted(dir, name):
+    """The bytes of dir/name, a regular file inside dir: a symbolic link that leaves the submission (another
+    student's file), a folder, a device or a file over 2 MB is refused with one line."""
+    dir = Path(dir)
+    path = dir / name
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"{name} is missing")
+    real, home = path.resolve(), dir.resolve()
+    if home not in real.parents:
+        raise Refused(f"{name} is a link to {real}, outside the submission: refused")
+    info = os.stat(real)
+    if not stat.S_ISREG(info.st_mode):
+        raise Refused(f"{name} is not a regular file: refused")
+    if info.st_size > MAX_FILE:
+        raise Refused(f"{name} has {info.st_size:,} bytes, over {MAX_FILE:,}: refused")
+    with open(real, "rb") as f:
+        return f.read(MAX_FILE + 1)
 
 
 def student_function(dir, part):
     """The lines of part.function in the student's file, or the reason there are none."""
-    path = Path(dir) / part.file
-    if not path.is_file():
-        return None, f"{part.file} is missing"
-    text = path.read_text(errors="replace")
+    try:
+        text = read_submitted(dir, part.file).decode(errors="replace")
+    except (OSError, Refused) as e:
+        return None, str(e) if isinstance(e, Refused) or isinstance(e, FileNotFoundError) else wire.one_line(e)
     try:
         spans = functions(text, part.file)
     except AssignmentError as e:
@@ -930,33 +809,45 @@ def combined(base, part, lines):
     return {**base, part.file: ("\n".join(new) + "\n").encode()}
 
 
-def grade_part(dir, part, base):
+def grade_part(dir, part, base, suite, contained=True):
     lines, why = student_function(dir, part)
     if lines is None:
-        return {t: why for t in part.tests}
+        return {t: why for t in part.names}
     try:
         files = combined(base, part, lines)
         functions(files[part.file].decode(), part.file)
     except AssignmentError as e:
-        return {t: str(e) for t in part.tests}
-    return run_tests(files, part.tests, forget=(REFERENCE_DATA,))
+        return {t: str(e) for t in part.names}
+    return run_tests(files, part.names, suite=suite, contained=contained)
 
 
 def submitted_hash(dir, parts):
     """sha256 over the submission's graded files (names and contents)."""
     h = hashlib.sha256()
     for file in sorted({p.file for p in parts}):
-        path = Path(dir) / file
-        h.update(f"{file}\0".encode() + (path.read_bytes() if path.is_file() else b"(missing)") + b"\0")
+        try:
+            data = read_submitted(dir, file)
+        except (OSError, Refused) as e:
+            data = f"({e})".encode()
+        h.update(f"{file}\0".encode() + data + b"\0")
     return h.hexdigest()
 
 
 def notes(dir, parts):
-    """Graded functions that use names a solution has no need of: read those."""
+    """What to read: graded functions that use names a solution has no need of (a hint, not a defence: the
+    containment is), and files refused."""
     out = []
+    for file in sorted({p.file for p in parts}):
+        try:
+            read_submitted(dir, file)
+        except Refused as e:
+            out.append(f"{e} (its parts score 0)")
+        except OSError:
+            pass
     for p in parts:
         lines, _ = student_function(dir, p)
-        found = [s for s in SUSPECT if lines and s in "\n".join(lines)]
+        code = "\n".join(lines or [])
+        found = [s for s, pattern in SUSPECT_RE if pattern.search(code)]
         if found:
             out.append(f"{p.name}: {p.function} uses {', '.join(found)}: read it")
     return out
@@ -964,15 +855,16 @@ def notes(dir, parts):
 
 def changed_tests(dir, visible_text):
     """The graded tests file, if the submission's differs from the hand-out's (it is not used in grading)."""
-    path = Path(dir) / TESTS
-    if not path.is_file():
+    try:
+        text = read_submitted(dir, TESTS).decode(errors="replace")
+    except (OSError, Refused):
         return [f"{TESTS} (missing)"]
-    return [] if path.read_text(errors="replace") == visible_text else [f"{TESTS} (changed)"]
+    return [] if text == visible_text else [f"{TESTS} (changed)"]
 
 
-def grade_all(dirs, kit=None, root=ROOT, jobs=2, only=None):
-    """[report] for each submission folder: every (submission, part) pair graded in its own process, `jobs` at
-    a time. kit: a kit folder, else the kit is made from the instructor's tree root."""
+def grade_all(dirs, kit=None, root=ROOT, jobs=2, only=None, deadline=None, metadata=None, contained=True):
+    """(parts, [report]) for the submission folders: every (submission, part) pair graded by a worker of its
+    own, `jobs` at a time. kit: a kit folder, else the kit is made from the instructor's tree root."""
     dirs = [Path(d) for d in dirs]
     for d in dirs:
         if not d.is_dir():
@@ -987,28 +879,43 @@ def grade_all(dirs, kit=None, root=ROOT, jobs=2, only=None):
     parts, base, visible = load_kit(kit) if kit else kit_from(root)
     if only and only not in {p.name for p in parts}:
         raise AssignmentError(f"--part {only}: no such part (the kit's are {', '.join(p.name for p in parts)})")
+    meta = gradebook.read_metadata(metadata) if metadata else None
+    if deadline is None and meta and (meta.get("assignment") or {}).get("due_date"):
+        deadline = gradebook.parse_time(meta["assignment"]["due_date"], "submission_metadata.json due_date")
     chosen = [p for p in parts if only in (None, p.name)]
     visible_text = without_hidden_tests(base[TESTS].decode(), TESTS)
-    start = time.time()
-    pairs = [(d, p) for d in dirs for p in chosen]
-    results = in_parallel([lambda d=d, p=p: grade_part(d, p, base) for d, p in pairs], jobs)
+    found = [gradebook.find_submission(d, sorted({p.file for p in parts})) for d in dirs]
+    features = sandbox.fork_server().features if contained else \
+        {"mode": "none", "root": False, "why": "--uncontained: student code runs as you"}
+    suite, start = Suite(base), time.time()
+    try:
+        pairs = [(i, p) for i in range(len(dirs)) for p in chosen]
+        results = in_parallel([lambda i=i, p=p: grade_part(found[i][0], p, base, suite, contained)
+                               for i, p in pairs], jobs)
+    finally:
+        suite.close()
     seconds = round((time.time() - start) / len(dirs), 1)
     reports = []
-    for d, i in zip(dirs, ids):
+    for i, (d, (folder, where)) in enumerate(zip(dirs, found)):
         graded = {}
-        for (dd, part), res in zip(pairs, results):
-            if dd != d:
+        for (j, part), res in zip(pairs, results):
+            if j != i:
                 continue
-            passed = sum(res[t] is None for t in part.tests)
-            graded[part.name] = {"file": part.file, "function": part.function,
-                                 "points": round(part.points * passed / len(part.tests), 2), "max": part.points,
-                                 "passed": passed, "tests": len(part.tests),
-                                 "failed": {t: why for t, why in res.items() if why},
-                                 "hidden": [t for t in part.tests if t not in visible]}
-        reports.append({"id": i, "graded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"), "sha256": submitted_hash(d, parts), "parts": graded,
-            "total": round(sum(p["points"] for p in graded.values()), 2), "max": sum(p.points for p in parts),
-            "changed_tests": changed_tests(d, visible_text), "notes": notes(d, chosen), "seconds": seconds})
+            tests = {t: {"points": 0 if res[t] else w, "max": w, "hidden": t not in visible, "failed": res[t]}
+                     for t, w in part.tests}
+            graded[part.name] = {"file": part.file, "function": part.function, "max": part.points,
+                                 "points": round(sum(r["points"] for r in tests.values()), 2),
+                                 "passed": sum(not r["failed"] for r in tests.values()), "count": len(tests),
+                                 "tests": tests}
+        submitted = gradebook.submitted_at(folder, meta)
+        late, late_by = gradebook.lateness(submitted, deadline)
+        reports.append({
+            "id": ids[i], "folder": str(folder), "graded_at": gradebook.iso(gradebook.now()),
+            "submitted_at": gradebook.iso(submitted), "deadline": gradebook.iso(deadline), "late": late,
+            "late_by": late_by, "sha256": submitted_hash(folder, parts), "containment": sandbox.describe(features),
+            "parts": graded, "total": round(sum(p["points"] for p in graded.values()), 2),
+            "max": sum(p.points for p in parts), "changed_tests": changed_tests(folder, visible_text),
+            "notes": ([where] if where else []) + notes(folder, chosen), "seconds": seconds})
     return parts, reports
 
 
@@ -1021,75 +928,25 @@ def merged(old, new):
     return out
 
 
-def hidden_out(report):
-    """The report with each hidden test's name and message replaced by "a hidden test failed"."""
-    parts = {}
-    for name, p in report["parts"].items():
-        if not isinstance(p["hidden"], list):  # already done
-            parts[name] = p
-            continue
-        failed, n = {}, 0
-        for t, why in p["failed"].items():
-            if t in p["hidden"]:
-                n += 1
-                failed[f"hidden test {n}"] = "a hidden test failed"
-            else:
-                failed[t] = why
-        parts[name] = {**p, "failed": failed, "hidden": len(p["hidden"])}
-    return {**report, "parts": parts}
-
-
-def markdown(report):
-    rows = "\n".join(f"| {n} | {p['file']} | `{p['function']}` | {p['passed']}/{p['tests']} | "
-                     f"{p['points']:g} / {p['max']} |" for n, p in report["parts"].items())
-    failed = "\n".join(f"- **{n}** `{t}`: {why}" for n, p in report["parts"].items()
-                       for t, why in p["failed"].items())
-    text = (f"# {report['id']}: {report['total']:g} / {report['max']}\n\nGraded {report['graded_at']}; the "
-            f"graded files' sha256 {report['sha256'][:16]}.\n\n| part | file | function | tests | points |\n"
-            f"|---|---|---|---:|---:|\n{rows}\n| **total** | | | | **{report['total']:g} / {report['max']}** |\n")
-    if failed:
-        text += f"\n## What failed\n\n{failed}\n"
-    extra = [f"{t}: the tests of the hand-out were used" for t in report["changed_tests"]] + report["notes"]
-    if extra:
-        text += "\n## Notes\n\n" + "\n".join(f"- {n}" for n in extra) + "\n"
-    return text
-
-
-def write_csv(path, reports, parts):
-    """The gradebook: a row per report, and the rows of other ids already in the file kept."""
-    header = ["id", *(p.name for p in parts), "total", "max", "graded_at", "sha256"]
-    rows = [{"id": r["id"], **{p.name: f"{r['parts'][p.name]['points']:g}" for p in parts
-                               if p.name in r["parts"]},
-             "total": f"{r['total']:g}", "max": r["max"], "graded_at": r["graded_at"], "sha256": r["sha256"]}
-            for r in reports]
-    if Path(path).is_file():
-        with open(path, newline="") as f:
-            old = list(csv.DictReader(f))
-        if old and list(old[0]) != header:
-            raise AssignmentError(f"{path}: its columns are not this kit's parts; write another file")
-        rows = [row for row in old if row["id"] not in {r["id"] for r in reports}] + rows
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, header)
-    w.writeheader()
-    w.writerows(sorted(rows, key=lambda row: row["id"]))
-    write_file(path, buf.getvalue())
-
-
 def earlier(path):
     try:
-        return json.loads(Path(path).read_text())
-    except ValueError as e:
-        raise AssignmentError(f"{path}: not a report ({e})") from None
+        report = json.loads(Path(path).read_text())
+        assert all(type(p.get("tests")) is dict for p in report["parts"].values())
+        return report
+    except (ValueError, KeyError, AttributeError, AssertionError) as e:
+        raise AssignmentError(f"{path}: not a report of this grader ({wire.one_line(e)})") from None
 
 
 def print_grades(report):
-    print(f"{report['id']}: {report['total']:g} / {report['max']}")
+    late = " (late by {:g} h)".format(report["late_by"]) if report.get("late") else ""
+    print(f"{report['id']}: {report['total']:g} / {report['max']:g}{late}")
     print(f"  {'part':<14}{'file':<11}{'function':<22}{'tests':>7}{'points':>12}")
     for name, p in report["parts"].items():
-        print(f"  {name:<14}{p['file']:<11}{p['function']:<22}{p['passed']:>4}/{p['tests']:<2}"
-              f"{p['points']:>8g} / {p['max']}")
-        for t, why in p["failed"].items():
-            print(f"      {t}: {why[:150]}")
+        print(f"  {name:<14}{p['file']:<11}{p['function']:<22}{p['passed']:>4}/{p['count']:<2}"
+              f"{p['points']:>8g} / {p['max']:g}")
+        for t, r in p["tests"].items():
+            if r["failed"]:
+                print(f"      {t}: {r['failed'][:150]}")
     for name in report["changed_tests"]:
         print(f"  note: {name}: the tests of the hand-out were used")
     for n in report["notes"]:
@@ -1097,32 +954,81 @@ def print_grades(report):
 
 
 def grade_command(a):
-    parts, reports = grade_all(a.submissions, kit=a.kit, jobs=a.jobs, only=a.part)
+    contained = not a.uncontained
+    if contained and not sandbox.LINUX:
+        raise AssignmentError(f"grade: the containment of student code needs Linux (namespaces, another user, "
+                              f"limits); on {sys.platform} it would run as you: grade on Linux (a VM, a container, "
+                              f"or Gradescope with the kit's run_autograder), or pass --uncontained")
+    deadline = gradebook.parse_time(a.deadline) if a.deadline else None
+    parts, reports = grade_all(a.submissions, kit=a.kit, jobs=a.jobs, only=a.part, deadline=deadline,
+                               metadata=a.metadata, contained=contained)
     folder = Path(a.reports) if a.reports else Path(a.csv).parent / "reports" if a.csv else None
     if a.part and folder:
         reports = [merged(earlier(folder / f"{r['id']}.json"), r)
                    if (folder / f"{r['id']}.json").is_file() else r for r in reports]
-    shown = [hidden_out(r) if a.hide_hidden else r for r in reports]
+    shown = [gradebook.hidden_out(r) if a.hide_hidden else r for r in reports]
+    if reports:
+        print(f"containment: {reports[0]['containment']}")
     for r in shown:
         print_grades(r)
     print(f"graded {len(reports)} submission(s), {reports[0]['seconds']} s each" if reports else "nothing graded")
     if folder:
         for r in shown:
-            write_file(folder / f"{r['id']}.json", json.dumps(r, indent=2) + "\n")
-            write_file(folder / f"{r['id']}.md", markdown(r))
+            gradebook.write_file(folder / f"{r['id']}.json", json.dumps(r, indent=2) + "\n")
+            gradebook.write_file(folder / f"{r['id']}.md", gradebook.markdown(r))
     if a.csv:
-        write_csv(a.csv, reports, parts)
-    if a.json:
+        gradebook.write_csv(a.csv, reports, [p.name for p in parts])
+        gradebook.append_history(Path(a.csv).with_suffix(".history.jsonl"), reports,
+                                 f"regraded part {a.part}" if a.part else "graded")
+    if a.json or a.gradescope:
         if len(reports) != 1:
-            raise AssignmentError("--json is for one submission; use --csv (and --reports) for several")
-        write_file(a.json, json.dumps(shown[0], indent=2) + "\n")
+            raise AssignmentError("--json and --gradescope are for one submission; use --csv (and --reports) for "
+                                  "several")
+        if a.json:
+            gradebook.write_file(a.json, json.dumps(shown[0], indent=2) + "\n")
+        if a.gradescope:
+            gradebook.write_file(a.gradescope, json.dumps(gradebook.gradescope(reports[0], a.gradescope_hidden),
+                                                          indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------------
 # check and parts
 
+def check_files(root):
+    """(the tree `check` runs, notes, {part: why it cannot run}): in a student version, the hand-out's graded
+    files with the student's functions put in one by one, as grading does (a helper or an import added outside
+    a function is missing here too, and a file that does not parse costs its parts); in the instructor's tree,
+    the tree as it is."""
+    files = graded_files(root)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return files, [], {}
+    base = json.loads(manifest.read_text()).get("base", {})
+    lines, reasons = [], {}
+    for file in sorted({p.file for p in PARTS} & set(base)):
+        text = base[file].encode()
+        for p in (p for p in PARTS if p.file == file):
+            mine, why = student_function(root, p)
+            try:
+                text = combined({file: text}, p, mine)[file] if mine is not None else text
+            except AssignmentError as e:
+                why = str(e)
+            if why:
+                reasons[p.name] = why
+        files[file] = text
+        try:
+            added = sorted(set(top_level((root / file).read_text())) - set(top_level(base[file])))
+        except (OSError, SyntaxError):
+            added = []
+        if added:
+            lines.append(f"note: {file} defines {', '.join(added)} outside the graded functions: grading (and "
+                         f"this check) takes each graded function alone, so put imports and helpers inside it")
+    return files, lines, reasons
+
+
 def check(name, root=ROOT):
-    """Run the visible tests of one part (or all) in this tree; returns the number of failures."""
+    """Run the visible tests of one part (or all) in this tree, as grading runs them (a process of its own, the
+    student's functions alone); returns the number of failures."""
     root = Path(root)
     names = list(BY_NAME) if name == "all" else [name]
     if any(n not in BY_NAME for n in names):
@@ -1132,39 +1038,27 @@ def check(name, root=ROOT):
     if (root / MANIFEST).is_file():  # the student version: how many tests each part has at grading
         recorded = json.loads((root / MANIFEST).read_text()).get("parts", {})
         counts = {n: p.get("tests") for n, p in recorded.items()}
-    tests = [t for n in names for t in BY_NAME[n].tests if t in visible]
-    res = run_tests(graded_files(root), tests)
-    outside_the_functions(root, {BY_NAME[n].file for n in names})
+    files, lines, reasons = check_files(root)
+    runnable = [t for n in names if n not in reasons for t in BY_NAME[n].names if t in visible]
+    res = run_tests(files, runnable, contained=False) if runnable else {}
+    res.update({t: reasons[n] for n in names if n in reasons for t in BY_NAME[n].names if t in visible})
+    for line in lines:
+        print(line)
     points = 0.0
     for n in names:
         part = BY_NAME[n]
-        mine = [t for t in part.tests if t in visible]
-        ok, total = sum(res[t] is None for t in mine), counts.get(n) or len(part.tests)
-        points += part.points * ok / total
-        print(f"{n}: {ok}/{len(mine)} visible tests pass ({part.file}, {part.function}): "
-              f"{round(part.points * ok / total, 2):g} of its {part.points} points so far; hidden tests at grading: "
-              f"{total - len(mine)}")
-        for t in mine:
-            print(f"  {'ok  ' if res[t] is None else 'FAIL'} {t}" + (f": {res[t]}" if res[t] else ""))
+        mine = [(t, w) for t, w in part.tests if t in visible]
+        got = sum(w for t, w in mine if res[t] is None)
+        hidden = (counts.get(n) or len(part.tests)) - len(mine)
+        points += got
+        print(f"{n}: {sum(res[t] is None for t, _ in mine)}/{len(mine)} visible tests pass ({part.file}, "
+              f"{part.function}): {round(got, 2):g} of its {part.points} points so far; hidden tests at grading: "
+              f"{hidden} ({part.points - sum(w for _, w in mine):g} points)")
+        for t, w in mine:
+            print(f"  {'ok  ' if res[t] is None else 'FAIL'} {t} ({w:g})" + (f": {res[t]}" if res[t] else ""))
     if len(names) > 1:
         print(f"all: {round(points, 2):g} of {sum(BY_NAME[n].points for n in names)} points from the visible tests")
     return sum(why is not None for why in res.values())
-
-
-def outside_the_functions(root, files):
-    """In a student version: say which names a student added at the top level of a graded file. Grading takes
-    each graded function alone, so an import or a helper placed outside it is missing there."""
-    if not (root / MANIFEST).is_file():
-        return
-    recorded = json.loads((root / MANIFEST).read_text()).get("top_level", {})
-    for file in sorted(files):
-        try:
-            added = sorted(set(top_level((root / file).read_text())) - set(recorded.get(file, [])))
-        except (OSError, SyntaxError):
-            continue
-        if added:
-            print(f"note: {file} defines {', '.join(added)} outside the graded functions; grading takes each "
-                  f"graded function alone, so put imports and helpers inside the function")
 
 
 def print_parts():
@@ -1196,31 +1090,38 @@ def parser():
                    "(assignment.LEAN, named in docs/instructors.md)")
     m.add_argument("--validate", type=boolean, default=True, metavar="true|false", help="validate (default)")
     g = sub.add_parser("grade", help="grade submissions part by part", description=(
-        "Grades each SUBMISSION folder (its name is the student's id) part by part, each part in a fresh "
-        "process, with the kit's tests (hidden ones too) and data; without --kit, from this instructor's "
-        "tree."))
+        "Grades each SUBMISSION folder (its name is the student's id) part by part: each part's function alone "
+        "in a contained process of its own, with the kit's tests (hidden ones too) and data; without --kit, "
+        "from this instructor's tree."))
     g.add_argument("submissions", nargs="+", metavar="SUBMISSION")
     g.add_argument("--kit", metavar="KIT", help="the grading kit that `make --kit` wrote")
-    g.add_argument("--csv", metavar="FILE", help="the gradebook: one row per submission")
+    g.add_argument("--csv", metavar="FILE", help="the gradebook: one row per submission (history in "
+                   "FILE's .history.jsonl)")
     g.add_argument("--reports", metavar="DIR", help="ID.json and ID.md per submission (default: reports/ beside "
                    "the CSV)")
     g.add_argument("--json", metavar="FILE", help="one submission's report as JSON")
-    g.add_argument("--jobs", type=int, default=2, metavar="N", help="test processes at a time (default 2)")
+    g.add_argument("--gradescope", metavar="FILE", help="one submission's results.json in Gradescope's "
+                   "autograder format")
+    g.add_argument("--gradescope-hidden", default="after_published", choices=gradebook.VISIBILITIES,
+                   help="the visibility of hidden tests in --gradescope (default after_published)")
+    g.add_argument("--deadline", metavar="TIME", help="the due time (ISO 8601, e.g. 2026-03-01T23:59:00+01:00; "
+                   "UTC without an offset): a later submission is marked late")
+    g.add_argument("--metadata", metavar="FILE", help="Gradescope's submission_metadata.json: the submission "
+                   "time and the due date")
+    g.add_argument("--jobs", type=int, default=2, metavar="N", help="parts graded at a time (default 2)")
     g.add_argument("--part", metavar="NAME", help="grade this part only, merged into the earlier reports")
     g.add_argument("--hide-hidden", action="store_true", help="name no hidden test: \"a hidden test failed\"")
+    g.add_argument("--uncontained", action="store_true", help="run student code without containment (not on "
+                   "Linux: it then runs as you, with your files and network)")
     c = sub.add_parser("check", help="run a part's visible tests in this tree", description=(
-        "Runs the visible tests of PART (or all) in this tree: ok / FAIL with expected and actual values, and "
-        "the points they are worth."))
+        "Runs the visible tests of PART (or all) in this tree, as grading runs them: ok / FAIL with expected "
+        "and actual values, and the points they are worth. Linux, macOS and Windows."))
     c.add_argument("part", metavar="PART")
     return p
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv == ["_serve"]:  # the test server: nothing of a tree imported in it
-        return _serve()
-    if argv == ["_child"]:
-        return _child_main()
     a = parser().parse_args(argv)
     try:
         if a.command == "parts":
@@ -1233,7 +1134,7 @@ def main(argv=None):
             grade_command(a)
         elif a.command == "check":
             return 1 if check(a.part) else 0
-    except (AssignmentError, OSError, ValueError) as e:
+    except (AssignmentError, gradebook.BookError, OSError, ValueError) as e:
         print(f"assignment: {e}", file=sys.stderr)
         return 2
     return 0

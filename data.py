@@ -39,12 +39,13 @@ def mask_tokens(input_ids, attention_mask, *, mask_id, vocab_size, special_ids, 
     """Dynamic masking (Sanh et al. 2019, Section 3, after RoBERTa): a fresh mask every time a batch is used.
     -> (masked input_ids, labels): labels hold the original id at chosen positions and -100 elsewhere.
 
-    Only real (attention_mask 1), non-special tokens can be chosen. weights None: each one independently with
+    special_ids: a list of ids or a dict name -> id. Only real (attention_mask 1), non-special tokens can be
+    chosen, never [MASK] itself, even where padding holds ordinary ids. weights None: each one independently with
     probability mlm_prob (BERT). weights (per-id tensor, see smoothing_weights): exactly ceil(mlm_prob * n) of
     the batch's n eligible tokens, without replacement, with probability proportional to weights[id] (the
     reference's smoothed masking). Chosen tokens become [MASK] (mask_frac), a random non-special id
-    (random_frac) or stay. All randomness comes from `generator` (on input_ids' device); the input is not
-    modified."""
+    (random_frac, never [MASK]) or stay. All randomness comes from `generator` (on input_ids' device), so the
+    same seed gives the same mask; neither input_ids nor attention_mask is modified."""
     ### BEGIN SOLUTION: 22 lines
     # 1. the eligible tokens: real, and neither special nor [MASK]
     device = input_ids.device
@@ -77,7 +78,8 @@ def mask_tokens(input_ids, attention_mask, *, mask_id, vocab_size, special_ids, 
 
 def smoothing_weights(counts, special_ids, exponent=0.7):
     """Per-id masking weights max(count, 1) ** -exponent (rare tokens masked more often); special ids get
-    0."""
+    0. counts: per id, a list or a numpy array; special_ids: a list of ids or a dict name -> id. -> a float32
+    tensor."""
     ### BEGIN SOLUTION: 3 lines
     # count ** -exponent, counting an unseen id as seen once; special ids never masked
     w = np.maximum(np.asarray(counts, np.float64), 1.0) ** -exponent

@@ -38,7 +38,10 @@ def reduce_rows(per_row, denom):
 
 def kl_per_row(student_logits, teacher_logits, temperature):
     """KL(softmax(t/T) || softmax(s/T)) for every row: (rows, classes) -> (rows,). The project's one
-    temperature KL."""
+    temperature KL. The teacher is a fixed target: detached, with the caller's tensor left as it is, so no
+    gradient reaches it. A teacher probability of 0 (a logit of -inf) adds 0 (0 log 0 = 0). In float16 too:
+    the result keeps the inputs' dtype and stays finite and accurate when a row's logits are 30 apart (where
+    softmax's small probabilities underflow to 0)."""
     ### BEGIN SOLUTION: 5 lines
     # log-probabilities of both at temperature T; the teacher is a fixed target (detached)
     log_q = F.log_softmax(student_logits / temperature, dim=-1)
@@ -74,7 +77,8 @@ def mlm_loss(student_logits, labels, denom=None):
     Rows whose label is -100 are ignored, so the caller may pass only the
     masked rows or all rows with -100 on the unmasked ones. Leading dims are
     flattened. With no masked rows the result is 0 (not NaN), still attached
-    to the graph so that backward works.
+    to the graph so that backward works. denom None: the mean over the
+    masked rows; a number D: their sum / D.
     """
     ### BEGIN SOLUTION: 5 lines
     # flatten to (rows, vocab) and (rows,); keep the rows whose label is not -100
@@ -97,7 +101,8 @@ def logit_mse_loss(student_logits, teacher_logits, denom=None):
 def cosine_loss(student_hidden, teacher_hidden, denom=None):
     """L_cos: 1 - cos(h_s, h_t) per row, aligning the direction (not the norm)
     of student and teacher hidden states. With denom=None this equals
-    nn.CosineEmbeddingLoss()(h_s, h_t, target=ones(N)). The teacher is detached.
+    nn.CosineEmbeddingLoss()(h_s, h_t, target=ones(N)); a number D: the sum
+    over rows / D. The teacher is detached (the caller's tensor left as it is).
     """
     ### BEGIN SOLUTION: 2 lines
     # cosine of each row pair (teacher detached); the loss of a row is 1 - cos, reduced by reduce_rows
@@ -164,8 +169,9 @@ def pkd_loss(student_logits, teacher_logits, labels, student_cls=None, teacher_c
       + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))    Eq. 5-6, averaged over the batch
       + beta * mean((s / |s| - t / |t|)^2)                                Eq. 6, the "patient" term
     over the [CLS] states (batch, layers, hidden) of the mapped layers. The mean is over every element, as in
-    the reference code (F.mse_loss), so beta=100 is the reference weight. Returns (loss, {"ce", "kd", "pt"} as
-    floats)."""
+    the reference code (F.mse_loss), so beta=100 is the reference weight; without [CLS] states (None) or mapped
+    layers the patient term is 0. The teacher's [CLS] states are detached (no gradient reaches them). Returns
+    (loss, {"ce", "kd", "pt"} as floats)."""
     ### BEGIN SOLUTION: 7 lines
     # the hard-label loss, and the soft-target loss at temperature T (times T^2)
     ce = F.cross_entropy(student_logits, labels)

@@ -77,8 +77,9 @@ class BertOutput:
 
 def explicit_attention(q, k, v, real_keys, dropout_p=0.0):
     """softmax(Q K^T / sqrt(d)) V written out (Vaswani et al., Eq. 1). q, k, v: (batch, heads, length,
-    head_dim); real_keys: (batch, 1, 1, length) boolean, True for real (not padding) keys. Same function as
-    F.scaled_dot_product_attention, kept for teaching."""
+    head_dim); real_keys: (batch, 1, 1, length) boolean, True for real (not padding) keys, or None (all real):
+    padding keys get weight 0. dropout_p: dropout on the attention weights (after the softmax). Same function
+    as F.scaled_dot_product_attention, kept for teaching: written out, it does not call it."""
     ### BEGIN SOLUTION: 4 lines
     # every query against every key, scaled by sqrt(head_dim): (batch, heads, length, length)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
@@ -108,7 +109,9 @@ class Layer(nn.Module):
     def attention(self, x, real_keys, swap_qk=False):
         """Multi-head self-attention of x (batch, length, hidden), before the residual: the output projection
         of the heads' results side by side. swap_qk: Pea-KD's SPS (Section 3.2) re-runs a layer with its
-        query and key projections exchanged."""
+        query and key projections exchanged. real_keys: as explicit_attention's (None: every key real).
+        cfg.attention "explicit" calls explicit_attention(q, k, v, real_keys, dropout_p), "sdpa"
+        F.scaled_dot_product_attention; dropout_p = cfg.attention_dropout in training mode, 0 in eval mode."""
         ### BEGIN SOLUTION: 11 lines
         batch, length, d = x.shape
         heads = self.cfg.num_heads
@@ -132,6 +135,9 @@ class Layer(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as BERT
 
     def forward(self, x, real_keys=None, swap_qk=False):
+        """x = LN1(x + drop(self.attention(x, real_keys, swap_qk))), then x = LN2(x + drop(FFN(x))): x (batch,
+        length, hidden) in and out; drop: dropout of p = cfg.dropout on each sub-layer's output, in training
+        mode only (self.drop)."""
         ### BEGIN SOLUTION: 3 lines
         # post-LayerNorm: add each sub-layer's output (after dropout) to its input, then LayerNorm
         x = self.ln1(x + self.drop(self.attention(x, real_keys, swap_qk)))  # x: (batch, length, hidden)
@@ -152,6 +158,9 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids, token_type_ids=None):
+        """input_ids (batch, length) -> (batch, length, hidden): word vectors + the vectors of positions
+        0..length-1 (+ token-type vectors: type 0 where token_type_ids is None; a student has none), then
+        LayerNorm, then dropout (cfg.dropout, in training mode only)."""
         length = input_ids.size(1)
         if length > self.pos.num_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_position={self.pos.num_embeddings}")
@@ -249,7 +258,8 @@ def student_from_teacher(teacher: Bert, layers=None, fold_token_types=True) -> B
     fold_token_types: the student has no token types, and single-segment pretraining feeds the teacher type 0,
     so the teacher's type-0 vector is added to the student's position embeddings; a student of all the
     teacher's layers then computes exactly what the teacher computes at type 0. False: drop it as the
-    reference code does. Returns the student in eval mode, like hf.load_pretrained."""
+    reference code does. Returns the student in eval mode, like hf.load_pretrained. Its tensors are copies:
+    it shares no storage with the teacher, and the teacher is left as it was."""
     n = teacher.cfg.num_layers
     layers = list(range(0, n, 2)) if layers is None else list(layers)
     if not layers:

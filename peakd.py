@@ -139,7 +139,7 @@ PTP_CLASSES = ("right, confident", "right, unsure", "wrong, confident", "wrong, 
 def ptp_labels(teacher_logits: torch.Tensor, labels: torch.Tensor, t1: float, t2: float) -> torch.Tensor:
     """PTP labels (Pea-KD Section 3.3) from the teacher's logits (N, C) on the training set and the true
     labels (N,): 0 = right and max probability > t1, 1 = right otherwise, 2 = wrong and max probability > t2,
-    3 = wrong otherwise."""
+    3 = wrong otherwise. -> a long tensor (N,)."""
     ### BEGIN SOLUTION: 3 lines
     # the teacher's confidence (max probability) and prediction, then right/wrong x confident/unsure
     conf, pred = teacher_logits.softmax(-1).max(-1)

@@ -197,9 +197,12 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     labels)]; padded: per micro-batch, whether it has padding, known on the host (None: unknown). The losses
     are normalised by the real and masked token counts of the whole step over every rank, so k micro-steps on
     w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last micro-step only.
+    Each micro-step calls wrapped(ids, attention_mask, labels, teacher_hidden, denoms, padded=...) with the same
+    denoms {"real", "masked", "ce"}: the step's real tokens, masked tokens (at least 1) and L_ce's rows (real or
+    masked, as cfg.ce_positions says), summed over the ranks (dist.all_reduce) and divided by the world size.
     Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool tensor on the
-    device, real tokens in the step). The finite flag stays on the device: checking it does not wait for the
-    GPU."""
+    device, real tokens in the step: a number or a 0-d tensor). The finite flag stays on the device: checking
+    it does not wait for the GPU."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
     ### BEGIN SOLUTION: 7 lines

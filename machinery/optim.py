@@ -20,7 +20,8 @@ def adamw(params, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8, fused=False):
 
 def linear_schedule(step, total, warmup_steps) -> float:
     """The factor on the peak learning rate: linear warm-up over warmup_steps, then linear decay to 0 at
-    total."""
+    total: step / warmup_steps before it (none when warmup_steps is 0: 1 at step 0), then (total - step) /
+    (total - warmup_steps), and 0 from step total on (never negative). An int or a float."""
     ### BEGIN SOLUTION: 3 lines
     # rises from 0 to 1 over the warm-up, then falls linearly to 0 at step `total` (never below)
     if step < warmup_steps:

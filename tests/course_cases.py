@@ -1,0 +1,608 @@
+"""
+Submissions for the grader's own tests (instructor-only: this file holds solutions): for each part, function
+bodies written as students write them, from the docstrings and not from the reference.
+
+    VARIANTS   correct solutions in other styles: each must get all of its part's points
+    BUGS       real mistakes: each must lose points of its part (a bug is a variant with one change)
+    CHEATS     attacks on the grader: each must score 0 and leave nothing behind
+
+Each body is the code that replaces a part's `raise NotImplementedError()` in the student version (`solve`).
+"""
+from pathlib import Path
+
+import assignment
+
+# ------------------------------------------------------------------------------------------------------------
+# Correct solutions, in the styles students write (issue 42: the tests must call and accept them all)
+
+VARIANTS = {
+    "attention": [
+        # a large negative number instead of -inf; F.dropout's default training=True (the caller passes p = 0
+        # in eval mode)
+        "d = q.shape[-1]\n"
+        "scores = torch.matmul(q, k.transpose(-1, -2)) / d ** 0.5\n"
+        "if real_keys is not None:\n"
+        "    scores = scores.masked_fill(real_keys == False, -1e9)  # noqa: E712\n"
+        "weights = torch.softmax(scores, dim=-1)\n"
+        "weights = F.dropout(weights, p=dropout_p)\n"
+        "return torch.matmul(weights, v)\n",
+        # einsum, torch.where
+        "scores = torch.einsum('bhqd,bhkd->bhqk', q, k) / math.sqrt(k.size(-1))\n"
+        "if real_keys is not None:\n"
+        "    scores = torch.where(real_keys, scores, torch.tensor(float('-inf')))\n"
+        "p = scores.softmax(-1)\n"
+        "if dropout_p > 0:\n"
+        "    p = torch.nn.functional.dropout(p, dropout_p, training=True)\n"
+        "return torch.einsum('bhqk,bhkd->bhqd', p, v)\n",
+        # an additive mask of the dtype's lowest value
+        "scale = 1.0 / math.sqrt(q.size(-1))\n"
+        "scores = (q * scale) @ k.transpose(-2, -1)\n"
+        "if real_keys is not None:\n"
+        "    scores = scores + (~real_keys).to(scores.dtype) * torch.finfo(scores.dtype).min\n"
+        "attn = F.softmax(scores, dim=-1)\n"
+        "attn = F.dropout(attn, dropout_p, True)\n"
+        "return attn @ v\n",
+    ],
+    "heads": [
+        # chunk + view, and explicit_attention called by keyword (the stand-in used to refuse real_keys=)
+        "B, L, D = x.size()\n"
+        "H = self.cfg.num_heads\n"
+        "q, k, v = self.qkv(x).chunk(3, dim=-1)\n"
+        "split = lambda t: t.view(B, L, H, D // H).transpose(1, 2)\n"
+        "q, k, v = split(q), split(k), split(v)\n"
+        "if swap_qk:\n"
+        "    q, k = k, q\n"
+        "p = self.cfg.attention_dropout if self.training else 0.0\n"
+        "if self.cfg.attention == 'explicit':\n"
+        "    out = explicit_attention(q, k, v, real_keys=real_keys, dropout_p=p)\n"
+        "else:\n"
+        "    out = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys, dropout_p=p)\n"
+        "out = out.transpose(1, 2).contiguous().view(B, L, D)\n"
+        "return self.proj(out)\n",
+        # reshape + permute, every argument positional
+        "batch, length, hidden = x.shape\n"
+        "heads = self.cfg.num_heads\n"
+        "qkv = self.qkv(x).reshape(batch, length, 3, heads, hidden // heads)\n"
+        "q = qkv[:, :, 0].permute(0, 2, 1, 3)\n"
+        "k = qkv[:, :, 1].permute(0, 2, 1, 3)\n"
+        "v = qkv[:, :, 2].permute(0, 2, 1, 3)\n"
+        "if swap_qk:\n"
+        "    q, k = k, q\n"
+        "drop = self.cfg.attention_dropout if self.training else 0\n"
+        "if self.cfg.attention == 'explicit':\n"
+        "    y = explicit_attention(q, k, v, real_keys, drop)\n"
+        "else:\n"
+        "    y = F.scaled_dot_product_attention(q, k, v, real_keys, drop)\n"
+        "return self.proj(y.permute(0, 2, 1, 3).reshape(batch, length, hidden))\n",
+        # the fused weight split by hand, the swap done on the weights
+        "d, h = self.cfg.hidden_size, self.cfg.num_heads\n"
+        "wq, wk, wv = self.qkv.weight.split(d, dim=0)\n"
+        "bq, bk, bv = self.qkv.bias.split(d)\n"
+        "if swap_qk:\n"
+        "    wq, wk, bq, bk = wk, wq, bk, bq\n"
+        "def heads_of(w, b):\n"
+        "    return F.linear(x, w, b).view(x.shape[0], x.shape[1], h, d // h).transpose(1, 2)\n"
+        "q, k, v = heads_of(wq, bq), heads_of(wk, bk), heads_of(wv, bv)\n"
+        "p = self.cfg.attention_dropout if self.training else 0.0\n"
+        "if self.cfg.attention == 'explicit':\n"
+        "    ctx = explicit_attention(q, k, v, real_keys, dropout_p=p)\n"
+        "else:\n"
+        "    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys, dropout_p=p)\n"
+        "return self.proj(ctx.transpose(1, 2).reshape(x.shape[0], x.shape[1], d))\n",
+    ],
+    "layer": [
+        # self.attention by keyword; F.dropout with the training flag instead of self.drop
+        "a = self.attention(x, real_keys=real_keys, swap_qk=swap_qk)\n"
+        "x = self.ln1(x + F.dropout(a, self.cfg.dropout, self.training))\n"
+        "f = self.feed_forward(x)\n"
+        "return self.ln2(x + F.dropout(f, p=self.cfg.dropout, training=self.training))\n",
+        # the feed-forward network written out, the residual added the other way round
+        "attn_out = self.drop(self.attention(x, real_keys, swap_qk))\n"
+        "h = self.ln1(attn_out + x)\n"
+        "ffn_out = self.drop(self.fc2(F.gelu(self.fc1(h))))\n"
+        "return self.ln2(h + ffn_out)\n",
+        "residual = x\n"
+        "x = self.attention(x, real_keys, swap_qk=swap_qk)\n"
+        "x = self.ln1(residual + self.drop(x))\n"
+        "residual = x\n"
+        "x = self.drop(self.feed_forward(x))\n"
+        "x = self.ln2(residual + x)\n"
+        "return x\n",
+    ],
+    "embeddings": [
+        # positions by index, type 0 as zeros, F.dropout with the module's p
+        "positions = torch.arange(length, device=input_ids.device)\n"
+        "x = self.word(input_ids) + self.pos(positions)[None]\n"
+        "if self.types is not None:\n"
+        "    if token_type_ids is None:\n"
+        "        token_type_ids = torch.zeros_like(input_ids)\n"
+        "    x = x + self.types(token_type_ids)\n"
+        "x = self.ln(x)\n"
+        "return F.dropout(x, self.drop.p, self.training)\n",
+        "pos = self.pos.weight[: input_ids.shape[1]].unsqueeze(0)\n"
+        "emb = self.word(input_ids) + pos\n"
+        "if self.types is not None:\n"
+        "    emb = emb + (self.types.weight[0] if token_type_ids is None else self.types(token_type_ids))\n"
+        "return self.drop(self.ln(emb))\n",
+    ],
+    "student_init": [
+        # parameters copied module by module
+        "import copy\n"
+        "student = Bert(replace(teacher.cfg, num_layers=len(layers), type_vocab_size=0, pooler=False))\n"
+        "with torch.no_grad():\n"
+        "    student.emb.word.weight.copy_(teacher.emb.word.weight)\n"
+        "    pos = teacher.emb.pos.weight.clone()\n"
+        "    if fold_token_types and teacher.emb.types is not None:\n"
+        "        pos += teacher.emb.types.weight[0]\n"
+        "    student.emb.pos.weight.copy_(pos)\n"
+        "    student.emb.ln.load_state_dict(teacher.emb.ln.state_dict())\n"
+        "    student.head.load_state_dict(teacher.head.state_dict())\n"
+        "    for j, i in enumerate(layers):\n"
+        "        student.layers[j].load_state_dict(copy.deepcopy(teacher.layers[i].state_dict()))\n"
+        "student.eval()\n"
+        "return student\n",
+        # the state dict renamed
+        "student = Bert(replace(teacher.cfg, num_layers=len(layers), type_vocab_size=0, pooler=False))\n"
+        "teacher_sd = teacher.state_dict()\n"
+        "new_sd = {}\n"
+        "for name, tensor in teacher_sd.items():\n"
+        "    if name.startswith('layers.'):\n"
+        "        idx = int(name.split('.')[1])\n"
+        "        if idx in layers:\n"
+        "            new_sd['layers.%d.%s' % (layers.index(idx), name.split('.', 2)[2])] = tensor.clone()\n"
+        "    elif not name.startswith(('emb.types', 'pooler')):\n"
+        "        new_sd[name] = tensor.clone()\n"
+        "if fold_token_types and 'emb.types.weight' in teacher_sd:\n"
+        "    new_sd['emb.pos.weight'] = new_sd['emb.pos.weight'] + teacher_sd['emb.types.weight'][0]\n"
+        "student.load_state_dict(new_sd)\n"
+        "return student.eval()\n",
+    ],
+    "kl": [
+        # nn.functional.kl_div on probabilities (0 log 0 = 0 by xlogy)
+        "s = F.log_softmax(student_logits / temperature, dim=-1)\n"
+        "p = F.softmax(teacher_logits.detach() / temperature, dim=-1)\n"
+        "return F.kl_div(s, p, reduction='none').sum(-1)\n",
+        # xlogy by hand
+        "T = temperature\n"
+        "p = torch.softmax(teacher_logits.detach() / T, dim=-1)\n"
+        "log_q = torch.log_softmax(student_logits / T, dim=-1)\n"
+        "return (torch.special.xlogy(p, p) - p * log_q).sum(dim=-1)\n",
+        # the NaN of 0 * -inf replaced
+        "teacher = teacher_logits.detach()\n"
+        "log_p = (teacher / temperature).log_softmax(-1)\n"
+        "log_q = (student_logits / temperature).log_softmax(-1)\n"
+        "kl = torch.nan_to_num(log_p.exp() * (log_p - log_q), nan=0.0)\n"
+        "return kl.sum(-1)\n",
+    ],
+    "soft_targets": [
+        # kl_per_row called by keyword (the stand-in used to refuse student_logits=), reduced by hand
+        "per_row = kl_per_row(student_logits=student_logits, teacher_logits=teacher_logits, "
+        "temperature=temperature)\n"
+        "n = denom if denom is not None else student_logits.shape[0]\n"
+        "return per_row.sum() / n * temperature ** 2\n",
+        "per_row = kl_per_row(student_logits, teacher_logits, temperature)\n"
+        "loss = per_row.mean() if denom is None else per_row.sum() / denom\n"
+        "return loss * temperature * temperature\n",
+    ],
+    "mlm": [
+        "flat = student_logits.reshape(-1, student_logits.size(-1))\n"
+        "y = labels.reshape(-1)\n"
+        "per_row = F.cross_entropy(flat, y, ignore_index=-100, reduction='none')[y != -100]\n"
+        "return reduce_rows(per_row, denom)\n",
+        # cross_entropy's sum, the count as a Python int
+        "flat_logits = student_logits.flatten(0, -2)\n"
+        "flat_labels = labels.flatten()\n"
+        "loss_sum = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction='sum')\n"
+        "if denom is None:\n"
+        "    denom = max(int((flat_labels != -100).sum()), 1)\n"
+        "return loss_sum / denom\n",
+    ],
+    "cosine": [
+        "cos = F.cosine_similarity(student_hidden, teacher_hidden.detach(), dim=-1)\n"
+        "loss = 1 - cos\n"
+        "return loss.mean() if denom is None else loss.sum() / denom\n",
+        "s = F.normalize(student_hidden, dim=-1)\n"
+        "t = F.normalize(teacher_hidden.detach(), dim=-1)\n"
+        "return reduce_rows(1 - (s * t).sum(-1), denom)\n",
+        "ones = torch.ones(student_hidden.size(0))\n"
+        "if denom is None:\n"
+        "    return torch.nn.CosineEmbeddingLoss()(student_hidden, teacher_hidden.detach(), ones)\n"
+        "total = torch.nn.CosineEmbeddingLoss(reduction='sum')(student_hidden, teacher_hidden.detach(), ones)\n"
+        "return total / denom\n",
+    ],
+    "combine": [
+        # the parts as Python floats (detached numbers: the docstring fixes no type)
+        "weights = {'ce': alpha_ce, 'mlm': alpha_mlm, 'cos': alpha_cos, 'mse': alpha_mse}\n"
+        "total = 0\n"
+        "for name, loss in losses.items():\n"
+        "    total = total + weights[name] * loss\n"
+        "parts = {name: loss.item() for name, loss in losses.items()}\n"
+        "parts['total'] = total.item()\n"
+        "return total, parts\n",
+        "names = list(losses)\n"
+        "total = torch.stack([alphas[n] * losses[n] for n in names]).sum()\n"
+        "parts = {n: losses[n].detach() for n in names}\n"
+        "parts.update(total=total.detach())\n"
+        "return total, parts\n",
+    ],
+    "masking": [
+        # bernoulli for the uniform draw, boolean indexing for the actions
+        "special = list(special_ids.values()) if isinstance(special_ids, dict) else list(special_ids)\n"
+        "special = torch.tensor(special + [mask_id], device=input_ids.device)\n"
+        "can_mask = (attention_mask == 1) & ~torch.isin(input_ids, special)\n"
+        "if weights is None:\n"
+        "    probs = torch.full(input_ids.shape, mlm_prob, device=input_ids.device)\n"
+        "    chosen = torch.bernoulli(probs, generator=generator).bool() & can_mask\n"
+        "else:\n"
+        "    w = weights.to(input_ids.device).float()[input_ids].masked_fill(~can_mask, 0).view(-1)\n"
+        "    n = min(math.ceil(mlm_prob * can_mask.sum().item()), int((w > 0).sum()))\n"
+        "    chosen = torch.zeros(w.numel(), dtype=torch.bool, device=input_ids.device)\n"
+        "    if n > 0:\n"
+        "        chosen[torch.multinomial(w, n, replacement=False, generator=generator)] = True\n"
+        "    chosen = chosen.view_as(input_ids)\n"
+        "labels = input_ids.clone()\n"
+        "labels[~chosen] = -100\n"
+        "masked = input_ids.clone()\n"
+        "r = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)\n"
+        "to_mask = chosen & (r < mask_frac)\n"
+        "to_random = chosen & (r >= mask_frac) & (r < mask_frac + random_frac)\n"
+        "masked[to_mask] = mask_id\n"
+        "allowed = torch.tensor([i for i in range(vocab_size) if i not in set(special.tolist())])\n"
+        "pick = torch.randint(0, len(allowed), (int(to_random.sum()),), generator=generator)\n"
+        "masked[to_random] = allowed[pick].to(input_ids.device)\n"
+        "return masked, labels\n",
+        # a lookup table of special ids, torch.where throughout
+        "dev = input_ids.device\n"
+        "specials = set(special_ids.values() if isinstance(special_ids, dict) else special_ids) | {mask_id}\n"
+        "is_special = torch.zeros(vocab_size, dtype=torch.bool, device=dev)\n"
+        "is_special[[s for s in specials if s < vocab_size]] = True\n"
+        "eligible = attention_mask.bool() & ~is_special[input_ids]\n"
+        "if weights is None:\n"
+        "    chosen = (torch.rand(input_ids.shape, generator=generator, device=dev) < mlm_prob) & eligible\n"
+        "else:\n"
+        "    flat = torch.where(eligible, weights.to(dev, torch.float32)[input_ids], 0.0).flatten()\n"
+        "    k = min(math.ceil(mlm_prob * eligible.sum().item() - 1e-9), int(torch.count_nonzero(flat)))\n"
+        "    chosen = torch.zeros_like(flat, dtype=torch.bool)\n"
+        "    if k > 0:\n"
+        "        chosen[torch.multinomial(flat, k, replacement=False, generator=generator)] = True\n"
+        "    chosen = chosen.view(input_ids.shape)\n"
+        "labels = torch.where(chosen, input_ids, -100)\n"
+        "u = torch.rand(input_ids.shape, generator=generator, device=dev)\n"
+        "candidates = (~is_special).nonzero().flatten()\n"
+        "rand_ids = candidates[torch.randint(len(candidates), input_ids.shape, generator=generator, device=dev)]\n"
+        "out = torch.where(chosen & (u < mask_frac), mask_id, input_ids)\n"
+        "out = torch.where(chosen & (u >= mask_frac) & (u < mask_frac + random_frac), rand_ids, out)\n"
+        "return out, labels\n",
+    ],
+    "smoothing": [
+        # torch all the way, special ids one by one
+        "w = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1) ** -exponent\n"
+        "for i in (special_ids.values() if isinstance(special_ids, dict) else special_ids):\n"
+        "    w[i] = 0.0\n"
+        "return w.float()\n",
+        "w = np.power(np.clip(np.array(counts, dtype=float), 1, None), -exponent)\n"
+        "ids = list(special_ids.values()) if isinstance(special_ids, dict) else list(special_ids)\n"
+        "w[ids] = 0\n"
+        "return torch.from_numpy(w).to(torch.float32)\n",
+    ],
+    "lr_schedule": [
+        # max(0, ...) returns the int 0 past the end (the tests used to demand a float)
+        "if warmup_steps and step < warmup_steps:\n"
+        "    return step / warmup_steps\n"
+        "return max(0, (total - step) / (total - warmup_steps))\n",
+        "if step < warmup_steps:\n"
+        "    return float(step) / float(max(1, warmup_steps))\n"
+        "progress = (step - warmup_steps) / max(1, total - warmup_steps)\n"
+        "return max(0.0, 1.0 - progress)\n",
+    ],
+    "denominators": [
+        # counts as 0-d tensors, all_reduce(t, op=ReduceOp.SUM); n_real returned as a tensor
+        "n_real = sum(am.sum() for _, am, _ in batches)\n"
+        "n_masked = sum((labels != -100).sum() for _, _, labels in batches)\n"
+        "counts = torch.stack([n_real, n_masked]).float()\n"
+        "if ddp:\n"
+        "    dist.all_reduce(counts, op=dist.ReduceOp.SUM)\n"
+        "n_real, n_masked = counts[0], counts[1]\n"
+        "denoms = {'real': n_real / world, 'masked': n_masked.clamp(min=1) / world}\n"
+        "denoms['ce'] = denoms['real'] if cfg.ce_positions == 'all' else denoms['masked']\n",
+        # two tensors, all_reduce(t, ReduceOp.SUM) positional, Python ints
+        "real = torch.tensor(0, dtype=torch.long)\n"
+        "masked = torch.tensor(0, dtype=torch.long)\n"
+        "for ids, am, labels in batches:\n"
+        "    real += am.sum()\n"
+        "    masked += (labels != -100).sum()\n"
+        "if ddp:\n"
+        "    dist.all_reduce(real, dist.ReduceOp.SUM)\n"
+        "    dist.all_reduce(masked, dist.ReduceOp.SUM)\n"
+        "n_real, n_masked = int(real), int(masked)\n"
+        "denoms = dict(real=n_real / world, masked=max(n_masked, 1) / world)\n"
+        "denoms['ce'] = denoms['real'] if cfg.ce_positions == 'all' else denoms['masked']\n",
+        "t = torch.tensor([float(sum(int(am.sum()) for _, am, _ in batches)),\n"
+        "                  float(sum(int((lb != -100).sum()) for _, _, lb in batches))])\n"
+        "if ddp:\n"
+        "    torch.distributed.all_reduce(t)\n"
+        "n_real, n_masked = t.tolist()\n"
+        "denoms = {'real': n_real / world, 'masked': max(n_masked, 1.0) / world}\n"
+        "denoms['ce'] = denoms['masked'] if cfg.ce_positions == 'masked' else denoms['real']\n",
+    ],
+    "ptp": [
+        "conf, pred = teacher_logits.softmax(-1).max(dim=-1)\n"
+        "right = pred.eq(labels)\n"
+        "out = torch.empty_like(labels)\n"
+        "out[right & (conf > t1)] = 0\n"
+        "out[right & (conf <= t1)] = 1\n"
+        "out[~right & (conf > t2)] = 2\n"
+        "out[~right & (conf <= t2)] = 3\n"
+        "return out\n",
+        "probs = torch.softmax(teacher_logits, dim=1)\n"
+        "conf, pred = probs.max(1)\n"
+        "unsure = torch.where(pred == labels, conf <= t1, conf <= t2)\n"
+        "return 2 * (pred != labels).long() + unsure.long()\n",
+    ],
+    "pkd": [
+        # soft_target_loss by keyword, the norms by hand, the parts by float()
+        "ce = F.cross_entropy(student_logits, labels)\n"
+        "kd = soft_target_loss(student_logits=student_logits, teacher_logits=teacher_logits, "
+        "temperature=temperature)\n"
+        "if student_cls is None or teacher_cls is None or student_cls.shape[1] == 0:\n"
+        "    pt = torch.zeros((), device=student_logits.device)\n"
+        "else:\n"
+        "    s = student_cls / student_cls.norm(dim=-1, keepdim=True)\n"
+        "    t = teacher_cls.detach() / teacher_cls.detach().norm(dim=-1, keepdim=True)\n"
+        "    pt = ((s - t) ** 2).mean()\n"
+        "loss = (1 - alpha) * ce + alpha * kd + beta * pt\n"
+        "return loss, {'ce': float(ce), 'kd': float(kd), 'pt': float(pt)}\n",
+        # the patient term a Python 0.0 without layers
+        "hard = F.cross_entropy(student_logits, labels)\n"
+        "soft = soft_target_loss(student_logits, teacher_logits, temperature)\n"
+        "patient = 0.0\n"
+        "if student_cls is not None and student_cls.size(1) > 0:\n"
+        "    patient = F.mse_loss(F.normalize(student_cls, p=2, dim=-1),\n"
+        "                         F.normalize(teacher_cls, p=2, dim=-1).detach())\n"
+        "total = (1 - alpha) * hard + alpha * soft + beta * patient\n"
+        "return total, {'ce': hard.item(), 'kd': soft.item(), 'pt': float(patient)}\n",
+    ],
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real mistakes: (part, what, variant index, text in that variant, the mistake). The first eight are the ones
+# issue 42 found scoring full marks; the rest are the subtly wrong solutions the old tests already caught.
+
+BUGS = [
+    ("masking", "the weighted path chooses padding positions", 1,
+     "flat = torch.where(eligible, weights.to(dev, torch.float32)[input_ids], 0.0).flatten()",
+     "flat = torch.where(~is_special[input_ids], weights.to(dev, torch.float32)[input_ids], 0.0).flatten()"),
+    ("masking", "attention_mask changed in place", 1,
+     "eligible = attention_mask.bool() & ~is_special[input_ids]",
+     "attention_mask.masked_fill_(is_special[input_ids], 0)\neligible = attention_mask.bool()"),
+    ("kl", "teacher_logits.detach_() changes the caller's tensor", 1,
+     "p = torch.softmax(teacher_logits.detach() / T, dim=-1)",
+     "p = torch.softmax(teacher_logits.detach_() / T, dim=-1)"),
+    ("kl", "log(softmax(x)): inf in float16 at a logit gap of 24", 1,
+     "log_q = torch.log_softmax(student_logits / T, dim=-1)",
+     "log_q = torch.log(torch.softmax(student_logits / T, dim=-1))"),
+    ("attention", "explicit_attention just calls F.scaled_dot_product_attention", 0,
+     "d = q.shape[-1]",
+     "return F.scaled_dot_product_attention(q, k, v, attn_mask=real_keys, dropout_p=dropout_p)"),
+    ("student_init", "off by one: teacher layers 1, 3, 5 whatever `layers` says", 0,
+     "for j, i in enumerate(layers):", "for j, i in enumerate(range(1, 2 * len(layers), 2)):"),
+    ("masking", "80/10/10 swapped: 10% [MASK], 80% random ids", 1,
+     "out = torch.where(chosen & (u < mask_frac), mask_id, input_ids)\n"
+     "out = torch.where(chosen & (u >= mask_frac) & (u < mask_frac + random_frac), rand_ids, out)",
+     "out = torch.where(chosen & (u < random_frac), mask_id, input_ids)\n"
+     "out = torch.where(chosen & (u >= random_frac) & (u < mask_frac + random_frac), rand_ids, out)"),
+    ("soft_targets", "T^2 forgotten", 1, "return loss * temperature * temperature", "return loss"),
+    # the old list
+    ("attention", "no dropout on the weights", 0, "weights = F.dropout(weights, p=dropout_p)\n", ""),
+    ("attention", "scaled by sqrt(d * heads)", 0, "/ d ** 0.5", "/ (d * q.shape[1]) ** 0.5"),
+    ("heads", "attention dropout in eval mode", 0, "p = self.cfg.attention_dropout if self.training else 0.0",
+     "p = self.cfg.attention_dropout"),
+    ("heads", "query and key exchanged, padding not masked", 1, "y = explicit_attention(q, k, v, real_keys, drop)",
+     "y = explicit_attention(k, q, v, None, drop)"),
+    ("layer", "no dropout after the attention", 1, "attn_out = self.drop(self.attention(x, real_keys, swap_qk))",
+     "attn_out = self.attention(x, real_keys, swap_qk)"),
+    ("layer", "dropout after the LayerNorm", 1, "return self.ln2(h + ffn_out)",
+     "return self.drop(self.ln2(h + self.fc2(F.gelu(self.fc1(h)))))"),
+    ("layer", "F.dropout without the training flag: dropout in eval mode", 0,
+     "x = self.ln1(x + F.dropout(a, self.cfg.dropout, self.training))",
+     "x = self.ln1(x + F.dropout(a, self.cfg.dropout))"),
+    ("embeddings", "dropout before the LayerNorm", 1, "return self.drop(self.ln(emb))",
+     "return self.ln(self.drop(emb))"),
+    ("student_init", "the type-1 vector folded", 1, "teacher_sd['emb.types.weight'][0]",
+     "teacher_sd['emb.types.weight'][1]"),
+    ("student_init", "the teacher's layers shared, not copied", 0,
+     "student.layers[j].load_state_dict(copy.deepcopy(teacher.layers[i].state_dict()))",
+     "student.layers[j] = teacher.layers[i]"),
+    ("kl", "the teacher not detached", 1, "p = torch.softmax(teacher_logits.detach() / T, dim=-1)",
+     "p = torch.softmax(teacher_logits / T, dim=-1)"),
+    ("mlm", "the mean whatever denom says", 0, "return reduce_rows(per_row, denom)", "return per_row.mean()"),
+    ("cosine", "the teacher not detached", 0, "teacher_hidden.detach()", "teacher_hidden"),
+    ("combine", "L_mse left out", 1, "names = list(losses)", "names = [n for n in losses if n != 'mse']"),
+    ("masking", "padding chosen (no attention_mask)", 1, "eligible = attention_mask.bool() & ~is_special[input_ids]",
+     "eligible = ~is_special[input_ids]"),
+    ("masking", "random ids may be special", 1, "candidates = (~is_special).nonzero().flatten()",
+     "candidates = torch.arange(vocab_size, device=dev)"),
+    ("masking", "every chosen token not masked becomes random", 1,
+     "chosen & (u >= mask_frac) & (u < mask_frac + random_frac)", "chosen & (u >= mask_frac)"),
+    ("smoothing", "count + 1 instead of max(count, 1)", 1, "np.clip(np.array(counts, dtype=float), 1, None)",
+     "np.array(counts, dtype=float) + 1"),
+    ("lr_schedule", "warm-up one step ahead", 1, "return float(step) / float(max(1, warmup_steps))",
+     "return float(step + 1) / float(max(1, warmup_steps))"),
+    ("denominators", "no division by the world size", 1,
+     "denoms = dict(real=n_real / world, masked=max(n_masked, 1) / world)",
+     "denoms = dict(real=n_real, masked=max(n_masked, 1))"),
+    ("denominators", "L_ce always over the real tokens", 1,
+     "denoms['ce'] = denoms['real'] if cfg.ce_positions == 'all' else denoms['masked']",
+     "denoms['ce'] = denoms['real']"),
+    ("ptp", "confidence from the logits, not the probabilities", 1, "conf, pred = probs.max(1)",
+     "conf, pred = teacher_logits.max(1)"),
+    ("pkd", "the teacher's [CLS] states not detached", 1, "F.normalize(teacher_cls, p=2, dim=-1).detach()",
+     "F.normalize(teacher_cls, p=2, dim=-1)"),
+    ("pkd", "alpha on the wrong term", 1, "total = (1 - alpha) * hard + alpha * soft + beta * patient",
+     "total = alpha * hard + (1 - alpha) * soft + beta * patient"),
+]
+
+
+def bug_body(bug):
+    part, what, index, right, wrong = bug
+    body = VARIANTS[part][index]
+    assert body.count(right) == 1, f"{part}, {what}: {right!r} is not once in variant {index}"
+    return body.replace(right, wrong)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Cheats: (part, body). Each scored on the grader before issue 42 (the points there in the comment); names that
+# a filter would flag are built from pieces, as a cheater would.
+
+CHEATS = {
+    # issue 42: the call stack walked to the test's report and its run token, "pass" written for every test
+    "report forged from the stack (kl)": ("kl", (
+        "import sys, json\n"
+        "frame = getattr(sys, '_get' + 'frame')(1)\n"
+        "while frame is not None:\n"
+        "    local = frame.f_locals\n"
+        "    if 'report' in local and 'job' in local:\n"
+        "        for name in local['job']['names']:\n"
+        "            local['report'](json.dumps([name, None]))\n"
+        "        local['report']('end')\n"
+        "    for name, value in list(local.items()):\n"
+        "        if hasattr(value, 'write') and hasattr(value, 'flush') and name in ('writer', 'stream'):\n"
+        "            value.write(len(b'x').to_bytes(8, 'big') + b'x')  # a forged answer\n"
+        "    frame = frame.f_back\n"
+        "return torch.zeros(student_logits.shape[0])\n")),
+    # the stored reference tensors read off the stack
+    "reference tensors from the stack (heads)": ("heads", (
+        "import sys\n"
+        "frame = getattr(sys, '_get' + 'frame')(1)\n"
+        "while frame is not None:\n"
+        "    for scope in (frame.f_locals, frame.f_globals):\n"
+        "        for value in list(scope.values()):\n"
+        "            if isinstance(value, dict) and 'layer.attention' in value:\n"
+        "                return value['layer.attention_swapped' if swap_qk else 'layer.attention'][: x.shape[0]]\n"
+        "    frame = frame.f_back\n"
+        "return x\n")),
+    # F.cross_entropy replaced, which the test called after the student's function for the expected value
+    "F.cross_entropy replaced (mlm)": ("mlm", (
+        "import torch.nn.functional as functional\n"
+        "setattr(functional, 'cross' + '_entropy', lambda *a, **k: torch.tensor(0.5))\n"
+        "return torch.tensor(0.5)\n")),
+    # the test's local `expected` returned
+    "the test's expected value from the stack (attention)": ("attention", (
+        "import sys\n"
+        "frame = getattr(sys, '_get' + 'frame')(1)\n"
+        "while frame is not None:\n"
+        "    if 'expected' in frame.f_locals:\n"
+        "        return frame.f_locals['expected']\n"
+        "    frame = frame.f_back\n"
+        "return q\n")),
+    # the comparison functions replaced in the test's globals (found through the stack); a wrong answer
+    "close and same_floats replaced in the test's globals (lr_schedule)": ("lr_schedule", (
+        "import sys\n"
+        "frame = getattr(sys, '_get' + 'frame')(1)\n"
+        "while frame is not None:\n"
+        "    scope = frame.f_globals\n"
+        "    for name in ('close', 'same_floats', 'numbers', 'number', 'exactly'):\n"
+        "        if callable(scope.get(name)):\n"
+        "            scope[name] = lambda *a, **k: a[0] if name == 'exactly' else None\n"
+        "    frame = frame.f_back\n"
+        "return -123\n")),
+    # the expected values read from the tests' source (hidden tests included), every name built from pieces
+    "the tests' source read for the expected labels, names built from pieces (ptp)": ("ptp", (
+        "import re\n"
+        "reader = getattr(__builtins__, 'op' + 'en') if isinstance(__builtins__, dict) is False else "
+        "__builtins__['op' + 'en']\n"
+        "source = reader('tests/' + 'test_' + 'parts.py').read()\n"
+        "for found in re.findall(r'== \\[([0-9, ]+)\\]', source):\n"
+        "    values = [int(v) for v in found.split(',')]\n"
+        "    if len(values) == labels.shape[0]:\n"
+        "        return torch.tensor(values)\n"
+        "return torch.zeros_like(labels)\n")),
+    # the cheats the grader before issue 42 caught (points on the grader before the kit in brackets)
+    "the reference through sys.argv[0] (kl, 7/7 before the kit)": ("kl", (
+        "import pathlib, sys\n"
+        "src = (pathlib.Path(sys.argv[0]).resolve().parent / 'losses.py').read_text()\n"
+        "ns = {}\n"
+        "exec(compile(src, 'reference', 'exec'), ns)\n"
+        "return ns['kl_per_row'](student_logits, teacher_logits, temperature)\n")),
+    "the result file forged, then os._exit (ptp, 6/6 before the kit)": ("ptp", (
+        "import json, os, sys\n"
+        "with open(sys.argv[-1], 'w') as f:\n"
+        "    json.dump({name: None for name in sys.argv[1:]}, f)\n"
+        "os._exit(0)\n")),
+    "torch.testing.assert_close patched (mlm, 3.3/5 before the kit)": ("mlm", (
+        "import torch\n"
+        "torch.testing.assert_close = lambda *args, **kwargs: None\n"
+        "return torch.tensor(0.5)\n")),
+    "a float equal to everything (lr_schedule, 4/4 before the kit)": ("lr_schedule", (
+        "class Yes(float):\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    __hash__ = float.__hash__\n"
+        "return Yes(0.25)\n")),
+    "transformers let in again (smoothing, 4/4 before the kit)": ("smoothing", (
+        "import sys\n"
+        "sys.modules.pop('transformers', None)\n"
+        "import transformers  # noqa\n"
+        "w = np.maximum(np.asarray(counts, np.float64), 1.0) ** -exponent\n"
+        "specials = special_ids.values() if isinstance(special_ids, dict) else special_ids\n"
+        "w[[i for i in specials if i < len(w)]] = 0.0\n"
+        "return torch.tensor(w, dtype=torch.float32)\n")),
+    "the stored tensors of sanity/ returned (heads, 6/8 before the kit)": ("heads", (
+        "from safetensors.torch import load_file\n"
+        "ref = load_file('sanity/parts_reference.safetensors')\n"
+        "return ref['layer.attention_swapped' if swap_qk else 'layer.attention'][: x.shape[0]]\n")),
+}
+
+
+# The escape of issue 42: another student's solution read by a shell that _posixsubprocess starts (no audit
+# event), a session of its own left sleeping, and that solution's answer returned. OTHER and MARK are filled
+# in by the test (the other student's file, a name for the sleeper and the leaked file).
+ESCAPE = ("lr_schedule", """import multiprocessing.util, time
+cmd = "cat OTHER > leak.py; cp leak.py /tmp/leak-MARK; (setsid sh -c 'sleep 3171; true MARK' &); setsid sleep 3172 &"
+multiprocessing.util.spawnv_passfds(b'/bin/sh', [b'sh', b'-c', cmd.encode()], ())
+time.sleep(0.5)
+ns = {}
+exec(open('leak.py').read(), ns)
+return ns['linear_schedule'](step, total, warmup_steps)
+""")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Building submissions
+
+
+def solve(folder, part, body):
+    """In folder (a copy of the student version), the part's `raise NotImplementedError()` replaced by body,
+    at its indentation."""
+    p = assignment.BY_NAME[part]
+    path = Path(folder) / p.file
+    text = path.read_text()
+    lines = text.splitlines()
+    first, last = assignment.functions(text, p.file)[p.function]
+    i = next(i for i in range(first, last + 1) if lines[i].strip() == "raise NotImplementedError()")
+    indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+    lines[i: i + 1] = [indent + line if line.strip() else "" for line in body.splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def solved(files, part, body):
+    """files (a tree: the kit's, the student version's) with the part's function solved by body, in memory."""
+    p = assignment.BY_NAME[part]
+    text = files[p.file].decode()
+    lines = text.splitlines()
+    first, last = assignment.functions(text, p.file)[p.function]
+    i = next(i for i in range(first, last + 1) if lines[i].strip() == "raise NotImplementedError()")
+    indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+    lines[i: i + 1] = [indent + line if line.strip() else "" for line in body.splitlines()]
+    return {**files, p.file: ("\n".join(lines) + "\n").encode()}
+
+
+def variant_submission(k):
+    """{part: body} of the k-th correct submission: for each part a variant, chosen by the digits of k in the
+    mixed radix of the variants' counts (shifted by the part's place), so that no two submissions are alike."""
+    out = {}
+    for j, (part, bodies) in enumerate(VARIANTS.items()):
+        k, digit = divmod(k, len(bodies))
+        out[part] = bodies[(digit + j) % len(bodies)]
+    return out
