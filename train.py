@@ -9,6 +9,8 @@ The defaults are the paper's recipe (Section 3 "Distillation" and the released m
 teacher layer out of two, batches of 4,000 sequences by gradient accumulation, dynamic masking without NSP,
 AdamW, lr 5e-4 with 5% warm-up, and the loss 5 * L_ce + 2 * L_mlm + 1 * L_cos at temperature 2.
 `python train.py --help` lists every setting; any of them can be changed with --key=value.
+Exit codes: 0 the run finished, 75 stopped by SIGTERM or Ctrl-C with a checkpoint (the same command with
+--resume=true continues), 1 an error (one line).
 """
 import contextlib
 import gc
