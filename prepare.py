@@ -582,16 +582,19 @@ def main(argv=None):
                    help="output folder (default: data/shards, train.py's default --data)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--vocab", help="vocab.txt or tokenizer.json (e.g. the teacher's); default: train one")
-    g.add_argument("--vocab_size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
-    p.add_argument("--valid_fraction", type=float, default=0.005)
+    g.add_argument("--vocab_size", type=int, default=8192, help="size of the WordPiece vocabulary to train; in "
+                   f"{SETTINGS['vocab_size'][0]}")
+    p.add_argument("--valid_fraction", type=float, default=0.005, help="documents held out as the valid split; "
+                   f"in {SETTINGS['valid_fraction'][0]}")
     p.add_argument("--hf_dataset", action="append", default=[], help="name[:config] of a HF dataset, or a "
                    "save_to_disk folder (repeatable)")
     p.add_argument("--pack_rows", default="auto", choices=["auto", "on", "off"], help="join consecutive "
                    "rows of a HF dataset into documents (auto: when rows are sentences, as BookCorpus's)")
-    p.add_argument("--pack_chars", type=int, default=PACK_CHARS, help="packed document size in characters")
-    p.add_argument("--shard_tokens", type=int, default=1 << 27)
-    p.add_argument("--batch_docs", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pack_chars", type=int, default=PACK_CHARS, help="packed document size in characters; >= 1")
+    p.add_argument("--shard_tokens", type=int, default=1 << 27, help="tokens per shard file; >= 1")
+    p.add_argument("--batch_docs", type=int, default=1000, help="documents per encoding batch; >= 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the valid split's draw; "
+                   f"in {SETTINGS['seed'][0]}")
     p.add_argument("--overwrite", action="store_true", help="replace an out folder made from other inputs")
     a = p.parse_args(argv)
     try:

@@ -101,8 +101,10 @@ def _interval(text) -> tuple:
 
 
 def field_help(cls) -> dict:
-    """Each field's --help text (its `opt` metadata)."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+    """Each field's --help text (its `opt` metadata), with the range it allows."""
+    def allowed(r):
+        return "" if not r else f"; {r}" if r.startswith(">") else f"; in {r}"
+    return {f.name: f.metadata.get("help", "") + allowed(f.metadata.get("range", "")) for f in dataclasses.fields(cls)}
 
 
 def convert(key, value: str, kind):

@@ -492,7 +492,7 @@ def test_only_files_named_ckpt_nnnnnnn_pt_are_checkpoints(setup, tmp_path, capsy
     assert {p: p.read_bytes() for p in theirs} == theirs  # never the newest, never pruned, never set aside
     assert [r["step"] for r in rows(out / "metrics.jsonl") if "total" in r] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in out.glob("ckpt-0*.pt") if "mine" not in p.name) == ["ckpt-0000006.pt"]
-    T.train(T.parse_args(a + ["--restart=true"]))  # --restart moves our outputs aside, never the user's
+    T.train(T.parse_args(a + ["--restart=true", "--max_steps=1"]))  # moves our outputs aside, not the user's
     assert {p: p.read_bytes() for p in theirs} == theirs and (out / "earlier-1" / "ckpt-0000006.pt").is_file()
 
 
@@ -569,12 +569,28 @@ def stopped_at_2(root, out, **kw):
     return a
 
 
-def test_resuming_with_another_teacher_is_refused_by_content(setup, tmp_path):
+@pytest.fixture(scope="module")
+def stopped(setup, tmp_path_factory):
+    """A distillation run stopped after step 2 (its command line, its out_dir): a test that resumes it copies
+    it (copy_of)."""
+    root, _ = setup
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    return stopped_at_2(root, out), out
+
+
+def copy_of(stopped, tmp_path):
+    """The stopped run copied into tmp_path/run, and its command line there."""
+    import shutil
+    a, out = stopped
+    shutil.copytree(out, tmp_path / "run")
+    return [x.replace(str(out), str(tmp_path / "run")) for x in a], tmp_path / "run"
+
+
+def test_resuming_with_another_teacher_is_refused_by_content(setup, stopped, tmp_path):
     """Before: 2 steps distilled from teacher A, then --resume=true --teacher=B: accepted without a word."""
     import shutil
     root, _ = setup
-    out = tmp_path / "run"
-    a = stopped_at_2(root, out)
+    a, out = copy_of(stopped, tmp_path)
     b = other_teacher(root, tmp_path / "teacher-b")
     one_line_error(["train.py", *a, "--resume=true", f"--teacher={b}"],
                    r"was written by a --teacher=.*teacher \(weights sha256 \w+\) run; resuming it with "
@@ -586,15 +602,15 @@ def test_resuming_with_another_teacher_is_refused_by_content(setup, tmp_path):
 
 @pytest.mark.parametrize("change", ["warmup=0.5", "max_steps=6", "grad_clip=1.0", "alpha_ce=4.0",
                                     "temperature=3.0", "weight_decay=0.01", "dtype=bfloat16"])
-def test_resuming_with_another_schedule_loss_or_precision_is_refused(setup, tmp_path, change):
+def test_resuming_with_another_schedule_loss_or_precision_is_refused(stopped, change):
     """Before: --warmup, --max_steps, --grad_clip, the loss weights and --dtype were not compared on resume."""
-    root, _ = setup
-    out = tmp_path / "run"
-    a = stopped_at_2(root, out)
+    a, out = stopped
+    before = tree(out)
     key = change.split("=")[0]
     one_line_error(["train.py", *a, "--resume=true", f"--{change}"],
                    rf"was written by a --{key}=\S+ run; resuming it with --{key}=.* is refused .*"
                    rf"--resume_changes={key}")
+    assert tree(out) == before
 
 
 def test_dtype_auto_is_compared_as_resolved(setup, tmp_path, monkeypatch, capsys):
@@ -660,12 +676,10 @@ def test_finetune_refuses_another_vocabulary_of_the_same_size(setup, bad_inputs,
                     "--eval_limit=2"], r"was trained with .*vocab.txt, and .* is another vocabulary of the same size")
 
 
-def test_unreadable_metrics_rows_are_set_aside_not_dropped(setup, tmp_path, capsys):
+def test_unreadable_metrics_rows_are_set_aside_not_dropped(stopped, tmp_path, capsys):
     """Before: a row that is not JSON was dropped silently on resume, and a byte that is not UTF-8 stopped every
     resume with a UnicodeDecodeError traceback."""
-    root, _ = setup
-    out = tmp_path / "run"
-    a = stopped_at_2(root, out)
+    a, out = copy_of(stopped, tmp_path)
     lines = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
     edited = lines[:1] + [b'{"step": 1, "note": "caf\xe9 latin-1"}\n', b"my note, not JSON\n"] + lines[1:]
     (out / "metrics.jsonl").write_bytes(b"".join(edited))
