@@ -538,8 +538,7 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
     if tokenizer is None:
         log(f"training a WordPiece vocabulary of {vocab_size} on the train documents")
         train_docs = (doc for i, doc in enumerate(all_documents()) if not is_valid(i))
-        with writing(tmp / "vocab.txt"):
-            tokenizer, vocab_file = train_wordpiece(train_docs, vocab_size, tmp / "vocab.txt"), tmp / "vocab.txt"
+        tokenizer, vocab_file = train_wordpiece(train_docs, vocab_size, tmp / "vocab.txt"), tmp / "vocab.txt"
         got = tokenizer.get_vocab_size(with_added_tokens=True)
         if got != vocab_size:  # the alphabet alone is larger, or the corpus has too few words for more
             log(f"the trained vocabulary holds {got} tokens, not the {vocab_size} of --vocab_size: "

@@ -580,9 +580,12 @@ def check_memory(cfg, shards, model, teacher):
     a pass is no promise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks sharing this machine's memory
-    lengths = np.sort(shards.sequences("train", cfg.max_len).lengths)
+    # a rank's share of the data, as short as it can be: its sequences the shortest ones, repeated when a step
+    # holds more of them than the rank has
+    every = np.sort(shards.sequences("train", cfg.max_len).lengths)
+    lengths = every[:max(1, len(every) // world)]
     fewest = lambda k: (k // len(lengths)) * int(lengths.sum()) + int(lengths[:k % len(lengths)].sum())  # noqa: E731
-    micro = min(cfg.micro_batch, max(1, len(lengths) // world))  # a micro-batch holds no more than a rank's data
+    micro = min(cfg.micro_batch, len(lengths))  # a micro-batch holds no more than a rank's data
     step_tokens = fewest(max(1, cfg.batch_size // (cfg.micro_batch * world)) * micro)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 
 from machinery.files import exclusive_lock as common_lock
-from machinery.files import disk_error, fsync_dir, sha256, sha256_text, write_atomic, write_text
+from machinery.files import disk_error, fsync_dir, sha256, sha256_text, write_atomic
 from machinery.hf import MANIFEST, convert_to_hf, save_pretrained, stored_sha256, tensors_sha256
 from machinery.tokenizer import write_tokenizer_files
 from model import count_parameters
