@@ -935,3 +935,16 @@ def test_quickstart_stages_compare_only_what_they_read_and_move_aside_never_dele
     said(capsys)
     run_all(alpha_ce=4.0)
     assert said(capsys).count("already complete") == 2
+
+
+def test_a_stopped_quickstart_stage_exits_75(setup, tmp_path, monkeypatch, capsys):
+    """Before: the quickstart stopped by a signal exited 1 (its message as the exit status), as an error would.
+    (train.py's own exit code: tests/test_train.py::test_sigterm_writes_a_checkpoint.)"""
+    import quickstart
+    root, _ = setup
+    monkeypatch.setattr(quickstart, "train", lambda cfg, eta=None: {"stopped": True, "step": 1})
+    run = T.parse_args(args(root, tmp_path / "stage", max_steps=1))
+    with pytest.raises(SystemExit) as e:
+        quickstart.run_stage("student", run, tmp_path / "stage" / "student")
+    assert e.value.code == 75, e.value.code
+    assert "the same command again continues it" in capsys.readouterr().err
