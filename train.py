@@ -615,7 +615,8 @@ def check_memory(cfg, shards, model, teacher):
 
 def free_memory(where):
     """Bytes free for a new allocation: on a GPU what CUDA reports; on the CPU MemAvailable, within the
-    control group's limit when there is one. None where it cannot be told."""
+    control group's limit when there is one (its file cache counted as free: the kernel gives it back). None
+    where it cannot be told."""
     if where != "cpu":
         return torch.cuda.mem_get_info(torch.device(where))[0]
     free = None
@@ -624,10 +625,13 @@ def free_memory(where):
             if line.startswith("MemAvailable:"):
                 free = int(line.split()[1]) * 1024
     with contextlib.suppress(OSError, ValueError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        used = int((cgroup / "memory.current").read_text())
+        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+        cache = int(stat.get("active_file", 0)) + int(stat.get("inactive_file", 0))
         if limit != "max":
-            free = min(free if free is not None else math.inf, int(limit) - used)
+            free = min(free if free is not None else math.inf, int(limit) - used + cache)
     return free
 
 
