@@ -12,6 +12,7 @@ training reads, top to bottom (prepare.py writes the shards; tokenizer.py is the
   2. Batches     shuffled, length-grouped, rank-sharded, resumable batches
   3. TokenData   reads a prepared folder; sequences() cuts documents into [CLS] ... [SEP] pieces
 """
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -242,8 +243,12 @@ class TokenData:
         except ValueError as e:
             raise ValueError(f"{meta_path}: not valid JSON ({e}): the folder is damaged; prepare it "
                              f"again") from None
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"{meta_path}: expected a JSON object, found a {type(self.meta).__name__}: the "
+                             f"folder is damaged; prepare it again")
         if (self.meta.get("format"), self.meta.get("format_version")) != (FORMAT, FORMAT_VERSION):
             raise ValueError(f"{meta_path} is not a {FORMAT} v{FORMAT_VERSION} meta file")
+        _check_layout(self.meta, meta_path)
         self.dtype = np.dtype(self.meta["dtype"])
         for split in self.meta["splits"].values():
             for shard in split["shards"]:
@@ -254,7 +259,8 @@ class TokenData:
         self._verify_files(verify)
         own_vocab = self.folder / self.meta["tokenizer"]["file"]
         self.tokenizer = load_tokenizer(own_vocab)
-        self._check_vocab(self.tokenizer, own_vocab)
+        self._check_vocab(self.tokenizer, own_vocab, own=True)
+        self.vocab_hash = vocab_hash(self.tokenizer)  # what other tokenizers are compared with
         if isinstance(vocab, Tokenizer):
             self._check_vocab(vocab, "the given tokenizer")
         elif vocab is not None:
@@ -295,9 +301,14 @@ class TokenData:
         if bad:
             raise ValueError(f"{meta_path}: {'; '.join(bad)} (edited or damaged: prepare the folder again)")
 
-    def _check_vocab(self, tokenizer, name):
-        got, want = vocab_hash(tokenizer), self.meta["vocab_hash"]
-        if got != want:
+    def _check_vocab(self, tokenizer, name, own=False):
+        """The tokenizer must be the one the shards were made with: its vocab_hash, tokens and text
+        pipeline (own: the folder's own file, whose hash meta.json may hold from before the pipeline
+        counted: the tokens' alone)."""
+        got, want = vocab_hash(tokenizer), self.meta["vocab_hash"] if own else self.vocab_hash
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        legacy = hashlib.sha256("\n".join(sorted(vocab, key=vocab.get)).encode("utf-8")).hexdigest()
+        if got != want and not (own and legacy == want):
             raise ValueError(f"vocabulary mismatch: {name} has hash {got[:16]}, but the shards in "
                              f"{self.folder} were made with vocab hash {want[:16]} "
                              f"({self.folder / 'meta.json'})")
@@ -326,6 +337,31 @@ class TokenData:
             self._cache[split, max_len] = Sequences(shards, *map(np.concatenate, (shard_of, starts, lengths)),
                                                     self.special["cls"], self.special["sep"])
         return self._cache[split, max_len]
+
+
+META_LAYOUT = {"dtype": str, "vocab_size": int, "vocab_hash": str, "special_ids": dict, "tokenizer": dict,
+               "splits": dict}
+
+
+def _check_layout(meta, meta_path):
+    """The keys of meta.json that reading the folder relies on, each of its type; a ValueError naming the
+    first one missing or malformed (an edited or damaged file), not a KeyError later."""
+    def bad(key):
+        return ValueError(f"{meta_path}: {key} is missing or malformed: the folder is damaged or edited; "
+                          f"prepare it again")
+    for key, kind in META_LAYOUT.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise bad(key)
+    if not isinstance(meta["tokenizer"].get("file"), str) or not isinstance(meta.get("files", {}), dict):
+        raise bad("tokenizer.file" if not isinstance(meta["tokenizer"].get("file"), str) else "files")
+    for split in ("train", "valid"):
+        shards = meta["splits"].get(split, {}).get("shards") if isinstance(meta["splits"].get(split), dict) \
+            else None
+        if not isinstance(shards, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str)
+                                                   and isinstance(x.get("tokens"), int) for x in shards):
+            raise bad(f"splits.{split}.shards")
+        if not isinstance(meta["splits"][split].get("tokens"), int):
+            raise bad(f"splits.{split}.tokens")
 
 
 def _cut(offsets, chunk):

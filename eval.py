@@ -527,7 +527,7 @@ def check_mlm_inputs(model, path, shards, max_len):
                          f"of {path}")
     vocab = teacher_tokenizer_file(path)
     if model.cfg.vocab_size != shards.vocab_size or (
-            vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]):
+            vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.vocab_hash):
         raise SystemExit(f"eval.py: {path} was not trained with the vocabulary of {shards.folder} (its "
                          f"{vocab.name if vocab else 'vocab_size'} differs): prepare the data with its "
                          f"vocabulary")

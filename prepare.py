@@ -33,11 +33,11 @@ from tqdm import tqdm
 
 from data import FORMAT, FORMAT_VERSION, token_dtype
 from machinery import files
-from machinery.config import ArgumentParser
-from machinery.files import one_line
+from machinery.config import ArgumentParser, check_value
+from machinery.files import WriteFailed, disk_error, fsync_dir, one_line
 from machinery.files import sha256 as sha256_file
 from machinery.files import write_atomic
-from machinery.tokenizer import load_tokenizer, special_ids, tokenizer_file, train_wordpiece, vocab_hash
+from machinery.tokenizer import SPECIAL_TOKENS, load_tokenizer, special_ids, tokenizer_file, train_wordpiece, vocab_hash
 
 PARTIAL = ".data.py-partial"  # in a folder data.py is still writing (so that a crash leaves it recognisable)
 log = functools.partial(files.log, source="data")
@@ -275,6 +275,18 @@ def _groups(docs, max_docs, max_chars):
         yield group
 
 
+@contextlib.contextmanager
+def writing(path):
+    """An OSError raised while writing `path` names it (numpy's "N requested and 0 written", and a full
+    disk's error at a write or close, name no file), for the one line that says where the disk is full."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 class _ShardWriter:
     """Appends documents of one split to {split}_000.bin, {split}_001.bin, ... (raw ids, no header) and writes
     each shard's document offsets ({split}_000.docs.npy, int64, ndocs + 1 entries). Documents never straddle
@@ -290,13 +302,16 @@ class _ShardWriter:
             self._finish_shard()
             self.name = f"{self.split}_{len(self.shards):03d}"
             self.file, self.offsets = open(self.folder / f"{self.name}.bin", "wb"), array("q", [0])
-        ids.tofile(self.file)
+        with writing(self.file.name):  # numpy's "N requested and 0 written" names no file
+            ids.tofile(self.file)
         self.offsets.append(self.offsets[-1] + len(ids))
 
     def _finish_shard(self):
         if self.file is not None:
-            self.file.close()
-            np.save(self.folder / f"{self.name}.docs.npy", np.frombuffer(self.offsets, np.int64))
+            with writing(self.file.name):
+                self.file.close()
+            with writing(self.folder / f"{self.name}.docs.npy"):
+                np.save(self.folder / f"{self.name}.docs.npy", np.frombuffer(self.offsets, np.int64))
             self.shards.append({"name": self.name, "docs": len(self.offsets) - 1, "tokens": self.offsets[-1]})
             self.file = None
 
@@ -319,6 +334,9 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     and counts documents, the second encodes batches of documents and streams ids to disk, so memory does not
     grow with the corpus. Built in '<out_dir>.tmp' and renamed at the end; the same inputs and settings again
     -> nothing to do."""
+    check_settings(vocab_size=vocab_size if vocab is None else None, valid_fraction=valid_fraction,
+                   shard_tokens=shard_tokens, batch_docs=batch_docs, seed=seed, pack_chars=pack_chars,
+                   pack_rows=pack_rows)
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out_dir = Path(out_dir).resolve()
     tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(f".{out_dir.name}.old")
@@ -333,9 +351,11 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
     inputs_hash = hashlib.sha256(json.dumps([sources, settings], sort_keys=True).encode()).hexdigest()
     _check_not_an_input(out_dir, files, inputs)
     with _prepare_lock(out_dir):  # a second prepare.py on the same --out waits for none: it is refused
+        _recover_old(old, out_dir)  # first: a folder set aside by an interrupted --overwrite goes back
         _remove_stale(tmp)  # left behind by an interrupted run (no living prepare.py holds the lock)
-        _recover_old(old, out_dir)
         existing = _own_meta(out_dir)
+        if existing is not None and (out_dir / PARTIAL).is_file():  # killed right after its rename
+            (out_dir / PARTIAL).unlink()
         if existing is not None and existing.get("inputs_hash") == inputs_hash:
             log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
             return existing
@@ -344,16 +364,43 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
 
         def fill(tmp):  # the old folder (--overwrite) goes only once the new one is complete
             tmp.mkdir(parents=True)
-            (tmp / PARTIAL).write_text(FORMAT + "\n")  # marks the folder as ours while it is incomplete
+            # marks the folder as ours until it has its name: a kill at any moment before leaves a
+            # recognisable <out>.tmp (removed by the next run), never one that could be a user's
+            with writing(tmp / PARTIAL):
+                (tmp / PARTIAL).write_text(FORMAT + "\n")
             meta.update(_build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens,
                                batch_docs, seed), inputs_hash=inputs_hash, settings=settings)
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # last: marks the folder complete
-            (tmp / PARTIAL).unlink()
-        write_atomic(out_dir, fill, folder=True, tmp=tmp)
+            with writing(tmp / "meta.json"):  # last: marks the folder complete
+                (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            write_atomic(out_dir, fill, folder=True, tmp=tmp)
+        except OSError as e:  # a full disk: the file, the bytes free; the temporary folder is gone
+            raise WriteFailed(f"{disk_error(e.filename or tmp, e)}; {out_dir} is as it was, and "
+                              f"{tmp.name} removed") from None
+        (out_dir / PARTIAL).unlink()
+        fsync_dir(out_dir)
         s = meta["splits"]
         log(f"wrote {out_dir}: train {s['train']['docs']} docs / {s['train']['tokens']} tokens, "
             f"valid {s['valid']['docs']} docs / {s['valid']['tokens']} tokens")
         return meta
+
+
+# prepare's settings: what each allows (machinery.config.check_value, the check of every command's settings)
+SETTINGS = {"vocab_size": (f"[{len(SPECIAL_TOKENS) + 1}, 2**32)", int), "valid_fraction": ("[0, 1)", float),
+            "shard_tokens": (">= 1", int), "batch_docs": (">= 1", int), "seed": ("[0, 2**63)", int),
+            "pack_chars": (">= 1", int)}
+
+
+def check_settings(**values):
+    """Each of prepare's settings within what SETTINGS allows (None: not used); a ValueError of one line
+    naming the first that is not: `--vocab_size=0: expected an integer in [6, 2**32)`."""
+    for key, value in values.items():
+        if key == "pack_rows":
+            why = check_value(key, value, choices=("auto", "on", "off"))
+        else:
+            why = check_value(key, value, SETTINGS[key][0], kind=SETTINGS[key][1])
+        if why:
+            raise ValueError(why)
 
 
 def _sources(files, hf_datasets, pack_rows, pack_chars) -> list:
@@ -492,9 +539,15 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
         log(f"training a WordPiece vocabulary of {vocab_size} on the train documents")
         train_docs = (doc for i, doc in enumerate(all_documents()) if not is_valid(i))
         tokenizer, vocab_file = train_wordpiece(train_docs, vocab_size, tmp / "vocab.txt"), tmp / "vocab.txt"
+        got = tokenizer.get_vocab_size(with_added_tokens=True)
+        if got != vocab_size:  # the alphabet alone is larger, or the corpus has too few words for more
+            log(f"the trained vocabulary holds {got} tokens, not the {vocab_size} of --vocab_size: "
+                + ("the special tokens and the corpus's characters alone are more" if got > vocab_size else
+                   "the training documents have no more pieces worth a token"))
     else:
         vocab_file = tokenizer_file(vocab)
-        shutil.copyfile(vocab_file, tmp / vocab_file.name)
+        with writing(tmp / vocab_file.name):
+            shutil.copyfile(vocab_file, tmp / vocab_file.name)
     tokenizer.no_truncation()
     tokenizer.no_padding()
     n_vocab = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -504,7 +557,8 @@ def _build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tok
                              batch_docs)  # pass 2
     if splits["train"]["tokens"] + splits["valid"]["tokens"] == 0:
         raise ValueError("empty corpus: the documents contain no tokens")
-    np.save(tmp / "counts.npy", counts)
+    with writing(tmp / "counts.npy"):
+        np.save(tmp / "counts.npy", counts)
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != PARTIAL}
     return {"files": files,
             "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -527,16 +581,19 @@ def main(argv=None):
                    help="output folder (default: data/shards, train.py's default --data)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--vocab", help="vocab.txt or tokenizer.json (e.g. the teacher's); default: train one")
-    g.add_argument("--vocab_size", type=int, default=8192, help="size of the WordPiece vocabulary to train")
-    p.add_argument("--valid_fraction", type=float, default=0.005)
+    g.add_argument("--vocab_size", type=int, default=8192, help="size of the WordPiece vocabulary to train; in "
+                   f"{SETTINGS['vocab_size'][0]}")
+    p.add_argument("--valid_fraction", type=float, default=0.005, help="documents held out as the valid split; "
+                   f"in {SETTINGS['valid_fraction'][0]}")
     p.add_argument("--hf_dataset", action="append", default=[], help="name[:config] of a HF dataset, or a "
                    "save_to_disk folder (repeatable)")
     p.add_argument("--pack_rows", default="auto", choices=["auto", "on", "off"], help="join consecutive "
                    "rows of a HF dataset into documents (auto: when rows are sentences, as BookCorpus's)")
-    p.add_argument("--pack_chars", type=int, default=PACK_CHARS, help="packed document size in characters")
-    p.add_argument("--shard_tokens", type=int, default=1 << 27)
-    p.add_argument("--batch_docs", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pack_chars", type=int, default=PACK_CHARS, help="packed document size in characters; >= 1")
+    p.add_argument("--shard_tokens", type=int, default=1 << 27, help="tokens per shard file; >= 1")
+    p.add_argument("--batch_docs", type=int, default=1000, help="documents per encoding batch; >= 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the valid split's draw; "
+                   f"in {SETTINGS['seed'][0]}")
     p.add_argument("--overwrite", action="store_true", help="replace an out folder made from other inputs")
     a = p.parse_args(argv)
     try:

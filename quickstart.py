@@ -7,7 +7,6 @@ same student is trained with L_mlm alone, and all three are scored on the same h
 """
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,9 +18,10 @@ import prepare
 from eval import heldout_hits, paired_difference, verdict
 from machinery.files import pyplot, save_figure, write_json
 from machinery.hf import config_from_hf, load_pretrained, resolve_checkpoint
-from machinery.logs import Eta
+from machinery.logs import Eta, read_rows
 from model import count_parameters
-from train import TrainConfig, main as train_main, step_macs, train
+from machinery.checkpoint import checkpoints, move_aside, read_settings
+from train import EXIT_STOPPED, TrainConfig, main as train_main, step_macs, train
 
 # its MLM head
 QUICKSTART_TEACHER_STEPS = dict(max_steps=260, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=65)
@@ -91,32 +91,59 @@ def stage_work(stages: dict, source: Path, token_data, cfg, draws=3) -> dict:
 
 def complete(run: TrainConfig, export: Path, after=None) -> bool:
     """Whether run_stage would reuse this stage as it is."""
-    marker, settings = Path(run.out_dir) / "stage.json", stage_settings(run, after)
-    before = json.loads(marker.read_text()) if marker.is_file() else {}
-    return before.get("settings") == settings and bool(before.get("stats")) and export.is_dir()
+    before, _ = read_stage(Path(run.out_dir) / "stage.json")
+    return (before is not None and identity(before.get("settings")) == identity(stage_settings(run, after))
+            and bool(before.get("stats")) and export.is_dir())
 
 def stage_settings(run: TrainConfig, after) -> dict:
+    """What stage.json records: every setting of the stage's run, and `after`, what it depends on."""
     return {**dataclasses.asdict(dataclasses.replace(run, resume=False)), "after": after}
+
+def identity(settings):
+    """What decides whether a finished stage is current: of a run's settings, those the run reads that
+    change what it computes (checkpoint.read_settings: --alpha_ce changes the distilled student, not the
+    teacher, which runs in mlm mode), and the same of what it comes after (the teacher's, the data's),
+    recursively."""
+    if isinstance(settings, dict):
+        if "mode" in settings and "init" in settings:  # a TrainConfig's settings
+            return {**read_settings(settings), "after": identity(settings.get("after"))}
+        return {k: identity(v) for k, v in settings.items()}
+    return settings
+
+def read_stage(marker: Path) -> tuple:
+    """(stage.json as a dict, None), or (None, why) when it is missing or cannot be read (damaged, not a JSON
+    object): such a stage is taken as one of unknown settings."""
+    if not marker.is_file():
+        return None, "missing"
+    try:
+        before = json.loads(marker.read_bytes().decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError too
+        return None, f"{marker} cannot be read ({' '.join(str(e).split())[:80]})"
+    if not isinstance(before, dict):
+        return None, f"{marker} holds a JSON {type(before).__name__}, not the object it writes"
+    return before, None
 
 def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None) -> dict:
     """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its
-    settings, the settings of the stage it depends on (`after`) and, once done, its statistics). An
-    interrupted run with the same settings resumes; one with other settings, which is ours (it has a
-    stage.json), is replaced. `eta` (checkpoint.Eta) carries the work left after this stage, for the
+    settings, those of the stage it depends on (`after`) and, once done, its statistics; only the settings
+    that change what it computes count: `identity`). An interrupted run with the same settings resumes. A
+    run of other settings (or whose stage.json cannot be read), which is ours (it has a stage.json), is
+    moved aside into run.out_dir/earlier-N as train.py --restart does, never deleted; files the quickstart
+    did not make stay where they are. `eta` (checkpoint.Eta) carries the work left after this stage, for the
     progress lines' ETA of the whole quickstart."""
     out = Path(run.out_dir)
     settings = stage_settings(run, after)
     marker = out / "stage.json"
-    before = json.loads(marker.read_text()) if marker.is_file() else None
-    if before is not None and before.get("settings") == settings:
+    before, unreadable = read_stage(marker)
+    if before is not None and identity(before.get("settings")) == identity(settings):
         if before.get("stats") and export.is_dir():
             print(f"{name}: already complete in {out}, reused")
             return before["stats"]
-        resume = any(out.glob("ckpt-*.pt"))
+        resume = bool(checkpoints(out))
     else:
-        if out.exists() and before is not None:
-            print(f"{name}: {out} holds a run with other settings: starting it again")
-            shutil.rmtree(out)
+        if marker.exists() or marker.is_symlink():
+            why = unreadable if before is None else f"{out} holds a run with other settings"
+            move_aside(out, print, also=("stage.json",), why=f"{name}: {why}")
         elif out.exists() and any(out.iterdir()):
             raise SystemExit(f"{out}: exists and was not made by the quickstart (no stage.json): choose "
                              f"another --out_dir or move it away")
@@ -126,7 +153,9 @@ def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None)
     # with nothing to resume, what an attempt killed before its first checkpoint left is moved aside (restart)
     stats = train(dataclasses.replace(run, resume=resume, restart=not resume), eta=eta)
     if stats["stopped"]:
-        raise SystemExit(f"quickstart stopped during the {name} run; run the same command again to continue")
+        print(f"stopped during the {name} run (its checkpoint written): the same command again continues it",
+              file=sys.stderr)
+        raise SystemExit(EXIT_STOPPED)
     write_json({"settings": settings, "stats": stats}, marker)
     return stats
 
@@ -178,8 +207,7 @@ def plot_quickstart(metrics: dict, results: dict, png_path: Path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, names in zip(axes, [["teacher"], ["student", "student-mlm-only"]]):
         for name in names:
-            rows = [json.loads(line) for line in open(metrics[name])]
-            rows = [r for r in rows if "valid_accuracy" in r]
+            rows = [r for r in read_rows(metrics[name]) if "valid_accuracy" in r]
             ax.plot([r["step"] for r in rows], [r["valid_accuracy"] for r in rows], marker="o", label=name)
         ax.axhline(results["baseline_acc"], color="grey", linestyle="--", label="most frequent token")
         if "student" in names:

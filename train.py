@@ -9,15 +9,19 @@ The defaults are the paper's recipe (Section 3 "Distillation" and the released m
 teacher layer out of two, batches of 4,000 sequences by gradient accumulation, dynamic masking without NSP,
 AdamW, lr 5e-4 with 5% warm-up, and the loss 5 * L_ce + 2 * L_mlm + 1 * L_cos at temperature 2.
 `python train.py --help` lists every setting; any of them can be changed with --key=value.
+Exit codes: 0 the run finished, 75 stopped by SIGTERM or Ctrl-C with a checkpoint (the same command with
+--resume=true continues), 1 an error (one line).
 """
 import contextlib
 import gc
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -26,25 +30,32 @@ import data
 import losses
 from eval import mlm_eval
 from machinery import fused_head
-from machinery.checkpoint import export, export_dir, holds_out_dir_lock, nonfinite_stop, probe_batch, resume, save
-from machinery.config import opt, parse_config
+from machinery.checkpoint import (RESUME_SAME, export, export_current, export_dir, holds_out_dir_lock,
+                                  nonfinite_stop, probe_batch, resume, save)
+from machinery.config import check_fields, opt, parse_config
 from machinery.device import auto_dtype, pick_device
-from machinery.hf import load_teacher
+from machinery.files import disk_error
+from machinery.hf import load_teacher, tensors_sha256
 from machinery.logs import Eta, Logs, StopSignal
 from machinery.optim import adamw, linear_schedule
 from model import Bert, BertConfig, count_parameters, student_from_teacher
 
 
+MIN_LEN = data.MIN_SEQ_TOKENS  # (inside TrainConfig, `data` is the setting)
+
+
 @dataclass
 class TrainConfig:
-    mode: str = opt("distill", "distill: train a student from a frozen teacher | mlm: masked-LM loss alone")
+    mode: str = opt("distill", "distill: train a student from a frozen teacher | mlm: masked-LM loss alone",
+                     choices=("distill", "mlm"))
     data: str = opt("data/shards", "a folder prepared by prepare.py")
     out_dir: str = opt("out/distill", "checkpoints, metrics.jsonl and the exported model (student/ or model/)")
     teacher: str = opt("bert-base-uncased", "teacher: a Hugging Face folder or Hub name (train.py exports one)")
     init: str = opt("teacher",
             "teacher: student layers copied from the teacher | random: the same student shape, random weights | "
             "scratch: random, --layers/--hidden... (mlm mode) | pretrained: the --teacher checkpoint itself, whole "
-            "(mlm mode: continue its MLM training, token types and pooler kept, a fresh MLM head when it has none)")
+            "(mlm mode: continue its MLM training, token types and pooler kept, a fresh MLM head when it has none)",
+            choices=("teacher", "random", "scratch", "pretrained"))
     freeze_pos_embs: bool = opt(True,
             "--init=teacher: the position embeddings stay as copied from the teacher, as in the released "
             "distilbert-base-uncased (README)")
@@ -52,59 +63,86 @@ class TrainConfig:
             "teacher layers the student copies (empty: one out of two, 0,2,4,6,8,10 of bert-base as in the paper; "
             "the released distilbert-base-uncased took --student_layers=0,2,4,7,9,11)")
     # shape of a model trained from scratch (init=scratch)
-    layers: int = opt(12, "number of layers (init=scratch)")
-    hidden: int = opt(768, "hidden size (init=scratch)")
-    heads: int = opt(12, "attention heads (init=scratch)")
-    intermediate: int = opt(3072, "feed-forward size (init=scratch)")
+    layers: int = opt(12, "number of layers (init=scratch)", range=">= 1")
+    hidden: int = opt(768, "hidden size (init=scratch)", range=">= 1")
+    heads: int = opt(12, "attention heads (init=scratch)", range=">= 1")
+    intermediate: int = opt(3072, "feed-forward size (init=scratch)", range=">= 1")
     # data and batches
-    max_len: int = opt(512, "longest sequence, in tokens, [CLS] and [SEP] included")
-    batch_size: int = opt(4000, "global batch in sequences, reached by gradient accumulation")
-    micro_batch: int = opt(8, "sequences per forward pass on one rank")
-    masking: str = opt("smoothed", "smoothed: weights count^-0.7 as the reference code | uniform: BERT's 15%")
+    max_len: int = opt(512, "longest sequence, in tokens, [CLS] and [SEP] included (sequences of fewer than "
+                        f"{MIN_LEN} are dropped)", range=f">= {MIN_LEN}")
+    batch_size: int = opt(4000, "global batch in sequences, reached by gradient accumulation", range=">= 1")
+    micro_batch: int = opt(8, "sequences per forward pass on one rank", range=">= 1")
+    masking: str = opt("smoothed", "smoothed: weights count^-0.7 as the reference code | uniform: BERT's 15%",
+                        choices=("smoothed", "uniform"))
     # optimisation
-    lr: float = opt(5e-4, "peak learning rate")
+    lr: float = opt(5e-4, "peak learning rate", range="> 0")
     head_steps: int = opt(0,
             "mlm mode: train only the MLM head for the first N steps (encoder and tied decoder frozen), then "
-            "everything; for a pretrained model given a fresh head")
-    head_lr: float = opt(1e-3, "constant learning rate of the head-only steps")
-    warmup: float = opt(0.05, "fraction of the steps with linear warm-up, then linear decay to 0")
+            "everything; for a pretrained model given a fresh head", range=">= 0")
+    head_lr: float = opt(1e-3, "constant learning rate of the head-only steps", range="> 0")
+    warmup: float = opt(0.05, "fraction of the steps with linear warm-up, then linear decay to 0", range="[0, 1)")
     # AdamW
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.98, "AdamW beta2")
-    adam_eps: float = opt(1e-6, "AdamW epsilon")
-    weight_decay: float = opt(0.0, "AdamW weight decay (never on biases and LayerNorms)")
-    grad_clip: float = opt(5.0, "gradient norm clipping (0: off)")
+    beta1: float = opt(0.9, "AdamW beta1", range="[0, 1)")
+    beta2: float = opt(0.98, "AdamW beta2", range="[0, 1)")
+    adam_eps: float = opt(1e-6, "AdamW epsilon", range="> 0")
+    weight_decay: float = opt(0.0, "AdamW weight decay (never on biases and LayerNorms)", range=">= 0")
+    grad_clip: float = opt(5.0, "gradient norm clipping (0: off)", range=">= 0")
     # how long
-    epochs: int = opt(3, "passes over the training data")
-    max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)")
+    epochs: int = opt(3, "passes over the training data", range=">= 1")
+    max_steps: int = opt(0, "stop after this many optimizer steps (0: run all epochs)", range=">= 0")
     # the loss (Section 3)
-    temperature: float = opt(2.0, "softmax temperature T of L_ce")
-    alpha_ce: float = opt(5.0, "weight of L_ce, the soft-target loss")
-    alpha_mlm: float = opt(2.0, "weight of L_mlm, the masked-LM loss")
-    alpha_cos: float = opt(1.0, "weight of L_cos, the cosine loss on the last hidden states")
-    alpha_mse: float = opt(0.0, "weight of L_mse, squared logit differences on the L_ce rows (reference)")
-    ce_positions: str = opt("all", "all: L_ce over every real token (released model) | masked: masked ones only")
+    temperature: float = opt(2.0, "softmax temperature T of L_ce", range="> 0")
+    alpha_ce: float = opt(5.0, "weight of L_ce, the soft-target loss", range=">= 0")
+    alpha_mlm: float = opt(2.0, "weight of L_mlm, the masked-LM loss", range=">= 0")
+    alpha_cos: float = opt(1.0, "weight of L_cos, the cosine loss on the last hidden states", range=">= 0")
+    alpha_mse: float = opt(0.0, "weight of L_mse, squared logit differences on the L_ce rows (reference)",
+                            range=">= 0")
+    ce_positions: str = opt("all", "all: L_ce over every real token (released model) | masked: masked ones only",
+                             choices=("all", "masked"))
     ce_chunk: int = opt(1024,
-            "rows per chunk of L_ce, so full-vocabulary logits never exist at once (0: no chunks)")
+            "rows per chunk of L_ce, so full-vocabulary logits never exist at once (0: no chunks)", range=">= 0")
     # system
-    seed: int = opt(42, "seed of initialisation, data order, masking and dropout")
+    seed: int = opt(42, "seed of initialisation, data order, masking and dropout", range="[0, 2**63)")
     device: str = opt("auto", "auto | cpu | cuda")
     dtype: str = opt("auto",
             "auto (CUDA: bf16 on compute capability >= 8.0, else fp16 + GradScaler; CPU: fp32) | float32 | bfloat16"
-            " | float16")
+            " | float16", choices=("auto", "float32", "bfloat16", "float16"))
     teacher_half: bool = opt(True, "frozen teacher in --dtype's half precision on GPU (fp32 with float32)")
     compile: bool = opt(False, "torch.compile the student")
-    eval_every: int = opt(500, "held-out MLM evaluation every N steps (0: only at the end)")
-    eval_batches: int = opt(50, "batches per evaluation")
-    save_every: int = opt(1000, "checkpoint every N steps (and always at the end)")
-    keep_last: int = opt(3, "checkpoints kept")
-    log_every: int = opt(10, "metrics.jsonl line every N steps")
+    eval_every: int = opt(500, "held-out MLM evaluation every N steps (0: only at the end)", range=">= 0")
+    eval_batches: int = opt(50, "batches per evaluation", range=">= 1")
+    save_every: int = opt(1000, "checkpoint every N steps (and always at the end)", range=">= 1")
+    keep_last: int = opt(3, "checkpoints kept (the newest; ckpt-NNNNNNN.pt only)", range=">= 1")
+    log_every: int = opt(10, "metrics.jsonl line every N steps", range=">= 1")
     resume: bool = opt(False, "continue from the newest checkpoint in out_dir")
     restart: bool = opt(False, "move an earlier run's outputs in out_dir aside (earlier-N/), start afresh")
-    resume_changes: str = opt("", "settings a resume may change, e.g. lr,seed (refused otherwise)")
-    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row")
+    resume_changes: str = opt("", "settings a resume may change, e.g. lr,seed,max_steps (refused otherwise)")
+    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row", range=">= 1")
     wandb: str = opt("", "a wandb project name to log to (needs wandb installed)")
     preset: str = opt("", "start from named settings: bert-base, tiny, quickstart")
+
+    def __post_init__(self):
+        """Each setting within what opt(range=, choices=) allows, and the ones that only work together: a
+        ValueError of one line naming the setting (parse_args turns it into the command's error)."""
+        check_fields(self)
+        layers = self.student_layers.split(",") if self.student_layers else []
+        unknown = sorted({k for k in self.resume_changes.split(",") if k} - set(RESUME_SAME))
+        rules = [
+            (self.init != "scratch" or self.hidden % self.heads == 0,
+             f"--hidden={self.hidden} is not a multiple of --heads={self.heads} (each head has hidden/heads "
+             f"dimensions)"),
+            (all(s.strip().isdigit() for s in layers) and all(int(b) > int(a) for a, b in zip(layers, layers[1:]))
+             if layers else True,
+             f"--student_layers={self.student_layers!r}: expected teacher layer numbers, increasing, e.g. "
+             f"0,2,4"),
+            (self.mode != "distill" or self.alpha_ce + self.alpha_mlm + self.alpha_cos + self.alpha_mse > 0,
+             "--alpha_ce, --alpha_mlm, --alpha_cos and --alpha_mse are all 0: the loss would be 0"),
+            (not unknown, f"--resume_changes={self.resume_changes}: {', '.join(unknown)} not among "
+                          f"{', '.join(RESUME_SAME)}"),
+        ]
+        for ok, why in rules:
+            if not ok:
+                raise ValueError(why)
 
 
 QUICKSTART_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"  # a real pretrained BERT (6 x 384), no MLM head
@@ -272,9 +310,11 @@ def train(cfg: TrainConfig, eta: Eta = None):
             save(run, probe, final=run.step == run.total)
     if stopping and run.step < run.total:  # at step == total the final checkpoint is already written
         save(run, probe)
-        run.say(f"stopped by signal {stop.signal} at step {run.step}: checkpoint written to {run.out_dir}")
-    elif run.step >= run.total and not export_dir(run).is_dir():  # resumed after a kill during the export
-        run.say(f"step {run.step} of {run.total}: {export_dir(run)} is missing: exporting it again")
+        run.say(f"stopped by signal {stop.signal} at step {run.step}: checkpoint written to {run.out_dir}; the "
+                f"same command with --resume=true continues (exit code {EXIT_STOPPED})")
+    elif run.step >= run.total and run.master and not export_current(run):  # a kill during the export
+        run.say(f"step {run.step} of {run.total}: {export_dir(run)} is missing or holds another model: "
+                f"exporting it again")
         export(run)
     stop.restore()
     logs.close(run)
@@ -473,10 +513,19 @@ def build_models(cfg, shards) -> tuple:
             model.pooler.requires_grad_(False)
     elif cfg.init in ("teacher", "random"):
         layers = [int(i) for i in cfg.student_layers.split(",")] if cfg.student_layers else None
-        model = student_from_teacher(teacher, layers)
+        try:
+            model = student_from_teacher(teacher, layers)
+        except ValueError as e:  # layers the teacher does not have
+            raise SystemExit(f"--student_layers={cfg.student_layers} with --teacher={cfg.teacher}: {e}") from None
         if cfg.init == "random":  # Table 4's "random init": the same student shape, its weights drawn afresh
             model = Bert(model.cfg)
     elif cfg.init == "scratch":
+        matrices = cfg.layers * (4 * cfg.hidden ** 2 + 2 * cfg.hidden * cfg.intermediate)  # the layers' alone
+        free = free_memory("cpu")
+        if free is not None and 4 * matrices > free:
+            raise SystemExit(f"--layers={cfg.layers} --hidden={cfg.hidden} --intermediate={cfg.intermediate}: "
+                             f"the model has more than {matrices:,} parameters, {4 * matrices / 2**30:,.1f} GiB in "
+                             f"float32, more than the {free / 2**30:,.1f} GiB free here: train a smaller model")
         model = Bert(BertConfig(vocab_size=shards.vocab_size, hidden_size=cfg.hidden, num_layers=cfg.layers,
                                 num_heads=cfg.heads, intermediate_size=cfg.intermediate,
                                 max_position=cfg.max_len, pad_token_id=shards.special["pad"]))
@@ -486,6 +535,9 @@ def build_models(cfg, shards) -> tuple:
         model.emb.pos.weight.requires_grad_(False)
     source = cfg.teacher if cfg.init in ("teacher", "pretrained", "random") else "the model"
     check_positions(cfg, model, source)
+    if cfg.mode == "distill":  # what the teacher is, whatever its path: a resume must distil from the same one
+        teacher.content_id = tensors_sha256(teacher.state_dict())
+    check_memory(cfg, shards, model, teacher if cfg.mode == "distill" else None)
     return model, (teacher if cfg.mode == "distill" else None)  # in mlm mode the teacher only lent its layers
 
 
@@ -520,6 +572,72 @@ def check_config(cfg, world):
                          f"lower --micro_batch or raise --batch_size")
 
 
+def check_memory(cfg, shards, model, teacher):
+    """Refuse, before any work, settings whose memory cannot fit: a lower bound of what one optimizer step
+    adds, from the shapes, against the memory free on this machine (and GPU). Counted: the step's
+    micro-batches, as their shortest possible sequences' real tokens, each as int64 ids and attention mask
+    from the loader, then masked ids and labels; the student's gradients and AdamW moments (fp32; on a GPU
+    its weights and the frozen teacher's too, as they are not there yet); and the layer inputs and
+    feed-forward activations one micro-batch keeps for the backward pass (2 bytes each unless
+    --dtype=float32). Padding, attention, logits and the allocator are not counted, so a refusal is certain;
+    a pass is no promise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks sharing this machine's memory
+    # a rank's share of the data, as short as it can be: its sequences the shortest ones, repeated when a step
+    # holds more of them than the rank has
+    every = np.sort(shards.sequences("train", cfg.max_len).lengths)
+    lengths = every[:max(1, len(every) // world)]
+    fewest = lambda k: (k // len(lengths)) * int(lengths.sum()) + int(lengths[:k % len(lengths)].sum())  # noqa: E731
+    micro = min(cfg.micro_batch, len(lengths))  # a micro-batch holds no more than a rank's data
+    step_tokens = fewest(max(1, cfg.batch_size // (cfg.micro_batch * world)) * micro)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    half_teacher = sum(p.numel() for p in teacher.parameters()) // 2 if teacher is not None else 0
+    act = 4 if cfg.dtype == "float32" else 2
+    activations = fewest(micro) * model.cfg.num_layers * (model.cfg.hidden_size + model.cfg.intermediate_size) * act
+    gpu = pick_device(cfg.device).type == "cuda"
+    parts = {  # name -> (bytes on the host, bytes on the GPU), what to do
+        "batches": ((16 if gpu else 32) * step_tokens, 16 * step_tokens if gpu else 0),
+        "weights": (0 if gpu else 12 * trainable, 16 * trainable + 4 * (frozen + half_teacher) if gpu else 0),
+        "activations": (0 if gpu else activations, activations if gpu else 0),
+    }
+    advice = {"batches": "lower --batch_size", "weights": "train a smaller model",
+              "activations": "lower --micro_batch"}
+    places = [("cpu", local * sum(h for h, _ in parts.values()), 0)]
+    if gpu:
+        places.append((str(pick_device(cfg.device)), sum(d for _, d in parts.values()), 1))
+    for where, need, i in places:
+        free = free_memory(where)
+        if free is not None and need > free:
+            name = max(parts, key=lambda k: parts[k][i])
+            raise SystemExit(f"--batch_size={cfg.batch_size} --micro_batch={cfg.micro_batch} --max_len="
+                             f"{cfg.max_len}: one step needs at least {need / 2**30:,.1f} GiB on {where} (most "
+                             f"of it the {name}), more than the {free / 2**30:,.1f} GiB free there: "
+                             f"{advice[name]}")
+
+
+def free_memory(where):
+    """Bytes free for a new allocation: on a GPU what CUDA reports; on the CPU MemAvailable, within the
+    control group's limit when there is one (its file cache counted as free: the kernel gives it back). None
+    where it cannot be told."""
+    if where != "cpu":
+        return torch.cuda.mem_get_info(torch.device(where))[0]
+    free = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError):
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        used = int((cgroup / "memory.current").read_text())
+        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+        cache = int(stat.get("active_file", 0)) + int(stat.get("inactive_file", 0))
+        if limit != "max":
+            free = min(free if free is not None else math.inf, int(limit) - used + cache)
+    return free
+
+
 def check_positions(cfg, model, source):
     if cfg.max_len > model.cfg.max_position:
         raise SystemExit(f"--max_len={cfg.max_len} is more than the {model.cfg.max_position} positions of "
@@ -546,18 +664,25 @@ def evaluate(model, shards, cfg, device):
                     max_batches=cfg.eval_batches)
 
 
+# the exit code of a run stopped by SIGTERM or SIGINT after writing its checkpoint: EX_TEMPFAIL of sysexits.h,
+# "a temporary failure; the user is invited to retry" (with --resume=true); 0 is a finished run, 1 an error
+EXIT_STOPPED = 75
+
+
 def main(argv, run=None, doc=None):
-    """python train.py [--key=value ...]; quickstart.py passes its preset, its own `run` and its `doc`."""
+    """python train.py [--key=value ...]; quickstart.py passes its preset, its own `run` and its `doc`. Exits
+    0 when the run is done, EXIT_STOPPED when a signal stopped it (a checkpoint written), 1 on an error."""
     cfg = parse_args(argv, doc)
     if cfg.preset == "quickstart" and run is None:
         raise SystemExit("--preset=quickstart is run by quickstart.py (a teacher head, two students, the "
                          "verdict): python quickstart.py")
     try:
-        (run or train)(cfg)
+        result = (run or train)(cfg)
     except OSError as e:  # a file system failing under the run (full, read-only): one line, no traceback
-        where = e.filename or cfg.out_dir
-        raise SystemExit(f"{where}: {e.strerror or e}; the checkpoints already in {cfg.out_dir} are intact "
-                         f"(--resume=true continues from the newest)") from None
+        raise SystemExit(f"{disk_error(e.filename or cfg.out_dir, e, 'cannot be written')}; the checkpoints "
+                         f"already in {cfg.out_dir} are intact (--resume=true continues from the newest)") from None
+    if isinstance(result, dict) and result.get("stopped"):
+        sys.exit(EXIT_STOPPED)
 
 
 if __name__ == "__main__":

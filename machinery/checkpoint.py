@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 import shutil
@@ -15,19 +14,62 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 from machinery.files import exclusive_lock as common_lock
-from machinery.files import fsync_dir, sha256, sha256_text, write_atomic, write_text
-from machinery.hf import save_pretrained
+from machinery.files import disk_error, fsync_dir, sha256, sha256_text, write_atomic
+from machinery.hf import MANIFEST, convert_to_hf, save_pretrained, stored_sha256, tensors_sha256
 from machinery.tokenizer import write_tokenizer_files
 from model import count_parameters
 
 CKPT_KEYS = ("model", "optimizer", "scaler", "step", "skipped", "data", "rng")
 EXPORTS = ("student", "model")  # the exported model folder of a distill run and of an mlm run
-# the settings a resumed run must share with the checkpoint (--resume_changes=KEY,... accepts a change)
-RESUME_SAME = ("mode", "init", "batch_size", "micro_batch", "seed", "lr", "max_len", "masking")
-# what a run writes in out_dir besides its lock: a start that resumes none of it never writes over it
-OUTPUTS = ("ckpt-*.pt*", "metrics.jsonl", "losses.png", *EXPORTS)
+# a checkpoint is a file named exactly so (ckpt-0000040.pt): a user's ckpt-best.pt is never one
+CHECKPOINT = re.compile(r"ckpt-(\d{7,})\.pt")
+# what a run writes in out_dir besides its lock (checkpoints, their checksums, set-aside and temporary
+# ones; metrics, set-aside metrics rows, the plot, the exports): a start that resumes none of it never writes
+# over it, --restart moves it aside, and nothing else in out_dir is ever touched
+OUTPUT = re.compile(r"ckpt-\d{7,}\.pt(\.bad(\.\d+)?)?(\.sha256)?(\.tmp)?|metrics\.jsonl(\.bad(\.\d+)?)?|"
+                    rf"losses\.png|{'|'.join(EXPORTS)}")
+
+# The settings that decide what a run computes, each with the runs that read it (a test keeps every
+# TrainConfig field either here or in NOT_COMPUTED). A resume must keep them: data and teacher by content,
+# dtype as resolved on this machine, the model's shape by the checkpoint's; --resume_changes=KEY,... accepts
+# a change. The quickstart reuses a finished stage only when they are the same.
+ALWAYS = lambda c: True  # noqa: E731
+READ_BY = {
+    "mode": ALWAYS, "init": ALWAYS, "data": ALWAYS,
+    "teacher": lambda c: c["mode"] == "distill" or c["init"] != "scratch",
+    "student_layers": lambda c: c["init"] in ("teacher", "random"),
+    "freeze_pos_embs": lambda c: c["init"] == "teacher",
+    **{k: lambda c: c["init"] == "scratch" for k in ("layers", "hidden", "heads", "intermediate")},
+    **{k: ALWAYS for k in ("max_len", "batch_size", "micro_batch", "masking", "seed", "dtype", "lr", "warmup",
+                           "beta1", "beta2", "adam_eps", "weight_decay", "grad_clip", "max_steps")},
+    "epochs": lambda c: not c["max_steps"],
+    "head_steps": lambda c: c["mode"] == "mlm",
+    "head_lr": lambda c: c["mode"] == "mlm" and c["head_steps"] > 0,
+    **{k: lambda c: c["mode"] == "distill" for k in ("temperature", "alpha_ce", "alpha_mlm", "alpha_cos",
+                                                      "alpha_mse", "ce_positions", "teacher_half")},
+}
+# where a run writes, how often it reports, and what only changes rounding or speed (ce_chunk, compile)
+NOT_COMPUTED = ("out_dir", "device", "compile", "ce_chunk", "eval_every", "eval_batches", "save_every",
+                "keep_last", "log_every", "resume", "restart", "resume_changes", "max_nonfinite", "wandb",
+                "preset")
+# compared otherwise: the model's shape by the checkpoint's model_config, freeze_pos_embs on its own
+SHAPE = ("layers", "hidden", "heads", "intermediate", "freeze_pos_embs")
+RESUME_SAME = tuple(k for k in READ_BY if k not in SHAPE)  # what --resume_changes may name
+
+
+def read_settings(config: dict) -> dict:
+    """The settings of a run (a TrainConfig as a dict) that decide what it computes, those its mode and init
+    read; keys it does not hold (a checkpoint from before they existed) are left out."""
+    return {k: config[k] for k, read in READ_BY.items() if k in config and read(config)}
+
+
+def checkpoints(out_dir: Path) -> list:
+    """The checkpoints in out_dir (ckpt-NNNNNNN.pt, nothing else), oldest first by step."""
+    found = [p for p in Path(out_dir).glob("ckpt-*.pt") if CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.fullmatch(p.name)[1]))
 
 
 def checksum_path(path: Path) -> Path:
@@ -38,6 +80,8 @@ def save_checkpoint(path: Path, state: dict, keep_last: int):
     """torch.save into path.tmp, its checksum into path.sha256, then renamed into place: a crash or a full
     disk leaves the previous checkpoints intact, and the temporary files are removed. The checksum goes first,
     so that a checkpoint is never there without it. Keeps the newest keep_last checkpoints."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last={keep_last}: at least the checkpoint just written is kept")
     sums = checksum_path(path)
 
     def write(tmp):
@@ -47,12 +91,9 @@ def save_checkpoint(path: Path, state: dict, keep_last: int):
     try:
         write_atomic(path, write, tmp=path.with_name(path.name + ".tmp"))
     except (OSError, RuntimeError) as e:  # a full disk: OSError from a write, RuntimeError from torch.save
-        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [""])[0][:120]
-        with contextlib.suppress(OSError):
-            why += f"; {shutil.disk_usage(path.parent).free:,} bytes free there"
-        raise SystemExit(f"{path}: checkpoint not written ({why}); the previous checkpoints in "
+        raise SystemExit(f"{disk_error(path, e, 'checkpoint not written')}; the previous checkpoints in "
                          f"{path.parent} are intact") from None
-    for old in sorted(path.parent.glob("ckpt-*.pt"))[:-keep_last]:
+    for old in checkpoints(path.parent)[:-keep_last]:
         old.unlink()
         checksum_path(old).unlink(missing_ok=True)
 
@@ -85,7 +126,7 @@ def newest_good_checkpoint(out_dir: Path, master: bool, say) -> tuple:
     """(path, state) of the newest checkpoint that verifies, or (None, None) when there is none. Newer ones
     that do not verify are named and, by rank 0, set aside as *.pt.bad (kept, never counted as checkpoints
     again)."""
-    ckpts = sorted(out_dir.glob("ckpt-*.pt"), reverse=True)
+    ckpts = checkpoints(out_dir)[::-1]
     for i, path in enumerate(ckpts):
         try:
             state = load_checkpoint(path)
@@ -122,9 +163,11 @@ def clean_stale_tmp(out_dir: Path, say):
     ckpt-*.pt.sha256.tmp, and a ckpt-*.pt.sha256 whose checkpoint never arrived), so that a full disk does not
     stay full, and the temporary folder of an interrupted export (.student.XXXXXXXX or .model.XXXXXXXX, the
     names write_atomic gives it, in this run's locked out_dir)."""
-    orphans = [p for p in out_dir.glob("ckpt-*.pt.sha256") if not p.with_suffix("").exists()]
+    ours = lambda p, pattern: re.fullmatch(rf"ckpt-\d{{7,}}\.pt{pattern}", p.name)  # noqa: E731
+    orphans = [p for p in out_dir.glob("ckpt-*.pt.sha256") if ours(p, r"\.sha256") and not
+               p.with_suffix("").exists()]
     for tmp in sorted([*out_dir.glob("ckpt-*.pt.tmp"), *out_dir.glob("ckpt-*.pt.sha256.tmp"), *orphans]):
-        if tmp.is_file():
+        if tmp.is_file() and ours(tmp, r"(\.sha256)?(\.tmp)?"):
             say(f"removing {tmp}, left by an interrupted checkpoint write")
             tmp.unlink()
     for tmp in sorted(p for name in EXPORTS for p in out_dir.glob(f".{name}.*")):
@@ -156,7 +199,7 @@ def probe_batch(loader, device):
 def nonfinite_stop(out_dir: Path, step: int, count: int) -> str:
     """The message of a run stopped by `count` non-finite steps in a row: it names the newest checkpoint that
     verifies, and says so when there is none."""
-    for path in sorted(out_dir.glob("ckpt-*.pt"), reverse=True):
+    for path in checkpoints(out_dir)[::-1]:
         with contextlib.suppress(ValueError, OSError):
             load_checkpoint(path)
             return (f"{count} non-finite steps in a row at step {step}: stopping. {path} is the newest "
@@ -166,21 +209,58 @@ def nonfinite_stop(out_dir: Path, step: int, count: int) -> str:
             f"verifies: nothing to resume; start again with a lower --lr or --dtype=float32")
 
 
-def trim_metrics(path: Path, step: int):
-    """Drop the metrics.jsonl rows after `step` (written after the checkpoint a resumed run continues from,
-    e.g. before a kill -9), atomically, so that no step appears twice."""
+def trim_metrics(path: Path, step: int, say=print):
+    """Before a resumed run appends to metrics.jsonl: the rows of steps after `step` (written after the
+    checkpoint it continues from, e.g. before a kill -9) are dropped, so that no step appears twice, with a
+    last row cut short by a kill (written after that checkpoint too); a row that cannot be read (not UTF-8,
+    not a JSON object with a step) is moved to metrics.jsonl.bad (then .bad.2, ...: never overwritten),
+    never dropped. Each is said in one line; the file is rewritten atomically."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and _row_step(line) <= step]
-    write_text("".join(line if line.endswith("\n") else line + "\n" for line in keep), path)
+    *lines, last = path.read_bytes().split(b"\n")
+    keep, later, bad = [], 0, []
+    for n, raw in enumerate(lines, 1):
+        row = _row_step(raw)
+        if isinstance(row, str):
+            bad.append((n, raw, row))
+        elif row is not None and row <= step:
+            keep.append(raw)
+        elif row is not None:
+            later += 1
+    cut = bool(last.strip())  # no newline after it: cut short by a kill (a whole row ends with one)
+    if cut and isinstance(_row_step(last), int):  # whole after all, only its newline missing
+        keep += [last] if _row_step(last) <= step else []
+        later += _row_step(last) > step
+        cut = False
+    if bad:
+        aside, n = path.with_name(path.name + ".bad"), 1
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.bad.{n}")
+        write_atomic(aside, lambda tmp: tmp.write_bytes(b"".join(raw + b"\n" for _, raw, _ in bad)))
+        first = bad[0]
+        say(f"{path}: {len(bad)} row(s) could not be read (line {first[0]}: {first[2]}"
+            f"{', ...' if len(bad) > 1 else ''}): moved to {aside.name}, the other rows kept")
+    if later or cut:
+        say(f"{path}: dropping {later} row(s) of steps after {step}, written after the checkpoint this run "
+            f"continues from" + (", and a last row cut short by a kill" if cut else ""))
+    if bad or later or cut:
+        write_atomic(path, lambda tmp: tmp.write_bytes(b"".join(raw + b"\n" for raw in keep)))
 
 
-def _row_step(line):
+def _row_step(raw: bytes):
+    """A metrics row's step (an int); None for a blank line; else why the row cannot be read (a str)."""
+    if not raw.strip():
+        return None
     try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf  # a row cut short by a kill goes
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 (byte {raw[e.start]:#04x} at {e.start})"
+    except ValueError:
+        return "not JSON"
+    if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
+        return "no integer step"
+    return row["step"]
 
 
 def out_dir_lock(out_dir: Path):
@@ -202,6 +282,8 @@ def holds_out_dir_lock(run):
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(out_dir_lock(out) if rank0 else contextlib.nullcontext())
+            except FileExistsError as e:  # a train.lock that is a link, or not a file: never written
+                raise SystemExit(str(e)) from None
             except OSError as e:  # a read-only file system, no permission, a file on the way
                 raise SystemExit(f"--out_dir={out}: cannot write there ({e.strerror or e}: "
                                  f"{e.filename or out})") from None
@@ -209,56 +291,90 @@ def holds_out_dir_lock(run):
     return locked
 
 
-def check_resume(cfg, state, path, model, data_id):
-    """A checkpoint continues only the run that wrote it: the same --mode, --init, data (by content, not
-    path), batch geometry, seed, lr, max_len and masking, and a model of the same shape. A change named in
-    --resume_changes is accepted, and said."""
-    was, allowed = state.get("config", {}), {k for k in cfg.resume_changes.split(",") if k}
-    unknown = allowed - {*RESUME_SAME, "data"}
-    if unknown:
-        raise SystemExit(f"--resume_changes={cfg.resume_changes}: {', '.join(sorted(unknown))} not among "
-                         f"{', '.join((*RESUME_SAME, 'data'))}")
-    changed = {k: (was[k], getattr(cfg, k)) for k in RESUME_SAME if k in was and was[k] != getattr(cfg, k)}
-    if state.get("data_id") not in (None, data_id):
-        changed["data"] = ("other data", f"{cfg.data} (other content)")
-    for key, (a, b) in changed.items():
-        if key not in allowed:
-            raise SystemExit(f"{path} was written by a --{key}={a} run; resuming it with --{key}={b} is "
-                             f"refused (use --{key}={a}, another --out_dir, or --resume_changes={key} to "
-                             f"accept the change)")
-        print(f"resuming {path} with --{key}={b} (was {a}): accepted by --resume_changes")
+def check_resume(cfg, state, path, model, data_id, teacher_id=None, dtype=None):
+    """A checkpoint continues only the run that wrote it: the same settings of those that decide what it
+    computes (READ_BY: mode, init, batch geometry, seed, the optimizer and its schedule, the loss...), the
+    same data and, in distillation, the same teacher (both by content, not path), the same precision as
+    resolved here (dtype: --dtype=auto may resolve otherwise on another machine), and a model of the same
+    shape. A change named in --resume_changes is accepted, and said."""
+    was, now = state.get("config") or {}, dataclasses.asdict(cfg)
+    allowed = {k for k in cfg.resume_changes.split(",") if k}
     # frozen position embeddings (train.build_models); a checkpoint from before the setting trained them
-    frozen = lambda c: bool(c.get("freeze_pos_embs", False)) and c.get("init") == "teacher"
-    if was and frozen(was) != frozen(dataclasses.asdict(cfg)):
+    frozen = lambda c: bool(c.get("freeze_pos_embs", False)) and c.get("init") == "teacher"  # noqa: E731
+    if was and frozen(was) != frozen(now):
         raise SystemExit(f"{path} was written by a run whose position embeddings were "
                          f"{'frozen' if frozen(was) else 'trained'}: resume it with --freeze_pos_embs="
                          f"{str(frozen(was)).lower()}, or use another --out_dir")
-    now = dataclasses.asdict(model.cfg)
-    other = {k: (v, now.get(k)) for k, v in state.get("model_config", now).items() if now.get(k) != v}
+    shape = dataclasses.asdict(model.cfg)
+    other = {k: (v, shape.get(k)) for k, v in state.get("model_config", shape).items() if shape.get(k) != v}
     if other:
         diff = ", ".join(f"{k} {a} vs {b} here" for k, (a, b) in other.items())
         raise SystemExit(f"{path} holds another model ({diff}): resuming it is refused (use another "
                          f"--out_dir)")
+    read = read_settings(now)
+    changed = {k: (was[k], now[k]) for k in RESUME_SAME
+               if k in read and k in was and k not in ("data", "teacher", "dtype") and was[k] != now[k]}
+    if state.get("data_id") not in (None, data_id):
+        changed["data"] = ("other data", f"{cfg.data} (other content)")
+    if cfg.mode == "distill" and state.get("teacher_id") not in (None, teacher_id):
+        changed["teacher"] = (f"{was.get('teacher')} (weights sha256 {state['teacher_id'][:12]})",
+                              f"{cfg.teacher} (other weights, sha256 {str(teacher_id)[:12]})")
+    if dtype is not None and state.get("dtype") not in (None, str(dtype).removeprefix("torch.")):
+        here = str(dtype).removeprefix("torch.")
+        changed["dtype"] = (state["dtype"], here if cfg.dtype == here else f"{here} (what --dtype={cfg.dtype} "
+                                                                        f"gives here)")
+    for key in [k for k in RESUME_SAME if k in changed]:
+        a, b = changed[key]
+        if key not in allowed:
+            same = {"data": "the data it was trained on", "teacher": "the teacher it was distilled from",
+                    "dtype": f"--dtype={a}"}.get(key, f"--{key}={a}")
+            raise SystemExit(f"{path} was written by a --{key}={a} run; resuming it with --{key}={b} is "
+                             f"refused (use {same}, another --out_dir, or --resume_changes={key} to accept "
+                             f"the change)")
+        print(f"resuming {path} with --{key}={b} (was {a}): accepted by --resume_changes")
+
+
+def load_scaler(scaler, state: dict, say):
+    """The GradScaler's state from a checkpoint; one written without loss scaling (a bf16 or float32 run)
+    resumed in float16 (--resume_changes=dtype) starts from a fresh scale, and says so."""
+    if scaler.is_enabled() and not state:
+        say("the checkpoint was not trained in float16: the loss scale starts afresh")
+        return
+    scaler.load_state_dict(state)
 
 
 def earlier_outputs(out_dir: Path) -> list:
     """The files and folders of an earlier run in out_dir (checkpoints, set-aside ones, metrics, exports)."""
-    return sorted({p for pattern in OUTPUTS for p in out_dir.glob(pattern)}) if out_dir.is_dir() else []
+    return sorted(p for p in out_dir.iterdir() if OUTPUT.fullmatch(p.name)) if out_dir.is_dir() else []
 
 
-def move_aside(out_dir: Path, say) -> Path:
-    """--restart=true: the earlier run's outputs moved (never deleted) into out_dir/earlier-N, a new N each
-    time."""
+def new_aside(out_dir: Path) -> Path:
+    """A new, empty out_dir/earlier-N (the first N free): where outputs go instead of being deleted."""
     n = 1
-    while (out_dir / f"earlier-{n}").exists():
-        n += 1
-    aside = out_dir / f"earlier-{n}"
-    aside.mkdir()
-    for p in earlier_outputs(out_dir):
+    while True:
+        try:
+            (out_dir / f"earlier-{n}").mkdir()
+            return out_dir / f"earlier-{n}"
+        except FileExistsError:
+            n += 1
+
+
+def move_aside(out_dir: Path, say, also=(), why="--restart=true") -> Path:
+    """--restart=true: the earlier run's outputs (and the files named in `also`, such as the quickstart's
+    stage.json) moved, never deleted, into out_dir/earlier-N, a new N each time. Nothing else in out_dir is
+    touched."""
+    aside = new_aside(out_dir)
+    for p in [*earlier_outputs(out_dir), *(out_dir / name for name in also if (out_dir / name).exists())]:
         os.replace(p, aside / p.name)
     fsync_dir(out_dir)
-    say(f"--restart=true: the earlier run's outputs moved to {aside}")
+    say(f"{why}: the earlier run's outputs moved to {aside}")
     return aside
+
+
+def teacher_identity(run):
+    """The sha256 of the frozen teacher's weights as loaded (train.build_models records it as
+    teacher.content_id), or None (mlm mode)."""
+    return getattr(run.teacher, "content_id", None)
 
 
 def data_identity(shards) -> str:
@@ -283,13 +399,13 @@ def resume(run):
             move_aside(out_dir, run.say)
         if run.ddp:
             dist.barrier()  # the other ranks look at out_dir only once it is clear
-    ckpts, step, skipped = sorted(out_dir.glob("ckpt-*.pt")), 0, 0
+    ckpts, step, skipped = checkpoints(out_dir), 0, 0
     path, state = newest_good_checkpoint(out_dir, run.master, run.say) if cfg.resume else (None, None)
     if state is not None:
-        check_resume(cfg, state, path, run.model, data_identity(run.shards))
+        check_resume(cfg, state, path, run.model, data_identity(run.shards), teacher_identity(run), run.dtype)
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
-        run.scaler.load_state_dict(state["scaler"])
+        load_scaler(run.scaler, state["scaler"], run.say)
         run.loader.load_state_dict(state["data"])
         step, skipped = state["step"], state["skipped"]
         rng = state["rng"][run.rank] if run.rank < len(state["rng"]) else state["rng"][0]
@@ -340,7 +456,8 @@ def save(run, probe, final=False):
     state = {"model": run.model.state_dict(), "model_config": dataclasses.asdict(run.model.cfg),
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
              "skipped": run.skipped, "data": run.loader.state_dict(), "rng": rngs,
-             "config": dataclasses.asdict(run.cfg), "data_id": data_identity(run.shards)}
+             "config": dataclasses.asdict(run.cfg), "data_id": data_identity(run.shards),
+             "teacher_id": teacher_identity(run), "dtype": str(run.dtype).removeprefix("torch.")}
     save_checkpoint(run.out_dir / f"ckpt-{run.step:07d}.pt", state, run.cfg.keep_last)
     if final:
         export(run)
@@ -352,12 +469,53 @@ def export_dir(run) -> Path:
 
 def export(run):
     """The trained model in Hugging Face's format with the tokenizer files: student/ (distill) or model/
-    (mlm). Also redone by a run resumed at its last step whose export is missing (a kill during the export,
-    or the folder deleted)."""
+    (mlm). Also redone by a run resumed at its last step whose export is missing or not of its model (a kill
+    or a full disk during the export, or the folder deleted). An earlier export that holds files train.py
+    did not write there (a model card, an edited config) is moved whole into out_dir/earlier-N first, never
+    deleted; a full disk is one line naming the folder and the bytes free."""
     if not run.master:
         return
+    folder = export_dir(run)
+    theirs = foreign_files(folder) if folder.is_dir() else []
+    if theirs:
+        aside = new_aside(run.out_dir)
+        os.replace(folder, aside / folder.name)
+        fsync_dir(run.out_dir)
+        run.say(f"{folder} held files train.py did not write there ({', '.join(theirs[:3])}"
+                f"{', ...' if len(theirs) > 3 else ''}): that export moved whole to {aside / folder.name}")
     vocab = run.shards.folder / run.shards.meta["tokenizer"]["file"]
-    tokenizer = lambda folder: write_tokenizer_files(vocab, folder, run.model.cfg.max_position)
-    save_pretrained(run.model, export_dir(run), extra_files=tokenizer)
+    tokenizer = lambda tmp: write_tokenizer_files(vocab, tmp, run.model.cfg.max_position)  # noqa: E731
+    try:
+        save_pretrained(run.model, folder, extra_files=tokenizer)
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full disk (safetensors has its own error)
+        raise SystemExit(f"{disk_error(folder, e, 'export not written')}; the checkpoints in {run.out_dir} "
+                         f"are intact: once there is room, the same command with --resume=true exports "
+                         f"again") from None
+
+
+def foreign_files(folder: Path) -> list:
+    """The files of an exported folder that train.py did not write there, or that were changed since: not
+    listed in its SHA256SUMS, or not matching it (model.safetensors carries its own checksum), and any
+    subfolder."""
+    listed = {}
+    if (folder / MANIFEST).is_file():
+        for line in (folder / MANIFEST).read_text(errors="replace").splitlines():
+            want, _, name = line.partition("  ")
+            listed[name] = want
+    theirs = []
+    for p in sorted(folder.iterdir()):
+        if p.name in (MANIFEST, "model.safetensors") and p.is_file():
+            continue
+        if p.is_dir() or p.is_symlink() or p.name not in listed or sha256(p) != listed[p.name]:
+            theirs.append(p.name)
+    return theirs
+
+
+def export_current(run) -> bool:
+    """Whether the exported folder holds this run's model as it is now (the checksum its model.safetensors
+    carries, against the model's tensors): after a kill or a full disk during the export of an extended run
+    it still holds the earlier one."""
+    weights = export_dir(run) / "model.safetensors"
+    return weights.is_file() and stored_sha256(weights) == tensors_sha256(convert_to_hf(run.model)[1])
 
 

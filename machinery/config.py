@@ -6,6 +6,7 @@ prepare.py, bench.py) use `ArgumentParser` below, which takes the same spellings
 """
 import argparse
 import dataclasses
+import math
 import sys
 import textwrap
 import typing
@@ -42,17 +43,68 @@ def parse_config(argv, cls, presets=None, doc=""):
     preset = values.get("preset", "")
     if preset and preset not in (presets or {}):
         raise ValueError(f"unknown preset {preset!r}: choose from {sorted(presets or {})}")
-    return cls(**{**(presets or {}).get(preset, {}), **values})
+    return cls(**{**(presets or {}).get(preset, {}), **values})  # its __post_init__ may check_fields
 
 
-def opt(default, help: str):
-    """A config field with its --help text: `lr: float = opt(5e-4, "peak learning rate")`."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def opt(default, help: str, range: str = "", choices: tuple = ()):
+    """A config field with its --help text and the values it allows, checked by check_fields:
+    `lr: float = opt(5e-4, "peak learning rate", range="> 0")`. range: "> a", ">= a" or an interval such as
+    "[0, 1)" (a bound may be written 2**63); choices: the allowed values. A float must also be finite."""
+    return dataclasses.field(default=default, metadata={"help": help, "range": range, "choices": choices})
+
+
+def check_fields(obj):
+    """Every field of the dataclass `obj` within its opt(range=, choices=); the first that is not is a
+    ValueError of one line naming the setting and what it allows: `--keep_last=-1: expected an integer >= 1`.
+    None passes (an optional setting left unset)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        why = check_value(f.name, getattr(obj, f.name), f.metadata.get("range", ""),
+                          f.metadata.get("choices", ()), kind)
+        if why:
+            raise ValueError(why)
+
+
+def check_value(key, value, range="", choices=(), kind=float):
+    """The one-line complaint about `--key=value` when value is outside `range` (see opt) or `choices`, or
+    None when it is allowed: the one check of every command's settings (opt fields, prepare.py's options)."""
+    if value is None or not (range or choices):
+        return None
+    shown = f"{value!r}" if isinstance(value, str) else f"{value}"
+    if choices:
+        if value not in choices:
+            return f"--{key}={shown}: expected one of {', '.join(map(str, choices))}"
+        return None
+    low, high, what = _interval(range)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    integer = kind is int
+    ok = number and (isinstance(value, int) or (not integer and math.isfinite(value)))
+    ok = ok and (low is None or value > low[0] or (low[1] and value == low[0]))
+    ok = ok and (high is None or value < high[0] or (high[1] and value == high[0]))
+    if ok:
+        return None
+    return f"--{key}={shown}: expected {'an integer' if integer else 'a finite number'} {what}"
+
+
+def _interval(text) -> tuple:
+    """'>= 1' -> ((1, True), None, '>= 1'); '[0, 1)' -> ((0, True), (1, False), 'in [0, 1)')."""
+    def number(s):
+        base, _, power = s.strip().partition("**")
+        return int(base) ** int(power) if power else float(base) if "." in base or "e" in base else int(base)
+    text = text.strip()
+    if text.startswith((">=", ">")):
+        inclusive = text.startswith(">=")
+        return (number(text[2 if inclusive else 1:]), inclusive), None, text
+    a, b = text[1:-1].split(",")
+    return (number(a), text[0] == "["), (number(b), text[-1] == "]"), f"in {text}"
 
 
 def field_help(cls) -> dict:
-    """Each field's --help text (its `opt` metadata)."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+    """Each field's --help text (its `opt` metadata), with the range it allows."""
+    def allowed(r):
+        return "" if not r else f"; {r}" if r.startswith(">") else f"; in {r}"
+    return {f.name: f.metadata.get("help", "") + allowed(f.metadata.get("range", "")) for f in dataclasses.fields(cls)}
 
 
 def convert(key, value: str, kind):

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -21,8 +22,25 @@ def log(msg, source):
 def one_line(e) -> str:
     """An exception as one line for a command-line error (its message, or its type when it has none)."""
     text = " ".join(str(e).split()) or type(e).__name__
-    plain = isinstance(e, (ValueError, FileNotFoundError, FileExistsError))
+    plain = isinstance(e, (ValueError, FileNotFoundError, FileExistsError, WriteFailed))
     return text if plain else f"{type(e).__name__}: {text}"
+
+
+class WriteFailed(OSError):
+    """A write that failed (a full disk...), with its one-line message: disk_error's."""
+
+
+def disk_error(path, e, what="not written") -> str:
+    """One line for a write that failed (a full disk, a file-size limit, a read-only file system): the file,
+    the reason and the bytes free where it was going."""
+    why = (e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:160]
+           or type(e).__name__)
+    place = Path(path)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    with contextlib.suppress(OSError):
+        why += f"; {shutil.disk_usage(place).free:,} bytes free there"
+    return f"{path}: {what} ({why})"
 
 
 def sha256(path) -> str:
@@ -53,7 +71,19 @@ def exclusive_lock(path, busy, remove=False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symbolic link: its target is not ours to write
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if path.is_symlink():
+                raise FileExistsError(f"{path} is a symbolic link (to {os.readlink(path)}), not a lock file "
+                                      f"this project made: it is never written through; remove the link")
+            raise e from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a FIFO, a device, a hard link to a file
+            os.close(fd)
+            what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
+            raise FileExistsError(f"{path} is {what}, not a lock file this project made: it is never written; "
+                                  f"remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -61,7 +91,7 @@ def exclusive_lock(path, busy, remove=False):
             os.close(fd)
             raise busy(holder) from None
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            same = os.lstat(path).st_ino == info.st_ino
         except FileNotFoundError:
             same = False
         if same:

@@ -171,6 +171,17 @@ def save_tensors(tensors: dict, path: Path):
     save_file(tensors, str(path), metadata={"format": "pt", "sha256": tensors_sha256(tensors)})
 
 
+def stored_sha256(path: Path):
+    """The tensors' sha256 a safetensors file written by save_tensors carries in its metadata (None when it
+    carries none or cannot be read), without reading the tensors."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("sha256")
+    except Exception:  # a damaged file: not the one wanted
+        return None
+
+
 def load_tensors(path: Path, map_location="cpu") -> dict:
     """A safetensors file's tensors; a damaged or truncated file is a one-line error naming it."""
     from safetensors import safe_open
@@ -490,7 +501,7 @@ def load_teacher(name, shards, distill=True):
                              f"--out_dir=out/teacher (then --teacher=out/teacher/model)")
         print(f"--teacher={name}: {HEADLESS}: the model trained here gets a fresh one")
     vocab = teacher_tokenizer_file(name)
-    other_hash = vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.meta["vocab_hash"]
+    other_hash = vocab is not None and vocab_hash(load_tokenizer(vocab)) != shards.vocab_hash
     if teacher.cfg.vocab_size != shards.vocab_size or other_hash:
         raise SystemExit(f"vocabulary mismatch: teacher {name} (vocab_size {teacher.cfg.vocab_size}) "
                          f"was not trained with the vocabulary of the shards in {data} (vocab_size "

@@ -111,7 +111,7 @@ class Logs:
             return
         run.out_dir.mkdir(parents=True, exist_ok=True)
         if run.step:
-            trim_metrics(run.out_dir / "metrics.jsonl", run.step)
+            trim_metrics(run.out_dir / "metrics.jsonl", run.step, run.say)
         self.metrics = open(run.out_dir / "metrics.jsonl", "a" if run.step else "w")
         if run.cfg.wandb:
             import wandb  # optional: only when asked for
@@ -155,12 +155,25 @@ class Logs:
             plot_metrics(run.out_dir / "metrics.jsonl", run.out_dir / "losses.png")
 
 
+def read_rows(metrics_path) -> list:
+    """The rows of a metrics.jsonl that can be read (JSON objects); others are left out of the plots."""
+    rows = []
+    for line in Path(metrics_path).read_bytes().splitlines():
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError included
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
 def plot_metrics(metrics_path, png_path):
     """Loss curves (each part of the loss, and the held-out MLM accuracy) drawn from a run's metrics.jsonl."""
     plt = pyplot(f"no plot of {metrics_path}")
     if plt is None:
         return
-    rows = [json.loads(line) for line in open(metrics_path)]
+    rows = read_rows(metrics_path)
     train_rows, valid_rows = [r for r in rows if "total" in r], [r for r in rows if "valid_accuracy" in r]
     fig, axes = plt.subplots(1, 2 if valid_rows else 1, figsize=(10 if valid_rows else 5, 3.5), squeeze=False)
     for key in ("total", "ce", "mlm", "cos"):

@@ -11,6 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+WORDPIECE = dict(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100)  # BERT's
 
 
 def bert_pipeline(tok):
@@ -53,8 +54,7 @@ def load_tokenizer(path):
             vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 vocab.txt (damaged?)") from None
-    tok = bert_pipeline(Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##",
-                                                    max_input_chars_per_word=100)))
+    tok = bert_pipeline(Tokenizer(models.WordPiece(vocab, **WORDPIECE)))
     # "[MASK]" in text stays one token
     tok.add_special_tokens([t for t in SPECIAL_TOKENS.values() if t in vocab])
     ids = special_ids(tok)
@@ -75,10 +75,25 @@ def special_ids(tokenizer):
 
 
 def vocab_hash(tokenizer):
-    """sha256 of the vocabulary in id order ('\\n'-joined tokens): two tokenizers agree on ids iff hashes
-    agree."""
+    """sha256 of the vocabulary in id order ('\\n'-joined tokens) and of the text pipeline that turns text
+    into those tokens (normaliser, pre-tokenizer, WordPiece settings), so that two tokenizers agree on ids iff
+    hashes agree: a tokenizer.json with "lowercase": false gives other ids from the same tokens. BERT-uncased's
+    pipeline (that of every vocab.txt) adds nothing: its hash is the tokens' alone, as before the pipeline
+    counted."""
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    return hashlib.sha256("\n".join(sorted(vocab, key=vocab.get)).encode("utf-8")).hexdigest()
+    text = "\n".join(sorted(vocab, key=vocab.get))
+    pipeline = text_pipeline(tokenizer)
+    if pipeline != text_pipeline(bert_pipeline(Tokenizer(models.WordPiece({"[UNK]": 0}, **WORDPIECE)))):
+        text += "\n" + json.dumps(pipeline, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def text_pipeline(tokenizer) -> dict:
+    """What decides the tokens of a text besides the vocabulary: the normaliser, the pre-tokenizer and the
+    model's settings (its type, [UNK], the '##' prefix, the longest word), as tokenizer.json describes them."""
+    d = json.loads(tokenizer.to_str())
+    return {"normalizer": d.get("normalizer"), "pre_tokenizer": d.get("pre_tokenizer"),
+            "model": {k: v for k, v in (d.get("model") or {}).items() if k not in ("vocab", "merges")}}
 
 
 def write_tokenizer_files(source, folder, model_max_length=512):
@@ -106,8 +121,7 @@ def train_wordpiece(text_iterator, vocab_size, out_path):
     """Train a WordPiece vocabulary (same normalizer and pre-tokenizer as BERT uncased) on an iterator of
     strings, write it as vocab.txt (special tokens first: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4), return
     the tokenizer."""
-    tok = bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
-                                                    max_input_chars_per_word=100)))
+    tok = bert_pipeline(Tokenizer(models.WordPiece(**WORDPIECE)))
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                         continuing_subword_prefix="##", show_progress=False)
     tok.train_from_iterator(text_iterator, trainer)

@@ -4,6 +4,7 @@ for real: a full or read-only file system where this machine lets the test mount
 already written is lost."""
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -386,7 +387,7 @@ def test_limits_below_one_are_refused(bad_inputs, limit):
     """Before: --train_limit=-5 silently kept 59 of 64 rows, --train_limit=0 all of them, --eval_limit=0 gave
     a 23-line traceback."""
     one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}",
-                    f"--model={bad_inputs / 'model'}", "--dtype=float32", limit], rf"invalid {limit[2:]}")
+                    f"--model={bad_inputs / 'model'}", "--dtype=float32", limit], rf"{limit}: expected an integer >= 1")
 
 
 @pytest.mark.parametrize("size", [250, 100])
@@ -440,3 +441,510 @@ def test_eval_mlm_refuses_too_long_sequences_and_another_vocabulary(setup, bad_i
     assert TokenData(tmp_path / "other").vocab_size == TokenData(root / "data").vocab_size
     one_line_error(["eval.py", "mlm", "--model", model, "--data", tmp_path / "other", "--max-len", "64"],
                    r"was not trained with the vocabulary")
+
+
+# ================================================================================================== round 3
+# Issue 41: six ways to lose data, nine silent wrong results, sixteen tracebacks. Each test names what main did.
+
+def said(capsys):
+    return capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- data lost
+
+def test_keep_last_below_one_is_refused_and_deletes_nothing(setup, tmp_path):
+    """Before: --keep_last=-1 then SIGTERM said "checkpoint written" and left none; --resume=true --keep_last=-3
+    deleted all three checkpoints of a run (sorted(...)[:-keep_last] unchecked)."""
+    from machinery.checkpoint import save_checkpoint
+    root, _ = setup
+    out = tmp_path / "run"
+    a = args(root, out, max_steps=6, save_every=2, keep_last=3)
+    T.train(T.parse_args(a))
+    kept = tree(out)
+    assert ckpt_names(out)[::2] == ["ckpt-0000002.pt", "ckpt-0000004.pt", "ckpt-0000006.pt"]
+    for keep in ("-3", "-1", "0"):
+        one_line_error(["train.py", *a, "--resume=true", f"--keep_last={keep}"],
+                       rf"--keep_last={keep}: expected an integer >= 1")
+    assert tree(out) == kept
+    with pytest.raises(ValueError, match="keep_last=0"):
+        save_checkpoint(out / "ckpt-0000007.pt", {"step": 7}, keep_last=0)
+    assert tree(out) == kept
+
+
+def test_only_files_named_ckpt_nnnnnnn_pt_are_checkpoints(setup, tmp_path, capsys):
+    """Before: a user's ckpt-best.pt (a copy of step 2's) sorted after ckpt-0000004.pt as a string: the run
+    resumed at step 2 instead of 4 and dropped the metrics rows 3-4; a user's ckpt-0000001-mine.pt was deleted
+    by the pruning."""
+    root, _ = setup
+    out = tmp_path / "run"
+    a = args(root, out, max_steps=6, save_every=2, keep_last=5)
+    T.train(T.parse_args(a))
+    for suffix in ("", ".sha256"):
+        (out / f"ckpt-0000006.pt{suffix}").unlink()  # as if stopped after step 4's checkpoint
+        for mine in ("ckpt-best.pt", "ckpt-0000001-mine.pt"):
+            (out / f"{mine}{suffix}").write_bytes((out / f"ckpt-0000002.pt{suffix}").read_bytes())
+    theirs = {p: p.read_bytes() for p in out.glob("ckpt-*[a-z].pt*")}
+    said(capsys)
+    T.train(T.parse_args(a + ["--resume=true", "--keep_last=1"]))
+    out_text = said(capsys)
+    assert f"resumed from {out / 'ckpt-0000004.pt'} at step 4" in out_text
+    assert "dropping 3 row(s) of steps after 4" in out_text  # steps 5, 6 and 6's evaluation, written after it
+    assert {p: p.read_bytes() for p in theirs} == theirs  # never the newest, never pruned, never set aside
+    assert [r["step"] for r in rows(out / "metrics.jsonl") if "total" in r] == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in out.glob("ckpt-0*.pt") if "mine" not in p.name) == ["ckpt-0000006.pt"]
+    T.train(T.parse_args(a + ["--restart=true", "--max_steps=1"]))  # moves our outputs aside, not the user's
+    assert {p: p.read_bytes() for p in theirs} == theirs and (out / "earlier-1" / "ckpt-0000006.pt").is_file()
+
+
+def test_extending_a_run_keeps_the_users_files_in_the_export(setup, tmp_path, capsys):
+    """Before: --resume=true --max_steps=6 after 4 replaced student/ whole, deleting the model card the user had
+    put there; a kill or a full disk during that export left the step-4 export, which the next resume took
+    for done."""
+    root, _ = setup
+    out = tmp_path / "run"
+    a = args(root, out, max_steps=4, save_every=2)
+    T.train(T.parse_args(a))
+    (out / "student" / "README.md").write_text("my model card")
+    step4 = tree(out / "student")
+    said(capsys)
+    T.train(T.parse_args(args(root, out, max_steps=6, save_every=2) + ["--resume=true",
+                                                                         "--resume_changes=max_steps"]))
+    assert "held files train.py did not write there (README.md)" in said(capsys)
+    assert tree(out / "earlier-1" / "student") == step4  # moved whole, nothing deleted
+    assert not (out / "student" / "README.md").exists() and final_student(out)["step"] == 6
+    step6 = export(out / "student")
+    # the state a kill during the step-6 export leaves: the step-4 export still in place
+    import shutil
+    shutil.rmtree(out / "student")
+    shutil.copytree(out / "earlier-1" / "student", out / "student")
+    (out / "student" / "README.md").unlink()
+    T.train(T.parse_args(args(root, out, max_steps=6, save_every=2) + ["--resume=true"]))
+    assert "holds another model: exporting it again" in said(capsys)
+    assert export(out / "student") == step6
+
+
+def test_a_lock_file_that_is_a_link_is_never_written_through(setup, tmp_path):
+    """Before: a train.lock (or prepare's .OUT.lock) that is a symbolic link to a user's file: the run wrote
+    "pid N on host" into the user's file."""
+    root, _ = setup
+    mine = tmp_path / "mine.txt"
+    mine.write_text("my notes")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.lock").symlink_to(mine)
+    one_line_error(["train.py", *args(root, out, max_steps=1)], r"train.lock is a symbolic link .*never written")
+    os.link(mine, out / "hard.lock")  # a hard link: the same file under another name
+    from machinery.files import exclusive_lock
+    with pytest.raises(FileExistsError, match="hard link"):
+        with exclusive_lock(out / "hard.lock", RuntimeError):
+            pass
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog." for i in range(40)))
+    (tmp_path / ".prep.lock").symlink_to(mine)
+    one_line_error(["prepare.py", corpus, "--out", tmp_path / "prep", "--vocab_size=120"],
+                   r"\.prep\.lock is a symbolic link")
+    assert mine.read_text() == "my notes" and not list(out.glob("ckpt-*")) and not (tmp_path / "prep").exists()
+
+
+# -------------------------------------------------------------------------------------- silent wrong results
+
+def other_teacher(root, folder):
+    """A copy of the test teacher with other weights (same shape, same vocabulary files)."""
+    from machinery.hf import load_pretrained
+    teacher = load_pretrained(root / "teacher")
+    with torch.no_grad():
+        teacher.layers[0].fc2.weight.mul_(1.5)
+    save_pretrained(teacher, folder, tokenizer_files=[root / "data" / "vocab.txt"])
+    return folder
+
+
+def stopped_at_2(root, out, **kw):
+    """A distillation run's checkpoints as a stop after step 2 leaves them (steps 2 of 4 written)."""
+    a = args(root, out, max_steps=4, save_every=2, **kw)
+    T.train(T.parse_args(a))
+    for suffix in ("", ".sha256"):
+        (out / f"ckpt-0000004.pt{suffix}").unlink()
+    import shutil
+    shutil.rmtree(out / "student")
+    return a
+
+
+@pytest.fixture(scope="module")
+def stopped(setup, tmp_path_factory):
+    """A distillation run stopped after step 2 (its command line, its out_dir): a test that resumes it copies
+    it (copy_of)."""
+    root, _ = setup
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    return stopped_at_2(root, out), out
+
+
+def copy_of(stopped, tmp_path):
+    """The stopped run copied into tmp_path/run, and its command line there."""
+    import shutil
+    a, out = stopped
+    shutil.copytree(out, tmp_path / "run")
+    return [x.replace(str(out), str(tmp_path / "run")) for x in a], tmp_path / "run"
+
+
+def test_resuming_with_another_teacher_is_refused_by_content(setup, stopped, tmp_path):
+    """Before: 2 steps distilled from teacher A, then --resume=true --teacher=B: accepted without a word."""
+    import shutil
+    root, _ = setup
+    a, out = copy_of(stopped, tmp_path)
+    b = other_teacher(root, tmp_path / "teacher-b")
+    one_line_error(["train.py", *a, "--resume=true", f"--teacher={b}"],
+                   r"was written by a --teacher=.*teacher \(weights sha256 \w+\) run; resuming it with "
+                   r"--teacher=.*teacher-b \(other weights.*--resume_changes=teacher")
+    shutil.copytree(root / "teacher", tmp_path / "moved")  # the same weights elsewhere: the same teacher
+    T.train(T.parse_args(a + ["--resume=true", f"--teacher={tmp_path / 'moved'}"]))
+    assert final_student(out)["step"] == 4
+
+
+@pytest.mark.parametrize("change", ["warmup=0.5", "max_steps=6", "grad_clip=1.0", "alpha_ce=4.0",
+                                    "temperature=3.0", "weight_decay=0.01", "dtype=bfloat16"])
+def test_resuming_with_another_schedule_loss_or_precision_is_refused(stopped, change):
+    """Before: --warmup, --max_steps, --grad_clip, the loss weights and --dtype were not compared on resume."""
+    a, out = stopped
+    before = tree(out)
+    key = change.split("=")[0]
+    one_line_error(["train.py", *a, "--resume=true", f"--{change}"],
+                   rf"was written by a --{key}=\S+ run; resuming it with --{key}=.* is refused .*"
+                   rf"--resume_changes={key}")
+    assert tree(out) == before
+
+
+def test_dtype_auto_is_compared_as_resolved(setup, tmp_path, monkeypatch, capsys):
+    """Before: --dtype=auto decides from a timing probe, so a resume on another machine could switch
+    precision unseen; a bf16 checkpoint resumed in fp16 (when accepted) crashed in GradScaler.load_state_dict."""
+    root, _ = setup
+    out = tmp_path / "run"
+    monkeypatch.setattr(T, "auto_dtype", lambda device: (torch.bfloat16, "auto: this machine"))
+    a = stopped_at_2(root, out, dtype="auto")
+    monkeypatch.setattr(T, "auto_dtype", lambda device: (torch.float32, "auto: another machine"))
+    one_line_error(["train.py", *a, "--resume=true"],
+                   r"written by a --dtype=bfloat16 run; resuming it with --dtype=float32 \(what --dtype=auto "
+                   r"gives here\) is refused \(use --dtype=bfloat16")
+    assert final_student(out)["dtype"] == "bfloat16"  # as resolved, in the checkpoint
+    said(capsys)
+    T.train(T.parse_args(a + ["--resume=true", "--dtype=float16", "--resume_changes=dtype"]))
+    text = said(capsys)
+    assert "accepted by --resume_changes" in text and "the loss scale starts afresh" in text
+    assert final_student(out)["step"] == 4 and final_student(out)["scaler"]["scale"] > 0
+
+
+def test_every_setting_is_either_compared_on_resume_or_said_not_to_change_the_run():
+    """A new TrainConfig setting must be classified: compared on resume (and in the quickstart's stage
+    identity) or listed as not changing what a run computes."""
+    from machinery.checkpoint import NOT_COMPUTED, READ_BY, RESUME_SAME
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(T.TrainConfig)}
+    assert fields == set(READ_BY) | set(NOT_COMPUTED) and not set(READ_BY) & set(NOT_COMPUTED)
+    assert {"teacher", "dtype", "warmup", "max_steps", "grad_clip", "alpha_ce", "data"} <= set(RESUME_SAME)
+
+
+def test_the_vocabulary_hash_covers_the_normaliser(setup, tmp_path):
+    """Before: a tokenizer.json with "lowercase": false hashed as the vocab.txt of the same tokens, and a
+    teacher carrying it distilled on lowercased shards silently (6.6% of the tokens became [UNK])."""
+    import shutil
+    from tokenizers import normalizers
+    from machinery.tokenizer import load_tokenizer, vocab_hash
+    root, _ = setup
+    tok = load_tokenizer(root / "data" / "vocab.txt")
+    cased = load_tokenizer(root / "data" / "vocab.txt")
+    cased.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                  strip_accents=None, lowercase=False)
+    assert tok.encode("The Cat").ids != cased.encode("The Cat").ids
+    assert vocab_hash(tok) != vocab_hash(cased)
+    teacher = tmp_path / "teacher-cased"
+    shutil.copytree(root / "teacher", teacher)
+    (teacher / "vocab.txt").unlink()
+    cased.save(str(teacher / "tokenizer.json"))
+    from machinery.hf import write_manifest
+    write_manifest(teacher)
+    one_line_error(["train.py", *args(root, tmp_path / "run", teacher=teacher)], r"vocabulary mismatch")
+
+
+def test_finetune_refuses_another_vocabulary_of_the_same_size(setup, bad_inputs, tmp_path):
+    """Before: finetune.py --vocab=V, another vocabulary of the model's size, trained without a warning (only the
+    sizes were compared)."""
+    root, _ = setup
+    vocab = (root / "data" / "vocab.txt").read_text().splitlines()
+    vocab[10], vocab[11] = vocab[11], vocab[10]  # the same tokens, two ids swapped
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in vocab))
+    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={bad_inputs / 'model'}",
+                    f"--vocab={tmp_path / 'vocab.txt'}", "--dtype=float32", "--max_steps=1", "--train_limit=4",
+                    "--eval_limit=2"], r"was trained with .*vocab.txt, and .* is another vocabulary of the same size")
+
+
+def test_unreadable_metrics_rows_are_set_aside_not_dropped(stopped, tmp_path, capsys):
+    """Before: a row that is not JSON was dropped silently on resume, and a byte that is not UTF-8 stopped every
+    resume with a UnicodeDecodeError traceback."""
+    a, out = copy_of(stopped, tmp_path)
+    lines = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    edited = lines[:1] + [b'{"step": 1, "note": "caf\xe9 latin-1"}\n', b"my note, not JSON\n"] + lines[1:]
+    (out / "metrics.jsonl").write_bytes(b"".join(edited))
+    said(capsys)
+    T.train(T.parse_args(a + ["--resume=true"]))
+    text = said(capsys)
+    assert "2 row(s) could not be read (line 2: not UTF-8 (byte 0xe9 at 24), ...): moved to metrics.jsonl.bad" \
+        in text
+    assert (out / "metrics.jsonl.bad").read_bytes() == edited[1] + edited[2]
+    assert [r["step"] for r in rows(out / "metrics.jsonl") if "total" in r] == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------ tracebacks instead of one line
+
+BAD_TRAIN_SETTINGS = {  # the setting -> the one line expected (before: the traceback or the false message)
+    "--save_every=0": r"--save_every=0: expected an integer >= 1",  # ZeroDivisionError, after a step
+    "--log_every=0": r"--log_every=0: expected an integer >= 1",  # ZeroDivisionError
+    "--lr=nan": r"--lr=nan: expected a finite number > 0",  # ValueError: Invalid learning rate
+    "--lr=-1": r"--lr=-1.0: expected a finite number > 0",
+    "--max_len=2": r"--max_len=2: expected an integer >= 12",  # ValueError from TokenData.sequences
+    "--hidden=65": r"--hidden=65 is not a multiple of --heads=2",  # ValueError from BertConfig
+    "--hidden=-64": r"--hidden=-64: expected an integer >= 1",
+    "--heads=0": r"--heads=0: expected an integer >= 1",
+    "--seed=-1": r"--seed=-1: expected an integer in \[0, 2\*\*63\)",  # numpy's ValueError
+    "--eval_batches=0": r"--eval_batches=0: expected an integer >= 1",  # "mlm_eval: no masked tokens"
+    "--max_steps=-5": r"--max_steps=-5: expected an integer >= 0",  # "fewer than the 1 that make one step"
+    "--warmup=1.5": r"--warmup=1.5: expected a finite number in \[0, 1\)",
+    "--dtype=half": r"--dtype='half': expected one of auto, float32, bfloat16, float16",
+    "--student_layers=0,9": r"--student_layers=0,9 with --teacher=.*out of range for a 4-layer teacher",
+    "--student_layers=2,1": r"--student_layers='2,1': expected teacher layer numbers, increasing",
+    "--resume_changes=lr,colour": r"--resume_changes=lr,colour: colour not among mode, init",
+}
+
+
+@pytest.mark.parametrize("setting", BAD_TRAIN_SETTINGS)
+def test_bad_train_settings_are_one_line(setup, tmp_path, setting):
+    root, _ = setup
+    scratch = dict(mode="mlm", init="scratch") if "student_layers" not in setting else {}
+    one_line_error(["train.py", *args(root, tmp_path / "run", **scratch), setting], BAD_TRAIN_SETTINGS[setting])
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing written that blocks the next run
+
+
+def test_meta_json_holding_a_list_or_lacking_a_key_is_one_line(setup, tmp_path):
+    """Before: meta.json holding [] gave AttributeError: 'list' object has no attribute 'get'."""
+    import shutil
+    root, _ = setup
+    folder = tmp_path / "data"
+    shutil.copytree(root / "data", folder)
+    (folder / "meta.json").write_text("[]")
+    one_line_error(["train.py", *args(root, tmp_path / "run", data=folder)], r"meta.json: expected a JSON "
+                                                                           r"object, found a list")
+    meta = json.loads((root / "data" / "meta.json").read_text())
+    del meta["splits"]["valid"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    one_line_error(["train.py", *args(root, tmp_path / "run", data=folder)], r"meta.json: splits.valid.shards is "
+                                                                           r"missing or malformed")
+
+
+PREPARE_SETTINGS = {  # before: accepted (a 1-document training split, an 81-token vocabulary) or a traceback
+    "--valid_fraction=2": r"--valid_fraction=2.0: expected a finite number in \[0, 1\)",
+    "--vocab_size=0": r"--vocab_size=0: expected an integer in \[6, 2\*\*32\)",
+    "--vocab_size=-5": r"--vocab_size=-5: expected an integer in \[6, 2\*\*32\)",
+    "--shard_tokens=0": r"--shard_tokens=0: expected an integer >= 1",
+    "--seed=-1": r"--seed=-1: expected an integer in \[0, 2\*\*63\)",
+}
+
+
+@pytest.mark.parametrize("setting", PREPARE_SETTINGS)
+def test_bad_prepare_settings_are_one_line(tmp_path, setting):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog and the bird." for i in range(40)))
+    one_line_error(["prepare.py", corpus, "--out", tmp_path / "out", setting], PREPARE_SETTINGS[setting])
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_that_cannot_fit_is_refused_up_front(setup, tmp_path):
+    """Before: --batch_size=10^12 (with --max_steps) grew to 17 GB before the kernel killed it. Here the child
+    runs under a 6 GB address-space limit, so that the unfixed code fails fast instead of filling the machine."""
+    root, _ = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+    for setting, knob in [("--batch_size=1000000000000", "--batch_size"),
+                          ("--layers=48 --hidden=16384 --intermediate=65536 --heads=64", "a smaller model")]:
+        done = subprocess.run([sys.executable, "train.py", *args(root, tmp_path / "run", mode="mlm", init="scratch",
+                                                                  max_steps=3), *setting.split()],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr[-1500:]
+        assert "GiB free" in lines[0] and knob in lines[0], lines[0]
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_damaged_or_list_valued_stage_json_is_moved_aside(setup, tmp_path, capsys):
+    """Before: a damaged stage.json gave a JSONDecodeError traceback, one holding a list an AttributeError."""
+    import quickstart
+    root, _ = setup
+    out = tmp_path / "stage"
+    run = T.parse_args(args(root, out, max_steps=1))
+    for n, text in enumerate(['{"settings": {"mode": "dis', "[1, 2]"], 1):
+        out.mkdir(exist_ok=True)
+        (out / "stage.json").write_text(text)
+        said(capsys)
+        stats = quickstart.run_stage("student", run, out / "student")
+        assert stats["step"] == 1 and "stage.json" in said(capsys)
+        assert (out / f"earlier-{n}" / "stage.json").read_text() == text  # moved aside, not deleted
+        import shutil
+        shutil.rmtree(out / "student")  # not reused: run it again with the next damage
+        for p in [*out.glob("ckpt-*"), out / "metrics.jsonl", out / "losses.png"]:
+            p.unlink()
+
+
+# ---------------------------------------------------------------------------- refuted claims of docs/faults.md
+
+KILL_AT_RENAME = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import prepare
+real, seen = os.replace, []
+
+def replace(src, dst, *a, **k):  # SIGKILL at the n-th rename of the folder into place (a real kill -9)
+    if os.path.basename(str(dst)) in ("out", ".out.old"):
+        seen.append(dst)
+        if len(seen) == {n}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *a, **k)
+os.replace = replace
+prepare.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("kill", ["fresh", "overwrite-first-rename", "overwrite-second-rename"])
+def test_prepare_killed_at_its_renames_recovers(tmp_path, kill):
+    """Before: a prepare killed after meta.json was written (before its rename) left out.tmp without its
+    marker, and every rerun refused ("not left by an interrupted prepare.py"); an --overwrite killed between
+    its two renames was never put back (the stale-.tmp check ran first and refused)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog and the bird." for i in range(40)))
+    out = tmp_path / "out"
+    argv = [str(corpus), "--out", str(out), "--vocab_size=120"]
+    if kill != "fresh":
+        prepare.prepare([corpus], out, vocab_size=130)
+        (out / "marker").write_text("the earlier folder")
+        argv.append("--overwrite")
+    driver = tmp_path / "driver.py"
+    driver.write_text(KILL_AT_RENAME.format(root=str(ROOT), n=2 if kill.endswith("second-rename") else 1))
+    done = subprocess.run([sys.executable, str(driver), *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-1500:]
+    assert (tmp_path / "out.tmp").is_dir()  # what the kill left
+    if kill == "overwrite-second-rename":  # the earlier folder set aside, not yet replaced: it is put back
+        assert not out.exists() and (tmp_path / ".out.old" / "marker").is_file()
+        with pytest.raises(FileExistsError, match="use --overwrite"):
+            prepare.prepare([corpus], out, vocab_size=120)
+        assert (out / "marker").read_text() == "the earlier folder" and not (tmp_path / "out.tmp").exists()
+    meta = prepare.prepare([corpus], out, vocab_size=120, overwrite=kill != "fresh")
+    assert meta["settings"]["vocab"] == "train:120" and not (tmp_path / "out.tmp").exists()
+    assert not (out / prepare.PARTIAL).exists() and not (tmp_path / ".out.old").exists()
+    from data import TokenData
+    TokenData(out)
+
+
+def test_a_full_disk_during_the_export_names_the_folder_and_the_free_bytes(setup, tmp_path, monkeypatch):
+    """Before: "R: No space left on device" (no file, no free bytes), or a SafetensorError traceback. A 400 KB
+    tmpfs holds the final checkpoint of the tiny student (~350 KB) but not its export (~125 KB); grown to 1 MB,
+    the resume writes the export. Where no tmpfs can be mounted, the error safetensors raises on a full disk is
+    raised in its place."""
+    from safetensors import SafetensorError
+    import machinery.hf as hf
+    root, _ = setup
+    disk = tmp_path / "disk"
+    mounted = mount_tmpfs(disk, "size=400k")
+    out = disk / "run"
+    want = (rf"{out / 'student'}: export not written \(.*No space left on device.*; [\d,]+ bytes free there\); "
+            rf"the checkpoints in .* are intact: .*--resume=true exports again")
+    try:
+        if mounted:
+            done = subprocess.run([sys.executable, "train.py", *args(root, out, max_steps=2)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+            assert re.search(want, lines[0]), lines[0]
+            subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        else:
+            def full(tensors, path):
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+            monkeypatch.setattr(hf, "save_tensors", full)
+            one_line_error(["train.py", *args(root, out, max_steps=2)], want)
+            monkeypatch.undo()
+        assert ckpt_names(out)[0] == "ckpt-0000002.pt" and not list(out.glob(".student.*"))  # no temporary left
+        T.train(T.parse_args(args(root, out, max_steps=2, resume=True)))
+        assert (out / "student" / "model.safetensors").is_file()
+    finally:
+        if mounted:
+            unmount(disk)
+
+
+def test_a_full_disk_in_prepare_names_the_file_and_the_free_bytes(tmp_path):
+    """Before: "prepare.py: error: OSError: 4901 requested and 0 written". A 64 KB tmpfs (or, where none can be
+    mounted, a file-size limit) makes the shard write fail for real."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i}: the cat and the dog met the bird by the river {i * 7}."
+                                  for i in range(4000)))
+    disk = tmp_path / "disk"
+    mounted = mount_tmpfs(disk, "size=64k")
+    try:
+        done = subprocess.run([sys.executable, "prepare.py", str(corpus), "--out", str(disk / "out"),
+                               "--vocab_size=200"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              preexec_fn=None if mounted else limit_file_size(64_000))
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-1500:]
+        assert re.search(rf"prepare.py: error: {disk / 'out.tmp'}/\S+: not written \(.*[\d,]+ bytes free there\); "
+                         rf"{disk / 'out'} is as it was", lines[-1]), lines[-1]
+        assert not (disk / "out.tmp").exists() and not (disk / "out").exists()
+    finally:
+        if mounted:
+            unmount(disk)
+
+
+def test_quickstart_stages_compare_only_what_they_read_and_move_aside_never_delete(setup, tmp_path, capsys):
+    """Before: the quickstart run again with --alpha_ce=4 said "teacher: ... holds a run with other settings:
+    starting it again", deleted the finished teacher (an mlm run: alpha_ce is not read) and retrained it, and
+    the student's folder went with shutil.rmtree, a file the user had put there with it. The stages here are
+    the quickstart's (run_stage), on the tiny teacher."""
+    import dataclasses
+    import quickstart
+    root, _ = setup
+    q = tmp_path / "q"
+
+    def stages(**kw):
+        base = T.parse_args(args(root, q, max_steps=1, **kw))
+        teacher = dataclasses.replace(base, mode="mlm", init="pretrained", out_dir=str(q / "teacher"))
+        student = dataclasses.replace(base, teacher=str(q / "teacher" / "model"), out_dir=str(q / "student"))
+        return teacher, student
+
+    def run_all(**kw):
+        teacher, student = stages(**kw)
+        quickstart.run_stage("teacher", teacher, q / "teacher" / "model", after="data-hash")
+        after = {"data": "data-hash", "teacher": dataclasses.asdict(teacher)}
+        quickstart.run_stage("student", student, q / "student" / "student", after=after)
+    run_all()
+    (q / "student" / "notes.txt").write_text("mine")
+    teacher_files, student_files = tree(q / "teacher"), tree(q / "student")
+    said(capsys)
+    run_all(alpha_ce=4.0)
+    text = said(capsys)
+    assert "teacher: already complete" in text and tree(q / "teacher") == teacher_files  # not read by mlm
+    assert "student: " in text and "holds a run with other settings: the earlier run's outputs moved to" in text
+    assert (q / "student" / "notes.txt").read_text() == "mine"  # not the quickstart's: left where it is
+    moved = {k: v for k, v in student_files.items() if k not in ("notes.txt", "train.lock")}
+    assert tree(q / "student" / "earlier-1") == moved  # the finished stage, whole, stage.json with it
+    assert json.loads((q / "student" / "stage.json").read_text())["settings"]["alpha_ce"] == 4.0
+    said(capsys)
+    run_all(alpha_ce=4.0)
+    assert said(capsys).count("already complete") == 2
+
+
+def test_a_stopped_quickstart_stage_exits_75(setup, tmp_path, monkeypatch, capsys):
+    """Before: the quickstart stopped by a signal exited 1 (its message as the exit status), as an error would.
+    (train.py's own exit code: tests/test_train.py::test_sigterm_writes_a_checkpoint.)"""
+    import quickstart
+    root, _ = setup
+    monkeypatch.setattr(quickstart, "train", lambda cfg, eta=None: {"stopped": True, "step": 1})
+    run = T.parse_args(args(root, tmp_path / "stage", max_steps=1))
+    with pytest.raises(SystemExit) as e:
+        quickstart.run_stage("student", run, tmp_path / "stage" / "student")
+    assert e.value.code == 75, e.value.code
+    assert "the same command again continues it" in capsys.readouterr().err
