@@ -339,7 +339,7 @@ def save(run, probe, final=False):
         return
     state = {"model": run.model.state_dict(), "model_config": dataclasses.asdict(run.model.cfg),
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
-             "skipped": run.skipped, "data": run.loader.state_dict(), "rng": rngs,
+             "skipped": run.skipped, "data": run.data_state or run.loader.state_dict(), "rng": rngs,
              "config": dataclasses.asdict(run.cfg), "data_id": data_identity(run.shards)}
     save_checkpoint(run.out_dir / f"ckpt-{run.step:07d}.pt", state, run.cfg.keep_last)
     if final:

@@ -389,6 +389,13 @@ def test_combine_on_real_losses_by_hand():
     torch.testing.assert_close(total, 5 * ce + 2 * mlm + 1 * cos)
 
 
+def masked_first(labels):
+    """head_losses' row order: (the positions of the masked rows (label != -100), then of the others; the masked
+    rows' labels)."""
+    keep = labels != -100
+    return torch.cat([keep.nonzero()[:, 0], (~keep).nonzero()[:, 0]]), labels[keep]
+
+
 @pytest.mark.parametrize("alpha_ce", [5.0, 0.0])
 @pytest.mark.parametrize("chunk", [1, 5, 7, 64])
 def test_head_losses_fused_equals_naive_value_and_gradient(chunk, alpha_ce):
@@ -405,8 +412,10 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk, alpha_ce):
     labels[[0, 3, 4, 9]] = torch.tensor([2, 7, 7, 0])
     D_ce, D_mlm = 20.0, 5.0
     teacher_head = lambda h: h @ t_weight.T
-    loss, kl_sum, ce_sum, _ = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden, teacher_head=teacher_head,
-                                                      labels=labels, temperature=T, w_ce=alpha_ce / D_ce,
+    order, first = masked_first(labels)
+    loss, kl_sum, ce_sum, _ = fused_head.head_losses(u[order], weight, bias, teacher_hidden=t_hidden[order],
+                                                      teacher_head=teacher_head, labels=first, temperature=T,
+                                                      w_ce=alpha_ce / D_ce,
                                                       w_mlm=2.0 / D_mlm, chunk_size=chunk)
     loss.backward()
     got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
@@ -441,9 +450,10 @@ def test_head_losses_fused_fp16_gradient_does_not_underflow():
     labels = torch.full((N,), -100)
     picked = torch.randperm(N)[: N // 7]
     labels[picked] = torch.randint(0, V, (len(picked),))
+    order, first = masked_first(labels)
     with torch.autocast("cpu", dtype=torch.float16):
-        loss, *_ = fused_head.head_losses(transform(h), weight, bias, teacher_hidden=t_hidden,
-                                          teacher_head=lambda x: F.linear(x, t_weight), labels=labels,
+        loss, *_ = fused_head.head_losses(transform(h)[order], weight, bias, teacher_hidden=t_hidden[order],
+                                          teacher_head=lambda x: F.linear(x, t_weight), labels=first,
                                           temperature=T, w_ce=5.0 / D_ce, w_mlm=2.0 / D_mlm, chunk_size=128)
     (loss * scale).backward()
     got, got_w = h.grad / scale, weight.grad / scale
@@ -480,8 +490,9 @@ def test_head_losses_fused_minus_inf_teacher_logit_and_mse_equal_the_plain_formu
     if case == "minus_inf":
         t_hidden[4, 0] = 100.0  # a marker: the teacher rules out class 3 on this row
     teacher_head = lambda h: (h @ t_weight.T).masked_fill((h[:, :1] > 50) & (torch.arange(V) == 3), -math.inf)
-    loss, kl_sum, ce_sum, mse_sum = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden,
-                                                            teacher_head=teacher_head, labels=labels,
+    order, first = masked_first(labels)
+    loss, kl_sum, ce_sum, mse_sum = fused_head.head_losses(u[order], weight, bias, teacher_hidden=t_hidden[order],
+                                                            teacher_head=teacher_head, labels=first,
                                                             temperature=T, w_ce=5.0 / 10, w_mlm=2.0 / 3,
                                                             w_mse=w_mse / 10, chunk_size=chunk)
     loss.backward()

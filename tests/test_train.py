@@ -679,7 +679,9 @@ def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_pat
 
 def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch):
     """A skipped (non-finite) step also shares the stop flag: SIGTERM during step 2, whose loss is NaN, stops the
-    run there with a checkpoint of step 1, instead of skipping until --max_nonfinite."""
+    run after it, instead of skipping until --max_nonfinite. The skipped step counts as a step (the optimizer
+    skipped it on the device, as the GradScaler skips float16 steps): its checkpoint holds step 1's
+    parameters."""
     root, _ = setup
     calls = {"n": 0}
     real_cos = L.cosine_loss
@@ -691,9 +693,12 @@ def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch)
         value = real_cos(*a, **k)
         return value * float("nan") if calls["n"] >= 3 else value
     monkeypatch.setattr(L, "cosine_loss", nan_and_signal)
-    result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5)))
-    assert result["stopped"] and result["step"] == 1 and result["skipped"] == 1
-    assert [c.name for c in (tmp_path / "sig-nan").glob("ckpt-*.pt")] == ["ckpt-0000001.pt"]
+    result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5, save_every=1)))
+    assert result["stopped"] and result["step"] == 2 and result["skipped"] == 1
+    ckpts = sorted((tmp_path / "sig-nan").glob("ckpt-*.pt"))
+    assert [c.name for c in ckpts] == ["ckpt-0000001.pt", "ckpt-0000002.pt"]
+    one, two = (torch.load(c, weights_only=True) for c in ckpts)
+    assert two["skipped"] == 1 and all(torch.equal(v, two["model"][k]) for k, v in one["model"].items())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -799,3 +804,88 @@ def test_two_nodes_of_two_ranks_with_c10d_equal_one_process(setup, tmp_path):
     worst = max_param_diff(final_student(tmp_path / "one"), got)
     print(f"2 nodes x 2 ranks vs 1 process after 3 steps: max |parameter difference| {worst:.3g}")
     assert got["step"] == 3 and len(got["rng"]) == 4 and worst < 1e-5, worst
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A step that never waits for the device (issue 40): counted on the CPU (syncs.SyncCounter), run on `meta`
+
+def step_inputs(setup, tmp_path, **kw):
+    """A built run (train.build) and two steps' micro-batches made on the host as train.py makes them."""
+    root, _ = setup
+    run = T.build(T.parse_args(args(root, tmp_path / "out", **kw)))
+    stream = T.micro_batches(run.loader)
+    return run, [T.host_batches(run, [next(stream) for _ in range(run.accum)]) for _ in range(2)]
+
+
+@pytest.mark.parametrize("kw", [{}, dict(ce_chunk=8, alpha_mse=1.0), dict(ce_positions="masked"),
+                                dict(mode="mlm", init="scratch"), dict(mode="mlm", init="teacher", head_steps=1),
+                                dict(dtype="bfloat16")])
+def test_a_step_has_no_operation_that_waits_for_the_device(setup, tmp_path, kw):
+    """Issue 40: about 50 operations per micro-batch made the host wait for the GPU (boolean indexing in the
+    losses and the fused head's chunks, the masking, .tolist()/.item()). Counted here on the CPU, where every
+    tensor counts: forward_backward with the loader's host counts, and the whole train_step (the copies, the
+    optimizer step with its skip decided on the device, the stop flag), 0 per micro-step. Without the host
+    counts forward_backward counts the tokens itself, and the counter sees it: it can fail."""
+    from syncs import SyncCounter
+    run, (first, second) = step_inputs(setup, tmp_path, micro_batch=2, batch_size=4, **kw)
+    batches, padded, counts = T.on_device(run, first)
+    assert len(batches) == 2 and all(isinstance(n, int) for c in counts for n in c)
+    with SyncCounter("cpu") as c:
+        T.forward_backward(run.wrapped, run.teacher, batches, run.cfg, run.autocast, run.scaler, padded=padded,
+                           counts=counts)
+    assert c.found == [], c.found
+    with SyncCounter("cpu") as c:
+        T.forward_backward(run.wrapped, run.teacher, batches, run.cfg, run.autocast, run.scaler, padded=padded)
+    assert len(c.found) >= 2 * len(batches), c.found  # int(am.sum()), int(...) per micro-batch
+    run.optimizer.zero_grad(set_to_none=True)
+    skipped, stop = T.NonFinite(run.device), T.StopSignal()
+    try:
+        with SyncCounter("cpu") as c:
+            sums, lr, norm, n_real, stopping = T.train_step(run, second, skipped, stop)
+    finally:
+        stop.restore()
+    assert c.found == [], c.found
+    assert run.step == 1 and not stopping and n_real == sum(r for r, _ in T.on_device(run, second)[2])
+    assert torch.isfinite(norm) and all(torch.isfinite(v) for v in sums.values())
+
+
+def test_the_counter_sees_what_waits():
+    """syncs.SyncCounter, by hand: each kind of operation that waits, once; what does not wait, never."""
+    from syncs import SyncCounter
+    x, rows = torch.randn(6, 3), torch.tensor([0, 2])
+    with SyncCounter("cpu") as c:
+        x.index_select(0, rows), x[rows], x[1:3], torch.argsort(x[:, 0], stable=True), x.sum() / 2
+    assert c.found == []
+    with SyncCounter("cpu") as c:
+        mask = x[:, 0] > 0
+        x[mask], x.sum().item(), bool(x.sum() > 0), x.tolist(), mask.nonzero(), torch.masked_select(x, x > 0)
+        x[mask] = 0.0
+    assert [what for what, _ in c.found] == ["index with a boolean index", "Tensor.item", "Tensor.__bool__",
+                                             "Tensor.tolist", "nonzero", "masked_select",
+                                             "index_put_ with a boolean index"], c.found
+    assert all(where.startswith("test_train.py:") for _, where in c.found)
+    with SyncCounter("meta") as c:  # another device's tensors do not count
+        x.sum().item()
+    assert c.found == []
+
+
+def test_forward_backward_runs_on_the_meta_device(setup):
+    """Issue 40: forward_backward could not run on `meta` (tensors without values: any read of one fails), at
+    the token counts and the boolean indexing. With the host's counts and padding it runs there, in distill and
+    mlm mode, with several chunks of the fused head."""
+    root, data = setup
+    teacher = load_pretrained(root / "teacher").requires_grad_(False)
+    batches = [batch(data, B=3, seed=s) for s in range(2)]
+    counts = [(int(am.sum()), int((lb != -100).sum())) for _, am, lb in batches]
+    meta = [tuple(t.to("meta") for t in b) for b in batches]
+    teacher_meta = load_pretrained(root / "teacher").requires_grad_(False).to("meta")
+    for kw in (dict(ce_chunk=16), dict(ce_chunk=16, mode="mlm"), dict(ce_chunk=16, ce_positions="masked")):
+        cfg = T.TrainConfig(**kw)
+        student = student_from_teacher(teacher).train().to("meta")
+        t = teacher_meta if cfg.mode == "distill" else None
+        sums, finite, n_real = T.forward_backward(T.Objective(student, t, cfg), t, meta, cfg, padded=[True, True],
+                                                  counts=counts)
+        assert n_real == sum(c[0] for c in counts) and finite.device.type == "meta", kw
+        assert all(p.grad is not None and p.grad.device.type == "meta" for p in student.parameters()
+                   if p.requires_grad), kw
+        assert set(sums) == ({"mlm", "total"} if cfg.mode == "mlm" else {"ce", "mlm", "cos", "total"})
