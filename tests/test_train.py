@@ -889,3 +889,87 @@ def test_forward_backward_runs_on_the_meta_device(setup):
         assert all(p.grad is not None and p.grad.device.type == "meta" for p in student.parameters()
                    if p.requires_grad), kw
         assert set(sums) == ({"mlm", "total"} if cfg.mode == "mlm" else {"ce", "mlm", "cos", "total"})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Several ranks resume together (issue 40)
+
+def ranks_in_their_folders(tmp_path, argv, world=2, timeout=150, name="run"):
+    """`world` gloo ranks launched as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR/PORT), each in its own
+    working directory tmp_path/node<r>: a relative --out_dir is then a different folder on each rank, as on
+    machines without a shared file system. -> (return codes, logs); ranks still running after `timeout` s
+    (a hang) are killed and get None."""
+    port, procs = free_port(), []
+    for rank in range(world):
+        (tmp_path / f"node{rank}").mkdir(exist_ok=True)
+        env = {**launch_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        log = open(tmp_path / f"{name}-rank{rank}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)],
+                                      cwd=tmp_path / f"node{rank}", env=env, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.5)
+    codes = [p.poll() for p in procs]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    return codes, [(tmp_path / f"{name}-rank{r}.log").read_text() for r in range(world)]
+
+
+def test_ranks_resume_rank0s_checkpoint_without_a_shared_folder(setup, tmp_path):
+    """Issue 40: each rank resumed the newest checkpoint of its own out_dir. Without a shared file system the
+    other ranks found none and started at step 0 while rank 0 continued: their replicas drifted apart and the
+    run hung at its end (on the code before the fix, this test's resume hangs). Now rank 0 chooses and sends
+    the checkpoint: two gloo ranks whose out_dir are different folders (rank 1's holds nothing), interrupted
+    after step 2 and resumed, reach the parameters of the uninterrupted run; a refusal by rank 0 stops both."""
+    root, _ = setup
+    common = args(root, "out", max_steps=4, save_every=2, micro_batch=2, batch_size=4, keep_last=5,
+                  teacher=root / "teacher-dropout")  # dropout: the ranks' RNG states must be restored too
+    codes, logs = ranks_in_their_folders(tmp_path, common)
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    out0 = tmp_path / "node0" / "out"
+    assert not list((tmp_path / "node1").glob("out/ckpt-*")), "only rank 0 writes checkpoints"
+    full = final_student(out0)
+    (out0 / "ckpt-0000004.pt").unlink()  # as if stopped after step 2
+    (out0 / "ckpt-0000004.pt.sha256").unlink()
+    codes, logs = ranks_in_their_folders(tmp_path, common + ["--resume=true"], name="resumed")
+    assert codes == [0, 0], f"ranks hung or failed: {codes}\n{logs[0][-2000:]}\n{logs[1][-2000:]}"
+    assert "resumed from out/ckpt-0000002.pt at step 2" in logs[0]
+    resumed = final_student(out0)
+    assert resumed["step"] == 4 and max_param_diff(full, resumed) == 0.0
+    # a refusal decided by rank 0 (another seed) stops every rank with its message, none hangs
+    codes, logs = ranks_in_their_folders(tmp_path, common + ["--resume=true", "--seed=7", "--max_steps=6"],
+                                         name="refused")
+    assert codes == [1, 1] and all("resuming it with --seed=7 is refused" in log for log in logs), logs
+    # on another number of ranks: refused, unless --resume_changes=world (the data order rule: data.Batches)
+    one = args(root, out0, max_steps=6, save_every=2, micro_batch=2, batch_size=4, keep_last=5,
+               teacher=root / "teacher-dropout", resume=True)
+    with pytest.raises(SystemExit, match=r"written by a run on 2 rank\(s\); resuming it on 1 is refused"):
+        T.train(T.parse_args(one))
+    assert T.train(T.parse_args(one + ["--resume_changes=world"]))["step"] == 6
+    assert len(final_student(out0)["rng"]) == 1
+
+
+def test_another_world_size_continues_at_the_same_global_batch(setup):
+    """data.Batches.load_state_dict: a position of w ranks read on w' ranks continues the epoch at the same
+    global batch, rounded down to a multiple of w' (never skipping one): the global batches each rank takes
+    next are those after the ones the old ranks used, bar at most w' - 1 seen again."""
+    _, data = setup
+    for was, now, position in [(2, 1, 3), (2, 4, 3), (4, 2, 1), (3, 2, 2)]:
+        old = rank_batches(data, was, 0)
+        used = position * was  # global batches 0 .. used - 1
+        state = {**old.state_dict(), "position": position}
+        ranks = [rank_batches(data, now, r) for r in range(now)]
+        for b in ranks:
+            b.load_state_dict(state)
+        nxt = [next(iter(b))["index"] for b in ranks]
+        assert sorted(nxt) == list(range(min(nxt), min(nxt) + now)), nxt
+        assert used - now < min(nxt) <= used, (was, now, nxt)
+
+
+def rank_batches(data, world, rank):
+    from data import Batches
+    return Batches(data, "train", 32, 2, seed=0, rank=rank, world_size=world)
