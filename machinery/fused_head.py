@@ -111,27 +111,33 @@ class _Products:
 
     def __init__(self, weight, acc):
         self.weight, self.acc, self.half = weight, acc, None
-        if weight.is_cuda and torch.is_autocast_enabled("cuda") and _has_out_dtype(weight.device):
-            self.half = torch.get_autocast_dtype("cuda")
+        kind = weight.device.type
+        if _has_out_dtype(weight.device) and torch.is_autocast_enabled(kind):
+            self.half = torch.get_autocast_dtype(kind)
             self.weight_half = weight.to(self.half)  # cast once, not once per chunk
 
     def grad_u(self, g):
         if self.half is not None:
-            return torch.mm(g.to(self.half), self.weight_half, out_dtype=self.acc)
+            return _mm_out(g.to(self.half), self.weight_half, self.acc)
         return (g.to(self.weight.dtype) @ self.weight).to(self.acc)  # half under autocast: g is of order one
 
     def add_grad_w(self, grad_w, g, u, scale):
         if self.half is not None:
-            grad_w.add_(torch.mm(g.t().to(self.half), u.to(self.half), out_dtype=self.acc), alpha=scale)
+            grad_w.add_(_mm_out(g.t().to(self.half), u.to(self.half), self.acc), alpha=scale)
         else:
             grad_w.addmm_(g.t(), u.to(self.acc), alpha=scale)
 
 
-_OUT_DTYPE = {}
+def _mm_out(a, b, dtype):
+    """a @ b of half inputs with a result in dtype (float32), accumulated in float32."""
+    return torch.mm(a, b, out_dtype=dtype)
+
+
+_OUT_DTYPE = {"cpu": False, "meta": False}  # torch.mm has no out_dtype kernel there
 
 
 def _has_out_dtype(device) -> bool:
-    """Whether torch.mm takes out_dtype (bf16/fp16 inputs, a float32 result) on this device."""
+    """Whether torch.mm takes out_dtype (bf16/fp16 inputs, a float32 result) on this kind of device."""
     if device.type not in _OUT_DTYPE:
         try:
             a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)

@@ -512,3 +512,54 @@ def test_head_losses_fused_minus_inf_teacher_logit_and_mse_equal_the_plain_formu
         assert torch.allclose(mse_sum / 10, mse, atol=1e-10)
     for a, b in zip(got, (u.grad, weight.grad, bias.grad)):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_head_losses_half_products_with_float32_results(monkeypatch, dtype):
+    """The CUDA path of the fused head's gradient products (torch.mm(..., out_dtype=float32): half inputs, float32
+    accumulation and result; issue 40: g^T @ u ran in float32 under autocast, an in-place product not being
+    autocast), emulated on the CPU by the same arithmetic (the half-rounded inputs' product in float32): taken (2
+    products per chunk) and equal to a float64 reference on full logits within half precision, with the step's
+    1/D and a loss scale as in float16 training."""
+    calls = []
+    monkeypatch.setitem(fused_head._OUT_DTYPE, "cpu", True)
+    monkeypatch.setattr(fused_head, "_mm_out", lambda a, b, dt: calls.append(a.dtype) or a.to(dt) @ b.to(dt))
+    torch.manual_seed(1)
+    N, d, V, T, scale, D_ce, D_mlm = 256, 32, 1000, 2.0, 2.0**12, 1e5, 1.5e4
+    h = torch.randn(N, d, requires_grad=True)
+    weight, bias = nn.Parameter(torch.randn(V, d) * 0.05), nn.Parameter(torch.zeros(V))
+    t_weight, t_hidden = torch.randn(V, d) * 0.05, torch.randn(N, d)
+    labels = torch.full((N,), -100)
+    labels[torch.randperm(N)[:40]] = torch.randint(0, V, (40,))
+    order, first = masked_first(labels)
+    with torch.autocast("cpu", dtype=dtype):
+        loss, *_ = fused_head.head_losses(h[order], weight, bias, teacher_hidden=t_hidden[order],
+                                          teacher_head=lambda x: F.linear(x, t_weight), labels=first,
+                                          temperature=T, w_ce=5.0 / D_ce, w_mlm=2.0 / D_mlm, chunk_size=64)
+    (loss * scale).backward()
+    assert calls == [dtype] * 2 * (N // 64)
+    h64, w64 = h.detach().double().requires_grad_(True), weight.detach().double().requires_grad_(True)
+    s = F.linear(h64, w64, bias.double())
+    t = F.linear(t_hidden.double(), t_weight.double())
+    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction="sum")
+    keep = labels != -100
+    want = 5.0 * T**2 * kl / D_ce + 2.0 * F.cross_entropy(s[keep], labels[keep], reduction="sum") / D_mlm
+    want.backward()
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
+    assert abs(loss.item() - want.item()) < 0.01 * want.item()
+    assert rel(h.grad / scale, h64.grad) < 0.02 and rel(weight.grad / scale, w64.grad) < 0.02
+
+
+def test_soft_targets_compiled_equal_eager():
+    """--compile's copy of the fused head's soft-target pass (fused_head._soft_targets, torch.compile with static
+    shapes): traced whole (no graph break) and equal to the eager pass, L_mse on and off."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fused_head._soft_targets, dynamic=False, backend="eager", fullgraph=True)
+    torch.manual_seed(2)
+    z, t = torch.randn(64, 50), torch.randn(64, 50)
+    c_ce, c_mse = torch.tensor(0.3), torch.tensor(0.02)
+    for mse in (False, True):
+        want = fused_head._soft_targets(z.clone(), t.clone(), 2.0, c_ce, c_mse, mse)
+        got = compiled(z.clone(), t.clone(), 2.0, c_ce, c_mse, mse)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)

@@ -973,3 +973,74 @@ def test_another_world_size_continues_at_the_same_global_batch(setup):
 def rank_batches(data, world, rank):
     from data import Batches
     return Batches(data, "train", 32, 2, seed=0, rank=rank, world_size=world)
+
+
+def test_compile_covers_the_teacher_and_the_vocabulary_losses(setup, tmp_path, monkeypatch):
+    """Issue 40: --compile compiled the student alone. Now the teacher's forward and the fused head's soft-target
+    pass are compiled too, with static shapes: the loader pads widths to multiples of 64. On the CPU with
+    torch.compile's eager backend (the code path, not the speed): the same step as without --compile."""
+    monkeypatch.setitem(T.COMPILE_OPTIONS, "backend", "eager")
+    torch._dynamo.reset()
+    results, first = {}, None
+    for compile in (True, False):
+        run, (made, _) = step_inputs(setup, tmp_path / str(compile), max_len=64, compile=compile, ce_chunk=64)
+        if compile:
+            first = made  # both runs take these batches (a mask is drawn for its batch's width)
+            assert all(b[0].shape[1] == 64 for b in first) and run.loader.pad_multiple == 64
+            compiled = torch._dynamo.eval_frame.OptimizedModule
+            assert isinstance(run.teacher, compiled) and isinstance(run.objective.student, compiled)
+            assert run.objective.soft_targets is not None
+        run.model.eval()  # no dropout: the two runs must agree
+        skipped, stop = T.NonFinite(run.device), T.StopSignal()
+        try:
+            sums = T.train_step(run, first, skipped, stop)[0]
+        finally:
+            stop.restore()
+        results[compile] = {k: float(v) for k, v in sums.items()}, run.model.state_dict()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3  # student, teacher, soft targets
+    (a, sd_a), (b, sd_b) = results[True], results[False]
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 * abs(b[k]) + 1e-7 for k in a), (a, b)
+    assert max((sd_a[k] - sd_b[k]).abs().max().item() for k in sd_a) < 1e-6
+
+
+def test_accumulation_that_rounds_the_batch_says_so(setup, tmp_path, capsys):
+    """Issue 40: accumulation rounded the global batch down without a word (micro-batch 128 on 8 GPUs: 3,072
+    sequences a step, not 4,000). Now a warning says what a step holds and which micro-batch gives the batch
+    exactly."""
+    cfg = T.TrainConfig(micro_batch=128)
+    assert T.accumulation_warning(cfg, 8, 3) == (
+        "warning: --batch_size=4,000: 128 sequences x 8 rank(s) x 3 micro-steps = 3,072 sequences per step "
+        "(accumulation rounds down); --micro_batch=125 gives exactly 4,000 (125 x 8 x 4)")
+    assert "no micro-batch gives exactly 7 on 2 rank(s)" in T.accumulation_warning(
+        T.TrainConfig(micro_batch=2, batch_size=7), 2, 1)
+    root, _ = setup
+    T.build(T.parse_args(args(root, tmp_path / "a", micro_batch=3, batch_size=8)))
+    assert "3 sequences x 1 rank(s) x 2 micro-steps = 6 sequences per step" in capsys.readouterr().out
+    T.build(T.parse_args(args(root, tmp_path / "b", micro_batch=4, batch_size=8)))
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_float16_steps_with_the_grad_scaler(setup, tmp_path):
+    """optimizer_step in float16 (on the CPU): the GradScaler unscales, a step whose gradient overflowed is
+    skipped on the device (parameters and AdamW's step count unchanged) and halves the scale; a finite one
+    steps and keeps it."""
+    run, (first, second) = step_inputs(setup, tmp_path, dtype="float16")
+    assert run.scaler.is_enabled()
+    skipped, stop = T.NonFinite(run.device), T.StopSignal()
+    try:
+        T.train_step(run, first, skipped, stop)
+        scale, before = run.scaler.get_scale(), {k: v.clone() for k, v in run.model.state_dict().items()}
+        T.forward_backward(run.wrapped, run.teacher, *T.on_device(run, second)[:1], run.cfg, run.autocast,
+                           run.scaler, padded=T.on_device(run, second)[1], counts=T.on_device(run, second)[2])
+        next(p for p in run.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+        norm, skip = T.optimizer_step(run, torch.tensor(True))
+        assert bool(skip) and run.scaler.get_scale() == scale / 2
+        assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())
+        steps = {int(s["step"]) for s in run.optimizer.state.values()}
+        T.train_step(run, second, skipped, stop)
+        assert run.scaler.get_scale() == scale / 2 and {int(s["step"]) for s in run.optimizer.state.values()} \
+            == {s + 1 for s in steps}
+    finally:
+        stop.restore()
+    skipped.check(run)
+    assert run.skipped == 0  # optimizer_step alone was called for the overflow: NonFinite counts train_step's
