@@ -56,7 +56,8 @@ class _HeadLosses(torch.autograd.Function):
             else:
                 g = g_mlm  # every row of this chunk is masked
             del g_mlm
-            _accumulate(g, u[rows], products, scale, grad_u[rows], grad_w, grad_b, acc)
+            _accumulate(g, u[rows], products, scale, grad_u[rows], grad_w, grad_b, acc,
+                        weight_grad=ctx.needs_input_grad[1])
         ctx.save_for_backward(grad_u, grad_w, grad_b)
         ctx.dtypes = u.dtype, weight.dtype, bias.dtype
         ctx.mark_non_differentiable(kl_sum, ce_sum, mse_sum)
@@ -147,10 +148,12 @@ def _has_out_dtype(device) -> bool:
     return _OUT_DTYPE[device.type]
 
 
-def _accumulate(g, u, products, scale, grad_u_rows, grad_w, grad_b, acc):
-    """One chunk's gradients w.r.t. u, the weight and the bias from its logit gradient g (divided by scale)."""
+def _accumulate(g, u, products, scale, grad_u_rows, grad_w, grad_b, acc, weight_grad=True):
+    """One chunk's gradients w.r.t. u, the weight (unless it needs none: train.py's head-only steps) and the
+    bias from its logit gradient g (divided by scale)."""
     grad_u_rows.copy_(products.grad_u(g).mul_(scale))
-    products.add_grad_w(grad_w, g, u, scale)
+    if weight_grad:
+        products.add_grad_w(grad_w, g, u, scale)
     grad_b.add_(g.sum(0).to(acc), alpha=scale)
 
 

@@ -919,6 +919,7 @@ def ranks_in_their_folders(tmp_path, argv, world=2, timeout=150, name="run"):
     return codes, [(tmp_path / f"{name}-rank{r}.log").read_text() for r in range(world)]
 
 
+@pytest.mark.slow
 def test_ranks_resume_rank0s_checkpoint_without_a_shared_folder(setup, tmp_path):
     """Issue 40: each rank resumed the newest checkpoint of its own out_dir. Without a shared file system the
     other ranks found none and started at step 0 while rank 0 continued: their replicas drifted apart and the
