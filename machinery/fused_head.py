@@ -36,9 +36,9 @@ class _HeadLosses(torch.autograd.Function):
         c_ce, c_mse = (torch.full((), c, dtype=acc, device=u.device)
                        for c in (w_ce * temperature / scale, 2 * w_mse / scale))
         kl_sum, ce_sum, mse_sum = (u.new_zeros((), dtype=acc) for _ in range(3))
-        for start in range(0, rows_used, chunk_size):
-            rows = slice(start, min(start + chunk_size, rows_used))
-            m = max(0, min(n_masked - start, chunk_size))  # this chunk's masked rows are its first m
+        for start, stop in _chunks(rows_used, chunk_size, 64 if soft_targets is not None else 0):
+            rows = slice(start, stop)
+            m = max(0, min(n_masked - start, stop - start))  # this chunk's masked rows are its first m
             z = F.linear(u[rows], weight, bias)                            # student logits (chunk, V)
             # L_mlm on the masked rows (T = 1), before _soft_targets reuses z's storage
             log_s = F.log_softmax(z[:m].to(acc), dim=-1)
@@ -47,7 +47,7 @@ class _HeadLosses(torch.autograd.Function):
             g_mlm = _ce_grad(log_s, lab).mul_(w_mlm / scale)
             if soft:
                 t = teacher_head(teacher_hidden[rows])                     # teacher logits (no grad here)
-                fn = soft_targets if soft_targets is not None and z.shape[0] % 64 == 0 else _soft_targets
+                fn = soft_targets if soft_targets is not None and (stop - start) % 64 == 0 else _soft_targets
                 g, kl, mse = fn(z, t, temperature, c_ce, c_mse, bool(w_mse))
                 del z, t
                 kl_sum += kl
@@ -67,6 +67,18 @@ class _HeadLosses(torch.autograd.Function):
     def backward(ctx, grad_loss, _kl, _ce, _mse):
         grads = [(grad_loss.to(g.dtype) * g).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes)]
         return (*grads, None, None, None, None, None, None, None, None, None)
+
+
+def _chunks(n, size, align=0) -> list:
+    """[(start, stop)] of rows in chunks of `size`; with align, a last chunk that is not a multiple of align is cut
+    in two: its multiple of align, and the rest (fewer than align rows). So a compiled pass over them sees at most
+    size / align shapes, each compiled once."""
+    bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
+    if align and bounds and (bounds[-1][1] - bounds[-1][0]) % align:
+        start, stop = bounds.pop()
+        cut = start + (stop - start) // align * align
+        bounds += [(start, cut), (cut, stop)] if cut > start else [(start, stop)]
+    return bounds
 
 
 def _soft_targets(z, t, temperature, c_ce, c_mse, mse: bool):
@@ -171,7 +183,8 @@ def head_losses(u, weight, bias, *, teacher_hidden, teacher_head, labels, temper
     masked rows come first (M <= N, a length the host knows; the rows after them are not masked). With
     w_ce = alpha_ce / D_ce and w_mlm = alpha_mlm / D_mlm, loss = alpha_ce * L_ce + alpha_mlm * L_mlm; with
     w_ce = w_mse = 0 (L_mlm alone) only the first M rows are used and teacher_hidden may be None. soft_targets:
-    a torch.compile'd _soft_targets (train.py --compile), used on chunks whose rows are a multiple of 64.
+    a torch.compile'd _soft_targets (train.py --compile), used on chunks whose rows are a multiple of 64 (a last
+    chunk is cut into such a multiple and the rest, which runs uncompiled).
     Returns (loss, kl_sum, ce_sum, mse_sum): loss is differentiable w.r.t. u, weight and bias; the sums are
     detached, for logging.
 

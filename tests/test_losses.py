@@ -563,3 +563,30 @@ def test_soft_targets_compiled_equal_eager():
         got = compiled(z.clone(), t.clone(), 2.0, c_ce, c_mse, mse)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
+
+
+def test_head_losses_compiled_pass_sees_multiples_of_64_rows():
+    """With a compiled soft-target pass (train.py --compile: static shapes), each chunk given to it has a multiple
+    of 64 rows: a last chunk of 72 rows is cut into 64 for it and 8 run uncompiled; values and gradients equal
+    the plain chunks' (float64)."""
+    torch.manual_seed(5)
+    N, d, V = 200, 8, 30
+    u = torch.randn(N, d, dtype=f64, requires_grad=True)
+    weight, bias = torch.randn(V, d, dtype=f64, requires_grad=True), torch.randn(V, dtype=f64, requires_grad=True)
+    t_hidden, t_weight, labels = torch.randn(N, d, dtype=f64), torch.randn(V, d, dtype=f64), torch.randint(0, V, (70,))
+    seen, results = [], []
+
+    def recording(z, *a):
+        seen.append(z.shape[0])
+        return fused_head._soft_targets(z, *a)
+    for compiled in (recording, None):
+        loss, *_ = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden, teacher_head=lambda h: h @ t_weight.T,
+                                          labels=labels, temperature=2.0, w_ce=0.5, w_mlm=0.2, w_mse=0.01,
+                                          chunk_size=128, soft_targets=compiled)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad.clone() for p in (u, weight, bias)])
+        for p in (u, weight, bias):
+            p.grad = None
+    assert seen == [128, 64]
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12)
