@@ -161,15 +161,15 @@ class Objective(torch.nn.Module):
         with torch.no_grad() if self.head_only else contextlib.nullcontext():
             h = self.student(ids, attention_mask=attention_mask, return_logits=False,
                              padded=padded).hidden_states[-1]                        # (batch, len, hidden)
-        rows = loss_rows(attention_mask, labels, n_real)          # (n_real,): the masked ones first
-        pick = lambda x, n=n_real: x.flatten(0, 1).index_select(0, rows[:n])          # noqa: E731
+        rows = loss_rows(attention_mask, labels, n_real)  # (n_real,): the masked ones first
+        pick = lambda x, n=n_real: x.flatten(0, 1).index_select(0, rows[:n])  # noqa: E731
         if teacher_hidden is None:  # mlm mode: the masked-LM loss alone
             return self.vocabulary_losses(pick(h, n_masked), None, pick(labels, n_masked), denoms,
                                           alphas=(0.0, 1.0, 0.0))
-        n_ce = n_real if cfg.ce_positions == "all" else n_masked  # the rows of L_ce: its first n_ce rows
-        L_cos = losses.cosine_loss(pick(h).float(), pick(teacher_hidden).float(), denom=denoms["real"])
-        L_vocab, parts = self.vocabulary_losses(pick(h, n_ce), pick(teacher_hidden, n_ce),
-                                                pick(labels, n_masked), denoms)
+        h, teacher_hidden = pick(h), pick(teacher_hidden)  # every real token's row, the masked ones first
+        L_cos = losses.cosine_loss(h.float(), teacher_hidden.float(), denom=denoms["real"])
+        n_ce = n_real if cfg.ce_positions == "all" else n_masked  # the rows of L_ce: the first n_ce
+        L_vocab, parts = self.vocabulary_losses(h[:n_ce], teacher_hidden[:n_ce], pick(labels, n_masked), denoms)
         L = L_vocab + cfg.alpha_cos * L_cos  # = alpha_ce * L_ce + alpha_mlm * L_mlm + alpha_cos * L_cos
         return L, {**parts, "cos": L_cos.detach(), "total": L.detach()}
 
