@@ -263,6 +263,30 @@ def test_fused_objective_equals_plain_formulas(setup):
         assert torch.allclose(fused[k], plain[k], atol=1e-6, rtol=1e-4), k
 
 
+@pytest.mark.parametrize("head_only", [False, True])
+def test_mlm_mode_fused_equals_plain_formulas(setup, head_only):
+    """mlm mode (L_mlm alone) through the fused head (ce_chunk > 0, the masked rows only, in chunks) gives the loss
+    and gradients of ce_chunk=0 (the MLM head on the masked rows, losses.mlm_loss); in head-only steps the encoder
+    and the tied decoder get no gradient either way."""
+    teacher, student, _, _ = pair(setup)
+    b = batch(setup[1], B=5)
+    results = {}
+    for chunk in (7, 0):
+        cfg = T.TrainConfig(mode="mlm", ce_chunk=chunk)
+        objective = T.Objective(student, None, cfg)
+        objective.head_only = head_only
+        student.zero_grad(set_to_none=True)
+        sums, _, _ = T.forward_backward(objective, None, [b], cfg)
+        results[chunk] = sums, grads(student)
+    (fused, g_fused), (plain, g_plain) = results[7], results[0]
+    assert set(fused) == set(plain) == {"mlm", "total"} and torch.allclose(fused["mlm"], plain["mlm"], rtol=1e-6)
+    assert set(g_fused) == set(g_plain)
+    if head_only:
+        assert set(g_plain) == {"head.dense.weight", "head.dense.bias", "head.ln.weight", "head.ln.bias", "head.bias"}
+    for k in g_plain:
+        assert torch.allclose(g_fused[k], g_plain[k], atol=1e-6, rtol=1e-4), k
+
+
 def bertmodel_folder(root, data, tmp_path):
     """A BertModel checkpoint (as MiniLM's): a BERT with a pooler, saved without its MLM head."""
     torch.manual_seed(1)
