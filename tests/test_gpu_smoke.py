@@ -14,15 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dry_run_in_process(tmp_path, capsys):
     """The in-process checks: the device's step equals the CPU's, no waits in train_step (bf16, fp16, one
-    process and DDP) nor in the fused head (equal to the formulas), the speed section's code path (eager and
-    compiled with torch.compile's eager backend)."""
+    process and DDP) nor in the fused head (equal to the formulas). (The slow test below runs every check.)"""
     out = tmp_path / "smoke.json"
-    results = gpu_smoke.main(["--dry-run", "--only", "step,syncs,speed", "--out", str(out)])
+    results = gpu_smoke.main(["--dry-run", "--only", "step,syncs", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results, default=str))
     checks = results["checks"]
     assert all(c["ok"] for c in checks.values()), {k: c["text"] for k, c in checks.items()}
     assert checks["step"]["details"]["moved"] > 1e-4
-    assert set(checks["speed"]["details"]) == {"eager", "compiled"}
     assert "| syncs | ok |" in capsys.readouterr().out
 
 
@@ -49,5 +47,6 @@ def test_dry_run_command(tmp_path):
     checks = json.loads((tmp_path / "s.json").read_text())["checks"]
     assert list(checks) == list(gpu_smoke.CHECKS) and all(c["ok"] for c in checks.values())
     assert checks["resume"]["details"]["max_abs_diff"] == 0.0 and checks["fp16"]["details"]["scale"] > 0
+    assert set(checks["speed"]["details"]) == {"eager", "compiled"}
     text = page.read_text()
     assert text.startswith("before\n<!-- begin gpu-smoke -->\ncpu (dry run)") and "| resume | ok |" in text
