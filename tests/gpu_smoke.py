@@ -117,7 +117,7 @@ class Smoke:
         grad_rel = max(((g_dev[n] - g).norm() / g.norm().clamp_min(1e-30)).item() for n, g in g_cpu.items())
         param_diff = max((p_dev[k] - v).abs().max().item() for k, v in p_cpu.items())
         moved = max((v - start[k]).abs().max().item() for k, v in p_cpu.items())
-        ok = loss_rel < 1e-5 and grad_rel < 1e-4 and param_diff < 1e-6 and moved > 1e-4
+        ok = loss_rel < 1e-5 and grad_rel < 1e-4 and param_diff < 1e-5 and moved > 1e-4  # 1% of a step (lr 1e-3)
         return ok, {"loss_rel": loss_rel, "grad_rel": grad_rel, "param_max_abs_diff": param_diff,
                     "moved": moved}, (f"loss {loss_rel:.1e}, gradients {grad_rel:.1e} (relative), parameters "
                                       f"{param_diff:.1e} after one step that moved them by {moved:.1e}")
