@@ -1069,3 +1069,33 @@ def test_float16_steps_with_the_grad_scaler(setup, tmp_path):
         stop.restore()
     skipped.check(run)
     assert run.skipped == 0  # optimizer_step alone was called for the overflow: NonFinite counts train_step's
+
+
+def test_log_lines_give_the_mfu_where_the_peak_is_known(setup, tmp_path, monkeypatch):
+    """Issue 40: train.py prints the MFU at its log lines: the step's model FLOPs (2 x step_macs per token) at the
+    measured tokens/s over the peak of the device (here given: a CPU has none, and then no mfu is written)."""
+    root, _ = setup
+    monkeypatch.setattr(T, "peak_flops", lambda device, dtype: 1e9)
+    T.train(T.parse_args(args(root, tmp_path / "a", max_steps=2)))
+    cfg = T.parse_args(args(root, tmp_path / "a"))
+    run_rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in run_rows if "total" in r]
+    student = load_pretrained(tmp_path / "a" / "student").cfg
+    teacher = load_pretrained(root / "teacher").cfg
+    per_token = T.step_macs(cfg, student, teacher) / (cfg.batch_size * cfg.max_len)
+    assert len(rows) == 2 and all(r["mfu"] == pytest.approx(2 * per_token * r["tokens_per_s"] / 1e9) for r in rows)
+    monkeypatch.undo()
+    T.train(T.parse_args(args(root, tmp_path / "b", max_steps=1)))
+    assert "mfu" not in (tmp_path / "b" / "metrics.jsonl").read_text()
+
+
+def test_peak_flops_of_known_gpus(monkeypatch):
+    names = {"NVIDIA H100 80GB HBM3": (989e12, 495e12), "NVIDIA H100 PCIe": (756e12, 378e12),
+             "NVIDIA A100-SXM4-80GB": (312e12, 156e12), "NVIDIA H200": (989e12, 495e12),
+             "NVIDIA L40S": (362e12, 183e12), "NVIDIA L4": (121e12, 60e12), "Tesla V100-SXM2-16GB": (125e12, 15.7e12),
+             "Some Future GPU": (None, None)}
+    cuda = torch.device("cuda:0")
+    for name, (half, single) in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, n=name: n)
+        assert (device.peak_flops(cuda, torch.bfloat16), device.peak_flops(cuda, torch.float32)) == (half, single)
+    assert device.peak_flops(torch.device("cpu"), torch.bfloat16) is None
