@@ -39,17 +39,17 @@ class _HeadLosses(torch.autograd.Function):
         for start, stop in _chunks(rows_used, chunk_size, 64 if soft_targets is not None else 0):
             rows = slice(start, stop)
             m = max(0, min(n_masked - start, stop - start))  # this chunk's masked rows are its first m
-            z = F.linear(u[rows], weight, bias)                            # student logits (chunk, V)
+            z = [F.linear(u[rows], weight, bias)]                          # student logits (chunk, V)
             # L_mlm on the masked rows (T = 1), before _soft_targets reuses z's storage
-            log_s = F.log_softmax(z[:m].to(acc), dim=-1)
+            log_s = F.log_softmax(z[0][:m].to(acc), dim=-1)
             lab = labels[start:start + m]
             ce_sum += -log_s.gather(1, lab[:, None]).sum()
             g_mlm = _ce_grad(log_s, lab).mul_(w_mlm / scale)
             if soft:
-                t = teacher_head(teacher_hidden[rows])                     # teacher logits (no grad here)
                 fn = soft_targets if soft_targets is not None and (stop - start) % 64 == 0 else _soft_targets
-                g, kl, mse = fn(z, t, temperature, c_ce, c_mse, bool(w_mse))
-                del z, t
+                # z.pop(): _soft_targets holds the logits' only references, so it can free them as it goes
+                g, kl, mse = fn(z.pop(), teacher_head(teacher_hidden[rows]), temperature, c_ce, c_mse,
+                                bool(w_mse))
                 kl_sum += kl
                 mse_sum += mse
                 g[:m] += g_mlm
