@@ -593,8 +593,9 @@ class NonFinite:
             run.say(f"step {run.step}: {total - self.seen} step(s) skipped since the last line (non-finite loss "
                     f"or gradient; {in_a_row} in a row now)")
         self.seen = total
-        if most >= run.cfg.max_nonfinite:
-            raise SystemExit(nonfinite_stop(run.out_dir, run.step, most))
+        if most >= run.cfg.max_nonfinite:  # rank 0's out_dir has the checkpoints to name
+            raise SystemExit(nonfinite_stop(run.out_dir, run.step, most) if run.master else
+                             f"{most} non-finite steps in a row at step {run.step}: stopping (see rank 0)")
 
 
 def build_models(cfg, shards) -> tuple:
