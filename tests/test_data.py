@@ -609,7 +609,7 @@ def test_batches_epochs_seeds_and_resume():
         for _ in range(k):
             next(stream)
         state = b.state_dict()
-        assert set(state) == {"epoch", "position"}
+        assert set(state) == {"epoch", "position", "world"}
         resumed = make()
         resumed.load_state_dict(json.loads(json.dumps(state)))
         rest = list(resumed) + (list(resumed) if state["epoch"] == 0 else [])
