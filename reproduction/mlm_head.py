@@ -76,4 +76,4 @@ def fit_head(model, states, labels, counts=None, epochs=4, lr=2e-3, rows_per_ste
             step += 1
     model.eval()
     return {"rows": len(labels), "epochs": epochs, "steps": step, "lr": lr, "seconds": round(time.time() - t0, 1),
-            "last_loss": float(loss)}
+            "last_loss": loss.item()}
