@@ -1,1 +1,1 @@
-"""The reproduction of the paper\x27s tables and claims: reproduce.py runs it."""
+"""The reproduction of the paper's tables and claims: reproduce.py runs it."""
