@@ -45,7 +45,7 @@ from machinery.hf import (config_from_dict, convert_from_hf, convert_to_hf, load
                           write_manifest)
 from machinery.optim import adamw, linear_schedule
 from machinery.tokenizer import load_tokenizer, vocab_hash
-from model import Bert
+from model import Bert, masked_mean
 
 log = functools.partial(files.log, source="finetune")
 
@@ -367,14 +367,6 @@ class Classifier(nn.Module):
             h = last[:, 0] if self.pool == "cls" else masked_mean(last, attention_mask)
             h = F.relu(self.pre_classifier(h))
         return TaskOutput(self.classifier(self.dropout(h)), out.hidden_states)
-
-
-def masked_mean(states, mask=None) -> torch.Tensor:
-    """(B, L, d) -> (B, d): the mean over the real tokens (mask 1; no mask: every position)."""
-    if mask is None:
-        return states.mean(1)
-    m = mask[..., None].to(states.dtype)
-    return (states * m).sum(1) / m.sum(1)
 
 
 class SpanQA(nn.Module):

@@ -249,6 +249,14 @@ class Bert(nn.Module):
         return self.head(h, self.emb.word.weight)
 
 
+def masked_mean(states, mask=None) -> torch.Tensor:
+    """(B, L, d) -> (B, d): the mean over the real tokens (mask 1; no mask: every position)."""
+    if mask is None:
+        return states.mean(1)
+    m = mask[..., None].to(states.dtype)
+    return (states * m).sum(1) / m.sum(1)
+
+
 def student_from_teacher(teacher: Bert, layers=None, fold_token_types=True) -> Bert:
     """DistilBERT's student (Section 3): the teacher's architecture without token-type embeddings and pooler,
     with the chosen teacher layers copied in order. Default: one layer out of two, [0, 2, 4, 6, 8, 10] for a

@@ -39,7 +39,7 @@ from machinery.files import disk_error
 from machinery.hf import load_teacher, tensors_sha256
 from machinery.logs import Eta, Logs, StopSignal, mean_over_ranks
 from machinery.optim import adamw, linear_schedule
-from model import Bert, BertConfig, count_parameters, student_from_teacher
+from model import Bert, BertConfig, count_parameters, masked_mean, student_from_teacher
 
 
 MIN_LEN = data.MIN_SEQ_TOKENS  # (inside TrainConfig, `data` is the setting)
@@ -98,6 +98,9 @@ class TrainConfig:
     alpha_cos: float = opt(1.0, "weight of L_cos, the cosine loss on the last hidden states", range=">= 0")
     alpha_mse: float = opt(0.0, "weight of L_mse, squared logit differences on the L_ce rows (reference)",
                             range=">= 0")
+    alpha_pool: float = opt(0.0, "weight of L_pool, 1 - cos of the student's and teacher's mean-pooled last "
+                                 "states on the sequences without masks (not the paper's: for a sentence-"
+                                 "embedding teacher, docs/reproduction.md)", range=">= 0")
     ce_positions: str = opt("all", "all: L_ce over every real token (released model) | masked: masked ones only",
                              choices=("all", "masked"))
     ce_chunk: int = opt(1024,
@@ -136,8 +139,9 @@ class TrainConfig:
              if layers else True,
              f"--student_layers={self.student_layers!r}: expected teacher layer numbers, increasing, e.g. "
              f"0,2,4"),
-            (self.mode != "distill" or self.alpha_ce + self.alpha_mlm + self.alpha_cos + self.alpha_mse > 0,
-             "--alpha_ce, --alpha_mlm, --alpha_cos and --alpha_mse are all 0: the loss would be 0"),
+            (self.mode != "distill" or self.alpha_ce + self.alpha_mlm + self.alpha_cos + self.alpha_mse
+             + self.alpha_pool > 0,
+             "--alpha_ce, --alpha_mlm, --alpha_cos, --alpha_mse and --alpha_pool are all 0: the loss would be 0"),
             (not unknown, f"--resume_changes={self.resume_changes}: {', '.join(unknown)} not among "
                           f"{', '.join((*RESUME_SAME, 'world'))}"),
         ]
@@ -177,6 +181,7 @@ class Objective(torch.nn.Module):
     """The student and its loss in one module, so that DDP sees one forward per micro-step (Section 3):
 
         L = alpha_ce * L_ce + alpha_mlm * L_mlm + alpha_cos * L_cos        (in mlm mode: L_mlm alone)
+          (+ alpha_pool * L_pool, not in the paper: a second pass over the sequences without masks)
 
     Each term is a sum over this micro-batch's rows divided by `denoms`, the row counts of the whole optimizer
     step over all ranks divided by the world size (DDP averages over ranks), so that the gradient is that of
@@ -193,8 +198,18 @@ class Objective(torch.nn.Module):
         self.head_only = False  # mlm mode: the encoder and the tied decoder frozen, only the MLM head learns
         self.soft_targets = soft_targets  # --compile: fused_head._soft_targets compiled
 
-    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None, counts=None):
+    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None, counts=None,
+                teacher_pooled=None):
         cfg = self.cfg
+        L_pool = 0.0
+        if teacher_pooled is not None:  # L_pool: the unmasked sequences (the labels hold the masked tokens)
+            clean = torch.where(labels != -100, labels, ids)
+            h = self.student(clean, attention_mask=attention_mask, return_logits=False,
+                             padded=padded).hidden_states[-1]
+            L_pool = losses.cosine_loss(masked_mean(h, attention_mask).float(), teacher_pooled.float(),
+                                        denom=denoms["sequences"])
+            if teacher_hidden is None:  # L_pool alone: no pass over the masked sequences
+                return cfg.alpha_pool * L_pool, {"pool": L_pool.detach(), "total": (cfg.alpha_pool * L_pool).detach()}
         n_real, n_masked = counts if counts is not None else token_counts(attention_mask, labels)
         with torch.no_grad() if self.head_only else contextlib.nullcontext():
             h = self.student(ids, attention_mask=attention_mask, return_logits=False,
@@ -209,6 +224,8 @@ class Objective(torch.nn.Module):
         n_ce = n_real if cfg.ce_positions == "all" else n_masked  # the rows of L_ce: the first n_ce
         L_vocab, parts = self.vocabulary_losses(h[:n_ce], teacher_hidden[:n_ce], pick(labels, n_masked), denoms)
         L = L_vocab + cfg.alpha_cos * L_cos  # = alpha_ce * L_ce + alpha_mlm * L_mlm + alpha_cos * L_cos
+        if teacher_pooled is not None:
+            L, parts = L + cfg.alpha_pool * L_pool, {**parts, "pool": L_pool.detach()}
         return L, {**parts, "cos": L_cos.detach(), "total": L.detach()}
 
     def vocabulary_losses(self, h, teacher_hidden, labels, denoms, alphas=None) -> tuple:
@@ -293,16 +310,23 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     denoms = {"real": n_real / world, "masked": max(n_masked, 1) / world}
     denoms["ce"] = denoms["real"] if cfg.ce_positions == "all" else denoms["masked"]
     ### END SOLUTION
+    denoms["sequences"] = sum(len(b[0]) for b in batches)  # L_pool's rows (equal micro-batches on every rank)
+    masked_pass = teacher is not None and cfg.alpha_ce + cfg.alpha_mlm + cfg.alpha_cos + cfg.alpha_mse > 0
     sums, finite = {}, torch.ones((), dtype=torch.bool, device=batches[0][0].device)
     for i, (ids, am, labels) in enumerate(batches):
         with wrapped.no_sync() if ddp and i < len(batches) - 1 else contextlib.nullcontext():
-            teacher_hidden, pad = None, padded[i] if padded is not None else None
-            if teacher is not None:
-                with torch.no_grad(), autocast:
+            teacher_hidden, pooled, pad = None, {}, padded[i] if padded is not None else None
+            with torch.no_grad(), autocast:
+                if masked_pass:
                     teacher_hidden = teacher(ids, attention_mask=am, return_logits=False,
                                              padded=pad).hidden_states[-1]
+                if teacher is not None and cfg.alpha_pool > 0:  # L_pool's target: the unmasked sequences
+                    clean = torch.where(labels != -100, labels, ids)
+                    pooled["teacher_pooled"] = masked_mean(teacher(clean, attention_mask=am, return_logits=False,
+                                                                   padded=pad).hidden_states[-1], am)
             with autocast:
-                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms, padded=pad, counts=counts[i])
+                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms, padded=pad, counts=counts[i],
+                                      **pooled)
             finite &= torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in parts.items():

@@ -188,7 +188,7 @@ def plot_metrics(metrics_path, png_path):
     rows = read_rows(metrics_path)
     train_rows, valid_rows = [r for r in rows if "total" in r], [r for r in rows if "valid_accuracy" in r]
     fig, axes = plt.subplots(1, 2 if valid_rows else 1, figsize=(10 if valid_rows else 5, 3.5), squeeze=False)
-    for key in ("total", "ce", "mlm", "cos"):
+    for key in ("total", "ce", "mlm", "cos", "pool"):
         if train_rows and key in train_rows[0]:
             axes[0, 0].plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key)
     axes[0, 0].set(xlabel="step", ylabel="loss", yscale="log", title=str(Path(metrics_path).parent.name))

@@ -1100,3 +1100,31 @@ def test_peak_flops_of_known_gpus(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, n=name: n)
         assert (device.peak_flops(cuda, torch.bfloat16), device.peak_flops(cuda, torch.float32)) == (half, single)
     assert device.peak_flops(torch.device("cpu"), torch.bfloat16) is None
+
+
+def test_alpha_pool_is_the_cosine_of_mean_pooled_unmasked_states(setup):
+    """alpha_pool adds alpha_pool * mean over sequences of 1 - cos(mean_s, mean_t), the means of the last states
+    over each sequence's real tokens, both models reading the sequence without its masks (the labels hold the
+    masked tokens); alone (every other alpha 0) it is the whole loss, from the unmasked pass only."""
+    teacher, student, _, _ = pair(setup)
+    b = batch(setup[1], B=5)
+    ids, am, labels = b
+    clean = ids.clone()
+    clean[labels != -100] = labels[labels != -100]
+    with torch.no_grad():
+        pooled = lambda m: [(m(clean, attention_mask=am, return_logits=False).hidden_states[-1][i, am[i].bool()]
+                             .mean(0)) for i in range(len(ids))]
+        want = sum(1 - torch.nn.functional.cosine_similarity(s, t, dim=0)
+                   for s, t in zip(pooled(student), pooled(teacher))) / len(ids)
+    assert want > 1e-6  # the copied student (fold) differs from the teacher: the loss is not trivially 0
+    with_pool = T.TrainConfig(alpha_pool=3.0)
+    sums, _, _ = T.forward_backward(T.Objective(student, teacher, with_pool), teacher, [b], with_pool)
+    base, _, _ = T.forward_backward(T.Objective(student, teacher, T.TrainConfig()), teacher, [b], T.TrainConfig())
+    assert torch.allclose(sums["pool"], want, rtol=1e-4)
+    assert torch.allclose(sums["total"] - base["total"], 3.0 * want, rtol=1e-3)
+    alone = T.TrainConfig(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=0.0, alpha_pool=1.0)
+    sums, _, _ = T.forward_backward(T.Objective(student, teacher, alone), teacher, [b], alone)
+    assert torch.allclose(sums["total"], want, rtol=1e-4) and set(sums) == {"pool", "total"}
+    half = [(ids[:2], am[:2], labels[:2]), (ids[2:], am[2:], labels[2:])]  # two micro-batches: the same loss
+    sums, _, _ = T.forward_backward(T.Objective(student, teacher, alone), teacher, half, alone)
+    assert torch.allclose(sums["total"], want, rtol=1e-4)
