@@ -310,7 +310,8 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
     denoms = {"real": n_real / world, "masked": max(n_masked, 1) / world}
     denoms["ce"] = denoms["real"] if cfg.ce_positions == "all" else denoms["masked"]
     ### END SOLUTION
-    denoms["sequences"] = sum(len(b[0]) for b in batches)  # L_pool's rows (equal micro-batches on every rank)
+    if cfg.alpha_pool:  # L_pool's rows: this rank's sequences (every rank has as many)
+        denoms["sequences"] = sum(len(b[0]) for b in batches)
     masked_pass = teacher is not None and cfg.alpha_ce + cfg.alpha_mlm + cfg.alpha_cos + cfg.alpha_mse > 0
     sums, finite = {}, torch.ones((), dtype=torch.bool, device=batches[0][0].device)
     for i, (ids, am, labels) in enumerate(batches):

@@ -296,29 +296,35 @@ VARIANTS = {
         "return max(0.0, 1.0 - progress)\n",
     ],
     "denominators": [
-        # counts as 0-d tensors, all_reduce(t, op=ReduceOp.SUM); n_real returned as a tensor
-        "n_real = sum(am.sum() for _, am, _ in batches)\n"
-        "n_masked = sum((labels != -100).sum() for _, _, labels in batches)\n"
-        "counts = torch.stack([n_real, n_masked]).float()\n"
+        # counts as 0-d tensors, all_reduce(t, op=ReduceOp.SUM); n_real returned as a tensor (the step's
+        # per-micro-batch counts, which the loop reads, computed when not given)
+        "if counts is None:\n"
+        "    counts = [(am.sum().item(), (lb != -100).sum().item()) for _, am, lb in batches]\n"
+        "n_real = torch.tensor(float(sum(c[0] for c in counts)))\n"
+        "n_masked = torch.tensor(float(sum(c[1] for c in counts)))\n"
+        "step = torch.stack([n_real, n_masked])\n"
         "if ddp:\n"
-        "    dist.all_reduce(counts, op=dist.ReduceOp.SUM)\n"
-        "n_real, n_masked = counts[0], counts[1]\n"
+        "    dist.all_reduce(step, op=dist.ReduceOp.SUM)\n"
+        "n_real, n_masked = step[0], step[1]\n"
         "denoms = {'real': n_real / world, 'masked': n_masked.clamp(min=1) / world}\n"
         "denoms['ce'] = denoms['real'] if cfg.ce_positions == 'all' else denoms['masked']\n",
         # two tensors, all_reduce(t, ReduceOp.SUM) positional, Python ints
         "real = torch.tensor(0, dtype=torch.long)\n"
         "masked = torch.tensor(0, dtype=torch.long)\n"
+        "mine = []\n"
         "for ids, am, labels in batches:\n"
-        "    real += am.sum()\n"
-        "    masked += (labels != -100).sum()\n"
+        "    mine.append((int(am.sum()), int((labels != -100).sum())))\n"
+        "    real += mine[-1][0]\n"
+        "    masked += mine[-1][1]\n"
+        "counts = counts if counts else mine\n"
         "if ddp:\n"
         "    dist.all_reduce(real, dist.ReduceOp.SUM)\n"
         "    dist.all_reduce(masked, dist.ReduceOp.SUM)\n"
         "n_real, n_masked = int(real), int(masked)\n"
         "denoms = dict(real=n_real / world, masked=max(n_masked, 1) / world)\n"
         "denoms['ce'] = denoms['real'] if cfg.ce_positions == 'all' else denoms['masked']\n",
-        "t = torch.tensor([float(sum(int(am.sum()) for _, am, _ in batches)),\n"
-        "                  float(sum(int((lb != -100).sum()) for _, _, lb in batches))])\n"
+        "counts = counts or [(int(am.sum()), int((lb != -100).sum())) for _, am, lb in batches]\n"
+        "t = torch.tensor([float(sum(r for r, _ in counts)), float(sum(m for _, m in counts))])\n"
         "if ddp:\n"
         "    torch.distributed.all_reduce(t)\n"
         "n_real, n_masked = t.tolist()\n"

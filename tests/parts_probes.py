@@ -315,7 +315,9 @@ def denominators(batches, ce_positions, world=1):
     """train.forward_backward(recorder, None, batches, cfg) on one rank, or on `world` ranks that hold the same
     micro-batches (DistributedDataParallel, the world size and all_reduce stood in for: all_reduce as
     torch.distributed documents it, dist.all_reduce(t) / (t, op=ReduceOp.SUM) / (t, ReduceOp.SUM))."""
-    rec, cfg = Recorder(), SimpleNamespace(ce_positions=ce_positions)
+    rec = Recorder()
+    cfg = SimpleNamespace(ce_positions=ce_positions, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=0.0,
+                          alpha_pool=0.0)
     batches = [tuple(b) for b in batches]
     if world == 1:
         returned = train.forward_backward(rec, None, batches, cfg)
