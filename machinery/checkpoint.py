@@ -49,7 +49,8 @@ READ_BY = {
     "head_steps": lambda c: c["mode"] == "mlm",
     "head_lr": lambda c: c["mode"] == "mlm" and c["head_steps"] > 0,
     **{k: lambda c: c["mode"] == "distill" for k in ("temperature", "alpha_ce", "alpha_mlm", "alpha_cos",
-                                                      "alpha_mse", "ce_positions", "teacher_half")},
+                                                      "alpha_mse", "alpha_pool", "ce_positions",
+                                                      "teacher_half")},
 }
 # where a run writes, how often it reports, and what only changes rounding or speed (ce_chunk, compile)
 NOT_COMPUTED = ("out_dir", "device", "compile", "ce_chunk", "eval_every", "eval_batches", "save_every",
