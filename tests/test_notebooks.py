@@ -102,7 +102,9 @@ QUOTED = {
         "6.7%": "notebook 02's head-only teacher, its stored output",
         "0.62": "docs/quickstart.md: the quickstart with --seed=2", "0.16": "the same", "3.8": "the same",
         "8.4%": "an earlier stored run of this notebook (teacher of 40 steps)", "2.52": "the same",
-        "12.8": "the same"},
+        "12.8": "the same", "0.59": "exercise 2's expected result (python quickstart.py --alpha_cos=0)",
+        "1.46": "the paper's Table 4", "0.87": "exercise 3's (python quickstart.py --temperature=1)",
+        "5.6": "the same"},
     "05_finetune_and_compare.ipynb": {},
     "06_pea_kd.ipynb": {},
 }
