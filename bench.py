@@ -66,7 +66,7 @@ import losses
 import prepare
 import train
 from finetune import Classifier, encode, read_glue
-from machinery import device, files
+from machinery import device, files, fused_head
 from machinery.config import ArgumentParser
 from machinery.hf import load_pretrained, save_pretrained
 from machinery.tokenizer import load_tokenizer
@@ -704,7 +704,9 @@ def train_flops_per_token(t: BertConfig, s: BertConfig, L):
 
 
 def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="inductor"):
-    """Tokens/s and MFU of the distillation step in bf16 autocast, eager and torch.compile'd. device=None: the
+    """Tokens/s and MFU of the distillation step in bf16 autocast, eager and torch.compile'd as train.py
+    --compile compiles (student, teacher forward, soft-target pass), the token counts given from the host as
+    train.py's loader gives them (so the step never waits for the GPU). device=None: the
     CUDA device if there is one, else skipped. The tests run it on the CPU with backend="eager" (the code
     path, not the speed)."""
     if device is None and not torch.cuda.is_available():
@@ -719,16 +721,20 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
     teacher = load_pretrained(folder / "teacher").to(dev, torch.bfloat16).requires_grad_(False)
     batch = train_batch(B, L, teacher.cfg.vocab_size, pad=False)
     ids, am, labels = (x.pin_memory().to(dev, non_blocking=True) if cuda else x for x in batch)
-    cfg = train.TrainConfig(ce_chunk=ce_chunk)
+    counts = [train.token_counts(batch[1], batch[2])]  # counted on the host, as train.py's loader does
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     for compiled in (False, True):
+        cfg = train.TrainConfig(ce_chunk=ce_chunk, compile=compiled)
+        wrap = (lambda f: torch.compile(f, backend=backend, dynamic=False)) if compiled else (lambda f: f)
         student = load_pretrained(folder / "student").to(dev).train()
-        objective = train.Objective(torch.compile(student, backend=backend) if compiled else student,
-                                    teacher, cfg)
-        opt = train.make_optimizer(student, cfg)
+        # as train.py --compile: the student, the teacher's forward and the fused head's soft-target pass
+        objective = train.Objective(wrap(student), teacher, cfg,
+                                    soft_targets=wrap(fused_head._soft_targets) if compiled else None)
+        teacher_forward, opt = wrap(teacher), train.make_optimizer(student, cfg)
 
         def step():
-            sums = train.forward_backward(objective, teacher, [(ids, am, labels)], cfg, autocast)[0]
+            sums = train.forward_backward(objective, teacher_forward, [(ids, am, labels)], cfg, autocast,
+                                          padded=[False], counts=counts)[0]
             opt.step()
             opt.zero_grad(set_to_none=True)
             return sums
@@ -750,7 +756,7 @@ def bench_gpu(folder, B, L, steps, peak, ce_chunk=1024, device=None, backend="in
         out["rows"].append(row(f"{name} {key}, {B} x {L} bf16: tok/s, MFU",
                                f"{tps:,.0f}, {flops * tps / peak:.1%}", "", "", ">= 40%",
                                flops * tps / peak >= 0.4))
-        del student, objective, opt
+        del student, objective, opt, teacher_forward
     print_rows(out["rows"])
     return out
 

@@ -9,12 +9,16 @@ tokens to mask with probability proportional to token_count^-0.7 instead of unif
 training reads, top to bottom (prepare.py writes the shards; tokenizer.py is the vocabulary):
 
   1. masking     mask_tokens (uniform or smoothed), smoothing_weights, mask_generator
-  2. Batches     shuffled, length-grouped, rank-sharded, resumable batches
+  2. Batches     shuffled, length-grouped, rank-sharded, resumable batches; Prefetch, the next ones made
+                 in a background thread
   3. TokenData   reads a prepared folder; sequences() cuts documents into [CLS] ... [SEP] pieces
 """
+import contextlib
 import hashlib
 import json
 import math
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -193,11 +197,65 @@ class Batches:
 
     def state_dict(self):
         if self.position >= len(self):
-            return {"epoch": self.epoch + 1, "position": 0}
-        return {"epoch": self.epoch, "position": self.position}
+            return {"epoch": self.epoch + 1, "position": 0, "world": self.world_size}
+        return {"epoch": self.epoch, "position": self.position, "world": self.world_size}
 
     def load_state_dict(self, state):
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        """Continue where `state` stopped. A state of another world size (a resume on more or fewer ranks)
+        continues at the same global batch, rounded down to a multiple of this world size: position p on w
+        ranks means the epoch's first p * w global batches were used, so here the position is p * w //
+        world_size and at most world_size - 1 batches are seen again, none skipped. The epoch's global order is
+        the same for every world size except its last batches (those past the last multiple of world_size,
+        pooled and split among the ranks): their cut changes."""
+        position = int(state["position"])
+        world = int(state.get("world", self.world_size))
+        self.epoch, self.position = int(state["epoch"]), position * world // self.world_size
+
+
+class Prefetch:
+    """The items of `make()` made in a background thread, one ahead: while the device runs a step, the host
+    collates, masks and pins the next one (train.py). make() returns (item, state); `state` after next()
+    is the state that came with the item just handed out (train.py: the loader's position after its batches,
+    so that a checkpoint never counts the item made ahead). An error in make() is raised by next()."""
+
+    def __init__(self, make, ahead=1):
+        self.make, self.state = make, None
+        self.items, self.closed = queue.Queue(maxsize=ahead), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="prefetch")
+        self.thread.start()
+
+    def _run(self):
+        while not self.closed.is_set():
+            try:
+                item = (self.make(), None)
+            except BaseException as e:  # handed to the consumer, which raises it
+                item = (None, e)
+            while not self.closed.is_set():
+                try:
+                    self.items.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[1] is not None:
+                return
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        made, error = self.items.get()
+        if error is not None:
+            raise error
+        item, self.state = made
+        return item
+
+    def close(self):
+        """Stop the thread (it may be making an item: it ends when that is done) and drop what it made."""
+        self.closed.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.items.get_nowait()
+        self.thread.join(timeout=60)
 
 
 # ----------------------------------------------------------------------------------------------- 3. TokenData

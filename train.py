@@ -13,6 +13,7 @@ Exit codes: 0 the run finished, 75 stopped by SIGTERM or Ctrl-C with a checkpoin
 --resume=true continues), 1 an error (one line).
 """
 import contextlib
+import datetime
 import gc
 import math
 import os
@@ -33,10 +34,10 @@ from machinery import fused_head
 from machinery.checkpoint import (RESUME_SAME, export, export_current, export_dir, holds_out_dir_lock,
                                   nonfinite_stop, probe_batch, resume, save)
 from machinery.config import check_fields, opt, parse_config
-from machinery.device import auto_dtype, pick_device
+from machinery.device import auto_dtype, peak_flops, pick_device
 from machinery.files import disk_error
 from machinery.hf import load_teacher, tensors_sha256
-from machinery.logs import Eta, Logs, StopSignal
+from machinery.logs import Eta, Logs, StopSignal, mean_over_ranks
 from machinery.optim import adamw, linear_schedule
 from model import Bert, BertConfig, count_parameters, student_from_teacher
 
@@ -126,7 +127,7 @@ class TrainConfig:
         ValueError of one line naming the setting (parse_args turns it into the command's error)."""
         check_fields(self)
         layers = self.student_layers.split(",") if self.student_layers else []
-        unknown = sorted({k for k in self.resume_changes.split(",") if k} - set(RESUME_SAME))
+        unknown = sorted({k for k in self.resume_changes.split(",") if k} - {*RESUME_SAME, "world"})
         rules = [
             (self.init != "scratch" or self.hidden % self.heads == 0,
              f"--hidden={self.hidden} is not a multiple of --heads={self.heads} (each head has hidden/heads "
@@ -138,7 +139,7 @@ class TrainConfig:
             (self.mode != "distill" or self.alpha_ce + self.alpha_mlm + self.alpha_cos + self.alpha_mse > 0,
              "--alpha_ce, --alpha_mlm, --alpha_cos and --alpha_mse are all 0: the loss would be 0"),
             (not unknown, f"--resume_changes={self.resume_changes}: {', '.join(unknown)} not among "
-                          f"{', '.join(RESUME_SAME)}"),
+                          f"{', '.join((*RESUME_SAME, 'world'))}"),
         ]
         for ok, why in rules:
             if not ok:
@@ -179,77 +180,114 @@ class Objective(torch.nn.Module):
 
     Each term is a sum over this micro-batch's rows divided by `denoms`, the row counts of the whole optimizer
     step over all ranks divided by the world size (DDP averages over ranks), so that the gradient is that of
-    one big batch. Returns (L, its parts detached for logging)."""
+    one big batch. counts: this micro-batch's (real, masked) token counts, known on the host (None: counted
+    here, which waits for the device on a GPU). Returns (L, its parts detached for logging).
 
-    def __init__(self, student, teacher, cfg):
+    The rows of each term are picked by their positions (loss_rows: the real tokens, the masked ones first),
+    never by a boolean mask: the host knows every shape, so the step never waits for the device."""
+
+    def __init__(self, student, teacher, cfg, soft_targets=None):
         super().__init__()
         self.student, self.cfg = student, cfg
         self.teacher_head = teacher.mlm_logits if teacher is not None else None  # a method: not a submodule
         self.head_only = False  # mlm mode: the encoder and the tied decoder frozen, only the MLM head learns
+        self.soft_targets = soft_targets  # --compile: fused_head._soft_targets compiled
 
-    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None):
-        cfg, real, masked = self.cfg, attention_mask.bool(), labels != -100
+    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None, counts=None):
+        cfg = self.cfg
+        n_real, n_masked = counts if counts is not None else token_counts(attention_mask, labels)
         with torch.no_grad() if self.head_only else contextlib.nullcontext():
             h = self.student(ids, attention_mask=attention_mask, return_logits=False,
                              padded=padded).hidden_states[-1]                        # (batch, len, hidden)
+        rows = loss_rows(attention_mask, labels, n_real)  # (n_real,): the masked ones first
+        pick = lambda x, n=n_real: x.flatten(0, 1).index_select(0, rows[:n])  # noqa: E731
         if teacher_hidden is None:  # mlm mode: the masked-LM loss alone
-            decoder = self.student.emb.word.weight
-            logits = self.student.head(h[masked], decoder.detach() if self.head_only else decoder)
-            return losses.combine({"mlm": losses.mlm_loss(logits, labels[masked], denom=denoms["masked"])},
-                                  alpha_mlm=1.0)
-        rows = real if cfg.ce_positions == "all" else masked  # the rows of L_ce (the masked ones are among them)
-        L_cos = losses.cosine_loss(h[real].float(), teacher_hidden[real].float(), denom=denoms["real"])
-        L_vocab, parts = self.vocabulary_losses(h[rows], teacher_hidden[rows], labels[rows], denoms)
+            return self.vocabulary_losses(pick(h, n_masked), None, pick(labels, n_masked), denoms,
+                                          alphas=(0.0, 1.0, 0.0))
+        h, teacher_hidden = pick(h), pick(teacher_hidden)  # every real token's row, the masked ones first
+        L_cos = losses.cosine_loss(h.float(), teacher_hidden.float(), denom=denoms["real"])
+        n_ce = n_real if cfg.ce_positions == "all" else n_masked  # the rows of L_ce: the first n_ce
+        L_vocab, parts = self.vocabulary_losses(h[:n_ce], teacher_hidden[:n_ce], pick(labels, n_masked), denoms)
         L = L_vocab + cfg.alpha_cos * L_cos  # = alpha_ce * L_ce + alpha_mlm * L_mlm + alpha_cos * L_cos
         return L, {**parts, "cos": L_cos.detach(), "total": L.detach()}
 
-    def vocabulary_losses(self, h, teacher_hidden, labels, denoms) -> tuple:
+    def vocabulary_losses(self, h, teacher_hidden, labels, denoms, alphas=None) -> tuple:
         """alpha_ce * L_ce + alpha_mlm * L_mlm (+ alpha_mse * L_mse) on the rows h (rows, hidden), the terms that
-        need logits over the whole vocabulary, and the terms detached. ce_chunk=0: losses.py's formulas on the
-        full (rows x vocabulary) logits. ce_chunk>0 (the default): the same value and gradients from
-        fused_head.head_losses, chunk by chunk, the full logits never held (the tests check they are equal)."""
+        need logits over the whole vocabulary, and the terms detached (the total too when alphas is given).
+        labels: those of the first len(labels) rows, the masked ones. alphas: (ce, mlm, mse), default the
+        config's; mlm mode passes (0, 1, 0) and teacher_hidden None. ce_chunk=0: losses.py's formulas on the
+        full (rows x vocabulary) logits (for reading: mlm_loss's boolean index waits for the device). ce_chunk>0
+        (the default): the same value and gradients from fused_head.head_losses, chunk by chunk, the full
+        logits never held (the tests check they are equal)."""
         cfg, T = self.cfg, self.cfg.temperature
+        a_ce, a_mlm, a_mse = alphas or (cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_mse)
+        decoder = self.student.emb.word.weight
+        decoder = decoder.detach() if self.head_only else decoder
         if cfg.ce_chunk > 0:
             head = self.student.head
             loss, kl_sum, ce_sum, mse_sum = fused_head.head_losses(
-                head.transform(h), self.student.emb.word.weight, head.bias, teacher_hidden=teacher_hidden,
-                teacher_head=self.teacher_head, labels=labels, temperature=T, w_ce=cfg.alpha_ce / denoms["ce"],
-                w_mlm=cfg.alpha_mlm / denoms["masked"], w_mse=cfg.alpha_mse / denoms["ce"],
-                chunk_size=cfg.ce_chunk)
-            parts = {"ce": kl_sum * T**2 / denoms["ce"], "mlm": ce_sum / denoms["masked"]}
-            return loss, {**parts, **({"mse": mse_sum / denoms["ce"]} if cfg.alpha_mse else {})}
-        with torch.no_grad():
-            t_logits = self.teacher_head(teacher_hidden)
-        s_logits, masked = self.student.mlm_logits(h), labels != -100
-        parts = {"ce": losses.soft_target_loss(s_logits, t_logits, T, denom=denoms["ce"]),
-                 "mlm": losses.mlm_loss(s_logits[masked], labels[masked], denom=denoms["masked"])}
-        if cfg.alpha_mse:
-            parts["mse"] = losses.logit_mse_loss(s_logits, t_logits, denom=denoms["ce"])
-        loss, parts = losses.combine(parts, cfg.alpha_ce, cfg.alpha_mlm, alpha_mse=cfg.alpha_mse)
-        return loss, {k: v for k, v in parts.items() if k != "total"}
+                head.transform(h), decoder, head.bias, teacher_hidden=teacher_hidden,
+                teacher_head=self.teacher_head, labels=labels, temperature=T, w_ce=a_ce / denoms["ce"],
+                w_mlm=a_mlm / denoms["masked"], w_mse=a_mse / denoms["ce"], chunk_size=cfg.ce_chunk,
+                soft_targets=self.soft_targets)
+            parts = {"mlm": ce_sum / denoms["masked"]}
+            if alphas is not None:  # mlm mode
+                return loss, {**parts, "total": loss.detach()}
+            parts = {"ce": kl_sum * T**2 / denoms["ce"], **parts}
+            return loss, {**parts, **({"mse": mse_sum / denoms["ce"]} if a_mse else {})}
+        s_logits = self.student.head(h, decoder)
+        parts = {"mlm": losses.mlm_loss(s_logits[:len(labels)], labels, denom=denoms["masked"])}
+        if teacher_hidden is not None:
+            with torch.no_grad():
+                t_logits = self.teacher_head(teacher_hidden)
+            parts["ce"] = losses.soft_target_loss(s_logits, t_logits, T, denom=denoms["ce"])
+            if a_mse:
+                parts["mse"] = losses.logit_mse_loss(s_logits, t_logits, denom=denoms["ce"])
+        loss, parts = losses.combine(parts, a_ce, a_mlm, alpha_mse=a_mse)
+        return loss, (parts if alphas is not None else {k: v for k, v in parts.items() if k != "total"})
+
+
+def token_counts(attention_mask, labels) -> tuple:
+    """(real tokens, masked tokens) of a micro-batch, as host numbers: free for tensors on the CPU, a wait for
+    the device for tensors on a GPU (the loader counts them on the host instead: host_batches)."""
+    return int(attention_mask.sum()), int((labels != -100).sum())
+
+
+def loss_rows(attention_mask, labels, n_real):
+    """The flat positions (in batch x len) of the real tokens, the masked ones first: (n_real,). A stable sort
+    of fixed shape cut at n_real, a number the host knows: no boolean index, so nothing waits for the device.
+    (Masked tokens are real tokens: labels are -100 at padding.)"""
+    key = (attention_mask.flatten() != 0).int() + (labels.flatten() != -100).int()  # 2 masked, 1 real, 0 pad
+    return torch.argsort(key, descending=True, stable=True)[:n_real]
 
 
 def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcontext(), scaler=None,
-                     padded=None):
+                     padded=None, counts=None):
     """Gradients of one optimizer step, accumulated over its micro-batches [(input_ids, attention_mask,
-    labels)]; padded: per micro-batch, whether it has padding, known on the host (None: unknown). The losses
-    are normalised by the real and masked token counts of the whole step over every rank, so k micro-steps on
-    w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last micro-step only.
-    Each micro-step calls wrapped(ids, attention_mask, labels, teacher_hidden, denoms, padded=...) with the same
-    denoms {"real", "masked", "ce"}: the step's real tokens, masked tokens (at least 1) and L_ce's rows (real or
-    masked, as cfg.ce_positions says), summed over the ranks (dist.all_reduce) and divided by the world size.
-    Returns (loss parts summed over micro-steps, whether every loss was finite as a 0-d bool tensor on the
-    device, real tokens in the step: a number or a 0-d tensor). The finite flag stays on the device: checking
-    it does not wait for the GPU."""
+    labels)]; padded: per micro-batch, whether it has padding, and counts: per micro-batch, its (real, masked)
+    token counts, both known on the host (None: padded unknown, counts counted here from the tensors). The
+    losses are normalised by the real and masked token counts of the whole step over every rank, so k
+    micro-steps on w ranks give the gradient of one batch k*w times larger. DDP synchronises on the last
+    micro-step only. Each micro-step calls wrapped(ids, attention_mask, labels, teacher_hidden, denoms,
+    padded=..., counts=...) with the same denoms {"real", "masked", "ce"}: the step's real tokens, masked tokens
+    (at least 1) and L_ce's rows (real or masked, as cfg.ce_positions says), summed over the ranks
+    (dist.all_reduce) and divided by the world size. Returns (loss parts summed over micro-steps, whether every
+    loss was finite as a 0-d bool tensor on the device, real tokens in the step: a number or a 0-d tensor).
+    With the host's counts nothing here waits for the device: the counts are summed on the host, the finite
+    flag and the loss parts stay on the device."""
     ddp = isinstance(wrapped, DDP)
     world = dist.get_world_size() if ddp else 1
-    ### BEGIN SOLUTION: 7 lines
-    # n_real, n_masked: the real and masked token counts of the whole step, over its micro-batches and ranks
-    counts = torch.stack([torch.stack([am.sum(), (lb != -100).sum()]) for _, am, lb in batches])
-    counts = counts.double().sum(0)
+    ### BEGIN SOLUTION: 8 lines
+    # counts: each micro-batch's (real, masked) token counts; when the loader did not give them, count them
+    # here (on a GPU this waits for the device: train.py's loader counts on the host)
+    counts = counts or [(int(am.sum()), int((lb != -100).sum())) for _, am, lb in batches]
+    # n_real, n_masked: the whole step's counts, over its micro-batches and ranks (a sum on the host; the ranks'
+    # counts added up in a tensor on the host, so that the all-reduce never waits for the device)
+    n_real, n_masked = (sum(c) for c in zip(*counts))
     if ddp:
-        dist.all_reduce(counts)
-    n_real, n_masked = counts.tolist()
+        step_counts = torch.tensor([n_real, n_masked], dtype=torch.float64)
+        dist.all_reduce(step_counts)
+        n_real, n_masked = step_counts.tolist()
     # denoms {"real", "masked", "ce"}: the counts / world size (DDP averages the ranks' gradients); "ce" is
     # the count of L_ce's rows, which cfg.ce_positions chooses
     denoms = {"real": n_real / world, "masked": max(n_masked, 1) / world}
@@ -264,7 +302,7 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
                     teacher_hidden = teacher(ids, attention_mask=am, return_logits=False,
                                              padded=pad).hidden_states[-1]
             with autocast:
-                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms, padded=pad)
+                loss, parts = wrapped(ids, am, labels, teacher_hidden, denoms, padded=pad, counts=counts[i])
             finite &= torch.isfinite(loss.detach())
             (scaler.scale(loss) if scaler is not None else loss).backward()
         for k, v in parts.items():
@@ -279,7 +317,12 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
 def train(cfg: TrainConfig, eta: Eta = None):
     """One training run: set up, resume, then optimizer steps until `total`, with logging, held-out evaluation
     and checkpoints; a SIGTERM or SIGINT stops every rank after the same step, with a checkpoint. The progress
-    lines show when the run should end (`eta`, checkpoint.Eta: also when the work after it should)."""
+    lines show when the run should end (`eta`, checkpoint.Eta: also when the work after it should).
+
+    A step never waits for the device: the next step's batches are made on the host in a background thread
+    (masked, counted, pinned), a step whose loss or gradient is not finite is skipped by the optimizer on the
+    device, and the host reads the device's numbers (the loss, the gradient norm, the skipped steps) only at
+    the log lines, every log_every steps."""
     run = build(cfg)
     run.step, run.skipped = resume(run)
     stop = StopSignal()
@@ -288,40 +331,63 @@ def train(cfg: TrainConfig, eta: Eta = None):
     full, head = (step_macs(cfg, run.model.cfg, teacher_cfg, head_only=h) for h in (False, True))
     eta.start(run.step, run.total, lambda k: head if k < cfg.head_steps else full)
     logs, probe = Logs(run, eta), probe_batch(run.loader, run.device)
-    stream, t0, tokens_seen, nonfinite, stopping = micro_batches(run.loader), time.time(), 0, 0, False
-    while run.step < run.total and not stopping:
-        raw = [next(stream) for _ in range(run.accum)]
-        batches = masked_batches(run, raw)
-        lr = set_lr(run)
-        sums, finite, n_real = forward_backward(run.wrapped, run.teacher, batches, cfg, run.autocast,
-                                                run.scaler, padded=[b["padded"] for b in raw])
-        if not every_rank(run, finite):  # a non-finite loss on any rank: every rank skips the step
-            nonfinite = skip_step(run, nonfinite)
-            stopping = stop.anywhere(run)
-            continue
-        nonfinite, norm = 0, optimizer_step(run)
-        run.step += 1
-        tokens_seen += n_real
-        logged, stopping = stop.reduce_with(run, sums)  # the step's loss over all ranks
-        logs.step(run, logged, lr, norm, tokens_seen / max(time.time() - t0, 1e-9))
-        if (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == run.total:
-            logs.valid(run, evaluate(run.model, run.shards, cfg, run.device), time.time() - t0)
-        if run.step % cfg.save_every == 0 or run.step == run.total:
-            save(run, probe, final=run.step == run.total)
-    if stopping and run.step < run.total:  # at step == total the final checkpoint is already written
-        save(run, probe)
-        run.say(f"stopped by signal {stop.signal} at step {run.step}: checkpoint written to {run.out_dir}; the "
-                f"same command with --resume=true continues (exit code {EXIT_STOPPED})")
-    elif run.step >= run.total and run.master and not export_current(run):  # a kill during the export
-        run.say(f"step {run.step} of {run.total}: {export_dir(run)} is missing or holds another model: "
-                f"exporting it again")
-        export(run)
+    stream = micro_batches(run.loader)
+    steps = data.Prefetch(lambda: (host_batches(run, [next(stream) for _ in range(run.accum)]),
+                                   run.loader.state_dict()))
+    skipped = NonFinite(run.device, run.skipped)
+    peak = peak_flops(run.device, run.dtype)
+    t0, tokens_seen, stopping = time.time(), 0, False
+    try:
+        while run.step < run.total and not stopping:
+            sums, lr, norm, n_real, stopping = train_step(run, next(steps), skipped, stop)
+            run.data_state = steps.state  # the loader's position after this step's batches (for checkpoints)
+            tokens_seen += n_real
+            row = None
+            if logs.due(run):  # the one point of a step where the host reads the device
+                row = {**mean_over_ranks(run, sums), "lr": lr, "grad_norm": float(norm)}
+                row["tokens_per_s"] = tokens_seen / max(time.time() - t0, 1e-9)
+                if peak:  # model FLOPs (step_macs: 2 FLOPs a multiply-add) over the ranks' peak
+                    per_token = (head if run.step <= cfg.head_steps else full) / (cfg.batch_size * cfg.max_len)
+                    row["mfu"] = 2 * per_token * row["tokens_per_s"] / (peak * run.world)
+                skipped.check(run)
+            logs.step(run, row)
+            if (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == run.total:
+                logs.valid(run, evaluate(run.model, run.shards, cfg, run.device), time.time() - t0)
+            if run.step % cfg.save_every == 0 or run.step == run.total:
+                skipped.check(run)  # the checkpoint holds the count of skipped steps
+                save(run, probe, final=run.step == run.total)
+        skipped.check(run)
+        if stopping and run.step < run.total:  # at step == total the final checkpoint is already written
+            save(run, probe)
+            run.say(f"stopped by signal {stop.signal} at step {run.step}: checkpoint written to {run.out_dir}; "
+                    f"the same command with --resume=true continues (exit code {EXIT_STOPPED})")
+        elif run.step >= run.total and run.master and not export_current(run):  # a kill during the export
+            run.say(f"step {run.step} of {run.total}: {export_dir(run)} is missing or holds another model: "
+                    f"exporting it again")
+            export(run)
+    finally:
+        steps.close()
     stop.restore()
     logs.close(run)
     finish(run)
     return {"step": run.step, "skipped": run.skipped,
             "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9),
             "parameters": count_parameters(run.model)["total"], "stopped": stopping and run.step < run.total}
+
+
+def train_step(run, host: list, skipped, stop) -> tuple:
+    """One optimizer step on host_batches' micro-batches: nothing in it waits for the device (the tests count
+    the operations that would, and tests/gpu_smoke.py runs it under CUDA's sync debug mode). Returns (the loss
+    parts summed over micro-steps, the lr, the gradient norm, the real tokens of the step over all ranks,
+    whether any rank was asked to stop)."""
+    batches, padded, counts = on_device(run, host)
+    lr = set_lr(run)
+    sums, finite, n_real = forward_backward(run.wrapped, run.teacher, batches, run.cfg, run.autocast,
+                                            run.scaler, padded=padded, counts=counts)
+    norm, skip = optimizer_step(run, every_rank(run, finite))
+    skipped.add(skip)
+    run.step += 1
+    return sums, lr, norm, n_real, stop.anywhere(run)  # the stop flag: a host number, all-reduced on the host
 
 
 def step_macs(cfg, model_cfg, teacher_cfg=None, head_only=False, mask_rate=0.15) -> float:
@@ -366,9 +432,10 @@ class Run:
     objective: torch.nn.Module
     wrapped: torch.nn.Module  # the objective, in DDP when there are several ranks
     optimizer: torch.optim.Optimizer
-    mask_weights: torch.Tensor  # per-id masking weights (smoothed masking), or None (uniform)
+    mask_weights: torch.Tensor  # per-id masking weights (smoothed masking) on the host, or None (uniform)
     step: int = 0
     skipped: int = 0
+    data_state: dict = None  # the loader's state after the batches of the last step taken (checkpoints)
 
     @property
     def master(self):
@@ -387,13 +454,15 @@ def build(cfg) -> Run:
     """Everything a run holds: its processes (torchrun sets RANK), the device, the training dtype and the seed;
     the data; the models (the student, and the frozen teacher); the objective and the optimizer."""
     ddp = "RANK" in os.environ
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     device = pick_device(cfg.device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before the process group, which binds this rank's NCCL to it
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if ddp:  # tensors on the host (token counts, the stop flag, checkpoints) go through gloo, the GPU's NCCL
+        cuda = device.type == "cuda"
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=DIST_TIMEOUT,
+                                **({"device_id": device} if cuda else {}))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise SystemExit(f"--dtype={cfg.dtype}: expected auto, float32, bfloat16 or float16")
     dtype, why = auto_dtype(device) if cfg.dtype == "auto" else (getattr(torch, cfg.dtype), "--dtype")
@@ -404,9 +473,12 @@ def build(cfg) -> Run:
     check_config(cfg, world)
 
     shards = open_data(cfg)
+    # under --compile, widths are multiples of 64: a few static shapes, each compiled once
     loader = data.Batches(shards, "train", cfg.max_len, cfg.micro_batch, seed=cfg.seed, rank=rank,
-                          world_size=world, pin_memory=device.type == "cuda")
+                          world_size=world, pad_multiple=64 if cfg.compile else 8)
     accum = max(1, cfg.batch_size // (cfg.micro_batch * world))
+    if rank == 0 and accum * cfg.micro_batch * world != cfg.batch_size:
+        print(accumulation_warning(cfg, world, accum))
     total = cfg.max_steps or cfg.epochs * (len(loader) // accum)
     if total < 1:
         raise SystemExit(f"{cfg.data}: {len(loader)} micro-batches per rank, fewer than the {accum} that make "
@@ -418,15 +490,48 @@ def build(cfg) -> Run:
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
         teacher.to(teacher_dtype(cfg, device, dtype))
-    objective = Objective(torch.compile(model) if cfg.compile else model, teacher, cfg)
+    compiled = compiler(cfg)  # --compile: the student, the teacher's forward and the vocabulary losses
+    objective = Objective(compiled(model), teacher, cfg,
+                          soft_targets=compiled(fused_head._soft_targets) if cfg.compile else None)
     wrapped = objective
     if ddp:  # head-only steps leave the encoder without gradients: DDP must be told
         wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
                       find_unused_parameters=cfg.head_steps > 0)
-    mask_weights = (data.smoothing_weights(shards.counts, shards.special).to(device)
-                    if cfg.masking == "smoothed" else None)
+    mask_weights = (data.smoothing_weights(shards.counts, shards.special) if cfg.masking == "smoothed"
+                    else None)
     return Run(cfg, ddp, rank, world, device, dtype, why, autocast, scaler, shards, loader, accum, total, model,
-               teacher, objective, wrapped, make_optimizer(model, cfg), mask_weights)
+               compiled(teacher) if teacher is not None else None, objective, wrapped,
+               make_optimizer(model, cfg), mask_weights)
+
+
+DIST_TIMEOUT = datetime.timedelta(minutes=30)  # a collective that long: a rank is gone (rank 0 alone writes
+# checkpoints and the export while the others wait; 30 minutes leaves a slow file system room)
+COMPILE_OPTIONS = {"dynamic": False}  # static shapes (the tests use backend="eager" on the CPU)
+
+
+def compiler(cfg):
+    """--compile: torch.compile with static shapes (widths are multiples of 64, so a run has at most
+    max_len / 64 of them per batch size, each compiled once: the recompile limit is raised to let them all
+    compile); without it, nothing is compiled."""
+    if not cfg.compile:
+        return lambda f: f
+    import torch._dynamo
+    for name in ("recompile_limit", "cache_size_limit"):  # the name of torch >= 2.6, and of before
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+    return lambda f: torch.compile(f, **COMPILE_OPTIONS)
+
+
+def accumulation_warning(cfg, world, accum) -> str:
+    """Accumulation rounds the global batch down to a multiple of micro_batch x ranks: say so, with the
+    micro-batches (no larger than this one) that would give batch_size exactly."""
+    got = accum * cfg.micro_batch * world
+    exact = [m for m in range(cfg.micro_batch, 0, -1) if cfg.batch_size % (m * world) == 0]
+    fix = (f"--micro_batch={exact[0]} gives exactly {cfg.batch_size:,} ({exact[0]} x {world} x "
+           f"{cfg.batch_size // (exact[0] * world)})" if exact else
+           f"no micro-batch gives exactly {cfg.batch_size:,} on {world} rank(s)")
+    return (f"warning: --batch_size={cfg.batch_size:,}: {cfg.micro_batch} sequences x {world} rank(s) x {accum} "
+            f"micro-steps = {got:,} sequences per step (accumulation rounds down); {fix}")
 
 
 def finish(run: Run):
@@ -443,21 +548,33 @@ def micro_batches(loader):
         yield from loader
 
 
-def masked_batches(run: Run, batches) -> list:
-    """Dynamic masking (data.mask_tokens): each micro-batch's mask drawn from (seed, epoch, batch index), so a
-    batch gets the same mask whatever the world size and across resumes. -> [(input_ids, attention_mask,
-    labels)]"""
+def host_batches(run: Run, batches) -> list:
+    """One step's micro-batches made on the host (in train's background thread): dynamic masking
+    (data.mask_tokens) on the CPU, each micro-batch's mask drawn from (seed, epoch, batch index), so a batch
+    gets the same mask whatever the device and world size and across resumes; and what the step needs to know
+    without asking the device: each micro-batch's (real, masked) token counts and whether it has padding.
+    -> [(input_ids, attention_mask, labels, counts, padded)], pinned when the device is a GPU (fast,
+    asynchronous copies)."""
     special = [v for k, v in run.shards.special.items() if k != "mask"]
     out = []
     for b in batches:
-        # (batch, len)
-        ids, am = (b[k].to(run.device, non_blocking=True) for k in ("input_ids", "attention_mask"))
-        g = data.mask_generator(run.cfg.seed, b["epoch"], b["index"], run.device)
+        ids, am = b["input_ids"], b["attention_mask"]  # (batch, len), on the host
+        g = data.mask_generator(run.cfg.seed, b["epoch"], b["index"])
         masked_ids, labels = data.mask_tokens(ids, am, mask_id=run.shards.special["mask"],
                                               vocab_size=run.shards.vocab_size, special_ids=special,
                                               generator=g, weights=run.mask_weights)
-        out.append((masked_ids, am, labels))
+        tensors = [masked_ids, am, labels]
+        if run.device.type == "cuda":
+            tensors = [t.pin_memory() for t in tensors]
+        out.append((*tensors, token_counts(am, labels), b["padded"]))
     return out
+
+
+def on_device(run: Run, host: list) -> tuple:
+    """A step's micro-batches from host_batches on the device (copies that do not wait), with their host
+    facts: ([(input_ids, attention_mask, labels)], padded, counts)."""
+    batches = [tuple(t.to(run.device, non_blocking=True) for t in b[:3]) for b in host]
+    return batches, [b[4] for b in host], [b[3] for b in host]
 
 
 def set_lr(run: Run) -> float:
@@ -468,34 +585,61 @@ def set_lr(run: Run) -> float:
     return lr
 
 
-def every_rank(run: Run, flag) -> bool:
-    """Whether a 0-d bool tensor is true on every rank."""
+def every_rank(run: Run, flag) -> torch.Tensor:
+    """Whether a 0-d bool tensor is true on every rank: a 0-d bool tensor on the device (nothing waits)."""
     ok = flag.float()
     if run.ddp:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return ok.item() >= 1
+    return ok >= 1
 
 
-def skip_step(run: Run, nonfinite: int) -> int:
-    """Drop a step's gradients after a non-finite loss; stop after cfg.max_nonfinite of them in a row."""
-    run.optimizer.zero_grad(set_to_none=True)
-    nonfinite, run.skipped = nonfinite + 1, run.skipped + 1
-    run.say(f"step {run.step}: non-finite loss, step skipped ({nonfinite} in a row)")
-    if nonfinite >= run.cfg.max_nonfinite:
-        raise SystemExit(nonfinite_stop(run.out_dir, run.step, nonfinite))
-    return nonfinite
-
-
-def optimizer_step(run: Run) -> torch.Tensor:
-    """Unscale (float16), clip the gradient norm, step, zero the gradients. Returns the norm before
-    clipping."""
+def optimizer_step(run: Run, ok) -> tuple:
+    """Unscale (float16), clip the gradient norm, step unless the loss (ok: on every rank) or the gradient is
+    not finite, zero the gradients. Returns (the norm before clipping, whether the step was skipped), 0-d
+    tensors on the device. The skip is decided on the device (fused AdamW's found_inf, as the GradScaler
+    skips float16 steps): nothing here waits for it. A skipped step still counts as a step. An optimizer
+    without found_inf (no fused kernel) is stepped after the host reads the flag."""
     run.scaler.unscale_(run.optimizer)
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    skip = ~(ok & torch.isfinite(norm))  # a gradient that overflowed in float16 is not finite either
+    if getattr(run.optimizer, "_step_supports_amp_scaling", False):
+        run.optimizer.found_inf = skip.float()
+        run.optimizer.step()
+        del run.optimizer.found_inf
+    elif not skip.item():
+        run.optimizer.step()
+    run.scaler.update()  # float16: halves the scale after an overflow (unscale_ recorded it)
     run.optimizer.zero_grad(set_to_none=True)
-    return norm
+    return norm, skip
+
+
+class NonFinite:
+    """Skipped steps (loss or gradient not finite), counted on the device and read by the host at the log
+    lines (check): the run stops there once max_nonfinite of them came in a row."""
+
+    def __init__(self, device, skipped=0):
+        self.total = torch.full((), skipped, dtype=torch.int64, device=device)
+        self.in_a_row, self.most_in_a_row = (torch.zeros((), dtype=torch.int64, device=device) for _ in range(2))
+        self.seen = skipped
+
+    def add(self, skip):
+        self.total += skip
+        self.in_a_row = (self.in_a_row + 1) * skip
+        self.most_in_a_row = torch.maximum(self.most_in_a_row, self.in_a_row)
+
+    def check(self, run):
+        """Read the counts (this waits for the device): say how many steps were skipped since the last check,
+        and stop the run (every rank: the counts are the same on all) after max_nonfinite in a row."""
+        total, in_a_row, most = torch.stack([self.total, self.in_a_row, self.most_in_a_row]).tolist()
+        run.skipped = total
+        if total > self.seen:
+            run.say(f"step {run.step}: {total - self.seen} step(s) skipped since the last line (non-finite loss "
+                    f"or gradient; {in_a_row} in a row now)")
+        self.seen = total
+        if most >= run.cfg.max_nonfinite:  # rank 0's out_dir has the checkpoints to name
+            raise SystemExit(nonfinite_stop(run.out_dir, run.step, most) if run.master else
+                             f"{most} non-finite steps in a row at step {run.step}: stopping (see rank 0)")
 
 
 def build_models(cfg, shards) -> tuple:

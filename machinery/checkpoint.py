@@ -388,44 +388,34 @@ def resume(run):
     """With --resume=true, continue from the newest checkpoint that verifies; without, refuse an out_dir that
     already has checkpoints. A start that resumes nothing never writes over an earlier run's outputs
     (metrics.jsonl, the export, set-aside checkpoints): it is refused until --restart=true moves them aside.
-    Then print the run's settings. Returns the (step, skipped) to continue from: (0, 0) for a fresh run."""
-    cfg, out_dir = run.cfg, run.out_dir
+    Then print the run's settings. Returns the (step, skipped) to continue from: (0, 0) for a fresh run.
+
+    Rank 0 alone looks at out_dir and decides: another rank's out_dir may be another machine's folder, without
+    rank 0's checkpoints (no shared file system). The checkpoint it resumes is sent to every rank, so that all
+    continue from the same step with the same weights (DDP only checks that they start alike), or every rank
+    stops with rank 0's message."""
+    cfg = run.cfg
     if cfg.restart and cfg.resume:
         raise SystemExit("--restart=true starts afresh and --resume=true continues: choose one")
-    if run.master and out_dir.is_dir():
-        clean_stale_tmp(out_dir, run.say)
-    if cfg.restart:
-        if run.master and earlier_outputs(out_dir):
-            move_aside(out_dir, run.say)
-        if run.ddp:
-            dist.barrier()  # the other ranks look at out_dir only once it is clear
-    ckpts, step, skipped = checkpoints(out_dir), 0, 0
-    path, state = newest_good_checkpoint(out_dir, run.master, run.say) if cfg.resume else (None, None)
-    if state is not None:
-        check_resume(cfg, state, path, run.model, data_identity(run.shards), teacher_identity(run), run.dtype)
-        run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        load_scaler(run.scaler, state["scaler"], run.say)
-        run.loader.load_state_dict(state["data"])
-        step, skipped = state["step"], state["skipped"]
-        rng = state["rng"][run.rank] if run.rank < len(state["rng"]) else state["rng"][0]
-        torch.set_rng_state(rng["cpu"])
-        if run.device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"])
+    decision = None
+    if run.master:
+        try:
+            decision = start_point(run)
+        except SystemExit as e:
+            if not run.ddp:
+                raise
+            decision = str(e.code)
+    if run.ddp:  # over the host's process group (gloo): the checkpoint is on the host
+        sent = [decision]
+        dist.broadcast_object_list(sent, src=0)
+        decision = sent[0]
+    if isinstance(decision, str):  # rank 0 refused to start
+        raise SystemExit(decision)
+    step = skipped = 0
+    if decision is not None:
+        path, state = decision
+        step, skipped = load_state(run, state)
         run.say(f"resumed from {path} at step {step}")
-    elif ckpts:
-        raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to "
-                         f"continue, --restart=true to move them aside and start fresh, or choose another "
-                         f"--out_dir")
-    elif earlier := earlier_outputs(out_dir):
-        names = ", ".join(p.name for p in earlier[:4])
-        raise SystemExit(f"{out_dir} holds an earlier run's outputs ({names}) and no checkpoint to resume: "
-                         f"--restart=true moves them aside into {out_dir}/earlier-N and starts fresh "
-                         f"(nothing is deleted), or choose another --out_dir")
-    elif cfg.resume:
-        run.say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
-    if run.ddp:
-        dist.barrier()  # every rank has looked at out_dir before rank 0 writes its first file there
     run.say(json.dumps({"config": dataclasses.asdict(cfg)}, indent=None))
     per_step = run.world * cfg.micro_batch * run.accum
     frozen = sum(p.numel() for p in run.model.parameters() if not p.requires_grad)
@@ -434,6 +424,67 @@ def resume(run):
             f"x {cfg.micro_batch} sequences x {run.accum} micro-steps = {per_step} per step, {run.total} "
             f"steps, device {run.device}, {run.dtype} ({run.why})")
     return step, skipped
+
+
+def start_point(run):
+    """Rank 0's decision on out_dir: (path, state) of the checkpoint to resume, or None to start afresh; a
+    refusal is a SystemExit."""
+    cfg, out_dir = run.cfg, run.out_dir
+    if out_dir.is_dir():
+        clean_stale_tmp(out_dir, run.say)
+    if cfg.restart and earlier_outputs(out_dir):
+        move_aside(out_dir, run.say)
+    ckpts = checkpoints(out_dir)
+    path, state = newest_good_checkpoint(out_dir, True, run.say) if cfg.resume else (None, None)
+    if state is not None:
+        check_resume(cfg, state, path, run.model, data_identity(run.shards), teacher_identity(run), run.dtype)
+        check_world(cfg, state, path, run.world)
+        return path, state
+    if ckpts:
+        raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to "
+                         f"continue, --restart=true to move them aside and start fresh, or choose another "
+                         f"--out_dir")
+    if earlier := earlier_outputs(out_dir):
+        names = ", ".join(p.name for p in earlier[:4])
+        raise SystemExit(f"{out_dir} holds an earlier run's outputs ({names}) and no checkpoint to resume: "
+                         f"--restart=true moves them aside into {out_dir}/earlier-N and starts fresh "
+                         f"(nothing is deleted), or choose another --out_dir")
+    if cfg.resume:
+        run.say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
+    return None
+
+
+def check_world(cfg, state, path, world):
+    """The number of ranks is part of the data order (rank r takes global batches r, r + ranks, ...; see
+    data.Batches): a resume on another number is refused unless --resume_changes=world accepts it, and then
+    the epoch goes on from the same global batch (Batches.load_state_dict)."""
+    was = len(state["rng"])  # every rank's RNG state is saved
+    if was == world:
+        return
+    if "world" not in cfg.resume_changes.split(","):
+        raise SystemExit(f"{path} was written by a run on {was} rank(s); resuming it on {world} is refused: the "
+                         f"data order depends on the number of ranks. Resume it on {was} rank(s), or pass "
+                         f"--resume_changes=world to continue the epoch at the same global batch (rounded down "
+                         f"to a multiple of {world}: up to {world - 1} batch(es) seen twice, none skipped; the "
+                         f"epoch's last batches cut for {world} ranks; the micro-steps per step recomputed)")
+    print(f"resuming {path}, written on {was} rank(s), on {world}: accepted by --resume_changes; the epoch "
+          f"continues at the same global batch, rounded down to a multiple of {world}")
+
+
+def load_state(run, state) -> tuple:
+    """A checkpoint's state into this rank's run: weights, optimizer, loss scale, data position (converted
+    when the number of ranks changed), RNG (a rank the checkpoint's run did not have keeps its own seed).
+    Returns (step, skipped)."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    load_scaler(run.scaler, state["scaler"], run.say)
+    run.loader.load_state_dict({"world": len(state["rng"]), **state["data"]})
+    if run.rank < len(state["rng"]):
+        rng = state["rng"][run.rank]
+        torch.set_rng_state(rng["cpu"])
+        if run.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"])
+    return state["step"], state["skipped"]
 
 
 def save(run, probe, final=False):
@@ -455,7 +506,7 @@ def save(run, probe, final=False):
         return
     state = {"model": run.model.state_dict(), "model_config": dataclasses.asdict(run.model.cfg),
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
-             "skipped": run.skipped, "data": run.loader.state_dict(), "rng": rngs,
+             "skipped": run.skipped, "data": run.data_state or run.loader.state_dict(), "rng": rngs,
              "config": dataclasses.asdict(run.cfg), "data_id": data_identity(run.shards),
              "teacher_id": teacher_identity(run), "dtype": str(run.dtype).removeprefix("torch.")}
     save_checkpoint(run.out_dir / f"ckpt-{run.step:07d}.pt", state, run.cfg.keep_last)

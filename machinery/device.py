@@ -45,3 +45,23 @@ def bf16_speedup(n=768, reps=6) -> float:
         times[dtype] = best
     return times[torch.float32] / times[torch.bfloat16]
 
+
+
+# Dense peak FLOP/s of GPUs (the vendors' data sheets, without sparsity): (bf16/fp16 tensor cores, tf32/fp32).
+# Matched in order against torch.cuda.get_device_name: the more specific names first.
+PEAK_FLOPS = (("H100 PCIe", 756e12, 378e12), ("H100 NVL", 835e12, 418e12), ("H100", 989e12, 495e12),
+              ("H200", 989e12, 495e12), ("GH200", 989e12, 495e12), ("B200", 2250e12, 1100e12),
+              ("A100", 312e12, 156e12), ("L40S", 362e12, 183e12), ("L40", 181e12, 90.5e12), ("A10", 125e12, 62.5e12),
+              ("L4", 121e12, 60e12), ("V100", 125e12, 15.7e12), ("T4", 65e12, 8.1e12))
+
+
+def peak_flops(device, dtype):
+    """The device's dense peak FLOP/s in this dtype (float32 counts as TF32 where the GPU has it: train.py
+    turns it on), for the MFU at train.py's log lines; None on a CPU or an unknown GPU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, half, single in PEAK_FLOPS:
+        if key in name:
+            return half if dtype in (torch.bfloat16, torch.float16) else single
+    return None

@@ -35,24 +35,26 @@ class StopSignal:
             signal.signal(s, h)
 
     def anywhere(self, run) -> bool:
-        """Whether any rank was asked to stop (every rank calls this at the same point)."""
-        flag = torch.tensor(float(self.signal is not None), device=run.device)
+        """Whether any rank was asked to stop (every rank calls this at the same point). The flag is a tensor
+        on the host, all-reduced there (gloo): asking never waits for the GPU."""
+        stopping = self.signal is not None
         if run.ddp:
+            flag = torch.tensor(float(stopping))
             dist.all_reduce(flag)
-        return bool(flag > 0)
-
-    def reduce_with(self, run, sums: dict) -> tuple:
-        """The step's loss parts averaged over ranks, and whether any rank was asked to stop, in one
-        all-reduce."""
-        logged = torch.stack([sums[k] for k in sorted(sums)] + [torch.tensor(float(self.signal is not None),
-                                                                               device=run.device)])
-        if run.ddp:
-            dist.all_reduce(logged)
-            logged[:-1] /= run.world
-        stopping = bool(logged[-1] > 0)
+            stopping = bool(flag > 0)
         if stopping and self.signal is None:
             self.signal = "a peer's"
-        return dict(zip(sorted(sums), logged[:-1].tolist())), stopping
+        return stopping
+
+
+def mean_over_ranks(run, sums: dict) -> dict:
+    """The step's loss parts (0-d tensors on the device) averaged over the ranks, as numbers: this waits for
+    the device, so train.py asks only at its log lines."""
+    logged = torch.stack([sums[k].float() for k in sorted(sums)])
+    if run.ddp:
+        dist.all_reduce(logged)
+        logged /= run.world
+    return dict(zip(sorted(sums), logged.tolist()))
 
 
 class Eta:
@@ -122,23 +124,33 @@ class Logs:
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
 
-    def step(self, run, logged: dict, lr, norm, tokens_per_s):
+    @staticmethod
+    def due(run) -> bool:
+        """Whether this step has a log line: every log_every steps, and the last."""
+        return run.step % run.cfg.log_every == 0 or run.step == run.total
+
+    def step(self, run, row=None):
+        """Every step: the bar moves on. At a log line, row (the step's loss parts, lr, grad_norm, tokens_per_s
+        and, where the GPU's peak is known, mfu) goes into the bar, metrics.jsonl and wandb."""
         if not run.master:
             return
         self.bar.update(1)
+        if row is None:
+            return
         eta = self.eta.text(run.step)
-        self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in logged.items()}, "lr": f"{lr:.2e}",
-                              "tok/s": f"{tokens_per_s:.0f}", **({"eta": eta} if eta else {})})
-        if run.step % run.cfg.log_every == 0 or run.step == run.total:
-            row = {"step": run.step, **logged, "lr": lr, "grad_norm": float(norm),
-                   "tokens_per_s": tokens_per_s}
-            if self.bar.disable:  # not a terminal (a file, a notebook): progress as plain lines
-                print(f"{run.cfg.mode} step {run.step}/{run.total}: "
-                      + " ".join(f"{k} {v:.4f}" for k, v in logged.items())
-                      + f" lr {lr:.2e} tok/s {tokens_per_s:,.0f}" + (f" | {eta}" if eta else ""), flush=True)
-            self.write(row)
-            if self.wandb:
-                self.wandb.log(row, step=run.step)
+        losses = {k: v for k, v in row.items() if k not in ("lr", "grad_norm", "tokens_per_s", "mfu")}
+        mfu = {"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}
+        self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()}, "lr": f"{row['lr']:.2e}",
+                              "tok/s": f"{row['tokens_per_s']:.0f}", **mfu, **({"eta": eta} if eta else {})})
+        if self.bar.disable:  # not a terminal (a file, a notebook): progress as plain lines
+            print(f"{run.cfg.mode} step {run.step}/{run.total}: "
+                  + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                  + f" lr {row['lr']:.2e} tok/s {row['tokens_per_s']:,.0f}"
+                  + (f" MFU {row['mfu']:.1%}" if "mfu" in row else "") + (f" | {eta}" if eta else ""), flush=True)
+        row = {"step": run.step, **row}
+        self.write(row)
+        if self.wandb:
+            self.wandb.log(row, step=run.step)
 
     def valid(self, run, result: dict, seconds):
         if not run.master:

@@ -300,7 +300,7 @@ class Recorder(torch.nn.Module):
     def no_sync(self):  # as DistributedDataParallel has
         yield
 
-    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None):
+    def forward(self, ids, attention_mask, labels, teacher_hidden, denoms, padded=None, counts=None):
         self.seen.append({k: float(v) for k, v in denoms.items()})
         x, real, masked = ids.float(), attention_mask.bool(), labels != -100
         loss = (

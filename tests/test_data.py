@@ -593,7 +593,7 @@ def test_batches_epochs_seeds_and_resume():
 
     b = make()
     epoch0 = [rows_of(x) for x in b]
-    assert b.epoch == 1 and b.state_dict() == {"epoch": 1, "position": 0}  # a finished pass moves to the next epoch
+    assert b.epoch == 1 and b.state_dict() == {"epoch": 1, "position": 0, "world": 2}  # a finished pass moves to the next epoch
     epoch1 = [rows_of(x) for x in b]
     assert epoch0 != epoch1 and len(epoch0) == len(epoch1) == len(b)
     assert [rows_of(x) for x in make()] == epoch0  # same seed, same order
@@ -609,7 +609,7 @@ def test_batches_epochs_seeds_and_resume():
         for _ in range(k):
             next(stream)
         state = b.state_dict()
-        assert set(state) == {"epoch", "position"}
+        assert set(state) == {"epoch", "position", "world"}
         resumed = make()
         resumed.load_state_dict(json.loads(json.dumps(state)))
         rest = list(resumed) + (list(resumed) if state["epoch"] == 0 else [])

@@ -120,6 +120,12 @@ def test_size_speed_table_on_tiny_models(tmp_path, vocab):
     # float32 weights: 4 bytes a parameter plus a little serialisation overhead (the MLM head alone would add 17 kB)
     assert 4 * s_params < rows["student"]["checkpoint_MB"] * 2**20 < 4 * s_params + 10_000
     assert rows["teacher"]["speedup_cpu_bs1"] == 1.0 and all(r["cpu_bs1_s"] > 0 for r in rows.values())
+    # 5 rounds, the models in turn; the bound: 4 layers against 2 of the same width at 32 tokens, by hand
+    assert all(len(r["cpu_bs1_runs"]) == 5 for r in rows.values())
+    assert rows["student"]["cpu_bs1_s"] == pytest.approx(sorted(rows["student"]["cpu_bs1_runs"])[2])
+    assert rows["student"]["speedup_bound"] == pytest.approx(2.0) and rows["teacher"]["speedup_bound"] == 1.0
+    per_layer = 4 * d * d + 2 * d * I + 2 * 32 * d
+    assert ev.layer_macs(teacher.cfg) == 4 * per_layer
     assert 0.5 <= report["int8"]["mlm_top1_agreement"] <= 1.0 and report["int8"]["mlm_max_abs_logit_diff"] >= 0
     md = ev.speed_markdown(report)
     assert "| student-int8 |" in md and "5 pairs" in md and "top1_agreement" in md

@@ -389,6 +389,13 @@ def test_combine_on_real_losses_by_hand():
     torch.testing.assert_close(total, 5 * ce + 2 * mlm + 1 * cos)
 
 
+def masked_first(labels):
+    """head_losses' row order: (the positions of the masked rows (label != -100), then of the others; the masked
+    rows' labels)."""
+    keep = labels != -100
+    return torch.cat([keep.nonzero()[:, 0], (~keep).nonzero()[:, 0]]), labels[keep]
+
+
 @pytest.mark.parametrize("alpha_ce", [5.0, 0.0])
 @pytest.mark.parametrize("chunk", [1, 5, 7, 64])
 def test_head_losses_fused_equals_naive_value_and_gradient(chunk, alpha_ce):
@@ -405,8 +412,10 @@ def test_head_losses_fused_equals_naive_value_and_gradient(chunk, alpha_ce):
     labels[[0, 3, 4, 9]] = torch.tensor([2, 7, 7, 0])
     D_ce, D_mlm = 20.0, 5.0
     teacher_head = lambda h: h @ t_weight.T
-    loss, kl_sum, ce_sum, _ = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden, teacher_head=teacher_head,
-                                                      labels=labels, temperature=T, w_ce=alpha_ce / D_ce,
+    order, first = masked_first(labels)
+    loss, kl_sum, ce_sum, _ = fused_head.head_losses(u[order], weight, bias, teacher_hidden=t_hidden[order],
+                                                      teacher_head=teacher_head, labels=first, temperature=T,
+                                                      w_ce=alpha_ce / D_ce,
                                                       w_mlm=2.0 / D_mlm, chunk_size=chunk)
     loss.backward()
     got = [g.clone() for g in (u.grad, weight.grad, bias.grad)]
@@ -441,9 +450,10 @@ def test_head_losses_fused_fp16_gradient_does_not_underflow():
     labels = torch.full((N,), -100)
     picked = torch.randperm(N)[: N // 7]
     labels[picked] = torch.randint(0, V, (len(picked),))
+    order, first = masked_first(labels)
     with torch.autocast("cpu", dtype=torch.float16):
-        loss, *_ = fused_head.head_losses(transform(h), weight, bias, teacher_hidden=t_hidden,
-                                          teacher_head=lambda x: F.linear(x, t_weight), labels=labels,
+        loss, *_ = fused_head.head_losses(transform(h)[order], weight, bias, teacher_hidden=t_hidden[order],
+                                          teacher_head=lambda x: F.linear(x, t_weight), labels=first,
                                           temperature=T, w_ce=5.0 / D_ce, w_mlm=2.0 / D_mlm, chunk_size=128)
     (loss * scale).backward()
     got, got_w = h.grad / scale, weight.grad / scale
@@ -480,8 +490,9 @@ def test_head_losses_fused_minus_inf_teacher_logit_and_mse_equal_the_plain_formu
     if case == "minus_inf":
         t_hidden[4, 0] = 100.0  # a marker: the teacher rules out class 3 on this row
     teacher_head = lambda h: (h @ t_weight.T).masked_fill((h[:, :1] > 50) & (torch.arange(V) == 3), -math.inf)
-    loss, kl_sum, ce_sum, mse_sum = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden,
-                                                            teacher_head=teacher_head, labels=labels,
+    order, first = masked_first(labels)
+    loss, kl_sum, ce_sum, mse_sum = fused_head.head_losses(u[order], weight, bias, teacher_hidden=t_hidden[order],
+                                                            teacher_head=teacher_head, labels=first,
                                                             temperature=T, w_ce=5.0 / 10, w_mlm=2.0 / 3,
                                                             w_mse=w_mse / 10, chunk_size=chunk)
     loss.backward()
@@ -501,3 +512,81 @@ def test_head_losses_fused_minus_inf_teacher_logit_and_mse_equal_the_plain_formu
         assert torch.allclose(mse_sum / 10, mse, atol=1e-10)
     for a, b in zip(got, (u.grad, weight.grad, bias.grad)):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_head_losses_half_products_with_float32_results(monkeypatch, dtype):
+    """The CUDA path of the fused head's gradient products (torch.mm(..., out_dtype=float32): half inputs, float32
+    accumulation and result; issue 40: g^T @ u ran in float32 under autocast, an in-place product not being
+    autocast), emulated on the CPU by the same arithmetic (the half-rounded inputs' product in float32): taken (2
+    products per chunk) and equal to a float64 reference on full logits within half precision, with the step's
+    1/D and a loss scale as in float16 training."""
+    calls = []
+    monkeypatch.setitem(fused_head._OUT_DTYPE, "cpu", True)
+    monkeypatch.setattr(fused_head, "_mm_out", lambda a, b, dt: calls.append(a.dtype) or a.to(dt) @ b.to(dt))
+    torch.manual_seed(1)
+    N, d, V, T, scale, D_ce, D_mlm = 256, 32, 1000, 2.0, 2.0**12, 1e5, 1.5e4
+    h = torch.randn(N, d, requires_grad=True)
+    weight, bias = nn.Parameter(torch.randn(V, d) * 0.05), nn.Parameter(torch.zeros(V))
+    t_weight, t_hidden = torch.randn(V, d) * 0.05, torch.randn(N, d)
+    labels = torch.full((N,), -100)
+    labels[torch.randperm(N)[:40]] = torch.randint(0, V, (40,))
+    order, first = masked_first(labels)
+    with torch.autocast("cpu", dtype=dtype):
+        loss, *_ = fused_head.head_losses(h[order], weight, bias, teacher_hidden=t_hidden[order],
+                                          teacher_head=lambda x: F.linear(x, t_weight), labels=first,
+                                          temperature=T, w_ce=5.0 / D_ce, w_mlm=2.0 / D_mlm, chunk_size=64)
+    (loss * scale).backward()
+    assert calls == [dtype] * 2 * (N // 64)
+    h64, w64 = h.detach().double().requires_grad_(True), weight.detach().double().requires_grad_(True)
+    s = F.linear(h64, w64, bias.double())
+    t = F.linear(t_hidden.double(), t_weight.double())
+    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction="sum")
+    keep = labels != -100
+    want = 5.0 * T**2 * kl / D_ce + 2.0 * F.cross_entropy(s[keep], labels[keep], reduction="sum") / D_mlm
+    want.backward()
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
+    assert abs(loss.item() - want.item()) < 0.01 * want.item()
+    assert rel(h.grad / scale, h64.grad) < 0.02 and rel(weight.grad / scale, w64.grad) < 0.02
+
+
+def test_soft_targets_compiled_equal_eager():
+    """--compile's copy of the fused head's soft-target pass (fused_head._soft_targets, torch.compile with static
+    shapes): traced whole (no graph break) and equal to the eager pass, L_mse on and off."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fused_head._soft_targets, dynamic=False, backend="eager", fullgraph=True)
+    torch.manual_seed(2)
+    z, t = torch.randn(64, 50), torch.randn(64, 50)
+    c_ce, c_mse = torch.tensor(0.3), torch.tensor(0.02)
+    for mse in (False, True):
+        want = fused_head._soft_targets(z.clone(), t.clone(), 2.0, c_ce, c_mse, mse)
+        got = compiled(z.clone(), t.clone(), 2.0, c_ce, c_mse, mse)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+
+
+def test_head_losses_compiled_pass_sees_multiples_of_64_rows():
+    """With a compiled soft-target pass (train.py --compile: static shapes), each chunk given to it has a multiple
+    of 64 rows: a last chunk of 72 rows is cut into 64 for it and 8 run uncompiled; values and gradients equal
+    the plain chunks' (float64)."""
+    torch.manual_seed(5)
+    N, d, V = 200, 8, 30
+    u = torch.randn(N, d, dtype=f64, requires_grad=True)
+    weight, bias = torch.randn(V, d, dtype=f64, requires_grad=True), torch.randn(V, dtype=f64, requires_grad=True)
+    t_hidden, t_weight, labels = torch.randn(N, d, dtype=f64), torch.randn(V, d, dtype=f64), torch.randint(0, V, (70,))
+    seen, results = [], []
+
+    def recording(z, *a):
+        seen.append(z.shape[0])
+        return fused_head._soft_targets(z, *a)
+    for compiled in (recording, None):
+        loss, *_ = fused_head.head_losses(u, weight, bias, teacher_hidden=t_hidden, teacher_head=lambda h: h @ t_weight.T,
+                                          labels=labels, temperature=2.0, w_ce=0.5, w_mlm=0.2, w_mse=0.01,
+                                          chunk_size=128, soft_targets=compiled)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad.clone() for p in (u, weight, bias)])
+        for p in (u, weight, bias):
+            p.grad = None
+    assert seen == [128, 64]
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12)

@@ -264,6 +264,30 @@ def test_fused_objective_equals_plain_formulas(setup):
         assert torch.allclose(fused[k], plain[k], atol=1e-6, rtol=1e-4), k
 
 
+@pytest.mark.parametrize("head_only", [False, True])
+def test_mlm_mode_fused_equals_plain_formulas(setup, head_only):
+    """mlm mode (L_mlm alone) through the fused head (ce_chunk > 0, the masked rows only, in chunks) gives the loss
+    and gradients of ce_chunk=0 (the MLM head on the masked rows, losses.mlm_loss); in head-only steps the encoder
+    and the tied decoder get no gradient either way."""
+    teacher, student, _, _ = pair(setup)
+    b = batch(setup[1], B=5)
+    results = {}
+    for chunk in (7, 0):
+        cfg = T.TrainConfig(mode="mlm", ce_chunk=chunk)
+        objective = T.Objective(student, None, cfg)
+        objective.head_only = head_only
+        student.zero_grad(set_to_none=True)
+        sums, _, _ = T.forward_backward(objective, None, [b], cfg)
+        results[chunk] = sums, grads(student)
+    (fused, g_fused), (plain, g_plain) = results[7], results[0]
+    assert set(fused) == set(plain) == {"mlm", "total"} and torch.allclose(fused["mlm"], plain["mlm"], rtol=1e-6)
+    assert set(g_fused) == set(g_plain)
+    if head_only:
+        assert set(g_plain) == {"head.dense.weight", "head.dense.bias", "head.ln.weight", "head.ln.bias", "head.bias"}
+    for k in g_plain:
+        assert torch.allclose(g_fused[k], g_plain[k], atol=1e-6, rtol=1e-4), k
+
+
 def bertmodel_folder(root, data, tmp_path):
     """A BertModel checkpoint (as MiniLM's): a BERT with a pooler, saved without its MLM head."""
     torch.manual_seed(1)
@@ -680,7 +704,9 @@ def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(setup, tmp_pat
 
 def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch):
     """A skipped (non-finite) step also shares the stop flag: SIGTERM during step 2, whose loss is NaN, stops the
-    run there with a checkpoint of step 1, instead of skipping until --max_nonfinite."""
+    run after it, instead of skipping until --max_nonfinite. The skipped step counts as a step (the optimizer
+    skipped it on the device, as the GradScaler skips float16 steps): its checkpoint holds step 1's
+    parameters."""
     root, _ = setup
     calls = {"n": 0}
     real_cos = L.cosine_loss
@@ -692,9 +718,12 @@ def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch)
         value = real_cos(*a, **k)
         return value * float("nan") if calls["n"] >= 3 else value
     monkeypatch.setattr(L, "cosine_loss", nan_and_signal)
-    result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5)))
-    assert result["stopped"] and result["step"] == 1 and result["skipped"] == 1
-    assert [c.name for c in (tmp_path / "sig-nan").glob("ckpt-*.pt")] == ["ckpt-0000001.pt"]
+    result = T.train(T.parse_args(args(root, tmp_path / "sig-nan", max_steps=50, max_nonfinite=5, save_every=1)))
+    assert result["stopped"] and result["step"] == 2 and result["skipped"] == 1
+    ckpts = sorted((tmp_path / "sig-nan").glob("ckpt-*.pt"))
+    assert [c.name for c in ckpts] == ["ckpt-0000001.pt", "ckpt-0000002.pt"]
+    one, two = (torch.load(c, weights_only=True) for c in ckpts)
+    assert two["skipped"] == 1 and all(torch.equal(v, two["model"][k]) for k, v in one["model"].items())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -800,3 +829,274 @@ def test_two_nodes_of_two_ranks_with_c10d_equal_one_process(setup, tmp_path):
     worst = max_param_diff(final_student(tmp_path / "one"), got)
     print(f"2 nodes x 2 ranks vs 1 process after 3 steps: max |parameter difference| {worst:.3g}")
     assert got["step"] == 3 and len(got["rng"]) == 4 and worst < 1e-5, worst
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A step that never waits for the device (issue 40): counted on the CPU (syncs.SyncCounter), run on `meta`
+
+def step_inputs(setup, tmp_path, **kw):
+    """A built run (train.build) and two steps' micro-batches made on the host as train.py makes them."""
+    root, _ = setup
+    run = T.build(T.parse_args(args(root, tmp_path / "out", **kw)))
+    stream = T.micro_batches(run.loader)
+    return run, [T.host_batches(run, [next(stream) for _ in range(run.accum)]) for _ in range(2)]
+
+
+@pytest.mark.parametrize("kw", [{}, dict(ce_chunk=8, alpha_mse=1.0), dict(ce_positions="masked"),
+                                dict(mode="mlm", init="scratch"), dict(mode="mlm", init="teacher", head_steps=1),
+                                dict(dtype="bfloat16")])
+def test_a_step_has_no_operation_that_waits_for_the_device(setup, tmp_path, kw):
+    """Issue 40: about 50 operations per micro-batch made the host wait for the GPU (boolean indexing in the
+    losses and the fused head's chunks, the masking, .tolist()/.item()). Counted here on the CPU, where every
+    tensor counts: forward_backward with the loader's host counts, and the whole train_step (the copies, the
+    optimizer step with its skip decided on the device, the stop flag), 0 per micro-step. Without the host
+    counts forward_backward counts the tokens itself, and the counter sees it: it can fail."""
+    from syncs import SyncCounter
+    run, (first, second) = step_inputs(setup, tmp_path, micro_batch=2, batch_size=4, **kw)
+    batches, padded, counts = T.on_device(run, first)
+    assert len(batches) == 2 and all(isinstance(n, int) for c in counts for n in c)
+    with SyncCounter("cpu") as c:
+        T.forward_backward(run.wrapped, run.teacher, batches, run.cfg, run.autocast, run.scaler, padded=padded,
+                           counts=counts)
+    assert c.found == [], c.found
+    with SyncCounter("cpu") as c:
+        T.forward_backward(run.wrapped, run.teacher, batches, run.cfg, run.autocast, run.scaler, padded=padded)
+    assert len(c.found) >= 2 * len(batches), c.found  # int(am.sum()), int(...) per micro-batch
+    run.optimizer.zero_grad(set_to_none=True)
+    skipped, stop = T.NonFinite(run.device), T.StopSignal()
+    try:
+        with SyncCounter("cpu") as c:
+            sums, lr, norm, n_real, stopping = T.train_step(run, second, skipped, stop)
+    finally:
+        stop.restore()
+    assert c.found == [], c.found
+    assert run.step == 1 and not stopping and n_real == sum(r for r, _ in T.on_device(run, second)[2])
+    assert torch.isfinite(norm) and all(torch.isfinite(v) for v in sums.values())
+
+
+def test_the_counter_sees_what_waits():
+    """syncs.SyncCounter, by hand: each kind of operation that waits, once; what does not wait, never."""
+    from syncs import SyncCounter
+    x, rows = torch.randn(6, 3), torch.tensor([0, 2])
+    with SyncCounter("cpu") as c:
+        x.index_select(0, rows), x[rows], x[1:3], torch.argsort(x[:, 0], stable=True), x.sum() / 2
+    assert c.found == []
+    with SyncCounter("cpu") as c:
+        mask = x[:, 0] > 0
+        x[mask], x.sum().item(), bool(x.sum() > 0), x.tolist(), mask.nonzero(), torch.masked_select(x, x > 0)
+        x[mask] = 0.0
+    assert [what for what, _ in c.found] == ["index with a boolean index", "Tensor.item", "Tensor.__bool__",
+                                             "Tensor.tolist", "nonzero", "masked_select",
+                                             "index_put_ with a boolean index"], c.found
+    assert all(where.startswith("test_train.py:") for _, where in c.found)
+    with SyncCounter("meta") as c:  # another device's tensors do not count
+        x.sum().item()
+    assert c.found == []
+
+
+def test_forward_backward_runs_on_the_meta_device(setup):
+    """Issue 40: forward_backward could not run on `meta` (tensors without values: any read of one fails), at
+    the token counts and the boolean indexing. With the host's counts and padding it runs there, in distill and
+    mlm mode, with several chunks of the fused head."""
+    root, data = setup
+    teacher = load_pretrained(root / "teacher").requires_grad_(False)
+    batches = [batch(data, B=3, seed=s) for s in range(2)]
+    counts = [(int(am.sum()), int((lb != -100).sum())) for _, am, lb in batches]
+    meta = [tuple(t.to("meta") for t in b) for b in batches]
+    teacher_meta = load_pretrained(root / "teacher").requires_grad_(False).to("meta")
+    for kw in (dict(ce_chunk=16), dict(ce_chunk=16, mode="mlm"), dict(ce_chunk=16, ce_positions="masked")):
+        cfg = T.TrainConfig(**kw)
+        student = student_from_teacher(teacher).train().to("meta")
+        t = teacher_meta if cfg.mode == "distill" else None
+        sums, finite, n_real = T.forward_backward(T.Objective(student, t, cfg), t, meta, cfg, padded=[True, True],
+                                                  counts=counts)
+        assert n_real == sum(c[0] for c in counts) and finite.device.type == "meta", kw
+        assert all(p.grad is not None and p.grad.device.type == "meta" for p in student.parameters()
+                   if p.requires_grad), kw
+        assert set(sums) == ({"mlm", "total"} if cfg.mode == "mlm" else {"ce", "mlm", "cos", "total"})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Several ranks resume together (issue 40)
+
+def ranks_in_their_folders(tmp_path, argv, world=2, timeout=150, name="run"):
+    """`world` gloo ranks launched as torchrun would (RANK, WORLD_SIZE, MASTER_ADDR/PORT), each in its own
+    working directory tmp_path/node<r>: a relative --out_dir is then a different folder on each rank, as on
+    machines without a shared file system. -> (return codes, logs); ranks still running after `timeout` s
+    (a hang) are killed and get None."""
+    port, procs = free_port(), []
+    for rank in range(world):
+        (tmp_path / f"node{rank}").mkdir(exist_ok=True)
+        env = {**launch_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        log = open(tmp_path / f"{name}-rank{rank}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)],
+                                      cwd=tmp_path / f"node{rank}", env=env, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.5)
+    codes = [p.poll() for p in procs]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    return codes, [(tmp_path / f"{name}-rank{r}.log").read_text() for r in range(world)]
+
+
+@pytest.mark.slow
+def test_ranks_resume_rank0s_checkpoint_without_a_shared_folder(setup, tmp_path):
+    """Issue 40: each rank resumed the newest checkpoint of its own out_dir. Without a shared file system the
+    other ranks found none and started at step 0 while rank 0 continued: their replicas drifted apart and the
+    run hung at its end (on the code before the fix, this test's resume hangs). Now rank 0 chooses and sends
+    the checkpoint: two gloo ranks whose out_dir are different folders (rank 1's holds nothing), interrupted
+    after step 2 and resumed, reach the parameters of the uninterrupted run; a refusal by rank 0 stops both."""
+    root, _ = setup
+    common = args(root, "out", max_steps=4, save_every=2, micro_batch=2, batch_size=4, keep_last=5,
+                  teacher=root / "teacher-dropout")  # dropout: the ranks' RNG states must be restored too
+    codes, logs = ranks_in_their_folders(tmp_path, common)
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    out0 = tmp_path / "node0" / "out"
+    assert not list((tmp_path / "node1").glob("out/ckpt-*")), "only rank 0 writes checkpoints"
+    full = final_student(out0)
+    (out0 / "ckpt-0000004.pt").unlink()  # as if stopped after step 2
+    (out0 / "ckpt-0000004.pt.sha256").unlink()
+    codes, logs = ranks_in_their_folders(tmp_path, common + ["--resume=true"], name="resumed")
+    assert codes == [0, 0], f"ranks hung or failed: {codes}\n{logs[0][-2000:]}\n{logs[1][-2000:]}"
+    assert "resumed from out/ckpt-0000002.pt at step 2" in logs[0]
+    resumed = final_student(out0)
+    assert resumed["step"] == 4 and max_param_diff(full, resumed) == 0.0
+    # a refusal decided by rank 0 (another seed) stops every rank with its message, none hangs
+    codes, logs = ranks_in_their_folders(tmp_path, common + ["--resume=true", "--seed=7", "--max_steps=6"],
+                                         name="refused")
+    assert codes == [1, 1] and all("resuming it with --seed=7 is refused" in log for log in logs), logs
+    # on another number of ranks: refused, unless --resume_changes=world (the data order rule: data.Batches)
+    one = args(root, out0, max_steps=6, save_every=2, micro_batch=2, batch_size=4, keep_last=5,
+               teacher=root / "teacher-dropout", resume=True)
+    with pytest.raises(SystemExit, match=r"written by a run on 2 rank\(s\); resuming it on 1 is refused"):
+        T.train(T.parse_args(one))
+    assert T.train(T.parse_args(one + ["--resume_changes=world"]))["step"] == 6
+    assert len(final_student(out0)["rng"]) == 1
+
+
+def test_another_world_size_continues_at_the_same_global_batch(setup):
+    """data.Batches.load_state_dict: a position of w ranks read on w' ranks continues the epoch at the same
+    global batch, rounded down to a multiple of w' (never skipping one): the global batches each rank takes
+    next are those after the ones the old ranks used, bar at most w' - 1 seen again."""
+    _, data = setup
+    for was, now, position in [(2, 1, 3), (2, 4, 3), (4, 2, 1), (3, 2, 2)]:
+        old = rank_batches(data, was, 0)
+        used = position * was  # global batches 0 .. used - 1
+        state = {**old.state_dict(), "position": position}
+        ranks = [rank_batches(data, now, r) for r in range(now)]
+        for b in ranks:
+            b.load_state_dict(state)
+        nxt = [next(iter(b))["index"] for b in ranks]
+        assert sorted(nxt) == list(range(min(nxt), min(nxt) + now)), nxt
+        assert used - now < min(nxt) <= used, (was, now, nxt)
+
+
+def rank_batches(data, world, rank):
+    from data import Batches
+    return Batches(data, "train", 32, 2, seed=0, rank=rank, world_size=world)
+
+
+def test_compile_covers_the_teacher_and_the_vocabulary_losses(setup, tmp_path, monkeypatch):
+    """Issue 40: --compile compiled the student alone. Now the teacher's forward and the fused head's soft-target
+    pass are compiled too, with static shapes: the loader pads widths to multiples of 64. On the CPU with
+    torch.compile's eager backend (the code path, not the speed): the same step as without --compile."""
+    monkeypatch.setitem(T.COMPILE_OPTIONS, "backend", "eager")
+    torch._dynamo.reset()
+    results, first = {}, None
+    for compile in (True, False):
+        run, (made, _) = step_inputs(setup, tmp_path / str(compile), max_len=64, compile=compile, ce_chunk=64)
+        if compile:
+            first = made  # both runs take these batches (a mask is drawn for its batch's width)
+            assert all(b[0].shape[1] == 64 for b in first) and run.loader.pad_multiple == 64
+            compiled = torch._dynamo.eval_frame.OptimizedModule
+            assert isinstance(run.teacher, compiled) and isinstance(run.objective.student, compiled)
+            assert run.objective.soft_targets is not None
+        run.model.eval()  # no dropout: the two runs must agree
+        skipped, stop = T.NonFinite(run.device), T.StopSignal()
+        try:
+            sums = T.train_step(run, first, skipped, stop)[0]
+        finally:
+            stop.restore()
+        results[compile] = {k: float(v) for k, v in sums.items()}, run.model.state_dict()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3  # student, teacher, soft targets
+    (a, sd_a), (b, sd_b) = results[True], results[False]
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 * abs(b[k]) + 1e-7 for k in a), (a, b)
+    assert max((sd_a[k] - sd_b[k]).abs().max().item() for k in sd_a) < 1e-6
+
+
+def test_accumulation_that_rounds_the_batch_says_so(setup, tmp_path, capsys):
+    """Issue 40: accumulation rounded the global batch down without a word (micro-batch 128 on 8 GPUs: 3,072
+    sequences a step, not 4,000). Now a warning says what a step holds and which micro-batch gives the batch
+    exactly."""
+    cfg = T.TrainConfig(micro_batch=128)
+    assert T.accumulation_warning(cfg, 8, 3) == (
+        "warning: --batch_size=4,000: 128 sequences x 8 rank(s) x 3 micro-steps = 3,072 sequences per step "
+        "(accumulation rounds down); --micro_batch=125 gives exactly 4,000 (125 x 8 x 4)")
+    assert "no micro-batch gives exactly 7 on 2 rank(s)" in T.accumulation_warning(
+        T.TrainConfig(micro_batch=2, batch_size=7), 2, 1)
+    root, _ = setup
+    T.build(T.parse_args(args(root, tmp_path / "a", micro_batch=3, batch_size=8)))
+    assert "3 sequences x 1 rank(s) x 2 micro-steps = 6 sequences per step" in capsys.readouterr().out
+    T.build(T.parse_args(args(root, tmp_path / "b", micro_batch=4, batch_size=8)))
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_float16_steps_with_the_grad_scaler(setup, tmp_path):
+    """optimizer_step in float16 (on the CPU): the GradScaler unscales, a step whose gradient overflowed is
+    skipped on the device (parameters and AdamW's step count unchanged) and halves the scale; a finite one
+    steps and keeps it."""
+    run, (first, second) = step_inputs(setup, tmp_path, dtype="float16")
+    assert run.scaler.is_enabled()
+    skipped, stop = T.NonFinite(run.device), T.StopSignal()
+    try:
+        T.train_step(run, first, skipped, stop)
+        scale, before = run.scaler.get_scale(), {k: v.clone() for k, v in run.model.state_dict().items()}
+        T.forward_backward(run.wrapped, run.teacher, *T.on_device(run, second)[:1], run.cfg, run.autocast,
+                           run.scaler, padded=T.on_device(run, second)[1], counts=T.on_device(run, second)[2])
+        next(p for p in run.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+        norm, skip = T.optimizer_step(run, torch.tensor(True))
+        assert bool(skip) and run.scaler.get_scale() == scale / 2
+        assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())
+        steps = {int(s["step"]) for s in run.optimizer.state.values()}
+        T.train_step(run, second, skipped, stop)
+        assert run.scaler.get_scale() == scale / 2 and {int(s["step"]) for s in run.optimizer.state.values()} \
+            == {s + 1 for s in steps}
+    finally:
+        stop.restore()
+    skipped.check(run)
+    assert run.skipped == 0  # optimizer_step alone was called for the overflow: NonFinite counts train_step's
+
+
+def test_log_lines_give_the_mfu_where_the_peak_is_known(setup, tmp_path, monkeypatch):
+    """Issue 40: train.py prints the MFU at its log lines: the step's model FLOPs (2 x step_macs per token) at the
+    measured tokens/s over the peak of the device (here given: a CPU has none, and then no mfu is written)."""
+    root, _ = setup
+    monkeypatch.setattr(T, "peak_flops", lambda device, dtype: 1e9)
+    T.train(T.parse_args(args(root, tmp_path / "a", max_steps=2)))
+    cfg = T.parse_args(args(root, tmp_path / "a"))
+    run_rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in run_rows if "total" in r]
+    student = load_pretrained(tmp_path / "a" / "student").cfg
+    teacher = load_pretrained(root / "teacher").cfg
+    per_token = T.step_macs(cfg, student, teacher) / (cfg.batch_size * cfg.max_len)
+    assert len(rows) == 2 and all(r["mfu"] == pytest.approx(2 * per_token * r["tokens_per_s"] / 1e9) for r in rows)
+    monkeypatch.undo()
+    T.train(T.parse_args(args(root, tmp_path / "b", max_steps=1)))
+    assert "mfu" not in (tmp_path / "b" / "metrics.jsonl").read_text()
+
+
+def test_peak_flops_of_known_gpus(monkeypatch):
+    names = {"NVIDIA H100 80GB HBM3": (989e12, 495e12), "NVIDIA H100 PCIe": (756e12, 378e12),
+             "NVIDIA A100-SXM4-80GB": (312e12, 156e12), "NVIDIA H200": (989e12, 495e12),
+             "NVIDIA L40S": (362e12, 183e12), "NVIDIA L4": (121e12, 60e12), "Tesla V100-SXM2-16GB": (125e12, 15.7e12),
+             "Some Future GPU": (None, None)}
+    cuda = torch.device("cuda:0")
+    for name, (half, single) in names.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, n=name: n)
+        assert (device.peak_flops(cuda, torch.bfloat16), device.peak_flops(cuda, torch.float32)) == (half, single)
+    assert device.peak_flops(torch.device("cpu"), torch.bfloat16) is None
