@@ -13,13 +13,16 @@ built from its layers. Every classifier here has DistilBERT's head reading the m
 over the real tokens (finetune.Classifier(style="distilbert", pool="mean")): MiniLM was trained as a
 mean-pooled sentence encoder and its [CLS] state barely varies below its last layer, and a comparison between
 teacher and students is only fair with the same head. Settings: finetune.FinetuneConfig, in float32 so that
-the stored numbers do not depend on the CPU's bf16 support. NOTEBOOK_QUICK=1 (the tests): tiny subsets, two
-seeds, one epoch: the same code, numbers that mean nothing.
+the stored numbers do not depend on the CPU's bf16 support. NOTEBOOK_QUICK=1 (the tests): 32 sentences, one
+seed, one epoch: the same code, numbers that mean nothing (with one seed the seed noise is unknown, so every SE
+prints as inf).
 """
+import copy
 import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -41,7 +44,7 @@ QUICK = bool(os.environ.get("NOTEBOOK_QUICK"))
 
 @dataclass(frozen=True)
 class Budget:
-    labelled: int = 2000    # labelled SST-2 training sentences, the same for teacher and students
+    labelled: int = 1000    # labelled SST-2 training sentences, the same for teacher and students
     transfer: int = 8000    # more training sentences for the transfer set, their labels put aside
     dev: int = 0            # dev sentences scored (0: all 872)
     epochs: float = 2.0     # passes over the training rows (reproduce.py's fine-tuning recipe)
@@ -51,7 +54,7 @@ class Budget:
     seeds: tuple = (1, 2, 3)
 
 
-BUDGET = Budget(labelled=64, transfer=64, dev=96, epochs=1.0, seeds=(1, 2)) if QUICK else Budget()
+BUDGET = Budget(labelled=32, transfer=32, dev=32, epochs=1.0, seeds=(1,)) if QUICK else Budget()
 
 
 def config(b: Budget, seed, **kw) -> ft.FinetuneConfig:
@@ -98,11 +101,16 @@ def data(b: Budget = BUDGET) -> dict:
 
 
 def teacher_encoder():
-    """all-MiniLM-L6-v2 as pretrained (its masked-LM head, which it lacks, is left random and unused)."""
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no masked-LM head": fine-tuning does not use one
-        return load_pretrained(NAME)
+    """all-MiniLM-L6-v2 as pretrained, a fresh copy each time (fine-tuning changes it in place); read once. Its
+    masked-LM head, which MiniLM lacks, is random and unused."""
+    if "minilm" not in _LOADED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no masked-LM head": fine-tuning does not use one
+            _LOADED["minilm"] = load_pretrained(NAME)
+    return copy.deepcopy(_LOADED["minilm"])
+
+
+_LOADED = {}
 
 
 def classifier(encoder, num_labels=2):
@@ -174,12 +182,13 @@ PKD = dict(alpha=0.7, temperature=10.0, beta=100.0)   # Patient-KD's weights, pe
 
 
 def peakd_student(work, name, seed, pretrained, d, teacher_out, ptp_y, b: Budget = BUDGET, k=2, kd=True,
-                  sps=True, ptp=True, ptp_epochs=1.0, **pkd):
+                  sps=True, ptp=True, ptp_epochs=1.0, swap=True, **pkd):
     """One row of the ablation for one seed: the first k layers of the pretrained teacher (peakd.make_student: a
     truncated BERT, as Pea-KD's reference code), run with SPS (peakd.with_sps, "auto": every layer again when k
     is under half the teacher's depth), pretrained on the PTP labels (peakd.ptp_pretrain) for ptp_epochs, then
     fine-tuned with Patient-KD (peakd.pkd_loss_fn, on the mean-pooled states of the layers peakd.pkd_layer_map
-    pairs) or with cross-entropy alone (kd=False). Returns run()'s dict and the layer map."""
+    pairs) or with cross-entropy alone (kd=False). swap=False: paired sharing, the layers run again without the
+    Q/K swap. Returns run()'s dict and the layer map."""
     n = pretrained.cfg.num_layers
     depth = k + (len(peakd.sps_layers(k, "auto", n)) if sps else 0)    # effective layers
     layer_map = peakd.pkd_layer_map(depth, n)
@@ -187,7 +196,7 @@ def peakd_student(work, name, seed, pretrained, d, teacher_out, ptp_y, b: Budget
 
     def make():
         student = peakd.make_student(pretrained, k)
-        student = peakd.with_sps(student, "auto", teacher_layers=n) if sps else student
+        student = peakd.with_sps(student, "auto", swap=swap, teacher_layers=n) if sps else student
         if ptp:
             peakd.ptp_pretrain(student, d["train"], ptp_y, replace(cfg, epochs=ptp_epochs), pool="mean")
         return classifier(student)
@@ -197,5 +206,5 @@ def peakd_student(work, name, seed, pretrained, d, teacher_out, ptp_y, b: Budget
                                 pool="mean") if kd else None
     out = run(work, name, seed, make, train, cfg, d["dev"], loss_fn=loss_fn,
               settings=dict(k=k, kd=kd, sps=sps, ptp=ptp, ptp_epochs=ptp_epochs, **weights,
-                            ptp_y=ptp_y.tolist() if ptp else None))
+                            ptp_y=ptp_y.tolist() if ptp else None, **({} if swap else {"swap": False})))
     return out, layer_map
