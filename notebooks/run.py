@@ -5,15 +5,22 @@ every cell ran without an error: to a temporary file beside it first, then renam
 stops at the first notebook with an error, which is printed, and exits with status 1.
 
 The last paragraph of each notebook's first cell, the one that starts with RUN_LINE, is rewritten with the
-machine, the torch version, the seconds (wall clock and CPU), the load and the date of this run, so that what
-it says is true by construction. The notebooks of one run share a scratch folder (NOTEBOOK_WORK: the prepared
-corpus, the teacher's fitted head, notebook 04's short quickstart), removed at the end unless NOTEBOOK_WORK
-was given; a notebook run alone (in Jupyter) makes its own. Seeds are fixed in the notebooks, so a second run
-prints the same numbers, up to the last digits of float sums on another machine.
+machine, the torch version, the seconds (wall clock and CPU), the load and the date of this run, and a hash of
+the code that ran (`code_hash`: the code cells and the notebooks/ modules they import), so that what it says is
+true by construction and tests/test_notebooks.py can tell stored outputs from code changed since. The notebooks
+of one run share a scratch folder (NOTEBOOK_WORK: the prepared corpus, the teacher's fitted head, the SST-2
+fine-tunings that notebooks 05 and 06 share), removed at the end unless NOTEBOOK_WORK was given; a notebook run
+alone (in Jupyter) makes its own. Seeds are fixed in the notebooks, so a second run prints the same numbers, up
+to the last digits of float sums on another machine.
+
+Notebook 04 trains nothing: it reads a finished quickstart (../out/quickstart, or NOTEBOOK_QUICKSTART) or else
+notebooks/quickstart_record.json, which `python notebooks/quickstart_view.py FOLDER` writes from one.
 """
 import datetime
+import hashlib
 import os
 import platform
+import re
 import resource
 import shutil
 import sys
@@ -65,13 +72,34 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def run_line(seconds, cpu, load):
+def helpers(source, folder=HERE, seen=None) -> list:
+    """The modules of `folder` (notebooks/) that `source` imports, and theirs, in a fixed order."""
+    seen = [] if seen is None else seen
+    for name in re.findall(r"^\s*(?:from|import)\s+(\w+)", source, flags=re.M):
+        path = Path(folder) / f"{name}.py"
+        if path.is_file() and path not in seen:
+            seen.append(path)
+            helpers(path.read_text(encoding="utf-8"), folder, seen)
+    return seen
+
+
+def code_hash(nb, folder=HERE) -> str:
+    """The first 12 hex digits of the sha256 of the notebook's code cells and of the notebooks/ modules they
+    import: what decides its outputs, apart from the library and the data."""
+    code = "\n\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    digest = hashlib.sha256(code.encode())
+    for path in helpers(code, folder):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def run_line(seconds, cpu, load, code=""):
     import torch
     shared = f" (above {cores()}, other jobs shared the cores)" if load > cores() else ""
     return (f"{RUN_LINE} `python notebooks/run.py` ran this notebook in {seconds:.0f} s "
             f"({cpu:.0f} CPU-seconds) on {datetime.date.today().isoformat()}: {cpu_name()}, {cores()} cores, "
             f"load average {load:.1f} at the start{shared}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}.*")
+            f"Python {platform.python_version()}; code {code}.*")
 
 
 def stamp(nb, line):
@@ -113,7 +141,7 @@ def main(names):
             except CellExecutionError as e:
                 print(f"{path.name}: a cell failed, the notebook is left as it was\n{e}", file=sys.stderr)
                 return 1
-            stamp(nb, run_line(seconds, cpu, load))
+            stamp(nb, run_line(seconds, cpu, load, code_hash(nb, path.parent)))
             write_atomic(nb, path)
             total, total_cpu = total + seconds, total_cpu + cpu
             print(f"{path.name}: {seconds:.0f} s ({cpu:.0f} CPU-seconds), written", flush=True)
