@@ -48,7 +48,8 @@ class ReproduceConfig:
     seed: int = opt(1, "seed of distillation, the data subsets and the Pea-KD teacher")
     seeds: str = opt("1,2,3", "fine-tuning seeds of every model in a verdict")
     # the teacher's MLM head, fitted on the frozen encoder's cached states
-    head_rows: int = opt(70000, "masked positions of the training split whose states are cached", range=">= 1")
+    head_rows: int = opt(50000, "masked positions of the training split whose states are cached (a random sample "
+                                "of its sequences)", range=">= 1")
     head_epochs: int = opt(4, "passes of the head over them", range=">= 1")
     draws: int = opt(2, "independent masks of the held-out split in MLM accuracy", range=">= 1")
     # general distillation: every row on the same batches and steps

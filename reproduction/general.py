@@ -80,7 +80,7 @@ def train_dtype(cfg) -> str:
     runs and when asked."""
     if cfg.quick or cfg.dtype == "float32":
         return "float32"
-    return str(auto_dtype(torch.device("cpu"))).replace("torch.", "") if cfg.dtype == "auto" else cfg.dtype
+    return str(auto_dtype(torch.device("cpu"))[0]).replace("torch.", "") if cfg.dtype == "auto" else cfg.dtype
 
 
 def teacher_stage(cfg, root) -> dict:

@@ -23,14 +23,15 @@ from machinery.optim import linear_schedule
 @torch.no_grad()
 def masked_states(model, shards, split="train", max_len=128, batch_size=64, draws=1, seed=0, max_rows=None,
                   autocast=None) -> tuple:
-    """(states (rows, hidden), labels (rows,)): the model's last hidden states at the masked positions of every
-    sequence of `split`, under `draws` independent masks (BERT's uniform 15%, data.mask_tokens, each batch's
+    """(states (rows, hidden), labels (rows,)): the model's last hidden states at the masked positions of the
+    sequences of `split` in a random order (so that max_rows covers the whole corpus, not its first files), under
+    `draws` independent masks (BERT's uniform 15%, data.mask_tokens, each batch's
     mask seeded from (seed + draw, batch)), stored in the autocast dtype (bf16 halves the memory)."""
     model.eval()
     special = [v for k, v in shards.special.items() if k != "mask"]
     states, labels, rows = [], [], 0
     for draw in range(draws):
-        for batch in data.Batches(shards, split, max_len, batch_size, seed=seed, shuffle=False):
+        for batch in data.Batches(shards, split, max_len, batch_size, seed=seed + draw, shuffle=True):
             g = data.mask_generator(seed + draw, 0, batch["index"])
             ids, lab = data.mask_tokens(batch["input_ids"], batch["attention_mask"], mask_id=shards.special["mask"],
                                         vocab_size=shards.vocab_size, special_ids=special, generator=g)
@@ -47,7 +48,7 @@ def masked_states(model, shards, split="train", max_len=128, batch_size=64, draw
     return torch.cat(states)[:max_rows], torch.cat(labels)[:max_rows]
 
 
-def fit_head(model, states, labels, counts=None, epochs=4, lr=2e-3, rows_per_step=4096, warmup=0.05, seed=0,
+def fit_head(model, states, labels, counts=None, epochs=4, lr=2e-3, rows_per_step=1024, warmup=0.05, seed=0,
              autocast=None) -> dict:
     """Train model.head on fixed (states, labels) rows with the masked-LM loss (losses.mlm_loss): AdamW, linear
     warm-up then decay, `epochs` passes in batches of rows_per_step. The decoder weight (the word embeddings)
