@@ -17,6 +17,7 @@ Every row trains on the same batches for the same steps from the same copied lay
 import dataclasses
 import itertools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -205,8 +206,9 @@ def train_rows(cfg, root, teacher, closest) -> dict:
     runs["pooled cosine, closest layers"] = (dict(mode="distill", student_layers=",".join(map(str, closest)), **POOLED), "student")
     for name, (settings, export) in runs.items():
         folder = root / "general" / folder_name(name)
-        run = dataclasses.replace(base_run(cfg, root), out_dir=str(folder), **settings,
-                                  save_every=min(steps), keep_last=len(steps) + 1)
+        every = math.gcd(*steps) if name in CURVE_ROWS else cfg.general_steps  # a checkpoint at every budget
+        run = dataclasses.replace(base_run(cfg, root), out_dir=str(folder), **settings, save_every=every,
+                                  keep_last=cfg.general_steps // every)
         t0 = time.time()
         stats = run_stage(name, run, folder / export, after=teacher_identity(cfg, teacher))
         out[name] = {"folder": str(folder / export), "run": str(folder), "steps": stats["step"],

@@ -46,7 +46,7 @@ def finetune_config(cfg, task, **changes) -> ft.FinetuneConfig:
     lr, epochs = recipes(cfg.recipe).get(ft.task_spec(task)[0], (cfg.lr, cfg.epochs))
     base = dict(task=task, data=str(Path(cfg.data) / "glue"), vocab=str(resolve_checkpoint(cfg.teacher)),
                 seeds=cfg.seeds, lr=lr, epochs=epochs, log_every=0, save=False, max_len=cfg.max_len,
-                style="distilbert", pool="mean")
+                style="distilbert", pool="mean", dtype="float32" if cfg.quick or cfg.dtype == "float32" else "auto")
     return ft.FinetuneConfig(**{**base, **changes})
 
 
