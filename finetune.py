@@ -267,13 +267,9 @@ def pearson(x, y):
 
 def ranks(x):
     """1-based ranks; tied values share the average of the ranks they span."""
-    x = np.asarray(x, float)
-    order = np.argsort(x, kind="stable")
-    xs, r = x[order], np.empty(len(x))
-    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
-    for s, e in zip(starts, np.r_[starts[1:], len(x)]):
-        r[order[s:e]] = (s + 1 + e) / 2
-    return r
+    _, where, counts = np.unique(np.asarray(x, float), return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based position of each distinct value's first copy
+    return (first + (counts + 1) / 2)[where.reshape(-1)]
 
 
 def spearman(x, y):
