@@ -55,11 +55,13 @@ class ReproduceConfig:
     # general distillation: every row on the same batches and steps
     student_layers: str = opt("0,2,4", "the students' teacher layers (the paper: one out of two); the stage also "
                                        "reports the copy closest to the teacher and the pooled cosine from it")
-    general_steps: int = opt(150, "steps of every general-distillation row", range=">= 1")
+    general_steps: int = opt(400, "steps of the main rows (pooled cosine, MLM-only)", range=">= 1")
+    table4_steps: int = opt(150, "steps of Table 4's rows (triple loss, its ablations, L_mlm alone)", range=">= 1")
     batch_size: int = opt(16, "sequences per distillation step", range=">= 1")
-    curve: str = opt("25,50,100", "also score zero-shot retention after these steps (snapshots of the runs)")
+    curve: str = opt("50,100,200", "also score zero-shot retention after these steps of the main rows (snapshots)")
+    table4_curve: str = opt("25,50,100", "the same for the triple loss and L_mlm alone")
     distilled: str = opt("pooled cosine", "the row Tables 1-3 call 'the distilled student'",
-                         choices=tuple(general.ROWS))
+                         choices=tuple(n for n, r in general.ROWS.items() if r[2] == "main"))
     # fine-tuning: the mean-pooled DistilBERT head for every model, standardised STS-B targets
     recipe: str = opt("SST-2:1e-4:2,MRPC:1e-4:4,RTE:1e-4:4,STS-B:1e-4:4",
                       "each task's lr and epochs (TASK:lr:epochs,...), chosen by --only=recipe on held-out "
@@ -70,16 +72,15 @@ class ReproduceConfig:
                                                                  "subset)")
     recipe_lrs: str = opt("1e-4,3e-4", "the recipe stage's learning rates")
     recipe_epochs: str = opt("2,4", "the recipe stage's epochs")
-    table1: str = opt("pooled cosine,triple loss,MLM-only,copy-only", "Table 1's students (rows of the general "
-                                                                       "stage)")
+    table1: str = opt("pooled cosine,MLM-only,copy-only", "Table 1's students (rows of the general stage)")
     max_len: int = opt(128, "longest sequence in distillation and GLUE, in tokens", range=">= 8")
-    squad_train: int = opt(800, "questions of dev-v1.1.json trained on", range=">= 1")
+    squad_train: int = opt(600, "questions of dev-v1.1.json trained on", range=">= 1")
     squad_eval: int = opt(800, "questions of test-v1.1.json scored", range=">= 1")
     squad_len: int = opt(160, "SQuAD window length in tokens", range=">= 32")
     squad_lr: float = opt(1e-4, "SQuAD lr", range="> 0")
     squad_epochs: float = opt(2.0, "SQuAD epochs", range="> 0")
-    imdb_train: int = opt(1000, "IMDb reviews trained on (0: IMDb not run)", range=">= 0")
-    imdb_eval: int = opt(2000, "IMDb test reviews scored", range=">= 1")
+    imdb_train: int = opt(500, "IMDb reviews trained on (0: IMDb not run)", range=">= 0")
+    imdb_eval: int = opt(1000, "IMDb test reviews scored", range=">= 1")
     imdb_len: int = opt(128, "IMDb tokens kept per review", range=">= 8")
     imdb_lr: float = opt(1e-4, "IMDb lr", range="> 0")
     imdb_epochs: float = opt(2.0, "IMDb epochs", range="> 0")
@@ -89,7 +90,8 @@ class ReproduceConfig:
 
 STAGES = ("teacher", "general", "table1", "table2", "table3", "peakd")
 EXTRA = ("recipe",)  # only when --only names it
-QUICK = dict(seeds="1,2", head_rows=400, head_epochs=1, draws=1, general_steps=4, batch_size=4, curve="2",
+QUICK = dict(seeds="1,2", head_rows=400, head_epochs=1, draws=1, general_steps=4, table4_steps=4, batch_size=4,
+             curve="2", table4_curve="2",
              limits="SST-2:48,MRPC:32,RTE:32,STS-B:32", recipe_lrs="1e-4", recipe_epochs="1,2", max_len=32,
              squad_train=40, squad_eval=8, squad_len=64, imdb_train=16, imdb_eval=8, imdb_len=32,
              peakd_limits="SST-2:32", peakd_seeds="1,2", epochs=1.0, recipe="")
@@ -97,7 +99,8 @@ NEEDS = {"teacher": [], "general": ["teacher"], "table1": ["general"], "table2":
          "table3": ["general"], "peakd": [], "recipe": ["teacher"]}
 FIELDS = {  # the settings each stage reads itself; its stage.json also holds those of the stages it needs
     "teacher": ("data", "teacher", "max_len", "head_rows", "head_epochs", "draws", "seed", "quick", "dtype"),
-    "general": ("student_layers", "general_steps", "batch_size", "curve", "distilled", "seeds", "recipe", "lr",
+    "general": ("student_layers", "general_steps", "table4_steps", "batch_size", "curve", "table4_curve",
+                "distilled", "seeds", "recipe", "lr",
                 "epochs", "limits"),
     "table1": ("seeds", "recipe", "lr", "epochs", "limits", "table1"),
     "table2": ("seeds", "recipe", "lr", "epochs", "limits", "squad_train", "squad_eval", "squad_len", "squad_lr",

@@ -82,7 +82,8 @@ def general_claims(g) -> list:
                              ("MLM-only", "loses", "the masked-LM loss alone lowers it")):
         p = z[name]["vs_copy"]
         rows.append([f"{text} ({name} minus copy-only, zero-shot STS-B)", "",
-                     f"{signed(p)} points after {g['steps'][-1]} steps", direction(p, want)])
+                     f"{signed(p)} points after {g['steps'][g['rows'][name]['block']][-1]} steps",
+                     direction(p, want)])
     mlm = g["mlm"]
     teacher, best = mlm["teacher"]["mlm_acc"], max(r["mlm_acc"] for r in mlm["rows"].values())
     p = mlm["rows"]["triple loss"]["vs_mlm_only"]

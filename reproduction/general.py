@@ -5,14 +5,18 @@ sentences' mean-pooled last states against the gold similarity, with no training
 row is scored on it (retention: the student's score over the teacher's), on held-out MLM accuracy, and on SST-2
 after fine-tuning with several seeds.
 
-Every row trains on the same batches for the same steps from the same copied layers; the rows:
-  pooled cosine  L_pool alone (train.py --alpha_pool): the cosine of the mean-pooled last states of student and
-                 teacher on the sequences without masks. Not the paper's loss: MiniLM never saw [MASK] and was
-                 trained on mean-pooled embeddings, so the paper's token-level L_cos on masked inputs teaches
-                 the student the teacher's states at masks, which the teacher never learned to make useful
-  triple loss    the paper's 5 L_ce + 2 L_mlm + 1 L_cos (weights and T = 2 from the reference code)
-  - L_cos, - L_ce, - L_mlm, random init   Table 4's ablations of the triple loss
-  MLM-only       L_mlm alone, from the same copied layers (no teacher)
+Every row trains on the same batches from the same copied layers, in two blocks of equal steps within each:
+  the main block (--general_steps), the students of Tables 1-3 and their baseline:
+    pooled cosine  L_pool alone (train.py --alpha_pool): the cosine of the mean-pooled last states of student
+                   and teacher on the sequences without masks. Not the paper's loss: MiniLM never saw [MASK] and
+                   was trained on mean-pooled embeddings, so the paper's token-level L_cos on masked inputs
+                   teaches the student the teacher's states at masks, which the teacher never made useful
+    MLM-only       L_mlm alone (no teacher)
+  the Table 4 block (--table4_steps, shorter: six rows):
+    triple loss    the paper's 5 L_ce + 2 L_mlm + 1 L_cos (weights and T = 2 from the reference code)
+    - L_cos, - L_ce, - L_mlm, random init   Table 4's ablations of the triple loss
+    L_mlm alone    the masked-LM baseline at this budget
+    pooled cosine, closest layers   L_pool from the copy closest to the teacher
 """
 import dataclasses
 import itertools
@@ -39,17 +43,20 @@ from quickstart import run_stage
 from reproduction import glue, mlm_head
 
 POOLED = dict(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=0.0, alpha_pool=1.0)
-ROWS = {  # name: (train.py settings, the exported folder)
-    "pooled cosine": (dict(mode="distill", **POOLED), "student"),
-    "triple loss": (dict(mode="distill"), "student"),
-    "- L_cos": (dict(mode="distill", alpha_cos=0.0), "student"),
-    "- L_ce": (dict(mode="distill", alpha_ce=0.0), "student"),
-    "- L_mlm": (dict(mode="distill", alpha_mlm=0.0), "student"),
-    "random init": (dict(mode="distill", init="random"), "student"),
-    "MLM-only": (dict(mode="mlm", init="teacher"), "model"),
+ROWS = {  # name: (train.py settings, the exported folder, its block)
+    "pooled cosine": (dict(mode="distill", **POOLED), "student", "main"),
+    "MLM-only": (dict(mode="mlm", init="teacher"), "model", "main"),
+    "triple loss": (dict(mode="distill"), "student", "table4"),
+    "- L_cos": (dict(mode="distill", alpha_cos=0.0), "student", "table4"),
+    "- L_ce": (dict(mode="distill", alpha_ce=0.0), "student", "table4"),
+    "- L_mlm": (dict(mode="distill", alpha_mlm=0.0), "student", "table4"),
+    "random init": (dict(mode="distill", init="random"), "student", "table4"),
+    "L_mlm alone": (dict(mode="mlm", init="teacher"), "model", "table4"),
 }
-CURVE_ROWS = ("pooled cosine", "triple loss", "MLM-only")  # zero-shot retention at every budget of the curve
+CLOSEST = "pooled cosine, closest layers"  # in the Table 4 block, from the copy closest to the teacher
+CURVE_ROWS = ("pooled cosine", "MLM-only", "triple loss", "L_mlm alone")  # zero-shot retention at every budget
 TABLE4 = ("- L_cos", "- L_ce", "- L_mlm", "random init")  # each minus the triple loss
+BASELINE = {"main": "MLM-only", "table4": "L_mlm alone"}  # each block's masked-LM row
 
 
 def log(msg):
@@ -184,9 +191,14 @@ def base_run(cfg, root) -> train.TrainConfig:
         ce_positions="masked", ce_chunk=256, dtype=train_dtype(cfg), log_every=10)
 
 
-def budgets(cfg) -> list:
-    steps = {int(s) for s in cfg.curve.split(",") if s and 0 < int(s) < cfg.general_steps}
-    return sorted(steps) + [cfg.general_steps]
+def block_of(name) -> str:
+    return "table4" if name == CLOSEST else ROWS[name][2]
+
+
+def budgets(cfg, block) -> list:
+    """The steps of a block's rows, and the earlier budgets of its curve."""
+    last, curve = (cfg.general_steps, cfg.curve) if block == "main" else (cfg.table4_steps, cfg.table4_curve)
+    return sorted({int(s) for s in curve.split(",") if s and 0 < int(s) < last}) + [last]
 
 
 def snapshot(folder: Path, step: int) -> Bert:
@@ -200,18 +212,18 @@ def snapshot(folder: Path, step: int) -> Bert:
 def train_rows(cfg, root, teacher, closest) -> dict:
     """Each row trained (or reused), a checkpoint kept at every budget of the curve; {name: folder, stats}. Also
     the pooled cosine from the `closest` layers."""
-    steps = budgets(cfg)
     out = {}
-    runs = {name: s for name, s in ROWS.items()}
-    runs["pooled cosine, closest layers"] = (dict(mode="distill", student_layers=",".join(map(str, closest)), **POOLED), "student")
+    runs = {name: s[:2] for name, s in ROWS.items()}
+    runs[CLOSEST] = (dict(mode="distill", student_layers=",".join(map(str, closest)), **POOLED), "student")
     for name, (settings, export) in runs.items():
         folder = root / "general" / folder_name(name)
-        every = math.gcd(*steps) if name in CURVE_ROWS else cfg.general_steps  # a checkpoint at every budget
+        steps = budgets(cfg, block_of(name))
+        every = math.gcd(*steps) if name in CURVE_ROWS else steps[-1]  # a checkpoint at every budget of the curve
         run = dataclasses.replace(base_run(cfg, root), out_dir=str(folder), **settings, save_every=every,
-                                  keep_last=cfg.general_steps // every)
+                                  keep_last=steps[-1] // every, max_steps=steps[-1])
         t0 = time.time()
         stats = run_stage(name, run, folder / export, after=teacher_identity(cfg, teacher))
-        out[name] = {"folder": str(folder / export), "run": str(folder), "steps": stats["step"],
+        out[name] = {"folder": str(folder / export), "run": str(folder), "steps": stats["step"], "block": block_of(name),
                      "seconds": round(time.time() - t0, 1), "tokens_per_s": stats["tokens_per_s"]}
     return out
 
@@ -244,7 +256,7 @@ def general_stage(cfg, root, teacher) -> dict:
     rows["copy-only, closest layers"] = {"folder": copy_only(cfg, root, ranking[0][0], "copy-only closest")}
     zs = ZeroShot(cfg, limit=200 if cfg.quick else None)
     cos = {"teacher": zs.cosines(model), **{n: zs.cosines(load_pretrained(r["folder"])) for n, r in rows.items()}}
-    base = lambda n: "copy-only, closest layers" if "closest" in n else "copy-only"
+    base = lambda n: "copy-only, closest layers" if n == CLOSEST else "copy-only"
     zero_shot = {"teacher": zs.summary(cos["teacher"]), "pairs": len(zs.gold),
                  "rows": {n: {**zs.summary(c), "retention": zs.retention(c, cos["teacher"]),
                               **({} if n.startswith("copy-only") else {"vs_copy": zs.compared(c, cos[base(n)])})}
@@ -252,16 +264,18 @@ def general_stage(cfg, root, teacher) -> dict:
     for n in TABLE4:
         zero_shot["rows"][n]["vs_triple"] = zs.compared(cos[n], cos["triple loss"])
     zero_shot["rows"]["pooled cosine"]["vs_mlm_only"] = zs.compared(cos["pooled cosine"], cos["MLM-only"])
-    steps = budgets(cfg)
-    curve = {n: {str(s): zs.retention(zs.cosines(snapshot(Path(rows[n]["run"]), s)), cos["teacher"])
-                 for s in steps[:-1]} | {str(steps[-1]): zero_shot["rows"][n]["retention"]}
-             for n in CURVE_ROWS}
+    curve = {}
+    for n in CURVE_ROWS:
+        steps = budgets(cfg, block_of(n))
+        curve[n] = {str(s): zs.retention(zs.cosines(snapshot(Path(rows[n]["run"]), s)), cos["teacher"])
+                    for s in steps[:-1]} | {str(steps[-1]): zero_shot["rows"][n]["retention"]}
     for n in CURVE_ROWS:
         curve[n] = {"0": zero_shot["rows"]["copy-only"]["retention"], **curve[n]}
     return {"teacher": teacher, "layers": {"paper": cfg.student_layers, "closest": closest,
                                            "ranking": ranking}, "rows": rows, "distilled": cfg.distilled,
-            "zero_shot": zero_shot, "curve": curve, "steps": steps, "batch_size": cfg.batch_size,
-            "tokens_per_row": cfg.general_steps * cfg.batch_size * cfg.max_len,
+            "zero_shot": zero_shot, "curve": curve, "batch_size": cfg.batch_size,
+            "steps": {b: budgets(cfg, b) for b in ("main", "table4")},
+            "tokens_per_row": {b: budgets(cfg, b)[-1] * cfg.batch_size * cfg.max_len for b in ("main", "table4")},
             "mlm": mlm_compared(cfg, shards, rows, teacher),
             "table4": table4_sst2(cfg, root, rows), "total_seconds": round(time.time() - t0, 1)}
 
@@ -270,7 +284,7 @@ def mlm_compared(cfg, shards, rows, teacher) -> dict:
     """Held-out MLM accuracy of every row with a trained MLM head, on the same masks (cfg.draws of the valid
     split); each row minus MLM-only and minus the triple loss, paired per token, clustered by sequence."""
     hits = {n: heldout_hits(load_pretrained(r["folder"]), shards, cfg.max_len, 32, cfg.draws)
-            for n, r in rows.items() if n in ROWS and n != "pooled cosine"}
+            for n, r in rows.items() if n in ROWS and n != "pooled cosine"}  # L_pool leaves the MLM head as copied
     seq = next(iter(hits.values()))["sequence"]
 
     def compared(a, b):
@@ -278,8 +292,8 @@ def mlm_compared(cfg, shards, rows, teacher) -> dict:
         return {**p, "verdict": verdict(p["delta"], p["se"])}
     out = {n: {"mlm_acc": h["correct"].double().mean().item(), "ppl": h["ppl"]} for n, h in hits.items()}
     for n in out:
-        if n != "MLM-only":
-            out[n]["vs_mlm_only"] = compared(n, "MLM-only")
+        if n not in BASELINE.values():  # against the masked-LM row of its own block (the same steps)
+            out[n]["vs_mlm_only"] = compared(n, BASELINE[block_of(n)])
         if n in TABLE4:
             out[n]["vs_triple"] = compared(n, "triple loss")
     return {"teacher": {"mlm_acc": teacher["mlm_acc"], "ppl": teacher["ppl"]}, "rows": out,
@@ -288,8 +302,9 @@ def mlm_compared(cfg, shards, rows, teacher) -> dict:
 
 def table4_sst2(cfg, root, rows) -> dict:
     """Table 4 on GLUE, the paper's way: every row fine-tuned on SST-2 (the Table 1 subset and recipe) with every
-    seed of cfg.seeds; each row minus the triple loss, SEs of examples and seeds (eval.seeded_difference); the
-    triple loss against the majority class (a floor: a difference from a row there says nothing)."""
+    seed of cfg.seeds; each Table 4 row minus the triple loss, SEs of examples and seeds
+    (eval.seeded_difference); the triple loss against the majority class (a floor: a difference from a row there
+    says nothing). The main block's rows and the copy are fine-tuned too (Table 1 reuses them)."""
     names = ["triple loss", *TABLE4, "pooled cosine", "MLM-only", "copy-only"]
     results = {n: glue.glue_run(cfg, root, n, rows[n]["folder"], "SST-2") for n in names}
     correct = {n: np.array([r["per_example"] for r in res["runs"]], dtype=float) for n, res in results.items()}
@@ -300,7 +315,7 @@ def table4_sst2(cfg, root, rows) -> dict:
     floor = seeded_difference(correct["triple loss"], np.stack([majority_row(labels)] * 2))
     out["triple_above_floor"] = {**floor, "verdict": verdict(floor["delta"], floor["se"]),
                                  "clears": bool(floor["delta"] >= 3 * floor["se"])}
-    for n in names[1:]:
+    for n in TABLE4:
         p = seeded_difference(correct[n], correct["triple loss"])
         out["rows"][n] = {**p, "verdict": verdict(p["delta"], p["se"])}
     return out

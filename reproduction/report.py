@@ -33,9 +33,10 @@ def general_md(g) -> str:
              f"{pct(t['mlm_acc'])}%, perplexity {t['ppl']:.0f}.", "",
              f"Students: the teacher's layers {g['layers']['paper']} (the paper's one out of two) unless the row says "
              f"otherwise; the copy closest to the teacher (mean token cosine of the last states on 4 training "
-             f"batches, no label read) is layers {g['layers']['closest']}. Every row: {g['steps'][-1]} steps of "
-             f"{g['batch_size']} sequences of up to 128 tokens ({g['tokens_per_row']:,} token slots), the same "
-             "batches, lr 5e-4.", "",
+             f"batches, no label read) is layers {g['layers']['closest']}. Batches of {g['batch_size']} sequences "
+             f"of up to 128 tokens, the same batches for every row, lr 5e-4. Main rows (pooled cosine, MLM-only): "
+             f"{g['steps']['main'][-1]} steps ({g['tokens_per_row']['main']:,} token slots); Table 4's rows: "
+             f"{g['steps']['table4'][-1]} steps ({g['tokens_per_row']['table4']:,}).", "",
              "Closest copies (token cosine to the teacher): " + ", ".join(
                  f"{r[0]} {r[1]:.3f}" for r in g["layers"]["ranking"][:5]) + ".", "",
              f"**Zero-shot STS-B** (dev, {z['pairs']:,} pairs; the cosine of the two sentences' mean-pooled last "
@@ -48,9 +49,12 @@ def general_md(g) -> str:
         rows.append([n, pct(r["pearson"]), pct(r["spearman"]), pct(r["score"]), pm(r["retention"]),
                      signed(r["vs_copy"]) if "vs_copy" in r else ""])
     lines += table(["model", "Pearson", "Spearman", "score", "retention, %", "minus its copy-only, points"], rows)
-    steps = ["0", *map(str, g["steps"])]
-    lines += ["", "Retention (%) over distillation steps (snapshots of the same runs; 0 = copy-only):", ""]
-    lines += table(["row", *steps], [[n, *(pm(per[s]) for s in steps)] for n, per in g["curve"].items()])
+    lines += ["", "Retention (%) over distillation steps (snapshots of the same runs, whose learning rate decays to "
+              "0 at their last step; 0 = copy-only):", ""]
+    for block in ("main", "table4"):
+        steps = ["0", *map(str, g["steps"][block])]
+        lines += table(["row", *steps], [[n, *(pm(per[s]) for s in steps)] for n, per in g["curve"].items()
+                                         if g["rows"][n]["block"] == block]) + [""]
     lines += ["", f"**Held-out MLM accuracy** ({m['masked_tokens']:,} masked tokens, {m['draws']} masks of the "
               "held-out split); differences paired per token, SE clustered by sequence:", ""]
     rows = [["teacher", pct(m["teacher"]["mlm_acc"]), "", ""]]
@@ -78,10 +82,11 @@ def general_figure(png, g):
         return
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, per in g["curve"].items():
-        pts = [(int(s), 100 * v["value"], 100 * v["se"]) for s, v in per.items()]
+        slots = g["batch_size"] * 128 / 1e6
+        pts = [(int(s) * slots, 100 * v["value"], 100 * v["se"]) for s, v in per.items()]
         ax.errorbar(*zip(*pts), marker="o", capsize=3, label=name)
     ax.axhline(100, color="grey", lw=0.8, ls="--", label="teacher")
-    ax.set(xlabel=f"distillation steps ({g['batch_size']} sequences each)", ylabel="zero-shot STS-B retention, %",
+    ax.set(xlabel="distillation tokens (millions of token slots)", ylabel="zero-shot STS-B retention, %",
            title=f"students of layers {g['layers']['paper']}")
     ax.legend(fontsize=8)
     save_figure(fig, png)

@@ -146,6 +146,7 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
         assert r["vs_copy"]["delta"] == pytest.approx(r["score"] - z["rows"]["copy-only"]["score"])
         assert r["vs_copy"]["verdict"] == verdict(r["vs_copy"]["delta"], r["vs_copy"]["se"])
     assert g["layers"]["closest"] == ",".join(map(str, g["layers"]["ranking"][0][0]))
+    assert g["steps"] == {"main": [2, 4], "table4": [2, 4]}
     for name in G.CURVE_ROWS:  # 0 steps is the copy, the last budget the exported student
         assert g["curve"][name]["0"] == z["rows"]["copy-only"]["retention"]
         assert g["curve"][name]["4"] == z["rows"][name]["retention"] and set(g["curve"][name]) == {"0", "2", "4"}
@@ -254,13 +255,15 @@ def test_general_claims_premises_by_hand():
             for n in G.ROWS}
     rows["MLM-only"]["vs_copy"] = v(-0.06, 0.01)
     rows["triple loss"]["vs_copy"] = v(-0.01, 0.01)
-    g = {"distilled": "pooled cosine", "steps": [150],
+    g = {"distilled": "pooled cosine",
          "zero_shot": {"teacher": {"score": 0.87}, "rows": rows},
          "mlm": {"teacher": {"mlm_acc": 0.15}, "rows": {"triple loss": {"mlm_acc": 0.2, "vs_mlm_only": v(0.01, 0.002)},
                                                       **{n: {"mlm_acc": 0.19, "vs_triple": v(-0.01, 0.002)}
                                                          for n in G.TABLE4}}},
          "table4": {"seeds": "1,2,3", "triple_above_floor": {"clears": True},
                     "rows": {n: v(-0.04, 0.01) for n in G.TABLE4}}}
+    g["rows"] = {n: {"block": r[2]} for n, r in G.ROWS.items()}
+    g["steps"] = {"main": [400], "table4": [150]}
     got = {c[0]: c[3] for c in C.general_claims(g)}
     name = lambda start: next(k for k in got if k.startswith(start))
     assert got[name("pooled cosine keeps")] == "not reproduced"  # 0.92 ± 0.0078 is below 0.94
