@@ -63,9 +63,9 @@ class ReproduceConfig:
     distilled: str = opt("pooled cosine", "the row Tables 1-3 call 'the distilled student'",
                          choices=tuple(n for n, r in general.ROWS.items() if r[2] == "main"))
     # fine-tuning: the mean-pooled DistilBERT head for every model, standardised STS-B targets
-    recipe: str = opt("SST-2:1e-4:2,MRPC:1e-4:4,RTE:1e-4:4,STS-B:1e-4:4",
-                      "each task's lr and epochs (TASK:lr:epochs,...), chosen by --only=recipe on held-out "
-                      "training rows")
+    recipe: str = opt("SST-2:0.0003:4,MRPC:0.0003:4,RTE:0.0001:4,STS-B:0.0001:4",
+                      "each task's lr and epochs (TASK:lr:epochs,...): what --only=recipe chose on held-out "
+                      "training rows (docs/reproduction.md)")
     lr: float = opt(1e-4, "fine-tuning lr of a task without a recipe", range="> 0")
     epochs: float = opt(3.0, "fine-tuning epochs of a task without a recipe", range="> 0")
     limits: str = opt("SST-2:1000,MRPC:1000,RTE:800,STS-B:1000", "training examples kept per task (a fixed "
@@ -86,6 +86,8 @@ class ReproduceConfig:
     imdb_epochs: float = opt(2.0, "IMDb epochs", range="> 0")
     peakd_limits: str = opt("SST-2:1000", "Pea-KD training examples per task")
     peakd_seeds: str = opt("1,2,3", "Pea-KD student seeds (the teacher fine-tuned once, with --seed)")
+    peakd_epochs: float = opt(2.0, "Pea-KD epochs of the teacher and every student (the lr is the task's recipe)",
+                              range="> 0")
 
 
 STAGES = ("teacher", "general", "table1", "table2", "table3", "peakd")
@@ -94,7 +96,7 @@ QUICK = dict(seeds="1,2", head_rows=400, head_epochs=1, draws=1, general_steps=4
              curve="2", table4_curve="2",
              limits="SST-2:48,MRPC:32,RTE:32,STS-B:32", recipe_lrs="1e-4", recipe_epochs="1,2", max_len=32,
              squad_train=40, squad_eval=8, squad_len=64, imdb_train=16, imdb_eval=8, imdb_len=32,
-             peakd_limits="SST-2:32", peakd_seeds="1,2", epochs=1.0, recipe="")
+             peakd_limits="SST-2:32", peakd_seeds="1,2", peakd_epochs=1.0, epochs=1.0, recipe="")
 NEEDS = {"teacher": [], "general": ["teacher"], "table1": ["general"], "table2": ["general"],
          "table3": ["general"], "peakd": [], "recipe": ["teacher"]}
 FIELDS = {  # the settings each stage reads itself; its stage.json also holds those of the stages it needs
@@ -106,7 +108,7 @@ FIELDS = {  # the settings each stage reads itself; its stage.json also holds th
     "table2": ("seeds", "recipe", "lr", "epochs", "limits", "squad_train", "squad_eval", "squad_len", "squad_lr",
                "squad_epochs", "imdb_train", "imdb_eval", "imdb_len", "imdb_lr", "imdb_epochs"),
     "table3": (),
-    "peakd": ("data", "teacher", "max_len", "seed", "recipe", "lr", "epochs", "peakd_limits", "peakd_seeds",
+    "peakd": ("data", "teacher", "max_len", "seed", "recipe", "lr", "peakd_epochs", "peakd_limits", "peakd_seeds",
               "quick"),
     "recipe": ("data", "teacher", "max_len", "seed", "limits", "recipe_lrs", "recipe_epochs", "quick"),
 }

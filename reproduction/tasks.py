@@ -115,7 +115,7 @@ def table3_stage(cfg, root, general) -> dict:
 # SPS runs them twice (6 layers); every row trained once per seed of peakd_seeds
 
 def peakd_args(cfg, root, task, n) -> Namespace:
-    lr, epochs = glue.recipes(cfg.recipe).get(task, (cfg.lr, cfg.epochs))
+    lr, epochs = glue.recipes(cfg.recipe).get(task, (cfg.lr, cfg.epochs))[0], cfg.peakd_epochs
     return Namespace(
         task=task, data=str(Path(cfg.data) / "glue"), teacher=str(resolve_checkpoint(cfg.teacher)),
         vocab=str(resolve_checkpoint(cfg.teacher)), out=str(root / "peakd"), student_layers=3, student_from="",
