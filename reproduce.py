@@ -173,6 +173,8 @@ def checked(cfg) -> ReproduceConfig:
     unknown = [r for r in cfg.table1.split(",") if r not in general.ROWS and r != "copy-only"]
     if unknown:
         raise ValueError(f"--table1={cfg.table1}: {', '.join(unknown)} not a row of the general stage")
+    if cfg.distilled not in cfg.table1.split(","):
+        raise ValueError(f"--table1={cfg.table1}: has no --distilled={cfg.distilled} (its claims compare it)")
     return cfg
 
 

@@ -68,37 +68,47 @@ def claims(results) -> list:
 
 
 def general_claims(g) -> list:
+    """Zero-shot and MLM claims carry the SE of the pairs or tokens only: each row is one distillation run."""
     z, rows, d = g["zero_shot"]["rows"], [], g["distilled"]
+    steps = lambda n: g["steps"][g["rows"][n]["block"]][-1]
     for name in (d, "pooled cosine, closest layers", "triple loss"):
         if name not in z:
             continue
         ret = z[name]["retention"]
-        rows.append([f"{name} keeps the teacher's own skill (zero-shot STS-B retention; the paper's 97% is of "
-                     "GLUE)", "97%", f"{pct(ret['value'])}% ± {pct(ret['se'])} (teacher "
-                     f"{pct(g['zero_shot']['teacher']['score'])}, {name} {pct(z[name]['score'])})",
+        rows.append([f"{name} ({steps(name)} steps) keeps the teacher's own skill (zero-shot STS-B retention; the "
+                     "paper's 97% is of GLUE)", "97%", f"{pct(ret['value'])}% ± {pct(ret['se'])} (pairs; teacher "
+                     f"{pct(g['zero_shot']['teacher']['score'])}, {name} {pct(z[name]['score'])}, its copy "
+                     f"{pct(z['copy-only, closest layers' if 'closest' in name else 'copy-only']['score'])})",
                      at_least(ret["value"], ret["se"], 0.97, MARGINS["retention"])])
     for name, want, text in ((d, "beats", "general distillation raises the copied layers' zero-shot skill"),
                              ("triple loss", "beats", "the paper's triple loss raises it"),
                              ("MLM-only", "loses", "the masked-LM loss alone lowers it")):
         p = z[name]["vs_copy"]
         rows.append([f"{text} ({name} minus copy-only, zero-shot STS-B)", "",
-                     f"{signed(p)} points after {g['steps'][g['rows'][name]['block']][-1]} steps",
-                     direction(p, want)])
+                     f"{signed(p)} points after {steps(name)} steps (pairs)", direction(p, want)])
+    p = z[d]["vs_mlm_only"]
+    rows.append([f"distillation keeps more of it than the masked-LM loss alone ({d} minus MLM-only, the same "
+                 "steps)", "", f"{signed(p)} points (pairs)", direction(p, "beats")])
     mlm = g["mlm"]
     teacher, best = mlm["teacher"]["mlm_acc"], max(r["mlm_acc"] for r in mlm["rows"].values())
+    weak = f"not testable (the teacher's MLM accuracy {pct(teacher)} is below its students', up to {pct(best)})"
     p = mlm["rows"]["triple loss"]["vs_mlm_only"]
-    rows.append(["distillation beats the masked-LM loss alone on held-out MLM accuracy (Section 3's premise)", "",
-                 f"{signed(p)} points; teacher {pct(teacher)}, best student {pct(best)}",
-                 direction(p, "beats") if teacher > best else
-                 f"not testable (the teacher's MLM accuracy {pct(teacher)} is below its students')"])
+    rows.append(["distillation beats the masked-LM loss alone on held-out MLM accuracy (Section 3's premise; "
+                 f"triple loss minus L_mlm alone, {steps('triple loss')} steps)", "",
+                 f"{signed(p)} points (tokens); teacher {pct(teacher)}, best student {pct(best)}",
+                 direction(p, "beats") if teacher > best else weak])
     s4 = g["table4"]
     for name, paper in TABLE4.items():
-        parts = [f"SST-2 {signed(s4['rows'][name])}", f"zero-shot STS-B {signed(z[name]['vs_triple'])}",
-                 f"MLM accuracy {signed(mlm['rows'][name]['vs_triple'])}"]
-        rows.append([f"Table 4: {name} hurts (minus the triple loss; SST-2 with seeds {s4['seeds']})",
-                     f"{paper:+.2f} GLUE", "; ".join(parts),
-                     direction(s4["rows"][name], "loses") if s4["triple_above_floor"]["clears"] else
-                     "not testable (the triple loss at SST-2's majority-class floor)"])
+        parts = [f"SST-2 {signed(s4['rows'][name])} (examples and seeds)",
+                 f"zero-shot STS-B {signed(z[name]['vs_triple'])} (pairs)",
+                 f"MLM accuracy {signed(mlm['rows'][name]['vs_triple'])} (tokens)"]
+        verdict = direction(s4["rows"][name], "loses")
+        if not s4["triple_above_floor"]["clears"]:
+            verdict = "not testable (the triple loss at SST-2's majority-class floor)"
+        elif name == "- L_ce" and teacher <= best:  # what L_ce adds is the teacher's MLM predictions
+            verdict = weak
+        rows.append([f"Table 4: {name} hurts (minus the triple loss, {steps('triple loss')} steps; SST-2 with "
+                     f"seeds {s4['seeds']})", f"{paper:+.2f} GLUE", "; ".join(parts), verdict])
     return rows
 
 
@@ -106,12 +116,14 @@ def table1_claims(t) -> list:
     d = t["distilled"]
     rows, ret = [], t["retention"][d]
     under = [k for k, b in t["bars"]["teacher"].items() if not b["clears"]]
+    cleared = [k for k in t["tasks"] if k not in under]
     rows.append([f"97% of the teacher's GLUE score ({d}; Table 1, macro of " + ", ".join(t["tasks"]) + ")", "97%",
                  f"{pct(ret['raw'])}% ± {pct(ret['raw_se'])}; chance-adjusted {pct(ret['adjusted'])}% ± "
                  f"{pct(ret['adjusted_se'])} (a constant predictor scores {pct(t['floor_macro'])})"
                  + (f"; the teacher is not above chance at 3 SE on {', '.join(under)}" if under else ""),
-                 at_least(ret["adjusted"], ret["adjusted_se"], 0.97, MARGINS["retention"])
-                 + " (chance-adjusted)"])
+                 at_least(ret["raw"], ret["raw_se"], 0.97, MARGINS["retention"])
+                 + (f" (raw; the macro includes {', '.join(under)}, where the teacher is at chance)" if under and
+                    cleared else "") if cleared else "not testable (the teacher at chance on every task)"])
     for other in (o for o in ("MLM-only", "copy-only", "triple loss") if f"{d} - {o}" in t["paired"]):
         per = t["paired"][f"{d} - {other}"]
         counted = [k for k in t["tasks"] if t["bars"][d][k]["clears"]]
@@ -124,11 +136,20 @@ def table1_claims(t) -> list:
     return rows
 
 
+def _both(verdicts) -> str:
+    """One claim measured two ways (SQuAD's EM and F1): reproduced only when both show it."""
+    if all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    return "reversed" if all(v == "reversed" for v in verdicts) else "not shown at 3 SE on both"
+
+
 def _combine(verdicts) -> str:
-    """Tasks' verdicts on one claim: reproduced where some task shows it and none reverses it."""
-    if "reversed" in verdicts:
-        return "reversed" if "reproduced" not in verdicts else "mixed"
-    return "reproduced" if "reproduced" in verdicts else "not shown at 3 SE"
+    """Tasks' verdicts on one claim: reproduced when at least half of the tasks show it and none reverses it
+    (one task in four at 3 SE is not enough: the more tasks, the likelier one passes by chance)."""
+    shown, against = verdicts.count("reproduced"), verdicts.count("reversed")
+    if against:
+        return "reversed" if not shown else "mixed"
+    return "reproduced" if shown and 2 * shown >= len(verdicts) else "not shown at 3 SE"
 
 
 def table2_claims(t) -> list:
@@ -141,17 +162,21 @@ def table2_claims(t) -> list:
                      f"EM {signed(em)}, F1 {signed(f1)} ({q['seeds']} seeds each; teacher EM "
                      f"{pct(q['teacher']['exact_match'])})",
                      "not testable (the teacher under 10 EM)" if floor else
-                     _combine([direction(em, "beats"), direction(f1, "beats")])])
+                     "not testable (the student alone under 10 EM)" if q["rows"]["student"]["exact_match"] < 0.10
+                     else _both([direction(em, "beats"), direction(f1, "beats")])])
     if "sst2" in t:
         sd = t["sst2"]["d_vs_alone"]
         rows.append([f"(D) on SST-2, the same data, steps and seeds {t['sst2']['seeds']} (no figure in the paper)", "",
                      signed(sd), direction(sd, "beats")])
     if "imdb" in t:
-        v = t["imdb"]["student_vs_teacher"]
+        v, n = t["imdb"]["student_vs_teacher"], t["imdb"]["reviews"]
+        teacher = v["b"]
+        learned = (teacher - 0.5) >= 3 * math.sqrt(teacher * (1 - teacher) / n)  # balanced reviews: chance 50%
         rows.append(["IMDb: the student close to the teacher (Table 2)", "92.82 vs 93.46 (-0.64)",
                      f"{pct(v['a'])} vs {pct(v['b'])} ({signed(v)}; {t['imdb']['seeds']} seeds each)",
-                     equivalence(v["delta"], v["se"], -0.0064, MARGINS["imdb"])
-                     + f" (within ±{100 * MARGINS['imdb']:.1f} points of the paper's gap)"])
+                     (equivalence(v["delta"], v["se"], -0.0064, MARGINS["imdb"])
+                      + f" (within ±{100 * MARGINS['imdb']:.1f} points of the paper's gap)") if learned else
+                     "not testable (the teacher not 3 SE above chance)"])
     return rows
 
 
@@ -161,8 +186,10 @@ def table3_claims(t) -> list:
     fewer = 1 - s["parameters_M"] / tt["parameters_M"]
     lo, hi = s["speedup_cpu_bs1_range"]
     return [["40% fewer parameters (Table 3)", "66M vs 110M",
-             f"{s['parameters_M']:.1f}M vs {tt['parameters_M']:.1f}M ({pct(fewer)}% fewer; width 384 puts two thirds "
-             "of the student in its embeddings)", "in kind" if fewer > 0 else "not reproduced"],
+             f"{s['parameters_M']:.1f}M vs {tt['parameters_M']:.1f}M ({pct(fewer)}% fewer)",
+             "reproduced" if fewer >= 0.40 - 0.03 else
+             "not testable (halving the layers of this narrow teacher cannot: its embeddings, which the student "
+             "keeps whole, are a large share of it)" if fewer > 0 else "not reproduced"],
             ["60% faster (Table 3)", "1.6x",
              f"{s['speedup_cpu_bs1']:.2f}x on the CPU at batch size 1 (median of {len(s['cpu_bs1_runs'])} "
              f"interleaved rounds, {lo:.2f}-{hi:.2f}x; its layers allow at most {s['speedup_bound']:.2f}x)",
@@ -179,5 +206,5 @@ def peakd_claims(p) -> list:
 
 
 def claims_md(rows) -> str:
-    return "\n".join(["| claim | paper | ours (± one SE: examples and seeds) | verdict |", "|---|---|---|---|",
+    return "\n".join(["| claim | paper | ours (± one SE; of what, in brackets) | verdict |", "|---|---|---|---|",
                       *("| " + " | ".join(r) + " |" for r in rows)])

@@ -36,6 +36,7 @@ import train
 from eval import bootstrap_se, heldout_hits, paired_difference, seeded_difference, verdict, zero_shot_similarity
 from machinery.checkpoint import load_checkpoint
 from machinery.device import auto_dtype
+from machinery.files import write_text
 from machinery.hf import load_pretrained, resolve_checkpoint, save_pretrained
 from machinery.tokenizer import load_tokenizer, write_tokenizer_files
 from model import Bert, BertConfig, masked_mean, student_from_teacher
@@ -221,6 +222,11 @@ def train_rows(cfg, root, teacher, closest) -> dict:
         every = math.gcd(*steps) if name in CURVE_ROWS else steps[-1]  # a checkpoint at every budget of the curve
         run = dataclasses.replace(base_run(cfg, root), out_dir=str(folder), **settings, save_every=every,
                                   keep_last=steps[-1] // every, max_steps=steps[-1])
+        missing = [s for s in steps if (folder / "stage.json").is_file() and (folder / export).is_dir()
+                   and not (folder / f"ckpt-{s:07d}.pt").is_file()]
+        if missing and every != steps[-1]:  # a finished run without its curve's checkpoints (e.g. --curve changed)
+            raise ValueError(f"{folder}: no checkpoint after step(s) {missing} for the curve; move the folder away "
+                             "to train the row again")
         t0 = time.time()
         stats = run_stage(name, run, folder / export, after=teacher_identity(cfg, teacher))
         out[name] = {"folder": str(folder / export), "run": str(folder), "steps": stats["step"], "block": block_of(name),
@@ -235,11 +241,15 @@ def teacher_identity(cfg, teacher) -> dict:
 
 
 def copy_only(cfg, root, layers, name) -> str:
-    """The student right after the layer copy (token types folded in), no general distillation."""
+    """The student right after the layer copy (token types folded in), no general distillation; made again when
+    the teacher or the layers differ from those of the copy there (made.json says which)."""
     folder = root / "general" / folder_name(name) / "student"
-    if not (folder / "config.json").is_file():
+    made = {"layers": list(layers), "teacher": glue.folder_id(root / "teacher" / "model")}
+    marker = folder.parent / "made.json"
+    if not (folder / "config.json").is_file() or not marker.is_file() or json.loads(marker.read_text()) != made:
         teacher = load_pretrained(root / "teacher" / "model")
         save_pretrained(student_from_teacher(teacher, layers), folder)
+        write_text(json.dumps(made) + "\n", marker)
     return str(folder)
 
 
@@ -276,7 +286,7 @@ def general_stage(cfg, root, teacher) -> dict:
             "zero_shot": zero_shot, "curve": curve, "batch_size": cfg.batch_size,
             "steps": {b: budgets(cfg, b) for b in ("main", "table4")},
             "tokens_per_row": {b: budgets(cfg, b)[-1] * cfg.batch_size * cfg.max_len for b in ("main", "table4")},
-            "mlm": mlm_compared(cfg, shards, rows, teacher),
+            "mlm": mlm_compared(cfg, shards, rows, teacher), "max_len": cfg.max_len,
             "table4": table4_sst2(cfg, root, rows), "total_seconds": round(time.time() - t0, 1)}
 
 

@@ -4,6 +4,7 @@ head for every model, several seeds, and differences whose standard errors count
 seeds (eval.seeded_difference). Table 1 (GLUE dev) and the recipe stage live here.
 """
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,16 +51,35 @@ def finetune_config(cfg, task, **changes) -> ft.FinetuneConfig:
     return ft.FinetuneConfig(**{**base, **changes})
 
 
+def folder_id(folder) -> str | None:
+    """sha256 of a model folder's files (weights and configs), or None for a name that is not a folder: a run
+    is reused only for the same model, not for another one saved in the same place."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json",
+                                                                                       ".pt", ".txt")):
+        h.update(f.name.encode())
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def finetuned(fcfg) -> dict:
-    """finetune.run(fcfg), reused when its results file holds the same settings (a setting added since, at its
-    default, changes nothing the saved run did)."""
+    """finetune.run(fcfg), reused when its results file holds exactly these settings and the models it read
+    (model, teacher) are the same files (their hashes, kept beside the results in .inputs.json)."""
     path = Path(fcfg.out) / f"{fcfg.name}-{ft.task_spec(fcfg.task)[0]}.json"
-    if path.is_file():
+    inputs = {"model": folder_id(fcfg.model), "teacher": folder_id(fcfg.teacher)}
+    sidecar = path.with_suffix(".inputs.json")
+    if path.is_file() and sidecar.is_file():
         saved = json.loads(path.read_text())
-        if {**dataclasses.asdict(ft.FinetuneConfig()), **saved.get("config", {})} == dataclasses.asdict(fcfg):
+        if saved.get("config") == dataclasses.asdict(fcfg) and json.loads(sidecar.read_text()) == inputs:
             log(f"{path.name}: already complete, reused")
             return saved
-    return ft.run(fcfg)
+    result = ft.run(fcfg)
+    files.write_text(json.dumps(inputs) + "\n", sidecar)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 from eval import speed_markdown
 from machinery.files import pyplot, save_figure
 from reproduction.claims import claims_md, pct, signed
+from reproduction.glue import recipes
 
 
 def pm(p, scale=100) -> str:
@@ -34,7 +35,7 @@ def general_md(g) -> str:
              f"Students: the teacher's layers {g['layers']['paper']} (the paper's one out of two) unless the row says "
              f"otherwise; the copy closest to the teacher (mean token cosine of the last states on 4 training "
              f"batches, no label read) is layers {g['layers']['closest']}. Batches of {g['batch_size']} sequences "
-             f"of up to 128 tokens, the same batches for every row, lr 5e-4. Main rows (pooled cosine, MLM-only): "
+             f"of up to {g.get('max_len', 128)} tokens, the same batches for every row, lr 5e-4. Main rows (pooled cosine, MLM-only): "
              f"{g['steps']['main'][-1]} steps ({g['tokens_per_row']['main']:,} token slots); Table 4's rows: "
              f"{g['steps']['table4'][-1]} steps ({g['tokens_per_row']['table4']:,}).", "",
              "Closest copies (token cosine to the teacher): " + ", ".join(
@@ -60,7 +61,7 @@ def general_md(g) -> str:
     rows = [["teacher", pct(m["teacher"]["mlm_acc"]), "", ""]]
     rows += [[n, pct(r["mlm_acc"]), signed(r["vs_mlm_only"]) if "vs_mlm_only" in r else "",
               signed(r["vs_triple"]) if "vs_triple" in r else ""] for n, r in m["rows"].items()]
-    lines += table(["row", "MLM accuracy, %", "minus MLM-only", "minus triple loss"], rows)
+    lines += table(["row", "MLM accuracy, %", "minus its block's masked-LM row", "minus triple loss"], rows)
     s = g["table4"]
     f = s["triple_above_floor"]
     lines += ["", f"**Table 4 on SST-2** (fine-tuned on {s['limit']:,} sentences, seeds {s['seeds']}; accuracy, "
@@ -82,7 +83,7 @@ def general_figure(png, g):
         return
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, per in g["curve"].items():
-        slots = g["batch_size"] * 128 / 1e6
+        slots = g["batch_size"] * g.get("max_len", 128) / 1e6
         pts = [(int(s) * slots, 100 * v["value"], 100 * v["se"]) for s, v in per.items()]
         ax.errorbar(*zip(*pts), marker="o", capsize=3, label=name)
     ax.axhline(100, color="grey", lw=0.8, ls="--", label="teacher")
@@ -177,7 +178,16 @@ SECTIONS = (("general", "General distillation and the teacher's own skill (Table
 def markdown(results, rows) -> str:
     out = ["## Claims", "", claims_md(rows), ""]
     if "recipe" in results:
-        out += ["## Fine-tuning recipe", "", f"Chosen on held-out training rows: `--recipe={results['recipe']['chosen']}`", ""]
+        r = results["recipe"]
+        used = results.get("table1", {}).get("recipe")
+        same = used is None or recipes(used) == recipes(r["chosen"])
+        out += ["## Fine-tuning recipe", "", f"The teacher fine-tuned with every point of the grid on "
+                f"{100 - 100 * r['holdout']:.0f}% of each task's training subset, scored on the other "
+                f"{100 * r['holdout']:.0f}% (seed {r['seed']}); the best point is the task's recipe: "
+                f"`--recipe={r['chosen']}`" + ("" if same else f" (**Table 1 used another: `--recipe={used}`**)")
+                + ".", ""]
+        out += table(["task", *(f"lr {p['lr']:g}, {p['epochs']:g} epochs" for p in next(iter(r["grid"].values())))],
+                     [[t, *(pct(p["score"]) for p in pts)] for t, pts in r["grid"].items()]) + [""]
     for name, title, md in SECTIONS:
         if name in results:
             out += [f"## {title}", "", md(results[name]), ""]
