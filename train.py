@@ -34,7 +34,7 @@ from machinery import fused_head
 from machinery.checkpoint import (RESUME_SAME, export, export_current, export_dir, holds_out_dir_lock,
                                   nonfinite_stop, probe_batch, resume, save)
 from machinery.config import check_fields, opt, parse_config
-from machinery.device import auto_dtype, peak_flops, pick_device
+from machinery.device import choose_dtype, peak_flops, pick_device
 from machinery.files import disk_error
 from machinery.hf import load_teacher, tensors_sha256
 from machinery.logs import Eta, Logs, StopSignal, mean_over_ranks
@@ -488,9 +488,10 @@ def build(cfg) -> Run:
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=DIST_TIMEOUT,
                                 **({"device_id": device} if cuda else {}))
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise SystemExit(f"--dtype={cfg.dtype}: expected auto, float32, bfloat16 or float16")
-    dtype, why = auto_dtype(device) if cfg.dtype == "auto" else (getattr(torch, cfg.dtype), "--dtype")
+    try:
+        dtype, why = choose_dtype(cfg.dtype, device)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -29,6 +29,21 @@ def auto_dtype(device) -> tuple:
     return torch.float32, f"auto: bf16 matrix products only {ratio:.1f}x the speed of float32 on this CPU"
 
 
+def choose_dtype(name, device) -> tuple:
+    """The one precision choice of train.py and finetune.py: (dtype, why) for --dtype=name (auto, float32,
+    bfloat16, float16); auto is auto_dtype's, whose CPU probe runs once per process."""
+    if name not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype={name}: expected auto, float32, bfloat16 or float16")
+    if name != "auto":
+        return getattr(torch, name), "--dtype"
+    if device.type not in _CHOSEN:
+        _CHOSEN[device.type] = auto_dtype(device)
+    return _CHOSEN[device.type]
+
+
+_CHOSEN = {}  # auto_dtype's answer per device type, probed once per process
+
+
 def bf16_speedup(n=768, reps=6) -> float:
     """float32 time / bf16 time of an (n x n) @ (n x 4n) product on the CPU, best of `reps` (about 0.1 s)."""
     g = torch.Generator().manual_seed(0)  # its own generator: probing must not move the global RNG (dropout)

@@ -1,0 +1,36 @@
+"""
+One cache for the stages of the long commands (the quickstart, reproduce.py, Pea-KD's pipeline): a stage's
+result is stored in its folder beside the settings that made it, and reused only for the same settings.
+"""
+import json
+from pathlib import Path
+
+from machinery.files import write_json
+
+
+def cached(folder, settings: dict, compute, log=print):
+    """compute() -> a JSON-able result, written to folder/stage.json with `settings`; the stored result
+    instead when folder/stage.json holds the same settings (a finished stage is not computed again). Settings
+    compare as JSON (a tuple equals the list it is written as). Interrupted, nothing is stored: the next call
+    computes again."""
+    folder, settings = Path(folder), json.loads(json.dumps(settings))
+    before = stored(folder, settings)
+    if before is not None:
+        log(f"{folder.name}: already complete with the same settings, reused")
+        return before
+    result = compute()
+    write_json({"settings": settings, "result": result}, folder / "stage.json")
+    return result
+
+
+def stored(folder, settings: dict):
+    """The result folder/stage.json holds for these settings (compared as JSON), or None: also when the file
+    is missing, damaged or of another shape (such a stage counts as not done)."""
+    marker = Path(folder) / "stage.json"
+    try:
+        before = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(before, dict) or before.get("settings") != json.loads(json.dumps(settings)):
+        return None
+    return before.get("result")
