@@ -18,13 +18,24 @@ import prepare
 from eval import heldout_hits, paired_difference, verdict
 from machinery.files import pyplot, save_figure, write_json
 from machinery.hf import config_from_hf, load_pretrained, resolve_checkpoint
+from machinery import stages
 from machinery.logs import Eta, read_rows
 from model import count_parameters
 from machinery.checkpoint import checkpoints, move_aside, read_settings
-from train import EXIT_STOPPED, TrainConfig, main as train_main, step_macs, train
+from train import EXIT_STOPPED, TrainConfig, on_disk_errors, parse_args as train_args, train
+from training.batches import step_macs
 
-# its MLM head
+TEACHER = "sentence-transformers/all-MiniLM-L6-v2"  # a real pretrained BERT (6 x 384), no MLM head
+# The quickstart's settings of train.py: the pretrained MiniLM teacher, students of its layers 0, 2, 4 at the
+# paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out evaluation;
+# position embeddings trained, as when its printed results were made; batches of 16 sequences (at equal tokens
+# they trained a better teacher than 32: docs/quickstart.md), sized for 15 minutes in float32
+PRESET = dict(teacher=TEACHER, student_layers="0,2,4", max_len=128, batch_size=16, micro_batch=16, max_steps=50,
+              eval_every=25, eval_batches=40, save_every=50, log_every=10, masking="uniform",
+              freeze_pos_embs=False)
+# the teacher's run, which gives it an MLM head
 QUICKSTART_TEACHER_STEPS = dict(max_steps=260, head_steps=20, head_lr=2e-3, lr=5e-4, eval_every=65)
+
 
 def quickstart(cfg: TrainConfig, teacher_steps=None):
     """The recipe in miniature, offline on a CPU. A real pretrained teacher (all-MiniLM-L6-v2, fetched from
@@ -72,6 +83,7 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     plot_quickstart(metrics, results, root / "accuracy.png")
     return results
 
+
 def stage_work(stages: dict, source: Path, token_data, cfg, draws=3) -> dict:
     """Multiply-adds of each stage's steps (train.step_macs) and of compare_models (forward passes of the
     three models over `draws` masks of the held-out split): only their ratios matter, for the ETA."""
@@ -89,15 +101,18 @@ def stage_work(stages: dict, source: Path, token_data, cfg, draws=3) -> dict:
     work["compare"] = draws * valid_tokens * forward
     return work
 
+
 def complete(run: TrainConfig, export: Path, after=None) -> bool:
     """Whether run_stage would reuse this stage as it is."""
-    before, _ = read_stage(Path(run.out_dir) / "stage.json")
+    before, _ = stages.read(run.out_dir)
     return (before is not None and identity(before.get("settings")) == identity(stage_settings(run, after))
-            and bool(before.get("stats")) and export.is_dir())
+            and bool(before.get("result")) and export.is_dir())
+
 
 def stage_settings(run: TrainConfig, after) -> dict:
     """What stage.json records: every setting of the stage's run, and `after`, what it depends on."""
     return {**dataclasses.asdict(dataclasses.replace(run, resume=False)), "after": after}
+
 
 def identity(settings):
     """What decides whether a finished stage is current: of a run's settings, those the run reads that
@@ -110,18 +125,6 @@ def identity(settings):
         return {k: identity(v) for k, v in settings.items()}
     return settings
 
-def read_stage(marker: Path) -> tuple:
-    """(stage.json as a dict, None), or (None, why) when it is missing or cannot be read (damaged, not a JSON
-    object): such a stage is taken as one of unknown settings."""
-    if not marker.is_file():
-        return None, "missing"
-    try:
-        before = json.loads(marker.read_bytes().decode("utf-8"))
-    except ValueError as e:  # UnicodeDecodeError too
-        return None, f"{marker} cannot be read ({' '.join(str(e).split())[:80]})"
-    if not isinstance(before, dict):
-        return None, f"{marker} holds a JSON {type(before).__name__}, not the object it writes"
-    return before, None
 
 def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None) -> dict:
     """train(run), or nothing when the same run already finished in run.out_dir (stage.json holds its
@@ -134,11 +137,11 @@ def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None)
     out = Path(run.out_dir)
     settings = stage_settings(run, after)
     marker = out / "stage.json"
-    before, unreadable = read_stage(marker)
+    before, unreadable = stages.read(out)
     if before is not None and identity(before.get("settings")) == identity(settings):
-        if before.get("stats") and export.is_dir():
+        if before.get("result") and export.is_dir():
             print(f"{name}: already complete in {out}, reused")
-            return before["stats"]
+            return before["result"]
         resume = bool(checkpoints(out))
     else:
         if marker.exists() or marker.is_symlink():
@@ -156,8 +159,9 @@ def run_stage(name, run: TrainConfig, export: Path, after=None, eta: Eta = None)
         print(f"stopped during the {name} run (its checkpoint written): the same command again continues it",
               file=sys.stderr)
         raise SystemExit(EXIT_STOPPED)
-    write_json({"settings": settings, "stats": stats}, marker)
+    write_json({"settings": settings, "result": stats}, marker)
     return stats
+
 
 def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict:
     """Held-out MLM accuracy and perplexity of each model on the same masked tokens (`draws` independent masks
@@ -183,6 +187,7 @@ def compare_models(exports: dict, stats: dict, token_data, cfg, draws=3) -> dict
             "baseline_acc": (labels == frequent).double().mean().item(), "student_vs_mlm_only": pair,
             "seed": cfg.seed}
 
+
 def print_quickstart(r: dict, data_dir):
     print(f"\n{'model':<18}{'params':>12}{'steps':>7}{'MLM acc':>9}{'ppl':>9}{'train tok/s':>13}")
     for name, m in r["models"].items():
@@ -197,6 +202,7 @@ def print_quickstart(r: dict, data_dir):
     z = p['delta'] / p['se'] if p['se'] > 0 else 0.0
     print(f"distilled minus MLM-only: {p['delta']:+.4f} (paired SE {p['se']:.4f}, {z:+.1f} SE): "
           f"the distilled student {p['verdict']} the MLM-only student; total time {r['seconds']:.0f} s")
+
 
 def plot_quickstart(metrics: dict, results: dict, png_path: Path):
     """Held-out MLM accuracy during each run (the evaluations every eval_every steps), and the frequency
@@ -217,7 +223,12 @@ def plot_quickstart(metrics: dict, results: dict, png_path: Path):
         ax.legend()
     save_figure(fig, png_path)
 
+
+def parse_args(argv) -> TrainConfig:
+    """train.py's settings, starting from PRESET: `python quickstart.py --dtype=float32` changes one."""
+    return train_args(["--preset=quickstart", *argv], presets={"quickstart": PRESET}, doc=__doc__ + (
+        "\ntrain.py's settings (its defaults shown; quickstart.PRESET replaces some of them):"))
+
+
 if __name__ == "__main__":
-    train_main(["--preset=quickstart", *sys.argv[1:]], run=quickstart,
-               doc=__doc__ + "\ntrain.py's settings (its defaults shown; the quickstart preset, PRESETS['quickstart'] "
-               "in train.py, replaces some of them):")
+    on_disk_errors(quickstart, parse_args(sys.argv[1:]))

@@ -13,16 +13,11 @@ Exit codes: 0 the run finished, 75 stopped by SIGTERM or Ctrl-C with a checkpoin
 --resume=true continues), 1 an error (one line).
 """
 import contextlib
-import datetime
-import gc
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -31,15 +26,17 @@ import data
 import losses
 from eval import mlm_eval
 from machinery import fused_head
-from machinery.checkpoint import (RESUME_SAME, export, export_current, export_dir, holds_out_dir_lock,
-                                  nonfinite_stop, probe_batch, resume, save)
+from machinery.checkpoint import RESUME_SAME, export, export_current, holds_out_dir_lock, probe_batch
 from machinery.config import check_fields, opt, parse_config
 from machinery.device import choose_dtype, peak_flops, pick_device
 from machinery.files import disk_error
-from machinery.hf import load_teacher, tensors_sha256
 from machinery.logs import Eta, Logs, StopSignal, mean_over_ranks
 from machinery.optim import adamw, linear_schedule
-from model import Bert, BertConfig, count_parameters, masked_mean, student_from_teacher
+from model import count_parameters, masked_mean
+from training.batches import host_batches, micro_batches, on_device, step_macs, token_counts
+from training.setup import (DIST_TIMEOUT, Run, accumulation_warning, build_models, check_config, compiler,
+                            finish, open_data, teacher_dtype)
+from training.state import NonFinite, export_dir, save, start, checkpoint_state
 
 
 MIN_LEN = data.MIN_SEQ_TOKENS  # (inside TrainConfig, `data` is the setting)
@@ -123,7 +120,7 @@ class TrainConfig:
     resume_changes: str = opt("", "settings a resume may change, e.g. lr,seed,max_steps (refused otherwise)")
     max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row", range=">= 1")
     wandb: str = opt("", "a wandb project name to log to (needs wandb installed)")
-    preset: str = opt("", "start from named settings: bert-base, tiny, quickstart")
+    preset: str = opt("", "start from named settings: bert-base, tiny (quickstart.py: quickstart)")
 
     def __post_init__(self):
         """Each setting within what opt(range=, choices=) allows, and the ones that only work together: a
@@ -150,26 +147,19 @@ class TrainConfig:
                 raise ValueError(why)
 
 
-QUICKSTART_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"  # a real pretrained BERT (6 x 384), no MLM head
-PRESETS = {
+PRESETS = {  # (quickstart.py has its own: quickstart.PRESET)
     "bert-base": {},  # the defaults: DistilBERT's recipe from bert-base-uncased
     "tiny": dict(max_len=64, batch_size=16, micro_batch=8, eval_every=0, eval_batches=5, save_every=1000,
                  log_every=1, layers=2, hidden=64, heads=2, intermediate=128),
-    # the README's main command (see quickstart()): the pretrained MiniLM teacher, students of layers 0, 2, 4
-    # at the paper's lr, evaluated on the held-out split during the run; uniform masking as in the held-out
-    # evaluation; position embeddings trained, as when its printed results were made; batches of 16 sequences
-    # (at equal tokens they trained a better teacher than 32: docs/quickstart.md), sized for 15 minutes in float32
-    "quickstart": dict(teacher=QUICKSTART_TEACHER, student_layers="0,2,4", max_len=128,
-                       batch_size=16, micro_batch=16, max_steps=50, eval_every=25, eval_batches=40,
-                       save_every=50, log_every=10, masking="uniform", freeze_pos_embs=False),
 }
 
 
-def parse_args(argv, doc=None) -> TrainConfig:
-    """--key=value overrides on top of a preset (common.parse_config); a bad argument stops with one line.
-    `--help` prints `doc` (default: this file's docstring) and every setting."""
+def parse_args(argv, doc=None, presets=None) -> TrainConfig:
+    """--key=value overrides on top of a preset (config.parse_config; presets: PRESETS unless given); a bad
+    argument stops with one line. `--help` prints `doc` (default: this file's docstring) and every setting."""
     try:
-        return parse_config(argv, TrainConfig, PRESETS, __doc__ if doc is None else doc)
+        return parse_config(argv, TrainConfig, PRESETS if presets is None else presets,
+                            __doc__ if doc is None else doc)
     except ValueError as e:
         raise SystemExit(str(e)) from None
 
@@ -264,12 +254,6 @@ class Objective(torch.nn.Module):
         return loss, (parts if alphas is not None else {k: v for k, v in parts.items() if k != "total"})
 
 
-def token_counts(attention_mask, labels) -> tuple:
-    """(real tokens, masked tokens) of a micro-batch, as host numbers: free for tensors on the CPU, a wait for
-    the device for tensors on a GPU (the loader counts them on the host instead: host_batches)."""
-    return int(attention_mask.sum()), int((labels != -100).sum())
-
-
 def loss_rows(attention_mask, labels, n_real):
     """The flat positions (in batch x len) of the real tokens, the masked ones first: (n_real,). A stable sort
     of fixed shape cut at n_real, a number the host knows: no boolean index, so nothing waits for the device.
@@ -336,143 +320,76 @@ def forward_backward(wrapped, teacher, batches, cfg, autocast=contextlib.nullcon
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The training loop, and the set-up it reads
+# The training loop, and the set-up it reads (the rest of the set-up: training/)
 
 @holds_out_dir_lock
 def train(cfg: TrainConfig, eta: Eta = None):
-    """One training run: set up, resume, then optimizer steps until `total`, with logging, held-out evaluation
-    and checkpoints; a SIGTERM or SIGINT stops every rank after the same step, with a checkpoint. The progress
-    lines show when the run should end (`eta`, checkpoint.Eta: also when the work after it should).
+    """One training run, top to bottom: set up (build), continue from the newest checkpoint or start afresh,
+    then optimizer steps until `total`, each with its learning rate, micro-steps, finite check and update,
+    then a log line, a held-out evaluation and a checkpoint when they are due. A SIGTERM or SIGINT stops every
+    rank after the same step, with a checkpoint. `eta` (logs.Eta): the work after this run, for the progress
+    lines' expected end of the whole job.
 
-    A step never waits for the device: the next step's batches are made on the host in a background thread
-    (masked, counted, pinned), a step whose loss or gradient is not finite is skipped by the optimizer on the
-    device, and the host reads the device's numbers (the loss, the gradient norm, the skipped steps) only at
-    the log lines, every log_every steps."""
+    Nothing in a step waits for the device: the next step's micro-batches are masked and counted on the host
+    in a background thread (data.Prefetch), a step whose loss or gradient is not finite is skipped by the
+    optimizer on the device, and the host reads the device's numbers only at the log lines."""
     run = build(cfg)
-    run.step, run.skipped = resume(run)
-    stop = StopSignal()
-    eta = eta or Eta()
+    step, skipped = start(run)                                 # (0, 0), or where the checkpoint left off
     teacher_cfg = run.teacher.cfg if run.teacher is not None else None
     full, head = (step_macs(cfg, run.model.cfg, teacher_cfg, head_only=h) for h in (False, True))
-    eta.start(run.step, run.total, lambda k: head if k < cfg.head_steps else full)
-    logs, probe = Logs(run, eta), probe_batch(run.loader, run.device)
+    eta = eta or Eta()
+    eta.start(step, run.total, lambda k: head if k < cfg.head_steps else full)
+    logs = Logs(run.out_dir, cfg, step, run.total, eta, master=run.master)
     stream = micro_batches(run.loader)
     steps = data.Prefetch(lambda: (host_batches(run, [next(stream) for _ in range(run.accum)]),
                                    run.loader.state_dict()))
-    skipped = NonFinite(run.device, run.skipped)
+    nonfinite, stop, probe = NonFinite(run.device, skipped), StopSignal(), probe_batch(run.loader, run.device)
     peak = peak_flops(run.device, run.dtype)
-    t0, tokens_seen, stopping = time.time(), 0, False
+    t0, tokens, stopping = time.time(), 0, False
     try:
-        while run.step < run.total and not stopping:
-            sums, lr, norm, n_real, stopping = train_step(run, next(steps), skipped, stop)
-            run.data_state = steps.state  # the loader's position after this step's batches (for checkpoints)
-            tokens_seen += n_real
+        while step < run.total and not stopping:
+            # the learning rate (mlm mode may train the head alone first, at its own rate)
+            lr = lr_at(step, run.total, cfg)
+            run.objective.head_only = step < cfg.head_steps
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            # micro-steps: the gradient of one batch of batch_size sequences, accumulated (Section 3)
+            batches, padded, counts = on_device(run, next(steps))
+            sums, finite, n_real = forward_backward(run.wrapped, run.teacher, batches, cfg, run.autocast,
+                                                    run.scaler, padded=padded, counts=counts)
+            # the update, skipped on the device when a rank's loss or the gradient is not finite
+            norm, skip = optimizer_step(run, every_rank(run, finite))
+            nonfinite.add(skip)
+            step, tokens, stopping = step + 1, tokens + n_real, stop.anywhere(run.ddp)
+            # log (the one point of a step where the host reads the device), evaluate, save
             row = None
-            if logs.due(run):  # the one point of a step where the host reads the device
-                row = {**mean_over_ranks(run, sums), "lr": lr, "grad_norm": float(norm)}
-                row["tokens_per_s"] = tokens_seen / max(time.time() - t0, 1e-9)
-                if peak:  # model FLOPs (step_macs: 2 FLOPs a multiply-add) over the ranks' peak
-                    per_token = (head if run.step <= cfg.head_steps else full) / (cfg.batch_size * cfg.max_len)
+            if step % cfg.log_every == 0 or step == run.total:
+                row = {**mean_over_ranks(sums, run.world), "lr": lr, "grad_norm": float(norm),
+                       "tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
+                if peak:  # model FLOPs (2 a multiply-add) over the ranks' peak
+                    per_token = (head if step <= cfg.head_steps else full) / (cfg.batch_size * cfg.max_len)
                     row["mfu"] = 2 * per_token * row["tokens_per_s"] / (peak * run.world)
-                skipped.check(run)
-            logs.step(run, row)
-            if (cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == run.total:
-                logs.valid(run, evaluate(run.model, run.shards, cfg, run.device), time.time() - t0)
-            if run.step % cfg.save_every == 0 or run.step == run.total:
-                skipped.check(run)  # the checkpoint holds the count of skipped steps
-                save(run, probe, final=run.step == run.total)
-        skipped.check(run)
-        if stopping and run.step < run.total:  # at step == total the final checkpoint is already written
-            save(run, probe)
-            run.say(f"stopped by signal {stop.signal} at step {run.step}: checkpoint written to {run.out_dir}; "
+                skipped = nonfinite.check(run, step)
+            logs.step(step, row)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == run.total:
+                logs.valid(step, evaluate(run.model, run.shards, cfg, run.device), time.time() - t0)
+            if step % cfg.save_every == 0 or step == run.total or stopping:
+                skipped = nonfinite.check(run, step)  # the checkpoint holds the count of skipped steps
+                save(run, checkpoint_state(run, step, skipped, steps.state), probe, step == run.total)
+        if stopping and step < run.total:
+            run.say(f"stopped by signal {stop.signal} at step {step}: checkpoint written to {run.out_dir}; "
                     f"the same command with --resume=true continues (exit code {EXIT_STOPPED})")
-        elif run.step >= run.total and run.master and not export_current(run):  # a kill during the export
-            run.say(f"step {run.step} of {run.total}: {export_dir(run)} is missing or holds another model: "
+        elif run.master and not export_current(export_dir(cfg), run.model):  # a kill during the export
+            run.say(f"step {step} of {run.total}: {export_dir(cfg)} is missing or holds another model: "
                     f"exporting it again")
-            export(run)
+            export(export_dir(cfg), run.model, run.vocab, run.say)
     finally:
         steps.close()
     stop.restore()
-    logs.close(run)
+    logs.close()
     finish(run)
-    return {"step": run.step, "skipped": run.skipped,
-            "tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9),
-            "parameters": count_parameters(run.model)["total"], "stopped": stopping and run.step < run.total}
-
-
-def train_step(run, host: list, skipped, stop) -> tuple:
-    """One optimizer step on host_batches' micro-batches: nothing in it waits for the device (the tests count
-    the operations that would, and tests/gpu_smoke.py runs it under CUDA's sync debug mode). Returns (the loss
-    parts summed over micro-steps, the lr, the gradient norm, the real tokens of the step over all ranks,
-    whether any rank was asked to stop)."""
-    batches, padded, counts = on_device(run, host)
-    lr = set_lr(run)
-    sums, finite, n_real = forward_backward(run.wrapped, run.teacher, batches, run.cfg, run.autocast,
-                                            run.scaler, padded=padded, counts=counts)
-    norm, skip = optimizer_step(run, every_rank(run, finite))
-    skipped.add(skip)
-    run.step += 1
-    return sums, lr, norm, n_real, stop.anywhere(run)  # the stop flag: a host number, all-reduced on the host
-
-
-def step_macs(cfg, model_cfg, teacher_cfg=None, head_only=False, mask_rate=0.15) -> float:
-    """Multiply-adds of one optimizer step of batch_size x max_len tokens, by a count of its matrix products
-    (for the ETA, where only ratios between steps and stages matter): backward costs twice the forward; the
-    MLM head (transform and vocabulary projection) runs on the masked positions, and in distillation with
-    ce_positions=all on every one; head-only steps run the encoder forward only."""
-    def encoder(c):  # per token: Q, K, V, output, the feed-forward, and QK^T, AV
-        d = c.hidden_size
-        return c.num_layers * (4 * d * d + 2 * d * c.intermediate_size + 2 * cfg.max_len * d)
-
-    def head(c):
-        return c.hidden_size ** 2 + c.hidden_size * c.vocab_size
-    if cfg.mode == "mlm":
-        per_token = (encoder(model_cfg) + 3 * mask_rate * head(model_cfg) if head_only
-                     else 3 * (encoder(model_cfg) + mask_rate * head(model_cfg)))
-    else:
-        rows = 1.0 if cfg.ce_positions == "all" else mask_rate
-        per_token = encoder(teacher_cfg) + rows * head(teacher_cfg) + 3 * (encoder(model_cfg)
-                                                                            + rows * head(model_cfg))
-    return per_token * cfg.batch_size * cfg.max_len
-
-
-@dataclass
-class Run:
-    """What one training run holds, built once by `build`; only the progress (step, skipped) changes."""
-    cfg: TrainConfig
-    ddp: bool
-    rank: int
-    world: int
-    device: torch.device
-    dtype: torch.dtype
-    why: str                 # why this dtype
-    autocast: object         # a torch.autocast context, or a null one in float32
-    scaler: object           # the GradScaler (enabled only in float16)
-    shards: data.TokenData
-    loader: data.Batches
-    accum: int               # micro-batches per optimizer step on each rank
-    total: int               # optimizer steps of the whole run
-    model: Bert              # the student (or, in mlm mode, the model trained)
-    teacher: Bert            # frozen; None in mlm mode
-    objective: torch.nn.Module
-    wrapped: torch.nn.Module  # the objective, in DDP when there are several ranks
-    optimizer: torch.optim.Optimizer
-    mask_weights: torch.Tensor  # per-id masking weights (smoothed masking) on the host, or None (uniform)
-    step: int = 0
-    skipped: int = 0
-    data_state: dict = None  # the loader's state after the batches of the last step taken (checkpoints)
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-    @property
-    def out_dir(self):
-        return Path(self.cfg.out_dir)
-
-    def say(self, *args, **kw):
-        if self.master:
-            print(*args, **kw)
+    return {"step": step, "skipped": skipped, "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
+            "parameters": count_parameters(run.model)["total"], "stopped": stopping and step < run.total}
 
 
 def build(cfg) -> Run:
@@ -530,86 +447,8 @@ def build(cfg) -> Run:
                make_optimizer(model, cfg), mask_weights)
 
 
-DIST_TIMEOUT = datetime.timedelta(minutes=30)  # a collective that long: a rank is gone (rank 0 alone writes
-# checkpoints and the export while the others wait; 30 minutes leaves a slow file system room)
-COMPILE_OPTIONS = {"dynamic": False}  # static shapes (the tests use backend="eager" on the CPU)
-
-
-def compiler(cfg):
-    """--compile: torch.compile with static shapes (widths are multiples of 64, so a run has at most
-    max_len / 64 of them per batch size, each compiled once: the recompile limit is raised to let them all
-    compile); without it, nothing is compiled."""
-    if not cfg.compile:
-        return lambda f: f
-    import torch._dynamo
-    for name in ("recompile_limit", "cache_size_limit"):  # the name of torch >= 2.6, and of before
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-    return lambda f: torch.compile(f, **COMPILE_OPTIONS)
-
-
-def accumulation_warning(cfg, world, accum) -> str:
-    """Accumulation rounds the global batch down to a multiple of micro_batch x ranks: say so, with the
-    micro-batches (no larger than this one) that would give batch_size exactly."""
-    got = accum * cfg.micro_batch * world
-    exact = [m for m in range(cfg.micro_batch, 0, -1) if cfg.batch_size % (m * world) == 0]
-    fix = (f"--micro_batch={exact[0]} gives exactly {cfg.batch_size:,} ({exact[0]} x {world} x "
-           f"{cfg.batch_size // (exact[0] * world)})" if exact else
-           f"no micro-batch gives exactly {cfg.batch_size:,} on {world} rank(s)")
-    return (f"warning: --batch_size={cfg.batch_size:,}: {cfg.micro_batch} sequences x {world} rank(s) x {accum} "
-            f"micro-steps = {got:,} sequences per step (accumulation rounds down); {fix}")
-
-
-def finish(run: Run):
-    """Leave together (rank 0 was still writing), and drop DDP's reducer before its process group."""
-    if run.ddp:
-        dist.barrier()
-        run.wrapped = None
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def micro_batches(loader):
-    while True:
-        yield from loader
-
-
-def host_batches(run: Run, batches) -> list:
-    """One step's micro-batches made on the host (in train's background thread): dynamic masking
-    (data.mask_tokens) on the CPU, each micro-batch's mask drawn from (seed, epoch, batch index), so a batch
-    gets the same mask whatever the device and world size and across resumes; and what the step needs to know
-    without asking the device: each micro-batch's (real, masked) token counts and whether it has padding.
-    -> [(input_ids, attention_mask, labels, counts, padded)], pinned when the device is a GPU (fast,
-    asynchronous copies)."""
-    special = [v for k, v in run.shards.special.items() if k != "mask"]
-    out = []
-    for b in batches:
-        ids, am = b["input_ids"], b["attention_mask"]  # (batch, len), on the host
-        g = data.mask_generator(run.cfg.seed, b["epoch"], b["index"])
-        masked_ids, labels = data.mask_tokens(ids, am, mask_id=run.shards.special["mask"],
-                                              vocab_size=run.shards.vocab_size, special_ids=special,
-                                              generator=g, weights=run.mask_weights)
-        tensors = [masked_ids, am, labels]
-        if run.device.type == "cuda":
-            tensors = [t.pin_memory() for t in tensors]
-        out.append((*tensors, token_counts(am, labels), b["padded"]))
-    return out
-
-
-def on_device(run: Run, host: list) -> tuple:
-    """A step's micro-batches from host_batches on the device (copies that do not wait), with their host
-    facts: ([(input_ids, attention_mask, labels)], padded, counts)."""
-    batches = [tuple(t.to(run.device, non_blocking=True) for t in b[:3]) for b in host]
-    return batches, [b[4] for b in host], [b[3] for b in host]
-
-
-def set_lr(run: Run) -> float:
-    lr = lr_at(run.step, run.total, run.cfg)
-    run.objective.head_only = run.step < run.cfg.head_steps
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    return lr
-
+# ------------------------------------------------------------------------------------------------------------
+# The update, its learning rate, the held-out evaluation
 
 def every_rank(run: Run, flag) -> torch.Tensor:
     """Whether a 0-d bool tensor is true on every rank: a 0-d bool tensor on the device (nothing waits)."""
@@ -640,77 +479,6 @@ def optimizer_step(run: Run, ok) -> tuple:
     return norm, skip
 
 
-class NonFinite:
-    """Skipped steps (loss or gradient not finite), counted on the device and read by the host at the log
-    lines (check): the run stops there once max_nonfinite of them came in a row."""
-
-    def __init__(self, device, skipped=0):
-        self.total = torch.full((), skipped, dtype=torch.int64, device=device)
-        self.in_a_row, self.most_in_a_row = (torch.zeros((), dtype=torch.int64, device=device) for _ in range(2))
-        self.seen = skipped
-
-    def add(self, skip):
-        self.total += skip
-        self.in_a_row = (self.in_a_row + 1) * skip
-        self.most_in_a_row = torch.maximum(self.most_in_a_row, self.in_a_row)
-
-    def check(self, run):
-        """Read the counts (this waits for the device): say how many steps were skipped since the last check,
-        and stop the run (every rank: the counts are the same on all) after max_nonfinite in a row."""
-        total, in_a_row, most = torch.stack([self.total, self.in_a_row, self.most_in_a_row]).tolist()
-        run.skipped = total
-        if total > self.seen:
-            run.say(f"step {run.step}: {total - self.seen} step(s) skipped since the last line (non-finite loss "
-                    f"or gradient; {in_a_row} in a row now)")
-        self.seen = total
-        if most >= run.cfg.max_nonfinite:  # rank 0's out_dir has the checkpoints to name
-            raise SystemExit(nonfinite_stop(run.out_dir, run.step, most) if run.master else
-                             f"{most} non-finite steps in a row at step {run.step}: stopping (see rank 0)")
-
-
-def build_models(cfg, shards) -> tuple:
-    """(the model to train, the frozen teacher or None): the student from the teacher's layers
-    (--init=teacher), a fresh model (--init=scratch) or the teacher itself (--init=pretrained, mlm mode)."""
-    teacher = None
-    if cfg.mode == "distill" or cfg.init in ("teacher", "pretrained", "random"):
-        teacher = load_teacher(cfg.teacher, shards, distill=cfg.mode == "distill")
-    if cfg.init == "pretrained":
-        if cfg.mode != "mlm":
-            raise SystemExit("--init=pretrained continues the MLM training of --teacher itself: use it with "
-                             "--mode=mlm")
-        model = teacher
-        if model.pooler is not None:  # kept as it is: the MLM loss does not reach it
-            model.pooler.requires_grad_(False)
-    elif cfg.init in ("teacher", "random"):
-        layers = [int(i) for i in cfg.student_layers.split(",")] if cfg.student_layers else None
-        try:
-            model = student_from_teacher(teacher, layers)
-        except ValueError as e:  # layers the teacher does not have
-            raise SystemExit(f"--student_layers={cfg.student_layers} with --teacher={cfg.teacher}: {e}") from None
-        if cfg.init == "random":  # Table 4's "random init": the same student shape, its weights drawn afresh
-            model = Bert(model.cfg)
-    elif cfg.init == "scratch":
-        matrices = cfg.layers * (4 * cfg.hidden ** 2 + 2 * cfg.hidden * cfg.intermediate)  # the layers' alone
-        free = free_memory("cpu")
-        if free is not None and 4 * matrices > free:
-            raise SystemExit(f"--layers={cfg.layers} --hidden={cfg.hidden} --intermediate={cfg.intermediate}: "
-                             f"the model has more than {matrices:,} parameters, {4 * matrices / 2**30:,.1f} GiB in "
-                             f"float32, more than the {free / 2**30:,.1f} GiB free here: train a smaller model")
-        model = Bert(BertConfig(vocab_size=shards.vocab_size, hidden_size=cfg.hidden, num_layers=cfg.layers,
-                                num_heads=cfg.heads, intermediate_size=cfg.intermediate,
-                                max_position=cfg.max_len, pad_token_id=shards.special["pad"]))
-    else:
-        raise SystemExit(f"--init={cfg.init}: expected teacher, random, scratch or pretrained")
-    if cfg.freeze_pos_embs and cfg.init == "teacher":  # as the released model: see README, "The reference"
-        model.emb.pos.weight.requires_grad_(False)
-    source = cfg.teacher if cfg.init in ("teacher", "pretrained", "random") else "the model"
-    check_positions(cfg, model, source)
-    if cfg.mode == "distill":  # what the teacher is, whatever its path: a resume must distil from the same one
-        teacher.content_id = tensors_sha256(teacher.state_dict())
-    check_memory(cfg, shards, model, teacher if cfg.mode == "distill" else None)
-    return model, (teacher if cfg.mode == "distill" else None)  # in mlm mode the teacher only lent its layers
-
-
 def make_optimizer(model, cfg):
     """AdamW without weight decay on biases and LayerNorms, with the fused kernel where torch has one (on a
     CPU it makes the optimizer step of a 66M-parameter student about 3x faster)."""
@@ -727,107 +495,6 @@ def lr_at(step, total, cfg):
     return cfg.lr * linear_schedule(step, total, max(1, int(cfg.warmup * total)))
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Checks made before any work, the teacher, the plot
-
-def check_config(cfg, world):
-    """Settings that cannot work together, refused in one line before anything is loaded."""
-    if cfg.mode not in ("distill", "mlm"):
-        raise SystemExit(f"--mode={cfg.mode}: expected distill or mlm")
-    if cfg.micro_batch < 1 or cfg.batch_size < 1:
-        raise SystemExit(f"--micro_batch={cfg.micro_batch}, --batch_size={cfg.batch_size}: both must be >= 1")
-    if cfg.micro_batch * world > cfg.batch_size:
-        raise SystemExit(f"--micro_batch={cfg.micro_batch} x {world} rank(s) is more than --batch_size="
-                         f"{cfg.batch_size}: a step would train on {cfg.micro_batch * world} sequences; "
-                         f"lower --micro_batch or raise --batch_size")
-
-
-def check_memory(cfg, shards, model, teacher):
-    """Refuse, before any work, settings whose memory cannot fit: a lower bound of what one optimizer step
-    adds, from the shapes, against the memory free on this machine (and GPU). Counted: the step's
-    micro-batches, as their shortest possible sequences' real tokens, each as int64 ids and attention mask
-    from the loader, then masked ids and labels; the student's gradients and AdamW moments (fp32; on a GPU
-    its weights and the frozen teacher's too, as they are not there yet); and the layer inputs and
-    feed-forward activations one micro-batch keeps for the backward pass (2 bytes each unless
-    --dtype=float32). Padding, attention, logits and the allocator are not counted, so a refusal is certain;
-    a pass is no promise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # ranks sharing this machine's memory
-    # a rank's share of the data, as short as it can be: its sequences the shortest ones, repeated when a step
-    # holds more of them than the rank has
-    every = np.sort(shards.sequences("train", cfg.max_len).lengths)
-    lengths = every[:max(1, len(every) // world)]
-    fewest = lambda k: (k // len(lengths)) * int(lengths.sum()) + int(lengths[:k % len(lengths)].sum())  # noqa: E731
-    micro = min(cfg.micro_batch, len(lengths))  # a micro-batch holds no more than a rank's data
-    step_tokens = fewest(max(1, cfg.batch_size // (cfg.micro_batch * world)) * micro)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    half_teacher = sum(p.numel() for p in teacher.parameters()) // 2 if teacher is not None else 0
-    act = 4 if cfg.dtype == "float32" else 2
-    activations = fewest(micro) * model.cfg.num_layers * (model.cfg.hidden_size + model.cfg.intermediate_size) * act
-    gpu = pick_device(cfg.device).type == "cuda"
-    parts = {  # name -> (bytes on the host, bytes on the GPU), what to do
-        "batches": ((16 if gpu else 32) * step_tokens, 16 * step_tokens if gpu else 0),
-        "weights": (0 if gpu else 12 * trainable, 16 * trainable + 4 * (frozen + half_teacher) if gpu else 0),
-        "activations": (0 if gpu else activations, activations if gpu else 0),
-    }
-    advice = {"batches": "lower --batch_size", "weights": "train a smaller model",
-              "activations": "lower --micro_batch"}
-    places = [("cpu", local * sum(h for h, _ in parts.values()), 0)]
-    if gpu:
-        places.append((str(pick_device(cfg.device)), sum(d for _, d in parts.values()), 1))
-    for where, need, i in places:
-        free = free_memory(where)
-        if free is not None and need > free:
-            name = max(parts, key=lambda k: parts[k][i])
-            raise SystemExit(f"--batch_size={cfg.batch_size} --micro_batch={cfg.micro_batch} --max_len="
-                             f"{cfg.max_len}: one step needs at least {need / 2**30:,.1f} GiB on {where} (most "
-                             f"of it the {name}), more than the {free / 2**30:,.1f} GiB free there: "
-                             f"{advice[name]}")
-
-
-def free_memory(where):
-    """Bytes free for a new allocation: on a GPU what CUDA reports; on the CPU MemAvailable, within the
-    control group's limit when there is one (its file cache counted as free: the kernel gives it back). None
-    where it cannot be told."""
-    if where != "cpu":
-        return torch.cuda.mem_get_info(torch.device(where))[0]
-    free = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    with contextlib.suppress(OSError, ValueError):
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip()
-        used = int((cgroup / "memory.current").read_text())
-        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
-        cache = int(stat.get("active_file", 0)) + int(stat.get("inactive_file", 0))
-        if limit != "max":
-            free = min(free if free is not None else math.inf, int(limit) - used + cache)
-    return free
-
-
-def check_positions(cfg, model, source):
-    if cfg.max_len > model.cfg.max_position:
-        raise SystemExit(f"--max_len={cfg.max_len} is more than the {model.cfg.max_position} positions of "
-                         f"{source}: use --max_len={model.cfg.max_position} or less")
-
-
-def open_data(cfg):
-    """The prepared --data folder; a missing, damaged or foreign one is a one-line error naming the file."""
-    try:
-        return data.TokenData(cfg.data)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"--data={cfg.data}: {' '.join(str(e).split())}") from None
-
-
-def teacher_dtype(cfg, device, dtype) -> torch.dtype:
-    """The frozen teacher's weights: the training half precision on CUDA with --teacher_half (it only runs
-    forward, under the same autocast), float32 otherwise: --dtype=float32 keeps the teacher in float32 too."""
-    return dtype if cfg.teacher_half and device.type == "cuda" and dtype != torch.float32 else torch.float32
-
-
 def evaluate(model, shards, cfg, device):
     """Held-out masked-token accuracy with a fixed mask (eval.mlm_eval); reduced over ranks."""
     return mlm_eval(model, shards, split="valid", max_len=cfg.max_len, batch_size=cfg.micro_batch,
@@ -839,20 +506,21 @@ def evaluate(model, shards, cfg, device):
 EXIT_STOPPED = 75
 
 
-def main(argv, run=None, doc=None):
-    """python train.py [--key=value ...]; quickstart.py passes its preset, its own `run` and its `doc`. Exits
-    0 when the run is done, EXIT_STOPPED when a signal stopped it (a checkpoint written), 1 on an error."""
-    cfg = parse_args(argv, doc)
-    if cfg.preset == "quickstart" and run is None:
-        raise SystemExit("--preset=quickstart is run by quickstart.py (a teacher head, two students, the "
-                         "verdict): python quickstart.py")
+def main(argv):
+    """python train.py [--key=value ...]. Exits 0 when the run is done, EXIT_STOPPED when a signal stopped it
+    (a checkpoint written), 1 on an error."""
+    result = on_disk_errors(train, parse_args(argv))
+    if result.get("stopped"):
+        sys.exit(EXIT_STOPPED)
+
+
+def on_disk_errors(run, cfg):
+    """run(cfg), with a file system failing under it (full, read-only) told in one line, without a traceback."""
     try:
-        result = (run or train)(cfg)
-    except OSError as e:  # a file system failing under the run (full, read-only): one line, no traceback
+        return run(cfg)
+    except OSError as e:
         raise SystemExit(f"{disk_error(e.filename or cfg.out_dir, e, 'cannot be written')}; the checkpoints "
                          f"already in {cfg.out_dir} are intact (--resume=true continues from the newest)") from None
-    if isinstance(result, dict) and result.get("stopped"):
-        sys.exit(EXIT_STOPPED)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,12 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors import SafetensorError
 
 from machinery.files import exclusive_lock as common_lock
 from machinery.files import disk_error, fsync_dir, sha256, sha256_text, write_atomic
 from machinery.hf import MANIFEST, convert_to_hf, save_pretrained, stored_sha256, tensors_sha256
 from machinery.tokenizer import write_tokenizer_files
-from model import count_parameters
 
 CKPT_KEYS = ("model", "optimizer", "scaler", "step", "skipped", "data", "rng")
 EXPORTS = ("student", "model")  # the exported model folder of a distill run and of an mlm run
@@ -292,12 +290,13 @@ def holds_out_dir_lock(run):
     return locked
 
 
-def check_resume(cfg, state, path, model, data_id, teacher_id=None, dtype=None):
+def check_resume(cfg, state, path, model_config: dict, data_id, teacher_id=None, dtype=None):
     """A checkpoint continues only the run that wrote it: the same settings of those that decide what it
     computes (READ_BY: mode, init, batch geometry, seed, the optimizer and its schedule, the loss...), the
     same data and, in distillation, the same teacher (both by content, not path), the same precision as
     resolved here (dtype: --dtype=auto may resolve otherwise on another machine), and a model of the same
-    shape. A change named in --resume_changes is accepted, and said."""
+    shape (model_config: this run's model's, as a dict). A change named in --resume_changes is accepted, and
+    said."""
     was, now = state.get("config") or {}, dataclasses.asdict(cfg)
     allowed = {k for k in cfg.resume_changes.split(",") if k}
     # frozen position embeddings (train.build_models); a checkpoint from before the setting trained them
@@ -306,7 +305,7 @@ def check_resume(cfg, state, path, model, data_id, teacher_id=None, dtype=None):
         raise SystemExit(f"{path} was written by a run whose position embeddings were "
                          f"{'frozen' if frozen(was) else 'trained'}: resume it with --freeze_pos_embs="
                          f"{str(frozen(was)).lower()}, or use another --out_dir")
-    shape = dataclasses.asdict(model.cfg)
+    shape = model_config
     other = {k: (v, shape.get(k)) for k, v in state.get("model_config", shape).items() if shape.get(k) != v}
     if other:
         diff = ", ".join(f"{k} {a} vs {b} here" for k, (a, b) in other.items())
@@ -320,8 +319,8 @@ def check_resume(cfg, state, path, model, data_id, teacher_id=None, dtype=None):
     if cfg.mode == "distill" and state.get("teacher_id") not in (None, teacher_id):
         changed["teacher"] = (f"{was.get('teacher')} (weights sha256 {state['teacher_id'][:12]})",
                               f"{cfg.teacher} (other weights, sha256 {str(teacher_id)[:12]})")
-    if dtype is not None and state.get("dtype") not in (None, str(dtype).removeprefix("torch.")):
-        here = str(dtype).removeprefix("torch.")
+    if dtype is not None and state.get("dtype") not in (None, dtype):
+        here = dtype
         changed["dtype"] = (state["dtype"], here if cfg.dtype == here else f"{here} (what --dtype={cfg.dtype} "
                                                                         f"gives here)")
     for key in [k for k in RESUME_SAME if k in changed]:
@@ -372,12 +371,6 @@ def move_aside(out_dir: Path, say, also=(), why="--restart=true") -> Path:
     return aside
 
 
-def teacher_identity(run):
-    """The sha256 of the frozen teacher's weights as loaded (train.build_models records it as
-    teacher.content_id), or None (mlm mode)."""
-    return getattr(run.teacher, "content_id", None)
-
-
 def data_identity(shards) -> str:
     """What the data is, whatever its path: the sha256 of its meta.json's file checksums and splits."""
     meta = shards.meta
@@ -385,61 +378,25 @@ def data_identity(shards) -> str:
                                   sort_keys=True))
 
 
-def resume(run):
-    """With --resume=true, continue from the newest checkpoint that verifies; without, refuse an out_dir that
-    already has checkpoints. A start that resumes nothing never writes over an earlier run's outputs
-    (metrics.jsonl, the export, set-aside checkpoints): it is refused until --restart=true moves them aside.
-    Then print the run's settings. Returns the (step, skipped) to continue from: (0, 0) for a fresh run.
-
-    Rank 0 alone looks at out_dir and decides: another rank's out_dir may be another machine's folder, without
-    rank 0's checkpoints (no shared file system). The checkpoint it resumes is sent to every rank, so that all
-    continue from the same step with the same weights (DDP only checks that they start alike), or every rank
-    stops with rank 0's message."""
-    cfg = run.cfg
+def resume(out_dir: Path, cfg, here: dict, say=print):
+    """Rank 0's decision on out_dir: (path, state) of the checkpoint to continue from, or None to start afresh;
+    a refusal is a SystemExit. With --resume=true, the newest checkpoint that verifies, if it was written by
+    this run (check_resume, check_world); without, an out_dir that already has checkpoints is refused. A start
+    that resumes nothing never writes over an earlier run's outputs (metrics.jsonl, the export, set-aside
+    checkpoints): refused until --restart=true moves them aside. here: what this run is, as plain data:
+    model_config (a dict), data_id, teacher_id (None in mlm mode), dtype (its name), world (ranks)."""
+    out_dir = Path(out_dir)
     if cfg.restart and cfg.resume:
         raise SystemExit("--restart=true starts afresh and --resume=true continues: choose one")
-    decision = None
-    if run.master:
-        try:
-            decision = start_point(run)
-        except SystemExit as e:
-            if not run.ddp:
-                raise
-            decision = str(e.code)
-    if run.ddp:  # over the host's process group (gloo): the checkpoint is on the host
-        sent = [decision]
-        dist.broadcast_object_list(sent, src=0)
-        decision = sent[0]
-    if isinstance(decision, str):  # rank 0 refused to start
-        raise SystemExit(decision)
-    step = skipped = 0
-    if decision is not None:
-        path, state = decision
-        step, skipped = load_state(run, state)
-        run.say(f"resumed from {path} at step {step}")
-    run.say(json.dumps({"config": dataclasses.asdict(cfg)}, indent=None))
-    per_step = run.world * cfg.micro_batch * run.accum
-    frozen = sum(p.numel() for p in run.model.parameters() if not p.requires_grad)
-    run.say(f"{cfg.mode}: {count_parameters(run.model)['total'] - frozen:,} trainable parameters"
-            + (f" ({frozen:,} frozen)" if frozen else "") + f", {run.world} rank(s) "
-            f"x {cfg.micro_batch} sequences x {run.accum} micro-steps = {per_step} per step, {run.total} "
-            f"steps, device {run.device}, {run.dtype} ({run.why})")
-    return step, skipped
-
-
-def start_point(run):
-    """Rank 0's decision on out_dir: (path, state) of the checkpoint to resume, or None to start afresh; a
-    refusal is a SystemExit."""
-    cfg, out_dir = run.cfg, run.out_dir
     if out_dir.is_dir():
-        clean_stale_tmp(out_dir, run.say)
+        clean_stale_tmp(out_dir, say)
     if cfg.restart and earlier_outputs(out_dir):
-        move_aside(out_dir, run.say)
+        move_aside(out_dir, say)
     ckpts = checkpoints(out_dir)
-    path, state = newest_good_checkpoint(out_dir, True, run.say) if cfg.resume else (None, None)
+    path, state = newest_good_checkpoint(out_dir, True, say) if cfg.resume else (None, None)
     if state is not None:
-        check_resume(cfg, state, path, run.model, data_identity(run.shards), teacher_identity(run), run.dtype)
-        check_world(cfg, state, path, run.world)
+        check_resume(cfg, state, path, here["model_config"], here["data_id"], here["teacher_id"], here["dtype"])
+        check_world(cfg, state, path, here["world"])
         return path, state
     if ckpts:
         raise SystemExit(f"{out_dir} already has checkpoints ({ckpts[-1].name}): pass --resume=true to "
@@ -451,7 +408,7 @@ def start_point(run):
                          f"--restart=true moves them aside into {out_dir}/earlier-N and starts fresh "
                          f"(nothing is deleted), or choose another --out_dir")
     if cfg.resume:
-        run.say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
+        say(f"--resume=true: no checkpoint in {out_dir}: starting fresh")
     return None
 
 
@@ -472,75 +429,33 @@ def check_world(cfg, state, path, world):
           f"continues at the same global batch, rounded down to a multiple of {world}")
 
 
-def load_state(run, state) -> tuple:
-    """A checkpoint's state into this rank's run: weights, optimizer, loss scale, data position (converted
-    when the number of ranks changed), RNG (a rank the checkpoint's run did not have keeps its own seed).
-    Returns (step, skipped)."""
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    load_scaler(run.scaler, state["scaler"], run.say)
-    run.loader.load_state_dict({"world": len(state["rng"]), **state["data"]})
-    if run.rank < len(state["rng"]):
-        rng = state["rng"][run.rank]
-        torch.set_rng_state(rng["cpu"])
-        if run.device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"])
-    return state["step"], state["skipped"]
+def save(out_dir: Path, state: dict, keep_last: int):
+    """The checkpoint of state["step"]: out_dir/ckpt-NNNNNNN.pt (save_checkpoint: atomic, with its checksum;
+    only the newest keep_last kept)."""
+    save_checkpoint(Path(out_dir) / f"ckpt-{state['step']:07d}.pt", state, keep_last)
 
 
-def save(run, probe, final=False):
-    """A checkpoint (every rank's RNG state gathered; written by rank 0, unless the model has gone
-    non-finite); with final, the exported model too: student/ (distill) or model/ (mlm), with the tokenizer
-    files."""
-    cuda = run.device.type == "cuda"
-    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(run.device) if cuda else None}
-    rngs = [None] * run.world
-    if run.ddp:
-        dist.all_gather_object(rngs, rng)
-    else:
-        rngs = [rng]
-    if not run.master:
-        return
-    if not usable(run.model, probe, run.autocast):
-        run.say(f"step {run.step}: the parameters are not finite or give non-finite outputs: no checkpoint "
-                f"written")
-        return
-    state = {"model": run.model.state_dict(), "model_config": dataclasses.asdict(run.model.cfg),
-             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "step": run.step,
-             "skipped": run.skipped, "data": run.data_state or run.loader.state_dict(), "rng": rngs,
-             "config": dataclasses.asdict(run.cfg), "data_id": data_identity(run.shards),
-             "teacher_id": teacher_identity(run), "dtype": str(run.dtype).removeprefix("torch.")}
-    save_checkpoint(run.out_dir / f"ckpt-{run.step:07d}.pt", state, run.cfg.keep_last)
-    if final:
-        export(run)
-
-
-def export_dir(run) -> Path:
-    return run.out_dir / ("student" if run.cfg.mode == "distill" else "model")
-
-
-def export(run):
-    """The trained model in Hugging Face's format with the tokenizer files: student/ (distill) or model/
-    (mlm). Also redone by a run resumed at its last step whose export is missing or not of its model (a kill
-    or a full disk during the export, or the folder deleted). An earlier export that holds files train.py
-    did not write there (a model card, an edited config) is moved whole into out_dir/earlier-N first, never
-    deleted; a full disk is one line naming the folder and the bytes free."""
-    if not run.master:
-        return
-    folder = export_dir(run)
+def export(folder: Path, model, vocab: Path, say=print):
+    """The trained model in Hugging Face's format with the tokenizer files (from `vocab`), in `folder`
+    (out_dir/student after distillation, out_dir/model after mlm). Also redone by a run resumed at its last
+    step whose export is missing or not of its model (a kill or a full disk during the export, or the folder
+    deleted). An earlier export that holds files train.py did not write there (a model card, an edited
+    config) is moved whole into out_dir/earlier-N first, never deleted; a full disk is one line naming the
+    folder and the bytes free."""
+    folder = Path(folder)
+    out_dir = folder.parent
     theirs = foreign_files(folder) if folder.is_dir() else []
     if theirs:
-        aside = new_aside(run.out_dir)
+        aside = new_aside(out_dir)
         os.replace(folder, aside / folder.name)
-        fsync_dir(run.out_dir)
-        run.say(f"{folder} held files train.py did not write there ({', '.join(theirs[:3])}"
-                f"{', ...' if len(theirs) > 3 else ''}): that export moved whole to {aside / folder.name}")
-    vocab = run.shards.folder / run.shards.meta["tokenizer"]["file"]
-    tokenizer = lambda tmp: write_tokenizer_files(vocab, tmp, run.model.cfg.max_position)  # noqa: E731
+        fsync_dir(out_dir)
+        say(f"{folder} held files train.py did not write there ({', '.join(theirs[:3])}"
+            f"{', ...' if len(theirs) > 3 else ''}): that export moved whole to {aside / folder.name}")
+    tokenizer = lambda tmp: write_tokenizer_files(vocab, tmp, model.cfg.max_position)  # noqa: E731
     try:
-        save_pretrained(run.model, folder, extra_files=tokenizer)
+        save_pretrained(model, folder, extra_files=tokenizer)
     except (OSError, RuntimeError, SafetensorError) as e:  # a full disk (safetensors has its own error)
-        raise SystemExit(f"{disk_error(folder, e, 'export not written')}; the checkpoints in {run.out_dir} "
+        raise SystemExit(f"{disk_error(folder, e, 'export not written')}; the checkpoints in {out_dir} "
                          f"are intact: once there is room, the same command with --resume=true exports "
                          f"again") from None
 
@@ -563,11 +478,9 @@ def foreign_files(folder: Path) -> list:
     return theirs
 
 
-def export_current(run) -> bool:
-    """Whether the exported folder holds this run's model as it is now (the checksum its model.safetensors
-    carries, against the model's tensors): after a kill or a full disk during the export of an extended run
-    it still holds the earlier one."""
-    weights = export_dir(run) / "model.safetensors"
-    return weights.is_file() and stored_sha256(weights) == tensors_sha256(convert_to_hf(run.model)[1])
-
-
+def export_current(folder: Path, model) -> bool:
+    """Whether the exported folder holds this model as it is now (the checksum its model.safetensors carries,
+    against the model's tensors): after a kill or a full disk during the export of an extended run it still
+    holds the earlier one."""
+    weights = Path(folder) / "model.safetensors"
+    return weights.is_file() and stored_sha256(weights) == tensors_sha256(convert_to_hf(model)[1])

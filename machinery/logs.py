@@ -34,11 +34,11 @@ class StopSignal:
         for s, h in self.old_handlers.items():
             signal.signal(s, h)
 
-    def anywhere(self, run) -> bool:
+    def anywhere(self, ddp: bool) -> bool:
         """Whether any rank was asked to stop (every rank calls this at the same point). The flag is a tensor
         on the host, all-reduced there (gloo): asking never waits for the GPU."""
         stopping = self.signal is not None
-        if run.ddp:
+        if ddp:
             flag = torch.tensor(float(stopping))
             dist.all_reduce(flag)
             stopping = bool(flag > 0)
@@ -47,13 +47,13 @@ class StopSignal:
         return stopping
 
 
-def mean_over_ranks(run, sums: dict) -> dict:
-    """The step's loss parts (0-d tensors on the device) averaged over the ranks, as numbers: this waits for
-    the device, so train.py asks only at its log lines."""
+def mean_over_ranks(sums: dict, world: int) -> dict:
+    """The step's loss parts (0-d tensors on the device) averaged over the `world` ranks, as numbers: this
+    waits for the device, so train.py asks only at its log lines."""
     logged = torch.stack([sums[k].float() for k in sorted(sums)])
-    if run.ddp:
+    if world > 1:
         dist.all_reduce(logged)
-        logged /= run.world
+        logged /= world
     return dict(zip(sorted(sums), logged.tolist()))
 
 
@@ -103,68 +103,65 @@ def minutes(seconds) -> str:
 
 
 class Logs:
-    """Rank 0's outputs: metrics.jsonl (one row every log_every steps, and the evaluations), the progress bar
-    (plain lines when not on a terminal) and wandb when asked for. Other ranks write nothing."""
+    """Rank 0's outputs: metrics.jsonl (the run's whole config first, then a row every log_every steps and the
+    evaluations), the progress bar (plain lines when not on a terminal) and wandb when asked for. Other ranks
+    (master=False) write nothing."""
 
-    def __init__(self, run, eta: Eta = None):
+    def __init__(self, out_dir, cfg, step: int, total: int, eta: Eta = None, master=True):
         self.metrics = self.wandb = self.bar = None
-        self.eta = eta or Eta()
-        if not run.master:
+        self.out_dir, self.mode, self.total, self.eta = Path(out_dir), cfg.mode, total, eta or Eta()
+        if not master:
             return
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        if run.step:
-            trim_metrics(run.out_dir / "metrics.jsonl", run.step, run.say)
-        self.metrics = open(run.out_dir / "metrics.jsonl", "a" if run.step else "w")
-        if run.cfg.wandb:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if step:  # resumed: the rows written after the checkpoint go, the config row stays
+            trim_metrics(self.out_dir / "metrics.jsonl", step)
+        self.metrics = open(self.out_dir / "metrics.jsonl", "a" if step else "w")
+        if not step:
+            self.write({"step": 0, "config": dataclasses.asdict(cfg)})
+        if cfg.wandb:
             import wandb  # optional: only when asked for
-            self.wandb = wandb.init(project=run.cfg.wandb, config=dataclasses.asdict(run.cfg))
-        self.bar = tqdm(total=run.total, initial=run.step, dynamic_ncols=True, disable=None)
+            self.wandb = wandb.init(project=cfg.wandb, config=dataclasses.asdict(cfg))
+        self.bar = tqdm(total=total, initial=step, dynamic_ncols=True, disable=None)
 
     def write(self, row):
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
 
-    @staticmethod
-    def due(run) -> bool:
-        """Whether this step has a log line: every log_every steps, and the last."""
-        return run.step % run.cfg.log_every == 0 or run.step == run.total
-
-    def step(self, run, row=None):
+    def step(self, step: int, row=None):
         """Every step: the bar moves on. At a log line, row (the step's loss parts, lr, grad_norm, tokens_per_s
         and, where the GPU's peak is known, mfu) goes into the bar, metrics.jsonl and wandb."""
-        if not run.master:
+        if self.bar is None:
             return
         self.bar.update(1)
         if row is None:
             return
-        eta = self.eta.text(run.step)
+        eta = self.eta.text(step)
         losses = {k: v for k, v in row.items() if k not in ("lr", "grad_norm", "tokens_per_s", "mfu")}
         mfu = {"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}
         self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()}, "lr": f"{row['lr']:.2e}",
                               "tok/s": f"{row['tokens_per_s']:.0f}", **mfu, **({"eta": eta} if eta else {})})
         if self.bar.disable:  # not a terminal (a file, a notebook): progress as plain lines
-            print(f"{run.cfg.mode} step {run.step}/{run.total}: "
+            print(f"{self.mode} step {step}/{self.total}: "
                   + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
                   + f" lr {row['lr']:.2e} tok/s {row['tokens_per_s']:,.0f}"
                   + (f" MFU {row['mfu']:.1%}" if "mfu" in row else "") + (f" | {eta}" if eta else ""), flush=True)
-        row = {"step": run.step, **row}
-        self.write(row)
+        self.write({"step": step, **row})
         if self.wandb:
-            self.wandb.log(row, step=run.step)
+            self.wandb.log({"step": step, **row}, step=step)
 
-    def valid(self, run, result: dict, seconds):
-        if not run.master:
+    def valid(self, step: int, result: dict, seconds):
+        if self.bar is None:
             return
-        self.write({"step": run.step, **{f"valid_{k}": v for k, v in result.items()}, "seconds": seconds})
-        self.bar.write(f"step {run.step}: held-out MLM accuracy {result['accuracy']:.4f}, "
+        self.write({"step": step, **{f"valid_{k}": v for k, v in result.items()}, "seconds": seconds})
+        self.bar.write(f"step {step}: held-out MLM accuracy {result['accuracy']:.4f}, "
                        f"perplexity {result['perplexity']:.2f}")
 
-    def close(self, run):
+    def close(self):
         if self.bar:
             self.bar.close()
         if self.metrics:
             self.metrics.close()
-            plot_metrics(run.out_dir / "metrics.jsonl", run.out_dir / "losses.png")
+            plot_metrics(self.out_dir / "metrics.jsonl", self.out_dir / "losses.png")
 
 
 def read_rows(metrics_path) -> list:

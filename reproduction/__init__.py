@@ -1,1 +1,1 @@
-"""The reproduction of the paper's tables and claims: reproduce.py runs it."""
+"""The reproduction of the paper's tables and claims: `python -m reproduction` (run.py) runs its stages."""

@@ -35,11 +35,12 @@ import prepare
 import train
 from eval import bootstrap_se, heldout_hits, paired_difference, seeded_difference, verdict, zero_shot_similarity
 from machinery.checkpoint import load_checkpoint
-from machinery.device import auto_dtype
+from machinery.device import choose_dtype
 from machinery.files import write_text
 from machinery.hf import load_pretrained, resolve_checkpoint, save_pretrained
 from machinery.tokenizer import load_tokenizer, write_tokenizer_files
 from model import Bert, BertConfig, masked_mean, student_from_teacher
+import quickstart
 from quickstart import run_stage
 from reproduction import glue, mlm_head
 
@@ -89,7 +90,7 @@ def train_dtype(cfg) -> str:
     runs and when asked."""
     if cfg.quick or cfg.dtype == "float32":
         return "float32"
-    return str(auto_dtype(torch.device("cpu"))[0]).replace("torch.", "") if cfg.dtype == "auto" else cfg.dtype
+    return str(choose_dtype(cfg.dtype, torch.device("cpu"))[0]).replace("torch.", "")
 
 
 def teacher_stage(cfg, root) -> dict:
@@ -184,7 +185,7 @@ def base_run(cfg, root) -> train.TrainConfig:
     """The quickstart's settings (uniform masking, the paper's lr 5e-4) on batches of cfg.batch_size sequences
     of up to max_len tokens; L_ce over the masked positions (the quickstart's choice: over every token it costs
     several times more here)."""
-    run = train.TrainConfig(**train.PRESETS["quickstart"])
+    run = train.TrainConfig(**quickstart.PRESET)
     return dataclasses.replace(
         run, batch_size=cfg.batch_size, micro_batch=cfg.batch_size, data=str(root / "data"),
         student_layers=cfg.student_layers, seed=cfg.seed, eval_every=0, eval_batches=20,

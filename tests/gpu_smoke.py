@@ -5,7 +5,7 @@
     python tests/gpu_smoke.py --dry-run                  # the CPU, tiny shapes: the same code (the tests run it)
 
   step    a CUDA float32 step (TF32 off) equals the CPU step: same weights, same micro-batches (made on the host)
-  syncs   train.train_step (forward_backward, the optimizer step whose skip the device decides, the stop flag)
+  syncs   one step of train.train's loop (forward_backward, the optimizer step whose skip the device decides, the stop flag)
           in bf16 and fp16, alone and under DDP (one rank, NCCL), and the fused head in bf16 and fp16: no
           operation waits for the device (torch.cuda.set_sync_debug_mode("error"); the dry run counts with
           tests/syncs.SyncCounter); the fused head equals losses.py's formulas (float64 on the CPU)
@@ -40,9 +40,11 @@ import data  # noqa: E402
 import losses  # noqa: E402
 import prepare  # noqa: E402
 import train as T  # noqa: E402
+import training.setup as training_setup  # noqa: E402
 from machinery import device as devices, files, fused_head  # noqa: E402
 from machinery.hf import save_pretrained  # noqa: E402
 from model import Bert, BertConfig, student_from_teacher  # noqa: E402
+from loop_body import one_step  # noqa: E402
 from syncs import SyncCounter  # noqa: E402
 
 CHECKS = ("step", "syncs", "resume", "fp16", "speed")
@@ -106,8 +108,8 @@ class Smoke:
                                             counts=counts)
             grads = {n: p.grad.detach().cpu().clone() for n, p in run.model.named_parameters()
                      if p.grad is not None}
-            run.step = 1  # past the first step's learning rate of 0 (warm-up)
-            T.set_lr(run)
+            for group in run.optimizer.param_groups:  # step 1's (step 0's is 0: warm-up)
+                group["lr"] = T.lr_at(1, run.total, run.cfg)
             T.optimizer_step(run, torch.ones((), dtype=torch.bool, device=run.device))
             got[name] = ({k: float(v) for k, v in sums.items()}, grads,
                          {k: v.detach().cpu() for k, v in run.model.state_dict().items()})
@@ -141,7 +143,7 @@ class Smoke:
         return c.found, result
 
     def check_syncs(self):
-        """0 waits in train_step (bf16, fp16; one process, then DDP with one rank) and in the fused head (bf16,
+        """0 waits in a step of train's loop (bf16, fp16; one process, then DDP with one rank) and in the fused head (bf16,
         fp16), whose values and gradients equal the formulas."""
         out, ok = {}, True
         for dtype in ("bfloat16", "float16"):
@@ -167,14 +169,14 @@ class Smoke:
             steps = self.host_steps(run, 3)
             skipped, stop = T.NonFinite(run.device), T.StopSignal()
             try:
-                T.train_step(run, steps[0], skipped, stop)  # the first step: DDP's buckets, lazy set-ups
+                one_step(run, steps[0], skipped, stop=stop)  # the first step: DDP's buckets, lazy set-ups
                 found = []
                 for host in steps[1:]:
                     if ddp and self.dry:  # on the CPU the host's tensors (gloo) cannot be told apart: run only
-                        T.train_step(run, host, skipped, stop)
+                        one_step(run, host, skipped, stop=stop)
                         continue
-                    found += self.waits(lambda: T.train_step(run, host, skipped, stop))[0]
-                skipped.check(run)
+                    found += self.waits(lambda: one_step(run, host, skipped, stop=stop))[0]
+                skipped.check(run, len(steps))
             finally:
                 stop.restore()
                 T.finish(run)
@@ -266,8 +268,8 @@ class Smoke:
             teacher = teacher.to(self.dev, torch.bfloat16).eval().requires_grad_(False)
             cfg = T.TrainConfig(compile=compiled, max_len=L, batch_size=B, micro_batch=B)
             if compiled and self.dry:
-                T.COMPILE_OPTIONS["backend"] = "eager"
-            wrap = T.compiler(cfg)
+                training_setup.COMPILE_OPTIONS["backend"] = "eager"
+            wrap = training_setup.compiler(cfg)
             objective = T.Objective(wrap(student), teacher, cfg,
                                     soft_targets=wrap(fused_head._soft_targets) if compiled else None)
             run = SimpleNamespace(cfg=cfg, model=student, optimizer=T.make_optimizer(student, cfg),
@@ -310,7 +312,7 @@ class Smoke:
                         else None, "losses": {k: float(v) for k, v in sums.items()}}
             self.save_partial("speed", out)
             del student, teacher, objective, run, teacher_fwd
-        T.COMPILE_OPTIONS.pop("backend", None)
+        training_setup.COMPILE_OPTIONS.pop("backend", None)
         ok = all(all(v == v for v in r["losses"].values()) for r in out.values())
         text = "; ".join(f"{k}: {r['tokens_per_s']:,.0f} tok/s" + (f", MFU {r['mfu']:.1%}" if r["mfu"] else "")
                          + f" (warm-up {r['warmup_s']:.0f} s)" for k, r in out.items())

@@ -18,7 +18,7 @@ from machinery import files
 import prepare
 import train as T
 from conftest import lock_held_by_another_process
-from test_train import ROOT, args, ckpt_names, damage, final_student, setup  # noqa: F401 (setup: a fixture)
+from train_fixtures import ROOT, args, ckpt_names, damage, final_student, setup  # noqa: F401 (setup: a fixture)
 from machinery.hf import save_pretrained
 
 
@@ -618,9 +618,12 @@ def test_dtype_auto_is_compared_as_resolved(setup, tmp_path, monkeypatch, capsys
     precision unseen; a bf16 checkpoint resumed in fp16 (when accepted) crashed in GradScaler.load_state_dict."""
     root, _ = setup
     out = tmp_path / "run"
-    monkeypatch.setattr(T, "auto_dtype", lambda device: (torch.bfloat16, "auto: this machine"))
+    from machinery import device
+    monkeypatch.setattr(device, "_CHOSEN", {})  # the probe's answer is kept per process: another machine's
+    monkeypatch.setattr(device, "auto_dtype", lambda device: (torch.bfloat16, "auto: this machine"))
     a = stopped_at_2(root, out, dtype="auto")
-    monkeypatch.setattr(T, "auto_dtype", lambda device: (torch.float32, "auto: another machine"))
+    monkeypatch.setattr(device, "_CHOSEN", {})
+    monkeypatch.setattr(device, "auto_dtype", lambda device: (torch.float32, "auto: another machine"))
     one_line_error(["train.py", *a, "--resume=true"],
                    r"written by a --dtype=bfloat16 run; resuming it with --dtype=float32 \(what --dtype=auto "
                    r"gives here\) is refused \(use --dtype=bfloat16")

@@ -58,7 +58,7 @@ def tiny_teacher(tmp_path_factory):
 
 @pytest.mark.slow
 def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
-    cfg = T.parse_args(["--preset=quickstart", f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
+    cfg = quickstart.parse_args([f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
                         "--max_len=64", "--max_steps=4", "--eval_every=2", "--eval_batches=2", "--dtype=float32"])
     steps = dict(max_steps=4, head_steps=2, head_lr=1e-3, lr=1e-3)
     r = quickstart.quickstart(cfg, teacher_steps=steps)
@@ -83,8 +83,8 @@ def test_quickstart_end_to_end_and_reuse(tiny_teacher, tmp_path, capsys):
     assert json.loads((tmp_path / "results.json").read_text())["models"] == saved["models"]
 
     # other student settings: the teacher is reused, the students run again
-    quickstart.quickstart(T.parse_args([*[f"--{k}={v}" for k, v in dict(
-        preset="quickstart", teacher=tiny_teacher / "teacher", out_dir=tmp_path, max_len=64, max_steps=2,
+    quickstart.quickstart(quickstart.parse_args([*[f"--{k}={v}" for k, v in dict(
+        teacher=tiny_teacher / "teacher", out_dir=tmp_path, max_len=64, max_steps=2,
         eval_every=2, eval_batches=2, dtype="float32").items()]]), teacher_steps=steps)
     out = capsys.readouterr().out
     assert out.count("already complete") == 1 and "teacher: already complete" in out
@@ -115,7 +115,7 @@ def test_eta_from_a_fake_clock_by_hand():
 def test_progress_lines_show_the_eta_of_the_stage_and_of_all(tiny_teacher, tmp_path, capsys):
     """The plain progress lines of every quickstart stage carry an ETA; the last stage's 'all' end is the
     compare_models work alone, less than before."""
-    cfg = T.parse_args(["--preset=quickstart", f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
+    cfg = quickstart.parse_args([f"--teacher={tiny_teacher / 'teacher'}", f"--out_dir={tmp_path}",
                         "--max_len=64", "--max_steps=4", "--log_every=2", "--eval_every=0", "--eval_batches=1",
                         "--dtype=float32"])
     quickstart.quickstart(cfg, teacher_steps=dict(max_steps=4, head_steps=2, head_lr=1e-3, lr=1e-3))
@@ -129,7 +129,7 @@ def test_preset_work_fits_the_measured_float32_run():
     the earlier preset, half an hour there, counted 76.5T): a preset made longer must be measured again."""
     teacher = BertConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
     student = dataclasses.replace(teacher, num_layers=3)
-    cfg = T.parse_args(["--preset=quickstart"])
+    cfg = quickstart.parse_args([])
     steps = quickstart.QUICKSTART_TEACHER_STEPS
     run = dataclasses.replace(cfg, mode="mlm", max_steps=steps["max_steps"], head_steps=steps["head_steps"])
     work = (run.head_steps * T.step_macs(run, teacher, head_only=True)

@@ -1,4 +1,4 @@
-"""reproduce.py --quick end to end on a tiny teacher and tiny data made here: every stage runs, every table comes from
+"""python -m reproduction --quick end to end on a tiny teacher and tiny data made here: every stage runs, every table comes from
 the JSON the stages wrote, the statistics agree with the same numbers computed here another way, verdicts follow
 from their statistics, and a second run recomputes nothing. The statistics and claim rules by hand on small arrays."""
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import data as D
-import reproduce as R
+from reproduction import run as R
 from reproduction import claims as C, general as G, glue as GL
 from eval import verdict
 from model import Bert, BertConfig
@@ -209,7 +209,7 @@ def test_reproduce_quick_end_to_end_and_reuse(tiny, tmp_path, capsys):
     out = "".join(capsys.readouterr())  # log lines go to stderr
     assert out.count("already complete") == len(R.STAGES) and again == json.loads(json.dumps(results))
     written = page.read_text()
-    assert written.startswith("# Page\nprose\n<!-- begin reproduce -->\n`python reproduce.py --quick` (")
+    assert written.startswith("# Page\nprose\n<!-- begin reproduce -->\n`python -m reproduction --quick` (")
     assert written.endswith("\n<!-- end reproduce -->\nmore prose\n") and "STALE TABLE" not in written
     assert (tmp_path / "tables.md").read_text().strip() in written
     assert C.claims_md(C.claims(results)) in readme.read_text() and "OLD" not in readme.read_text()

@@ -2,10 +2,10 @@
 The papers' claims, measured on a 2-core CPU in about 90 minutes, with a real pretrained teacher
 (all-MiniLM-L6-v2, a sentence-embedding model) and statistics that count example and seed noise.
 
-    python reproduce.py                        # every stage: ../shared/data in, out/reproduce out
-    python reproduce.py --quick                # the same stages with tiny budgets (a smoke run)
-    python reproduce.py --only=general,table1  # some stages (each needs the ones before it, which are reused)
-    python reproduce.py --only=recipe          # the fine-tuning recipe search (not in the default run)
+    python -m reproduction                        # every stage: ../shared/data in, out/reproduce out
+    python -m reproduction --quick                # the same stages with tiny budgets (a smoke run)
+    python -m reproduction --only=general,table1  # some stages (each needs the ones before it, which are reused)
+    python -m reproduction --only=recipe          # the fine-tuning recipe search (not in the default run)
 
 Stages, each written to its own folder under --out and reused when its settings have not changed:
   teacher   MiniLM's encoder as it is, an MLM head fitted on its cached states (reproduction/mlm_head.py)
@@ -21,13 +21,11 @@ Stages, each written to its own folder under --out and reused when its settings 
 Each claim's verdict is computed from its statistics by the rules of reproduction/claims.py.
 """
 import dataclasses
-import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from machinery import files
+from machinery import files, stages
 from machinery.config import opt, parse_config
 from machinery.files import write_text
 from reproduction import claims, general, glue, report, tasks
@@ -119,25 +117,13 @@ def log(msg):
 
 
 def stage(folder: Path, settings: dict, compute):
-    """compute() -> a JSON-able result, stored in folder/stage.json with the settings; the stored result when
-    the settings are the same as last time (a stage that is already complete is not recomputed)."""
-    before = stored(folder, settings)
-    if before is not None:
-        log(f"{folder.name}: already complete, reused")
-        return before
-    log(f"== {folder.name}")
-    t0 = time.time()
-    result = compute()
-    result["seconds"] = round(time.time() - t0, 1)
-    write_text(json.dumps({"settings": settings, "result": result}, indent=1) + "\n", folder / "stage.json")
-    return result
-
-
-def stored(folder: Path, settings: dict):
-    """The result folder/stage.json holds for these settings, or None."""
-    marker = folder / "stage.json"
-    before = json.loads(marker.read_text()) if marker.is_file() else {}
-    return before.get("result") if before.get("settings") == settings else None
+    """compute() -> a JSON-able result, stored in folder/stage.json with the settings and the seconds it took
+    (stages.cached); the stored result when the settings are the same as last time."""
+    def timed():
+        log(f"== {folder.name}")
+        t0 = time.time()
+        return {**compute(), "seconds": round(time.time() - t0, 1)}
+    return stages.cached(folder, settings, timed, log=log)
 
 
 def stage_settings(cfg, name) -> dict:
@@ -201,8 +187,8 @@ def run_stages(cfg, root) -> dict:
     for name in STAGES + EXTRA:
         if name in wanted:
             results[name] = stage(root / name, stage_settings(cfg, name), steps[name])
-        elif stored(root / name, stage_settings(cfg, name)) is not None:  # for tables.md: complete, not rerun
-            results[name] = stored(root / name, stage_settings(cfg, name))
+        elif stages.stored(root / name, stage_settings(cfg, name)) is not None:  # complete, not rerun
+            results[name] = stages.stored(root / name, stage_settings(cfg, name))
     return results
 
 
@@ -220,7 +206,7 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     rows = claims.claims(results)
     text = report.markdown(results, rows)
     write_text(text, root / "tables.md")
-    made = f"`python reproduce.py{' --quick' if cfg.quick else ''}` ({time.strftime('%Y-%m-%d')}, stages " \
+    made = f"`python -m reproduction{' --quick' if cfg.quick else ''}` ({time.strftime('%Y-%m-%d')}, stages " \
            f"{', '.join(results)})"
     regions = {"reproduce": f"{made}:\n\n{text}",
                "claims": f"{claims.claims_md(rows)}\n\n{made}; each stage's time in the run that completed it "
@@ -234,8 +220,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def main(argv):
     try:
-        reproduce(parse_config(sys.argv[1:], ReproduceConfig, doc=__doc__))
+        reproduce(parse_config(argv, ReproduceConfig, doc=__doc__))
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"reproduce.py: error: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise SystemExit(f"python -m reproduction: error: {' '.join(str(e).split()) or type(e).__name__}") from None
