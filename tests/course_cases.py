@@ -10,7 +10,8 @@ Each body is the code that replaces a part's `raise NotImplementedError()` in th
 """
 from pathlib import Path
 
-import assignment
+from course.markers import functions
+from course.parts import BY_NAME
 
 # ------------------------------------------------------------------------------------------------------------
 # Correct solutions, in the styles students write (issue 42: the tests must call and accept them all)
@@ -581,11 +582,11 @@ return ns['linear_schedule'](step, total, warmup_steps)
 def solve(folder, part, body):
     """In folder (a copy of the student version), the part's `raise NotImplementedError()` replaced by body,
     at its indentation."""
-    p = assignment.BY_NAME[part]
+    p = BY_NAME[part]
     path = Path(folder) / p.file
     text = path.read_text()
     lines = text.splitlines()
-    first, last = assignment.functions(text, p.file)[p.function]
+    first, last = functions(text, p.file)[p.function]
     i = next(i for i in range(first, last + 1) if lines[i].strip() == "raise NotImplementedError()")
     indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
     lines[i: i + 1] = [indent + line if line.strip() else "" for line in body.splitlines()]
@@ -594,10 +595,10 @@ def solve(folder, part, body):
 
 def solved(files, part, body):
     """files (a tree: the kit's, the student version's) with the part's function solved by body, in memory."""
-    p = assignment.BY_NAME[part]
+    p = BY_NAME[part]
     text = files[p.file].decode()
     lines = text.splitlines()
-    first, last = assignment.functions(text, p.file)[p.function]
+    first, last = functions(text, p.file)[p.function]
     i = next(i for i in range(first, last + 1) if lines[i].strip() == "raise NotImplementedError()")
     indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
     lines[i: i + 1] = [indent + line if line.strip() else "" for line in body.splitlines()]

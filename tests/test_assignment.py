@@ -1,9 +1,9 @@
 """
-The course assignment end to end (assignment.py): make the student version and the grading kit, grade a class
+The course assignment end to end (python -m course): make the student version and the grading kit, grade a class
 of three submissions with the kit alone (a full one, an untouched one, one that cheats), grade from the
 instructor's tree, the hand-out, `check` as grading runs it, and the errors a bad marker gives. The expected
 points are written out here by hand from the parts table in the instructors' guide, not read from
-assignment.PARTS. Containment and cheats: test_grading_sandbox.py; correct styles and real mistakes:
+course.parts.PARTS. Containment and cheats: test_grading_sandbox.py; correct styles and real mistakes:
 test_grading_fairness.py; the gradebook: test_gradebook.py.
 """
 
@@ -19,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import assignment
+import course.make
+from course.handout import student_version
+from course.make import validate
+from course.markers import check_table, functions
+from course.parts import AssignmentError, BY_NAME, PARTS
+from course.tree import project_files
 import course_cases as cases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +33,7 @@ LOSSES_PARTS = {"kl": 7, "soft_targets": 3, "mlm": 5, "cosine": 4, "combine": 4,
 
 def cli(*args, cwd=ROOT):
     return subprocess.run(
-        [sys.executable, "assignment.py", *map(str, args)],
+        [sys.executable, "-m", "course", *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -71,7 +76,7 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
     for name in ("tests/parts_probes.py", "course/wire.py", "course/worker.py", "course/sandbox.py"):
         assert (out / name).is_file(), f"{name}: check needs it"
     handout = (out / "HANDOUT.md").read_text()
-    assert "| kl | losses.py | `kl_per_row` | 7 |" in handout and "python assignment.py check kl" in handout
+    assert "| kl | losses.py | `kl_per_row` | 7 |" in handout and "python -m course check kl" in handout
     assert "(3 of 5 tests, 4.5 of its 7 points, here)" in handout, handout
     readme = (out / "README.md").read_text()
     assert "HANDOUT.md" in readme and not re.search(r"^#+ .*(Course assignments|[Ii]nstructor)", readme, re.M)
@@ -108,7 +113,7 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
                 assert "# YOUR CODE HERE" in body and "raise NotImplementedError()" in body, body
             else:
                 assert same, f"{file}: {name} changed, though it is no part"
-    table = (out / "assignment.py").read_text()
+    table = (out / "course/parts.py").read_text()
     assert "test_attention_gradients_match_sdpa" not in table, "the student's parts table names a hidden test"
     assert "('test_attention_equals_softmax_qkt_v', 2)" in table
     manifest = json.loads((out / "assignment.json").read_text())
@@ -251,18 +256,19 @@ def test_unterminated_nested_and_miscounted_regions_are_clear_errors(tmp_path):
     }
     for case, (broken, message) in cases.items():
         (root / "model.py").write_text(broken)
-        with pytest.raises(assignment.AssignmentError) as e:
-            assignment.check_table(root)
+        with pytest.raises(AssignmentError) as e:
+            check_table(root)
         assert message in str(e.value), f"{case}: {e.value}"
     (root / "model.py").write_text(cases["unterminated"][0])
     run = subprocess.run(
-        [sys.executable, str(root / "assignment.py"), "make", tmp_path / "out"],
+        [sys.executable, "-m", "course", "make", tmp_path / "out"],
+        cwd=root,
         capture_output=True,
         text=True,
     )
     assert (
         run.returncode == 2
-        and run.stderr.strip() == f"assignment: {cases['unterminated'][1]} (no END " "SOLUTION)"
+        and run.stderr.strip() == f"course: {cases['unterminated'][1]} (no END " "SOLUTION)"
     ), run.stderr
     assert not (tmp_path / "out").exists(), "nothing is written when the markers are bad"
 
@@ -277,10 +283,10 @@ def test_validation_catches_a_test_that_needs_another_part(tmp_path, monkeypatch
     )
     (root / "tests/test_parts.py").write_text(tests)
     monkeypatch.setattr(
-        assignment, "PARTS", tuple(p for p in assignment.PARTS if p.name in ("mlm", "combine"))
+        course.make, "PARTS", tuple(p for p in PARTS if p.name in ("mlm", "combine"))
     )
-    with pytest.raises(assignment.AssignmentError) as e:
-        assignment.validate(root)
+    with pytest.raises(AssignmentError) as e:
+        validate(root)
     assert str(e.value).startswith(
         "part combine: alone in the student version (every other part blanked), its test "
         "test_combine_weights_and_parts fails: NotImplementedError"
@@ -294,7 +300,7 @@ def test_make_never_overwrites(tmp_path):
     run = cli("make", out, "--validate=false")
     assert run.returncode == 2 and "already exists" in run.stderr, run.stderr
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
-    assert cli("check", "nope").stderr.startswith("assignment: unknown part 'nope'")
+    assert cli("check", "nope").stderr.startswith("course: unknown part 'nope'")
 
 
 def test_reference_file_matches_transformers():
@@ -324,9 +330,9 @@ solve = cases.solve
 
 def reference_body(part):
     """The reference's solution of a part, as a body for solve."""
-    p = assignment.BY_NAME[part]
+    p = BY_NAME[part]
     text = (ROOT / p.file).read_text()
-    first, last = assignment.functions(text, p.file)[p.function]
+    first, last = functions(text, p.file)[p.function]
     lines = text.splitlines()[first : last + 1]
     start = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
     end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
@@ -336,14 +342,14 @@ def reference_body(part):
 
 def test_the_kit_holds_no_solution(made):
     out, kit, _ = made
-    for p in assignment.PARTS:  # each graded function in the kit is the student version's, blanked
+    for p in PARTS:  # each graded function in the kit is the student version's, blanked
         ref, mine = defs(out / p.file), defs(kit / "tree" / p.file)
         assert ast.dump(ref[p.function]) == ast.dump(mine[p.function]), f"kit: {p.file} {p.function}"
     for path in kit.rglob("*.py"):
         assert not re.search(r"^\s*### BEGIN SOLUTION: \d", path.read_text(), re.M), f"{path}: a solution"
     tests = (kit / "tree/tests/test_parts.py").read_text()
     assert "def test_attention_gradients_match_sdpa" in tests, "the kit holds the hidden tests"
-    for name in ("assignment.py", "course/sandbox.py", "setup.sh", "run_autograder", "requirements.txt",
+    for name in ("grade.py", "course/sandbox.py", "machinery/config.py", "setup.sh", "run_autograder", "requirements.txt",
                  "tree/tests/parts_probes.py"):
         assert (kit / name).is_file(), f"the kit has no {name}"
     assert os.access(kit / "run_autograder", os.X_OK) and os.access(kit / "setup.sh", os.X_OK)
@@ -362,7 +368,7 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     subs = tmp_path / "subs"
     for name in ("full", "blank", "cheater"):
         shutil.copytree(out, subs / name)
-    for file in {p.file for p in assignment.PARTS}:
+    for file in {p.file for p in PARTS}:
         shutil.copy(ROOT / file, subs / "full" / file)
     cheats = {}
     for part, body in cases.CHEATS.values():  # the first cheat of each part
@@ -370,7 +376,7 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     for part, body in cheats.items():
         solve(subs / "cheater", part, body)
     solve(subs / "cheater", "masking", reference_body("masking"))
-    grader = [sys.executable, str(kit / "assignment.py"), "grade", "--kit", str(kit), *sorted(subs.iterdir())]
+    grader = [sys.executable, str(kit / "grade.py"), *sorted(subs.iterdir())]
     run = subprocess.run([*grader, "--csv", "grades.csv", "--jobs", "2"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr
@@ -386,7 +392,7 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     assert "| **total** | | | | **100 / 100** |" in (tmp_path / "reports/full.md").read_text()
     seconds = report["seconds"]  # the wall time per submission, two parts at a time
     assert seconds < 30, f"{seconds} s per submission"
-    one = [*grader[:5], str(subs / "blank"), "--csv", "grades.csv", "--part", "kl", "--hide-hidden"]
+    one = [*grader[:2], str(subs / "blank"), "--csv", "grades.csv", "--part", "kl", "--hide-hidden"]
     run = subprocess.run(one, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # one part of one
     assert run.returncode == 0, run.stderr
     rows = {r["id"]: r for r in csv.DictReader((tmp_path / "grades.csv").open())}
@@ -406,13 +412,13 @@ def test_only_tracked_files_are_handed_out(tmp_path):
     (tmp_path / "model.py").write_text("x = 1\n")
     (tmp_path / "notes.md").write_text("the instructor's notes\n")
     git("add", "model.py")
-    assert assignment.project_files(tmp_path) == ["model.py"], "an untracked file would be handed out"
-    with pytest.raises(assignment.AssignmentError, match="not a git checkout"):
-        assignment.project_files(tmp_path / "..")
+    assert project_files(tmp_path) == ["model.py"], "an untracked file would be handed out"
+    with pytest.raises(AssignmentError, match="not a git checkout"):
+        project_files(tmp_path / "..")
 
 
 def test_lean_leaves_out_the_near_solutions():
-    full, lean = assignment.student_version(ROOT), assignment.student_version(ROOT, lean=True)
+    full, lean = student_version(ROOT), student_version(ROOT, lean=True)
     lean_out = ("notebooks/01_bert_and_student.ipynb", "tests/test_peakd.py", "tests/test_losses.py", "bench.py")
     for name in lean_out:
         assert name in full and name not in lean, name
@@ -430,8 +436,8 @@ def defs_of(data):
 def test_each_command_has_its_own_help():
     make, grade = cli("make", "--help"), cli("grade", "--help")
     assert make.returncode == 0 and "--kit" in make.stdout and "--lean" in make.stdout, make.stdout
-    assert "--hide-hidden" not in make.stdout and "--hide-hidden" in grade.stdout and "--jobs" in grade.stdout
+    assert "--hide_hidden" not in make.stdout and "--hide_hidden" in grade.stdout and "--jobs" in grade.stdout
     for option in ("--deadline", "--gradescope", "--metadata", "--uncontained"):
         assert option in grade.stdout, option
     bad = cli("grade")
-    assert bad.returncode == 2 and "the following arguments are required: SUBMISSION" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr == "course: grade: expected one or more SUBMISSION, got none (see --help)\n"
