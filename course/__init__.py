@@ -15,7 +15,9 @@ The course assignment: a student version of this project with sixteen functions 
     gradebook.py  the gradebook: grades.csv, its history, submission times, Gradescope's results.json
     wire.py       what crosses between the grader and the process that runs a student's code (safetensors + JSON)
     worker.py     that process's side: imports the tree, answers the tests' calls with the probes' outputs
-    sandbox.py    where that process runs: a fresh tree, namespaces, resource limits, another user, killed whole
+    sandbox.py    where that process runs: a fresh tree, namespaces, resource limits, another user, killed whole;
+                  the grader's side (a Worker, the fork server's handle, the workers' users)
+    contain.py    the containment as the processes below the grader run it: fork server, supervisor, worker set-up
 
 Only __main__.py imports a project module (machinery/config.py, the command line); the worker imports the tree
 it grades, inside the sandbox.

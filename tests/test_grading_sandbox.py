@@ -28,10 +28,10 @@ from course.make import make
 from course.parts import BY_NAME
 from course.runner import Suite, in_parallel, run_tests
 import course_cases as cases
-from course import sandbox, wire
+from course import contain, sandbox, wire
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMESPACES = sandbox.measure()["mode"] == "namespaces"
+NAMESPACES = contain.measure()["mode"] == "namespaces"
 needs_namespaces = pytest.mark.skipif(not NAMESPACES, reason="this machine refuses namespaces (the fallback is "
                                       "tested below)")
 
