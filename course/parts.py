@@ -11,9 +11,10 @@ TESTS = "tests/test_parts.py"
 REFERENCE_DATA = "sanity/parts_reference.safetensors"  # what the tests load (in the kit: the grading data)
 GRADING_DATA = "sanity/parts_grading.safetensors"      # the same tensors for other random weights: kit only
 PROBES = "tests/parts_probes.py"                         # what the tests run in the student's process
-INSTRUCTOR_ONLY = ("tests/test_assignment.py", "tests/make_parts_reference.py", GRADING_DATA, "docs/instructors.md",
-                   "tests/course_cases.py", "tests/test_grading_sandbox.py", "tests/test_grading_fairness.py",
-                   "tests/test_gradebook.py")  # never in the student version (course_cases.py holds solutions)
+INSTRUCTOR_ONLY = ("tests/test_assignment.py", "tests/test_course_table.py", "tests/make_parts_reference.py",
+                   GRADING_DATA, "docs/instructors.md", "tests/course_cases.py", "tests/course_variants.py",
+                   "tests/test_grading_sandbox.py", "tests/test_grading_fairness.py", "tests/test_gradebook.py")
+# never in the student version (course_cases.py and course_variants.py hold solutions)
 MANIFEST = "assignment.json"  # written into the student version
 KIT_MANIFEST = "kit.json"     # written into the kit
 
