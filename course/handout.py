@@ -18,6 +18,7 @@ PARTS_FILE = "course/parts.py"  # the parts table: handed out with the visible t
 
 INSTRUCTOR_SECTIONS = re.compile(r"instructor|course assignment", re.I)  # README sections not handed out
 
+
 def lean_files(root):
     """LEAN checked against the tree: {file to leave out}, {file: {function to blank}}."""
     out, blanks = set(), {}

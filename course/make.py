@@ -13,6 +13,7 @@ from course.runner import in_parallel, run_tests
 from course.submission import combined, student_function
 from course.tree import graded_files, write_new
 
+
 def validate(root=ROOT, parts=None):
     """The reference passes every graded test, with the visible data and with the grading data; with every
     part blanked every test fails; each part's solution alone, every other part blanked, passes all of its

@@ -17,6 +17,7 @@ from course.tree import SUITE, worker_files
 
 PER_CALL = 10.0  # seconds a test's call into the student's code may take (the reference's take milliseconds)
 
+
 class Suite:
     """The tests of a tree (tests/test_parts.py and its data), loaded in this process: a fresh module for each
     run, whose `student` is that run's worker."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from course.parts import MANIFEST, PROBES, REFERENCE_DATA, ROOT, TESTS, AssignmentError
 
+
 def project_files(root):
     """The project's files, relative to root: those git tracks where root is a checkout (untracked files are
     never handed out), else those the student version's manifest lists."""

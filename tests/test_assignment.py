@@ -195,8 +195,6 @@ def test_check_fails_where_grading_fails(student, tmp_path):
     assert lr["points"] == 2, lr
 
 
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The kit, and a class graded with it
 
@@ -224,8 +222,8 @@ def test_the_kit_holds_no_solution(made):
         assert not re.search(r"^\s*### BEGIN SOLUTION: \d", path.read_text(), re.M), f"{path}: a solution"
     tests = (kit / "tree/tests/test_parts.py").read_text()
     assert "def test_attention_gradients_match_sdpa" in tests, "the kit holds the hidden tests"
-    for name in ("grade.py", "course/sandbox.py", "machinery/config.py", "setup.sh", "run_autograder", "requirements.txt",
-                 "tree/tests/parts_probes.py"):
+    for name in ("grade.py", "course/sandbox.py", "machinery/config.py", "setup.sh", "run_autograder",
+                 "requirements.txt", "tree/tests/parts_probes.py"):
         assert (kit / name).is_file(), f"the kit has no {name}"
     assert os.access(kit / "run_autograder", os.X_OK) and os.access(kit / "setup.sh", os.X_OK)
     data = (kit / "tree/sanity/parts_reference.safetensors").read_bytes()

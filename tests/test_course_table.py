@@ -140,8 +140,6 @@ def test_reference_file_matches_transformers():
                               load_file(str(ROOT / "sanity/parts_reference.safetensors"))["layer.output"])
 
 
-
-
 def test_only_tracked_files_are_handed_out(tmp_path):
     git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
     git("init", "-q")
@@ -176,4 +174,5 @@ def test_each_command_has_its_own_help():
     for option in ("--deadline", "--gradescope", "--metadata", "--uncontained"):
         assert option in grade.stdout, option
     bad = cli("grade")
-    assert bad.returncode == 2 and bad.stderr == "course: grade: expected one or more SUBMISSION, got none (see --help)\n"
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr == "course: grade: expected one or more SUBMISSION, got none (see --help)\n", bad.stderr
