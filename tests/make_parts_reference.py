@@ -1,6 +1,6 @@
 """
 Writes sanity/parts_reference.safetensors: the small tensors the graded tests (tests/test_parts.py) compare a
-Transformer layer and the embeddings against, so that `python assignment.py check PART` needs no transformers;
+Transformer layer and the embeddings against, so that `python -m course check PART` needs no transformers;
 and sanity/parts_grading.safetensors, the same for other random weights (seed 1): the grading kit's, never in
 the student version, so that a solution returning the stored tensors passes no graded test.
 
@@ -8,7 +8,7 @@ the student version, so that a solution returning the stored tensors passes no g
 
 Random weights (seed 0) are put into Hugging Face's BertLayer and BertEmbeddings, and their outputs are
 stored with the weights under this project's parameter names. Nothing here runs the project's own encoder: the
-expected values come from transformers alone. tests/test_assignment.py recomputes them with transformers and
+expected values come from transformers alone. tests/test_course_table.py recomputes them with transformers and
 compares them with the stored file (test_reference_file_matches_transformers).
 """
 

@@ -1,12 +1,11 @@
 """
-The course assignment end to end (assignment.py): make the student version and the grading kit, grade a class
+The course assignment end to end (python -m course): make the student version and the grading kit, grade a class
 of three submissions with the kit alone (a full one, an untouched one, one that cheats), grade from the
-instructor's tree, the hand-out, `check` as grading runs it, and the errors a bad marker gives. The expected
-points are written out here by hand from the parts table in the instructors' guide, not read from
-assignment.PARTS. Containment and cheats: test_grading_sandbox.py; correct styles and real mistakes:
-test_grading_fairness.py; the gradebook: test_gradebook.py.
+instructor's tree, the hand-out, and `check` as grading runs it. The expected points are written out here by hand
+from the parts table in the instructors' guide, not read from course.parts.PARTS. The parts table, the markers and
+bad input: test_course_table.py; containment and cheats: test_grading_sandbox.py; correct styles and real
+mistakes: test_grading_fairness.py; the gradebook: test_gradebook.py.
 """
-
 import ast
 import csv
 import json
@@ -19,21 +18,13 @@ from pathlib import Path
 
 import pytest
 
-import assignment
 import course_cases as cases
+from course.markers import functions
+from course.parts import BY_NAME, PARTS
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES_PARTS = {"kl": 7, "soft_targets": 3, "mlm": 5, "cosine": 4, "combine": 4, "pkd": 9}  # losses.py's
-
-
-def cli(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "assignment.py", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+cli = cases.command
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +53,18 @@ def test_make_validates_every_part(student):
     assert "validated in" in stdout
 
 
-def test_student_version_blanks_regions_and_keeps_the_rest(student):
+def test_student_version_leaves_out_the_instructors_files_and_hidden_tests(student):
     out, _ = student
     assert not (out / ".git").exists(), "the student version must not hold the history (and the solutions)"
     for name in ("tests/test_assignment.py", "tests/make_parts_reference.py", "sanity/parts_grading.safetensors",
-                 "tests/course_cases.py", "tests/test_grading_fairness.py", "docs/instructors.md"):
+                 "tests/course_cases.py", "tests/course_variants.py", "tests/test_grading_fairness.py",
+                 "tests/test_course_table.py", "docs/instructors.md"):
         assert not (out / name).exists(), f"{name} is the instructor's"
-    for name in ("tests/parts_probes.py", "course/wire.py", "course/worker.py", "course/sandbox.py"):
+    for name in ("tests/parts_probes.py", "course/wire.py", "course/worker.py", "course/sandbox.py",
+                 "course/contain.py"):
         assert (out / name).is_file(), f"{name}: check needs it"
     handout = (out / "HANDOUT.md").read_text()
-    assert "| kl | losses.py | `kl_per_row` | 7 |" in handout and "python assignment.py check kl" in handout
+    assert "| kl | losses.py | `kl_per_row` | 7 |" in handout and "python -m course check kl" in handout
     assert "(3 of 5 tests, 4.5 of its 7 points, here)" in handout, handout
     readme = (out / "README.md").read_text()
     assert "HANDOUT.md" in readme and not re.search(r"^#+ .*(Course assignments|[Ii]nstructor)", readme, re.M)
@@ -82,6 +75,10 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
         assert not re.search(
             r"^\s*### BEGIN SOLUTION: \d", path.read_text(), re.M
         ), f"{path}: a region left in"
+
+
+def test_student_version_blanks_regions_and_keeps_the_rest(student):
+    out, _ = student
     expected = {
         "model.py": [
             "explicit_attention",
@@ -108,7 +105,7 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
                 assert "# YOUR CODE HERE" in body and "raise NotImplementedError()" in body, body
             else:
                 assert same, f"{file}: {name} changed, though it is no part"
-    table = (out / "assignment.py").read_text()
+    table = (out / "course/parts.py").read_text()
     assert "test_attention_gradients_match_sdpa" not in table, "the student's parts table names a hidden test"
     assert "('test_attention_equals_softmax_qkt_v', 2)" in table
     manifest = json.loads((out / "assignment.json").read_text())
@@ -199,124 +196,6 @@ def test_check_fails_where_grading_fails(student, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Bad markers, a bad table, bad input
-
-
-def copy_sources(tmp_path):
-    root = tmp_path / "ref"
-    (root / "tests").mkdir(parents=True)
-    (root / "sanity").mkdir()
-    (root / "machinery").mkdir()
-    for path in [*ROOT.glob("*.py"), *ROOT.glob("machinery/*.py")]:
-        shutil.copy(path, root / path.relative_to(ROOT))
-    for name in ("tests/test_parts.py", "tests/parts_probes.py", "sanity/parts_reference.safetensors"):
-        shutil.copy(ROOT / name, root / name)
-    shutil.copytree(ROOT / "course", root / "course", ignore=shutil.ignore_patterns("__pycache__"))
-    return root
-
-
-def line_of(text, needle, after=0):
-    lines = text.splitlines()
-    return next(i for i in range(after, len(lines)) if needle in lines[i]) + 1
-
-
-def test_unterminated_nested_and_miscounted_regions_are_clear_errors(tmp_path):
-    root = copy_sources(tmp_path)
-    text = (ROOT / "model.py").read_text()
-    begin = line_of(text, "### BEGIN SOLUTION", line_of(text, "def student_from_teacher"))
-    cases = {
-        "unterminated": (
-            text[::-1].replace("### END SOLUTION"[::-1], "", 1)[::-1],
-            f"model.py:{begin}: BEGIN SOLUTION is never closed",
-        ),
-        "nested": (
-            text.replace("    ### END SOLUTION\n", "    ### BEGIN SOLUTION: 0 lines\n", 1),
-            f"model.py:{line_of(text, '### END SOLUTION')}: BEGIN SOLUTION inside the region opened at "
-            f"line {line_of(text, '### BEGIN SOLUTION')}",
-        ),
-        "miscounted": (
-            text.replace("### BEGIN SOLUTION: 4 lines", "### BEGIN SOLUTION: 5 lines", 1),
-            f"model.py:{line_of(text, '### BEGIN SOLUTION')}: the marker says 5 lines, the region "
-            f"has 4 lines of code",
-        ),
-        "outside the table": (
-            text.replace(
-                "        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as BERT",
-                "        ### BEGIN SOLUTION: 1 lines\n"
-                "        return self.fc2(F.gelu(self.fc1(x)))\n"
-                "        ### END SOLUTION",
-            ),
-            "a solution region in Layer.feed_forward, which is not in the parts table",
-        ),
-    }
-    for case, (broken, message) in cases.items():
-        (root / "model.py").write_text(broken)
-        with pytest.raises(assignment.AssignmentError) as e:
-            assignment.check_table(root)
-        assert message in str(e.value), f"{case}: {e.value}"
-    (root / "model.py").write_text(cases["unterminated"][0])
-    run = subprocess.run(
-        [sys.executable, str(root / "assignment.py"), "make", tmp_path / "out"],
-        capture_output=True,
-        text=True,
-    )
-    assert (
-        run.returncode == 2
-        and run.stderr.strip() == f"assignment: {cases['unterminated'][1]} (no END " "SOLUTION)"
-    ), run.stderr
-    assert not (tmp_path / "out").exists(), "nothing is written when the markers are bad"
-
-
-def test_validation_catches_a_test_that_needs_another_part(tmp_path, monkeypatch):
-    root = copy_sources(tmp_path)
-    tests = (root / "tests/test_parts.py").read_text()
-    tests = tests.replace(
-        '    total, parts = combined(student.combine({"ce": 1.5, "mlm": 2.0, "cos": 0.25}), "combine")',
-        "    student.mlm(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))  # needs part mlm\n"
-        '    total, parts = combined(student.combine({"ce": 1.5, "mlm": 2.0, "cos": 0.25}), "combine")',
-    )
-    (root / "tests/test_parts.py").write_text(tests)
-    monkeypatch.setattr(
-        assignment, "PARTS", tuple(p for p in assignment.PARTS if p.name in ("mlm", "combine"))
-    )
-    with pytest.raises(assignment.AssignmentError) as e:
-        assignment.validate(root)
-    assert str(e.value).startswith(
-        "part combine: alone in the student version (every other part blanked), its test "
-        "test_combine_weights_and_parts fails: NotImplementedError"
-    ), e.value
-
-
-def test_make_never_overwrites(tmp_path):
-    out = tmp_path / "taken"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    run = cli("make", out, "--validate=false")
-    assert run.returncode == 2 and "already exists" in run.stderr, run.stderr
-    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
-    assert cli("check", "nope").stderr.startswith("assignment: unknown part 'nope'")
-
-
-def test_reference_file_matches_transformers():
-    """sanity/parts_reference.safetensors is what make_parts_reference.py computes with transformers now."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import make_parts_reference
-    from safetensors.torch import load_file
-    import torch
-
-    for seed, name in ((0, "parts_reference"), (1, "parts_grading")):  # the hand-out's, the kit's
-        stored, fresh = load_file(str(ROOT / f"sanity/{name}.safetensors")), make_parts_reference.build(seed)
-        assert set(stored) == set(fresh)
-        for k in fresh:
-            torch.testing.assert_close(
-                stored[k], fresh[k], atol=1e-6, rtol=1e-6, msg=lambda m: f"{name} {k}: {m}"
-            )
-        assert (ROOT / f"sanity/{name}.safetensors").stat().st_size < 500_000
-    assert not torch.allclose(load_file(str(ROOT / "sanity/parts_grading.safetensors"))["layer.output"],
-                              load_file(str(ROOT / "sanity/parts_reference.safetensors"))["layer.output"])
-
-
-# ------------------------------------------------------------------------------------------------------------
 # The kit, and a class graded with it
 
 solve = cases.solve
@@ -324,9 +203,9 @@ solve = cases.solve
 
 def reference_body(part):
     """The reference's solution of a part, as a body for solve."""
-    p = assignment.BY_NAME[part]
+    p = BY_NAME[part]
     text = (ROOT / p.file).read_text()
-    first, last = assignment.functions(text, p.file)[p.function]
+    first, last = functions(text, p.file)[p.function]
     lines = text.splitlines()[first : last + 1]
     start = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
     end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
@@ -336,15 +215,15 @@ def reference_body(part):
 
 def test_the_kit_holds_no_solution(made):
     out, kit, _ = made
-    for p in assignment.PARTS:  # each graded function in the kit is the student version's, blanked
+    for p in PARTS:  # each graded function in the kit is the student version's, blanked
         ref, mine = defs(out / p.file), defs(kit / "tree" / p.file)
         assert ast.dump(ref[p.function]) == ast.dump(mine[p.function]), f"kit: {p.file} {p.function}"
     for path in kit.rglob("*.py"):
         assert not re.search(r"^\s*### BEGIN SOLUTION: \d", path.read_text(), re.M), f"{path}: a solution"
     tests = (kit / "tree/tests/test_parts.py").read_text()
     assert "def test_attention_gradients_match_sdpa" in tests, "the kit holds the hidden tests"
-    for name in ("assignment.py", "course/sandbox.py", "setup.sh", "run_autograder", "requirements.txt",
-                 "tree/tests/parts_probes.py"):
+    for name in ("grade.py", "course/sandbox.py", "machinery/config.py", "setup.sh", "run_autograder",
+                 "requirements.txt", "tree/tests/parts_probes.py"):
         assert (kit / name).is_file(), f"the kit has no {name}"
     assert os.access(kit / "run_autograder", os.X_OK) and os.access(kit / "setup.sh", os.X_OK)
     data = (kit / "tree/sanity/parts_reference.safetensors").read_bytes()
@@ -362,7 +241,7 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     subs = tmp_path / "subs"
     for name in ("full", "blank", "cheater"):
         shutil.copytree(out, subs / name)
-    for file in {p.file for p in assignment.PARTS}:
+    for file in {p.file for p in PARTS}:
         shutil.copy(ROOT / file, subs / "full" / file)
     cheats = {}
     for part, body in cases.CHEATS.values():  # the first cheat of each part
@@ -370,7 +249,7 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     for part, body in cheats.items():
         solve(subs / "cheater", part, body)
     solve(subs / "cheater", "masking", reference_body("masking"))
-    grader = [sys.executable, str(kit / "assignment.py"), "grade", "--kit", str(kit), *sorted(subs.iterdir())]
+    grader = [sys.executable, str(kit / "grade.py"), *sorted(subs.iterdir())]
     run = subprocess.run([*grader, "--csv", "grades.csv", "--jobs", "2"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr
@@ -386,7 +265,7 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
     assert "| **total** | | | | **100 / 100** |" in (tmp_path / "reports/full.md").read_text()
     seconds = report["seconds"]  # the wall time per submission, two parts at a time
     assert seconds < 30, f"{seconds} s per submission"
-    one = [*grader[:5], str(subs / "blank"), "--csv", "grades.csv", "--part", "kl", "--hide-hidden"]
+    one = [*grader[:2], str(subs / "blank"), "--csv", "grades.csv", "--part", "kl", "--hide-hidden"]
     run = subprocess.run(one, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # one part of one
     assert run.returncode == 0, run.stderr
     rows = {r["id"]: r for r in csv.DictReader((tmp_path / "grades.csv").open())}
@@ -400,38 +279,3 @@ def test_a_class_graded_with_the_kit_alone(made, tmp_path):
                       ("blank", "regraded part kl")], events
 
 
-def test_only_tracked_files_are_handed_out(tmp_path):
-    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
-    git("init", "-q")
-    (tmp_path / "model.py").write_text("x = 1\n")
-    (tmp_path / "notes.md").write_text("the instructor's notes\n")
-    git("add", "model.py")
-    assert assignment.project_files(tmp_path) == ["model.py"], "an untracked file would be handed out"
-    with pytest.raises(assignment.AssignmentError, match="not a git checkout"):
-        assignment.project_files(tmp_path / "..")
-
-
-def test_lean_leaves_out_the_near_solutions():
-    full, lean = assignment.student_version(ROOT), assignment.student_version(ROOT, lean=True)
-    lean_out = ("notebooks/01_bert_and_student.ipynb", "tests/test_peakd.py", "tests/test_losses.py", "bench.py")
-    for name in lean_out:
-        assert name in full and name not in lean, name
-    body = ast.get_source_segment(lean["peakd.py"].decode(), defs_of(lean["peakd.py"])["make_student"])
-    assert "load_state_dict" not in body and 'raise NotImplementedError("left out' in body, body
-    assert "load_state_dict" in ast.get_source_segment(full["peakd.py"].decode(),
-                                                       defs_of(full["peakd.py"])["make_student"])
-    assert json.loads(lean["assignment.json"])["lean"] is True
-
-
-def defs_of(data):
-    return {n.name: n for n in ast.walk(ast.parse(data.decode())) if isinstance(n, ast.FunctionDef)}
-
-
-def test_each_command_has_its_own_help():
-    make, grade = cli("make", "--help"), cli("grade", "--help")
-    assert make.returncode == 0 and "--kit" in make.stdout and "--lean" in make.stdout, make.stdout
-    assert "--hide-hidden" not in make.stdout and "--hide-hidden" in grade.stdout and "--jobs" in grade.stdout
-    for option in ("--deadline", "--gradescope", "--metadata", "--uncontained"):
-        assert option in grade.stdout, option
-    bad = cli("grade")
-    assert bad.returncode == 2 and "the following arguments are required: SUBMISSION" in bad.stderr

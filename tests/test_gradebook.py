@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import assignment
+import course.__main__ as command
+from course.make import make
+from course.parts import PARTS
 import course_cases as cases
 from course import gradebook, sandbox
 
@@ -113,7 +115,7 @@ def test_gradescope_results_json():
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     where = tmp_path_factory.mktemp("made")
-    assignment.make(where / "student", kit=where / "kit", check=False)
+    make(where / "student", kit=where / "kit", check=False)
     return where / "student", where / "kit"
 
 
@@ -133,7 +135,7 @@ def test_the_kit_runs_as_gradescopes_autograder(kit, tmp_path):
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads((ag / "results/results.json").read_text())
-    assert results["score"] == 4 and len(results["tests"]) == sum(len(p.tests) for p in assignment.PARTS)
+    assert results["score"] == 4 and len(results["tests"]) == sum(len(p.tests) for p in PARTS)
     assert sum(t["max_score"] for t in results["tests"]) == 100
     lr = [t for t in results["tests"] if t["name"].startswith("lr_schedule")]
     assert [(t["score"], t["visibility"]) for t in lr] == [(2, "visible"), (2, "after_published")], lr
@@ -146,9 +148,9 @@ def test_grade_off_linux_says_why_in_one_line(kit, tmp_path, monkeypatch, capsys
     student, kit_dir = kit
     shutil.copytree(student, tmp_path / "alice")
     monkeypatch.setattr(sandbox, "LINUX", False)
-    assert assignment.main(["grade", "--kit", str(kit_dir), str(tmp_path / "alice")]) == 2
+    assert command.main(["grade", "--kit", str(kit_dir), str(tmp_path / "alice")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("assignment: grade: the containment of student code needs Linux")
+    assert err.count("\n") == 0 and err.startswith("course: grade: the containment of student code needs Linux")
     assert "--uncontained" in err and "Gradescope" in err
 
 
@@ -162,7 +164,7 @@ def test_grade_uncontained_and_check_use_no_call_of_linux(kit, tmp_path, monkeyp
     for name in ("fork", "setsid"):
         monkeypatch.setattr(os, name, lambda *a, **k: (_ for _ in ()).throw(AssertionError(f"os.{name} called")))
     monkeypatch.setattr(sandbox, "fork_server", lambda: (_ for _ in ()).throw(AssertionError("fork server")))
-    assert assignment.main(["grade", "--kit", str(kit_dir), str(tmp_path / "alice"), "--uncontained",
+    assert command.main(["grade", "--kit", str(kit_dir), str(tmp_path / "alice"), "--uncontained",
                             "--json", str(tmp_path / "alice.json"), "--part", "ptp"]) == 0
     got = json.loads((tmp_path / "alice.json").read_text())
     assert got["parts"]["ptp"]["points"] == 6 and got["containment"].startswith("NOT contained: --uncontained")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import assignment
+from course.kit import kit_from
+from course.parts import BY_NAME, PARTS
+from course.runner import Suite, in_parallel, run_tests
 import course_cases as cases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +25,8 @@ POINTS = {"attention": 6, "heads": 8, "layer": 5, "embeddings": 5, "student_init
 
 @pytest.fixture(scope="module")
 def kit():
-    parts, base, _ = assignment.kit_from(ROOT)
-    suite = assignment.Suite(base)
+    parts, base, _ = kit_from(ROOT)
+    suite = Suite(base)
     yield base, suite
     suite.close()
 
@@ -32,15 +34,15 @@ def kit():
 def points(kit, jobs):
     """[(points, {test: why}) for each (part, body)], graded two at a time."""
     base, suite = kit
-    run = lambda part, body: assignment.run_tests(cases.solved(base, part, body), assignment.BY_NAME[part].names,
+    run = lambda part, body: run_tests(cases.solved(base, part, body), BY_NAME[part].names,
                                                   suite=suite)
-    results = assignment.in_parallel([lambda p=p, b=b: run(p, b) for p, b in jobs])
-    return [(sum(w for t, w in assignment.BY_NAME[p].tests if res[t] is None), res)
+    results = in_parallel([lambda p=p, b=b: run(p, b) for p, b in jobs])
+    return [(sum(w for t, w in BY_NAME[p].tests if res[t] is None), res)
             for (p, _), res in zip(jobs, results)]
 
 
 def test_the_table_is_the_one_written_here():
-    assert {p.name: p.points for p in assignment.PARTS} == POINTS
+    assert {p.name: p.points for p in PARTS} == POINTS
 
 
 def test_every_correct_variant_gets_every_point(kit):
@@ -72,7 +74,7 @@ def test_ten_correct_submissions_score_100_with_the_kit(tmp_path):
     """Ten whole submissions, each part in a style of VARIANTS (no two submissions alike), graded by the kit's
     own grader into a gradebook: each 100."""
     out, kit = tmp_path / "student", tmp_path / "kit"
-    run = subprocess.run([sys.executable, "assignment.py", "make", out, "--kit", kit, "--validate=false"], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "course", "make", out, "--kit", kit, "--validate=false"], cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     subs = tmp_path / "subs"
@@ -85,7 +87,7 @@ def test_ten_correct_submissions_score_100_with_the_kit(tmp_path):
         for part, body in bodies.items():
             cases.solve(folder, part, body)
     assert len(set(chosen)) == 10
-    run = subprocess.run([sys.executable, str(kit / "assignment.py"), "grade", "--kit", str(kit),
+    run = subprocess.run([sys.executable, str(kit / "grade.py"),
                           *sorted(map(str, subs.iterdir())), "--csv", "grades.csv"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr

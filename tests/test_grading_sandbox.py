@@ -23,12 +23,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import assignment
+from course.kit import kit_from
+from course.make import make
+from course.parts import BY_NAME
+from course.runner import Suite, in_parallel, run_tests
 import course_cases as cases
-from course import sandbox, wire
+from course import contain, sandbox, wire
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMESPACES = sandbox.measure()["mode"] == "namespaces"
+NAMESPACES = contain.measure()["mode"] == "namespaces"
 needs_namespaces = pytest.mark.skipif(not NAMESPACES, reason="this machine refuses namespaces (the fallback is "
                                       "tested below)")
 
@@ -291,13 +294,13 @@ def the_tree_is_fine():
 
 
 def test_every_cheat_scores_zero_and_leaves_nothing():
-    parts, base, _ = assignment.kit_from(ROOT)
-    suite, before = assignment.Suite(base), job_folders()
+    parts, base, _ = kit_from(ROOT)
+    suite, before = Suite(base), job_folders()
     try:
-        jobs = [lambda part=part, body=body: assignment.run_tests(cases.solved(base, part, body),
-                                                                  assignment.BY_NAME[part].names, suite=suite)
+        jobs = [lambda part=part, body=body: run_tests(cases.solved(base, part, body),
+                                                                  BY_NAME[part].names, suite=suite)
                 for part, body in cases.CHEATS.values()]
-        results = assignment.in_parallel(jobs)
+        results = in_parallel(jobs)
     finally:
         suite.close()
     scored = {name: [t for t, why in res.items() if why is None] for name, res in zip(cases.CHEATS, results)}
@@ -309,7 +312,7 @@ def test_every_cheat_scores_zero_and_leaves_nothing():
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     where = tmp_path_factory.mktemp("kit")
-    assignment.make(where / "student", kit=where / "kit", check=False)
+    make(where / "student", kit=where / "kit", check=False)
     return where / "student", where / "kit"
 
 
@@ -353,7 +356,7 @@ def test_the_escape_of_issue_42_scores_zero_and_leaves_nothing(kit, tmp_path):
     (subs / "eve/machinery/optim.py").unlink()
     (subs / "eve/machinery/optim.py").symlink_to(bob_optim)
     before = job_folders()
-    run = subprocess.run([sys.executable, str(kit_dir / "assignment.py"), "grade", "--kit", str(kit_dir),
+    run = subprocess.run([sys.executable, str(kit_dir / "grade.py"),
                           *map(str, sorted(subs.iterdir())), "--csv", "grades.csv"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr

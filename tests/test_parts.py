@@ -1,13 +1,13 @@
 """
-The graded tests of the course assignment (assignment.py): one group per part of its parts table, each test
-exercising exactly one function written by the student. The points of each test are in assignment.PARTS.
+The graded tests of the course assignment (python -m course): one group per part of its parts table, each test
+exercising exactly one function written by the student. The points of each test are in course/parts.py.
 
 The tests run in the grader's process; the student's code runs in another. A test builds its inputs, calls
 `student.PROBE(...)` (tests/parts_probes.py: the probe builds what the test needs, calls the student's
 function as its docstring documents it, and returns what came out) and compares what came back with values it
 computes here. So the expected values, the tolerances and the comparisons never share a process with the
 student's code, and nothing it does there changes a result except its outputs. Under pytest the probes run in
-this process through the same encoding (course/wire.py); `python assignment.py check` and `grade` run them in
+this process through the same encoding (course/wire.py); `python -m course check` and `grade` run them in
 another process.
 
 The references are independent of the code under test: torch's own functions (F.kl_div,
