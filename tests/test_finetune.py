@@ -630,7 +630,7 @@ def test_teacher_distillation_finds_the_teacher_and_errors_are_one_line(tmp_path
     with pytest.raises(SystemExit) as e:
         ft.main(base + [model, f"--teacher={tmp_path / 'r' / 'teacher-SST-2-seed1'}"])
     assert "tiny-SST-2-seed1, tiny-SST-2-seed2, tiny-SST-2-seed3" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(SystemExit, match=r"^finetune.py: error: .*no_such_folder"):
+    with pytest.raises(SystemExit, match=r"^finetune: error: .*no_such_folder"):
         ft.main(base + [f"--model={tmp_path / 'no_such_folder'}"])
     for bad in ("nan", "5.5", "-1"):
         sts = tmp_path / f"sts-{bad}"
@@ -723,7 +723,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
                               f"--out_dir={tmp_path / 't' / name}", "--max_len=32", "--micro_batch=4",
                               "--batch_size=4"]))
         assert "only the vocabulary size" not in capsys.readouterr().out  # the name's vocab.txt was found
-    with pytest.raises(SystemExit, match=r"^finetune.py: error: .*someone/unknown: could not be found"):
+    with pytest.raises(SystemExit, match=r"^finetune: error: .*someone/unknown: could not be found"):
         ft.main([f"--task=SST-2", f"--data={tmp_path / 'glue'}", "--model=someone/unknown"])
     with pytest.raises(SystemExit, match=r"^eval.py: error: .*someone/unknown: could not be found"):
         ev.main(["mlm", "--model", "someone/unknown", "--data", str(tmp_path / "shards")])
