@@ -31,7 +31,7 @@ def sts_file(tmp_path, n=6):
     head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
     pair = "a man is playing the guitar .\tthe dog runs ."
     rows = [f"{i}\tg\tf\t2012\t{i}\tn\tn\t{pair}\t{i / 2:.1f}\n" for i in range(n)]
-    path = tmp_path / "STS-B" / "drp.tsv"
+    path = tmp_path / "STS-B" / "dev.tsv"
     path.parent.mkdir()
     path.write_text(head + "".join(rows))
     return path
