@@ -66,7 +66,7 @@ def hf_format(model):
 def load_finetuned(path):
     path = Path(path)
     if not (path / "finetune.json").is_file():
-        raise FileNotFoundError(f"{path}: no finetune.json (not a folder written by finetune.py)")
+        raise FileNotFoundError(f"{path}: no finetune.json (not a folder written by python -m finetune)")
     verify_manifest(path)
     meta = json.loads((path / "finetune.json").read_text())
     encoder = Bert(config_from_dict(meta["encoder"]))
