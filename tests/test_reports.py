@@ -10,19 +10,10 @@ import reports as rp
 from machinery.hf import save_pretrained
 from machinery.tokenizer import load_tokenizer
 from model import Bert, BertConfig, count_parameters, student_from_teacher
-
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["the", "a", "man", "dog", "is", "runs", "playing", "guitar", "."]
+from test_eval import SPECIAL, WORDS, vocab  # noqa: F401 (vocab: the fixture of a small vocabulary)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def vocab(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(SPECIAL + WORDS) + "\n")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ size and speed
