@@ -1,6 +1,6 @@
 """
 The DistilBERT training losses (Sanh et al. 2019, Section 2 "Knowledge distillation"), and the task losses of
-fine-tuning (finetune.py) and Patient-KD (peakd.py), each formula written once as a small pure function:
+fine-tuning (finetune/) and Patient-KD (peakd.py), each formula written once as a small pure function:
 
   L_ce   distillation loss: the student imitates the teacher's soft targets, sum_i t_i * log(s_i), both from a
          softmax with temperature T, p_i = exp(z_i/T) / sum_j exp(z_j/T) (T = 1 at inference).
@@ -134,7 +134,7 @@ def combine(losses, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=0.0):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Task distillation (finetune.py: "DistilBERT (D)", Section 4) and Patient-KD (peakd.py: Sun et al. 2019)
+# Task distillation (finetune/: "DistilBERT (D)", Section 4) and Patient-KD (peakd.py: Sun et al. 2019)
 
 def task_loss(logits, labels):
     """Cross-entropy, or MSE for one output (regression); over positions for SQuAD's (B, L) start/end

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import speed_markdown
+from reports import speed_markdown
 from machinery.files import pyplot, save_figure
 from reproduction.claims import claims_md, pct, signed
 from reproduction.glue import recipes

@@ -12,9 +12,10 @@ import numpy as np
 
 import finetune as ft
 import peakd
-from eval import seeded_difference, size_speed, verdict
+from eval import seeded_difference, verdict
 from machinery.hf import load_pretrained, resolve_checkpoint
 from machinery.tokenizer import load_tokenizer
+from reports import size_speed
 from reproduction import glue
 
 
@@ -102,7 +103,7 @@ def table2_stage(cfg, root, general) -> dict:
 
 def table3_stage(cfg, root, general) -> dict:
     """Parameters, size on disk and CPU time at batch size 1: models timed in turns (interleaved rounds), the
-    median and range of the per-round speed-up, and the bound the layers allow (eval.size_speed)."""
+    median and range of the per-round speed-up, and the bound the layers allow (reports.size_speed)."""
     encoders = {"teacher": load_pretrained(root / "teacher" / "model"),
                 "distilled": load_pretrained(general["rows"][general["distilled"]]["folder"])}
     return size_speed(encoders, load_tokenizer(resolve_checkpoint(cfg.teacher)),

@@ -347,7 +347,7 @@ def test_a_bad_config_json_is_one_line_naming_the_file_and_key(setup, bad_inputs
         c = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(make(c))
     folder = model_variant(bad_inputs, f"cfg-{edit}", write)
-    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={folder}",
+    one_line_error(["finetune", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={folder}",
                     "--dtype=float32"], rf"{folder / 'config.json'}: .*" if edit in ("invalid-json", "list")
                    else rf"{folder / 'config.json'}: {match}")
     one_line_error(["train.py", *args(root, bad_inputs / f"out-{edit}", teacher=folder)], match)
@@ -361,7 +361,7 @@ def test_a_damaged_tokenizer_json_is_one_line_naming_the_file(setup, bad_inputs,
                     "--vocab", bad, "--out", tmp_path / "out"], rf"{bad}: not a readable tokenizer.json")
     folder = model_variant(bad_inputs, "bad-tokenizer",
                            lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "trunc'))
-    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={folder}",
+    one_line_error(["finetune", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={folder}",
                     "--dtype=float32"], rf"{folder / 'tokenizer.json'}: not a readable tokenizer.json")
 
 
@@ -378,7 +378,7 @@ def test_bad_task_files_are_one_line(bad_inputs, tmp_path, fault):
     split, text, match = GLUE_FAULTS[fault]
     shutil.copytree(bad_inputs / "glue", tmp_path / "glue")
     (tmp_path / "glue" / "SST-2" / f"{split}.tsv").write_text(text)
-    one_line_error(["finetune.py", "--task=SST-2", f"--data={tmp_path / 'glue'}",
+    one_line_error(["finetune", "--task=SST-2", f"--data={tmp_path / 'glue'}",
                     f"--model={bad_inputs / 'model'}", "--dtype=float32"], match)
 
 
@@ -386,7 +386,7 @@ def test_bad_task_files_are_one_line(bad_inputs, tmp_path, fault):
 def test_limits_below_one_are_refused(bad_inputs, limit):
     """Before: --train_limit=-5 silently kept 59 of 64 rows, --train_limit=0 all of them, --eval_limit=0 gave
     a 23-line traceback."""
-    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}",
+    one_line_error(["finetune", "--task=SST-2", f"--data={bad_inputs / 'glue'}",
                     f"--model={bad_inputs / 'model'}", "--dtype=float32", limit], rf"{limit}: expected an integer >= 1")
 
 
@@ -399,7 +399,7 @@ def test_a_model_or_teacher_of_another_vocabulary_is_refused(setup, bad_inputs, 
                             max_position=64))
     save_pretrained(other, tmp_path / "other")
     vocab = root / "data" / "vocab.txt"
-    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={tmp_path / 'other'}",
+    one_line_error(["finetune", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={tmp_path / 'other'}",
                     f"--vocab={vocab}", "--dtype=float32"], rf"has a vocabulary of {size} tokens")
     import finetune as ft
     from machinery.tokenizer import load_tokenizer
@@ -668,13 +668,13 @@ def test_the_vocabulary_hash_covers_the_normaliser(setup, tmp_path):
 
 
 def test_finetune_refuses_another_vocabulary_of_the_same_size(setup, bad_inputs, tmp_path):
-    """Before: finetune.py --vocab=V, another vocabulary of the model's size, trained without a warning (only the
+    """Before: finetune --vocab=V, another vocabulary of the model's size, trained without a warning (only the
     sizes were compared)."""
     root, _ = setup
     vocab = (root / "data" / "vocab.txt").read_text().splitlines()
     vocab[10], vocab[11] = vocab[11], vocab[10]  # the same tokens, two ids swapped
     (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in vocab))
-    one_line_error(["finetune.py", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={bad_inputs / 'model'}",
+    one_line_error(["finetune", "--task=SST-2", f"--data={bad_inputs / 'glue'}", f"--model={bad_inputs / 'model'}",
                     f"--vocab={tmp_path / 'vocab.txt'}", "--dtype=float32", "--max_steps=1", "--train_limit=4",
                     "--eval_limit=2"], r"was trained with .*vocab.txt, and .* is another vocabulary of the same size")
 
