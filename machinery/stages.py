@@ -1,5 +1,5 @@
 """
-One cache for the stages of the long commands (the quickstart, reproduce.py, Pea-KD's pipeline): a stage's
+One cache for the stages of the long commands (the quickstart, python -m reproduction, Pea-KD's pipeline): a stage's
 result is stored in its folder (stage.json) beside the settings that made it, and reused only for the same
 settings. The quickstart's training stages, which resume, read and write the same file (quickstart.run_stage).
 """

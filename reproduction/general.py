@@ -39,7 +39,7 @@ from machinery.device import choose_dtype
 from machinery.files import write_text
 from machinery.hf import load_pretrained, resolve_checkpoint, save_pretrained
 from machinery.tokenizer import load_tokenizer, write_tokenizer_files
-from model import Bert, BertConfig, masked_mean, student_from_teacher
+from model import Bert, BertConfig, student_from_teacher
 import quickstart
 from quickstart import run_stage
 from reproduction import glue, mlm_head

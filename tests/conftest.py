@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true",
-                     help="run the tests marked slow too (notebooks, reproduce.py, torchrun, the real PyPI "
+                     help="run the tests marked slow too (notebooks, python -m reproduction, torchrun, the real PyPI "
                           "download, the end-to-end runs): the README's test command and .ci/run do")
 
 
