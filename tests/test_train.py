@@ -1,5 +1,6 @@
 """train.py: the update is right (teacher frozen, accumulation exact, DDP equal to one process), runs resume exactly,
 signals leave a checkpoint, non-finite losses are handled, and the command line refuses what it does not know."""
+import json
 import os
 import signal
 import subprocess
@@ -331,3 +332,18 @@ def test_signal_during_nonfinite_steps_still_stops(setup, tmp_path, monkeypatch)
     assert [c.name for c in ckpts] == ["ckpt-0000001.pt", "ckpt-0000002.pt"]
     one, two = (torch.load(c, weights_only=True) for c in ckpts)
     assert two["skipped"] == 1 and all(torch.equal(v, two["model"][k]) for k, v in one["model"].items())
+
+
+def test_the_banner_says_what_differs_and_metrics_hold_the_whole_config(setup, tmp_path, capsys):
+    """Issue 44: every stage printed its whole config as one JSON line (a 6 x 384 student's `"hidden": 768`
+    among it). The banner names the settings that differ from the defaults, of those the run reads; the tiny
+    preset's model shape is not read by a distillation (init=teacher), so it is not shown; metrics.jsonl's first
+    row holds every setting."""
+    root, _ = setup
+    T.train(T.parse_args(args(root, tmp_path / "a", max_steps=2)))
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("settings: "))
+    assert "--max_steps=2" in line and "--micro_batch=4" in line and "--preset=tiny" in line
+    assert "--hidden=" not in line and "--layers=" not in line and '"config"' not in out
+    first = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["config"]["hidden"] == 64 and first["config"]["max_steps"] == 2

@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 
 from machinery import checkpoint
-from machinery.checkpoint import data_identity, export, load_scaler, nonfinite_stop, resume, usable
+from machinery.checkpoint import (NOT_COMPUTED, data_identity, export, load_scaler, nonfinite_stop, read_settings,
+                                  resume, usable)
 from model import count_parameters
 from training.setup import Run
 
@@ -129,11 +130,12 @@ def export_dir(cfg) -> Path:
 
 
 def banner(run: Run) -> str:
-    """The run in two lines: the settings that differ from the defaults (metrics.jsonl's first row holds them
-    all), then the model, the batch geometry, the steps and the precision."""
+    """The run in two lines: the settings that differ from the defaults, of those it reads (metrics.jsonl's
+    first row holds them all), then the model, the batch geometry, the steps and the precision."""
     cfg, default = run.cfg, type(run.cfg)()
-    changed = " ".join(f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
-                       if getattr(cfg, f.name) != getattr(default, f.name))
+    now = dataclasses.asdict(cfg)
+    shown = set(read_settings(now)) | set(NOT_COMPUTED)  # not the settings this run does not read
+    changed = " ".join(f"--{k}={v}" for k, v in now.items() if k in shown and v != getattr(default, k))
     frozen = sum(p.numel() for p in run.model.parameters() if not p.requires_grad)
     trainable = count_parameters(run.model)["total"] - frozen
     return (f"settings: {changed or 'the defaults'}\n"
