@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import eval as ev
 from data import TokenData
-from prepare import prepare
+from corpus import prepare
 from machinery.tokenizer import load_tokenizer
 from model import Bert, BertConfig, BertOutput, count_parameters, student_from_teacher
 from machinery.hf import save_pretrained

@@ -668,7 +668,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
     from machinery import hf
     from machinery.hub import PYPI_TEACHERS
     import peakd
-    import prepare
+    from corpus import prepare
     import train as T
     enc = tiny(vocab_size=len(WORDS) + 5)
     save_pretrained(enc, tmp_path / "src", tokenizer_files=[vocab])
@@ -701,7 +701,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
                                                        for i in range(4)))
     write(tmp_path / "corpus.txt", "\n\n".join(f"the cat sat on the mat tok{i} . the dog sat on a mat tok{i + 1} ."
                                                for i in range(60)))
-    prepare.prepare([str(tmp_path / "corpus.txt")], tmp_path / "shards", vocab=str(vocab), valid_fraction=0.2)
+    prepare([str(tmp_path / "corpus.txt")], tmp_path / "shards", vocab=str(vocab), valid_fraction=0.2)
     for name in ("test/tiny-teacher", "org/hub-tiny"):
         ft.main([f"--task=SST-2", f"--data={tmp_path / 'glue'}", f"--model={name}", f"--out={tmp_path / 'r'}",
                  "--max_steps=1", "--batch_size=8", "--log_every=0", "--save=false"])
