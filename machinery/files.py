@@ -205,7 +205,7 @@ def save_figure(fig, path, dpi=100):
 
 def write_region(path, name, text):
     """Replace what lies between the lines `<!-- begin NAME -->` and `<!-- end NAME -->` of the Markdown page
-    `path` with `text`, atomically: how bench.py and reproduce.py write their tables into docs/, around prose
+    `path` with `text`, atomically: how the benchmarks and reproduce.py write their tables into docs/, around prose
     written by hand. A page without the markers is refused in one line (nothing is written)."""
     path = Path(path)
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("machinery", "course", "reproduction", "peakd", "corpus")  # the folders of tools beside the lesson
+PACKAGES = ("machinery", "course", "reproduction", "peakd", "corpus", "benchmarks")  # the folders of tools beside the lesson
 MODULES = {p.stem: p for p in ROOT.glob("*.py")} | {f"{d}.{p.stem}": p for d in PACKAGES
                                                      for p in (ROOT / d).glob("*.py") if p.stem != "__init__"}
 MODULES |= {d: ROOT / d / "__init__.py" for d in PACKAGES}  # `import peakd` runs its __init__.py
