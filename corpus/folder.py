@@ -57,29 +57,36 @@ def prepare(inputs=(), out_dir="data/shards", vocab=None, vocab_size=8192, valid
             log(f"{out_dir} is up to date (same inputs and settings): nothing to do")
             return existing
         _check_replaceable(out_dir, existing, overwrite)
-        meta = {}
+        return _write(out_dir, tmp, lambda t: {**build(t, sources, tokenizer, vocab, vocab_size, valid_fraction,
+                                                       shard_tokens, batch_docs, seed),
+                                               "inputs_hash": inputs_hash, "settings": settings})
 
-        def fill(tmp):  # the old folder (--overwrite) goes only once the new one is complete
-            tmp.mkdir(parents=True)
-            # marks the folder as ours until it has its name: a kill at any moment before leaves a
-            # recognisable <out>.tmp (removed by the next run), never one that could be a user's
-            with writing(tmp / PARTIAL):
-                (tmp / PARTIAL).write_text(FORMAT + "\n")
-            meta.update(build(tmp, sources, tokenizer, vocab, vocab_size, valid_fraction, shard_tokens,
-                               batch_docs, seed), inputs_hash=inputs_hash, settings=settings)
-            with writing(tmp / "meta.json"):  # last: marks the folder complete
-                (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            write_atomic(out_dir, fill, folder=True, tmp=tmp)
-        except OSError as e:  # a full disk: the file, the bytes free; the temporary folder is gone
-            raise WriteFailed(f"{disk_error(e.filename or tmp, e)}; {out_dir} is as it was, and "
-                              f"{tmp.name} removed") from None
-        (out_dir / PARTIAL).unlink()
-        fsync_dir(out_dir)
-        s = meta["splits"]
-        log(f"wrote {out_dir}: train {s['train']['docs']} docs / {s['train']['tokens']} tokens, "
-            f"valid {s['valid']['docs']} docs / {s['valid']['tokens']} tokens")
-        return meta
+
+def _write(out_dir, tmp, make_meta) -> dict:
+    """tmp filled by make_meta(tmp) -> its meta dict, then renamed to out_dir: marked ours first (PARTIAL), its
+    meta.json written last, and an old out_dir (--overwrite) removed only once the new one is complete."""
+    meta = {}
+
+    def fill(tmp):
+        tmp.mkdir(parents=True)
+        # marks the folder as ours until it has its name: a kill at any moment before leaves a
+        # recognisable <out>.tmp (removed by the next run), never one that could be a user's
+        with writing(tmp / PARTIAL):
+            (tmp / PARTIAL).write_text(FORMAT + "\n")
+        meta.update(make_meta(tmp))
+        with writing(tmp / "meta.json"):  # last: marks the folder complete
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        write_atomic(out_dir, fill, folder=True, tmp=tmp)
+    except OSError as e:  # a full disk: the file, the bytes free; the temporary folder is gone
+        raise WriteFailed(f"{disk_error(e.filename or tmp, e)}; {out_dir} is as it was, and "
+                          f"{tmp.name} removed") from None
+    (out_dir / PARTIAL).unlink()
+    fsync_dir(out_dir)
+    s = meta["splits"]
+    log(f"wrote {out_dir}: train {s['train']['docs']} docs / {s['train']['tokens']} tokens, "
+        f"valid {s['valid']['docs']} docs / {s['valid']['tokens']} tokens")
+    return meta
 
 
 # prepare's settings: what each allows (machinery.config.check_value, the check of every command's settings)
