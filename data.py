@@ -6,7 +6,7 @@ practices: very large batches (up to 4K examples, by gradient accumulation), *dy
 next-sentence-prediction objective, so a training example is just a piece of one document between [CLS] and
 [SEP]. The reference code (huggingface/transformers, examples/research_projects/distillation) also draws the
 tokens to mask with probability proportional to token_count^-0.7 instead of uniformly. This file is what
-training reads, top to bottom (prepare.py writes the shards; tokenizer.py is the vocabulary):
+training reads, top to bottom (corpus/ writes the shards: python -m corpus; machinery/tokenizer.py is the vocabulary):
 
   1. masking     mask_tokens (uniform or smoothed), smoothing_weights, mask_generator
   2. Batches     shuffled, length-grouped, rank-sharded, resumable batches; Prefetch, the next ones made
@@ -295,7 +295,7 @@ class TokenData:
         meta_path = self.folder / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: {self.folder} is not a prepared folder "
-                                    f"(run prepare.py)")
+                                    f"(run python -m corpus)")
         try:
             self.meta = json.loads(meta_path.read_text())
         except ValueError as e:

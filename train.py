@@ -46,7 +46,7 @@ MIN_LEN = data.MIN_SEQ_TOKENS  # (inside TrainConfig, `data` is the setting)
 class TrainConfig:
     mode: str = opt("distill", "distill: train a student from a frozen teacher | mlm: masked-LM loss alone",
                      choices=("distill", "mlm"))
-    data: str = opt("data/shards", "a folder prepared by prepare.py")
+    data: str = opt("data/shards", "a folder prepared by python -m corpus")
     out_dir: str = opt("out/distill", "checkpoints, metrics.jsonl and the exported model (student/ or model/)")
     teacher: str = opt("bert-base-uncased", "teacher: a Hugging Face folder or Hub name (train.py exports one)")
     init: str = opt("teacher",

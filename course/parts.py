@@ -94,7 +94,7 @@ PARTS = (
          (("test_denominators_give_the_gradient_of_one_big_batch", 4), ("test_denominators_ce_on_masked_positions", 3),
           ("test_denominators_over_two_ranks", 3)),
          "gradient accumulation: the step's token counts", "train.Objective (its denoms argument)"),
-    Part("ptp", "peakd.py", "ptp_labels", 6,
+    Part("ptp", "peakd/ptp.py", "ptp_labels", 6,
          (("test_ptp_labels_four_classes", 3.5), ("test_ptp_labels_three_classes_from_logits", 2.5)),
          "Pea-KD's PTP labels: right/wrong x confident/unsure", "Cho & Kang 2020 (Pea-KD), Sec. 3.2"),
     Part("pkd", "losses.py", "pkd_loss", 9,
@@ -110,9 +110,10 @@ LEAN = (
     ("notebooks/01_bert_and_student.ipynb", "the per-head attention written out (attention, heads)"),
     ("tests/test_peakd.py", "an SPS layer written out (heads)"),
     ("tests/test_losses.py", "KL times T^2 written out (kl, soft_targets)"),
-    ("bench.py", "the reference formulas of the losses, KL times T^2 (kl, soft_targets, mlm, cosine)"),
-    ("tests/test_bench.py", "the tests of bench.py, which is left out"),
-    ("peakd.py:make_student", "copies the teacher's layers as student_from_teacher does (student_init)"),
+    ("benchmarks/training.py", "the reference formulas of the losses, KL times T^2 (kl, soft_targets, mlm, cosine)"),
+    ("benchmarks/__main__.py", "the benchmarks' command, which imports benchmarks/training.py"),
+    ("tests/test_bench.py", "the tests of the benchmarks, which are left out"),
+    ("peakd/students.py:make_student", "copies the teacher's layers as student_from_teacher does (student_init)"),
 )
 
 

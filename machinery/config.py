@@ -1,8 +1,10 @@
 """
 The command line of every entry point, in one style: `--key=value` (or `--key value`), `_` and `-` alike in a key.
-train.py, finetune.py and reproduce.py read the fields of a dataclass, typed by its annotations, with `--help`
-from each field's `opt(default, "help")`; the commands with subcommands or lists of inputs (eval.py, peakd.py,
-prepare.py, bench.py) use `ArgumentParser` below, which takes the same spellings.
+A command reads the fields of a dataclass, typed by its annotations, with `--help` from each field's
+`opt(default, "help")`. A list of inputs is a tuple field: `--key=a --key=b` appends, and the one field marked
+`opt(..., positional=True)` collects the bare arguments (`python -m corpus a.txt b.txt`). A command with
+subcommands (`python -m peakd run ...`) takes the subcommand first and parses the rest. `ArgumentParser` below
+(argparse with the same spellings) remains for the commands not yet moved to a dataclass.
 """
 import argparse
 import dataclasses
@@ -21,24 +23,32 @@ def parse_config(argv, cls, presets=None, doc=""):
         print(doc)
         helps = field_help(cls)
         for f in dataclasses.fields(cls):
-            left = f"  --{f.name}={f.default}"
+            left = f"  [{f.name} ...]" if f.metadata.get("positional") else f"  --{f.name}={f.default}"
             lines = textwrap.wrap(helps.get(f.name, ""), 110 - 34) or [""]
             print(f"{left:<34}{lines[0]}" if len(left) < 34 else f"{left}\n{'':<34}{lines[0]}")
             for line in lines[1:]:
                 print(" " * 34 + line)
         sys.exit(0)
     hints, values, i = typing.get_type_hints(cls), {}, 0
+    positional = next((f.name for f in dataclasses.fields(cls) if f.metadata.get("positional")), None)
     while i < len(argv):
         if not argv[i].startswith("--"):
-            raise ValueError(f"argument {argv[i]!r}: expected --key=value (see --help)")
-        key, eq, value = argv[i][2:].partition("=")
-        key = key.replace("-", "_")
+            if positional is None:
+                raise ValueError(f"argument {argv[i]!r}: expected --key=value (see --help)")
+            key, eq, value = positional, "=", argv[i]
+        else:
+            key, eq, value = argv[i][2:].partition("=")
+            key = key.replace("-", "_")
         if key not in hints:
             raise ValueError(f"unknown setting --{key} (see --help)")
-        if not eq:  # --key value, or a bare --flag
-            bare = i + 1 >= len(argv) or argv[i + 1].startswith("--")
-            value, i = ("true", i) if bare else (argv[i + 1], i + 1)
-        values[key] = convert(key, value, hints[key])
+        if not eq:  # --key value, or a bare --flag (followed by no true/false: the next word is not its value)
+            following = argv[i + 1] if i + 1 < len(argv) else "--"
+            bare = following.startswith("--") or (hints[key] is bool and following.lower() not in BOOLS)
+            value, i = ("true", i) if bare else (following, i + 1)
+        if typing.get_origin(hints[key]) is tuple:  # a list of inputs: each occurrence adds one
+            values[key] = values.get(key, ()) + (convert(key, value, typing.get_args(hints[key])[0]),)
+        else:
+            values[key] = convert(key, value, hints[key])
         i += 1
     preset = values.get("preset", "")
     if preset and preset not in (presets or {}):
@@ -46,24 +56,28 @@ def parse_config(argv, cls, presets=None, doc=""):
     return cls(**{**(presets or {}).get(preset, {}), **values})  # its __post_init__ may check_fields
 
 
-def opt(default, help: str, range: str = "", choices: tuple = ()):
+def opt(default, help: str, range: str = "", choices: tuple = (), positional: bool = False):
     """A config field with its --help text and the values it allows, checked by check_fields:
     `lr: float = opt(5e-4, "peak learning rate", range="> 0")`. range: "> a", ">= a" or an interval such as
-    "[0, 1)" (a bound may be written 2**63); choices: the allowed values. A float must also be finite."""
-    return dataclasses.field(default=default, metadata={"help": help, "range": range, "choices": choices})
+    "[0, 1)" (a bound may be written 2**63); choices: the allowed values. A float must also be finite.
+    positional=True (on one tuple field, `inputs: tuple[str, ...] = opt((), ..., positional=True)`): the bare
+    arguments of the command line."""
+    return dataclasses.field(default=default, metadata={"help": help, "range": range, "choices": choices,
+                                                        "positional": positional})
 
 
 def check_fields(obj):
-    """Every field of the dataclass `obj` within its opt(range=, choices=); the first that is not is a
-    ValueError of one line naming the setting and what it allows: `--keep_last=-1: expected an integer >= 1`.
-    None passes (an optional setting left unset)."""
+    """Every field of the dataclass `obj` (each value of a tuple field) within its opt(range=, choices=); the
+    first that is not is a ValueError of one line naming the setting and what it allows: `--keep_last=-1:
+    expected an integer >= 1`. None passes (an optional setting left unset)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
-        why = check_value(f.name, getattr(obj, f.name), f.metadata.get("range", ""),
-                          f.metadata.get("choices", ()), kind)
-        if why:
-            raise ValueError(why)
+        value = getattr(obj, f.name)
+        for v in value if isinstance(value, tuple) else (value,):  # a tuple field: each of its values
+            why = check_value(f.name, v, f.metadata.get("range", ""), f.metadata.get("choices", ()), kind)
+            if why:
+                raise ValueError(why)
 
 
 def check_value(key, value, range="", choices=(), kind=float):
@@ -107,6 +121,9 @@ def field_help(cls) -> dict:
     return {f.name: f.metadata.get("help", "") + allowed(f.metadata.get("range", "")) for f in dataclasses.fields(cls)}
 
 
+BOOLS = ("true", "false", "1", "0", "yes", "no")
+
+
 def convert(key, value: str, kind):
     """value as a `kind` (str, int, float, bool, or one of them | None)."""
     options = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
@@ -114,7 +131,7 @@ def convert(key, value: str, kind):
         return None
     kind = options[0]
     if kind is bool:
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        if value.lower() not in BOOLS:
             raise ValueError(f"--{key}={value!r}: expected true or false")
         return value.lower() in ("true", "1", "yes")
     try:

@@ -191,7 +191,8 @@ def head_losses(u, weight, bias, *, teacher_hidden, teacher_head, labels, temper
     Why: the gradient of the logits is known in closed form, w_ce T (softmax(s/T) - softmax(t/T)) + w_mlm
     (softmax(s) - onehot) (+ 2 w_mse (s - t)), so each chunk's gradients w.r.t. u, the weight and the bias are
     computed in the forward pass and stored ((N + V) x d numbers); backward only scales them. Checkpointed
-    chunks (bench.soft_target_loss_chunked, the memory baseline) would recompute both heads in backward."""
+    chunks (benchmarks.training.soft_target_loss_chunked, the memory baseline) would recompute both heads in
+    backward."""
     if len(labels) > u.shape[0]:
         raise ValueError(f"{len(labels)} labels for {u.shape[0]} rows: the masked rows are the first rows")
     if teacher_hidden is not None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import data
 import finetune as ft
-import prepare
+from corpus import prepare as prepare_corpus
 import train
 from eval import bootstrap_se, heldout_hits, paired_difference, seeded_difference, verdict, zero_shot_similarity
 from machinery.checkpoint import load_checkpoint
@@ -98,7 +98,7 @@ def teacher_stage(cfg, root) -> dict:
     last states at the masked positions of (up to head_rows of) the training split, computed once; the encoder
     is the pretrained one, bit for bit."""
     source = resolve_checkpoint(cfg.teacher)
-    meta = prepare.prepare(corpus(cfg), root / "data", vocab=source / "vocab.txt", valid_fraction=0.02,
+    meta = prepare_corpus(corpus(cfg), root / "data", vocab=source / "vocab.txt", valid_fraction=0.02,
                            overwrite=True)
     shards = data.TokenData(root / "data")
     teacher = load_pretrained(source)

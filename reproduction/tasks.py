@@ -4,8 +4,6 @@ Kang), each on the teacher and the distilled student of the general stage, with 
 reproduction/glue.py: every difference between separately fine-tuned models has an SE that counts the dev
 examples and the seeds (eval.seeded_difference).
 """
-import json
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -115,26 +113,19 @@ def table3_stage(cfg, root, general) -> dict:
 # Pea-KD: the teacher (the pretrained model, fine-tuned on each task); the students from its first 3 layers,
 # SPS runs them twice (6 layers); every row trained once per seed of peakd_seeds
 
-def peakd_args(cfg, root, task, n) -> Namespace:
+def peakd_config(cfg, root, task, n) -> peakd.PeakdConfig:
     lr, epochs = glue.recipes(cfg.recipe).get(task, (cfg.lr, cfg.epochs))[0], cfg.peakd_epochs
-    return Namespace(
-        task=task, data=str(Path(cfg.data) / "glue"), teacher=str(resolve_checkpoint(cfg.teacher)),
-        vocab=str(resolve_checkpoint(cfg.teacher)), out=str(root / "peakd"), student_layers=3, student_from="",
-        init="first", arch="bert", sps="all", no_swap=False, ptp_thresholds="reference", alpha=0.7, T=10.0,
-        beta=100.0, layer_map="skip", lr=lr, epochs=epochs, ptp_epochs=1.0, teacher_lr=lr, teacher_epochs=epochs,
-        batch_size=32, max_steps=None, max_len=cfg.max_len, train_limit=n, seed=cfg.seed, log_every=0,
-        save=False, threads=0, pool="mean")
+    teacher = str(resolve_checkpoint(cfg.teacher))
+    return peakd.PeakdConfig(task=task, data=str(Path(cfg.data) / "glue"), teacher=teacher, vocab=teacher,
+                             out=str(root / "peakd"), student_layers=3, sps="all", lr=lr, epochs=epochs,
+                             ptp_epochs=1.0, teacher_lr=lr, teacher_epochs=epochs, max_len=cfg.max_len,
+                             train_limit=n, seed=cfg.seed, log_every=0, pool="mean")
 
 
 def peakd_stage(cfg, root) -> dict:
     results, seeds = {}, glue.seeds(cfg.peakd_seeds)
-    for task, n in glue.limits(cfg.peakd_limits).items():
-        args = peakd_args(cfg, root, task, n)
-        saved = root / "peakd" / task / "results.json"  # a task already done with these settings is reused
-        r = json.loads(saved.read_text()) if saved.is_file() else {}
-        if r.get("args") != json.loads(json.dumps(vars(args))) or r.get("seeds") != seeds or \
-                list(r.get("rows", {}))[1:] != list(peakd.VARIANTS):
-            r = peakd.pipeline(args, list(peakd.VARIANTS), seeds)
+    for task, n in glue.limits(cfg.peakd_limits).items():  # a task done with these settings is reused (cached)
+        r = peakd.pipeline(peakd_config(cfg, root, task, n), list(peakd.VARIANTS), seeds)
         rows = r["rows"]
         labels = glue.dev_labels(cfg, task)
         results[task] = {

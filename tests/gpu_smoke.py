@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import data  # noqa: E402
 import losses  # noqa: E402
-import prepare  # noqa: E402
+from corpus import prepare  # noqa: E402
 import train as T  # noqa: E402
 import training.setup as training_setup  # noqa: E402
 from machinery import device as devices, files, fused_head  # noqa: E402
@@ -72,7 +72,7 @@ class Smoke:
         """A prepared corpus and a small teacher (no dropout), saved as train.py reads them."""
         (self.work / "corpus.txt").write_text(corpus())
         with contextlib.redirect_stderr(open(os.devnull, "w")):
-            prepare.prepare([str(self.work / "corpus.txt")], self.work / "data", vocab_size=200, valid_fraction=0.1)
+            prepare([str(self.work / "corpus.txt")], self.work / "data", vocab_size=200, valid_fraction=0.1)
         self.tokens = data.TokenData(self.work / "data")
         torch.manual_seed(0)
         teacher = Bert(BertConfig(vocab_size=self.tokens.vocab_size, hidden_size=64, num_layers=4, num_heads=4,

@@ -250,7 +250,7 @@ def pkd(student_logits, teacher_logits, labels, student_cls=None, teacher_cls=No
 
 
 # ------------------------------------------------------------------------------------------------------------
-# masking, smoothing: data.py; lr_schedule: machinery/optim.py; ptp: peakd.py
+# masking, smoothing: data.py; lr_schedule: machinery/optim.py; ptp: peakd/ptp.py
 
 
 def masking(input_ids, attention_mask, seed, mask_id, vocab_size, special_ids, weights=None):

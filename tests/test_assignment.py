@@ -91,7 +91,7 @@ def test_student_version_blanks_regions_and_keeps_the_rest(student):
         "data.py": ["mask_tokens", "smoothing_weights"],
         "machinery/optim.py": ["linear_schedule"],
         "train.py": ["forward_backward"],
-        "peakd.py": ["ptp_labels"],
+        "peakd/ptp.py": ["ptp_labels"],
     }
     for file, names in expected.items():
         ref, mine = defs(ROOT / file), defs(out / file)

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import eval as ev
 from data import TokenData
-from prepare import prepare
+from corpus import prepare
 from model import Bert, BertConfig, BertOutput
 from machinery.hf import save_pretrained
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from machinery import files
-import prepare
+from corpus import PARTIAL, prepare
+from corpus.__main__ import main as corpus_main
 import train as T
 from conftest import lock_held_by_another_process
 from train_fixtures import ROOT, args, ckpt_names, damage, final_student, setup  # noqa: F401 (setup: a fixture)
@@ -111,21 +112,21 @@ def test_prepare_never_deletes_a_users_old_folder_and_two_prepares_exclude_each_
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog and the bird." for i in range(40)))
     out = tmp_path / "out"
-    prepare.prepare([corpus], out, vocab_size=120)
+    prepare([corpus], out, vocab_size=120)
     (out).rename(tmp_path / "out.old")  # the user keeps a copy of an earlier preparation
     kept = tree(tmp_path / "out.old")
-    prepare.prepare([corpus], out, vocab_size=120)
+    prepare([corpus], out, vocab_size=120)
     assert tree(tmp_path / "out.old") == kept
     # a first prepare is writing (holds the lock, its out.tmp half full): the second is refused, touching nothing
     (tmp_path / "out.tmp").mkdir()
-    (tmp_path / "out.tmp" / prepare.PARTIAL).write_text("x")
-    with lock_held_by_another_process("prepare._prepare_lock", out) as pid:
+    (tmp_path / "out.tmp" / PARTIAL).write_text("x")
+    with lock_held_by_another_process("corpus.folder._prepare_lock", out) as pid:
         with pytest.raises(SystemExit) as e:
-            prepare.main([str(corpus), "--out", str(out), "--vocab-size", "130", "--overwrite"])
-        assert "another prepare.py is writing" in str(e.value) and f"pid {pid}" in str(e.value)
-        assert (tmp_path / "out.tmp" / prepare.PARTIAL).is_file()
+            corpus_main([str(corpus), "--out", str(out), "--vocab-size", "130", "--overwrite"])
+        assert "another preparation (python -m corpus) is writing" in str(e.value) and f"pid {pid}" in str(e.value)
+        assert (tmp_path / "out.tmp" / PARTIAL).is_file()
     # the holder is gone: its marked out.tmp is provably a leftover now, and goes
-    prepare.prepare([corpus], out, vocab_size=130, overwrite=True)
+    prepare([corpus], out, vocab_size=130, overwrite=True)
     assert not (tmp_path / "out.tmp").exists() and tree(tmp_path / "out.old") == kept
     assert not (tmp_path / ".out.lock").exists()
 
@@ -136,10 +137,10 @@ def test_prepare_puts_back_a_folder_set_aside_by_an_interrupted_overwrite(tmp_pa
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog and the bird." for i in range(40)))
     out = tmp_path / "out"
-    meta = prepare.prepare([corpus], out, vocab_size=120)
+    meta = prepare([corpus], out, vocab_size=120)
     (out / "marker").write_text("the folder itself, not a new one")
     out.rename(tmp_path / ".out.old")
-    assert prepare.prepare([corpus], out, vocab_size=120)["inputs_hash"] == meta["inputs_hash"]
+    assert prepare([corpus], out, vocab_size=120)["inputs_hash"] == meta["inputs_hash"]
     assert not (tmp_path / ".out.old").exists() and (out / "marker").is_file()  # put back, not rebuilt
 
 
@@ -357,7 +358,7 @@ def test_a_damaged_tokenizer_json_is_one_line_naming_the_file(setup, bad_inputs,
     root, _ = setup
     bad = tmp_path / "tokenizer.json"
     bad.write_text('{"version": "1.0", "trunc')
-    one_line_error(["prepare.py", root / "corpus.txt" if (root / "corpus.txt").exists() else bad_inputs,
+    one_line_error(["corpus.__main__", root / "corpus.txt" if (root / "corpus.txt").exists() else bad_inputs,
                     "--vocab", bad, "--out", tmp_path / "out"], rf"{bad}: not a readable tokenizer.json")
     folder = model_variant(bad_inputs, "bad-tokenizer",
                            lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "trunc'))
@@ -436,7 +437,7 @@ def test_eval_mlm_refuses_too_long_sequences_and_another_vocabulary(setup, bad_i
                    r"--max_len=100 is more than the 64 positions")
     corpus = tmp_path / "other.txt"  # a vocabulary of the same size, trained on other text
     corpus.write_text("\n\n".join(f"zebra quantum {i} xylophone jungle marmalade vortex" * 3 for i in range(200)))
-    prepare.prepare([corpus], tmp_path / "other", vocab_size=200)
+    prepare([corpus], tmp_path / "other", vocab_size=200)
     from data import TokenData
     assert TokenData(tmp_path / "other").vocab_size == TokenData(root / "data").vocab_size
     one_line_error(["eval.py", "mlm", "--model", model, "--data", tmp_path / "other", "--max-len", "64"],
@@ -541,7 +542,7 @@ def test_a_lock_file_that_is_a_link_is_never_written_through(setup, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog." for i in range(40)))
     (tmp_path / ".prep.lock").symlink_to(mine)
-    one_line_error(["prepare.py", corpus, "--out", tmp_path / "prep", "--vocab_size=120"],
+    one_line_error(["corpus.__main__", corpus, "--out", tmp_path / "prep", "--vocab_size=120"],
                    r"\.prep\.lock is a symbolic link")
     assert mine.read_text() == "my notes" and not list(out.glob("ckpt-*")) and not (tmp_path / "prep").exists()
 
@@ -754,7 +755,7 @@ PREPARE_SETTINGS = {  # before: accepted (a 1-document training split, an 81-tok
 def test_bad_prepare_settings_are_one_line(tmp_path, setting):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog and the bird." for i in range(40)))
-    one_line_error(["prepare.py", corpus, "--out", tmp_path / "out", setting], PREPARE_SETTINGS[setting])
+    one_line_error(["corpus.__main__", corpus, "--out", tmp_path / "out", setting], PREPARE_SETTINGS[setting])
     assert not (tmp_path / "out").exists()
 
 
@@ -801,7 +802,7 @@ def test_a_damaged_or_list_valued_stage_json_is_moved_aside(setup, tmp_path, cap
 KILL_AT_RENAME = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import prepare
+from corpus.__main__ import main
 real, seen = os.replace, []
 
 def replace(src, dst, *a, **k):  # SIGKILL at the n-th rename of the folder into place (a real kill -9)
@@ -811,21 +812,21 @@ def replace(src, dst, *a, **k):  # SIGKILL at the n-th rename of the folder into
             os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst, *a, **k)
 os.replace = replace
-prepare.main(sys.argv[1:])
+main(sys.argv[1:])
 """
 
 
 @pytest.mark.parametrize("kill", ["fresh", "overwrite-first-rename", "overwrite-second-rename"])
 def test_prepare_killed_at_its_renames_recovers(tmp_path, kill):
     """Before: a prepare killed after meta.json was written (before its rename) left out.tmp without its
-    marker, and every rerun refused ("not left by an interrupted prepare.py"); an --overwrite killed between
+    marker, and every rerun refused ("not left by an interrupted preparation"); an --overwrite killed between
     its two renames was never put back (the stale-.tmp check ran first and refused)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Document {i} about the cat and the dog and the bird." for i in range(40)))
     out = tmp_path / "out"
     argv = [str(corpus), "--out", str(out), "--vocab_size=120"]
     if kill != "fresh":
-        prepare.prepare([corpus], out, vocab_size=130)
+        prepare([corpus], out, vocab_size=130)
         (out / "marker").write_text("the earlier folder")
         argv.append("--overwrite")
     driver = tmp_path / "driver.py"
@@ -836,11 +837,11 @@ def test_prepare_killed_at_its_renames_recovers(tmp_path, kill):
     if kill == "overwrite-second-rename":  # the earlier folder set aside, not yet replaced: it is put back
         assert not out.exists() and (tmp_path / ".out.old" / "marker").is_file()
         with pytest.raises(FileExistsError, match="use --overwrite"):
-            prepare.prepare([corpus], out, vocab_size=120)
+            prepare([corpus], out, vocab_size=120)
         assert (out / "marker").read_text() == "the earlier folder" and not (tmp_path / "out.tmp").exists()
-    meta = prepare.prepare([corpus], out, vocab_size=120, overwrite=kill != "fresh")
+    meta = prepare([corpus], out, vocab_size=120, overwrite=kill != "fresh")
     assert meta["settings"]["vocab"] == "train:120" and not (tmp_path / "out.tmp").exists()
-    assert not (out / prepare.PARTIAL).exists() and not (tmp_path / ".out.old").exists()
+    assert not (out / PARTIAL).exists() and not (tmp_path / ".out.old").exists()
     from data import TokenData
     TokenData(out)
 
@@ -889,12 +890,12 @@ def test_a_full_disk_in_prepare_names_the_file_and_the_free_bytes(tmp_path):
     disk = tmp_path / "disk"
     mounted = mount_tmpfs(disk, "size=64k")
     try:
-        done = subprocess.run([sys.executable, "prepare.py", str(corpus), "--out", str(disk / "out"),
+        done = subprocess.run([sys.executable, "-m", "corpus", str(corpus), "--out", str(disk / "out"),
                                "--vocab_size=200"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                               preexec_fn=None if mounted else limit_file_size(64_000))
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-1500:]
-        assert re.search(rf"prepare.py: error: {disk / 'out.tmp'}/\S+: not written \(.*[\d,]+ bytes free there\); "
+        assert re.search(rf"corpus: error: {disk / 'out.tmp'}/\S+: not written \(.*[\d,]+ bytes free there\); "
                          rf"{disk / 'out'} is as it was", lines[-1]), lines[-1]
         assert not (disk / "out.tmp").exists() and not (disk / "out").exists()
     finally:

