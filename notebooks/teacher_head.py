@@ -36,13 +36,13 @@ def work_folder() -> Path:
 
 def corpus(work) -> data.TokenData:
     """The quickstart's corpus (Python's own documentation) in the teacher's vocabulary, prepared by
-    prepare.py in a fresh interpreter: the corpus holds the docstrings of the modules an interpreter can
+    `python -m corpus` in a fresh interpreter: the corpus holds the docstrings of the modules an interpreter can
     import and of what they define, which would otherwise depend on what the notebook had imported before."""
     out, vocab = Path(work) / "data", resolve_checkpoint(NAME) / "vocab.txt"
-    r = subprocess.run([sys.executable, "prepare.py", f"--out={out}", f"--vocab={vocab}",
+    r = subprocess.run([sys.executable, "-m", "corpus", f"--out={out}", f"--vocab={vocab}",
                         "--valid-fraction=0.15", "--overwrite"], cwd=ROOT, capture_output=True, text=True)
     if r.returncode:
-        raise RuntimeError(f"prepare.py failed:\n{r.stderr}")
+        raise RuntimeError(f"python -m corpus failed:\n{r.stderr}")
     print("\n".join(line for line in r.stderr.splitlines() if line.startswith("[data]")))
     return data.TokenData(out)
 
