@@ -109,7 +109,9 @@ BY_NAME = {p.name: p for p in PARTS}
 LEAN = (
     ("notebooks/01_bert_and_student.ipynb", "the per-head attention written out (attention, heads)"),
     ("tests/test_peakd.py", "an SPS layer written out (heads)"),
-    ("tests/test_losses.py", "KL times T^2 written out (kl, soft_targets)"),
+    ("tests/test_losses.py", "the losses' tests, which use the KL below"),
+    ("tests/losses_fixtures.py", "KL times T^2 written out (kl, soft_targets)"),
+    ("tests/test_fused_head.py", "the fused head's tests, which use it too"),
     ("benchmarks/training.py", "the reference formulas of the losses, KL times T^2 (kl, soft_targets, mlm, cosine)"),
     ("benchmarks/__main__.py", "the benchmarks' command, which imports benchmarks/training.py"),
     ("tests/test_bench.py", "the tests of the benchmarks, which are left out"),

@@ -155,6 +155,7 @@ def test_only_tracked_files_are_handed_out(tmp_path):
 def test_lean_leaves_out_the_near_solutions():
     full, lean = student_version(ROOT), student_version(ROOT, lean=True)
     lean_out = ("notebooks/01_bert_and_student.ipynb", "tests/test_peakd.py", "tests/test_losses.py",
+                "tests/losses_fixtures.py", "tests/test_fused_head.py",
                 "benchmarks/training.py")
     for name in lean_out:
         assert name in full and name not in lean, name
