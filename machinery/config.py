@@ -3,10 +3,9 @@ The command line of every entry point, in one style: `--key=value` (or `--key va
 A command reads the fields of a dataclass, typed by its annotations, with `--help` from each field's
 `opt(default, "help")`. A list of inputs is a tuple field: `--key=a --key=b` appends, and the one field marked
 `opt(..., positional=True)` collects the bare arguments (`python -m corpus a.txt b.txt`). A command with
-subcommands (`python -m peakd run ...`) takes the subcommand first and parses the rest. `ArgumentParser` below
-(argparse with the same spellings) remains for the commands not yet moved to a dataclass.
+subcommands (`python -m peakd run ...`, `python eval.py mlm`, `python -m reports speed|table`, `python -m course
+make|check|grade`) takes the subcommand first and parses the rest.
 """
-import argparse
 import dataclasses
 import math
 import sys
@@ -139,19 +138,3 @@ def convert(key, value: str, kind):
     except ValueError:
         expected = "an integer" if kind is int else "a number"
         raise ValueError(f"--{key}={value!r}: expected {expected}") from None
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with this project's spelling: options are declared as `--some_key`, and `--some-key` on the
-    command line means the same, as in parse_config; the help keeps the description's line breaks."""
-
-    def __init__(self, *args, **kw):
-        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        super().__init__(*args, **kw)
-
-    def parse_known_args(self, args=None, namespace=None):
-        def spelled(a):
-            key, eq, value = a[2:].partition("=")
-            return "--" + key.replace("-", "_") + eq + value if a.startswith("--") and len(a) > 2 else a
-        args = sys.argv[1:] if args is None else args
-        return super().parse_known_args([spelled(a) for a in args], namespace)

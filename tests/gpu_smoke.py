@@ -16,11 +16,10 @@
 
 Each check's result is written to the JSON file as soon as it is known, so a run cut short keeps what it had.
 """
-import argparse
 import contextlib
+import dataclasses
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from corpus import prepare  # noqa: E402
 import train as T  # noqa: E402
 import training.setup as training_setup  # noqa: E402
 from machinery import device as devices, files, fused_head  # noqa: E402
+from machinery.config import opt, parse_config  # noqa: E402
 from machinery.hf import save_pretrained  # noqa: E402
 from model import Bert, BertConfig, student_from_teacher  # noqa: E402
 from loop_body import one_step  # noqa: E402
@@ -376,14 +376,20 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
+@dataclasses.dataclass
+class SmokeConfig:
+    dry_run: bool = opt(False, "on the CPU, tiny shapes (no GPU needed)")
+    only: str = opt(",".join(CHECKS), f"comma-separated checks: {', '.join(CHECKS)}")
+    out: str = opt(str(ROOT / "out" / "gpu-smoke.json"), "the results, as JSON")
+    docs: str = opt("", "also write the table into this page's gpu-smoke region")
+    batch: int = opt(16, "sequences of 512 tokens in the speed check's step", range=">= 1")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dry-run", action="store_true", help="on the CPU, tiny shapes (no GPU needed)")
-    p.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated checks: {', '.join(CHECKS)}")
-    p.add_argument("--out", default=str(ROOT / "out" / "gpu-smoke.json"))
-    p.add_argument("--docs", default="", help="also write the table into this page's gpu-smoke region")
-    p.add_argument("--batch", type=int, default=16, help="sequences of 512 tokens in the speed check's step")
-    a = p.parse_args(argv)
+    try:
+        a = parse_config(sys.argv[1:] if argv is None else argv, SmokeConfig, doc=__doc__)
+    except ValueError as e:
+        raise SystemExit(f"gpu_smoke.py: error: {e}") from None
     names = a.only.split(",")
     if set(names) - set(CHECKS):
         raise SystemExit(f"--only={a.only}: checks are {', '.join(CHECKS)}")
