@@ -242,3 +242,21 @@ def test_the_stand_in_task_follows_its_rule():
             sign = 1 if word in ("good", "great", "fun", "moving") else -1
             score += -sign if " not " in f" {clause} " else sign
         assert e.label == int(score > 0)
+
+
+def test_notebook_05s_sets(monkeypatch, tmp_path):
+    """sst2_transfer.data: the student's labelled rows are the teacher's first rows, the transfer set comes after
+    the teacher's (no row of it was trained on with a label), and a teacher with fewer rows than the student is
+    refused in one line."""
+    import sst2_transfer
+    monkeypatch.setattr(sst2_runs, "GLUE", tmp_path)          # no SST-2 there: the synthetic stand-in
+    d = sst2_transfer.data(sst2_transfer.Split(labelled=5, teacher_labelled=12, transfer=7))
+    assert "stand-in" in d["source"]
+    assert [len(d[k]["labels"]) for k in ("train", "teacher_train", "transfer")] == [5, 12, 7]
+    texts_of = lambda t: [tuple(r[m == 1].tolist()) for r, m in zip(t["input_ids"], t["attention_mask"])]
+    assert texts_of(d["train"]) == texts_of(d["teacher_train"])[:5]
+    everything = sst2_runs.stand_in(19, 0)                  # the rows in order: the teacher's 12, then 7 more
+    assert d["teacher_train"]["labels"].tolist() == [e.label for e in everything[:12]]
+    assert d["transfer"]["labels"].tolist() == [e.label for e in everything[12:]]
+    with pytest.raises(ValueError, match="teacher_labelled=3"):
+        sst2_transfer.data(sst2_transfer.Split(labelled=5, teacher_labelled=3, transfer=7))
