@@ -23,7 +23,7 @@ from machinery.tokenizer import load_tokenizer
 
 @dataclass(frozen=True)
 class Split:
-    labelled: int = 500            # the student's labelled sentences
+    labelled: int = 200            # the student's labelled sentences
     teacher_labelled: int = 2000   # the teacher's: the student's and more (>= labelled)
     transfer: int = 8000           # unlabelled sentences, after both
 

@@ -112,10 +112,14 @@ QUOTED = {
         "5.6": "the same"},
     "05_finetune_and_compare.ipynb": {
         "17.4": "notebook 01's stored output (the student's parameters)", "22.9": "the same (MiniLM's)",
-        "2.3": "0.7982 - 0.7752, the long runs' printed seeds",
-        "0.8245": "exercise 1's, measured (seed 1) when it was written", "0.7821": "the same", "0.8108": "the same",
-        "0.6995": "the same", "0.7683": "the same", "0.7901": "exercise 2's, the same way",
-        "0.6468": "exercise 5's, the same way (exercise 1's run)"},
+        "3.6": "0.5940 - 0.5585, the 14-step runs' printed seeds",
+        "0.7890": "exercise 1's, measured (seed 1) when it was written", "0.7683": "the same", "0.7546": "the same",
+        "1.4": "the same (0.7683 - 0.7546)",
+        "0.00": "exercise 1's: an earlier stored run of this notebook (1,000 labelled sentences for both, 3 seeds)",
+        "1.16": "the same",
+        "0.7878": "exercise 2's, measured (3 seeds) when it was written", "0.7630": "the same", "2.48": "the same",
+        "1.23": "the same", "2.0": "the same",
+        "0.7901": "exercise 3's, measured in an earlier version (1,000 labelled sentences for both)"},
     "06_pea_kd.ipynb": {},
 }
 # decimals and percentages; not section numbers (Section 3.2, 3.2.1), nor parts of names, powers or paths
