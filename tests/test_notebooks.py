@@ -113,7 +113,8 @@ QUOTED = {
     "05_finetune_and_compare.ipynb": {
         "17.4": "notebook 01's stored output (the student's parameters)", "22.9": "the same (MiniLM's)",
         "3.6": "0.5940 - 0.5585, the 14-step runs' printed seeds",
-        "0.7890": "exercise 1's, measured (seed 1) when it was written", "0.7683": "the same", "0.7546": "the same",
+        "0.7890": "exercise 1's, measured (seed 1) when it was written (and exercise 3's earlier soft-target run)",
+        "0.7683": "exercise 1's, the same way", "0.7546": "the same",
         "1.4": "the same (0.7683 - 0.7546)",
         "0.00": "exercise 1's: an earlier stored run of this notebook (1,000 labelled sentences for both, 3 seeds)",
         "1.16": "the same",
