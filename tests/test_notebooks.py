@@ -112,10 +112,15 @@ QUOTED = {
         "5.6": "the same"},
     "05_finetune_and_compare.ipynb": {
         "17.4": "notebook 01's stored output (the student's parameters)", "22.9": "the same (MiniLM's)",
-        "2.3": "0.7982 - 0.7752, the long runs' printed seeds",
-        "0.8245": "exercise 1's, measured (seed 1) when it was written", "0.7821": "the same", "0.8108": "the same",
-        "0.6995": "the same", "0.7683": "the same", "0.7901": "exercise 2's, the same way",
-        "0.6468": "exercise 5's, the same way (exercise 1's run)"},
+        "3.6": "0.5940 - 0.5585, the 14-step runs' printed seeds",
+        "0.7890": "exercise 1's, measured (seed 1) when it was written (and exercise 3's earlier soft-target run)",
+        "0.7683": "exercise 1's, the same way", "0.7546": "the same",
+        "1.4": "the same (0.7683 - 0.7546)",
+        "0.00": "exercise 1's: an earlier stored run of this notebook (1,000 labelled sentences for both, 3 seeds)",
+        "1.16": "the same",
+        "0.7878": "exercise 2's, measured (3 seeds) when it was written", "0.7630": "the same", "2.48": "the same",
+        "1.23": "the same", "2.0": "the same",
+        "0.7901": "exercise 3's, measured in an earlier version (1,000 labelled sentences for both)"},
     "06_pea_kd.ipynb": {},
 }
 # decimals and percentages; not section numbers (Section 3.2, 3.2.1), nor parts of names, powers or paths
@@ -242,3 +247,21 @@ def test_the_stand_in_task_follows_its_rule():
             sign = 1 if word in ("good", "great", "fun", "moving") else -1
             score += -sign if " not " in f" {clause} " else sign
         assert e.label == int(score > 0)
+
+
+def test_notebook_05s_sets(monkeypatch, tmp_path):
+    """sst2_transfer.data: the student's labelled rows are the teacher's first rows, the transfer set comes after
+    the teacher's (no row of it was trained on with a label), and a teacher with fewer rows than the student is
+    refused in one line."""
+    import sst2_transfer
+    monkeypatch.setattr(sst2_runs, "GLUE", tmp_path)          # no SST-2 there: the synthetic stand-in
+    d = sst2_transfer.data(sst2_transfer.Split(labelled=5, teacher_labelled=12, transfer=7))
+    assert "stand-in" in d["source"]
+    assert [len(d[k]["labels"]) for k in ("train", "teacher_train", "transfer")] == [5, 12, 7]
+    texts_of = lambda t: [tuple(r[m == 1].tolist()) for r, m in zip(t["input_ids"], t["attention_mask"])]
+    assert texts_of(d["train"]) == texts_of(d["teacher_train"])[:5]
+    everything = sst2_runs.stand_in(19, 0)                  # the rows in order: the teacher's 12, then 7 more
+    assert d["teacher_train"]["labels"].tolist() == [e.label for e in everything[:12]]
+    assert d["transfer"]["labels"].tolist() == [e.label for e in everything[12:]]
+    with pytest.raises(ValueError, match="teacher_labelled=3"):
+        sst2_transfer.data(sst2_transfer.Split(labelled=5, teacher_labelled=3, transfer=7))
