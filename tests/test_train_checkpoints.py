@@ -122,7 +122,7 @@ def test_kill9_resume_does_not_duplicate_metrics_rows(setup, tmp_path):
         f.write('{"step": 7, "tot')  # a row cut short by the kill
     T.train(T.parse_args(a + ["--resume=true"]))
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6, 6]  # every training row once, then the final evaluation's row
+    assert steps == [0, 1, 2, 3, 4, 5, 6, 6]  # the config row, every training row once, the final evaluation's
 
 
 def test_settings_that_cannot_work_fail_at_start(setup, tmp_path, capsys):
