@@ -127,6 +127,10 @@ def new_root(job):
     for name in ETC:
         if os.path.exists("/etc/" + name):
             bind(root, "/etc/" + name)
+    # the private /tmp before the Python folders and the tree: a virtual environment (or a tree) under /tmp is
+    # bound on top of it, not hidden by it
+    os.makedirs(root + "/tmp", exist_ok=True)
+    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
     for folder in python_folders():
         if not folder.startswith("/usr/"):  # under /usr it is there already
             bind(root, folder)
@@ -137,8 +141,6 @@ def new_root(job):
         bind(root, "/dev/" + device, writable=True)
     os.makedirs(root + "/proc", exist_ok=True)
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(root + "/tmp", exist_ok=True)
-    mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
     bind(root, tree, writable=True)
     os.chdir(root)
     if SYS_PIVOT_ROOT is not None:
