@@ -26,7 +26,7 @@ import data
 import losses
 from eval import mlm_eval
 from machinery import fused_head
-from machinery.checkpoint import RESUME_SAME, export, export_current, holds_out_dir_lock, probe_batch
+from machinery.checkpoint import export, export_current, holds_out_dir_lock, probe_batch
 from machinery.config import check_fields, opt, parse_config
 from machinery.device import choose_dtype, peak_flops, pick_device
 from machinery.files import disk_error
@@ -34,8 +34,8 @@ from machinery.logs import Eta, Logs, StopSignal, mean_over_ranks
 from machinery.optim import adamw, linear_schedule
 from model import count_parameters, masked_mean
 from training.batches import host_batches, micro_batches, on_device, step_macs, token_counts
-from training.setup import (DIST_TIMEOUT, Run, accumulation_warning, build_models, check_config, compiler,
-                            finish, open_data, teacher_dtype)
+from training.setup import (DIST_TIMEOUT, Run, accumulation_warning, build_models, check_config, check_settings,
+                            compiler, finish, open_data, teacher_dtype)
 from training.state import NonFinite, export_dir, save, start, checkpoint_state
 
 
@@ -123,28 +123,11 @@ class TrainConfig:
     preset: str = opt("", "start from named settings: bert-base, tiny (quickstart.py: quickstart)")
 
     def __post_init__(self):
-        """Each setting within what opt(range=, choices=) allows, and the ones that only work together: a
-        ValueError of one line naming the setting (parse_args turns it into the command's error)."""
+        """Each setting within what opt(range=, choices=) allows, and the ones that only work together
+        (training.setup.check_settings): a ValueError of one line naming the setting (parse_args turns it into
+        the command's error)."""
         check_fields(self)
-        layers = self.student_layers.split(",") if self.student_layers else []
-        unknown = sorted({k for k in self.resume_changes.split(",") if k} - {*RESUME_SAME, "world"})
-        rules = [
-            (self.init != "scratch" or self.hidden % self.heads == 0,
-             f"--hidden={self.hidden} is not a multiple of --heads={self.heads} (each head has hidden/heads "
-             f"dimensions)"),
-            (all(s.strip().isdigit() for s in layers) and all(int(b) > int(a) for a, b in zip(layers, layers[1:]))
-             if layers else True,
-             f"--student_layers={self.student_layers!r}: expected teacher layer numbers, increasing, e.g. "
-             f"0,2,4"),
-            (self.mode != "distill" or self.alpha_ce + self.alpha_mlm + self.alpha_cos + self.alpha_mse
-             + self.alpha_pool > 0,
-             "--alpha_ce, --alpha_mlm, --alpha_cos, --alpha_mse and --alpha_pool are all 0: the loss would be 0"),
-            (not unknown, f"--resume_changes={self.resume_changes}: {', '.join(unknown)} not among "
-                          f"{', '.join((*RESUME_SAME, 'world'))}"),
-        ]
-        for ok, why in rules:
-            if not ok:
-                raise ValueError(why)
+        check_settings(self)
 
 
 PRESETS = {  # (quickstart.py has its own: quickstart.PRESET)
@@ -426,8 +409,6 @@ def build(cfg) -> Run:
     if total < 1:
         raise SystemExit(f"{cfg.data}: {len(loader)} micro-batches per rank, fewer than the {accum} that make "
                          f"one step of {cfg.batch_size} sequences: use more data or a smaller --batch_size")
-    if cfg.head_steps and cfg.mode != "mlm":
-        raise SystemExit(f"--head_steps={cfg.head_steps}: only in --mode=mlm")
     model, teacher = build_models(cfg, shards)
     model.to(device).train()
     if teacher is not None:

@@ -261,7 +261,7 @@ def test_freeze_pos_embs_keeps_the_copied_positions(setup, tmp_path, capsys):
 
 
 def test_lr_schedule_values():
-    cfg = T.TrainConfig(lr=1.0, warmup=0.25, head_steps=2, head_lr=0.5)
+    cfg = T.TrainConfig(mode="mlm", lr=1.0, warmup=0.25, head_steps=2, head_lr=0.5)
     # 2 head steps at 0.5, then 8 steps: 2 of warm-up (0, 0.5), peak 1.0, linear decay to 0 over the remaining 6
     got = [T.lr_at(s, 10, cfg) for s in range(10)]
     want = [0.5, 0.5, 0.0, 0.5, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]

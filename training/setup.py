@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 import data
+from machinery.checkpoint import RESUME_SAME
 from machinery.device import pick_device
 from machinery.hf import load_teacher, tensors_sha256
 from model import Bert, BertConfig, student_from_teacher
@@ -146,12 +147,30 @@ def build_models(cfg, shards) -> tuple:
     return model, (teacher if cfg.mode == "distill" else None)  # in mlm mode the teacher only lent its layers
 
 
+def check_settings(cfg):
+    """train.TrainConfig's settings that only work together (each alone is checked by its opt range): a
+    ValueError of one line naming the setting."""
+    layers = cfg.student_layers.split(",") if cfg.student_layers else []
+    unknown = sorted({k for k in cfg.resume_changes.split(",") if k} - {*RESUME_SAME, "world"})
+    rules = [
+        (cfg.init != "scratch" or cfg.hidden % cfg.heads == 0,
+         f"--hidden={cfg.hidden} is not a multiple of --heads={cfg.heads} (each head has hidden/heads dimensions)"),
+        (all(s.strip().isdigit() for s in layers) and all(int(b) > int(a) for a, b in zip(layers, layers[1:]))
+         if layers else True,
+         f"--student_layers={cfg.student_layers!r}: expected teacher layer numbers, increasing, e.g. 0,2,4"),
+        (cfg.mode != "distill" or cfg.alpha_ce + cfg.alpha_mlm + cfg.alpha_cos + cfg.alpha_mse + cfg.alpha_pool > 0,
+         "--alpha_ce, --alpha_mlm, --alpha_cos, --alpha_mse and --alpha_pool are all 0: the loss would be 0"),
+        (not unknown, f"--resume_changes={cfg.resume_changes}: {', '.join(unknown)} not among "
+                      f"{', '.join((*RESUME_SAME, 'world'))}"),
+        (not cfg.head_steps or cfg.mode == "mlm", f"--head_steps={cfg.head_steps}: only in --mode=mlm"),
+    ]
+    for ok, why in rules:
+        if not ok:
+            raise ValueError(why)
+
+
 def check_config(cfg, world):
-    """Settings that cannot work together, refused in one line before anything is loaded."""
-    if cfg.mode not in ("distill", "mlm"):
-        raise SystemExit(f"--mode={cfg.mode}: expected distill or mlm")
-    if cfg.micro_batch < 1 or cfg.batch_size < 1:
-        raise SystemExit(f"--micro_batch={cfg.micro_batch}, --batch_size={cfg.batch_size}: both must be >= 1")
+    """The batch against the ranks, refused in one line before anything is loaded."""
     if cfg.micro_batch * world > cfg.batch_size:
         raise SystemExit(f"--micro_batch={cfg.micro_batch} x {world} rank(s) is more than --batch_size="
                          f"{cfg.batch_size}: a step would train on {cfg.micro_batch * world} sequences; "

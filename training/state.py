@@ -51,11 +51,8 @@ def start(run: Run) -> tuple:
     alike), or every rank stops with rank 0's message. Then the run's banner."""
     decision = None
     if run.master:
-        here = {"model_config": dataclasses.asdict(run.model.cfg), "data_id": data_identity(run.shards),
-                "teacher_id": getattr(run.teacher, "content_id", None),
-                "dtype": str(run.dtype).removeprefix("torch."), "world": run.world}
         try:
-            decision = resume(run.out_dir, run.cfg, here, run.say)
+            decision = resume(run.out_dir, run.cfg, {**identity(run), "world": run.world}, run.say)
         except SystemExit as e:
             if not run.ddp:
                 raise
@@ -104,11 +101,21 @@ def checkpoint_state(run: Run, step, skipped, data_state) -> dict:
         rngs = [rng]
     if not run.master:
         return None
-    return {"model": run.model.state_dict(), "model_config": dataclasses.asdict(run.model.cfg),
-            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "step": step,
-            "skipped": skipped, "data": data_state or run.loader.state_dict(), "rng": rngs,
-            "config": dataclasses.asdict(run.cfg), "data_id": data_identity(run.shards),
-            "teacher_id": getattr(run.teacher, "content_id", None), "dtype": str(run.dtype).removeprefix("torch.")}
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "step": step, "skipped": skipped,
+            "data": data_state or run.loader.state_dict(), "rng": rngs, "config": dataclasses.asdict(run.cfg),
+            **identity(run)}
+
+
+def identity(run: Run) -> dict:
+    """What the run is, as a checkpoint records it and a resume compares it: the model's shape, the data and
+    the teacher by content (None in mlm mode), the dtype as resolved here."""
+    return {"model_config": dataclasses.asdict(run.model.cfg), "data_id": data_identity(run.shards),
+            "teacher_id": getattr(run.teacher, "content_id", None), "dtype": dtype_name(run.dtype)}
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def save(run: Run, state, probe, final=False):
@@ -142,4 +149,4 @@ def banner(run: Run) -> str:
             f"{cfg.mode}: {trainable:,} trainable parameters" + (f" ({frozen:,} frozen)" if frozen else "")
             + f", {run.world} rank(s) x {cfg.micro_batch} sequences x {run.accum} micro-steps = "
             f"{run.world * cfg.micro_batch * run.accum} per step, {run.total} steps, device {run.device}, "
-            f"{str(run.dtype).removeprefix('torch.')} ({run.why})")
+            f"{dtype_name(run.dtype)} ({run.why})")
