@@ -17,7 +17,6 @@ and the part come before or among them. The instructors' guide is docs/instructo
 import dataclasses
 import sys
 import textwrap
-import typing
 
 from course import gradebook
 from course.check import check, print_parts
@@ -37,6 +36,7 @@ class MakeConfig:
     """python -m course make OUT [settings]: writes the student version to OUT, a new folder: the solutions
     blanked, the hidden tests left out, HANDOUT.md in place of the instructors' README sections, only files git
     tracks. Validates that each part's tests fail blanked and pass with its solution alone."""
+    args: tuple[str, ...] = opt((), "OUT, the new folder", positional=True)
     kit: str = opt("", "also write the grading kit (no solutions) to KIT, a new folder")
     lean: bool = opt(False, "leave out the files that hold near-solutions (course.parts.LEAN, named in "
                             "docs/instructors.md)")
@@ -48,6 +48,7 @@ class GradeConfig:
     """python -m course grade SUBMISSION... [settings]: grades each SUBMISSION folder (its name is the student's
     id) part by part: each part's function alone in a contained process of its own, with the kit's tests (hidden
     ones too) and data; without --kit, from this instructor's tree."""
+    args: tuple[str, ...] = opt((), "SUBMISSION folders", positional=True)
     kit: str = opt("", "the grading kit that `make --kit` wrote")
     csv: str = opt("", "the gradebook: one row per submission (history in FILE's .history.jsonl)")
     reports: str = opt("", "ID.json and ID.md per submission (default: reports/ beside the CSV)")
@@ -69,33 +70,12 @@ class GradeConfig:
 class CheckConfig:
     """python -m course check PART: runs the visible tests of PART (or all) in this tree, as grading runs them:
     ok / FAIL with expected and actual values, and the points they are worth. Linux, macOS and Windows."""
+    args: tuple[str, ...] = opt((), "PART, or all", positional=True)
 
 
 # each command: its settings, its positional arguments (a name, and whether several may be given)
 COMMANDS = {"parts": (PartsConfig, None, False), "make": (MakeConfig, "OUT", False),
             "grade": (GradeConfig, "SUBMISSION", True), "check": (CheckConfig, "PART", False)}
-TRUTH = ("true", "false", "1", "0", "yes", "no")
-
-
-def split(argv, cls):
-    """(positional arguments, settings as `--key=value` or a bare `--flag`) of argv: `--key value` is joined
-    when key is a setting of cls that takes a value (a bool takes one only if it reads as true or false)."""
-    hints, positional, settings, i = typing.get_type_hints(cls), [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        key = arg[2:].replace("-", "_")
-        if arg.startswith("--") and "=" not in arg and key in hints:
-            after = argv[i + 1] if i + 1 < len(argv) else None
-            takes = after is not None and not after.startswith("--") and \
-                (hints[key] is not bool or after.lower() in TRUTH)
-            if hints[key] is not bool and not takes:
-                raise ValueError(f"{arg}: expected a value ({arg}=VALUE)")
-            settings.append(f"{arg}={after}" if takes else arg)
-            i += 2 if takes else 1
-            continue
-        (settings if arg.startswith("-") else positional).append(arg)
-        i += 1
-    return positional, settings
 
 
 def parse(argv):
@@ -104,9 +84,9 @@ def parse(argv):
         what = f"unknown command {argv[0]!r}" if argv and not argv[0].startswith("-") else "no command"
         raise ValueError(f"{what}: choose from {', '.join(COMMANDS)} (python -m course --help)")
     cls, name, several = COMMANDS[argv[0]]
-    positional, settings = split(argv[1:], cls)
-    config = parse_config(settings, cls, doc=textwrap.fill(" ".join(cls.__doc__.split()), 110))
+    config = parse_config(argv[1:], cls, doc=textwrap.fill(" ".join(cls.__doc__.split()), 110))
     check_fields(config)
+    positional = list(getattr(config, "args", ()))
     wanted = (1, 10 ** 9) if several else (1, 1) if name else (0, 0)
     if not wanted[0] <= len(positional) <= wanted[1]:
         expected = f"one or more {name}" if several else f"one {name}" if name else "no argument"

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from course.markers import blank, check_table, functions, parse, top_level, visible_tests, without_hidden_tests
+from course.markers import blank, check_table, functions, parse, visible_tests, without_hidden_tests
 from course.parts import INSTRUCTOR_ONLY, LEAN, MANIFEST, PARTS, ROOT, TESTS, AssignmentError
 from course.tree import project_files
 
@@ -128,7 +128,6 @@ def student_version(root=ROOT, lean=False) -> dict:
         "format": "distilbert-from-scratch/assignment", "version": 3, "lean": lean,
         "parts": {p.name: {"file": p.file, "function": p.function, "points": p.points, "tests": len(p.tests)}
                   for p in PARTS},
-        "top_level": {f: top_level(out[f].decode()) for f in graded},
         # the hand-out's graded files: `check` puts the student's functions into these, as grading does
         "base": {f: out[f].decode() for f in graded},
         "files": sorted(out),

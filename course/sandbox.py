@@ -260,7 +260,7 @@ def remove_files_of(uid, folders=("/tmp", "/var/tmp", "/dev/shm")):
 
 class Worker:
     """A process that runs the student's code of one tree, contained as the machine allows: `student` calls its
-    probes; `restart()` after it ended; `close()` ends it and removes everything it had.
+    probes; `stop()` then `start()` again after it ended; `close()` ends it and removes everything it had.
 
     contained=False (check, or --uncontained): a plain Python process, on any system."""
 
@@ -352,10 +352,6 @@ class Worker:
                 pass
         self.proc = None
         return code
-
-    def restart(self):
-        self.stop()
-        self.start()
 
     def close(self):
         try:
