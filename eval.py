@@ -241,9 +241,10 @@ def mlm_command(a):
     """Each --model scored on the same masked tokens of the shards."""
     shards, out = TokenData(a.data), {}
     for path in a.model:
-        model = load_pretrained(model_folder(path))
+        folder = model_folder(path)
+        model = load_pretrained(folder)
         max_len = a.max_len or min(128, model.cfg.max_position)
-        check_mlm_inputs(model, model_folder(path), shards, max_len)
+        check_mlm_inputs(model, folder, shards, max_len)
         out[path] = mlm_eval(model, shards, a.split, max_len, a.batch_size, a.seed, a.max_batches)
         print(json.dumps({path: out[path]}))
     if a.out:

@@ -24,7 +24,7 @@ from finetune.saving import load_encoder, load_finetuned, save_finetuned
 from machinery import files
 from machinery.config import parse_config
 from machinery.device import pick_device
-from machinery.files import write_json
+from machinery.files import one_line, write_json
 from machinery.hf import model_folder, teacher_tokenizer_file
 from machinery.tokenizer import load_tokenizer, vocab_hash
 from tasks import (encode, evaluate, prepare_squad_features, read_glue, read_imdb, read_squad, squad_em_f1,
@@ -225,5 +225,5 @@ def main(argv=None):
     try:
         result = run(parse_config(argv, FinetuneConfig, doc=__doc__))
     except (OSError, ValueError, KeyError, TypeError) as e:  # bad input: one line, not a traceback
-        raise SystemExit(f"finetune: error: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise SystemExit(f"finetune: error: {one_line(e)}") from None
     print(json.dumps({"task": result["task"], "name": result["name"], "median": result["median"]}))

@@ -72,17 +72,19 @@ def main(argv=None):
 
 
 def speed(a):
-    teacher = load_encoder(model_folder(a.teacher))
+    folder = model_folder(a.teacher)
+    teacher = load_encoder(folder)
     student = load_encoder(model_folder(a.student)) if a.student else student_from_teacher(teacher)
     names = ("teacher", "student")
     report = size_speed(dict(zip(names, (teacher, student))),
-                        load_tokenizer(a.vocab or model_folder(a.teacher)), a.sts,
+                        load_tokenizer(a.vocab or folder), a.sts,
                         a.limit, a.batch_size, names[1] if a.quantize else None, a.threads,
                         TokenData(a.data) if a.data else None)
-    print(speed_markdown(report))
+    text = speed_markdown(report)
+    print(text)
     if a.out:
         write_json(report, Path(a.out) / "speed.json")
-        write_text(speed_markdown(report), Path(a.out) / "speed.md")
+        write_text(text, Path(a.out) / "speed.md")
 
 
 def table(a):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from machinery import files, stages
 from machinery.config import opt, parse_config
-from machinery.files import write_text
+from machinery.files import one_line, write_text
 from reproduction import claims, general, glue, report, tasks
 
 
@@ -224,4 +224,4 @@ def main(argv):
     try:
         reproduce(parse_config(argv, ReproduceConfig, doc=__doc__))
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"python -m reproduction: error: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise SystemExit(f"python -m reproduction: error: {one_line(e)}") from None
