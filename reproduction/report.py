@@ -140,16 +140,20 @@ def table1_figure(png, t):
 # Table 2, Table 3, Pea-KD
 
 def table2_md(t) -> str:
-    s, q = t["sst2"], t["squad"]
+    s = t["sst2"]
     lines = [f"SST-2, (D) on the same sentences, recipe and seeds ({s['seeds']}) as fine-tuning alone: "
              f"{pct(s['mean'])} vs {pct(s['alone_mean'])}, {signed(s['d_vs_alone'])}; the teacher "
-             f"{pct(s['teacher_accuracy'])}.", "",
-             f"SQuAD v1.1: trained on {q['train']:,} questions of one half of the dev set, scored on {q['questions']} "
-             f"questions ({q['paragraphs']} paragraphs) of the other; the teacher one seed, the students seeds "
-             f"{q['seeds']}; SEs clustered by paragraph and counting the seeds.", ""]
-    lines += table(["model", "EM", "F1"], [[n, pct(r["exact_match"]), pct(r["f1"])] for n, r in q["rows"].items()])
-    lines += ["", f"(D) minus alone: EM {signed(q['d_vs_alone']['exact_match'])}, F1 {signed(q['d_vs_alone']['f1'])}. "
-              "Paper: +1.4 EM, +1.1 F1 (77.7/85.8 vs 79.1/86.9)."]
+             f"{pct(s['teacher_accuracy'])}."]
+    if "squad" in t:
+        q = t["squad"]
+        lines += ["", f"SQuAD v1.1: trained on {q['train']:,} questions of one half of the dev set, scored on "
+                  f"{q['questions']} questions ({q['paragraphs']} paragraphs) of the other; the teacher one seed, the "
+                  f"students seeds {q['seeds']}; SEs clustered by paragraph and counting the seeds.", ""]
+        lines += table(["model", "EM", "F1"], [[n, pct(r["exact_match"]), pct(r["f1"])] for n, r in q["rows"].items()])
+        lines += ["", f"(D) minus alone: EM {signed(q['d_vs_alone']['exact_match'])}, F1 "
+                  f"{signed(q['d_vs_alone']['f1'])}. Paper: +1.4 EM, +1.1 F1 (77.7/85.8 vs 79.1/86.9)."]
+    else:
+        lines += ["", "SQuAD: not run (`--squad_train=0`)."]
     if "imdb" in t:
         i = t["imdb"]
         lines += ["", f"IMDb: trained on {i['train_reviews']:,} reviews, scored on {i['reviews']:,}, seeds "

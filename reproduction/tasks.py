@@ -90,7 +90,9 @@ def imdb(cfg, root, distilled) -> dict:
 
 def table2_stage(cfg, root, general) -> dict:
     distilled = general["rows"][general["distilled"]]["folder"]
-    out = {"sst2": sst2_d(cfg, root, general), "squad": squad(cfg, root, distilled)}
+    out = {"sst2": sst2_d(cfg, root, general)}
+    if cfg.squad_train:
+        out["squad"] = squad(cfg, root, distilled)
     if cfg.imdb_train:
         out["imdb"] = imdb(cfg, root, distilled)
     return out

@@ -12,7 +12,7 @@ import torch
 
 import data as D
 from reproduction import run as R
-from reproduction import claims as C, general as G, glue as GL
+from reproduction import claims as C, general as G, glue as GL, report as REPORT
 from eval import verdict
 from model import Bert, BertConfig
 from machinery.hf import save_pretrained
@@ -366,6 +366,13 @@ def test_table_claims_by_hand():
     assert got["IMDb: the student close to the teacher (Table 2)"].startswith("not testable")
     squad["rows"]["student"]["exact_match"] = 0.05
     assert C.table2_claims({"squad": squad})[0][3] == "not testable (the student alone under 10 EM)"
+    # SQuAD off (the default --squad_train=0): no SQuAD claim, and the table says it was not run
+    assert R.ReproduceConfig().squad_train == 0
+    sst2 = {"seeds": "1,2,3", "mean": 0.80, "alone_mean": 0.79, "teacher_accuracy": 0.83, "d_vs_alone": v(0.01, 0.01)}
+    assert [c[0] for c in C.table2_claims({"sst2": sst2, "imdb": imdb})] == [
+        "(D) on SST-2, the same data, steps and seeds 1,2,3 (no figure in the paper)",
+        "IMDb: the student close to the teacher (Table 2)"]
+    assert "SQuAD: not run (`--squad_train=0`)" in REPORT.table2_md({"sst2": sst2})
     t3 = {"rows": [{"model": "teacher", "parameters_M": 22.7},
                    {"model": "distilled", "parameters_M": 17.4, "speedup_cpu_bs1": 1.9,
                     "speedup_cpu_bs1_range": [1.7, 2.0], "cpu_bs1_runs": [1, 2, 3], "speedup_bound": 2.0}]}
