@@ -40,11 +40,13 @@ def seeds(text) -> list:
     return [int(s) for s in text.split(",") if s]
 
 
-def finetune_config(cfg, task, **changes) -> ft.FinetuneConfig:
-    """finetune.py's settings for a task of the reproduction: its recipe (lr, epochs), the mean-pooled head for
-    every model (see docs/reproduction.md: MiniLM was trained with mean pooling; the same head for teacher and
-    students keeps each comparison to one difference), standardised regression targets, no checkpoint."""
-    lr, epochs = recipes(cfg.recipe).get(ft.task_spec(task)[0], (cfg.lr, cfg.epochs))
+def finetune_config(cfg, task, who="student", **changes) -> ft.FinetuneConfig:
+    """finetune.py's settings for a task of the reproduction: its recipe (lr, epochs) for `who` (the teacher's
+    --recipe, or every student's --student_recipe), the mean-pooled head for every model (see
+    docs/reproduction.md: MiniLM was trained with mean pooling; the same head for teacher and students keeps each
+    comparison to one difference), standardised regression targets, no checkpoint."""
+    book = cfg.recipe if who == "teacher" else cfg.student_recipe
+    lr, epochs = recipes(book).get(ft.task_spec(task)[0], (cfg.lr, cfg.epochs))
     base = dict(task=task, data=str(Path(cfg.data) / "glue"), vocab=str(resolve_checkpoint(cfg.teacher)),
                 seeds=cfg.seeds, lr=lr, epochs=epochs, log_every=0, save=False, max_len=cfg.max_len,
                 style="distilbert", pool="mean", dtype="float32" if cfg.quick or cfg.dtype == "float32" else "auto")
@@ -122,39 +124,46 @@ def runs_of(result) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------------
 # The recipe stage: lr and epochs per task, chosen on a held-out part of the training subset
 
-def recipe_stage(cfg, root) -> dict:
-    """For each task: the teacher fine-tuned with every (lr, epochs) of the grid on 80% of its training subset,
-    scored on the other 20% (finetune --holdout=0.2; the dev set is not read), one seed per grid point; the
-    best held-out score is the task's recipe. The teacher, not a student, so that no student is favoured and the
-    teacher is at its best when students are measured against it."""
+def recipe_stage(cfg, root, models: dict) -> dict:
+    """For each task: each model of `models` ({"teacher": folder, "copy-only": folder}) fine-tuned with every
+    (lr, epochs) of the grid on 80% of the task's training subset, scored on the other 20% (finetune
+    --holdout=0.2; the dev set is not read), one seed per grid point; the best held-out score is the task's
+    recipe. The teacher's is --recipe. The copy-only student's is --student_recipe, used by every student: the
+    copy is where every student row starts, so the choice favours no method of general distillation, and a
+    3-layer student need not learn at the 6-layer teacher's pace."""
     grid_lr, grid_ep = [float(x) for x in cfg.recipe_lrs.split(",")], [float(x) for x in cfg.recipe_epochs.split(",")]
-    out, chosen = {}, {}
-    for task, n in limits(cfg.limits).items():
-        points = []
-        for lr in grid_lr:
-            for epochs in grid_ep:
-                fcfg = finetune_config(cfg, task, model=str(root / "teacher" / "model"), name=f"teacher-{lr:g}-{epochs:g}",
-                                       out=str(root / "recipe"), train_limit=n, lr=lr, epochs=epochs, holdout=0.2,
-                                       seeds=str(cfg.seed))
-                r = finetuned(fcfg)
-                first = ft.task_spec(task)[1]["metrics"]
-                points.append({"lr": lr, "epochs": epochs, "score": float(np.mean([r["median"][m] for m in first]))})
-        best = max(points, key=lambda p: p["score"])
-        out[task], chosen[task] = points, (best["lr"], best["epochs"])
-    text = ",".join(f"{t}:{lr:g}:{ep:g}" for t, (lr, ep) in chosen.items())
-    log(f"recipe: --recipe={text}")
-    return {"grid": out, "chosen": text, "holdout": 0.2, "seed": cfg.seed}
+    grids, chosen = {}, {}
+    for name, folder in models.items():
+        out, best_of = {}, {}
+        for task, n in limits(cfg.limits).items():
+            points = []
+            for lr in grid_lr:
+                for epochs in grid_ep:
+                    fcfg = finetune_config(cfg, task, model=folder, name=f"{name}-{lr:g}-{epochs:g}",
+                                           out=str(root / "recipe"), train_limit=n, lr=lr, epochs=epochs,
+                                           holdout=0.2, seeds=str(cfg.seed))
+                    r = finetuned(fcfg)
+                    first = ft.task_spec(task)[1]["metrics"]
+                    points.append({"lr": lr, "epochs": epochs,
+                                   "score": float(np.mean([r["median"][m] for m in first]))})
+            best = max(points, key=lambda p: p["score"])
+            out[task], best_of[task] = points, (best["lr"], best["epochs"])
+        grids[name] = out
+        chosen[name] = ",".join(f"{t}:{lr:g}:{ep:g}" for t, (lr, ep) in best_of.items())
+        log(f"recipe of {name}: {chosen[name]}")
+    return {"grid": grids, "chosen": chosen, "holdout": 0.2, "seed": cfg.seed}
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Table 1: GLUE dev, every model with the same recipe, head and seeds
+# Table 1: GLUE dev, every model with the same head and seeds, the teacher's recipe or the students'
 
 def glue_run(cfg, root, name, folder, task, **changes) -> dict:
     """One model fine-tuned on one GLUE task with the task's recipe and every seed (reused when done): the runs
     of Table 1, Table 4 and (D) share this cache, root/glue/<name>-<task>.json. The teacher's runs are saved
     (Table 2's soft targets)."""
     safe = name.replace(" ", "_").replace(",", "")
-    return finetuned(finetune_config(cfg, task, model=folder, name=safe, out=str(root / "glue"),
+    return finetuned(finetune_config(cfg, task, "teacher" if name == "teacher" else "student", model=folder,
+                                     name=safe, out=str(root / "glue"),
                                      train_limit=limits(cfg.limits)[task], save=name == "teacher", **changes))
 
 
@@ -180,7 +189,7 @@ def table1_stage(cfg, root, models: dict, distilled: str) -> dict:
     floor_macro = float(np.mean(list(floors.values())))
     retention = {n: retention_of(preds[n], preds["teacher"], scorer, floors) for n in models if n != "teacher"}
     return {"tasks": tasks, "models": list(models), "distilled": distilled, "seeds": cfg.seeds,
-            "limits": limits(cfg.limits), "recipe": cfg.recipe, "scores": scores, "mean": mean, "macro": macro,
+            "limits": limits(cfg.limits), "recipe": cfg.recipe, "student_recipe": cfg.student_recipe, "scores": scores, "mean": mean, "macro": macro,
             "floors": floors, "floor_macro": floor_macro, "bars": bars, "paired": paired, "retention": retention,
             "metrics": {n: {t: [r["metrics"] for r in results[n][t]["runs"]] for t in tasks} for n in models}}
 

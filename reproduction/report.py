@@ -99,8 +99,9 @@ def general_figure(png, g):
 def table1_md(t) -> str:
     tasks, d = t["tasks"], t["distilled"]
     lines = [f"GLUE dev, each model fine-tuned with seeds {t['seeds']} on the same subsets "
-             f"({', '.join(f'{k} {v:,}' for k, v in t['limits'].items())} examples), the same mean-pooled head and "
-             f"recipe (`--recipe={t['recipe']}`). Cells: the task's GLUE score (MRPC: mean of F1 and accuracy; "
+             f"({', '.join(f'{k} {v:,}' for k, v in t['limits'].items())} examples), the same mean-pooled head, the "
+             f"teacher's recipe (`--recipe={t['recipe']}`) and the students' (`--student_recipe="
+             f"{t.get('student_recipe', t['recipe'])}`). Cells: the task's GLUE score (MRPC: mean of F1 and accuracy; "
              "STS-B: mean of Pearson and Spearman) x 100, mean over seeds (± SD over seeds); * = at least 3 SE "
              "(examples and seeds) above the best constant predictor.", ""]
     rows = [["constant predictor", *(pct(t["floors"][k]) for k in tasks), pct(t["floor_macro"]), "", ""]]
@@ -179,19 +180,27 @@ SECTIONS = (("general", "General distillation and the teacher's own skill (Table
             ("table3", "Table 3: size and speed", speed_markdown), ("peakd", "Pea-KD", peakd_md))
 
 
+def recipe_md(r, t1) -> list:
+    """The recipe stage's grids, one table per model, and its choices (said when Table 1 used others)."""
+    used = {"teacher": t1.get("recipe"), "copy-only": t1.get("student_recipe")}
+    flag = {"teacher": "--recipe", "copy-only": "--student_recipe"}
+    out = ["## Fine-tuning recipe", "", f"Each model fine-tuned with every point of the grid on "
+           f"{100 - 100 * r['holdout']:.0f}% of each task's training subset, scored on the other "
+           f"{100 * r['holdout']:.0f}% (seed {r['seed']}); the best point is the task's recipe. The teacher's is "
+           "`--recipe`; the copy-only student's is `--student_recipe`, used by every student.", ""]
+    for name, grid in r["grid"].items():
+        differs = used.get(name) and recipes(used[name]) != recipes(r["chosen"][name])
+        out += [f"{name}: `{flag.get(name, name)}={r['chosen'][name]}`"
+                + (f" (**Table 1 used another: `{used[name]}`**)" if differs else ""), ""]
+        out += table(["task", *(f"lr {p['lr']:g}, {p['epochs']:g} epochs" for p in next(iter(grid.values())))],
+                     [[t, *(pct(p["score"]) for p in pts)] for t, pts in grid.items()]) + [""]
+    return out
+
+
 def markdown(results, rows) -> str:
     out = ["## Claims", "", claims_md(rows), ""]
     if "recipe" in results:
-        r = results["recipe"]
-        used = results.get("table1", {}).get("recipe")
-        same = used is None or recipes(used) == recipes(r["chosen"])
-        out += ["## Fine-tuning recipe", "", f"The teacher fine-tuned with every point of the grid on "
-                f"{100 - 100 * r['holdout']:.0f}% of each task's training subset, scored on the other "
-                f"{100 * r['holdout']:.0f}% (seed {r['seed']}); the best point is the task's recipe: "
-                f"`--recipe={r['chosen']}`" + ("" if same else f" (**Table 1 used another: `--recipe={used}`**)")
-                + ".", ""]
-        out += table(["task", *(f"lr {p['lr']:g}, {p['epochs']:g} epochs" for p in next(iter(r["grid"].values())))],
-                     [[t, *(pct(p["score"]) for p in pts)] for t, pts in r["grid"].items()]) + [""]
+        out += recipe_md(results["recipe"], results.get("table1", {}))
     for name, title, md in SECTIONS:
         if name in results:
             out += [f"## {title}", "", md(results[name]), ""]

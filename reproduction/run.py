@@ -12,13 +12,14 @@ Stages, each written to its own folder under --out and reused when its settings 
   general   general distillation (Sections 2-3) of students copied from the teacher's layers: zero-shot STS-B
             retention of the teacher's own skill (and its curve over steps), held-out MLM accuracy, and
             Table 4's rows fine-tuned on SST-2 with seeds (reproduction/general.py)
-  table1    GLUE dev (SST-2, MRPC, RTE, STS-B): teacher and students, the same head, recipe and seeds; raw and
-            chance-adjusted retention (reproduction/glue.py)
+  table1    GLUE dev (SST-2, MRPC, RTE, STS-B): teacher and students, the same head and seeds, the teacher's
+            recipe and the students'; raw and chance-adjusted retention (reproduction/glue.py)
   table2    task distillation "DistilBERT (D)" on SST-2 (and SQuAD with --squad_train), and IMDb
             (reproduction/tasks.py)
   table3    parameters, size on disk, CPU time at batch size 1 in interleaved rounds
   peakd     Pea-KD (Cho & Kang): FT, PKD, + SPS, + PTP, Pea-KD on SST-2 with seeds
-  recipe    (only when asked) each task's lr and epochs chosen on held-out training rows, never the dev set
+  recipe    (only when asked) each task's lr and epochs chosen on held-out training rows, never the dev set,
+            for the teacher (--recipe) and for the copy-only student (--student_recipe, every student's)
 Each claim's verdict is computed from its statistics by the rules of reproduction/claims.py.
 """
 import dataclasses
@@ -63,8 +64,11 @@ class ReproduceConfig:
                          choices=tuple(n for n, r in general.ROWS.items() if r[2] == "main"))
     # fine-tuning: the mean-pooled DistilBERT head for every model, standardised STS-B targets
     recipe: str = opt("SST-2:0.0003:4,MRPC:0.0003:4,RTE:0.0001:4,STS-B:0.0001:4",
-                      "each task's lr and epochs (TASK:lr:epochs,...): what --only=recipe chose on held-out "
+                      "the teacher's lr and epochs per task (TASK:lr:epochs,...): what --only=recipe chose on "
+                      "held-out "
                       "training rows (docs/reproduction.md)")
+    student_recipe: str = opt("SST-2:0.0003:4,MRPC:0.0003:4,RTE:0.0001:4,STS-B:0.0001:4",
+                              "the same for every student: what --only=recipe chose for the copy-only student")
     lr: float = opt(1e-4, "fine-tuning lr of a task without a recipe", range="> 0")
     epochs: float = opt(3.0, "fine-tuning epochs of a task without a recipe", range="> 0")
     limits: str = opt("SST-2:1000,MRPC:500,RTE:400,STS-B:800", "training examples kept per task (a fixed "
@@ -96,21 +100,24 @@ QUICK = dict(seeds="1,2", head_rows=400, head_epochs=1, draws=1, general_steps=4
              curve="2", table4_curve="2",
              limits="SST-2:48,MRPC:32,RTE:32,STS-B:32", recipe_lrs="1e-4", recipe_epochs="1,2", max_len=32,
              squad_train=40, squad_eval=8, squad_len=64, imdb_train=16, imdb_eval=8, imdb_len=32,
-             peakd_limits="SST-2:32", peakd_seeds="1,2", peakd_epochs=1.0, epochs=1.0, recipe="")
+             peakd_limits="SST-2:32", peakd_seeds="1,2", peakd_epochs=1.0, epochs=1.0, recipe="",
+             student_recipe="")
 NEEDS = {"teacher": [], "general": ["teacher"], "table1": ["general"], "table2": ["general"],
          "table3": ["general"], "peakd": [], "recipe": ["teacher"]}
 FIELDS = {  # the settings each stage reads itself; its stage.json also holds those of the stages it needs
     "teacher": ("data", "teacher", "max_len", "head_rows", "head_epochs", "draws", "seed", "quick", "dtype"),
     "general": ("student_layers", "general_steps", "table4_steps", "batch_size", "curve", "table4_curve",
-                "distilled", "seeds", "recipe", "lr",
+                "distilled", "seeds", "recipe", "student_recipe", "lr",
                 "epochs", "limits"),
-    "table1": ("seeds", "recipe", "lr", "epochs", "limits", "table1"),
-    "table2": ("seeds", "recipe", "lr", "epochs", "limits", "squad_train", "squad_eval", "squad_len", "squad_lr",
+    "table1": ("seeds", "recipe", "student_recipe", "lr", "epochs", "limits", "table1"),
+    "table2": ("seeds", "recipe", "student_recipe", "lr", "epochs", "limits", "squad_train", "squad_eval",
+               "squad_len", "squad_lr",
                "squad_epochs", "imdb_train", "imdb_eval", "imdb_len", "imdb_lr", "imdb_epochs"),
     "table3": (),
     "peakd": ("data", "teacher", "max_len", "seed", "recipe", "lr", "peakd_epochs", "peakd_limits", "peakd_seeds",
               "quick"),
-    "recipe": ("data", "teacher", "max_len", "seed", "limits", "recipe_lrs", "recipe_epochs", "quick"),
+    "recipe": ("data", "teacher", "max_len", "seed", "limits", "recipe_lrs", "recipe_epochs", "student_layers",
+               "quick"),
 }
 
 
@@ -151,6 +158,7 @@ def checked(cfg) -> ReproduceConfig:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()
                                           if getattr(cfg, k) == getattr(ReproduceConfig, k)})
     for name, parse in (("limits", glue.limits), ("peakd_limits", glue.limits), ("recipe", glue.recipes),
+                        ("student_recipe", glue.recipes),
                         ("seeds", glue.seeds), ("peakd_seeds", glue.seeds)):
         try:
             parse(getattr(cfg, name))
@@ -180,7 +188,9 @@ def run_stages(cfg, root) -> dict:
         "table2": lambda: tasks.table2_stage(cfg, root, results["general"]),
         "table3": lambda: tasks.table3_stage(cfg, root, results["general"]),
         "peakd": lambda: tasks.peakd_stage(cfg, root),
-        "recipe": lambda: glue.recipe_stage(cfg, root),
+        "recipe": lambda: glue.recipe_stage(cfg, root, {
+            "teacher": str(root / "teacher" / "model"),
+            "copy-only": general.copy_only(cfg, root, [int(i) for i in cfg.student_layers.split(",")], "copy-only")}),
     }
     wanted = set(only)
     for name in reversed(STAGES + EXTRA):  # a stage needs the ones it reads

@@ -398,3 +398,34 @@ def test_a_finetuning_is_reused_only_for_the_same_model(tiny, tmp_path, capsys):
                                     intermediate_size=64, max_position=64)), model)
     GL.finetuned(fcfg)
     assert "reused" not in "".join(capsys.readouterr())
+
+
+@pytest.mark.slow
+def test_recipe_stage_chooses_each_models_recipe_on_held_out_rows(tiny, tmp_path):
+    """--only=recipe: the teacher and the copy-only student each fine-tuned at every grid point on 80% of the
+    subset; each task's choice is the best held-out score read back from the runs' own files; then Table 1's
+    runs use the teacher's recipe for the teacher and the students' for every student."""
+    argv = ["--quick", f"--data={tiny}", f"--teacher={tiny / 'teacher'}", f"--out={tmp_path}", "--only=recipe",
+            "--recipe_lrs=1e-4,1e-3", "--recipe_epochs=1"]
+    r = R.reproduce(R.parse_config(argv, R.ReproduceConfig))["recipe"]
+    assert set(r["grid"]) == {"teacher", "copy-only"}
+    for name in ("teacher", "copy-only"):
+        picks = []
+        for task in ("SST-2", "MRPC", "RTE", "STS-B"):
+            held = {}
+            for lr in (1e-4, 1e-3):
+                saved = json.loads((tmp_path / "recipe" / f"{name}-{lr:g}-1-{task}.json").read_text())
+                assert saved["config"]["holdout"] == 0.2 and saved["config"]["lr"] == lr
+                metrics = {"SST-2": ["accuracy"], "MRPC": ["f1", "accuracy"], "RTE": ["accuracy"],
+                           "STS-B": ["pearson", "spearman"]}[task]
+                held[lr] = np.mean([saved["median"][m] for m in metrics])
+            picks.append(f"{task}:{max(held, key=held.get):g}:1")  # ties: the first, as max() keeps it
+        assert r["chosen"][name] == ",".join(picks)
+    cfg = R.checked(R.ReproduceConfig(quick=True, data=str(tiny), teacher=str(tiny / "teacher"), out=str(tmp_path),
+                                      recipe="SST-2:0.0001:2", student_recipe="SST-2:0.0003:4"))
+    student = GL.finetune_config(cfg, "SST-2", model="s")
+    teacher = GL.finetune_config(cfg, "SST-2", "teacher", model="t")
+    assert (teacher.lr, teacher.epochs, student.lr, student.epochs) == (1e-4, 2.0, 3e-4, 4.0)
+    copy = str(tmp_path / "general" / "copynoonly" / "student")
+    for name, folder, lr in (("teacher", str(tmp_path / "teacher" / "model"), 1e-4), ("copy-only", copy, 3e-4)):
+        assert GL.glue_run(cfg, tmp_path, name, folder, "SST-2")["config"]["lr"] == lr
