@@ -175,7 +175,8 @@ def table2_claims(t) -> list:
         rows.append(["IMDb: the student close to the teacher (Table 2)", "92.82 vs 93.46 (-0.64)",
                      f"{pct(v['a'])} vs {pct(v['b'])} ({signed(v)}; {t['imdb']['seeds']} seeds each)",
                      (equivalence(v["delta"], v["se"], -0.0064, MARGINS["imdb"])
-                      + f" (within ±{100 * MARGINS['imdb']:.1f} points of the paper's gap)") if learned else
+                      + f" (the rule: our 95% interval within ±{100 * MARGINS['imdb']:.1f} points of the paper's gap)")
+                     if learned else
                      "not testable (the teacher not 3 SE above chance)"])
     return rows
 

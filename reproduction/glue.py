@@ -124,8 +124,17 @@ def runs_of(result) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------------
 # The recipe stage: lr and epochs per task, chosen on a held-out part of the training subset
 
+def recipe_tasks(cfg) -> list:
+    """(task, training rows, other finetune settings) of every task the tables fine-tune on: GLUE's, and IMDb's
+    when it runs."""
+    tasks = [(task, n, {}) for task, n in limits(cfg.limits).items()]
+    if cfg.imdb_train:
+        tasks.append(("imdb", cfg.imdb_train, {"data": str(Path(cfg.data) / "imdb"), "max_len": cfg.imdb_len}))
+    return tasks
+
+
 def recipe_stage(cfg, root, models: dict) -> dict:
-    """For each task: each model of `models` ({"teacher": folder, "copy-only": folder}) fine-tuned with every
+    """For each task (recipe_tasks): each model of `models` ({"teacher": folder, "copy-only": folder}) fine-tuned with every
     (lr, epochs) of the grid on 80% of the task's training subset, scored on the other 20% (finetune
     --holdout=0.2; the dev set is not read), one seed per grid point; the best held-out score is the task's
     recipe. The teacher's is --recipe. The copy-only student's is --student_recipe, used by every student: the
@@ -135,13 +144,13 @@ def recipe_stage(cfg, root, models: dict) -> dict:
     grids, chosen = {}, {}
     for name, folder in models.items():
         out, best_of = {}, {}
-        for task, n in limits(cfg.limits).items():
+        for task, n, extra in recipe_tasks(cfg):
             points = []
             for lr in grid_lr:
                 for epochs in grid_ep:
                     fcfg = finetune_config(cfg, task, model=folder, name=f"{name}-{lr:g}-{epochs:g}",
                                            out=str(root / "recipe"), train_limit=n, lr=lr, epochs=epochs,
-                                           holdout=0.2, seeds=str(cfg.seed))
+                                           holdout=0.2, seeds=str(cfg.seed), **extra)
                     r = finetuned(fcfg)
                     first = ft.task_spec(task)[1]["metrics"]
                     points.append({"lr": lr, "epochs": epochs,

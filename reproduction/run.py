@@ -73,7 +73,7 @@ class ReproduceConfig:
     epochs: float = opt(3.0, "fine-tuning epochs of a task without a recipe", range="> 0")
     limits: str = opt("SST-2:1000,MRPC:500,RTE:400,STS-B:800", "training examples kept per task (a fixed "
                                                                "subset)")
-    recipe_lrs: str = opt("1e-4,3e-4", "the recipe stage's learning rates")
+    recipe_lrs: str = opt("1e-4,3e-4,1e-3", "the recipe stage's learning rates")
     recipe_epochs: str = opt("2,4", "the recipe stage's epochs")
     table1: str = opt("pooled cosine,MLM-only,copy-only", "Table 1's students (rows of the general stage)")
     max_len: int = opt(128, "longest sequence in distillation and GLUE, in tokens", range=">= 8")
@@ -86,8 +86,6 @@ class ReproduceConfig:
     imdb_train: int = opt(500, "IMDb reviews trained on (0: IMDb not run)", range=">= 0")
     imdb_eval: int = opt(1000, "IMDb test reviews scored", range=">= 1")
     imdb_len: int = opt(128, "IMDb tokens kept per review", range=">= 8")
-    imdb_lr: float = opt(1e-4, "IMDb lr", range="> 0")
-    imdb_epochs: float = opt(2.0, "IMDb epochs", range="> 0")
     peakd_limits: str = opt("SST-2:1000", "Pea-KD training examples per task")
     peakd_seeds: str = opt("1,2,3", "Pea-KD student seeds (the teacher fine-tuned once, with --seed)")
     peakd_epochs: float = opt(2.0, "Pea-KD epochs of the teacher and every student (the lr is the task's recipe)",
@@ -112,12 +110,12 @@ FIELDS = {  # the settings each stage reads itself; its stage.json also holds th
     "table1": ("seeds", "recipe", "student_recipe", "lr", "epochs", "limits", "table1"),
     "table2": ("seeds", "recipe", "student_recipe", "lr", "epochs", "limits", "squad_train", "squad_eval",
                "squad_len", "squad_lr",
-               "squad_epochs", "imdb_train", "imdb_eval", "imdb_len", "imdb_lr", "imdb_epochs"),
+               "squad_epochs", "imdb_train", "imdb_eval", "imdb_len"),
     "table3": (),
     "peakd": ("data", "teacher", "max_len", "seed", "recipe", "lr", "peakd_epochs", "peakd_limits", "peakd_seeds",
               "quick"),
     "recipe": ("data", "teacher", "max_len", "seed", "limits", "recipe_lrs", "recipe_epochs", "student_layers",
-               "quick"),
+               "imdb_train", "imdb_len", "quick"),
 }
 
 

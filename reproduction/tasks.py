@@ -77,12 +77,13 @@ def squad(cfg, root, distilled) -> dict:
 
 
 def imdb(cfg, root, distilled) -> dict:
-    """IMDb (Table 2): the teacher and the distilled student fine-tuned the same way (head, recipe, seeds) on a
-    fixed balanced subset of the train reviews, scored on the same test reviews; student minus teacher."""
+    """IMDb (Table 2): the teacher and the distilled student fine-tuned the same way (head, seeds; each its
+    recipe, --recipe and --student_recipe) on a fixed balanced subset of the train reviews, scored on the same test reviews; student minus teacher."""
     common = dict(data=str(Path(cfg.data) / "imdb"), train_limit=cfg.imdb_train, eval_limit=cfg.imdb_eval,
-                  max_len=cfg.imdb_len, out=str(root / "table2"), lr=cfg.imdb_lr, epochs=cfg.imdb_epochs)
-    rows = {n: glue.finetuned(glue.finetune_config(cfg, "imdb", model=m, name=n, **common))
-            for n, m in (("teacher", str(root / "teacher" / "model")), ("distilled", distilled))}
+                  max_len=cfg.imdb_len, out=str(root / "table2"))
+    rows = {n: glue.finetuned(glue.finetune_config(cfg, "imdb", who, model=m, name=n, **common))
+            for n, who, m in (("teacher", "teacher", str(root / "teacher" / "model")),
+                              ("distilled", "student", distilled))}
     return {"rows": {n: float(per_example(r).mean()) for n, r in rows.items()}, "reviews": cfg.imdb_eval,
             "train_reviews": cfg.imdb_train, "seeds": cfg.seeds,
             "student_vs_teacher": compared(per_example(rows["distilled"]), per_example(rows["teacher"]))}

@@ -411,21 +411,23 @@ def test_recipe_stage_chooses_each_models_recipe_on_held_out_rows(tiny, tmp_path
     assert set(r["grid"]) == {"teacher", "copy-only"}
     for name in ("teacher", "copy-only"):
         picks = []
-        for task in ("SST-2", "MRPC", "RTE", "STS-B"):
+        for task in ("SST-2", "MRPC", "RTE", "STS-B", "imdb"):  # IMDb too: Table 2 fine-tunes on it
             held = {}
             for lr in (1e-4, 1e-3):
                 saved = json.loads((tmp_path / "recipe" / f"{name}-{lr:g}-1-{task}.json").read_text())
                 assert saved["config"]["holdout"] == 0.2 and saved["config"]["lr"] == lr
                 metrics = {"SST-2": ["accuracy"], "MRPC": ["f1", "accuracy"], "RTE": ["accuracy"],
-                           "STS-B": ["pearson", "spearman"]}[task]
+                           "STS-B": ["pearson", "spearman"], "imdb": ["accuracy"]}[task]
                 held[lr] = np.mean([saved["median"][m] for m in metrics])
             picks.append(f"{task}:{max(held, key=held.get):g}:1")  # ties: the first, as max() keeps it
         assert r["chosen"][name] == ",".join(picks)
     cfg = R.checked(R.ReproduceConfig(quick=True, data=str(tiny), teacher=str(tiny / "teacher"), out=str(tmp_path),
-                                      recipe="SST-2:0.0001:2", student_recipe="SST-2:0.0003:4"))
+                                      recipe="SST-2:0.0001:2,imdb:0.001:1", student_recipe="SST-2:0.0003:4"))
     student = GL.finetune_config(cfg, "SST-2", model="s")
     teacher = GL.finetune_config(cfg, "SST-2", "teacher", model="t")
     assert (teacher.lr, teacher.epochs, student.lr, student.epochs) == (1e-4, 2.0, 3e-4, 4.0)
+    imdb = GL.finetune_config(cfg, "imdb", "teacher", model="t")
+    assert (imdb.lr, imdb.epochs) == (1e-3, 1.0)
     copy = str(tmp_path / "general" / "copynoonly" / "student")
     for name, folder, lr in (("teacher", str(tmp_path / "teacher" / "model"), 1e-4), ("copy-only", copy, 3e-4)):
         assert GL.glue_run(cfg, tmp_path, name, folder, "SST-2")["config"]["lr"] == lr
