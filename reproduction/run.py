@@ -63,11 +63,11 @@ class ReproduceConfig:
     distilled: str = opt("pooled cosine", "the row Tables 1-3 call 'the distilled student'",
                          choices=tuple(n for n, r in general.ROWS.items() if r[2] == "main"))
     # fine-tuning: the mean-pooled DistilBERT head for every model, standardised STS-B targets
-    recipe: str = opt("SST-2:0.0003:4,MRPC:0.0003:4,RTE:0.0001:4,STS-B:0.0001:4",
+    recipe: str = opt("SST-2:0.0003:4,MRPC:0.0001:4,RTE:0.0003:2,STS-B:0.0003:4,imdb:0.0003:4",
                       "the teacher's lr and epochs per task (TASK:lr:epochs,...): what --only=recipe chose on "
                       "held-out "
                       "training rows (docs/reproduction.md)")
-    student_recipe: str = opt("SST-2:0.0003:4,MRPC:0.0003:4,RTE:0.0001:4,STS-B:0.0001:4",
+    student_recipe: str = opt("SST-2:0.0003:4,MRPC:0.0003:2,RTE:0.001:2,STS-B:0.0003:4,imdb:0.0003:4",
                               "the same for every student: what --only=recipe chose for the copy-only student")
     lr: float = opt(1e-4, "fine-tuning lr of a task without a recipe", range="> 0")
     epochs: float = opt(3.0, "fine-tuning epochs of a task without a recipe", range="> 0")
