@@ -60,6 +60,8 @@ class PeakdConfig:
     pool: str = opt("cls", "what the head and the patient term read: [CLS] (the paper) | the mean of the tokens",
                     choices=("cls", "mean"))
     log_every: int = opt(100, "steps between log lines (0: none)", range=">= 0")
+    dtype: str = opt("auto", "auto (bf16 autocast where it is fast, as finetune) | float32",
+                     choices=("auto", "float32"))
     save: bool = opt(False, "save each student (finetune.py format)")
     threads: int = opt(0, "torch CPU threads (0: torch's default)", range=">= 0")
 
@@ -140,7 +142,7 @@ def train_student(teacher, train, t_logits, t_cls, ptp_y, cfg, kd=True, sps=True
 
 def student_config(cfg) -> FinetuneConfig:
     return FinetuneConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, max_steps=cfg.max_steps,
-                          seed=cfg.seed, log_every=cfg.log_every)
+                          seed=cfg.seed, log_every=cfg.log_every, dtype=cfg.dtype)
 
 
 def classifier_parameters(model):
@@ -182,9 +184,9 @@ def run_task(cfg: PeakdConfig, variants, seeds) -> dict:
           f"{note}")
     t0 = time.time()
     tcfg = FinetuneConfig(lr=cfg.teacher_lr, batch_size=cfg.batch_size, epochs=cfg.teacher_epochs,
-                          seed=cfg.seed, log_every=cfg.log_every)
+                          seed=cfg.seed, log_every=cfg.log_every, dtype=cfg.dtype)
     setup = {k: getattr(cfg, k) for k in ("train_limit", "max_len", "teacher_lr", "teacher_epochs",
-                                          "batch_size", "seed")}
+                                          "batch_size", "seed", "dtype")}
     teacher = get_teacher(cfg.teacher, task, train, tcfg, out_dir, setup)
     rows = {"teacher": {**scored(task, teacher, dev), "parameters": classifier_parameters(teacher),
                         "depth": teacher.encoder.cfg.num_layers, "seconds": round(time.time() - t0, 1)}}

@@ -113,7 +113,7 @@ FIELDS = {  # the settings each stage reads itself; its stage.json also holds th
                "squad_epochs", "imdb_train", "imdb_eval", "imdb_len"),
     "table3": (),
     "peakd": ("data", "teacher", "max_len", "seed", "recipe", "lr", "peakd_epochs", "peakd_limits", "peakd_seeds",
-              "quick"),
+              "quick", "dtype"),
     "recipe": ("data", "teacher", "max_len", "seed", "limits", "recipe_lrs", "recipe_epochs", "student_layers",
                "imdb_train", "imdb_len", "quick"),
 }

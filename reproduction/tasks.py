@@ -122,7 +122,8 @@ def peakd_config(cfg, root, task, n) -> peakd.PeakdConfig:
     return peakd.PeakdConfig(task=task, data=str(Path(cfg.data) / "glue"), teacher=teacher, vocab=teacher,
                              out=str(root / "peakd"), student_layers=3, sps="all", lr=lr, epochs=epochs,
                              ptp_epochs=1.0, teacher_lr=lr, teacher_epochs=epochs, max_len=cfg.max_len,
-                             train_limit=n, seed=cfg.seed, log_every=0, pool="mean")
+                             train_limit=n, seed=cfg.seed, log_every=0, pool="mean",
+                             dtype="float32" if cfg.quick or cfg.dtype == "float32" else "auto")
 
 
 def peakd_stage(cfg, root) -> dict:

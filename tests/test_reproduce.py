@@ -12,7 +12,7 @@ import torch
 
 import data as D
 from reproduction import run as R
-from reproduction import claims as C, general as G, glue as GL, report as REPORT
+from reproduction import claims as C, general as G, glue as GL, report as REPORT, tasks as T
 from eval import verdict
 from model import Bert, BertConfig
 from machinery.hf import save_pretrained
@@ -431,3 +431,15 @@ def test_recipe_stage_chooses_each_models_recipe_on_held_out_rows(tiny, tmp_path
     copy = str(tmp_path / "general" / "copynoonly" / "student")
     for name, folder, lr in (("teacher", str(tmp_path / "teacher" / "model"), 1e-4), ("copy-only", copy, 3e-4)):
         assert GL.glue_run(cfg, tmp_path, name, folder, "SST-2")["config"]["lr"] == lr
+
+
+def test_float32_reaches_every_stage(tmp_path):
+    """--dtype=float32 is the precision of every fine-tuning of the run, Pea-KD's students and teacher too (its
+    stage once ran in bf16 under --dtype=float32), and it is part of Pea-KD's stage settings."""
+    from peakd.ablation import student_config
+    for dtype, want in (("float32", "float32"), ("auto", "auto")):
+        cfg = R.checked(R.ReproduceConfig(dtype=dtype, out=str(tmp_path)))
+        assert GL.finetune_config(cfg, "SST-2", model="s").dtype == want
+        pk = T.peakd_config(cfg, tmp_path, "SST-2", 100)
+        assert pk.dtype == want and student_config(pk).dtype == want
+        assert R.stage_settings(cfg, "peakd")["dtype"] == dtype
