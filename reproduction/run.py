@@ -216,7 +216,8 @@ def reproduce(cfg: ReproduceConfig) -> dict:
     rows = claims.claims(results)
     text = report.markdown(results, rows)
     write_text(text, root / "tables.md")
-    made = f"`python -m reproduction{' --quick' if cfg.quick else ''}` ({time.strftime('%Y-%m-%d')}, stages " \
+    flags = (" --quick" if cfg.quick else "") + (" --dtype=float32" if cfg.dtype == "float32" else "")
+    made = f"`python -m reproduction{flags}` ({time.strftime('%Y-%m-%d')}, stages " \
            f"{', '.join(results)})"
     regions = {"reproduce": f"{made}:\n\n{text}",
                "claims": f"{claims.claims_md(rows)}\n\n{made}; each stage's time in the run that completed it "
