@@ -254,6 +254,11 @@ def copy_only(cfg, root, layers, name) -> str:
     return str(folder)
 
 
+def paper_copy(cfg, root) -> str:
+    """The copy-only student of --student_layers (the paper's one out of two): every student row starts there."""
+    return copy_only(cfg, root, [int(i) for i in cfg.student_layers.split(",")], "copy-only")
+
+
 def general_stage(cfg, root, teacher) -> dict:
     t0 = time.time()
     shards = data.TokenData(root / "data")
@@ -262,8 +267,7 @@ def general_stage(cfg, root, teacher) -> dict:
     closest = ",".join(map(str, ranking[0][0]))
     log(f"closest layers: {closest} (token cosine {ranking[0][1]:.3f}); the paper's rule: {cfg.student_layers}")
     rows = train_rows(cfg, root, teacher, ranking[0][0])
-    rows["copy-only"] = {"folder": copy_only(cfg, root, [int(i) for i in cfg.student_layers.split(",")],
-                                             "copy-only")}
+    rows["copy-only"] = {"folder": paper_copy(cfg, root)}
     rows["copy-only, closest layers"] = {"folder": copy_only(cfg, root, ranking[0][0], "copy-only closest")}
     zs = ZeroShot(cfg, limit=200 if cfg.quick else None)
     cos = {"teacher": zs.cosines(model), **{n: zs.cosines(load_pretrained(r["folder"])) for n, r in rows.items()}}

@@ -40,6 +40,12 @@ def seeds(text) -> list:
     return [int(s) for s in text.split(",") if s]
 
 
+def finetune_dtype(cfg) -> str:
+    """The precision of every fine-tuning of the run (Pea-KD's too): float32 when asked (and in --quick runs),
+    else finetune's auto."""
+    return "float32" if cfg.quick or cfg.dtype == "float32" else "auto"
+
+
 def finetune_config(cfg, task, who="student", **changes) -> ft.FinetuneConfig:
     """finetune.py's settings for a task of the reproduction: its recipe (lr, epochs) for `who` (the teacher's
     --recipe, or every student's --student_recipe), the mean-pooled head for every model (see
@@ -49,7 +55,7 @@ def finetune_config(cfg, task, who="student", **changes) -> ft.FinetuneConfig:
     lr, epochs = recipes(book).get(ft.task_spec(task)[0], (cfg.lr, cfg.epochs))
     base = dict(task=task, data=str(Path(cfg.data) / "glue"), vocab=str(resolve_checkpoint(cfg.teacher)),
                 seeds=cfg.seeds, lr=lr, epochs=epochs, log_every=0, save=False, max_len=cfg.max_len,
-                style="distilbert", pool="mean", dtype="float32" if cfg.quick or cfg.dtype == "float32" else "auto")
+                style="distilbert", pool="mean", dtype=finetune_dtype(cfg))
     return ft.FinetuneConfig(**{**base, **changes})
 
 
@@ -134,8 +140,8 @@ def recipe_tasks(cfg) -> list:
 
 
 def recipe_stage(cfg, root, models: dict) -> dict:
-    """For each task (recipe_tasks): each model of `models` ({"teacher": folder, "copy-only": folder}) fine-tuned with every
-    (lr, epochs) of the grid on 80% of the task's training subset, scored on the other 20% (finetune
+    """For each task (recipe_tasks): each model of `models` ({"teacher": folder, "copy-only": folder}) fine-tuned
+    with every (lr, epochs) of the grid on 80% of the task's training subset, scored on the other 20% (finetune
     --holdout=0.2; the dev set is not read), one seed per grid point; the best held-out score is the task's
     recipe. The teacher's is --recipe. The copy-only student's is --student_recipe, used by every student: the
     copy is where every student row starts, so the choice favours no method of general distillation, and a
@@ -145,16 +151,15 @@ def recipe_stage(cfg, root, models: dict) -> dict:
     for name, folder in models.items():
         out, best_of = {}, {}
         for task, n, extra in recipe_tasks(cfg):
-            points = []
+            points, metrics = [], ft.task_spec(task)[1]["metrics"]
             for lr in grid_lr:
                 for epochs in grid_ep:
                     fcfg = finetune_config(cfg, task, model=folder, name=f"{name}-{lr:g}-{epochs:g}",
                                            out=str(root / "recipe"), train_limit=n, lr=lr, epochs=epochs,
                                            holdout=0.2, seeds=str(cfg.seed), **extra)
                     r = finetuned(fcfg)
-                    first = ft.task_spec(task)[1]["metrics"]
                     points.append({"lr": lr, "epochs": epochs,
-                                   "score": float(np.mean([r["median"][m] for m in first]))})
+                                   "score": float(np.mean([r["median"][m] for m in metrics]))})
             best = max(points, key=lambda p: p["score"])
             out[task], best_of[task] = points, (best["lr"], best["epochs"])
         grids[name] = out
@@ -198,7 +203,8 @@ def table1_stage(cfg, root, models: dict, distilled: str) -> dict:
     floor_macro = float(np.mean(list(floors.values())))
     retention = {n: retention_of(preds[n], preds["teacher"], scorer, floors) for n in models if n != "teacher"}
     return {"tasks": tasks, "models": list(models), "distilled": distilled, "seeds": cfg.seeds,
-            "limits": limits(cfg.limits), "recipe": cfg.recipe, "student_recipe": cfg.student_recipe, "scores": scores, "mean": mean, "macro": macro,
+            "limits": limits(cfg.limits), "recipe": cfg.recipe, "student_recipe": cfg.student_recipe,
+            "scores": scores, "mean": mean, "macro": macro,
             "floors": floors, "floor_macro": floor_macro, "bars": bars, "paired": paired, "retention": retention,
             "metrics": {n: {t: [r["metrics"] for r in results[n][t]["runs"]] for t in tasks} for n in models}}
 

@@ -101,7 +101,7 @@ def table1_md(t) -> str:
     lines = [f"GLUE dev, each model fine-tuned with seeds {t['seeds']} on the same subsets "
              f"({', '.join(f'{k} {v:,}' for k, v in t['limits'].items())} examples), the same mean-pooled head, the "
              f"teacher's recipe (`--recipe={t['recipe']}`) and the students' (`--student_recipe="
-             f"{t.get('student_recipe', t['recipe'])}`). Cells: the task's GLUE score (MRPC: mean of F1 and accuracy; "
+             f"{t['student_recipe']}`). Cells: the task's GLUE score (MRPC: mean of F1 and accuracy; "
              "STS-B: mean of Pearson and Spearman) x 100, mean over seeds (± SD over seeds); * = at least 3 SE "
              "(examples and seeds) above the best constant predictor.", ""]
     rows = [["constant predictor", *(pct(t["floors"][k]) for k in tasks), pct(t["floor_macro"]), "", ""]]

@@ -65,8 +65,7 @@ class ReproduceConfig:
     # fine-tuning: the mean-pooled DistilBERT head for every model, standardised STS-B targets
     recipe: str = opt("SST-2:0.0003:4,MRPC:0.0001:4,RTE:0.0003:2,STS-B:0.0003:4,imdb:0.0003:4",
                       "the teacher's lr and epochs per task (TASK:lr:epochs,...): what --only=recipe chose on "
-                      "held-out "
-                      "training rows (docs/reproduction.md)")
+                      "held-out training rows (docs/reproduction.md)")
     student_recipe: str = opt("SST-2:0.0003:4,MRPC:0.0003:2,RTE:0.001:2,STS-B:0.0003:4,imdb:0.0003:4",
                               "the same for every student: what --only=recipe chose for the copy-only student")
     lr: float = opt(1e-4, "fine-tuning lr of a task without a recipe", range="> 0")
@@ -109,8 +108,7 @@ FIELDS = {  # the settings each stage reads itself; its stage.json also holds th
                 "epochs", "limits"),
     "table1": ("seeds", "recipe", "student_recipe", "lr", "epochs", "limits", "table1"),
     "table2": ("seeds", "recipe", "student_recipe", "lr", "epochs", "limits", "squad_train", "squad_eval",
-               "squad_len", "squad_lr",
-               "squad_epochs", "imdb_train", "imdb_eval", "imdb_len"),
+               "squad_len", "squad_lr", "squad_epochs", "imdb_train", "imdb_eval", "imdb_len"),
     "table3": (),
     "peakd": ("data", "teacher", "max_len", "seed", "recipe", "lr", "peakd_epochs", "peakd_limits", "peakd_seeds",
               "quick", "dtype"),
@@ -186,9 +184,8 @@ def run_stages(cfg, root) -> dict:
         "table2": lambda: tasks.table2_stage(cfg, root, results["general"]),
         "table3": lambda: tasks.table3_stage(cfg, root, results["general"]),
         "peakd": lambda: tasks.peakd_stage(cfg, root),
-        "recipe": lambda: glue.recipe_stage(cfg, root, {
-            "teacher": str(root / "teacher" / "model"),
-            "copy-only": general.copy_only(cfg, root, [int(i) for i in cfg.student_layers.split(",")], "copy-only")}),
+        "recipe": lambda: glue.recipe_stage(cfg, root, {"teacher": str(root / "teacher" / "model"),
+                                                        "copy-only": general.paper_copy(cfg, root)}),
     }
     wanted = set(only)
     for name in reversed(STAGES + EXTRA):  # a stage needs the ones it reads

@@ -78,7 +78,8 @@ def squad(cfg, root, distilled) -> dict:
 
 def imdb(cfg, root, distilled) -> dict:
     """IMDb (Table 2): the teacher and the distilled student fine-tuned the same way (head, seeds; each its
-    recipe, --recipe and --student_recipe) on a fixed balanced subset of the train reviews, scored on the same test reviews; student minus teacher."""
+    recipe, --recipe and --student_recipe) on a fixed balanced subset of the train reviews, scored on the same
+    test reviews; student minus teacher."""
     common = dict(data=str(Path(cfg.data) / "imdb"), train_limit=cfg.imdb_train, eval_limit=cfg.imdb_eval,
                   max_len=cfg.imdb_len, out=str(root / "table2"))
     rows = {n: glue.finetuned(glue.finetune_config(cfg, "imdb", who, model=m, name=n, **common))
@@ -123,7 +124,7 @@ def peakd_config(cfg, root, task, n) -> peakd.PeakdConfig:
                              out=str(root / "peakd"), student_layers=3, sps="all", lr=lr, epochs=epochs,
                              ptp_epochs=1.0, teacher_lr=lr, teacher_epochs=epochs, max_len=cfg.max_len,
                              train_limit=n, seed=cfg.seed, log_every=0, pool="mean",
-                             dtype="float32" if cfg.quick or cfg.dtype == "float32" else "auto")
+                             dtype=glue.finetune_dtype(cfg))
 
 
 def peakd_stage(cfg, root) -> dict:
